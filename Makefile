@@ -1,0 +1,56 @@
+# evq - the two commands a newcomer needs are `make demo` and `make check`.
+#
+#   make demo      install missing packages, build, run the seed's example
+#   make check     install missing packages, build and run every test twice:
+#                  gcc, then clang with AddressSanitizer + UBSan
+#   make format    apply .clang-format to the sources
+#   make install   install into PREFIX (default /usr/local), honouring DESTDIR
+
+PREFIX ?= /usr/local
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+BUILD := build
+ASAN_BUILD := build-asan
+CTEST_FLAGS := --output-on-failure --timeout 600 -j $(JOBS)
+
+.PHONY: all deps build demo check check-normal check-asan check-install \
+        format install clean
+
+all: build
+
+deps:
+	@scripts/deps.sh
+
+build: deps
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DEVQ_BUILD_TESTS=ON >/dev/null
+	cmake --build $(BUILD) -j $(JOBS)
+
+demo: build
+	./$(BUILD)/examples/demo
+
+check: deps check-normal check-asan check-install
+	@echo "make check: all tests passed (gcc build, clang ASan+UBSan build, install)"
+
+check-normal: build
+	cd $(BUILD) && ctest $(CTEST_FLAGS)
+
+check-asan: deps
+	CC=clang cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug \
+	  -DEVQ_SANITIZE=address,undefined >/dev/null
+	cmake --build $(ASAN_BUILD) -j $(JOBS)
+	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest $(CTEST_FLAGS)
+
+# Installs into a staging folder and builds a program against the result
+# with pkg-config and with CMake's find_package.
+check-install: build
+	tests/install/check.sh $(BUILD)
+
+format:
+	clang-format -i include/*.h src/*.c src/*.h src/backends/*.c \
+	  tests/*.c tests/*.h examples/*.c
+
+install: build
+	DESTDIR="$(DESTDIR)" cmake --install $(BUILD) --prefix $(PREFIX)
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD) build-*

@@ -1,0 +1,381 @@
+/*
+ * evq.h - asynchronous, event-driven programs on queues.
+ *
+ * This header is the whole public API of evq and its documentation.
+ *
+ * Conventions used throughout:
+ * - Functions that can fail return 0 or a negative EVQ_E* code.  The code's
+ *   name comes from evq_strerror(); evq_errmsg() holds a detail string for
+ *   the last failure on the calling thread.  Success does not clear it.
+ * - "Steals X" means the callee owns X after the call, whether it succeeded
+ *   or not.  "Borrowed" means the pointer stays owned by the object it came
+ *   from and is valid as long as that object is.
+ * - Every destroy function accepts NULL.
+ * - The library never prints, never exits and never aborts on bad input.
+ */
+#ifndef EVQ_H
+#define EVQ_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The library is built with hidden visibility; only EVQ_API names are
+ * exported from libevq.so. */
+#if defined(__GNUC__) || defined(__clang__)
+#define EVQ_API __attribute__((visibility("default")))
+#else
+#define EVQ_API
+#endif
+
+#define EVQ_VERSION_MAJOR 0
+#define EVQ_VERSION_MINOR 1
+#define EVQ_VERSION_PATCH 0
+#define EVQ_VERSION_STRING "0.1.0"
+
+/* --------------------------------------------------------------------------
+ * Errors
+ *
+ * One table: each entry is (NAME, value, text).  EVQ_EPERMANENT is also what
+ * a handler returns to say "do not retry this event".
+ */
+#define EVQ_ERRNO_MAP(X)                                                      \
+    X(EINVAL, -1, "invalid argument")                                         \
+    X(ENOMEM, -2, "out of memory")                                            \
+    X(ETIMEDOUT, -3, "timed out")                                             \
+    X(ECLOSED, -4, "queue closed or interrupted")                             \
+    X(EFULL, -5, "queue full")                                                \
+    X(EDECODE, -6, "malformed message")                                       \
+    X(ETOOBIG, -7, "message too large")                                       \
+    X(ENOHANDLER, -8, "no handler for event type")                            \
+    X(EPERMANENT, -9, "permanent failure, not retried")                       \
+    X(ENOTSUP, -10, "operation not supported")                                \
+    X(EIO, -11, "I/O or broker error")                                        \
+    X(ECONN, -12, "connection failed")                                        \
+    X(EBUSY, -13, "resource busy")                                            \
+    X(ENOENT, -14, "not found")                                               \
+    X(EEXIST, -15, "already exists")                                          \
+    X(ESTATE, -16, "operation not valid in this state")                       \
+    X(EHANDLER, -17, "handler failed")
+
+typedef enum evq_errno {
+#define EVQ__ERR_ENUM(name, val, text) EVQ_##name = (val),
+    EVQ_ERRNO_MAP(EVQ__ERR_ENUM)
+#undef EVQ__ERR_ENUM
+} evq_errno;
+
+/* The name-less text of an error code ("timed out"); "unknown error" for a
+ * value that is not an EVQ_E* code, "success" for 0.  Static storage; any
+ * thread. */
+EVQ_API const char *evq_strerror(int code);
+
+/* The symbolic name of an error code ("EVQ_ETIMEDOUT"); NULL when unknown. */
+EVQ_API const char *evq_errname(int code);
+
+/* Detail of the last failure on the calling thread, e.g. "option 'capacity':
+ * value 'abc' is not an integer".  Never NULL (empty when there was none).
+ * Valid until the next evq call on this thread.  URL passwords never appear
+ * in it. */
+EVQ_API const char *evq_errmsg(void);
+
+/* --------------------------------------------------------------------------
+ * Events: CloudEvents 1.0 attributes and a payload
+ *
+ * An event has the required attributes specversion ("1.0"), id, source and
+ * type, the optional ones time, subject, datacontenttype and dataschema,
+ * extension attributes (lower-case a-z and 0-9, at most 20 characters), and a
+ * payload that is either JSON (a jansson json_t) or binary bytes.
+ *
+ * Events are reference counted internally so that in-process queues can pass
+ * them without copying.  An event handed to evq_enqueue() on such a queue is
+ * shared with the queue until it is consumed; mutating it meanwhile fails with
+ * EVQ_EBUSY (evq_event_dup() gives a private copy).  A payload obtained with
+ * evq_event_data() must not be modified while the event is shared.
+ * An event may be read from several threads at once; it must not be modified
+ * while another thread reads it.
+ */
+typedef struct evq_event evq_event;
+
+/* Longest attribute value accepted, in bytes. */
+#define EVQ_MAX_ATTR_BYTES 4096
+/* Longest extension attribute name (CloudEvents recommends 20). */
+#define EVQ_MAX_ATTR_NAME 20
+
+/* Creates an event of `type` with a new UUIDv7 id (unique across threads and
+ * processes, increasing within a process), the current time, source "evq"
+ * and, when `data` is not NULL, datacontenttype "application/json".
+ * Steals `data` (may be NULL for no payload), even on failure.  Returns NULL
+ * with evq_errmsg() set when `type` is NULL, empty, longer than
+ * EVQ_MAX_ATTR_BYTES or not valid UTF-8, or on allocation failure. */
+EVQ_API evq_event *evq_event_new(const char *type, json_t *data);
+
+/* A deep copy of `ev` with refcount 1 and the same id; NULL on allocation
+ * failure.  The copy's attempt count is 0. */
+EVQ_API evq_event *evq_event_dup(const evq_event *ev);
+
+/* Releases the caller's reference; the event is destroyed when the last
+ * reference (the caller's or a queue's) goes.  NULL is a no-op. */
+EVQ_API void evq_event_free(evq_event *ev);
+
+/* Attribute accessors.  Borrowed strings, valid until the attribute changes
+ * or the event is freed; NULL when an optional attribute is absent. */
+EVQ_API const char *evq_event_type(const evq_event *ev);
+EVQ_API const char *evq_event_id(const evq_event *ev);
+EVQ_API const char *evq_event_source(const evq_event *ev);
+EVQ_API const char *evq_event_subject(const evq_event *ev);
+EVQ_API const char *evq_event_datacontenttype(const evq_event *ev);
+/* Event time in nanoseconds since the Unix epoch; 0 when absent. */
+EVQ_API int64_t evq_event_time_ns(const evq_event *ev);
+
+/* Any attribute by name, context or extension, as a string (time in RFC
+ * 3339, integers in decimal, booleans as "true"/"false"); NULL when absent.
+ * Borrowed like the accessors above. */
+EVQ_API const char *evq_event_attr(const evq_event *ev, const char *name);
+
+/* Sets an attribute.  Context attributes (id, source, type, subject, time,
+ * datacontenttype, dataschema, specversion) are checked: id, source and type
+ * must be non-empty, time must be RFC 3339, specversion must be "1.0".  Any
+ * other name is an extension attribute and must be 1 to 20 characters of
+ * a-z and 0-9 (and not "data").  `value` is copied; it must be valid UTF-8
+ * of at most EVQ_MAX_ATTR_BYTES.  A NULL `value` removes an optional
+ * attribute.  EVQ_EINVAL names the bad part; EVQ_EBUSY while the event is
+ * shared with a queue. */
+EVQ_API int evq_event_set_attr(evq_event *ev, const char *name,
+                               const char *value);
+
+/* Number of extension attributes, and the i-th one (0-based, in the order
+ * set).  evq_event_ext_at returns EVQ_ENOENT past the end; name and value
+ * are borrowed. */
+EVQ_API size_t evq_event_ext_count(const evq_event *ev);
+EVQ_API int evq_event_ext_at(const evq_event *ev, size_t i, const char **name,
+                             const char **value);
+
+/* The JSON payload, borrowed (NULL when there is none or it is binary). */
+EVQ_API json_t *evq_event_data(const evq_event *ev);
+
+/* Replaces the payload with JSON `data` (stolen, even on failure; NULL
+ * removes the payload). */
+EVQ_API int evq_event_set_data(evq_event *ev, json_t *data);
+
+/* Replaces the payload with a copy of `len` binary bytes; `content_type`
+ * (copied, may be NULL) becomes the datacontenttype.  Binary payloads travel
+ * as "data_base64" in the JSON format. */
+EVQ_API int evq_event_set_binary(evq_event *ev, const void *bytes, size_t len,
+                                 const char *content_type);
+
+/* The binary payload, borrowed, with its length in *len; NULL when the
+ * payload is not binary. */
+EVQ_API const void *evq_event_binary(const evq_event *ev, size_t *len);
+
+/* How many times this event has been delivered: 1 on the first delivery,
+ * raised by every nack.  0 for an event that was never dequeued. */
+EVQ_API int evq_event_attempt(const evq_event *ev);
+
+/* --------------------------------------------------------------------------
+ * Codecs: wire formats
+ *
+ * "json" is the CloudEvents 1.0 JSON event format; "msgpack" is the same
+ * envelope in MessagePack (a binary payload is a MessagePack bin under
+ * "data").  Users may register their own.
+ */
+typedef struct evq_codec_limits {
+    size_t max_bytes; /* longest encoded event; default 1 MiB */
+    int max_depth;    /* deepest nesting of the whole message; default 32 */
+} evq_codec_limits;
+
+#define EVQ_DEFAULT_MAX_EVENT_BYTES (1024u * 1024u)
+#define EVQ_DEFAULT_MAX_DEPTH 32
+
+typedef struct evq_codec {
+    const char *name;         /* the value of the format= option */
+    const char *content_type; /* e.g. "application/cloudevents+json" */
+    /* Encodes `ev` into a malloc'd buffer *out of *len bytes (the caller
+     * frees it).  EVQ_ETOOBIG past lim->max_bytes.  Any thread. */
+    int (*encode)(const evq_event *ev, const evq_codec_limits *lim,
+                  unsigned char **out, size_t *len);
+    /* Decodes `len` untrusted bytes into a new event (*out, owned by the
+     * caller).  Must never read past `len`; EVQ_EDECODE or EVQ_ETOOBIG with
+     * evq_errmsg() set on bad input.  Any thread. */
+    int (*decode)(const void *buf, size_t len, const evq_codec_limits *lim,
+                  evq_event **out);
+} evq_codec;
+
+/* Registers a codec process-wide.  The table is borrowed and must outlive
+ * every queue that uses it (a static const table is the usual case).
+ * EVQ_EEXIST when the name is taken.  Thread-safe. */
+EVQ_API int evq_codec_register(const evq_codec *codec);
+
+/* The codec named `name`, or NULL.  Thread-safe. */
+EVQ_API const evq_codec *evq_codec_find(const char *name);
+
+/* Convenience wrappers: encode or decode with the codec named `format`
+ * ("json" when NULL) and the limits `lim` (defaults when NULL). */
+EVQ_API int evq_event_encode(const evq_event *ev, const char *format,
+                             const evq_codec_limits *lim, unsigned char **out,
+                             size_t *len);
+EVQ_API int evq_event_decode(evq_event **out, const char *format,
+                             const void *buf, size_t len,
+                             const evq_codec_limits *lim);
+
+/* --------------------------------------------------------------------------
+ * Options
+ *
+ * String key/value pairs.  The same keys may be given as URL query
+ * parameters ("memory://?capacity=16"); entries in an evq_opts override the
+ * URL's.  Keys are checked when the queue opens: an unknown key or a bad value
+ * fails evq_queue_open() with EVQ_EINVAL naming the key.  An evq_opts is
+ * copied by evq_queue_open() and may be freed or reused afterwards.  Not
+ * thread-safe; build it on one thread.
+ */
+typedef struct evq_opts evq_opts;
+
+EVQ_API evq_opts *evq_opts_new(void);
+EVQ_API void evq_opts_free(evq_opts *opts);
+/* Sets (or replaces) key=value; both copied.  EVQ_EINVAL for an empty key or
+ * NULL arguments. */
+EVQ_API int evq_opts_set(evq_opts *opts, const char *key, const char *value);
+/* The value of `key`, borrowed, or NULL. */
+EVQ_API const char *evq_opts_get(const evq_opts *opts, const char *key);
+
+/* Help text for the options a URL scheme accepts ("memory", "sqlite", ...),
+ * including the options every queue accepts: one line per option with its
+ * type, default and description.  malloc'd, the caller frees it; NULL with
+ * EVQ_ENOENT in evq_errmsg() for an unknown scheme. */
+EVQ_API char *evq_options_help(const char *scheme);
+
+/* --------------------------------------------------------------------------
+ * Queues
+ *
+ * A queue handle may be shared by any number of threads for every operation
+ * below, except evq_queue_close(), which must be the last call on it.
+ */
+typedef struct evq_queue evq_queue;
+typedef struct evq_msg evq_msg;
+
+struct evq_queue_stats {
+    int64_t depth;     /* ready to be dequeued; -1 when the backend can't tell */
+    int64_t in_flight; /* dequeued, not yet acked or nacked; -1 unknown */
+    int64_t delayed;   /* waiting for their due time; -1 unknown */
+    int64_t dead;      /* in the dead-letter queue; -1 unknown */
+    uint64_t enqueued; /* accepted by this handle */
+    uint64_t dequeued; /* delivered to this handle */
+    uint64_t acked;    /* acked through this handle */
+    uint64_t nacked;   /* nacked through this handle */
+};
+
+/* Opens queue `name` on the backend chosen by the scheme of `url`
+ * ("memory://", later "sqlite://", "redis://", "nats://", "kafka://").
+ * Options every queue accepts: format (codec name; memory:// passes events
+ * by reference when unset), max_event_bytes, max_depth.  `opts` may be NULL
+ * and is copied.  On success *q is a new handle owned by the caller (close it
+ * with evq_queue_close); on failure *q is NULL and the code is EVQ_EINVAL
+ * (bad or unknown-scheme URL, bad name or option, named in evq_errmsg) or
+ * the backend's error.  Queue names are 1 to 200 characters of
+ * [A-Za-z0-9._-].  Any thread. */
+EVQ_API int evq_queue_open(evq_queue **q, const char *url, const char *name,
+                           const evq_opts *opts);
+
+/* Enqueues `ev`; it is ready at once.  Returns 0 only once the backend has
+ * accepted it with the durability that backend promises.  The caller keeps
+ * its reference to `ev` (in-process queues take one of their own; see the
+ * event section about sharing).  May block while the queue is full
+ * (memory:// without overflow=error).  EVQ_EFULL, EVQ_ETOOBIG, EVQ_ECLOSED
+ * after evq_queue_interrupt(). */
+EVQ_API int evq_enqueue(evq_queue *q, const evq_event *ev);
+
+/* Enqueues `n` events as one operation where the backend allows; on failure
+ * none or a prefix of them may have been accepted (the backend's
+ * documentation says which).  `evs` and the events stay the caller's. */
+EVQ_API int evq_enqueue_batch(evq_queue *q, const evq_event *const *evs,
+                              size_t n);
+
+/* Enqueues `ev` so it is not delivered before `delay_ms` milliseconds from
+ * now (0 means at once; negative is EVQ_EINVAL). */
+EVQ_API int evq_enqueue_delayed(evq_queue *q, const evq_event *ev,
+                                int64_t delay_ms);
+
+/* Takes the next ready event, waiting up to `timeout_ms` (0: don't wait,
+ * negative: wait forever).  On success *msg is a message owned by the caller
+ * until it passes it to evq_ack() or evq_nack(); until then nobody else
+ * receives the event.  EVQ_ETIMEDOUT when nothing became ready in time,
+ * EVQ_ECLOSED after evq_queue_interrupt().  Undecodable messages are never
+ * returned. */
+EVQ_API int evq_dequeue(evq_queue *q, evq_msg **msg, int timeout_ms);
+
+/* The event of a dequeued message, borrowed from `msg`. */
+EVQ_API const evq_event *evq_msg_event(const evq_msg *msg);
+
+/* Acknowledges: the event is done and removed.  Frees `msg` (always, even on
+ * failure).  Any thread, once per message. */
+EVQ_API int evq_ack(evq_msg *msg);
+
+/* Returns the event for redelivery no sooner than `redeliver_after_ms` from
+ * now, with its attempt count raised.  Frees `msg` (always). */
+EVQ_API int evq_nack(evq_msg *msg, int64_t redeliver_after_ms);
+
+/* Wakes every caller blocked in evq_dequeue() or evq_enqueue() on this
+ * handle; they, and every later dequeue or enqueue on it, return
+ * EVQ_ECLOSED.  Messages already dequeued can still be acked or nacked.
+ * Other handles on the same queue are not affected.  Any thread, also from a
+ * signal-free context inside a handler; never blocks for long. */
+EVQ_API int evq_queue_interrupt(evq_queue *q);
+
+/* Fills `out` with the queue's counters (see evq_queue_stats). */
+EVQ_API int evq_queue_stats(evq_queue *q, struct evq_queue_stats *out);
+
+/* The backend scheme ("memory") and queue name, borrowed from `q`. */
+EVQ_API const char *evq_queue_scheme(const evq_queue *q);
+EVQ_API const char *evq_queue_name(const evq_queue *q);
+
+/* Closes the handle: interrupts it and releases it.  Messages dequeued
+ * through it and not yet settled stay valid and must still be acked or
+ * nacked; the handle's resources go when the last of them is settled.  NULL
+ * is a no-op.  No other call on `q` may run concurrently or follow. */
+EVQ_API void evq_queue_close(evq_queue *q);
+
+/* --------------------------------------------------------------------------
+ * Handlers and dispatch
+ */
+typedef struct evq_events evq_events;
+
+/* A handler: returns 0 when the event is done, EVQ_EPERMANENT when it can
+ * never succeed, any other negative code to have it retried.  `ev` is
+ * borrowed for the duration of the call.  Called on the dispatching thread;
+ * it may register more handlers but must not free the evq_events. */
+typedef int (*evq_process_fn)(const evq_event *ev, void *arg);
+
+/* A new, empty handler registry; NULL on allocation failure. */
+EVQ_API evq_events *evq_events_new(void);
+
+/* Frees the registry.  No dispatch may be running. */
+EVQ_API void evq_events_free(evq_events *events);
+
+/* Registers `fn` (with `arg`, borrowed) for events whose type matches
+ * `pattern`: an exact type ("user.created"), a prefix ending in ".*"
+ * ("user.*" matches "user.created" and "user.a.b", not "user"), or "*" for
+ * every type.  Handlers run in registration order; the same function may be
+ * registered more than once.  EVQ_EINVAL for a NULL or malformed pattern
+ * (empty, '*' elsewhere than a final ".*").  Safe while other threads
+ * dispatch, and from inside a handler (takes effect for the next dispatch). */
+EVQ_API int evq_register_handler(evq_events *events, const char *pattern,
+                                 evq_process_fn fn, void *arg);
+
+/* Runs every handler matching the event's type, in registration order,
+ * stopping at the first that fails, and returns that handler's code
+ * (EVQ_EHANDLER when a handler returned a positive value).
+ * EVQ_ENOHANDLER when no handler matched.  Any number of threads at once. */
+EVQ_API int evq_dispatch(evq_events *events, const evq_event *ev);
+
+/* Number of handlers registered. */
+EVQ_API size_t evq_events_count(evq_events *events);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* EVQ_H */

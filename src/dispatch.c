@@ -1,0 +1,208 @@
+/*
+ * dispatch.c - handler registry and the default dispatcher.
+ *
+ * Dispatch takes no lock: handlers live in an append-only table that readers
+ * walk up to a published count.  Registering appends under a mutex and
+ * publishes the new count with release order; when the table is full it is
+ * copied into one twice the size and the old one is kept (not freed) until
+ * evq_events_free, because a dispatch may still be walking it.  So a handler
+ * may register more handlers without deadlock, and many threads dispatch at
+ * once without contending.
+ */
+#include "internal.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum match_kind { MATCH_EXACT, MATCH_PREFIX, MATCH_ALL };
+
+typedef struct handler {
+    char *pattern; /* for MATCH_PREFIX, without the final '*' ("user.") */
+    size_t plen;
+    enum match_kind kind;
+    evq_process_fn fn;
+    void *arg;
+} handler;
+
+typedef struct table {
+    struct table *older; /* retired tables, freed with the registry */
+    size_t cap;
+    atomic_size_t n;
+    handler h[];
+} table;
+
+struct evq_events {
+    pthread_mutex_t mu;
+    _Atomic(table *) cur;
+};
+
+evq_events *evq_events_new(void)
+{
+    evq_events *e = calloc(1, sizeof *e);
+    table *t = calloc(1, sizeof *t + 8 * sizeof(handler));
+
+    if (!e || !t) {
+        free(e);
+        free(t);
+        evq__err(EVQ_ENOMEM, "out of memory");
+        return NULL;
+    }
+    t->cap = 8;
+    atomic_init(&t->n, 0);
+    pthread_mutex_init(&e->mu, NULL);
+    atomic_init(&e->cur, t);
+    return e;
+}
+
+void evq_events_free(evq_events *e)
+{
+    if (!e)
+        return;
+    table *t = atomic_load(&e->cur);
+    size_t n = atomic_load(&t->n);
+    for (size_t i = 0; i < n; i++)
+        free(t->h[i].pattern);
+    while (t) {
+        table *older = t->older;
+        free(t);
+        t = older;
+    }
+    pthread_mutex_destroy(&e->mu);
+    free(e);
+}
+
+static int parse_pattern(const char *p, handler *h)
+{
+    size_t n;
+    const char *star;
+
+    if (!p)
+        return evq__err(EVQ_EINVAL, "handler pattern is NULL");
+    n = strlen(p);
+    if (n == 0)
+        return evq__err(EVQ_EINVAL, "handler pattern is empty");
+    if (n > EVQ_MAX_ATTR_BYTES)
+        return evq__err(EVQ_EINVAL, "handler pattern is longer than %d bytes",
+                        EVQ_MAX_ATTR_BYTES);
+    if (!evq__utf8_valid(p, n))
+        return evq__err(EVQ_EINVAL, "handler pattern is not valid UTF-8");
+    star = strchr(p, '*');
+    if (!star) {
+        h->kind = MATCH_EXACT;
+        h->plen = n;
+    } else if (n == 1) {
+        h->kind = MATCH_ALL;
+        h->plen = 0;
+    } else if (star == p + n - 1 && n >= 3 && p[n - 2] == '.') {
+        h->kind = MATCH_PREFIX;
+        h->plen = n - 1;
+    } else {
+        return evq__err(EVQ_EINVAL,
+                        "handler pattern '%.64s' is malformed: '*' may only "
+                        "be the whole pattern or follow a final '.'",
+                        p);
+    }
+    h->pattern = evq__strndup(p, h->plen);
+    if (!h->pattern)
+        return evq__err(EVQ_ENOMEM, "out of memory");
+    return 0;
+}
+
+int evq_register_handler(evq_events *e, const char *pattern, evq_process_fn fn,
+                         void *arg)
+{
+    handler h;
+    int rc;
+
+    if (!e || !fn)
+        return evq__err(EVQ_EINVAL, "evq_register_handler: %s is NULL",
+                        e ? "handler function" : "registry");
+    if ((rc = parse_pattern(pattern, &h)) != 0)
+        return rc;
+    h.fn = fn;
+    h.arg = arg;
+
+    pthread_mutex_lock(&e->mu);
+    table *t = atomic_load_explicit(&e->cur, memory_order_relaxed);
+    size_t n = atomic_load_explicit(&t->n, memory_order_relaxed);
+    if (n == t->cap) {
+        table *nt = malloc(sizeof *nt + 2 * t->cap * sizeof(handler));
+        if (!nt) {
+            pthread_mutex_unlock(&e->mu);
+            free(h.pattern);
+            return evq__err(EVQ_ENOMEM, "out of memory");
+        }
+        nt->cap = 2 * t->cap;
+        memcpy(nt->h, t->h, n * sizeof(handler));
+        atomic_init(&nt->n, n);
+        nt->older = t;
+        atomic_store_explicit(&e->cur, nt, memory_order_release);
+        t = nt;
+    }
+    t->h[n] = h;
+    atomic_store_explicit(&t->n, n + 1, memory_order_release);
+    pthread_mutex_unlock(&e->mu);
+    return 0;
+}
+
+static bool match(const handler *h, const char *type, size_t tlen)
+{
+    switch (h->kind) {
+    case MATCH_ALL:
+        return true;
+    case MATCH_PREFIX:
+        return tlen > h->plen && memcmp(type, h->pattern, h->plen) == 0;
+    default:
+        return tlen == h->plen && memcmp(type, h->pattern, tlen) == 0;
+    }
+}
+
+bool evq__pattern_match(const char *pattern, const char *type)
+{
+    handler h;
+    bool m;
+    if (parse_pattern(pattern, &h))
+        return false;
+    m = match(&h, type, strlen(type));
+    free(h.pattern);
+    return m;
+}
+
+int evq_dispatch(evq_events *e, const evq_event *ev)
+{
+    bool matched = false;
+
+    if (!e || !ev)
+        return evq__err(EVQ_EINVAL, "evq_dispatch: %s is NULL",
+                        e ? "event" : "registry");
+    const char *type = evq_event_type(ev);
+    size_t tlen = strlen(type);
+    table *t = atomic_load_explicit(&e->cur, memory_order_acquire);
+    size_t n = atomic_load_explicit(&t->n, memory_order_acquire);
+    for (size_t i = 0; i < n; i++) {
+        const handler *h = &t->h[i];
+        if (!match(h, type, tlen))
+            continue;
+        matched = true;
+        int rc = h->fn(ev, h->arg);
+        if (rc < 0)
+            return evq__err(rc, "handler %zu for '%.64s' failed: %s", i, type,
+                            evq_strerror(rc));
+        if (rc > 0)
+            return evq__err(EVQ_EHANDLER,
+                            "handler %zu for '%.64s' returned %d", i, type, rc);
+    }
+    if (!matched)
+        return evq__err(EVQ_ENOHANDLER, "no handler for event type '%.64s'",
+                        type);
+    return 0;
+}
+
+size_t evq_events_count(evq_events *e)
+{
+    if (!e)
+        return 0;
+    table *t = atomic_load_explicit(&e->cur, memory_order_acquire);
+    return atomic_load_explicit(&t->n, memory_order_acquire);
+}

@@ -1,0 +1,67 @@
+/*
+ * error.c - the error table and the per-thread detail message.
+ */
+#include "internal.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#define EVQ__ERRMSG_MAX 512
+
+static _Thread_local char errmsg[EVQ__ERRMSG_MAX];
+
+const char *evq_strerror(int code)
+{
+    if (code == 0)
+        return "success";
+    switch (code) {
+#define EVQ__ERR_TEXT(name, val, text)                                        \
+    case val:                                                                 \
+        return text;
+        EVQ_ERRNO_MAP(EVQ__ERR_TEXT)
+#undef EVQ__ERR_TEXT
+    }
+    return "unknown error";
+}
+
+const char *evq_errname(int code)
+{
+    switch (code) {
+#define EVQ__ERR_NAME(name, val, text)                                        \
+    case val:                                                                 \
+        return "EVQ_" #name;
+        EVQ_ERRNO_MAP(EVQ__ERR_NAME)
+#undef EVQ__ERR_NAME
+    }
+    return NULL;
+}
+
+const char *evq_errmsg(void)
+{
+    return errmsg;
+}
+
+int evq__err(int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(errmsg, sizeof errmsg, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+int evq__err_prefix(int code, const char *fmt, ...)
+{
+    char old[EVQ__ERRMSG_MAX];
+    size_t n;
+    va_list ap;
+
+    memcpy(old, errmsg, sizeof old);
+    va_start(ap, fmt);
+    vsnprintf(errmsg, sizeof errmsg, fmt, ap);
+    va_end(ap);
+    n = strlen(errmsg);
+    if (old[0] != '\0' && n + 2 < sizeof errmsg)
+        snprintf(errmsg + n, sizeof errmsg - n, ": %s", old);
+    return code;
+}

@@ -1,0 +1,255 @@
+/*
+ * internal.h - what the core's modules and the backends share.  Nothing here
+ * is installed; non-static names start with evq__.
+ */
+#ifndef EVQ_INTERNAL_H
+#define EVQ_INTERNAL_H
+
+#include "evq.h"
+
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define EVQ__UNUSED(x) ((void)(x))
+#define EVQ__PRINTF(a, b) __attribute__((format(printf, a, b)))
+
+/* ---- errors (error.c) -------------------------------------------------- */
+
+/* Records a detail message for the calling thread and returns `code`, so
+ * failures read `return evq__err(EVQ_EINVAL, "...", ...);`. */
+int evq__err(int code, const char *fmt, ...) EVQ__PRINTF(2, 3);
+/* Like evq__err but prefixes the current message: "context: old detail". */
+int evq__err_prefix(int code, const char *fmt, ...) EVQ__PRINTF(2, 3);
+
+/* ---- small helpers (util.c) ------------------------------------------- */
+
+int64_t evq__now_mono_ns(void);
+int64_t evq__now_real_ns(void);
+/* Monotonic deadline for a timeout in ms (negative: INT64_MAX). */
+int64_t evq__deadline_ns(int timeout_ms);
+/* Absolute CLOCK_MONOTONIC timespec for pthread_cond_timedwait. */
+struct timespec evq__ts_from_ns(int64_t ns);
+
+char *evq__strdup(const char *s);
+char *evq__strndup(const char *s, size_t n);
+bool evq__utf8_valid(const char *s, size_t len);
+
+/* Base64 (RFC 4648, with padding).  encode returns a malloc'd NUL-terminated
+ * string; decode returns EVQ_EDECODE on any character outside the alphabet or
+ * bad padding. */
+char *evq__b64_encode(const unsigned char *in, size_t len, size_t *outlen);
+int evq__b64_decode(const char *in, size_t len, unsigned char **out,
+                    size_t *outlen);
+
+/* RFC 3339 timestamps <-> nanoseconds since the epoch.  format writes at most
+ * EVQ__TIME_BUF bytes including the NUL. */
+#define EVQ__TIME_BUF 40
+int evq__time_parse(const char *s, int64_t *ns);
+void evq__time_format(int64_t ns, char *buf);
+
+/* Growable byte buffer. */
+typedef struct evq__buf {
+    unsigned char *p;
+    size_t len, cap;
+} evq__buf;
+int evq__buf_reserve(evq__buf *b, size_t extra);
+int evq__buf_append(evq__buf *b, const void *p, size_t n);
+
+/* ---- events (event.c) ------------------------------------------------- */
+
+enum evq__ext_kind { EVQ__EXT_STRING, EVQ__EXT_INTEGER, EVQ__EXT_BOOLEAN };
+
+typedef struct evq__ext {
+    char name[EVQ_MAX_ATTR_NAME + 1];
+    enum evq__ext_kind kind;
+    char *value;
+} evq__ext;
+
+struct evq_event {
+    atomic_int refs;
+    atomic_int attempt;
+    char *type;
+    char *id;
+    char *source; /* points at evq__default_source unless set */
+    char *subject;
+    char *datacontenttype;
+    char *dataschema;
+    int64_t time_ns;
+    bool has_time;
+    char time_str[EVQ__TIME_BUF];
+    atomic_int time_state; /* time_str: 0 empty, 1 being written, 2 set */
+    json_t *data;
+    unsigned char *bin;
+    size_t bin_len;
+    bool is_binary;
+    evq__ext *ext;
+    size_t n_ext, cap_ext;
+    char idbuf[40];
+};
+
+extern char evq__default_source[];
+
+/* An event with no attributes set (id, type and source unset); NULL on
+ * allocation failure.  For decoders, which set everything themselves. */
+evq_event *evq__event_alloc(void);
+/* Checks that a decoded event has what CloudEvents requires. */
+int evq__event_validate(const evq_event *ev);
+/* Sets an extension attribute with an explicit kind (decoders keep the JSON
+ * type of foreign extension values). */
+int evq__event_set_ext(evq_event *ev, const char *name, const char *value,
+                       enum evq__ext_kind kind);
+evq_event *evq__event_ref(const evq_event *ev);
+/* Writes a new UUIDv7 in canonical form into buf (37 bytes). */
+void evq__uuid7(char *buf);
+/* CloudEvents extension attribute name rule. */
+bool evq__ext_name_valid(const char *name);
+
+/* ---- codecs (codec.c, codec_json.c, codec_msgpack.c) ------------------ */
+
+extern const evq_codec evq__codec_json;
+extern const evq_codec evq__codec_msgpack;
+void evq__limits_default(evq_codec_limits *lim);
+/* Moves the members of a decoded envelope (a jansson object) into `ev`,
+ * checking them against the CloudEvents rules; `data` (borrowed) or the
+ * binary bytes become the payload.  Shared by the JSON and MessagePack
+ * decoders. */
+int evq__event_from_envelope(evq_event *ev, json_t *env, json_t *data,
+                             bool data_is_binary, const unsigned char *bin,
+                             size_t bin_len);
+/* Depth of a JSON value: 0 for scalars, 1 for a flat array or object.
+ * Stops counting once `limit` is exceeded (returns limit + 1). */
+int evq__json_depth(const json_t *v, int limit);
+
+/* ---- URLs (url.c) ----------------------------------------------------- */
+
+typedef struct evq__host {
+    char *host; /* decoded; IPv6 literals without brackets; may be "" */
+    int port;   /* 0 when absent */
+} evq__host;
+
+typedef struct evq__param {
+    char *key, *value;
+} evq__param;
+
+typedef struct evq__url {
+    char *scheme; /* lower-case */
+    char *user;   /* decoded; NULL when absent */
+    char *password;
+    evq__host *hosts;
+    size_t n_hosts;
+    char *path; /* decoded, with its leading '/'; "" when absent */
+    evq__param *params;
+    size_t n_params;
+    char *redacted; /* the URL with any password replaced by "***" */
+} evq__url;
+
+/* Parses `s`.  On failure returns EVQ_EINVAL with a message naming the bad
+ * part, never echoing a password. */
+int evq__url_parse(const char *s, evq__url *out);
+void evq__url_free(evq__url *u);
+
+/* ---- options (opts.c) ------------------------------------------------- */
+
+enum evq__opt_type {
+    EVQ__OPT_INT,    /* decimal integer in [min, max] */
+    EVQ__OPT_BOOL,   /* true/false/1/0/yes/no/on/off */
+    EVQ__OPT_STRING, /* any non-empty string */
+    EVQ__OPT_ENUM,   /* one of `choices`, separated by '|' */
+    EVQ__OPT_PREFIX  /* `name` is a prefix ("redis."); passed through */
+};
+
+typedef struct evq__opt_spec {
+    const char *name;
+    enum evq__opt_type type;
+    const char *def; /* default as text; NULL for none */
+    int64_t min, max;
+    const char *choices;
+    const char *help;
+} evq__opt_spec;
+
+/* Options resolved for one queue: the URL's parameters overridden by the
+ * caller's evq_opts, each checked against the core's and the backend's
+ * tables. */
+typedef struct evq__optset {
+    evq__param *kv;
+    size_t n;
+} evq__optset;
+
+int evq__optset_build(evq__optset *set, const evq__url *url,
+                      const evq_opts *opts, const evq__opt_spec *backend);
+void evq__optset_free(evq__optset *set);
+/* Typed getters: the value given, or the spec's default. Values were
+ * validated when the set was built. */
+const char *evq__opt_str(const evq__optset *set, const evq__opt_spec *tab,
+                         const char *name);
+int64_t evq__opt_int(const evq__optset *set, const evq__opt_spec *tab,
+                     const char *name);
+bool evq__opt_bool(const evq__optset *set, const evq__opt_spec *tab,
+                   const char *name);
+extern const evq__opt_spec evq__core_opts[];
+
+/* ---- queue core and backends (queue.c) -------------------------------- */
+
+/* One event handed to a backend's enqueue: either by reference (when the
+ * backend declares EVQ__BY_REF and no format was chosen) or encoded. */
+typedef struct evq__item {
+    evq_event *ev;         /* borrowed; take a reference to keep it */
+    const unsigned char *bytes; /* borrowed encoded form, or NULL */
+    size_t len;
+    int64_t delay_ms; /* >= 0 */
+} evq__item;
+
+/* What a backend's dequeue hands to the core.  `ev` or `bytes` stays owned by
+ * the backend until ack or nack of `token`. */
+typedef struct evq__delivery {
+    evq_event *ev;
+    const unsigned char *bytes;
+    size_t len;
+    int attempt; /* 1 on first delivery */
+    void *token; /* the backend's handle of this delivery */
+} evq__delivery;
+
+#define EVQ__BY_REF 0x1u
+
+struct evq_backend_ops {
+    const char *scheme;
+    unsigned flags;
+    const evq__opt_spec *opts; /* the backend's own options; NULL-named end */
+    /* Opens the backend state for queue `name`.  `url` and `opts` are
+     * borrowed for the call.  Required. */
+    int (*open)(void **state, const evq__url *url, const char *name,
+                const evq__optset *opts);
+    /* Accepts `n` items; returns once they are as durable as the backend
+     * promises.  May block (full queue).  Required. */
+    int (*enqueue)(void *state, const evq__item *items, size_t n);
+    /* Fills `d` with the next ready delivery, waiting up to timeout_ms.
+     * EVQ_ETIMEDOUT, EVQ_ECLOSED after interrupt.  Required. */
+    int (*dequeue)(void *state, evq__delivery *d, int timeout_ms);
+    /* Settle a delivery; the token is invalid afterwards.  Required. */
+    int (*ack)(void *state, void *token);
+    int (*nack)(void *state, void *token, int64_t delay_ms);
+    /* Wakes blocked callers of this state; later ones get EVQ_ECLOSED.
+     * Required; must not block for long. */
+    int (*interrupt)(void *state);
+    /* May be NULL (every figure then reads -1). */
+    int (*stats)(void *state, struct evq_queue_stats *out);
+    /* Releases the state; no call on it runs concurrently.  Required. */
+    void (*close)(void *state);
+};
+
+/* Looks up a backend by scheme; NULL when none. */
+const struct evq_backend_ops *evq__backend_find(const char *scheme);
+extern const struct evq_backend_ops evq__backend_memory;
+/* Enqueues bytes as they are, bypassing the codec (tests and tools that need
+ * to put foreign or broken messages on a queue opened with a format). */
+int evq__enqueue_raw(evq_queue *q, const void *bytes, size_t len);
+
+/* ---- dispatch (dispatch.c) -------------------------------------------- */
+
+/* Does `pattern` (validated) match `type`? */
+bool evq__pattern_match(const char *pattern, const char *type);
+
+#endif /* EVQ_INTERNAL_H */

@@ -1,0 +1,511 @@
+/*
+ * queue.c - the queue core: the backend table, options, encoding and
+ * decoding around the backend calls, message lifetimes.
+ *
+ * A backend only moves messages; the core picks it by URL scheme, resolves
+ * options, encodes on the way in and decodes on the way out, and moves what
+ * cannot be decoded to the dead-letter queue so no caller ever sees it.
+ */
+#include "internal.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct evq_queue {
+    const struct evq_backend_ops *ops;
+    void *state;
+    char *name;
+    char *url;      /* as given, for opening the dead-letter queue */
+    char *redacted; /* safe to print */
+    evq__optset opts;
+    const evq_codec *codec; /* NULL: events pass by reference */
+    evq_codec_limits lim;
+    char *dead_name;
+    atomic_int refs; /* the caller's, plus one per unsettled message */
+    atomic_bool closed;
+    pthread_mutex_t dead_lock;
+    evq_queue *dead; /* opened on first use */
+    atomic_uint_fast64_t enqueued, dequeued, acked, nacked, dead_lettered;
+};
+
+struct evq_msg {
+    evq_queue *q;
+    evq_event *ev; /* owned when decoded, else the backend's */
+    bool owns_ev;
+    void *token;
+};
+
+static const struct evq_backend_ops *const backends[] = {
+    &evq__backend_memory,
+};
+
+const struct evq_backend_ops *evq__backend_find(const char *scheme)
+{
+    for (size_t i = 0; i < sizeof backends / sizeof backends[0]; i++) {
+        if (strcmp(backends[i]->scheme, scheme) == 0)
+            return backends[i];
+    }
+    return NULL;
+}
+
+static bool ops_complete(const struct evq_backend_ops *o)
+{
+    return o->open && o->enqueue && o->dequeue && o->ack && o->nack &&
+           o->interrupt && o->close;
+}
+
+static int check_name(const char *name)
+{
+    size_t n;
+
+    if (!name)
+        return evq__err(EVQ_EINVAL, "queue name is NULL");
+    n = strlen(name);
+    if (n == 0 || n > 200)
+        return evq__err(EVQ_EINVAL, "queue name must be 1 to 200 characters");
+    for (size_t i = 0; i < n; i++) {
+        char c = name[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+              (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-'))
+            return evq__err(EVQ_EINVAL,
+                            "queue name '%.64s' has a character outside "
+                            "[A-Za-z0-9._-] at offset %zu",
+                            name, i);
+    }
+    return 0;
+}
+
+static void queue_release(evq_queue *q)
+{
+    if (atomic_fetch_sub(&q->refs, 1) != 1)
+        return;
+    q->ops->close(q->state);
+    evq_queue_close(q->dead);
+    pthread_mutex_destroy(&q->dead_lock);
+    evq__optset_free(&q->opts);
+    free(q->name);
+    free(q->url);
+    free(q->redacted);
+    free(q->dead_name);
+    free(q);
+}
+
+int evq_queue_open(evq_queue **qp, const char *url, const char *name,
+                   const evq_opts *opts)
+{
+    evq__url u;
+    evq_queue *q = NULL;
+    const char *fmt;
+    int rc;
+
+    if (!qp)
+        return evq__err(EVQ_EINVAL, "evq_queue_open: q is NULL");
+    *qp = NULL;
+    if ((rc = check_name(name)) != 0)
+        return rc;
+    if ((rc = evq__url_parse(url, &u)) != 0)
+        return rc;
+    const struct evq_backend_ops *ops = evq__backend_find(u.scheme);
+    if (!ops) {
+        rc = evq__err(EVQ_EINVAL,
+                      "unknown URL scheme '%.32s' (known: memory)", u.scheme);
+        goto out;
+    }
+    if (!ops_complete(ops)) {
+        rc = evq__err(EVQ_ENOTSUP, "backend %s is incomplete", ops->scheme);
+        goto out;
+    }
+    q = calloc(1, sizeof *q);
+    if (!q) {
+        rc = evq__err(EVQ_ENOMEM, "out of memory");
+        goto out;
+    }
+    q->ops = ops;
+    atomic_init(&q->refs, 1);
+    pthread_mutex_init(&q->dead_lock, NULL);
+    if ((rc = evq__optset_build(&q->opts, &u, opts, ops->opts)) != 0)
+        goto fail;
+    fmt = evq__opt_str(&q->opts, ops->opts, "format");
+    if (fmt)
+        q->codec = evq_codec_find(fmt);
+    else if (!(ops->flags & EVQ__BY_REF))
+        q->codec = &evq__codec_json;
+    q->lim.max_bytes = (size_t)evq__opt_int(&q->opts, ops->opts,
+                                            "max_event_bytes");
+    q->lim.max_depth = (int)evq__opt_int(&q->opts, ops->opts, "max_depth");
+    const char *dl = evq__opt_str(&q->opts, ops->opts, "dead_letter");
+    char dbuf[256];
+    if (!dl) {
+        snprintf(dbuf, sizeof dbuf, "%s.dead", name);
+        dl = dbuf;
+    }
+    if (!(q->name = evq__strdup(name)) || !(q->url = evq__strdup(url)) ||
+        !(q->redacted = evq__strdup(u.redacted)) ||
+        !(q->dead_name = evq__strdup(dl))) {
+        rc = evq__err(EVQ_ENOMEM, "out of memory");
+        goto fail;
+    }
+    if ((rc = ops->open(&q->state, &u, name, &q->opts)) != 0) {
+        evq__err_prefix(rc, "opening queue '%s' on %s", name, u.redacted);
+        goto fail;
+    }
+    evq__url_free(&u);
+    *qp = q;
+    return 0;
+fail:
+    pthread_mutex_destroy(&q->dead_lock);
+    evq__optset_free(&q->opts);
+    free(q->name);
+    free(q->url);
+    free(q->redacted);
+    free(q->dead_name);
+    free(q);
+out:
+    evq__url_free(&u);
+    return rc;
+}
+
+void evq_queue_close(evq_queue *q)
+{
+    if (!q)
+        return;
+    atomic_store(&q->closed, true);
+    q->ops->interrupt(q->state);
+    queue_release(q);
+}
+
+int evq_queue_interrupt(evq_queue *q)
+{
+    if (!q)
+        return evq__err(EVQ_EINVAL, "evq_queue_interrupt: q is NULL");
+    return q->ops->interrupt(q->state);
+}
+
+const char *evq_queue_scheme(const evq_queue *q)
+{
+    return q ? q->ops->scheme : NULL;
+}
+
+const char *evq_queue_name(const evq_queue *q)
+{
+    return q ? q->name : NULL;
+}
+
+/* A cheap lower bound of a payload's encoded size and a check of its depth,
+ * so a queue that passes events by reference refuses what a queue that
+ * encodes them would refuse.  Stops as soon as either limit is passed. */
+static int payload_check(const json_t *v, int depth, size_t *size,
+                         const evq_codec_limits *lim)
+{
+    if (*size > lim->max_bytes)
+        return EVQ_ETOOBIG;
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: {
+        const char *k;
+        size_t klen;
+        json_t *x;
+        if (depth + 1 > lim->max_depth)
+            return EVQ_EINVAL;
+        *size += 2;
+        json_object_keylen_foreach((json_t *)v, k, klen, x)
+        {
+            *size += klen + 3;
+            int rc = payload_check(x, depth + 1, size, lim);
+            if (rc)
+                return rc;
+        }
+        return 0;
+    }
+    case JSON_ARRAY: {
+        size_t i;
+        json_t *x;
+        if (depth + 1 > lim->max_depth)
+            return EVQ_EINVAL;
+        *size += 2;
+        json_array_foreach(v, i, x)
+        {
+            *size += 1;
+            int rc = payload_check(x, depth + 1, size, lim);
+            if (rc)
+                return rc;
+        }
+        return 0;
+    }
+    case JSON_STRING:
+        *size += json_string_length(v) + 2;
+        return *size > lim->max_bytes ? EVQ_ETOOBIG : 0;
+    default:
+        *size += 1;
+        return 0;
+    }
+}
+
+static int check_event_by_ref(const evq_queue *q, const evq_event *ev)
+{
+    size_t size = ev->is_binary ? ev->bin_len * 4 / 3 : 0;
+    int rc = 0;
+
+    if (ev->data)
+        rc = payload_check(ev->data, 1, &size, &q->lim);
+    if (!rc && size > q->lim.max_bytes)
+        rc = EVQ_ETOOBIG;
+    if (rc == EVQ_ETOOBIG)
+        return evq__err(rc, "event %s is larger than max_event_bytes=%zu",
+                        ev->id, q->lim.max_bytes);
+    if (rc)
+        return evq__err(rc, "payload nests deeper than max_depth=%d",
+                        q->lim.max_depth);
+    return 0;
+}
+
+static int enqueue_items(evq_queue *q, const evq_event *const *evs, size_t n,
+                         int64_t delay_ms)
+{
+    evq__item one = {0}, *items = n == 1 ? &one : calloc(n, sizeof *items);
+    int rc = 0;
+    size_t i;
+
+    if (!items)
+        return evq__err(EVQ_ENOMEM, "out of memory");
+    for (i = 0; i < n; i++) {
+        const evq_event *ev = evs[i];
+        if (!ev) {
+            rc = evq__err(EVQ_EINVAL, "event %zu of the batch is NULL", i);
+            break;
+        }
+        items[i].ev = (evq_event *)ev;
+        items[i].bytes = NULL;
+        items[i].len = 0;
+        items[i].delay_ms = delay_ms;
+        if (!q->codec) {
+            rc = check_event_by_ref(q, ev);
+        } else {
+            unsigned char *buf = NULL;
+            size_t len = 0;
+            rc = q->codec->encode(ev, &q->lim, &buf, &len);
+            items[i].bytes = buf;
+            items[i].len = len;
+        }
+        if (rc)
+            break;
+    }
+    if (!rc) {
+        rc = q->ops->enqueue(q->state, items, n);
+        if (!rc)
+            atomic_fetch_add_explicit(&q->enqueued, n, memory_order_relaxed);
+    }
+    for (size_t k = 0; k < n && k <= i; k++)
+        free((void *)items[k].bytes);
+    if (items != &one)
+        free(items);
+    return rc;
+}
+
+int evq_enqueue(evq_queue *q, const evq_event *ev)
+{
+    if (!q || !ev)
+        return evq__err(EVQ_EINVAL, "evq_enqueue: %s is NULL",
+                        q ? "event" : "queue");
+    return enqueue_items(q, &ev, 1, 0);
+}
+
+int evq_enqueue_delayed(evq_queue *q, const evq_event *ev, int64_t delay_ms)
+{
+    if (!q || !ev)
+        return evq__err(EVQ_EINVAL, "evq_enqueue_delayed: %s is NULL",
+                        q ? "event" : "queue");
+    if (delay_ms < 0)
+        return evq__err(EVQ_EINVAL, "delay %lld ms is negative",
+                        (long long)delay_ms);
+    return enqueue_items(q, &ev, 1, delay_ms);
+}
+
+int evq_enqueue_batch(evq_queue *q, const evq_event *const *evs, size_t n)
+{
+    if (!q || (!evs && n))
+        return evq__err(EVQ_EINVAL, "evq_enqueue_batch: NULL argument");
+    if (n == 0)
+        return 0;
+    return enqueue_items(q, evs, n, 0);
+}
+
+/* Moves an undecodable message to the dead-letter queue as an event of type
+ * "evq.undecodable" carrying the raw bytes and the decoder's reason, and only
+ * then acknowledges the original. */
+static int dead_letter_raw(evq_queue *q, const evq__delivery *d,
+                           const char *reason)
+{
+    evq_event *dl = evq_event_new("evq.undecodable", NULL);
+    char attempts[16];
+    int rc;
+
+    if (!dl)
+        return EVQ_ENOMEM;
+    snprintf(attempts, sizeof attempts, "%d", d->attempt);
+    if ((rc = evq_event_set_binary(dl, d->bytes, d->len,
+                                   "application/octet-stream")) ||
+        (rc = evq_event_set_attr(dl, "evqerror", reason)) ||
+        (rc = evq__event_set_ext(dl, "evqattempts", attempts,
+                                 EVQ__EXT_INTEGER)) ||
+        (rc = evq_event_set_attr(dl, "evqqueue", q->name)))
+        goto out;
+    pthread_mutex_lock(&q->dead_lock);
+    if (!q->dead) {
+        evq_opts *o = evq_opts_new();
+        /* The dead-letter queue takes the same options, minus the one that
+         * names it. */
+        for (size_t i = 0; o && i < q->opts.n; i++) {
+            if (strcmp(q->opts.kv[i].key, "dead_letter") != 0)
+                evq_opts_set(o, q->opts.kv[i].key, q->opts.kv[i].value);
+        }
+        evq_opts_set(o, "dead_letter", q->dead_name);
+        rc = o ? evq_queue_open(&q->dead, q->url, q->dead_name, o) : EVQ_ENOMEM;
+        evq_opts_free(o);
+    }
+    pthread_mutex_unlock(&q->dead_lock);
+    if (!rc)
+        rc = evq_enqueue(q->dead, dl);
+    if (!rc) {
+        rc = q->ops->ack(q->state, d->token);
+        atomic_fetch_add(&q->dead_lettered, 1);
+    }
+out:
+    evq_event_free(dl);
+    return rc;
+}
+
+int evq_dequeue(evq_queue *q, evq_msg **msgp, int timeout_ms)
+{
+    int64_t deadline;
+    int rc;
+
+    if (!q || !msgp)
+        return evq__err(EVQ_EINVAL, "evq_dequeue: %s is NULL",
+                        q ? "msg" : "queue");
+    *msgp = NULL;
+    deadline = timeout_ms > 0 ? evq__deadline_ns(timeout_ms) : 0;
+    for (;;) {
+        evq__delivery d = {0};
+        evq_event *ev;
+        bool owns = false;
+
+        rc = q->ops->dequeue(q->state, &d, timeout_ms);
+        if (rc)
+            return rc;
+        if (d.ev) {
+            ev = d.ev;
+        } else {
+            rc = q->codec ? q->codec->decode(d.bytes, d.len, &q->lim, &ev)
+                          : evq__err(EVQ_EDECODE, "no codec for raw bytes");
+            if (rc) {
+                char reason[512];
+                snprintf(reason, sizeof reason, "%s: %s", evq_strerror(rc),
+                         evq_errmsg());
+                if ((rc = dead_letter_raw(q, &d, reason)) != 0) {
+                    /* Keep it rather than lose it: redeliver later. */
+                    q->ops->nack(q->state, d.token, 1000);
+                    return evq__err_prefix(rc, "could not dead-letter an "
+                                               "undecodable message");
+                }
+                if (timeout_ms > 0) {
+                    int64_t left = deadline - evq__now_mono_ns();
+                    if (left <= 0)
+                        return evq__err(EVQ_ETIMEDOUT, "dequeue timed out");
+                    timeout_ms = (int)((left + 999999) / 1000000);
+                }
+                continue;
+            }
+            owns = true;
+        }
+        evq_msg *m = malloc(sizeof *m);
+        if (!m) {
+            if (owns)
+                evq_event_free(ev);
+            q->ops->nack(q->state, d.token, 0);
+            return evq__err(EVQ_ENOMEM, "out of memory");
+        }
+        atomic_store_explicit(&ev->attempt, d.attempt, memory_order_relaxed);
+        m->q = q;
+        m->ev = ev;
+        m->owns_ev = owns;
+        m->token = d.token;
+        atomic_fetch_add_explicit(&q->refs, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&q->dequeued, 1, memory_order_relaxed);
+        *msgp = m;
+        return 0;
+    }
+}
+
+const evq_event *evq_msg_event(const evq_msg *m)
+{
+    return m ? m->ev : NULL;
+}
+
+static void msg_free(evq_msg *m)
+{
+    evq_queue *q = m->q;
+    if (m->owns_ev)
+        evq_event_free(m->ev);
+    free(m);
+    queue_release(q);
+}
+
+int evq_ack(evq_msg *m)
+{
+    int rc;
+    if (!m)
+        return evq__err(EVQ_EINVAL, "evq_ack: msg is NULL");
+    rc = m->q->ops->ack(m->q->state, m->token);
+    atomic_fetch_add_explicit(&m->q->acked, 1, memory_order_relaxed);
+    msg_free(m);
+    return rc;
+}
+
+int evq_nack(evq_msg *m, int64_t delay_ms)
+{
+    int rc;
+    if (!m)
+        return evq__err(EVQ_EINVAL, "evq_nack: msg is NULL");
+    rc = m->q->ops->nack(m->q->state, m->token, delay_ms < 0 ? 0 : delay_ms);
+    atomic_fetch_add_explicit(&m->q->nacked, 1, memory_order_relaxed);
+    msg_free(m);
+    return rc;
+}
+
+int evq_queue_stats(evq_queue *q, struct evq_queue_stats *out)
+{
+    int rc = 0;
+
+    if (!q || !out)
+        return evq__err(EVQ_EINVAL, "evq_queue_stats: NULL argument");
+    out->depth = out->in_flight = out->delayed = out->dead = -1;
+    if (q->ops->stats)
+        rc = q->ops->stats(q->state, out);
+    out->enqueued = atomic_load(&q->enqueued);
+    out->dequeued = atomic_load(&q->dequeued);
+    out->acked = atomic_load(&q->acked);
+    out->nacked = atomic_load(&q->nacked);
+    pthread_mutex_lock(&q->dead_lock);
+    if (q->dead && q->dead->ops->stats) {
+        struct evq_queue_stats ds;
+        ds.depth = ds.in_flight = ds.delayed = -1;
+        if (q->dead->ops->stats(q->dead->state, &ds) == 0 && ds.depth >= 0)
+            out->dead = ds.depth + (ds.delayed > 0 ? ds.delayed : 0) +
+                        (ds.in_flight > 0 ? ds.in_flight : 0);
+    }
+    pthread_mutex_unlock(&q->dead_lock);
+    return rc;
+}
+
+int evq__enqueue_raw(evq_queue *q, const void *bytes, size_t len)
+{
+    evq__item it = {.bytes = bytes, .len = len};
+    if (!q || (!bytes && len))
+        return evq__err(EVQ_EINVAL, "evq__enqueue_raw: NULL argument");
+    if (!q->codec)
+        return evq__err(EVQ_EINVAL,
+                        "raw bytes need a queue opened with a format");
+    return q->ops->enqueue(q->state, &it, 1);
+}
