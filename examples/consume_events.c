@@ -12,9 +12,9 @@ int main(void)
         fprintf(stderr, "open: %s: %s\n", evq_strerror(rc), evq_errmsg());
         return 1;
     }
-    evq_event *ev = evq_event_new(
-        "user.created", json_pack("{s:s, s:s}", "userId", "123", "name",
-                                  "John Doe"));
+    evq_event *ev =
+        evq_event_new("user.created", json_pack("{s:s, s:s}", "userId", "123",
+                                                "name", "John Doe"));
     if (!ev || evq_enqueue(queue, ev) != 0)
         return 1;
     evq_event_free(ev);

@@ -21,9 +21,9 @@ int main(void)
     if ((rc = evq_register_handler(events, "user.created", log_event, NULL)))
         return fail("register", rc);
 
-    evq_event *ev = evq_event_new(
-        "user.created", json_pack("{s:s, s:s}", "userId", "123", "name",
-                                  "John Doe"));
+    evq_event *ev =
+        evq_event_new("user.created", json_pack("{s:s, s:s}", "userId", "123",
+                                                "name", "John Doe"));
     if ((rc = evq_enqueue(queue, ev)) != 0)
         return fail("enqueue", rc);
     evq_event_free(ev);

@@ -11,9 +11,9 @@ int main(void)
         fprintf(stderr, "open: %s: %s\n", evq_strerror(rc), evq_errmsg());
         return 1;
     }
-    evq_event *ev = evq_event_new(
-        "user.created", json_pack("{s:s, s:s}", "userId", "123", "name",
-                                  "John Doe"));
+    evq_event *ev =
+        evq_event_new("user.created", json_pack("{s:s, s:s}", "userId", "123",
+                                                "name", "John Doe"));
     rc = ev ? evq_enqueue(queue, ev) : EVQ_ENOMEM;
     if (rc != 0)
         fprintf(stderr, "enqueue: %s: %s\n", evq_strerror(rc), evq_errmsg());

@@ -4,9 +4,9 @@
 
 int main(void)
 {
-    evq_event *ev = evq_event_new(
-        "user.created", json_pack("{s:s, s:s}", "userId", "123", "name",
-                                  "John Doe"));
+    evq_event *ev =
+        evq_event_new("user.created", json_pack("{s:s, s:s}", "userId", "123",
+                                                "name", "John Doe"));
     if (!ev) {
         fprintf(stderr, "event: %s\n", evq_errmsg());
         return 1;

@@ -33,9 +33,9 @@ extern "C" {
 #define EVQ_API
 #endif
 
-#define EVQ_VERSION_MAJOR 0
-#define EVQ_VERSION_MINOR 1
-#define EVQ_VERSION_PATCH 0
+#define EVQ_VERSION_MAJOR  0
+#define EVQ_VERSION_MINOR  1
+#define EVQ_VERSION_PATCH  0
 #define EVQ_VERSION_STRING "0.1.0"
 
 /* --------------------------------------------------------------------------
@@ -44,23 +44,23 @@ extern "C" {
  * One table: each entry is (NAME, value, text).  EVQ_EPERMANENT is also what
  * a handler returns to say "do not retry this event".
  */
-#define EVQ_ERRNO_MAP(X)                                                      \
-    X(EINVAL, -1, "invalid argument")                                         \
-    X(ENOMEM, -2, "out of memory")                                            \
-    X(ETIMEDOUT, -3, "timed out")                                             \
-    X(ECLOSED, -4, "queue closed or interrupted")                             \
-    X(EFULL, -5, "queue full")                                                \
-    X(EDECODE, -6, "malformed message")                                       \
-    X(ETOOBIG, -7, "message too large")                                       \
-    X(ENOHANDLER, -8, "no handler for event type")                            \
-    X(EPERMANENT, -9, "permanent failure, not retried")                       \
-    X(ENOTSUP, -10, "operation not supported")                                \
-    X(EIO, -11, "I/O or broker error")                                        \
-    X(ECONN, -12, "connection failed")                                        \
-    X(EBUSY, -13, "resource busy")                                            \
-    X(ENOENT, -14, "not found")                                               \
-    X(EEXIST, -15, "already exists")                                          \
-    X(ESTATE, -16, "operation not valid in this state")                       \
+#define EVQ_ERRNO_MAP(X)                                                       \
+    X(EINVAL, -1, "invalid argument")                                          \
+    X(ENOMEM, -2, "out of memory")                                             \
+    X(ETIMEDOUT, -3, "timed out")                                              \
+    X(ECLOSED, -4, "queue closed or interrupted")                              \
+    X(EFULL, -5, "queue full")                                                 \
+    X(EDECODE, -6, "malformed message")                                        \
+    X(ETOOBIG, -7, "message too large")                                        \
+    X(ENOHANDLER, -8, "no handler for event type")                             \
+    X(EPERMANENT, -9, "permanent failure, not retried")                        \
+    X(ENOTSUP, -10, "operation not supported")                                 \
+    X(EIO, -11, "I/O or broker error")                                         \
+    X(ECONN, -12, "connection failed")                                         \
+    X(EBUSY, -13, "resource busy")                                             \
+    X(ENOENT, -14, "not found")                                                \
+    X(EEXIST, -15, "already exists")                                           \
+    X(ESTATE, -16, "operation not valid in this state")                        \
     X(EHANDLER, -17, "handler failed")
 
 typedef enum evq_errno {
@@ -189,7 +189,7 @@ typedef struct evq_codec_limits {
 } evq_codec_limits;
 
 #define EVQ_DEFAULT_MAX_EVENT_BYTES (1024u * 1024u)
-#define EVQ_DEFAULT_MAX_DEPTH 32
+#define EVQ_DEFAULT_MAX_DEPTH       32
 
 typedef struct evq_codec {
     const char *name;         /* the value of the format= option */
@@ -258,7 +258,7 @@ typedef struct evq_queue evq_queue;
 typedef struct evq_msg evq_msg;
 
 struct evq_queue_stats {
-    int64_t depth;     /* ready to be dequeued; -1 when the backend can't tell */
+    int64_t depth; /* ready to be dequeued; -1 when the backend can't tell */
     int64_t in_flight; /* dequeued, not yet acked or nacked; -1 unknown */
     int64_t delayed;   /* waiting for their due time; -1 unknown */
     int64_t dead;      /* in the dead-letter queue; -1 unknown */

@@ -18,8 +18,9 @@ int evq_codec_register(const evq_codec *c)
     int rc = 0;
 
     if (!c || !c->name || !c->name[0] || !c->encode || !c->decode)
-        return evq__err(EVQ_EINVAL,
-                        "a codec needs a name, an encode and a decode function");
+        return evq__err(
+            EVQ_EINVAL,
+            "a codec needs a name, an encode and a decode function");
     pthread_mutex_lock(&codec_lock);
     for (size_t i = 0; i < n_codecs; i++) {
         if (strcmp(codecs[i]->name, c->name) == 0) {

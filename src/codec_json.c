@@ -27,8 +27,8 @@ static int json_encode(const evq_event *ev, const evq_codec_limits *lim,
     int rc = 0;
     char *text = NULL;
 
-    if (ev->data && evq__json_depth(ev->data, lim->max_depth - 1) >
-                        lim->max_depth - 1)
+    if (ev->data &&
+        evq__json_depth(ev->data, lim->max_depth - 1) > lim->max_depth - 1)
         return evq__err(EVQ_EINVAL, "payload nests deeper than max_depth=%d",
                         lim->max_depth);
     o = json_object();
@@ -98,9 +98,8 @@ static int get_attr(json_t *v, const char *name, const char **s)
     if (!json_is_string(v))
         return evq__err(EVQ_EDECODE, "attribute '%s' is not a string", name);
     if (json_string_length(v) > EVQ_MAX_ATTR_BYTES)
-        return evq__err(EVQ_EDECODE,
-                        "attribute '%s' is longer than %d bytes", name,
-                        EVQ_MAX_ATTR_BYTES);
+        return evq__err(EVQ_EDECODE, "attribute '%s' is longer than %d bytes",
+                        name, EVQ_MAX_ATTR_BYTES);
     *s = json_string_value(v);
     return 0;
 }

@@ -24,7 +24,7 @@
  * (MSGPACK_EMBED_STACK_SIZE, compiled into the library). */
 #define MSGPACK_MAX_NEST 32
 
-/* ---- encode --------------------------------------------------------------- */
+/* ---- encode -------------------------------------------------------------- */
 
 static void pack_str(msgpack_packer *pk, const char *s)
 {
@@ -96,8 +96,8 @@ static int mp_encode(const evq_event *ev, const evq_codec_limits *lim,
     size_t n = 0;
     bool has_payload = ev->is_binary || ev->data;
 
-    if (ev->data && evq__json_depth(ev->data, lim->max_depth - 1) >
-                        lim->max_depth - 1)
+    if (ev->data &&
+        evq__json_depth(ev->data, lim->max_depth - 1) > lim->max_depth - 1)
         return evq__err(EVQ_EINVAL, "payload nests deeper than max_depth=%d",
                         lim->max_depth);
     if (ev->data && lim->max_depth > MSGPACK_MAX_NEST &&
@@ -124,7 +124,7 @@ static int mp_encode(const evq_event *ev, const evq_codec_limits *lim,
             msgpack_pack_int64(&pk, strtoll(x->value, NULL, 10));
         else if (x->kind == EVQ__EXT_BOOLEAN)
             strcmp(x->value, "true") == 0 ? msgpack_pack_true(&pk)
-                                           : msgpack_pack_false(&pk);
+                                          : msgpack_pack_false(&pk);
         else
             pack_str(&pk, x->value);
     }
@@ -154,7 +154,7 @@ static int mp_encode(const evq_event *ev, const evq_codec_limits *lim,
     return 0;
 }
 
-/* ---- structural check ----------------------------------------------------- */
+/* ---- structural check ---------------------------------------------------- */
 
 static uint64_t be(const unsigned char *p, int n)
 {
@@ -179,8 +179,8 @@ static int mp_check(const unsigned char *buf, size_t len, int max_depth)
             continue;
         }
         if (pos >= len)
-            return evq__err(EVQ_EDECODE,
-                            "truncated MessagePack at byte %zu", pos);
+            return evq__err(EVQ_EDECODE, "truncated MessagePack at byte %zu",
+                            pos);
         stack[top]--;
         unsigned c = buf[pos++];
         uint64_t skip = 0, children = 0;
@@ -196,25 +196,75 @@ static int mp_check(const unsigned char *buf, size_t len, int max_depth)
             skip = c & 0x1f;
         } else {
             switch (c) {
-            case 0xc4: case 0xd9: lenbytes = 1; break; /* bin8, str8 */
-            case 0xc5: case 0xda: lenbytes = 2; break;
-            case 0xc6: case 0xdb: lenbytes = 4; break;
-            case 0xc7: lenbytes = 1; skip = 1; break; /* ext: + type byte */
-            case 0xc8: lenbytes = 2; skip = 1; break;
-            case 0xc9: lenbytes = 4; skip = 1; break;
-            case 0xca: skip = 4; break;
-            case 0xcb: skip = 8; break;
-            case 0xcc: case 0xd0: skip = 1; break;
-            case 0xcd: case 0xd1: skip = 2; break;
-            case 0xce: case 0xd2: skip = 4; break;
-            case 0xcf: case 0xd3: skip = 8; break;
-            case 0xd4: skip = 2; break;
-            case 0xd5: skip = 3; break;
-            case 0xd6: skip = 5; break;
-            case 0xd7: skip = 9; break;
-            case 0xd8: skip = 17; break;
-            case 0xdc: case 0xde: lenbytes = 2; break;
-            case 0xdd: case 0xdf: lenbytes = 4; break;
+            case 0xc4:
+            case 0xd9:
+                lenbytes = 1;
+                break; /* bin8, str8 */
+            case 0xc5:
+            case 0xda:
+                lenbytes = 2;
+                break;
+            case 0xc6:
+            case 0xdb:
+                lenbytes = 4;
+                break;
+            case 0xc7:
+                lenbytes = 1;
+                skip = 1;
+                break; /* ext: + type byte */
+            case 0xc8:
+                lenbytes = 2;
+                skip = 1;
+                break;
+            case 0xc9:
+                lenbytes = 4;
+                skip = 1;
+                break;
+            case 0xca:
+                skip = 4;
+                break;
+            case 0xcb:
+                skip = 8;
+                break;
+            case 0xcc:
+            case 0xd0:
+                skip = 1;
+                break;
+            case 0xcd:
+            case 0xd1:
+                skip = 2;
+                break;
+            case 0xce:
+            case 0xd2:
+                skip = 4;
+                break;
+            case 0xcf:
+            case 0xd3:
+                skip = 8;
+                break;
+            case 0xd4:
+                skip = 2;
+                break;
+            case 0xd5:
+                skip = 3;
+                break;
+            case 0xd6:
+                skip = 5;
+                break;
+            case 0xd7:
+                skip = 9;
+                break;
+            case 0xd8:
+                skip = 17;
+                break;
+            case 0xdc:
+            case 0xde:
+                lenbytes = 2;
+                break;
+            case 0xdd:
+            case 0xdf:
+                lenbytes = 4;
+                break;
             default:
                 return evq__err(EVQ_EDECODE,
                                 "invalid MessagePack type byte 0x%02x at byte "
@@ -262,7 +312,7 @@ static int mp_check(const unsigned char *buf, size_t len, int max_depth)
     return 0;
 }
 
-/* ---- decode ---------------------------------------------------------------- */
+/* ---- decode -------------------------------------------------------------- */
 
 static json_t *to_json(const msgpack_object *o, int *rc);
 
@@ -326,10 +376,8 @@ static json_t *to_json(const msgpack_object *o, int *rc)
             const msgpack_object_kv *kv = &o->via.map.ptr[i];
             const char *k = kv->key.via.str.ptr;
             uint32_t kn = kv->key.via.str.size;
-            if (kv->key.type != MSGPACK_OBJECT_STR ||
-                !evq__utf8_valid(k, kn)) {
-                *rc = evq__err(EVQ_EDECODE,
-                               "map keys must be UTF-8 strings");
+            if (kv->key.type != MSGPACK_OBJECT_STR || !evq__utf8_valid(k, kn)) {
+                *rc = evq__err(EVQ_EDECODE, "map keys must be UTF-8 strings");
                 json_decref(v);
                 return NULL;
             }

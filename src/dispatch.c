@@ -190,8 +190,8 @@ int evq_dispatch(evq_events *e, const evq_event *ev)
             return evq__err(rc, "handler %zu for '%.64s' failed: %s", i, type,
                             evq_strerror(rc));
         if (rc > 0)
-            return evq__err(EVQ_EHANDLER,
-                            "handler %zu for '%.64s' returned %d", i, type, rc);
+            return evq__err(EVQ_EHANDLER, "handler %zu for '%.64s' returned %d",
+                            i, type, rc);
     }
     if (!matched)
         return evq__err(EVQ_ENOHANDLER, "no handler for event type '%.64s'",

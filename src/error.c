@@ -15,8 +15,8 @@ const char *evq_strerror(int code)
     if (code == 0)
         return "success";
     switch (code) {
-#define EVQ__ERR_TEXT(name, val, text)                                        \
-    case val:                                                                 \
+#define EVQ__ERR_TEXT(name, val, text)                                         \
+    case val:                                                                  \
         return text;
         EVQ_ERRNO_MAP(EVQ__ERR_TEXT)
 #undef EVQ__ERR_TEXT
@@ -27,8 +27,8 @@ const char *evq_strerror(int code)
 const char *evq_errname(int code)
 {
     switch (code) {
-#define EVQ__ERR_NAME(name, val, text)                                        \
-    case val:                                                                 \
+#define EVQ__ERR_NAME(name, val, text)                                         \
+    case val:                                                                  \
         return "EVQ_" #name;
         EVQ_ERRNO_MAP(EVQ__ERR_NAME)
 #undef EVQ__ERR_NAME

@@ -131,12 +131,11 @@ static int check_value(const char *name, const char *value, bool nonempty)
                         "attribute '%s' is %zu bytes, more than the %d allowed",
                         name, len, EVQ_MAX_ATTR_BYTES);
     if (!evq__utf8_valid(value, len))
-        return evq__err(EVQ_EINVAL, "attribute '%s' is not valid UTF-8",
-                        name);
+        return evq__err(EVQ_EINVAL, "attribute '%s' is not valid UTF-8", name);
     return 0;
 }
 
-/* ---- lifecycle ------------------------------------------------------------ */
+/* ---- lifecycle ----------------------------------------------------------- */
 
 evq_event *evq__event_alloc(void)
 {
@@ -198,7 +197,8 @@ static void event_destroy(evq_event *ev)
 
 void evq_event_free(evq_event *ev)
 {
-    if (ev && atomic_fetch_sub_explicit(&ev->refs, 1, memory_order_acq_rel) == 1)
+    if (ev &&
+        atomic_fetch_sub_explicit(&ev->refs, 1, memory_order_acq_rel) == 1)
         event_destroy(ev);
 }
 
@@ -267,7 +267,7 @@ oom:
     return NULL;
 }
 
-/* ---- accessors --------------------------------------------------------- */
+/* ---- accessors ----------------------------------------------------------- */
 
 const char *evq_event_type(const evq_event *ev)
 {
@@ -402,15 +402,17 @@ const char *evq_event_attr(const evq_event *ev, const char *name)
     return x ? x->value : NULL;
 }
 
-/* ---- mutation ---------------------------------------------------------- */
+/* ---- mutation ------------------------------------------------------------ */
 
 static int check_mutable(const evq_event *ev)
 {
     if (!ev)
         return evq__err(EVQ_EINVAL, "event is NULL");
-    if (atomic_load_explicit(&((evq_event *)ev)->refs, memory_order_acquire) > 1)
-        return evq__err(EVQ_EBUSY, "event %s is shared with a queue; modify a "
-                                   "copy made with evq_event_dup",
+    if (atomic_load_explicit(&((evq_event *)ev)->refs, memory_order_acquire) >
+        1)
+        return evq__err(EVQ_EBUSY,
+                        "event %s is shared with a queue; modify a "
+                        "copy made with evq_event_dup",
                         ev->id ? ev->id : "");
     return 0;
 }
@@ -562,8 +564,8 @@ int evq_event_set_binary(evq_event *ev, const void *bytes, size_t len,
         return rc;
     if (!bytes && len)
         return evq__err(EVQ_EINVAL, "binary payload is NULL");
-    if (content_type && (rc = check_value("datacontenttype", content_type,
-                                          false)) != 0)
+    if (content_type &&
+        (rc = check_value("datacontenttype", content_type, false)) != 0)
         return rc;
     copy = malloc(len ? len : 1);
     if (!copy)

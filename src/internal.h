@@ -13,10 +13,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define EVQ__UNUSED(x) ((void)(x))
+#define EVQ__UNUSED(x)    ((void)(x))
 #define EVQ__PRINTF(a, b) __attribute__((format(printf, a, b)))
 
-/* ---- errors (error.c) -------------------------------------------------- */
+/* ---- errors (error.c) ---------------------------------------------------- */
 
 /* Records a detail message for the calling thread and returns `code`, so
  * failures read `return evq__err(EVQ_EINVAL, "...", ...);`. */
@@ -24,7 +24,7 @@ int evq__err(int code, const char *fmt, ...) EVQ__PRINTF(2, 3);
 /* Like evq__err but prefixes the current message: "context: old detail". */
 int evq__err_prefix(int code, const char *fmt, ...) EVQ__PRINTF(2, 3);
 
-/* ---- small helpers (util.c) ------------------------------------------- */
+/* ---- small helpers (util.c) ---------------------------------------------- */
 
 int64_t evq__now_mono_ns(void);
 int64_t evq__now_real_ns(void);
@@ -58,7 +58,7 @@ typedef struct evq__buf {
 int evq__buf_reserve(evq__buf *b, size_t extra);
 int evq__buf_append(evq__buf *b, const void *p, size_t n);
 
-/* ---- events (event.c) ------------------------------------------------- */
+/* ---- events (event.c) ---------------------------------------------------- */
 
 enum evq__ext_kind { EVQ__EXT_STRING, EVQ__EXT_INTEGER, EVQ__EXT_BOOLEAN };
 
@@ -107,7 +107,7 @@ void evq__uuid7(char *buf);
 /* CloudEvents extension attribute name rule. */
 bool evq__ext_name_valid(const char *name);
 
-/* ---- codecs (codec.c, codec_json.c, codec_msgpack.c) ------------------ */
+/* ---- codecs (codec.c, codec_json.c, codec_msgpack.c) --------------------- */
 
 extern const evq_codec evq__codec_json;
 extern const evq_codec evq__codec_msgpack;
@@ -123,7 +123,7 @@ int evq__event_from_envelope(evq_event *ev, json_t *env, json_t *data,
  * Stops counting once `limit` is exceeded (returns limit + 1). */
 int evq__json_depth(const json_t *v, int limit);
 
-/* ---- URLs (url.c) ----------------------------------------------------- */
+/* ---- URLs (url.c) -------------------------------------------------------- */
 
 typedef struct evq__host {
     char *host; /* decoded; IPv6 literals without brackets; may be "" */
@@ -151,7 +151,7 @@ typedef struct evq__url {
 int evq__url_parse(const char *s, evq__url *out);
 void evq__url_free(evq__url *u);
 
-/* ---- options (opts.c) ------------------------------------------------- */
+/* ---- options (opts.c) ---------------------------------------------------- */
 
 enum evq__opt_type {
     EVQ__OPT_INT,    /* decimal integer in [min, max] */
@@ -191,12 +191,12 @@ bool evq__opt_bool(const evq__optset *set, const evq__opt_spec *tab,
                    const char *name);
 extern const evq__opt_spec evq__core_opts[];
 
-/* ---- queue core and backends (queue.c) -------------------------------- */
+/* ---- queue core and backends (queue.c) ----------------------------------- */
 
 /* One event handed to a backend's enqueue: either by reference (when the
  * backend declares EVQ__BY_REF and no format was chosen) or encoded. */
 typedef struct evq__item {
-    evq_event *ev;         /* borrowed; take a reference to keep it */
+    evq_event *ev;              /* borrowed; take a reference to keep it */
     const unsigned char *bytes; /* borrowed encoded form, or NULL */
     size_t len;
     int64_t delay_ms; /* >= 0 */
@@ -247,7 +247,7 @@ extern const struct evq_backend_ops evq__backend_memory;
  * to put foreign or broken messages on a queue opened with a format). */
 int evq__enqueue_raw(evq_queue *q, const void *bytes, size_t len);
 
-/* ---- dispatch (dispatch.c) -------------------------------------------- */
+/* ---- dispatch (dispatch.c) ----------------------------------------------- */
 
 /* Does `pattern` (validated) match `type`? */
 bool evq__pattern_match(const char *pattern, const char *type);

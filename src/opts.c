@@ -155,8 +155,7 @@ static bool enum_has(const char *choices, const char *v)
     return false;
 }
 
-static int check_value(const evq__opt_spec *sp, const char *key,
-                       const char *v)
+static int check_value(const evq__opt_spec *sp, const char *key, const char *v)
 {
     int64_t i;
     bool b;
@@ -165,8 +164,8 @@ static int check_value(const evq__opt_spec *sp, const char *key,
     case EVQ__OPT_INT:
         if (parse_int(v, &i))
             return evq__err(EVQ_EINVAL,
-                            "option '%s': value '%.64s' is not an integer",
-                            key, v);
+                            "option '%s': value '%.64s' is not an integer", key,
+                            v);
         if (i < sp->min || i > sp->max)
             return evq__err(EVQ_EINVAL,
                             "option '%s': value %" PRId64
@@ -328,15 +327,16 @@ static int help_lines(evq__buf *b, const evq__opt_spec *tab)
                          tab->name, tab->type == EVQ__OPT_PREFIX ? "<key>" : "",
                          kind, tab->def ? ", default " : "",
                          tab->def ? tab->def : "", tab->help);
-        rc = evq__buf_append(b, line, (size_t)n < sizeof line ? (size_t)n
-                                                              : sizeof line - 1);
+        rc = evq__buf_append(
+            b, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
     }
     return rc;
 }
 
 char *evq_options_help(const char *scheme)
 {
-    const struct evq_backend_ops *ops = scheme ? evq__backend_find(scheme) : NULL;
+    const struct evq_backend_ops *ops =
+        scheme ? evq__backend_find(scheme) : NULL;
     evq__buf b = {0};
     char head[128];
     int n;

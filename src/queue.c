@@ -109,8 +109,8 @@ int evq_queue_open(evq_queue **qp, const char *url, const char *name,
         return rc;
     const struct evq_backend_ops *ops = evq__backend_find(u.scheme);
     if (!ops) {
-        rc = evq__err(EVQ_EINVAL,
-                      "unknown URL scheme '%.32s' (known: memory)", u.scheme);
+        rc = evq__err(EVQ_EINVAL, "unknown URL scheme '%.32s' (known: memory)",
+                      u.scheme);
         goto out;
     }
     if (!ops_complete(ops)) {
@@ -132,8 +132,8 @@ int evq_queue_open(evq_queue **qp, const char *url, const char *name,
         q->codec = evq_codec_find(fmt);
     else if (!(ops->flags & EVQ__BY_REF))
         q->codec = &evq__codec_json;
-    q->lim.max_bytes = (size_t)evq__opt_int(&q->opts, ops->opts,
-                                            "max_event_bytes");
+    q->lim.max_bytes =
+        (size_t)evq__opt_int(&q->opts, ops->opts, "max_event_bytes");
     q->lim.max_depth = (int)evq__opt_int(&q->opts, ops->opts, "max_depth");
     const char *dl = evq__opt_str(&q->opts, ops->opts, "dead_letter");
     char dbuf[256];

@@ -193,10 +193,9 @@ int evq__url_parse(const char *s, evq__url *u)
     for (p = s; *p; p++) {
         unsigned char c = (unsigned char)*p;
         if (c <= 0x20 || c == 0x7f)
-            return evq__err(EVQ_EINVAL,
-                            "URL has %s at offset %zu (percent-encode it)",
-                            c == ' ' ? "a space" : "a control character",
-                            (size_t)(p - s));
+            return evq__err(
+                EVQ_EINVAL, "URL has %s at offset %zu (percent-encode it)",
+                c == ' ' ? "a space" : "a control character", (size_t)(p - s));
     }
     p = strstr(s, "://");
     if (!p || p == s)
@@ -204,8 +203,7 @@ int evq__url_parse(const char *s, evq__url *u)
                         "URL has no scheme (expected e.g. memory:// or "
                         "redis://host:6379)");
     for (const char *c = s; c < p; c++) {
-        if (!isalnum((unsigned char)*c) && *c != '+' && *c != '-' &&
-            *c != '.')
+        if (!isalnum((unsigned char)*c) && *c != '+' && *c != '-' && *c != '.')
             return evq__err(EVQ_EINVAL, "URL scheme '%.*s' is malformed",
                             (int)(p - s > 32 ? 32 : p - s), s);
     }
@@ -291,8 +289,9 @@ int evq__url_parse(const char *s, evq__url *u)
                                   (int)(e - q > 64 ? 64 : e - q), q);
                     goto fail;
                 }
-                if ((rc = pct_decode(q, (size_t)(eq - q), "query parameter "
-                                                          "name",
+                if ((rc = pct_decode(q, (size_t)(eq - q),
+                                     "query parameter "
+                                     "name",
                                      &kv->key)) ||
                     (rc = pct_decode(eq + 1, (size_t)(e - eq - 1),
                                      "query parameter value", &kv->value)))

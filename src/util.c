@@ -110,7 +110,8 @@ char *evq__b64_encode(const unsigned char *in, size_t len, size_t *outlen)
     if (!out)
         return NULL;
     for (i = 0; i + 2 < len; i += 3) {
-        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
+        uint32_t v =
+            (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
         out[o++] = b64chars[v >> 18];
         out[o++] = b64chars[(v >> 12) & 63];
         out[o++] = b64chars[(v >> 6) & 63];
@@ -310,8 +311,9 @@ void evq__time_format(int64_t ns, char *buf)
         days--;
     }
     civil_from_days(days, &y, &mo, &d);
-    int n = snprintf(buf, EVQ__TIME_BUF, "%04d-%02u-%02uT%02d:%02d:%02d", y, mo,
-                     d, (int)(rem / 3600), (int)(rem / 60 % 60), (int)(rem % 60));
+    int n =
+        snprintf(buf, EVQ__TIME_BUF, "%04d-%02u-%02uT%02d:%02d:%02d", y, mo, d,
+                 (int)(rem / 3600), (int)(rem / 60 % 60), (int)(rem % 60));
     if (frac) {
         int w = 9;
         while (frac % 1000 == 0) {

@@ -1,7 +1,7 @@
 /* Codecs: every attribute and payload survives both formats; events written
  * by hand by other programs decode; hostile input gets a clean error. */
-#include "testutil.h"
 #include "internal.h"
+#include "testutil.h"
 
 #include <float.h>
 #include <msgpack.h>
@@ -15,26 +15,26 @@ static json_t *awkward_payload(void)
         "s:[i, s, {s:[i, i]}], s:s}",
         "unicode", "h\xc3\xa9llo \xe2\x82\xac \xf0\x9d\x84\x9e \xe4\xb8\xad",
         "int64_max", (json_int_t)INT64_MAX, "int64_min", (json_int_t)INT64_MIN,
-        "dbl_max", DBL_MAX, "dbl_min", DBL_MIN, "denormal", 5e-324,
-        "negative", -1.5e-300, "bool", 1, "null", "empty_array",
-        "empty_object", "nested", 1, "two", "deep", 2, 3, "empty", "");
+        "dbl_max", DBL_MAX, "dbl_min", DBL_MIN, "denormal", 5e-324, "negative",
+        -1.5e-300, "bool", 1, "null", "empty_array", "empty_object", "nested",
+        1, "two", "deep", 2, 3, "empty", "");
     assert_non_null(p);
     return p;
 }
 
 static evq_event *full_event(void)
 {
-    evq_event *ev = evq_event_new("com.example.user.created",
-                                  awkward_payload());
+    evq_event *ev =
+        evq_event_new("com.example.user.created", awkward_payload());
     assert_non_null(ev);
     assert_evq_ok(evq_event_set_attr(ev, "source", "https://example.com/u"));
     assert_evq_ok(evq_event_set_attr(ev, "subject", "users/123"));
-    assert_evq_ok(evq_event_set_attr(ev, "time",
-                                     "2026-11-26T11:20:19.123456789Z"));
+    assert_evq_ok(
+        evq_event_set_attr(ev, "time", "2026-11-26T11:20:19.123456789Z"));
     assert_evq_ok(evq_event_set_attr(ev, "dataschema",
                                      "https://example.com/schema.json"));
-    assert_evq_ok(evq_event_set_attr(ev, "datacontenttype",
-                                     "application/json"));
+    assert_evq_ok(
+        evq_event_set_attr(ev, "datacontenttype", "application/json"));
     assert_evq_ok(evq_event_set_attr(ev, "traceparent", "00-0af7-01"));
     assert_evq_ok(evq__event_set_ext(ev, "count", "-42", EVQ__EXT_INTEGER));
     assert_evq_ok(evq__event_set_ext(ev, "urgent", "true", EVQ__EXT_BOOLEAN));
@@ -43,11 +43,12 @@ static evq_event *full_event(void)
 
 static void assert_same_event(const evq_event *a, const evq_event *b)
 {
-    static const char *attrs[] = {"specversion", "id", "source", "type",
-                                  "subject", "time", "datacontenttype",
-                                  "dataschema"};
+    static const char *attrs[] = {
+        "specversion", "id",   "source",          "type",
+        "subject",     "time", "datacontenttype", "dataschema"};
     for (size_t i = 0; i < sizeof attrs / sizeof attrs[0]; i++) {
-        const char *x = evq_event_attr(a, attrs[i]), *y = evq_event_attr(b, attrs[i]);
+        const char *x = evq_event_attr(a, attrs[i]),
+                   *y = evq_event_attr(b, attrs[i]);
         if ((x == NULL) != (y == NULL) || (x && strcmp(x, y) != 0))
             fail_msg("attribute %s: '%s' became '%s'", attrs[i],
                      x ? x : "(null)", y ? y : "(null)");
@@ -114,11 +115,16 @@ static void every_attribute_and_payload_round_trips(void **state)
 static void scalar_and_absent_payloads_round_trip(void **state)
 {
     (void)state;
-    json_t *values[] = {json_string("just text"), json_integer(0),
-                        json_real(-0.25), json_true(), json_null(), NULL};
+    json_t *values[] = {json_string("just text"),
+                        json_integer(0),
+                        json_real(-0.25),
+                        json_true(),
+                        json_null(),
+                        NULL};
     for (size_t f = 0; f < 2; f++) {
         for (size_t i = 0; i < sizeof values / sizeof values[0]; i++) {
-            evq_event *ev = evq_event_new("t", values[i] ? json_incref(values[i]) : NULL);
+            evq_event *ev =
+                evq_event_new("t", values[i] ? json_incref(values[i]) : NULL);
             evq_event *back = round_trip(ev, formats[f]);
             if (values[i] && json_is_null(values[i]))
                 assert_null(evq_event_data(back)); /* null data is absent */
@@ -141,7 +147,8 @@ static void binary_payloads_round_trip(void **state)
     for (size_t f = 0; f < 2; f++) {
         for (size_t n = 0; n <= 5; n++) { /* every base64 padding case */
             evq_event *ev = evq_event_new("blob", NULL);
-            assert_evq_ok(evq_event_set_binary(ev, bytes + 250, n, "application/octet-stream"));
+            assert_evq_ok(evq_event_set_binary(ev, bytes + 250, n,
+                                               "application/octet-stream"));
             evq_event *back = round_trip(ev, formats[f]);
             assert_same_event(ev, back);
             evq_event_free(back);
@@ -177,14 +184,16 @@ static void decodes_events_written_by_other_programs(void **state)
 
     assert_evq_ok(evq_event_decode(&ev, "json", buf, len, NULL));
     assert_string_equal(evq_event_type(ev), "com.github.pull_request.opened");
-    assert_string_equal(evq_event_source(ev), "https://github.com/cloudevents/spec/pull");
+    assert_string_equal(evq_event_source(ev),
+                        "https://github.com/cloudevents/spec/pull");
     assert_string_equal(evq_event_id(ev), "A234-1234-1234");
     assert_string_equal(evq_event_subject(ev), "123");
     assert_string_equal(evq_event_attr(ev, "time"), "2018-04-05T17:31:00Z");
     assert_string_equal(evq_event_attr(ev, "comexampleextension1"), "value");
     assert_string_equal(evq_event_attr(ev, "comexampleothervalue"), "5");
     assert_string_equal(evq_event_datacontenttype(ev), "text/xml");
-    assert_string_equal(json_string_value(evq_event_data(ev)), "<much wow=\"xml\"/>");
+    assert_string_equal(json_string_value(evq_event_data(ev)),
+                        "<much wow=\"xml\"/>");
     evq_event_free(ev);
     free(buf);
 
@@ -197,15 +206,18 @@ static void decodes_events_written_by_other_programs(void **state)
     assert_string_equal(evq_event_attr(ev, "isimportant"), "true");
     assert_null(evq_event_attr(ev, "unset"));
     assert_string_equal(evq_event_attr(ev, "time"), "2018-04-05T15:31:00.123Z");
-    assert_string_equal(evq_event_datacontenttype(ev), "application/vnd.apache.thrift.binary");
+    assert_string_equal(evq_event_datacontenttype(ev),
+                        "application/vnd.apache.thrift.binary");
     evq_event_free(ev);
     free(buf);
 
     buf = read_fixture("json-data.json", &len);
     assert_evq_ok(evq_event_decode(&ev, "json", buf, len, NULL));
     assert_string_equal(evq_event_type(ev), "user.created");
-    assert_int_equal(json_integer_value(json_object_get(evq_event_data(ev), "age")), 42);
-    assert_string_equal(evq_event_attr(ev, "dataschema"), "https://example.com/schemas/user.json");
+    assert_int_equal(
+        json_integer_value(json_object_get(evq_event_data(ev), "age")), 42);
+    assert_string_equal(evq_event_attr(ev, "dataschema"),
+                        "https://example.com/schemas/user.json");
     assert_null(evq_event_attr(ev, "time"));
     evq_event_free(ev);
     free(buf);
@@ -229,13 +241,19 @@ static void malformed_json_is_refused(void **state)
     (void)state;
     const char *base = "\"specversion\":\"1.0\",\"source\":\"s\"";
     char buf[512];
-    struct { const char *body; const char *needle; } cases[] = {
+    struct {
+        const char *body;
+        const char *needle;
+    } cases[] = {
         {"{\"specversion\":\"1.0\",\"source\":\"s\",\"type\":\"t\"}", "id"},
         {"{\"specversion\":\"1.0\",\"source\":\"s\",\"id\":\"1\"}", "type"},
         {"{\"specversion\":\"1.0\",\"type\":\"t\",\"id\":\"1\"}", "source"},
-        {"{\"source\":\"s\",\"type\":\"t\",\"id\":\"1\",\"specversion\":\"0.3\"}", "specversion"},
+        {"{\"source\":\"s\",\"type\":\"t\",\"id\":\"1\",\"specversion\":\"0."
+         "3\"}",
+         "specversion"},
         {"[1,2,3]", "object"},
-        {"{\"type\":\"t\",\"id\":\"1\",\"data\":1,\"data_base64\":\"AA==\",%s}", "both"},
+        {"{\"type\":\"t\",\"id\":\"1\",\"data\":1,\"data_base64\":\"AA==\",%s}",
+         "both"},
         {"{\"type\":\"t\",\"id\":\"1\",\"data_base64\":\"A===\",%s}", "base64"},
         {"{\"type\":\"t\",\"id\":\"1\",\"data_base64\":\"!!!!\",%s}", "base64"},
         {"{\"type\":\"t\",\"id\":\"1\",\"data_base64\":5,%s}", "data_base64"},
@@ -247,7 +265,8 @@ static void malformed_json_is_refused(void **state)
         {"{\"type\":\"t\",\"id\":\"1\",\"id\":\"2\",%s}", "duplicate"},
         {"{\"type\":\"t\",\"id\":\"1\",\"x\":\"\xff\",%s}", "0xff"},
         {"{\"type\":\"t\",\"id\":\"1\",\"x\":\"a\\u0000b\",%s}", NULL},
-        {"{\"type\":\"t\",\"id\":\"1\",\"data\":18446744073709551616,%s}", NULL},
+        {"{\"type\":\"t\",\"id\":\"1\",\"data\":18446744073709551616,%s}",
+         NULL},
         {"", NULL},
         {"{", NULL},
     };
@@ -258,7 +277,8 @@ static void malformed_json_is_refused(void **state)
                      cases[i].body, base, hole + 2);
         else
             snprintf(buf, sizeof buf, "%s", cases[i].body);
-        assert_decode_fails("json", buf, strlen(buf), EVQ_EDECODE, cases[i].needle);
+        assert_decode_fails("json", buf, strlen(buf), EVQ_EDECODE,
+                            cases[i].needle);
     }
 }
 
@@ -272,8 +292,9 @@ static void deep_nesting_is_refused(void **state)
     memset(buf + n, ']', n);
     assert_decode_fails("json", buf, 2 * n, EVQ_EDECODE, NULL);
     /* Within jansson's own limit but past max_depth. */
-    int len = sprintf(buf, "{\"specversion\":\"1.0\",\"id\":\"1\",\"type\":\"t\","
-                           "\"source\":\"s\",\"data\":");
+    int len =
+        sprintf(buf, "{\"specversion\":\"1.0\",\"id\":\"1\",\"type\":\"t\","
+                     "\"source\":\"s\",\"data\":");
     for (int i = 0; i < 40; i++)
         buf[len++] = '[';
     for (int i = 0; i < 40; i++)
@@ -296,7 +317,8 @@ static void deep_nesting_is_refused(void **state)
     unsigned char *out;
     size_t olen;
     for (size_t f = 0; f < 2; f++) {
-        assert_evq_err(evq_event_encode(ev, formats[f], NULL, &out, &olen), EVQ_EINVAL);
+        assert_evq_err(evq_event_encode(ev, formats[f], NULL, &out, &olen),
+                       EVQ_EINVAL);
         assert_errmsg_has("deeper");
     }
     evq_event_free(ev);
@@ -313,13 +335,15 @@ static void oversized_events_are_refused(void **state)
     unsigned char *out;
     size_t len;
     for (size_t f = 0; f < 2; f++) {
-        assert_evq_err(evq_event_encode(ev, formats[f], NULL, &out, &len), EVQ_ETOOBIG);
+        assert_evq_err(evq_event_encode(ev, formats[f], NULL, &out, &len),
+                       EVQ_ETOOBIG);
         assert_errmsg_has("max_event_bytes");
         assert_null(out);
         /* Decoding refuses it before parsing. */
         evq_codec_limits wide = {.max_bytes = 4 * big, .max_depth = 32};
         assert_evq_ok(evq_event_encode(ev, formats[f], &wide, &out, &len));
-        assert_decode_fails(formats[f], out, len, EVQ_ETOOBIG, "max_event_bytes");
+        assert_decode_fails(formats[f], out, len, EVQ_ETOOBIG,
+                            "max_event_bytes");
         free(out);
     }
     evq_event_free(ev);
@@ -335,12 +359,14 @@ static void truncated_input_is_refused(void **state)
         size_t len;
         assert_evq_ok(evq_event_encode(ev, formats[f], NULL, &buf, &len));
         for (size_t cut = 0; cut < len; cut++) {
-            unsigned char *copy = malloc(cut ? cut : 1); /* exact size: ASan catches over-reads */
+            unsigned char *copy =
+                malloc(cut ? cut : 1); /* exact size: ASan catches over-reads */
             memcpy(copy, buf, cut);
             evq_event *back = NULL;
             int rc = evq_event_decode(&back, formats[f], copy, cut, NULL);
             if (rc == 0)
-                fail_msg("%s truncated to %zu of %zu bytes decoded", formats[f], cut, len);
+                fail_msg("%s truncated to %zu of %zu bytes decoded", formats[f],
+                         cut, len);
             assert_int_equal(rc, EVQ_EDECODE);
             free(copy);
         }
@@ -382,10 +408,15 @@ static void msgpack_hostile_counts_are_refused(void **state)
 {
     (void)state;
     /* array32 and map32 declaring 4 billion elements in 5 bytes */
-    assert_decode_fails("msgpack", "\xdd\xff\xff\xff\xff", 5, EVQ_EDECODE, "declares");
-    assert_decode_fails("msgpack", "\xdf\xff\xff\xff\xff", 5, EVQ_EDECODE, "declares");
+    assert_decode_fails("msgpack", "\xdd\xff\xff\xff\xff", 5, EVQ_EDECODE,
+                        "declares");
+    assert_decode_fails("msgpack", "\xdf\xff\xff\xff\xff", 5, EVQ_EDECODE,
+                        "declares");
     /* str32 claiming 4 GiB */
-    assert_decode_fails("msgpack", "\xdb\xff\xff\xff\xff" "abc", 8, EVQ_EDECODE, "truncated");
+    assert_decode_fails("msgpack",
+                        "\xdb\xff\xff\xff\xff"
+                        "abc",
+                        8, EVQ_EDECODE, "truncated");
     assert_decode_fails("msgpack", "\xc1", 1, EVQ_EDECODE, "invalid");
     assert_decode_fails("msgpack", "\x80\x00", 2, EVQ_EDECODE, "trailing");
     assert_decode_fails("msgpack", "\x93\x01\x02\x03", 4, EVQ_EDECODE, "map");
@@ -404,7 +435,8 @@ static void msgpack_envelope_rules_match_json(void **state)
     msgpack_sbuffer_init(&sb);
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
     msgpack_pack_map(&pk, 6);
-    const char *kv[] = {"specversion", "1.0", "id", "x1", "source", "/s", "type", "t"};
+    const char *kv[] = {"specversion", "1.0", "id",   "x1",
+                        "source",      "/s",  "type", "t"};
     for (int i = 0; i < 8; i++) {
         msgpack_pack_str(&pk, strlen(kv[i]));
         msgpack_pack_str_body(&pk, kv[i], strlen(kv[i]));
@@ -481,8 +513,8 @@ static int upper_encode(const evq_event *ev, const evq_codec_limits *lim,
     return rc;
 }
 
-static int upper_decode(const void *buf, size_t len, const evq_codec_limits *lim,
-                        evq_event **out)
+static int upper_decode(const void *buf, size_t len,
+                        const evq_codec_limits *lim, evq_event **out)
 {
     if (len == 0 || ((const char *)buf)[0] != '!')
         return EVQ_EDECODE;
@@ -492,8 +524,10 @@ static int upper_decode(const void *buf, size_t len, const evq_codec_limits *lim
 static void users_can_register_codecs(void **state)
 {
     (void)state;
-    static const evq_codec bang = {.name = "bang", .content_type = "x/bang",
-                                   .encode = upper_encode, .decode = upper_decode};
+    static const evq_codec bang = {.name = "bang",
+                                   .content_type = "x/bang",
+                                   .encode = upper_encode,
+                                   .decode = upper_decode};
     static const evq_codec bad = {.name = "bad"};
     assert_evq_ok(evq_codec_register(&bang));
     assert_evq_err(evq_codec_register(&bang), EVQ_EEXIST);
@@ -515,7 +549,8 @@ static void users_can_register_codecs(void **state)
 
     unsigned char *out;
     size_t len;
-    assert_evq_err(evq_event_encode(NULL, "json", NULL, &out, &len), EVQ_EINVAL);
+    assert_evq_err(evq_event_encode(NULL, "json", NULL, &out, &len),
+                   EVQ_EINVAL);
     assert_evq_err(evq_event_decode(NULL, "json", "{}", 2, NULL), EVQ_EINVAL);
     assert_evq_err(evq_event_decode(&ev, "xml", "{}", 2, NULL), EVQ_EINVAL);
     assert_errmsg_has("xml");

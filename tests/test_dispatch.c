@@ -47,8 +47,9 @@ static void handlers_run_in_registration_order(void **state)
 {
     (void)state;
     struct log log = {0};
-    struct tagged a = {&log, "a", 0}, b = {&log, "b", 0}, all = {&log, "all", 0},
-                  user = {&log, "user.*", 0}, other = {&log, "other", 0};
+    struct tagged a = {&log, "a", 0}, b = {&log, "b", 0},
+                  all = {&log, "all", 0}, user = {&log, "user.*", 0},
+                  other = {&log, "other", 0};
     evq_events *e = evq_events_new();
 
     assert_evq_ok(evq_register_handler(e, "user.created", record, &a));
@@ -132,8 +133,8 @@ static void bad_patterns_and_arguments_are_refused(void **state)
     struct log log = {0};
     struct tagged a = {&log, "a", 0};
     evq_events *e = evq_events_new();
-    static const char *bad[] = {"", "user*", "*.created", "user.*.x", "**",
-                                ".*", "us*er", "a.*b"};
+    static const char *bad[] = {"",   "user*", "*.created", "user.*.x",
+                                "**", ".*",    "us*er",     "a.*b"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         if (evq_register_handler(e, bad[i], record, &a) != EVQ_EINVAL)
             fail_msg("pattern '%s' accepted", bad[i]);

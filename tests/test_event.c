@@ -1,6 +1,6 @@
 /* Events: CloudEvents attributes, UUIDv7 ids, payloads, attribute rules. */
-#include "testutil.h"
 #include "internal.h"
+#include "testutil.h"
 
 #include <pthread.h>
 #include <sys/wait.h>
@@ -8,9 +8,9 @@
 
 static evq_event *user_created(void)
 {
-    evq_event *ev = evq_event_new(
-        "user.created",
-        json_pack("{s:s, s:s}", "userId", "123", "name", "John Doe"));
+    evq_event *ev =
+        evq_event_new("user.created", json_pack("{s:s, s:s}", "userId", "123",
+                                                "name", "John Doe"));
     assert_non_null(ev);
     return ev;
 }
@@ -72,7 +72,7 @@ static void ids_increase_within_a_process(void **state)
 }
 
 #define PER_THREAD 20000
-#define THREADS 4
+#define THREADS    4
 
 static void *make_ids(void *arg)
 {
@@ -118,7 +118,8 @@ static void ids_are_unique_across_threads_and_processes(void **state)
     size_t got = 0;
     char *dst = ids[THREADS * PER_THREAD];
     ssize_t n;
-    while ((n = read(fds[0], dst + got, (size_t)THREADS * PER_THREAD * 40 - got)) > 0)
+    while ((n = read(fds[0], dst + got,
+                     (size_t)THREADS * PER_THREAD * 40 - got)) > 0)
         got += (size_t)n;
     close(fds[0]);
     int status;
@@ -154,8 +155,9 @@ static void attribute_names_follow_cloudevents_rules(void **state)
 {
     (void)state;
     evq_event *ev = user_created();
-    static const char *bad[] = {"Foo", "a-b", "a_b", "", "data",
-                                "abcdefghijklmnopqrstu", "é", "with space"};
+    static const char *bad[] = {"Foo", "a-b",       "a_b",
+                                "",    "data",      "abcdefghijklmnopqrstu",
+                                "é",   "with space"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         assert_evq_err(evq_event_set_attr(ev, bad[i], "v"), EVQ_EINVAL);
         assert_errmsg_has("invalid");
@@ -196,8 +198,9 @@ static void context_attributes_are_checked(void **state)
     assert_evq_err(evq_event_set_attr(ev, "time", "2018-04-05T17:31:00"),
                    EVQ_EINVAL);
 
-    assert_evq_ok(evq_event_set_attr(ev, "id", "a-much-longer-identifier-than-"
-                                               "fits-in-the-inline-buffer"));
+    assert_evq_ok(evq_event_set_attr(ev, "id",
+                                     "a-much-longer-identifier-than-"
+                                     "fits-in-the-inline-buffer"));
     assert_string_equal(evq_event_id(ev), "a-much-longer-identifier-than-"
                                           "fits-in-the-inline-buffer");
     assert_evq_ok(evq_event_set_attr(ev, "id", "short"));
@@ -208,10 +211,12 @@ static void context_attributes_are_checked(void **state)
     assert_string_equal(evq_event_subject(ev), "123");
     assert_evq_ok(evq_event_set_attr(ev, "subject", NULL));
     assert_null(evq_event_subject(ev));
-    assert_evq_ok(evq_event_set_attr(ev, "time", "2018-04-05T19:31:00.5+02:00"));
+    assert_evq_ok(
+        evq_event_set_attr(ev, "time", "2018-04-05T19:31:00.5+02:00"));
     assert_int_equal(evq_event_time_ns(ev), 1522949460500000000LL);
     assert_string_equal(evq_event_attr(ev, "time"), "2018-04-05T17:31:00.500Z");
-    assert_evq_ok(evq_event_set_attr(ev, "time", "1969-12-31T23:59:59.000000001Z"));
+    assert_evq_ok(
+        evq_event_set_attr(ev, "time", "1969-12-31T23:59:59.000000001Z"));
     assert_int_equal(evq_event_time_ns(ev), -999999999LL);
     assert_string_equal(evq_event_attr(ev, "time"),
                         "1969-12-31T23:59:59.000000001Z");

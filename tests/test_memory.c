@@ -1,7 +1,7 @@
 /* The memory:// backend: ordering, ack/nack, delays, bounds, interrupt,
  * sharing by name, encoded mode, dead letters, and many threads at once. */
-#include "testutil.h"
 #include "internal.h"
+#include "testutil.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -262,11 +262,13 @@ static void queues_are_shared_by_name(void **state)
     assert_evq_ok(evq_ack(m));
     /* A second handle must agree on the format and the capacity. */
     evq_queue *bad;
-    assert_evq_err(evq_queue_open(&bad, "memory://?format=json", "shared-a", NULL),
-                   EVQ_EINVAL);
+    assert_evq_err(
+        evq_queue_open(&bad, "memory://?format=json", "shared-a", NULL),
+        EVQ_EINVAL);
     assert_errmsg_has("format");
-    assert_evq_err(evq_queue_open(&bad, "memory://?capacity=3", "shared-a", NULL),
-                   EVQ_EINVAL);
+    assert_evq_err(
+        evq_queue_open(&bad, "memory://?capacity=3", "shared-a", NULL),
+        EVQ_EINVAL);
     assert_errmsg_has("capacity");
     evq_event_free(ev);
     evq_queue_close(a);
@@ -393,12 +395,12 @@ static void batch_enqueue_keeps_order(void **state)
     evq_queue_close(q);
 }
 
-/* ---- 8 producers x 8 consumers x 100 000 events each ------------------- */
+/* ---- 8 producers x 8 consumers x 100 000 events each --------------------- */
 
-#define NPROD 8
-#define NCONS 8
+#define NPROD        8
+#define NCONS        8
 #define PER_PRODUCER 100000
-#define TOTAL (NPROD * PER_PRODUCER)
+#define TOTAL        (NPROD * PER_PRODUCER)
 
 struct stress {
     evq_queue *q;

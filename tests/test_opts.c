@@ -39,16 +39,22 @@ static void bad_options_are_named(void **state)
 {
     (void)state;
     assert_open_fails("memory://?capacity=0", NULL, EVQ_EINVAL, "capacity");
-    assert_open_fails("memory://?capacity=-1", NULL, EVQ_EINVAL, "out of range");
-    assert_open_fails("memory://?capacity=abc", NULL, EVQ_EINVAL, "not an integer");
+    assert_open_fails("memory://?capacity=-1", NULL, EVQ_EINVAL,
+                      "out of range");
+    assert_open_fails("memory://?capacity=abc", NULL, EVQ_EINVAL,
+                      "not an integer");
     assert_open_fails("memory://?capacity=", NULL, EVQ_EINVAL, "capacity");
     assert_open_fails("memory://?capacity=99999999999999999999", NULL,
                       EVQ_EINVAL, "capacity");
-    assert_open_fails("memory://?colour=red", NULL, EVQ_EINVAL, "unknown option 'colour'");
-    assert_open_fails("memory://?overflow=maybe", NULL, EVQ_EINVAL, "block|error");
+    assert_open_fails("memory://?colour=red", NULL, EVQ_EINVAL,
+                      "unknown option 'colour'");
+    assert_open_fails("memory://?overflow=maybe", NULL, EVQ_EINVAL,
+                      "block|error");
     assert_open_fails("memory://?format=xml", NULL, EVQ_EINVAL, "format");
-    assert_open_fails("memory://?max_event_bytes=1", NULL, EVQ_EINVAL, "max_event_bytes");
-    assert_open_fails("memory://?max_depth=100000", NULL, EVQ_EINVAL, "max_depth");
+    assert_open_fails("memory://?max_event_bytes=1", NULL, EVQ_EINVAL,
+                      "max_event_bytes");
+    assert_open_fails("memory://?max_depth=100000", NULL, EVQ_EINVAL,
+                      "max_depth");
     assert_open_fails("foo://x", NULL, EVQ_EINVAL, "scheme 'foo'");
     assert_open_fails("redis://host:99999", NULL, EVQ_EINVAL, "99999");
     assert_open_fails("memory://a b", NULL, EVQ_EINVAL, "space");

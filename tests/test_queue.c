@@ -45,13 +45,15 @@ static void queue_names_are_checked(void **state)
     char long_name[300];
     memset(long_name, 'n', sizeof long_name - 1);
     long_name[sizeof long_name - 1] = '\0';
-    static const char *bad[] = {"", "has space", "slash/name", "star*",
-                                "caf\xc3\xa9", "new\nline"};
+    static const char *bad[] = {"",      "has space",   "slash/name",
+                                "star*", "caf\xc3\xa9", "new\nline"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        assert_evq_err(evq_queue_open(&q, "memory://", bad[i], NULL), EVQ_EINVAL);
+        assert_evq_err(evq_queue_open(&q, "memory://", bad[i], NULL),
+                       EVQ_EINVAL);
         assert_errmsg_has("queue name");
     }
-    assert_evq_err(evq_queue_open(&q, "memory://", long_name, NULL), EVQ_EINVAL);
+    assert_evq_err(evq_queue_open(&q, "memory://", long_name, NULL),
+                   EVQ_EINVAL);
     assert_evq_ok(evq_queue_open(&q, "memory://", "Orders_v2.high-prio", NULL));
     evq_queue_close(q);
 }

@@ -1,14 +1,14 @@
 /* URLs: every part parsed and decoded; each malformed part named. */
-#include "testutil.h"
 #include "internal.h"
+#include "testutil.h"
 
 static void parses_every_part(void **state)
 {
     (void)state;
     evq__url u;
-    assert_evq_ok(evq__url_parse(
-        "REDIS://al%69ce:p%40ss:w@rd@cache.local:6380/2?redis.maxlen=100&a=b%20c",
-        &u));
+    assert_evq_ok(evq__url_parse("REDIS://al%69ce:p%40ss:w@rd@cache.local:6380/"
+                                 "2?redis.maxlen=100&a=b%20c",
+                                 &u));
     assert_string_equal(u.scheme, "redis");
     assert_string_equal(u.user, "alice");
     assert_string_equal(u.password, "p@ss:w@rd");
@@ -29,7 +29,8 @@ static void parses_host_lists(void **state)
 {
     (void)state;
     evq__url u;
-    assert_evq_ok(evq__url_parse("kafka://a:9092,b:9093,[::1]:9094,[2001:db8::7]", &u));
+    assert_evq_ok(
+        evq__url_parse("kafka://a:9092,b:9093,[::1]:9094,[2001:db8::7]", &u));
     assert_int_equal(u.n_hosts, 4);
     assert_string_equal(u.hosts[0].host, "a");
     assert_int_equal(u.hosts[1].port, 9093);
@@ -66,7 +67,9 @@ static void parses_file_and_empty_urls(void **state)
 static void malformed_urls_name_the_bad_part(void **state)
 {
     (void)state;
-    struct { const char *url, *needle; } cases[] = {
+    struct {
+        const char *url, *needle;
+    } cases[] = {
         {"localhost:6379", "scheme"},
         {"://x", "scheme"},
         {"re dis://x", "space"},

@@ -19,31 +19,31 @@
 
 /* Asserts that an evq call returned 0; otherwise prints its code and
  * detail. */
-#define assert_evq_ok(expr)                                                   \
-    do {                                                                      \
-        int rc_ = (expr);                                                     \
-        if (rc_ != 0)                                                         \
-            fail_msg("%s returned %s (%s): %s", #expr,                        \
-                     evq_errname(rc_) ? evq_errname(rc_) : "?",               \
-                     evq_strerror(rc_), evq_errmsg());                        \
+#define assert_evq_ok(expr)                                                    \
+    do {                                                                       \
+        int rc_ = (expr);                                                      \
+        if (rc_ != 0)                                                          \
+            fail_msg("%s returned %s (%s): %s", #expr,                         \
+                     evq_errname(rc_) ? evq_errname(rc_) : "?",                \
+                     evq_strerror(rc_), evq_errmsg());                         \
     } while (0)
 
 /* Asserts that an evq call failed with `code`. */
-#define assert_evq_err(expr, code)                                            \
-    do {                                                                      \
-        int rc_ = (expr);                                                     \
-        if (rc_ != (code))                                                    \
-            fail_msg("%s returned %s, expected %s (detail: %s)", #expr,       \
-                     rc_ == 0 ? "0" : evq_errname(rc_), evq_errname(code),    \
-                     evq_errmsg());                                           \
+#define assert_evq_err(expr, code)                                             \
+    do {                                                                       \
+        int rc_ = (expr);                                                      \
+        if (rc_ != (code))                                                     \
+            fail_msg("%s returned %s, expected %s (detail: %s)", #expr,        \
+                     rc_ == 0 ? "0" : evq_errname(rc_), evq_errname(code),     \
+                     evq_errmsg());                                            \
     } while (0)
 
 /* Asserts that evq_errmsg() contains `needle`. */
-#define assert_errmsg_has(needle)                                             \
-    do {                                                                      \
-        if (!strstr(evq_errmsg(), (needle)))                                  \
-            fail_msg("evq_errmsg() \"%s\" lacks \"%s\"", evq_errmsg(),        \
-                     (needle));                                               \
+#define assert_errmsg_has(needle)                                              \
+    do {                                                                       \
+        if (!strstr(evq_errmsg(), (needle)))                                   \
+            fail_msg("evq_errmsg() \"%s\" lacks \"%s\"", evq_errmsg(),         \
+                     (needle));                                                \
     } while (0)
 
 #endif

@@ -108,8 +108,7 @@ __attribute__((destructor)) static void memory_atexit(void)
     pthread_mutex_unlock(&registry_lock);
 }
 
-static mqueue *mqueue_new(const char *name, const char *format,
-                          size_t capacity)
+static mqueue *mqueue_new(const char *name, const char *format, size_t capacity)
 {
     mqueue *q = calloc(1, sizeof *q);
     pthread_condattr_t ca;
@@ -195,7 +194,7 @@ static void memory_close(void *state)
     free(h);
 }
 
-/* ---- ring and heap (queue lock held) ----------------------------------- */
+/* ---- ring and heap (queue lock held) ------------------------------------- */
 
 static int ring_push(mqueue *q, mnode *n)
 {
