@@ -202,8 +202,9 @@ typedef struct evq__item {
     int64_t delay_ms; /* >= 0 */
 } evq__item;
 
-/* What a backend's dequeue hands to the core.  `ev` or `bytes` stays owned by
- * the backend until ack or nack of `token`. */
+/* What a backend's dequeue hands to the core: `ev` (by reference) or `bytes`
+ * (encoded), either owned by the delivery until it is settled through the
+ * backend's ack (which releases it) or nack (which keeps it queued). */
 typedef struct evq__delivery {
     evq_event *ev;
     const unsigned char *bytes;
@@ -228,9 +229,11 @@ struct evq_backend_ops {
     /* Fills `d` with the next ready delivery, waiting up to timeout_ms.
      * EVQ_ETIMEDOUT, EVQ_ECLOSED after interrupt.  Required. */
     int (*dequeue)(void *state, evq__delivery *d, int timeout_ms);
-    /* Settle a delivery; the token is invalid afterwards.  Required. */
-    int (*ack)(void *state, void *token);
-    int (*nack)(void *state, void *token, int64_t delay_ms);
+    /* Settle a delivery `d` (as dequeue filled it); it is invalid
+     * afterwards.  nack makes it deliverable again after delay_ms with the
+     * attempt count kept (the next dequeue raises it).  Required. */
+    int (*ack)(void *state, evq__delivery *d);
+    int (*nack)(void *state, evq__delivery *d, int64_t delay_ms);
     /* Wakes blocked callers of this state; later ones get EVQ_ECLOSED.
      * Required; must not block for long. */
     int (*interrupt)(void *state);

@@ -32,9 +32,9 @@ struct evq_queue {
 
 struct evq_msg {
     evq_queue *q;
-    evq_event *ev; /* owned when decoded, else the backend's */
+    evq_event *ev; /* owned when decoded, else the delivery's */
     bool owns_ev;
-    void *token;
+    evq__delivery d;
 };
 
 static const struct evq_backend_ops *const backends[] = {
@@ -334,7 +334,7 @@ int evq_enqueue_batch(evq_queue *q, const evq_event *const *evs, size_t n)
 /* Moves an undecodable message to the dead-letter queue as an event of type
  * "evq.undecodable" carrying the raw bytes and the decoder's reason, and only
  * then acknowledges the original. */
-static int dead_letter_raw(evq_queue *q, const evq__delivery *d,
+static int dead_letter_raw(evq_queue *q, evq__delivery *d,
                            const char *reason)
 {
     evq_event *dl = evq_event_new("evq.undecodable", NULL);
@@ -368,7 +368,7 @@ static int dead_letter_raw(evq_queue *q, const evq__delivery *d,
     if (!rc)
         rc = evq_enqueue(q->dead, dl);
     if (!rc) {
-        rc = q->ops->ack(q->state, d->token);
+        rc = q->ops->ack(q->state, d);
         atomic_fetch_add(&q->dead_lettered, 1);
     }
 out:
@@ -405,7 +405,7 @@ int evq_dequeue(evq_queue *q, evq_msg **msgp, int timeout_ms)
                          evq_errmsg());
                 if ((rc = dead_letter_raw(q, &d, reason)) != 0) {
                     /* Keep it rather than lose it: redeliver later. */
-                    q->ops->nack(q->state, d.token, 1000);
+                    q->ops->nack(q->state, &d, 1000);
                     return evq__err_prefix(rc, "could not dead-letter an "
                                                "undecodable message");
                 }
@@ -423,14 +423,14 @@ int evq_dequeue(evq_queue *q, evq_msg **msgp, int timeout_ms)
         if (!m) {
             if (owns)
                 evq_event_free(ev);
-            q->ops->nack(q->state, d.token, 0);
+            q->ops->nack(q->state, &d, 0);
             return evq__err(EVQ_ENOMEM, "out of memory");
         }
         atomic_store_explicit(&ev->attempt, d.attempt, memory_order_relaxed);
         m->q = q;
         m->ev = ev;
         m->owns_ev = owns;
-        m->token = d.token;
+        m->d = d;
         atomic_fetch_add_explicit(&q->refs, 1, memory_order_relaxed);
         atomic_fetch_add_explicit(&q->dequeued, 1, memory_order_relaxed);
         *msgp = m;
@@ -457,7 +457,7 @@ int evq_ack(evq_msg *m)
     int rc;
     if (!m)
         return evq__err(EVQ_EINVAL, "evq_ack: msg is NULL");
-    rc = m->q->ops->ack(m->q->state, m->token);
+    rc = m->q->ops->ack(m->q->state, &m->d);
     atomic_fetch_add_explicit(&m->q->acked, 1, memory_order_relaxed);
     msg_free(m);
     return rc;
@@ -468,7 +468,7 @@ int evq_nack(evq_msg *m, int64_t delay_ms)
     int rc;
     if (!m)
         return evq__err(EVQ_EINVAL, "evq_nack: msg is NULL");
-    rc = m->q->ops->nack(m->q->state, m->token, delay_ms < 0 ? 0 : delay_ms);
+    rc = m->q->ops->nack(m->q->state, &m->d, delay_ms < 0 ? 0 : delay_ms);
     atomic_fetch_add_explicit(&m->q->nacked, 1, memory_order_relaxed);
     msg_free(m);
     return rc;

@@ -1,50 +1,87 @@
 /*
  * memory.c - process-wide named in-memory queues.
  *
- * Every handle opened with the same name shares one queue.  A queue holds at
- * most `capacity` events counting ready, delayed and in-flight ones, so a nack
- * never needs room and memory stays bounded under any backlog.  Ready events
- * sit in a ring, delayed ones in a min-heap by due time; an in-flight event
- * is owned by its message until ack or nack.  Events pass by reference (the
- * node holds a reference) unless the queue has a format, in which case nodes
- * hold the encoded bytes.
+ * Every handle opened with the same name shares one queue.  Ready events sit
+ * in a bounded lock-free ring (Vyukov's MPMC array queue: each slot carries a
+ * sequence number that says whose turn it is, so producers and consumers
+ * claim slots with one compare-and-swap and never take a lock); `capacity` is
+ * the ring's size.  Delayed and nacked-with-delay events wait in a min-heap
+ * under a mutex, bounded by the same capacity, and are moved to the ring by
+ * consumers once due.  In-flight events belong to their message until ack or
+ * nack and are not counted against capacity.
  *
- * Locking: one mutex per queue guards everything in it; the registry lock is
- * taken only to open and close handles, never together with a queue lock.
+ * Sleeping uses event counts over futexes: a waiter announces itself,
+ * re-checks, then sleeps on a sequence word; the other side bumps the word
+ * and wakes only when someone announced itself, so the busy path makes no
+ * system call.  Items pass by reference (the queue holds one reference to
+ * the event) unless the queue has a format, in which case it holds the
+ * encoded bytes.
+ *
  * Guarantee: at-least-once within the process; everything is lost on exit.
  */
 #include "../internal.h"
 
 #include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
-typedef struct mnode {
-    evq_event *ev; /* a reference, or NULL when bytes are held */
-    unsigned char *bytes;
+/* An encoded message as the queue holds it. */
+typedef struct mblob {
     size_t len;
-    int attempt; /* deliveries so far */
-    int64_t due; /* monotonic ns, for the delay heap */
-    uint64_t seq;
-} mnode;
+    unsigned char data[];
+} mblob;
+
+/* What a slot or the heap holds: an event reference or a blob, and the number
+ * of deliveries so far. */
+typedef struct mitem {
+    void *p;
+    int attempt;
+    bool blob;
+} mitem;
+
+typedef struct mslot {
+    atomic_size_t seq;
+    mitem item;
+} mslot;
+
+typedef struct mdelayed {
+    mitem item;
+    int64_t due; /* monotonic ns */
+    uint64_t order;
+} mdelayed;
+
+/* An event count: see the file comment. */
+typedef struct evcount {
+    atomic_uint seq;
+    atomic_int waiters;
+} evcount;
+
+#define CACHELINE 64
 
 typedef struct mqueue {
-    struct mqueue *next; /* registry list */
+    struct mqueue *next; /* registry list, under registry_lock */
+    int handles;         /* under registry_lock */
     char *name;
     char *format; /* NULL: by reference */
-    pthread_mutex_t mu;
-    pthread_cond_t readable, writable;
     size_t capacity;
-    size_t total; /* ready + delayed + in flight */
-    mnode **ring;
-    size_t ring_cap, head, ready;
-    mnode **heap;
-    size_t heap_cap, delayed;
-    size_t in_flight;
-    uint64_t seq;
-    int handles;
+    mslot *ring;
+    _Alignas(CACHELINE) atomic_size_t tail; /* producers */
+    _Alignas(CACHELINE) atomic_size_t head; /* consumers */
+    _Alignas(CACHELINE) atomic_long in_flight;
+    evcount readable;
+    _Alignas(CACHELINE) evcount writable;
+    _Alignas(CACHELINE) pthread_mutex_t heap_mu;
+    mdelayed *heap; /* under heap_mu */
+    size_t heap_cap, heap_n;
+    uint64_t heap_order;
+    atomic_llong next_due; /* earliest due in the heap; INT64_MAX if none */
+    atomic_size_t delayed;
 } mqueue;
 
 typedef struct mhandle {
@@ -54,9 +91,9 @@ typedef struct mhandle {
 } mhandle;
 
 static const evq__opt_spec memory_opts[] = {
-    {"capacity", EVQ__OPT_INT, "65536", 1, 1 << 30, NULL,
-     "most events the queue holds (ready, delayed and in flight); fixed by "
-     "the first handle that opens the queue"},
+    {"capacity", EVQ__OPT_INT, "65536", 1, 1 << 24, NULL,
+     "most ready events the queue holds (and, separately, most delayed ones); "
+     "fixed by the first handle that opens the queue"},
     {"overflow", EVQ__OPT_ENUM, "block", 0, 0, "block|error",
      "when the queue is full: block the producer, or fail with EVQ_EFULL"},
     {NULL, 0, NULL, 0, 0, NULL, NULL},
@@ -65,26 +102,200 @@ static const evq__opt_spec memory_opts[] = {
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static mqueue *registry;
 
-static void node_free(mnode *n)
+/* ---- waiting ------------------------------------------------------------ */
+
+static void futex_wait(atomic_uint *word, unsigned val, int64_t deadline)
 {
-    if (!n)
-        return;
-    evq_event_free(n->ev);
-    free(n->bytes);
-    free(n);
+    struct timespec ts, *tp = NULL;
+    if (deadline != INT64_MAX) {
+        ts = evq__ts_from_ns(deadline);
+        tp = &ts;
+    }
+    /* FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline. */
+    syscall(SYS_futex, word, FUTEX_WAIT_BITSET_PRIVATE, val, tp, NULL,
+            FUTEX_BITSET_MATCH_ANY);
+}
+
+static void evc_notify(evcount *e, bool all)
+{
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&e->waiters, memory_order_relaxed) > 0) {
+        atomic_fetch_add_explicit(&e->seq, 1, memory_order_release);
+        syscall(SYS_futex, &e->seq, FUTEX_WAKE_PRIVATE, all ? INT_MAX : 1,
+                NULL, NULL, 0);
+    }
+}
+
+static unsigned evc_prepare(evcount *e)
+{
+    atomic_fetch_add_explicit(&e->waiters, 1, memory_order_seq_cst);
+    return atomic_load_explicit(&e->seq, memory_order_seq_cst);
+}
+
+static void evc_wait(evcount *e, unsigned key, int64_t deadline)
+{
+    futex_wait(&e->seq, key, deadline);
+    atomic_fetch_sub_explicit(&e->waiters, 1, memory_order_relaxed);
+}
+
+static void evc_cancel(evcount *e)
+{
+    atomic_fetch_sub_explicit(&e->waiters, 1, memory_order_relaxed);
+}
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+/* ---- the ring ------------------------------------------------------------ */
+
+static bool ring_push(mqueue *q, mitem it)
+{
+    size_t pos = atomic_load_explicit(&q->tail, memory_order_relaxed);
+    for (;;) {
+        mslot *s = &q->ring[pos % q->capacity];
+        size_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
+        intptr_t dif = (intptr_t)seq - (intptr_t)pos;
+        if (dif == 0) {
+            if (atomic_compare_exchange_weak_explicit(&q->tail, &pos, pos + 1,
+                                                      memory_order_relaxed,
+                                                      memory_order_relaxed)) {
+                s->item = it;
+                atomic_store_explicit(&s->seq, pos + 1, memory_order_release);
+                return true;
+            }
+        } else if (dif < 0) {
+            return false; /* full */
+        } else {
+            pos = atomic_load_explicit(&q->tail, memory_order_relaxed);
+        }
+    }
+}
+
+static bool ring_pop(mqueue *q, mitem *it)
+{
+    size_t pos = atomic_load_explicit(&q->head, memory_order_relaxed);
+    for (;;) {
+        mslot *s = &q->ring[pos % q->capacity];
+        size_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
+        intptr_t dif = (intptr_t)seq - (intptr_t)(pos + 1);
+        if (dif == 0) {
+            if (atomic_compare_exchange_weak_explicit(&q->head, &pos, pos + 1,
+                                                      memory_order_relaxed,
+                                                      memory_order_relaxed)) {
+                *it = s->item;
+                atomic_store_explicit(&s->seq, pos + q->capacity,
+                                      memory_order_release);
+                return true;
+            }
+        } else if (dif < 0) {
+            return false; /* empty */
+        } else {
+            pos = atomic_load_explicit(&q->head, memory_order_relaxed);
+        }
+    }
+}
+
+static size_t ring_depth(mqueue *q)
+{
+    size_t h = atomic_load(&q->head), t = atomic_load(&q->tail);
+    return t > h ? t - h : 0;
+}
+
+/* ---- the delay heap (heap_mu held) -------------------------------------- */
+
+static bool heap_less(const mdelayed *a, const mdelayed *b)
+{
+    return a->due < b->due || (a->due == b->due && a->order < b->order);
+}
+
+static int heap_push(mqueue *q, mitem it, int64_t due)
+{
+    if (q->heap_n == q->heap_cap) {
+        size_t cap = q->heap_cap ? q->heap_cap * 2 : 16;
+        mdelayed *h = realloc(q->heap, cap * sizeof *h);
+        if (!h)
+            return evq__err(EVQ_ENOMEM, "out of memory");
+        q->heap = h;
+        q->heap_cap = cap;
+    }
+    mdelayed n = {it, due, q->heap_order++};
+    size_t i = q->heap_n++;
+    while (i > 0) {
+        size_t p = (i - 1) / 2;
+        if (!heap_less(&n, &q->heap[p]))
+            break;
+        q->heap[i] = q->heap[p];
+        i = p;
+    }
+    q->heap[i] = n;
+    atomic_store(&q->next_due, q->heap[0].due);
+    atomic_store(&q->delayed, q->heap_n);
+    return 0;
+}
+
+static void heap_pop(mqueue *q)
+{
+    mdelayed last = q->heap[--q->heap_n];
+    size_t i = 0;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= q->heap_n)
+            break;
+        if (c + 1 < q->heap_n && heap_less(&q->heap[c + 1], &q->heap[c]))
+            c++;
+        if (!heap_less(&q->heap[c], &last))
+            break;
+        q->heap[i] = q->heap[c];
+        i = c;
+    }
+    if (q->heap_n)
+        q->heap[i] = last;
+    atomic_store(&q->next_due, q->heap_n ? q->heap[0].due : INT64_MAX);
+    atomic_store(&q->delayed, q->heap_n);
+}
+
+/* Moves due events from the heap to the ring while the ring has room. */
+static void promote_due(mqueue *q, int64_t now)
+{
+    bool moved = false;
+    pthread_mutex_lock(&q->heap_mu);
+    while (q->heap_n && q->heap[0].due <= now && ring_push(q, q->heap[0].item)) {
+        heap_pop(q);
+        moved = true;
+    }
+    pthread_mutex_unlock(&q->heap_mu);
+    if (moved) {
+        evc_notify(&q->readable, true);
+        evc_notify(&q->writable, true); /* heap room for delayed producers */
+    }
+}
+
+/* ---- lifecycle ------------------------------------------------------------ */
+
+static void item_free(mitem it)
+{
+    if (it.blob)
+        free(it.p);
+    else
+        evq_event_free(it.p);
 }
 
 static void mqueue_destroy(mqueue *q)
 {
-    for (size_t i = 0; i < q->ready; i++)
-        node_free(q->ring[(q->head + i) % q->ring_cap]);
-    for (size_t i = 0; i < q->delayed; i++)
-        node_free(q->heap[i]);
-    free(q->ring);
+    mitem it;
+    while (ring_pop(q, &it))
+        item_free(it);
+    for (size_t i = 0; i < q->heap_n; i++)
+        item_free(q->heap[i].item);
     free(q->heap);
-    pthread_mutex_destroy(&q->mu);
-    pthread_cond_destroy(&q->readable);
-    pthread_cond_destroy(&q->writable);
+    free(q->ring);
+    pthread_mutex_destroy(&q->heap_mu);
     free(q->name);
     free(q->format);
     free(q);
@@ -108,25 +319,30 @@ __attribute__((destructor)) static void memory_atexit(void)
     pthread_mutex_unlock(&registry_lock);
 }
 
-static mqueue *mqueue_new(const char *name, const char *format, size_t capacity)
+static mqueue *mqueue_new(const char *name, const char *format,
+                          size_t capacity)
 {
-    mqueue *q = calloc(1, sizeof *q);
-    pthread_condattr_t ca;
-
-    if (!q || !(q->name = evq__strdup(name)) ||
-        (format && !(q->format = evq__strdup(format)))) {
-        if (q)
-            free(q->name);
+    mqueue *q = aligned_alloc(CACHELINE, (sizeof *q + CACHELINE - 1) /
+                                             CACHELINE * CACHELINE);
+    if (!q)
+        return NULL;
+    memset(q, 0, sizeof *q);
+    q->ring = malloc(capacity * sizeof *q->ring);
+    q->name = evq__strdup(name);
+    if (format)
+        q->format = evq__strdup(format);
+    if (!q->ring || !q->name || (format && !q->format)) {
+        free(q->ring);
+        free(q->name);
+        free(q->format);
         free(q);
         return NULL;
     }
-    pthread_mutex_init(&q->mu, NULL);
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&q->readable, &ca);
-    pthread_cond_init(&q->writable, &ca);
-    pthread_condattr_destroy(&ca);
     q->capacity = capacity;
+    for (size_t i = 0; i < capacity; i++)
+        atomic_init(&q->ring[i].seq, i);
+    pthread_mutex_init(&q->heap_mu, NULL);
+    atomic_init(&q->next_due, INT64_MAX);
     return q;
 }
 
@@ -168,7 +384,9 @@ static int memory_open(void **state, const evq__url *url, const char *name,
                           "exists with capacity %zu",
                           name, q->capacity);
     } else if (!(q = mqueue_new(name, format, capacity))) {
-        rc = evq__err(EVQ_ENOMEM, "out of memory");
+        rc = evq__err(EVQ_ENOMEM, "out of memory creating a queue of "
+                                  "capacity %zu",
+                      capacity);
     } else {
         q->next = registry;
         registry = q;
@@ -194,278 +412,198 @@ static void memory_close(void *state)
     free(h);
 }
 
-/* ---- ring and heap (queue lock held) ------------------------------------- */
-
-static int ring_push(mqueue *q, mnode *n)
-{
-    if (q->ready == q->ring_cap) {
-        size_t cap = q->ring_cap ? q->ring_cap * 2 : 64;
-        mnode **r = malloc(cap * sizeof *r);
-        if (!r)
-            return evq__err(EVQ_ENOMEM, "out of memory");
-        for (size_t i = 0; i < q->ready; i++)
-            r[i] = q->ring[(q->head + i) % q->ring_cap];
-        free(q->ring);
-        q->ring = r;
-        q->ring_cap = cap;
-        q->head = 0;
-    }
-    q->ring[(q->head + q->ready) % q->ring_cap] = n;
-    q->ready++;
-    return 0;
-}
-
-static mnode *ring_pop(mqueue *q)
-{
-    mnode *n = q->ring[q->head];
-    q->head = (q->head + 1) % q->ring_cap;
-    q->ready--;
-    return n;
-}
-
-static bool heap_less(const mnode *a, const mnode *b)
-{
-    return a->due < b->due || (a->due == b->due && a->seq < b->seq);
-}
-
-static int heap_push(mqueue *q, mnode *n)
-{
-    if (q->delayed == q->heap_cap) {
-        size_t cap = q->heap_cap ? q->heap_cap * 2 : 16;
-        mnode **h = realloc(q->heap, cap * sizeof *h);
-        if (!h)
-            return evq__err(EVQ_ENOMEM, "out of memory");
-        q->heap = h;
-        q->heap_cap = cap;
-    }
-    size_t i = q->delayed++;
-    while (i > 0) {
-        size_t p = (i - 1) / 2;
-        if (!heap_less(n, q->heap[p]))
-            break;
-        q->heap[i] = q->heap[p];
-        i = p;
-    }
-    q->heap[i] = n;
-    return 0;
-}
-
-static mnode *heap_pop(mqueue *q)
-{
-    mnode *top = q->heap[0], *last = q->heap[--q->delayed];
-    size_t i = 0;
-    for (;;) {
-        size_t c = 2 * i + 1;
-        if (c >= q->delayed)
-            break;
-        if (c + 1 < q->delayed && heap_less(q->heap[c + 1], q->heap[c]))
-            c++;
-        if (!heap_less(q->heap[c], last))
-            break;
-        q->heap[i] = q->heap[c];
-        i = c;
-    }
-    if (q->delayed)
-        q->heap[i] = last;
-    return top;
-}
-
-/* Moves due delayed events to the ready ring.  Cannot fail for lack of room:
- * the ring grows, and the capacity bound already counts these events. */
-static int promote_due(mqueue *q, int64_t now)
-{
-    while (q->delayed && q->heap[0]->due <= now) {
-        mnode *n = q->heap[0];
-        if (ring_push(q, n))
-            return EVQ_ENOMEM;
-        heap_pop(q);
-    }
-    return 0;
-}
-
-static int place(mqueue *q, mnode *n, int64_t delay_ms)
-{
-    n->seq = q->seq++;
-    if (delay_ms > 0) {
-        n->due = evq__now_mono_ns() + delay_ms * 1000000;
-        return heap_push(q, n);
-    }
-    return ring_push(q, n);
-}
-
 /* ---- operations ---------------------------------------------------------- */
 
-static int wait_until(pthread_cond_t *c, pthread_mutex_t *mu, int64_t when)
+static int closed_err(void)
 {
-    if (when == INT64_MAX)
-        return pthread_cond_wait(c, mu);
-    struct timespec ts = evq__ts_from_ns(when);
-    return pthread_cond_timedwait(c, mu, &ts);
+    return evq__err(EVQ_ECLOSED, "queue interrupted");
+}
+
+/* Puts one item in the ring (delay 0) or the heap, waiting for room unless
+ * overflow=error. */
+static int put(mhandle *h, mitem it, int64_t delay_ms)
+{
+    mqueue *q = h->q;
+
+    for (;;) {
+        if (atomic_load_explicit(&h->interrupted, memory_order_relaxed))
+            return closed_err();
+        if (delay_ms <= 0) {
+            if (ring_push(q, it)) {
+                evc_notify(&q->readable, false);
+                return 0;
+            }
+        } else {
+            int rc = 0;
+            bool placed = false;
+            pthread_mutex_lock(&q->heap_mu);
+            if (q->heap_n < q->capacity) {
+                rc = heap_push(q, it, evq__now_mono_ns() + delay_ms * 1000000);
+                placed = rc == 0;
+            }
+            pthread_mutex_unlock(&q->heap_mu);
+            if (rc)
+                return rc;
+            if (placed) {
+                /* Sleepers may need to wake earlier than they planned. */
+                evc_notify(&q->readable, true);
+                return 0;
+            }
+        }
+        if (h->overflow_error)
+            return evq__err(EVQ_EFULL, "memory queue '%s' is full (capacity "
+                                       "%zu)",
+                            q->name, q->capacity);
+        unsigned key = evc_prepare(&q->writable);
+        bool room = delay_ms <= 0 ? ring_depth(q) < q->capacity
+                                  : atomic_load(&q->delayed) < q->capacity;
+        if (room || atomic_load(&h->interrupted)) {
+            evc_cancel(&q->writable);
+            continue;
+        }
+        evc_wait(&q->writable, key, INT64_MAX);
+    }
 }
 
 static int memory_enqueue(void *state, const evq__item *items, size_t n)
 {
     mhandle *h = state;
     mqueue *q = h->q;
-    mnode **nodes = calloc(n, sizeof *nodes);
-    size_t done = 0;
-    bool delayed = false;
-    int rc = 0;
 
-    if (!nodes)
-        return evq__err(EVQ_ENOMEM, "out of memory");
+    if (h->overflow_error && n > 1) {
+        /* Refuse a batch whole when there visibly is no room for it. */
+        bool delayed = items[0].delay_ms > 0;
+        size_t used = delayed ? atomic_load(&q->delayed) : ring_depth(q);
+        if (used + n > q->capacity)
+            return evq__err(EVQ_EFULL,
+                            "memory queue '%s' has no room for a batch of %zu "
+                            "(capacity %zu)",
+                            q->name, n, q->capacity);
+    }
     for (size_t i = 0; i < n; i++) {
-        mnode *nd = nodes[i] = calloc(1, sizeof *nd);
-        if (!nd)
-            goto oom;
+        mitem it = {.attempt = 0};
         if (items[i].bytes) {
-            nd->bytes = malloc(items[i].len ? items[i].len : 1);
-            if (!nd->bytes)
-                goto oom;
-            memcpy(nd->bytes, items[i].bytes, items[i].len);
-            nd->len = items[i].len;
+            mblob *b = malloc(sizeof *b + items[i].len);
+            if (!b)
+                return evq__err(EVQ_ENOMEM, "out of memory");
+            b->len = items[i].len;
+            memcpy(b->data, items[i].bytes, items[i].len);
+            it.p = b;
+            it.blob = true;
         } else {
-            nd->ev = evq__event_ref(items[i].ev);
+            it.p = evq__event_ref(items[i].ev);
         }
-        delayed |= items[i].delay_ms > 0;
+        int rc = put(h, it, items[i].delay_ms);
+        if (rc) {
+            item_free(it);
+            return rc;
+        }
     }
+    return 0;
+}
 
-    pthread_mutex_lock(&q->mu);
-    if (h->overflow_error && q->capacity - q->total < n) {
-        rc = evq__err(EVQ_EFULL,
-                      "memory queue '%s' is full (%zu of capacity %zu held)",
-                      q->name, q->total, q->capacity);
-        goto unlock;
+static bool take(mqueue *q, evq__delivery *d)
+{
+    mitem it;
+    if (atomic_load_explicit(&q->next_due, memory_order_relaxed) != INT64_MAX) {
+        int64_t now = evq__now_mono_ns();
+        if (atomic_load_explicit(&q->next_due, memory_order_relaxed) <= now)
+            promote_due(q, now);
     }
-    while (done < n) {
-        /* Wait for room for the whole rest of the batch when it can fit at
-         * all, so a batch lands together; a batch larger than the queue goes
-         * in as room appears. */
-        size_t want = n - done <= q->capacity ? n - done : 1;
-        while (q->capacity - q->total < want) {
-            if (atomic_load(&h->interrupted)) {
-                rc = evq__err(EVQ_ECLOSED, "queue interrupted");
-                goto unlock;
-            }
-            pthread_cond_wait(&q->writable, &q->mu);
-        }
-        if (atomic_load(&h->interrupted)) {
-            rc = evq__err(EVQ_ECLOSED, "queue interrupted");
-            goto unlock;
-        }
-        for (size_t k = 0; k < want; k++, done++) {
-            if ((rc = place(q, nodes[done], items[done].delay_ms)) != 0)
-                goto unlock;
-            q->total++;
-        }
-        if (delayed || want > 1)
-            pthread_cond_broadcast(&q->readable);
-        else
-            pthread_cond_signal(&q->readable);
+    if (!ring_pop(q, &it))
+        return false;
+    atomic_fetch_add_explicit(&q->in_flight, 1, memory_order_relaxed);
+    evc_notify(&q->writable, false);
+    it.attempt++;
+    if (it.blob) {
+        mblob *b = it.p;
+        d->ev = NULL;
+        d->bytes = b->data;
+        d->len = b->len;
+    } else {
+        d->ev = it.p;
+        d->bytes = NULL;
+        d->len = 0;
     }
-unlock:
-    pthread_mutex_unlock(&q->mu);
-    for (size_t i = done; i < n; i++)
-        node_free(nodes[i]);
-    free(nodes);
-    return rc;
-oom:
-    for (size_t i = 0; i < n; i++)
-        node_free(nodes[i]);
-    free(nodes);
-    return evq__err(EVQ_ENOMEM, "out of memory");
+    d->attempt = it.attempt;
+    d->token = it.p;
+    return true;
 }
 
 static int memory_dequeue(void *state, evq__delivery *d, int timeout_ms)
 {
     mhandle *h = state;
     mqueue *q = h->q;
-    int64_t deadline = timeout_ms < 0 ? INT64_MAX : 0;
-    int rc = 0;
+    int64_t deadline = 0;
 
-    pthread_mutex_lock(&q->mu);
-    for (;;) {
-        int64_t now = 0;
-        if (atomic_load(&h->interrupted)) {
-            /* A wake-up meant for a reader may have landed here; pass it on. */
-            if (q->ready)
-                pthread_cond_signal(&q->readable);
-            rc = evq__err(EVQ_ECLOSED, "queue interrupted");
-            break;
+    for (int spins = 0;; spins++) {
+        if (atomic_load_explicit(&h->interrupted, memory_order_relaxed)) {
+            /* A wake-up meant for a reader may have landed here; pass it. */
+            if (ring_depth(q))
+                evc_notify(&q->readable, false);
+            return closed_err();
         }
-        if (q->delayed) {
-            now = evq__now_mono_ns();
-            if (promote_due(q, now)) {
-                rc = evq__err(EVQ_ENOMEM, "out of memory");
-                break;
-            }
+        if (take(q, d))
+            return 0;
+        if (timeout_ms == 0)
+            return evq__err(EVQ_ETIMEDOUT, "queue is empty");
+        if (spins < 64) { /* a producer is often only a moment away */
+            cpu_relax();
+            continue;
         }
-        if (q->ready) {
-            mnode *n = ring_pop(q);
-            q->in_flight++;
-            n->attempt++;
-            d->ev = n->ev;
-            d->bytes = n->bytes;
-            d->len = n->len;
-            d->attempt = n->attempt;
-            d->token = n;
-            break;
+        int64_t now = evq__now_mono_ns();
+        if (deadline == 0)
+            deadline = timeout_ms < 0 ? INT64_MAX
+                                      : now + (int64_t)timeout_ms * 1000000;
+        if (now >= deadline)
+            return evq__err(EVQ_ETIMEDOUT, "no event within %d ms",
+                            timeout_ms);
+        unsigned key = evc_prepare(&q->readable);
+        if (ring_depth(q) || atomic_load(&h->interrupted)) {
+            evc_cancel(&q->readable);
+            continue;
         }
-        if (timeout_ms >= 0 && deadline == 0) {
-            if (!now)
-                now = evq__now_mono_ns();
-            deadline = now + (int64_t)timeout_ms * 1000000;
-        }
-        if (timeout_ms == 0 || (deadline != INT64_MAX &&
-                                (now ? now : evq__now_mono_ns()) >= deadline)) {
-            rc = evq__err(EVQ_ETIMEDOUT, "no event within %d ms", timeout_ms);
-            break;
-        }
-        int64_t wake = deadline;
-        if (q->delayed && q->heap[0]->due < wake)
-            wake = q->heap[0]->due;
-        wait_until(&q->readable, &q->mu, wake);
+        int64_t wake = deadline, due = atomic_load(&q->next_due);
+        if (due < wake)
+            wake = due;
+        evc_wait(&q->readable, key, wake);
     }
-    pthread_mutex_unlock(&q->mu);
-    return rc;
 }
 
-static int memory_ack(void *state, void *token)
+static int memory_ack(void *state, evq__delivery *d)
 {
     mqueue *q = ((mhandle *)state)->q;
-    pthread_mutex_lock(&q->mu);
-    q->in_flight--;
-    q->total--;
-    pthread_cond_signal(&q->writable);
-    pthread_mutex_unlock(&q->mu);
-    node_free(token);
+    atomic_fetch_sub_explicit(&q->in_flight, 1, memory_order_relaxed);
+    if (d->ev)
+        evq_event_free(d->ev);
+    else
+        free(d->token);
     return 0;
 }
 
-static int memory_nack(void *state, void *token, int64_t delay_ms)
+static int memory_nack(void *state, evq__delivery *d, int64_t delay_ms)
 {
     mqueue *q = ((mhandle *)state)->q;
-    mnode *n = token;
-    int rc;
+    mitem it = {.p = d->token, .attempt = d->attempt, .blob = d->ev == NULL};
+    int rc = 0;
 
-    pthread_mutex_lock(&q->mu);
-    q->in_flight--;
-    rc = place(q, n, delay_ms);
-    if (rc) {
-        /* No memory to requeue it: the event is dropped, and said so. */
-        q->total--;
-        pthread_cond_signal(&q->writable);
-    } else if (delay_ms > 0) {
-        pthread_cond_broadcast(&q->readable);
-    } else {
-        pthread_cond_signal(&q->readable);
+    atomic_fetch_sub_explicit(&q->in_flight, 1, memory_order_relaxed);
+    if (delay_ms <= 0 && ring_push(q, it)) {
+        evc_notify(&q->readable, false);
+        return 0;
     }
-    pthread_mutex_unlock(&q->mu);
+    /* Delayed, or the ring is full: the heap takes it without a bound check,
+     * since a nack must never block; it held a place before delivery. */
+    pthread_mutex_lock(&q->heap_mu);
+    rc = heap_push(q, it, evq__now_mono_ns() + (delay_ms > 0 ? delay_ms : 0) *
+                                                   1000000);
+    pthread_mutex_unlock(&q->heap_mu);
     if (rc) {
-        node_free(n);
+        item_free(it);
         return evq__err(EVQ_ENOMEM, "out of memory requeueing an event; it "
                                     "was dropped");
     }
+    evc_notify(&q->readable, true);
     return 0;
 }
 
@@ -473,21 +611,17 @@ static int memory_interrupt(void *state)
 {
     mhandle *h = state;
     atomic_store(&h->interrupted, true);
-    pthread_mutex_lock(&h->q->mu);
-    pthread_cond_broadcast(&h->q->readable);
-    pthread_cond_broadcast(&h->q->writable);
-    pthread_mutex_unlock(&h->q->mu);
+    evc_notify(&h->q->readable, true);
+    evc_notify(&h->q->writable, true);
     return 0;
 }
 
 static int memory_stats(void *state, struct evq_queue_stats *out)
 {
     mqueue *q = ((mhandle *)state)->q;
-    pthread_mutex_lock(&q->mu);
-    out->depth = (int64_t)q->ready;
-    out->in_flight = (int64_t)q->in_flight;
-    out->delayed = (int64_t)q->delayed;
-    pthread_mutex_unlock(&q->mu);
+    out->depth = (int64_t)ring_depth(q);
+    out->in_flight = atomic_load(&q->in_flight);
+    out->delayed = (int64_t)atomic_load(&q->delayed);
     return 0;
 }
 
