@@ -259,13 +259,14 @@ typedef struct evq_msg evq_msg;
 
 struct evq_queue_stats {
     int64_t depth; /* ready to be dequeued; -1 when the backend can't tell */
-    int64_t in_flight; /* dequeued, not yet acked or nacked; -1 unknown */
-    int64_t delayed;   /* waiting for their due time; -1 unknown */
-    int64_t dead;      /* in the dead-letter queue; -1 unknown */
-    uint64_t enqueued; /* accepted by this handle */
-    uint64_t dequeued; /* delivered to this handle */
-    uint64_t acked;    /* acked through this handle */
-    uint64_t nacked;   /* nacked through this handle */
+    int64_t in_flight;      /* dequeued, not yet acked or nacked; -1 unknown */
+    int64_t delayed;        /* waiting for their due time; -1 unknown */
+    int64_t dead;           /* in the dead-letter queue; -1 unknown */
+    uint64_t enqueued;      /* accepted by this handle */
+    uint64_t dequeued;      /* delivered to this handle */
+    uint64_t acked;         /* acked through this handle */
+    uint64_t nacked;        /* nacked through this handle */
+    uint64_t dead_lettered; /* moved to the dead-letter queue by this handle */
 };
 
 /* Opens queue `name` on the backend chosen by the scheme of `url`
@@ -373,6 +374,110 @@ EVQ_API int evq_dispatch(evq_events *events, const evq_event *ev);
 
 /* Number of handlers registered. */
 EVQ_API size_t evq_events_count(evq_events *events);
+
+/* Moves a dequeued message's event to the queue's dead-letter queue (option
+ * dead_letter, default "<name>.dead" on the same backend and URL), with its
+ * id and payload intact and the attributes evqerror (`reason`), evqattempts
+ * and evqqueue added, and only once that write succeeded acknowledges the
+ * original.  Frees `msg` on success; on failure the message is nacked for
+ * redelivery (and freed) so nothing is lost, and the code says why. */
+EVQ_API int evq_msg_dead_letter(evq_msg *msg, const char *reason);
+
+/* Opens the dead-letter queue of `q` as a queue of its own (to list, replay
+ * or purge dead letters).  Ownership as evq_queue_open. */
+EVQ_API int evq_queue_open_dead(evq_queue **dead, evq_queue *q);
+
+/* --------------------------------------------------------------------------
+ * Background processing: the worker pool
+ *
+ * A worker runs `concurrency` threads that dequeue, dispatch and settle:
+ * success acks; a failure is retried (nack with exponential backoff and full
+ * jitter) until max_attempts; EVQ_EPERMANENT, exhausted attempts and (unless
+ * unhandled=ack) events no handler matched go to the dead-letter queue.
+ */
+typedef struct evq_worker evq_worker;
+
+typedef enum evq_log_level {
+    EVQ_LOG_DEBUG,
+    EVQ_LOG_INFO,
+    EVQ_LOG_WARN,
+    EVQ_LOG_ERROR
+} evq_log_level;
+
+/* Called on a worker thread for every failure: a handler error (`ev` set,
+ * `attempt` its delivery count), a dead-lettering, or a failure to settle.
+ * `reason` is borrowed for the call.  Must not stop the worker. */
+typedef void (*evq_error_fn)(const evq_event *ev, int code, const char *reason,
+                             int attempt, void *arg);
+/* Called on any worker thread (or the one calling start/stop) with one
+ * line of text, borrowed for the call. */
+typedef void (*evq_log_fn)(evq_log_level level, const char *line, void *arg);
+
+typedef enum evq_unhandled {
+    EVQ_UNHANDLED_DEAD_LETTER, /* default: dead-letter with "no handler" */
+    EVQ_UNHANDLED_ACK          /* acknowledge and drop */
+} evq_unhandled;
+
+typedef struct evq_worker_opts {
+    int concurrency;           /* threads, 1..1024; default 1 */
+    int prefetch;              /* events each thread takes ahead, 1..1024; 1 */
+    int max_attempts;          /* deliveries before dead-lettering, >= 1; 5 */
+    int backoff_initial_ms;    /* first retry's delay cap; 100 */
+    int backoff_max_ms;        /* largest retry delay; 60000 */
+    double backoff_multiplier; /* growth per attempt, >= 1; 2.0 */
+    evq_unhandled unhandled;   /* no handler matched; dead letter */
+    evq_error_fn on_error;     /* may be NULL */
+    void *on_error_arg;
+    evq_log_fn log; /* may be NULL: the library never prints */
+    void *log_arg;
+} evq_worker_opts;
+
+/* Fills `o` with the defaults above. */
+EVQ_API void evq_worker_opts_init(evq_worker_opts *o);
+
+/* Starts a worker on `q` with the handlers of `events` (both borrowed: they
+ * must outlive the worker).  `opts` is copied; NULL means the defaults.  The
+ * worker fetches through a handle of its own on the same queue, so stopping
+ * it does not interrupt `q`.  EVQ_EINVAL names a bad option.  On success *w
+ * is the caller's, released by evq_worker_free. */
+EVQ_API int evq_worker_start(evq_worker **w, evq_queue *q, evq_events *events,
+                             const evq_worker_opts *opts);
+
+/* Stops fetching, lets running handlers finish until `drain_timeout_ms`
+ * (negative: no limit), hands back (nack without delay) events fetched but
+ * not started, and joins the threads.  EVQ_ETIMEDOUT when handlers were
+ * still running at the deadline: evq_errmsg() names them, their threads are
+ * left to finish (they settle their event when the handler returns) and the
+ * `events` registry must outlive them.  EVQ_ESTATE when called twice or from
+ * one of the worker's own handlers.  Any thread but the worker's. */
+EVQ_API int evq_worker_stop(evq_worker *w, int drain_timeout_ms);
+
+/* Frees a worker, stopping it first (without a deadline) if it runs.  NULL
+ * is a no-op.  Not from one of its own handlers. */
+EVQ_API void evq_worker_free(evq_worker *w);
+
+struct evq_worker_stats {
+    uint64_t received;      /* events dequeued */
+    uint64_t succeeded;     /* acked after their handlers succeeded */
+    uint64_t failed;        /* handler failures (each attempt counts) */
+    uint64_t retried;       /* nacked for a retry */
+    uint64_t dead_lettered; /* moved to the dead-letter queue */
+    uint64_t unhandled;     /* no handler matched */
+    int64_t in_flight;      /* being handled or prefetched now */
+    /* Handler latency percentiles in nanoseconds, from a fixed-size
+     * log-linear histogram (within 1/16 of the true value). */
+    uint64_t latency_ns_p50, latency_ns_p90, latency_ns_p99, latency_ns_p999;
+    uint64_t latency_count;
+};
+
+/* Fills `out` with the worker's counters so far.  Any thread, any time
+ * before evq_worker_free. */
+EVQ_API int evq_worker_stats(const evq_worker *w, struct evq_worker_stats *out);
+
+/* Renders the stats of `q` and/or `w` (either may be NULL) in the Prometheus
+ * text exposition format (version 0.0.4).  malloc'd; the caller frees it.
+ * NULL on allocation failure. */
+EVQ_API char *evq_stats_prometheus(evq_queue *q, const evq_worker *w);
 
 #ifdef __cplusplus
 }

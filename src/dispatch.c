@@ -185,7 +185,11 @@ int evq_dispatch(evq_events *e, const evq_event *ev)
         if (!match(h, type, tlen))
             continue;
         matched = true;
+        evq__err_clear(); /* so a detail the handler leaves is its own */
         int rc = h->fn(ev, h->arg);
+        if (rc < 0 && evq_errmsg()[0])
+            return evq__err_prefix(rc, "handler %zu for '%.64s' failed (%s)", i,
+                                   type, evq_strerror(rc));
         if (rc < 0)
             return evq__err(rc, "handler %zu for '%.64s' failed: %s", i, type,
                             evq_strerror(rc));

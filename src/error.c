@@ -65,3 +65,8 @@ int evq__err_prefix(int code, const char *fmt, ...)
         snprintf(errmsg + n, sizeof errmsg - n, ": %s", old);
     return code;
 }
+
+void evq__err_clear(void)
+{
+    errmsg[0] = '\0';
+}

@@ -249,6 +249,13 @@ extern const struct evq_backend_ops evq__backend_memory;
 /* Enqueues bytes as they are, bypassing the codec (tests and tools that need
  * to put foreign or broken messages on a queue opened with a format). */
 int evq__enqueue_raw(evq_queue *q, const void *bytes, size_t len);
+/* Opens another handle on the same queue with the same URL and options. */
+int evq__queue_clone(evq_queue *q, evq_queue **out);
+
+/* The name of the queue a worker consumes. */
+const char *evq__worker_queue_name(const evq_worker *w);
+/* Empties the calling thread's evq_errmsg(). */
+void evq__err_clear(void);
 
 /* ---- dispatch (dispatch.c) ----------------------------------------------- */
 

@@ -331,47 +331,103 @@ int evq_enqueue_batch(evq_queue *q, const evq_event *const *evs, size_t n)
     return enqueue_items(q, evs, n, 0);
 }
 
+/* The queue's options as an evq_opts, for opening related handles. */
+static evq_opts *opts_copy(const evq_queue *q)
+{
+    evq_opts *o = evq_opts_new();
+    for (size_t i = 0; o && i < q->opts.n; i++) {
+        if (evq_opts_set(o, q->opts.kv[i].key, q->opts.kv[i].value)) {
+            evq_opts_free(o);
+            return NULL;
+        }
+    }
+    return o;
+}
+
+int evq__queue_clone(evq_queue *q, evq_queue **out)
+{
+    evq_opts *o = opts_copy(q);
+    int rc;
+    if (!o)
+        return evq__err(EVQ_ENOMEM, "out of memory");
+    rc = evq_queue_open(out, q->url, q->name, o);
+    evq_opts_free(o);
+    return rc;
+}
+
+int evq_queue_open_dead(evq_queue **dead, evq_queue *q)
+{
+    evq_opts *o;
+    int rc;
+
+    if (!dead || !q)
+        return evq__err(EVQ_EINVAL, "evq_queue_open_dead: NULL argument");
+    *dead = NULL;
+    if (!(o = opts_copy(q)))
+        return evq__err(EVQ_ENOMEM, "out of memory");
+    /* What the dead-letter queue cannot decode stays in it. */
+    rc = evq_opts_set(o, "dead_letter", q->dead_name);
+    if (!rc)
+        rc = evq_queue_open(dead, q->url, q->dead_name, o);
+    evq_opts_free(o);
+    return rc;
+}
+
+/* The dead-letter queue of `q`, opened on first use. */
+static int dead_queue(evq_queue *q, evq_queue **dead)
+{
+    int rc = 0;
+    pthread_mutex_lock(&q->dead_lock);
+    if (!q->dead)
+        rc = evq_queue_open_dead(&q->dead, q);
+    *dead = q->dead;
+    pthread_mutex_unlock(&q->dead_lock);
+    if (rc)
+        evq__err_prefix(rc, "opening dead-letter queue '%s'", q->dead_name);
+    return rc;
+}
+
+/* Writes `ev` (borrowed; a copy is written) to the dead-letter queue with
+ * the reason and attempt count. */
+static int dead_write(evq_queue *q, const evq_event *ev, const char *reason,
+                      int attempts)
+{
+    evq_queue *dead;
+    evq_event *dl;
+    char num[16];
+    int rc;
+
+    if ((rc = dead_queue(q, &dead)) != 0)
+        return rc;
+    if (!(dl = evq_event_dup(ev)))
+        return EVQ_ENOMEM;
+    snprintf(num, sizeof num, "%d", attempts);
+    if ((rc = evq_event_set_attr(dl, "evqerror", reason ? reason : "")) ||
+        (rc = evq__event_set_ext(dl, "evqattempts", num, EVQ__EXT_INTEGER)) ||
+        (rc = evq_event_set_attr(dl, "evqqueue", q->name)) ||
+        (rc = evq_enqueue(dead, dl)))
+        evq__err_prefix(rc, "writing to dead-letter queue '%s'", q->dead_name);
+    else
+        atomic_fetch_add(&q->dead_lettered, 1);
+    evq_event_free(dl);
+    return rc;
+}
+
 /* Moves an undecodable message to the dead-letter queue as an event of type
  * "evq.undecodable" carrying the raw bytes and the decoder's reason, and only
  * then acknowledges the original. */
-static int dead_letter_raw(evq_queue *q, evq__delivery *d,
-                           const char *reason)
+static int dead_letter_raw(evq_queue *q, evq__delivery *d, const char *reason)
 {
     evq_event *dl = evq_event_new("evq.undecodable", NULL);
-    char attempts[16];
     int rc;
 
     if (!dl)
         return EVQ_ENOMEM;
-    snprintf(attempts, sizeof attempts, "%d", d->attempt);
-    if ((rc = evq_event_set_binary(dl, d->bytes, d->len,
-                                   "application/octet-stream")) ||
-        (rc = evq_event_set_attr(dl, "evqerror", reason)) ||
-        (rc = evq__event_set_ext(dl, "evqattempts", attempts,
-                                 EVQ__EXT_INTEGER)) ||
-        (rc = evq_event_set_attr(dl, "evqqueue", q->name)))
-        goto out;
-    pthread_mutex_lock(&q->dead_lock);
-    if (!q->dead) {
-        evq_opts *o = evq_opts_new();
-        /* The dead-letter queue takes the same options, minus the one that
-         * names it. */
-        for (size_t i = 0; o && i < q->opts.n; i++) {
-            if (strcmp(q->opts.kv[i].key, "dead_letter") != 0)
-                evq_opts_set(o, q->opts.kv[i].key, q->opts.kv[i].value);
-        }
-        evq_opts_set(o, "dead_letter", q->dead_name);
-        rc = o ? evq_queue_open(&q->dead, q->url, q->dead_name, o) : EVQ_ENOMEM;
-        evq_opts_free(o);
-    }
-    pthread_mutex_unlock(&q->dead_lock);
+    rc = evq_event_set_binary(dl, d->bytes, d->len, "application/octet-stream");
     if (!rc)
-        rc = evq_enqueue(q->dead, dl);
-    if (!rc) {
+        rc = dead_write(q, dl, reason, d->attempt);
+    if (!rc)
         rc = q->ops->ack(q->state, d);
-        atomic_fetch_add(&q->dead_lettered, 1);
-    }
-out:
     evq_event_free(dl);
     return rc;
 }
@@ -474,6 +530,23 @@ int evq_nack(evq_msg *m, int64_t delay_ms)
     return rc;
 }
 
+int evq_msg_dead_letter(evq_msg *m, const char *reason)
+{
+    int rc;
+    if (!m)
+        return evq__err(EVQ_EINVAL, "evq_msg_dead_letter: msg is NULL");
+    rc = dead_write(m->q, m->ev, reason, m->d.attempt);
+    if (rc) {
+        m->q->ops->nack(m->q->state, &m->d, 0);
+        atomic_fetch_add_explicit(&m->q->nacked, 1, memory_order_relaxed);
+    } else {
+        rc = m->q->ops->ack(m->q->state, &m->d);
+        atomic_fetch_add_explicit(&m->q->acked, 1, memory_order_relaxed);
+    }
+    msg_free(m);
+    return rc;
+}
+
 int evq_queue_stats(evq_queue *q, struct evq_queue_stats *out)
 {
     int rc = 0;
@@ -487,15 +560,15 @@ int evq_queue_stats(evq_queue *q, struct evq_queue_stats *out)
     out->dequeued = atomic_load(&q->dequeued);
     out->acked = atomic_load(&q->acked);
     out->nacked = atomic_load(&q->nacked);
-    pthread_mutex_lock(&q->dead_lock);
-    if (q->dead && q->dead->ops->stats) {
+    evq_queue *dead;
+    if (dead_queue(q, &dead) == 0 && dead->ops->stats) {
         struct evq_queue_stats ds;
         ds.depth = ds.in_flight = ds.delayed = -1;
-        if (q->dead->ops->stats(q->dead->state, &ds) == 0 && ds.depth >= 0)
+        if (dead->ops->stats(dead->state, &ds) == 0 && ds.depth >= 0)
             out->dead = ds.depth + (ds.delayed > 0 ? ds.delayed : 0) +
                         (ds.in_flight > 0 ? ds.in_flight : 0);
     }
-    pthread_mutex_unlock(&q->dead_lock);
+    out->dead_lettered = atomic_load(&q->dead_lettered);
     return rc;
 }
 

@@ -7,13 +7,6 @@
 #include <stdatomic.h>
 #include <time.h>
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static evq_event *numbered(json_int_t n)
 {
     evq_event *ev = evq_event_new("test.numbered", json_integer(n));

@@ -7,11 +7,13 @@
 
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cmocka.h>
 
@@ -45,5 +47,27 @@
             fail_msg("evq_errmsg() \"%s\" lacks \"%s\"", evq_errmsg(),         \
                      (needle));                                                \
     } while (0)
+
+/* Milliseconds on the monotonic clock. */
+static inline int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Waits for cond(arg) to hold, checking every millisecond, for at most
+ * timeout_ms: the way tests wait for another thread, instead of sleeping. */
+static inline bool eventually(bool (*cond)(void *), void *arg, int timeout_ms)
+{
+    int64_t end = now_ms() + timeout_ms;
+    struct timespec ms = {0, 1000000};
+    while (!cond(arg)) {
+        if (now_ms() > end)
+            return false;
+        nanosleep(&ms, NULL);
+    }
+    return true;
+}
 
 #endif

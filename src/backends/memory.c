@@ -121,8 +121,8 @@ static void evc_notify(evcount *e, bool all)
     atomic_thread_fence(memory_order_seq_cst);
     if (atomic_load_explicit(&e->waiters, memory_order_relaxed) > 0) {
         atomic_fetch_add_explicit(&e->seq, 1, memory_order_release);
-        syscall(SYS_futex, &e->seq, FUTEX_WAKE_PRIVATE, all ? INT_MAX : 1,
-                NULL, NULL, 0);
+        syscall(SYS_futex, &e->seq, FUTEX_WAKE_PRIVATE, all ? INT_MAX : 1, NULL,
+                NULL, 0);
     }
 }
 
@@ -265,7 +265,8 @@ static void promote_due(mqueue *q, int64_t now)
 {
     bool moved = false;
     pthread_mutex_lock(&q->heap_mu);
-    while (q->heap_n && q->heap[0].due <= now && ring_push(q, q->heap[0].item)) {
+    while (q->heap_n && q->heap[0].due <= now &&
+           ring_push(q, q->heap[0].item)) {
         heap_pop(q);
         moved = true;
     }
@@ -276,7 +277,8 @@ static void promote_due(mqueue *q, int64_t now)
     }
 }
 
-/* ---- lifecycle ------------------------------------------------------------ */
+/* ---- lifecycle ------------------------------------------------------------
+ */
 
 static void item_free(mitem it)
 {
@@ -319,8 +321,7 @@ __attribute__((destructor)) static void memory_atexit(void)
     pthread_mutex_unlock(&registry_lock);
 }
 
-static mqueue *mqueue_new(const char *name, const char *format,
-                          size_t capacity)
+static mqueue *mqueue_new(const char *name, const char *format, size_t capacity)
 {
     mqueue *q = aligned_alloc(CACHELINE, (sizeof *q + CACHELINE - 1) /
                                              CACHELINE * CACHELINE);
@@ -384,8 +385,9 @@ static int memory_open(void **state, const evq__url *url, const char *name,
                           "exists with capacity %zu",
                           name, q->capacity);
     } else if (!(q = mqueue_new(name, format, capacity))) {
-        rc = evq__err(EVQ_ENOMEM, "out of memory creating a queue of "
-                                  "capacity %zu",
+        rc = evq__err(EVQ_ENOMEM,
+                      "out of memory creating a queue of "
+                      "capacity %zu",
                       capacity);
     } else {
         q->next = registry;
@@ -451,8 +453,9 @@ static int put(mhandle *h, mitem it, int64_t delay_ms)
             }
         }
         if (h->overflow_error)
-            return evq__err(EVQ_EFULL, "memory queue '%s' is full (capacity "
-                                       "%zu)",
+            return evq__err(EVQ_EFULL,
+                            "memory queue '%s' is full (capacity "
+                            "%zu)",
                             q->name, q->capacity);
         unsigned key = evc_prepare(&q->writable);
         bool room = delay_ms <= 0 ? ring_depth(q) < q->capacity
@@ -556,8 +559,7 @@ static int memory_dequeue(void *state, evq__delivery *d, int timeout_ms)
             deadline = timeout_ms < 0 ? INT64_MAX
                                       : now + (int64_t)timeout_ms * 1000000;
         if (now >= deadline)
-            return evq__err(EVQ_ETIMEDOUT, "no event within %d ms",
-                            timeout_ms);
+            return evq__err(EVQ_ETIMEDOUT, "no event within %d ms", timeout_ms);
         unsigned key = evc_prepare(&q->readable);
         if (ring_depth(q) || atomic_load(&h->interrupted)) {
             evc_cancel(&q->readable);
@@ -595,8 +597,8 @@ static int memory_nack(void *state, evq__delivery *d, int64_t delay_ms)
     /* Delayed, or the ring is full: the heap takes it without a bound check,
      * since a nack must never block; it held a place before delivery. */
     pthread_mutex_lock(&q->heap_mu);
-    rc = heap_push(q, it, evq__now_mono_ns() + (delay_ms > 0 ? delay_ms : 0) *
-                                                   1000000);
+    rc = heap_push(
+        q, it, evq__now_mono_ns() + (delay_ms > 0 ? delay_ms : 0) * 1000000);
     pthread_mutex_unlock(&q->heap_mu);
     if (rc) {
         item_free(it);

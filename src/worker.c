@@ -1,0 +1,491 @@
+/*
+ * worker.c - the worker pool: threads that dequeue, dispatch and settle.
+ *
+ * Each thread fetches through the worker's own handle on the queue (so
+ * stopping interrupts only that handle), takes up to `prefetch` events at
+ * once, and settles each one itself: ack on success, nack with backoff for a
+ * retry, or the dead-letter queue.  Counters and the latency histogram are
+ * per thread with a single writer, so the hot path has no shared writes; the
+ * stats call sums them.
+ *
+ * Lifetime: the worker is reference counted by its owner and by each live
+ * thread, so a thread left running past a stop deadline (a stuck handler)
+ * can still settle its event and exit safely after evq_worker_free.
+ */
+#include "hist.h"
+#include "internal.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+typedef struct wcounter {
+    _Atomic uint64_t v;
+} wcounter;
+
+/* Single-writer increment: no read-modify-write needed. */
+static inline void bump(wcounter *c, int64_t d)
+{
+    atomic_store_explicit(
+        &c->v, atomic_load_explicit(&c->v, memory_order_relaxed) + (uint64_t)d,
+        memory_order_relaxed);
+}
+
+typedef struct wthread {
+    struct evq_worker *w;
+    pthread_t tid;
+    int index;
+    bool joinable;
+    uint64_t rng;
+    pthread_mutex_t cur_mu; /* guards cur and cur_start */
+    const evq_event *cur;   /* the event whose handlers run now */
+    int64_t cur_start;
+    wcounter received, succeeded, failed, retried, dead, unhandled, in_flight;
+    evq__hist hist;
+} wthread;
+
+struct evq_worker {
+    evq_queue *fetch;
+    evq_events *events;
+    evq_worker_opts o;
+    int n;
+    wthread **t;
+    atomic_bool stopping;
+    atomic_int state; /* 0 running, 1 stop called */
+    atomic_int refs;  /* the owner's plus one per live thread */
+    pthread_mutex_t mu;
+    pthread_cond_t exited;
+    int live; /* under mu */
+};
+
+static _Thread_local evq_worker *tls_worker;
+
+void evq_worker_opts_init(evq_worker_opts *o)
+{
+    if (!o)
+        return;
+    memset(o, 0, sizeof *o);
+    o->concurrency = 1;
+    o->prefetch = 1;
+    o->max_attempts = 5;
+    o->backoff_initial_ms = 100;
+    o->backoff_max_ms = 60000;
+    o->backoff_multiplier = 2.0;
+    o->unhandled = EVQ_UNHANDLED_DEAD_LETTER;
+}
+
+static void wlog(const evq_worker *w, evq_log_level lvl, const char *fmt, ...)
+    EVQ__PRINTF(3, 4);
+static void wlog(const evq_worker *w, evq_log_level lvl, const char *fmt, ...)
+{
+    char line[512];
+    va_list ap;
+    if (!w->o.log)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    w->o.log(lvl, line, w->o.log_arg);
+}
+
+static void report(const evq_worker *w, const evq_event *ev, int code,
+                   const char *reason, int attempt)
+{
+    if (w->o.on_error)
+        w->o.on_error(ev, code, reason, attempt, w->o.on_error_arg);
+}
+
+static void worker_release(evq_worker *w)
+{
+    if (atomic_fetch_sub(&w->refs, 1) != 1)
+        return;
+    for (int i = 0; i < w->n; i++) {
+        if (w->t[i])
+            pthread_mutex_destroy(&w->t[i]->cur_mu);
+        free(w->t[i]);
+    }
+    free(w->t);
+    evq_queue_close(w->fetch);
+    pthread_mutex_destroy(&w->mu);
+    pthread_cond_destroy(&w->exited);
+    free(w);
+}
+
+static uint64_t next_rand(wthread *t)
+{
+    t->rng ^= t->rng << 13;
+    t->rng ^= t->rng >> 7;
+    t->rng ^= t->rng << 17;
+    return t->rng;
+}
+
+/* Exponential backoff with full jitter: a uniform delay between 0 and
+ * min(max, initial * multiplier^(attempt-1)). */
+static int64_t backoff_ms(wthread *t, int attempt)
+{
+    const evq_worker_opts *o = &t->w->o;
+    double cap = o->backoff_initial_ms *
+                 pow(o->backoff_multiplier, attempt > 1 ? attempt - 1 : 0);
+    if (!(cap < o->backoff_max_ms))
+        cap = o->backoff_max_ms;
+    int64_t c = (int64_t)cap;
+    return c > 0 ? (int64_t)(next_rand(t) % (uint64_t)(c + 1)) : 0;
+}
+
+static void dead_letter(wthread *t, evq_msg *m, const evq_event *ev,
+                        int attempt, int code, const char *reason)
+{
+    evq_worker *w = t->w;
+    report(w, ev, code, reason, attempt);
+    /* evq_msg_dead_letter frees m; keep what the log needs. */
+    char id[64], type[64];
+    snprintf(id, sizeof id, "%s", evq_event_id(ev));
+    snprintf(type, sizeof type, "%s", evq_event_type(ev));
+    int rc = evq_msg_dead_letter(m, reason);
+    if (rc) {
+        char why[640];
+        snprintf(why, sizeof why, "could not dead-letter (%s); redelivering",
+                 evq_errmsg());
+        report(w, NULL, rc, why, attempt);
+        wlog(w, EVQ_LOG_ERROR, "event %s (%s): %s", id, type, why);
+        return;
+    }
+    bump(&t->dead, 1);
+    wlog(w, EVQ_LOG_WARN, "event %s (%s) dead-lettered after %d attempt%s: %s",
+         id, type, attempt, attempt == 1 ? "" : "s", reason);
+}
+
+static void handle(wthread *t, evq_msg *m)
+{
+    evq_worker *w = t->w;
+    const evq_event *ev = evq_msg_event(m);
+    int attempt = evq_event_attempt(ev);
+    char reason[600];
+
+    pthread_mutex_lock(&t->cur_mu);
+    t->cur = ev;
+    t->cur_start = evq__now_mono_ns();
+    int64_t start = t->cur_start;
+    pthread_mutex_unlock(&t->cur_mu);
+
+    int rc = evq_dispatch(w->events, ev);
+
+    int64_t end = evq__now_mono_ns();
+    evq__hist_record(&t->hist, (uint64_t)(end - start));
+    if (rc)
+        snprintf(reason, sizeof reason, "%s", evq_errmsg());
+    pthread_mutex_lock(&t->cur_mu);
+    t->cur = NULL;
+    pthread_mutex_unlock(&t->cur_mu);
+
+    if (rc == 0) {
+        int arc = evq_ack(m);
+        if (arc)
+            report(w, NULL, arc, "ack failed", attempt);
+        bump(&t->succeeded, 1);
+        return;
+    }
+    if (rc == EVQ_ENOHANDLER) {
+        bump(&t->unhandled, 1);
+        if (w->o.unhandled == EVQ_UNHANDLED_ACK) {
+            evq_ack(m);
+            return;
+        }
+        snprintf(reason, sizeof reason, "no handler for type '%.200s'",
+                 evq_event_type(ev));
+        dead_letter(t, m, ev, attempt, rc, reason);
+        return;
+    }
+    bump(&t->failed, 1);
+    if (rc == EVQ_EPERMANENT || attempt >= w->o.max_attempts) {
+        char full[700];
+        snprintf(full, sizeof full, "%s after %d attempt%s: %s",
+                 rc == EVQ_EPERMANENT ? "permanent failure" : "failed", attempt,
+                 attempt == 1 ? "" : "s", reason);
+        dead_letter(t, m, ev, attempt, rc, full);
+        return;
+    }
+    report(w, ev, rc, reason, attempt);
+    int64_t delay = backoff_ms(t, attempt);
+    int nrc = evq_nack(m, delay);
+    if (nrc)
+        report(w, NULL, nrc, "nack failed", attempt);
+    bump(&t->retried, 1);
+}
+
+static void *worker_main(void *arg)
+{
+    wthread *t = arg;
+    evq_worker *w = t->w;
+    int prefetch = w->o.prefetch;
+    evq_msg *batch[1024];
+
+    tls_worker = w;
+    while (!atomic_load_explicit(&w->stopping, memory_order_acquire)) {
+        int n = 0, rc = evq_dequeue(w->fetch, &batch[0], -1);
+        if (rc == EVQ_ECLOSED)
+            break;
+        if (rc == EVQ_ETIMEDOUT)
+            continue;
+        if (rc) {
+            /* The backend is failing (a broker away, say): report, pause a
+             * little and try again rather than spin. */
+            report(w, NULL, rc, evq_errmsg(), 0);
+            wlog(w, EVQ_LOG_ERROR, "dequeue failed: %s: %s", evq_strerror(rc),
+                 evq_errmsg());
+            struct timespec pause = {0, 100 * 1000000};
+            nanosleep(&pause, NULL);
+            continue;
+        }
+        n = 1;
+        while (n < prefetch && evq_dequeue(w->fetch, &batch[n], 0) == 0)
+            n++;
+        bump(&t->received, n);
+        bump(&t->in_flight, n);
+        for (int i = 0; i < n; i++) {
+            if (atomic_load_explicit(&w->stopping, memory_order_acquire))
+                evq_nack(batch[i], 0); /* fetched, never started: hand back */
+            else
+                handle(t, batch[i]);
+            bump(&t->in_flight, -1);
+        }
+    }
+    tls_worker = NULL;
+    pthread_mutex_lock(&w->mu);
+    w->live--;
+    pthread_cond_broadcast(&w->exited);
+    pthread_mutex_unlock(&w->mu);
+    worker_release(w);
+    return NULL;
+}
+
+static int check_opts(const evq_worker_opts *o)
+{
+    if (o->concurrency < 1 || o->concurrency > 1024)
+        return evq__err(EVQ_EINVAL,
+                        "worker option 'concurrency': %d is out of range (1 "
+                        "to 1024)",
+                        o->concurrency);
+    if (o->prefetch < 1 || o->prefetch > 1024)
+        return evq__err(EVQ_EINVAL,
+                        "worker option 'prefetch': %d is out of range (1 to "
+                        "1024)",
+                        o->prefetch);
+    if (o->max_attempts < 1)
+        return evq__err(EVQ_EINVAL,
+                        "worker option 'max_attempts': %d must be at least 1",
+                        o->max_attempts);
+    if (o->backoff_initial_ms < 0 || o->backoff_max_ms < o->backoff_initial_ms)
+        return evq__err(EVQ_EINVAL,
+                        "worker options 'backoff_initial_ms' (%d) and "
+                        "'backoff_max_ms' (%d) need 0 <= initial <= max",
+                        o->backoff_initial_ms, o->backoff_max_ms);
+    if (!(o->backoff_multiplier >= 1.0) || !isfinite(o->backoff_multiplier))
+        return evq__err(EVQ_EINVAL,
+                        "worker option 'backoff_multiplier': %g must be a "
+                        "finite number >= 1",
+                        o->backoff_multiplier);
+    if (o->unhandled != EVQ_UNHANDLED_DEAD_LETTER &&
+        o->unhandled != EVQ_UNHANDLED_ACK)
+        return evq__err(EVQ_EINVAL,
+                        "worker option 'unhandled': %d is not an "
+                        "evq_unhandled value",
+                        (int)o->unhandled);
+    return 0;
+}
+
+int evq_worker_start(evq_worker **wp, evq_queue *q, evq_events *events,
+                     const evq_worker_opts *opts)
+{
+    evq_worker_opts def;
+    evq_worker *w;
+    int rc;
+
+    if (!wp || !q || !events)
+        return evq__err(EVQ_EINVAL, "evq_worker_start: NULL argument");
+    *wp = NULL;
+    if (!opts) {
+        evq_worker_opts_init(&def);
+        opts = &def;
+    }
+    if ((rc = check_opts(opts)) != 0)
+        return rc;
+    w = calloc(1, sizeof *w);
+    if (!w)
+        return evq__err(EVQ_ENOMEM, "out of memory");
+    w->o = *opts;
+    w->events = events;
+    w->n = opts->concurrency;
+    atomic_init(&w->refs, 1);
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_cond_init(&w->exited, NULL);
+    w->t = calloc((size_t)w->n, sizeof *w->t);
+    if (!w->t) {
+        worker_release(w);
+        return evq__err(EVQ_ENOMEM, "out of memory");
+    }
+    if ((rc = evq__queue_clone(q, &w->fetch)) != 0) {
+        worker_release(w);
+        return evq__err_prefix(rc, "worker: opening its queue handle");
+    }
+    uint64_t seed = (uint64_t)evq__now_real_ns() ^ (uint64_t)(uintptr_t)w;
+    for (int i = 0; i < w->n; i++) {
+        wthread *t = aligned_alloc(64, (sizeof *t + 63) / 64 * 64);
+        if (!t) {
+            rc = evq__err(EVQ_ENOMEM, "out of memory");
+            break;
+        }
+        memset(t, 0, sizeof *t);
+        t->w = w;
+        t->index = i;
+        t->rng = (seed + (uint64_t)i * 0x9e3779b97f4a7c15ull) | 1;
+        pthread_mutex_init(&t->cur_mu, NULL);
+        w->t[i] = t;
+        atomic_fetch_add(&w->refs, 1);
+        pthread_mutex_lock(&w->mu);
+        w->live++;
+        pthread_mutex_unlock(&w->mu);
+        if ((rc = pthread_create(&t->tid, NULL, worker_main, t)) != 0) {
+            atomic_fetch_sub(&w->refs, 1);
+            pthread_mutex_lock(&w->mu);
+            w->live--;
+            pthread_mutex_unlock(&w->mu);
+            rc = evq__err(EVQ_ENOMEM, "cannot start worker thread %d: %s", i,
+                          strerror(rc));
+            break;
+        }
+        t->joinable = true;
+    }
+    if (rc) {
+        evq_worker_stop(w, -1);
+        worker_release(w);
+        return rc;
+    }
+    wlog(w, EVQ_LOG_INFO, "worker started: %d thread%s on queue '%s'", w->n,
+         w->n == 1 ? "" : "s", evq_queue_name(q));
+    *wp = w;
+    return 0;
+}
+
+int evq_worker_stop(evq_worker *w, int drain_timeout_ms)
+{
+    int expected = 0;
+    int64_t deadline = evq__deadline_ns(drain_timeout_ms);
+    int rc = 0;
+
+    if (!w)
+        return evq__err(EVQ_EINVAL, "evq_worker_stop: worker is NULL");
+    if (tls_worker == w)
+        return evq__err(EVQ_ESTATE, "a worker cannot be stopped from one of "
+                                    "its own handlers");
+    if (!atomic_compare_exchange_strong(&w->state, &expected, 1))
+        return evq__err(EVQ_ESTATE, "worker is already stopped");
+    atomic_store_explicit(&w->stopping, true, memory_order_release);
+    evq_queue_interrupt(w->fetch);
+
+    pthread_mutex_lock(&w->mu);
+    while (w->live > 0) {
+        if (deadline == INT64_MAX) {
+            pthread_cond_wait(&w->exited, &w->mu);
+            continue;
+        }
+        /* exited uses the realtime clock (the default); convert. */
+        int64_t left = deadline - evq__now_mono_ns();
+        if (left <= 0)
+            break;
+        struct timespec ts = evq__ts_from_ns(evq__now_real_ns() + left);
+        pthread_cond_timedwait(&w->exited, &w->mu, &ts);
+    }
+    int stuck = w->live;
+    pthread_mutex_unlock(&w->mu);
+
+    if (stuck > 0) {
+        char msg[512];
+        int len = snprintf(msg, sizeof msg,
+                           "%d handler%s still running after %d ms:", stuck,
+                           stuck == 1 ? "" : "s", drain_timeout_ms);
+        int64_t now = evq__now_mono_ns();
+        for (int i = 0; i < w->n && len < (int)sizeof msg - 1; i++) {
+            wthread *t = w->t[i];
+            if (!t)
+                continue;
+            pthread_mutex_lock(&t->cur_mu);
+            if (t->cur)
+                len += snprintf(msg + len, sizeof msg - (size_t)len,
+                                " thread %d on %.64s %.40s for %lld ms;", i,
+                                evq_event_type(t->cur), evq_event_id(t->cur),
+                                (long long)((now - t->cur_start) / 1000000));
+            pthread_mutex_unlock(&t->cur_mu);
+        }
+        wlog(w, EVQ_LOG_ERROR, "%s", msg);
+        rc = evq__err(EVQ_ETIMEDOUT, "%s", msg);
+    }
+    /* Join the threads that ended; leave the stuck ones to finish alone
+     * (each holds a reference to the worker). */
+    for (int i = 0; i < w->n; i++) {
+        wthread *t = w->t[i];
+        if (!t || !t->joinable)
+            continue;
+        t->joinable = false;
+        if (stuck > 0)
+            pthread_detach(t->tid);
+        else
+            pthread_join(t->tid, NULL);
+    }
+    if (!rc)
+        wlog(w, EVQ_LOG_INFO, "worker stopped");
+    return rc;
+}
+
+void evq_worker_free(evq_worker *w)
+{
+    if (!w || tls_worker == w) /* from its own handler it would deadlock */
+        return;
+    if (atomic_load(&w->state) == 0)
+        evq_worker_stop(w, -1);
+    worker_release(w);
+}
+
+int evq_worker_stats(const evq_worker *w, struct evq_worker_stats *out)
+{
+    uint64_t *counts;
+
+    if (!w || !out)
+        return evq__err(EVQ_EINVAL, "evq_worker_stats: NULL argument");
+    memset(out, 0, sizeof *out);
+    counts = calloc(EVQ__HIST_BUCKETS, sizeof *counts);
+    if (!counts)
+        return evq__err(EVQ_ENOMEM, "out of memory");
+    for (int i = 0; i < w->n; i++) {
+        const wthread *t = w->t[i];
+        if (!t)
+            continue;
+#define SUM(f) out->f += atomic_load_explicit(&t->f.v, memory_order_relaxed)
+        SUM(received);
+        SUM(succeeded);
+        SUM(failed);
+        SUM(retried);
+        SUM(unhandled);
+#undef SUM
+        out->dead_lettered += atomic_load(&t->dead.v);
+        out->in_flight += (int64_t)atomic_load(&t->in_flight.v);
+        evq__hist_merge(counts, &t->hist);
+    }
+    for (unsigned b = 0; b < EVQ__HIST_BUCKETS; b++)
+        out->latency_count += counts[b];
+    out->latency_ns_p50 = evq__hist_quantile(counts, out->latency_count, 0.5);
+    out->latency_ns_p90 = evq__hist_quantile(counts, out->latency_count, 0.9);
+    out->latency_ns_p99 = evq__hist_quantile(counts, out->latency_count, 0.99);
+    out->latency_ns_p999 =
+        evq__hist_quantile(counts, out->latency_count, 0.999);
+    free(counts);
+    return 0;
+}
+
+const char *evq__worker_queue_name(const evq_worker *w)
+{
+    return evq_queue_name(w->fetch);
+}

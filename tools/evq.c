@@ -1,0 +1,1157 @@
+/*
+ * evq - the command-line tool: produce, consume, stats, dead letters, demo,
+ * bench.  Every command takes --help.  Exit codes: 0 success, 1 failure (a
+ * queue error, or input lines that were rejected), 2 usage error.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <math.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <evq.h>
+
+#define EXIT_USAGE  2
+#define DEFAULT_URL "memory://"
+
+static const char *prog = "evq";
+
+static int fail(const char *what, int rc)
+{
+    fprintf(stderr, "%s: %s: %s (%s)\n", prog, what, evq_errmsg(),
+            evq_strerror(rc));
+    return EXIT_FAILURE;
+}
+
+static int usage_error(const char *cmd, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static int usage_error(const char *cmd, const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "%s %s: ", prog, cmd);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\nTry '%s %s --help'.\n", prog, cmd);
+    return EXIT_USAGE;
+}
+
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static int64_t real_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Parses a whole decimal number in [min, max]. */
+static bool parse_long(const char *s, long min, long max, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (!s[0] || *end || errno || v < min || v > max)
+        return false;
+    *out = v;
+    return true;
+}
+
+/* -o key=value, collected into an evq_opts. */
+static int add_opt(evq_opts **o, const char *cmd, const char *kv)
+{
+    const char *eq = strchr(kv, '=');
+    if (!eq || eq == kv)
+        return usage_error(cmd, "option '%s' is not key=value", kv);
+    if (!*o && !(*o = evq_opts_new()))
+        return fail("options", EVQ_ENOMEM);
+    char key[256];
+    snprintf(key, sizeof key, "%.*s", (int)(eq - kv), kv);
+    int rc = evq_opts_set(*o, key, eq + 1);
+    return rc ? fail("options", rc) : 0;
+}
+
+/* Interrupts `q` on SIGINT or SIGTERM, from a thread that waits for them, so
+ * a consumer ends cleanly: the message being printed is still acked or
+ * handed back. */
+static evq_queue *signal_target;
+static atomic_bool signalled;
+
+static void *signal_thread(void *arg)
+{
+    sigset_t *set = arg;
+    int sig;
+    while (sigwait(set, &sig) == 0) {
+        atomic_store(&signalled, true);
+        if (signal_target)
+            evq_queue_interrupt(signal_target);
+    }
+    return NULL;
+}
+
+static void catch_signals(evq_queue *q)
+{
+    static sigset_t set;
+    pthread_t t;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal_target = q;
+    if (pthread_create(&t, NULL, signal_thread, &set) == 0)
+        pthread_detach(t);
+}
+
+static int print_event(FILE *f, const evq_event *ev)
+{
+    unsigned char *buf;
+    size_t len;
+    int rc = evq_event_encode(ev, "json", NULL, &buf, &len);
+    if (rc)
+        return rc;
+    fwrite(buf, 1, len, f);
+    fputc('\n', f);
+    free(buf);
+    if (fflush(f) != 0 || ferror(f))
+        return EVQ_EIO;
+    return 0;
+}
+
+/* ---- produce ------------------------------------------------------------ */
+
+static const char produce_help[] =
+    "usage: evq produce URL QUEUE --type TYPE [--data JSON] [options]\n"
+    "       evq produce URL QUEUE [options] < events.jsonl\n"
+    "\n"
+    "Enqueues one event built from the flags, or, without --type, one event\n"
+    "per line of standard input: a CloudEvents JSON object (with\n"
+    "specversion), or {\"type\": ..., \"data\": ...} with optional source,\n"
+    "subject and extension attributes.  Each rejected line is reported with\n"
+    "its number; the valid ones are still enqueued.\n"
+    "\n"
+    "  --type TYPE       event type\n"
+    "  --data JSON       payload (any JSON value)\n"
+    "  --source S        source attribute\n"
+    "  --subject S       subject attribute\n"
+    "  --attr K=V        extension attribute (repeatable)\n"
+    "  --delay MS        deliver no sooner than MS milliseconds from now\n"
+    "  -o KEY=VALUE      queue option (repeatable; see 'evq options SCHEME')\n"
+    "\n"
+    "Prints the id of each event enqueued from flags.  Exit status: 0 all\n"
+    "enqueued, 1 a line was rejected or the queue failed, 2 usage error.\n";
+
+static int set_attrs_from_object(evq_event *ev, json_t *obj, char *why,
+                                 size_t whylen)
+{
+    const char *k;
+    json_t *v;
+    json_object_foreach(obj, k, v)
+    {
+        if (strcmp(k, "type") == 0 || strcmp(k, "data") == 0)
+            continue;
+        if (!json_is_string(v)) {
+            snprintf(why, whylen, "attribute '%s' must be a string", k);
+            return EVQ_EINVAL;
+        }
+        int rc = evq_event_set_attr(ev, k, json_string_value(v));
+        if (rc) {
+            snprintf(why, whylen, "%s", evq_errmsg());
+            return rc;
+        }
+    }
+    return 0;
+}
+
+/* Builds an event from one input line; NULL with `why` filled on bad input. */
+static evq_event *event_from_line(const char *line, size_t len, char *why,
+                                  size_t whylen)
+{
+    json_error_t jerr;
+    json_t *obj = json_loadb(line, len, JSON_REJECT_DUPLICATES, &jerr);
+    evq_event *ev = NULL;
+
+    if (!obj) {
+        snprintf(why, whylen, "invalid JSON at column %d: %s", jerr.column,
+                 jerr.text);
+        return NULL;
+    }
+    if (!json_is_object(obj)) {
+        snprintf(why, whylen, "not a JSON object");
+    } else if (json_object_get(obj, "specversion")) {
+        int rc = evq_event_decode(&ev, "json", line, len, NULL);
+        if (rc)
+            snprintf(why, whylen, "%s", evq_errmsg());
+    } else {
+        json_t *type = json_object_get(obj, "type");
+        if (!json_is_string(type)) {
+            snprintf(why, whylen, "needs a string \"type\" member");
+        } else {
+            json_t *data = json_object_get(obj, "data");
+            ev = evq_event_new(json_string_value(type),
+                               data ? json_incref(data) : NULL);
+            if (!ev)
+                snprintf(why, whylen, "%s", evq_errmsg());
+            else if (set_attrs_from_object(ev, obj, why, whylen)) {
+                evq_event_free(ev);
+                ev = NULL;
+            }
+        }
+    }
+    json_decref(obj);
+    return ev;
+}
+
+static int cmd_produce(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"type", required_argument, NULL, 't'},
+        {"data", required_argument, NULL, 'd'},
+        {"source", required_argument, NULL, 's'},
+        {"subject", required_argument, NULL, 'S'},
+        {"attr", required_argument, NULL, 'a'},
+        {"delay", required_argument, NULL, 'D'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *type = NULL, *data = NULL, *source = NULL, *subject = NULL;
+    const char *attrs[64];
+    int nattrs = 0, c, rc;
+    long delay = 0;
+    evq_opts *opts = NULL;
+
+    while ((c = getopt_long(argc, argv, "o:h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 't':
+            type = optarg;
+            break;
+        case 'd':
+            data = optarg;
+            break;
+        case 's':
+            source = optarg;
+            break;
+        case 'S':
+            subject = optarg;
+            break;
+        case 'a':
+            if (nattrs == 64)
+                return usage_error("produce", "%s", "too many --attr");
+            attrs[nattrs++] = optarg;
+            break;
+        case 'D':
+            if (!parse_long(optarg, 0, 365L * 86400 * 1000, &delay))
+                return usage_error("produce", "bad --delay '%s'", optarg);
+            break;
+        case 'o':
+            if ((rc = add_opt(&opts, "produce", optarg)))
+                return rc;
+            break;
+        case 'h':
+            fputs(produce_help, stdout);
+            return 0;
+        default:
+            return usage_error("produce", "%s", "bad arguments");
+        }
+    }
+    if (argc - optind != 2)
+        return usage_error("produce", "%s", "needs URL and QUEUE");
+    if (!type && (data || source || subject || nattrs))
+        return usage_error(
+            "produce", "%s",
+            "--data, --source, --subject and --attr need --type");
+
+    evq_queue *q;
+    if ((rc = evq_queue_open(&q, argv[optind], argv[optind + 1], opts))) {
+        evq_opts_free(opts);
+        return fail("open", rc);
+    }
+    evq_opts_free(opts);
+    int status = 0;
+
+    if (type) {
+        json_t *payload = NULL;
+        if (data) {
+            json_error_t jerr;
+            payload = json_loads(data, JSON_DECODE_ANY, &jerr);
+            if (!payload) {
+                fprintf(stderr, "%s produce: --data is not JSON: %s\n", prog,
+                        jerr.text);
+                evq_queue_close(q);
+                return EXIT_USAGE;
+            }
+        }
+        evq_event *ev = evq_event_new(type, payload);
+        rc = ev ? 0 : EVQ_EINVAL;
+        if (!rc && source)
+            rc = evq_event_set_attr(ev, "source", source);
+        if (!rc && subject)
+            rc = evq_event_set_attr(ev, "subject", subject);
+        for (int i = 0; !rc && i < nattrs; i++) {
+            char k[64];
+            const char *eq = strchr(attrs[i], '=');
+            if (!eq) {
+                fprintf(stderr, "%s produce: --attr '%s' is not K=V\n", prog,
+                        attrs[i]);
+                evq_event_free(ev);
+                evq_queue_close(q);
+                return EXIT_USAGE;
+            }
+            snprintf(k, sizeof k, "%.*s", (int)(eq - attrs[i]), attrs[i]);
+            rc = evq_event_set_attr(ev, k, eq + 1);
+        }
+        if (!rc)
+            rc = evq_enqueue_delayed(q, ev, delay);
+        if (rc)
+            status = fail("produce", rc);
+        else
+            printf("%s\n", evq_event_id(ev));
+        evq_event_free(ev);
+        evq_queue_close(q);
+        return status;
+    }
+
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t len;
+    long lineno = 0, ok = 0, bad = 0;
+    while ((len = getline(&line, &cap, stdin)) != -1) {
+        lineno++;
+        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+            line[--len] = '\0';
+        if (len == 0)
+            continue;
+        char why[512];
+        evq_event *ev = event_from_line(line, (size_t)len, why, sizeof why);
+        if (!ev) {
+            fprintf(stderr, "%s produce: line %ld: %s\n", prog, lineno, why);
+            bad++;
+            continue;
+        }
+        rc = evq_enqueue_delayed(q, ev, delay);
+        evq_event_free(ev);
+        if (rc) {
+            fprintf(stderr, "%s produce: line %ld: %s: %s\n", prog, lineno,
+                    evq_strerror(rc), evq_errmsg());
+            bad++;
+            if (rc == EVQ_ECLOSED || rc == EVQ_ECONN)
+                break;
+            continue;
+        }
+        ok++;
+    }
+    free(line);
+    evq_queue_close(q);
+    fprintf(stderr, "%s produce: enqueued %ld event%s, rejected %ld line%s\n",
+            prog, ok, ok == 1 ? "" : "s", bad, bad == 1 ? "" : "s");
+    return bad ? EXIT_FAILURE : 0;
+}
+
+/* ---- consume ------------------------------------------------------------- */
+
+static const char consume_help[] =
+    "usage: evq consume URL QUEUE [--count N] [--timeout S] [--no-ack]\n"
+    "\n"
+    "Prints each event as one CloudEvents JSON line and acknowledges it only\n"
+    "after the line is written and flushed, so a consumer killed at any\n"
+    "moment loses nothing (the event in hand is delivered again).\n"
+    "\n"
+    "  --count N         stop after N events\n"
+    "  --timeout S       stop after S seconds without an event (default: "
+    "wait)\n"
+    "  --no-ack          print without acknowledging; events are handed back\n"
+    "                    when the command ends\n"
+    "  -o KEY=VALUE      queue option (repeatable)\n"
+    "\n"
+    "SIGINT or SIGTERM end it cleanly.  Exit status: 0 ended by --count,\n"
+    "--timeout or a signal; 1 queue or output error; 2 usage error.\n";
+
+static int cmd_consume(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"count", required_argument, NULL, 'n'},
+        {"timeout", required_argument, NULL, 'T'},
+        {"no-ack", no_argument, NULL, 'N'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    long count = -1, timeout_s = -1;
+    bool no_ack = false;
+    evq_opts *opts = NULL;
+    int c, rc;
+
+    while ((c = getopt_long(argc, argv, "o:h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'n':
+            if (!parse_long(optarg, 1, LONG_MAX, &count))
+                return usage_error("consume", "bad --count '%s'", optarg);
+            break;
+        case 'T':
+            if (!parse_long(optarg, 0, 86400L * 365, &timeout_s))
+                return usage_error("consume", "bad --timeout '%s'", optarg);
+            break;
+        case 'N':
+            no_ack = true;
+            break;
+        case 'o':
+            if ((rc = add_opt(&opts, "consume", optarg)))
+                return rc;
+            break;
+        case 'h':
+            fputs(consume_help, stdout);
+            return 0;
+        default:
+            return usage_error("consume", "%s", "bad arguments");
+        }
+    }
+    if (argc - optind != 2)
+        return usage_error("consume", "%s", "needs URL and QUEUE");
+
+    evq_queue *q;
+    rc = evq_queue_open(&q, argv[optind], argv[optind + 1], opts);
+    evq_opts_free(opts);
+    if (rc)
+        return fail("open", rc);
+    catch_signals(q);
+
+    evq_msg **held = NULL;
+    size_t nheld = 0, capheld = 0;
+    long got = 0;
+    int status = 0;
+    int wait_ms = timeout_s < 0 ? -1 : (int)(timeout_s * 1000);
+    while (count < 0 || got < count) {
+        evq_msg *m;
+        rc = evq_dequeue(q, &m, wait_ms);
+        if (rc == EVQ_ETIMEDOUT || (rc == EVQ_ECLOSED && signalled))
+            break;
+        if (rc) {
+            status = fail("dequeue", rc);
+            break;
+        }
+        if ((rc = print_event(stdout, evq_msg_event(m))) != 0) {
+            evq_nack(m, 0);
+            fprintf(stderr, "%s consume: writing the event failed\n", prog);
+            status = EXIT_FAILURE;
+            break;
+        }
+        got++;
+        if (!no_ack) {
+            if ((rc = evq_ack(m)) != 0) {
+                status = fail("ack", rc);
+                break;
+            }
+            continue;
+        }
+        if (nheld == capheld) {
+            capheld = capheld ? capheld * 2 : 64;
+            evq_msg **n = realloc(held, capheld * sizeof *n);
+            if (!n) {
+                evq_nack(m, 0);
+                status = fail("consume", EVQ_ENOMEM);
+                break;
+            }
+            held = n;
+        }
+        held[nheld++] = m;
+    }
+    for (size_t i = 0; i < nheld; i++)
+        evq_nack(held[i], 0);
+    free(held);
+    signal_target = NULL;
+    evq_queue_close(q);
+    return status;
+}
+
+/* ---- stats ------------------------------------------------------------------
+ */
+
+static const char stats_help[] =
+    "usage: evq stats URL QUEUE [--prometheus]\n"
+    "\n"
+    "Prints the queue's figures as one JSON object (-1: the backend cannot\n"
+    "tell), or in the Prometheus text format.\n";
+
+static int cmd_stats(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"prometheus", no_argument, NULL, 'p'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    bool prom = false;
+    evq_opts *opts = NULL;
+    int c, rc;
+    while ((c = getopt_long(argc, argv, "o:h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'p':
+            prom = true;
+            break;
+        case 'o':
+            if ((rc = add_opt(&opts, "stats", optarg)))
+                return rc;
+            break;
+        case 'h':
+            fputs(stats_help, stdout);
+            return 0;
+        default:
+            return usage_error("stats", "%s", "bad arguments");
+        }
+    }
+    if (argc - optind != 2)
+        return usage_error("stats", "%s", "needs URL and QUEUE");
+    evq_queue *q;
+    rc = evq_queue_open(&q, argv[optind], argv[optind + 1], opts);
+    evq_opts_free(opts);
+    if (rc)
+        return fail("open", rc);
+    if (prom) {
+        char *text = evq_stats_prometheus(q, NULL);
+        if (!text) {
+            evq_queue_close(q);
+            return fail("stats", EVQ_ENOMEM);
+        }
+        fputs(text, stdout);
+        free(text);
+    } else {
+        struct evq_queue_stats s;
+        if ((rc = evq_queue_stats(q, &s))) {
+            evq_queue_close(q);
+            return fail("stats", rc);
+        }
+        printf("{\"queue\":\"%s\",\"depth\":%" PRId64 ",\"in_flight\":%" PRId64
+               ",\"delayed\":%" PRId64 ",\"dead\":%" PRId64 "}\n",
+               evq_queue_name(q), s.depth, s.in_flight, s.delayed, s.dead);
+    }
+    evq_queue_close(q);
+    return 0;
+}
+
+/* ---- dead letters ---------------------------------------------------------
+ */
+
+static const char dead_help[] =
+    "usage: evq dead list|replay|purge URL QUEUE [--count N]\n"
+    "\n"
+    "Works on QUEUE's dead-letter queue (option dead_letter, default\n"
+    "QUEUE.dead):\n"
+    "  list     print each dead letter as a CloudEvents JSON line (with\n"
+    "           evqerror, evqattempts and evqqueue) and leave it there\n"
+    "  replay   enqueue each dead letter on QUEUE again (without the evq*\n"
+    "           attributes), then remove it from the dead-letter queue\n"
+    "  purge    remove the dead letters\n"
+    "  --count N     handle at most N dead letters\n"
+    "  -o KEY=VALUE  queue option (repeatable)\n"
+    "Prints how many were handled on standard error.\n";
+
+static int cmd_dead(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"count", required_argument, NULL, 'n'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    long count = LONG_MAX;
+    evq_opts *opts = NULL;
+    int c, rc;
+    while ((c = getopt_long(argc, argv, "o:h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'n':
+            if (!parse_long(optarg, 1, LONG_MAX, &count))
+                return usage_error("dead", "bad --count '%s'", optarg);
+            break;
+        case 'o':
+            if ((rc = add_opt(&opts, "dead", optarg)))
+                return rc;
+            break;
+        case 'h':
+            fputs(dead_help, stdout);
+            return 0;
+        default:
+            return usage_error("dead", "%s", "bad arguments");
+        }
+    }
+    if (argc - optind != 3)
+        return usage_error("dead", "%s",
+                           "needs list|replay|purge, URL and QUEUE");
+    const char *action = argv[optind];
+    if (strcmp(action, "list") && strcmp(action, "replay") &&
+        strcmp(action, "purge"))
+        return usage_error("dead", "unknown action '%s'", action);
+
+    evq_queue *q, *dead;
+    rc = evq_queue_open(&q, argv[optind + 1], argv[optind + 2], opts);
+    evq_opts_free(opts);
+    if (rc)
+        return fail("open", rc);
+    if ((rc = evq_queue_open_dead(&dead, q))) {
+        evq_queue_close(q);
+        return fail("open dead-letter queue", rc);
+    }
+    evq_msg **held = NULL;
+    size_t nheld = 0;
+    long done = 0;
+    int status = 0;
+    while (done < count) {
+        evq_msg *m;
+        rc = evq_dequeue(dead, &m, 0);
+        if (rc == EVQ_ETIMEDOUT)
+            break;
+        if (rc) {
+            status = fail("dequeue", rc);
+            break;
+        }
+        const evq_event *ev = evq_msg_event(m);
+        if (action[0] == 'l') {
+            evq_msg **n = realloc(held, (nheld + 1) * sizeof *n);
+            if (!n || print_event(stdout, ev)) {
+                evq_nack(m, 0);
+                status = fail("list", EVQ_EIO);
+                break;
+            }
+            held = n;
+            held[nheld++] = m;
+        } else if (action[0] == 'r') {
+            evq_event *copy = evq_event_dup(ev);
+            rc = copy ? 0 : EVQ_ENOMEM;
+            if (!rc) {
+                evq_event_set_attr(copy, "evqerror", NULL);
+                evq_event_set_attr(copy, "evqattempts", NULL);
+                evq_event_set_attr(copy, "evqqueue", NULL);
+                rc = evq_enqueue(q, copy);
+            }
+            evq_event_free(copy);
+            if (rc) {
+                evq_nack(m, 0);
+                status = fail("replay", rc);
+                break;
+            }
+            evq_ack(m);
+        } else {
+            evq_ack(m);
+        }
+        done++;
+    }
+    for (size_t i = 0; i < nheld; i++)
+        evq_nack(held[i], 0);
+    free(held);
+    fprintf(stderr, "%s dead %s: %ld dead letter%s\n", prog, action, done,
+            done == 1 ? "" : "s");
+    evq_queue_close(dead);
+    evq_queue_close(q);
+    return status;
+}
+
+/* ---- demo ---------------------------------------------------------------- */
+
+static const char demo_help[] =
+    "usage: evq demo [URL]\n"
+    "\n"
+    "The seed's example end to end: registers a logging processor for\n"
+    "user.created, starts a worker, enqueues {\"userId\":\"123\",\"name\":\n"
+    "\"John Doe\"}, prints what the processor received, and stops cleanly.\n"
+    "URL defaults to " DEFAULT_URL ".\n";
+
+static int log_processor(const evq_event *ev, void *arg)
+{
+    atomic_int *seen = arg;
+    fputs("Received event: ", stdout);
+    int rc = print_event(stdout, ev);
+    atomic_fetch_add(seen, 1);
+    return rc;
+}
+
+static int cmd_demo(int argc, char **argv)
+{
+    if (argc > 1 &&
+        (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+        fputs(demo_help, stdout);
+        return 0;
+    }
+    if (argc > 2)
+        return usage_error("demo", "%s", "takes at most a URL");
+    const char *url = argc > 1 ? argv[1] : DEFAULT_URL;
+    evq_queue *q;
+    evq_events *events = evq_events_new();
+    evq_worker *w;
+    atomic_int seen = 0;
+    int rc;
+
+    if ((rc = evq_queue_open(&q, url, "demo", NULL)))
+        return fail("open", rc);
+    evq_register_handler(events, "user.created", log_processor, &seen);
+    if ((rc = evq_worker_start(&w, q, events, NULL))) {
+        evq_queue_close(q);
+        return fail("worker", rc);
+    }
+    evq_event *ev =
+        evq_event_new("user.created", json_pack("{s:s, s:s}", "userId", "123",
+                                                "name", "John Doe"));
+    rc = evq_enqueue(q, ev);
+    evq_event_free(ev);
+    int64_t deadline = mono_ns() + 10 * 1000000000LL;
+    while (!rc && atomic_load(&seen) == 0 && mono_ns() < deadline) {
+        struct timespec ms = {0, 1000000};
+        nanosleep(&ms, NULL);
+    }
+    int src = evq_worker_stop(w, 5000);
+    evq_worker_free(w);
+    evq_events_free(events);
+    evq_queue_close(q);
+    if (rc)
+        return fail("enqueue", rc);
+    if (src)
+        return fail("stop", src);
+    if (atomic_load(&seen) == 0) {
+        fprintf(stderr, "%s demo: the event was not processed in 10 s\n", prog);
+        return EXIT_FAILURE;
+    }
+    return 0;
+}
+
+/* ---- bench ----------------------------------------------------------------
+ */
+
+#include "../src/hist.h"
+
+static const char bench_help[] =
+    "usage: evq bench URL [--events N] [--size BYTES] [--producers P]\n"
+    "                     [--workers W] [--json] [-o KEY=VALUE]\n"
+    "\n"
+    "Measures, on queue bench-<pid>:\n"
+    "  enqueue   P threads create and enqueue N events of about BYTES of\n"
+    "            payload (the queue holds them all: memory:// capacity is\n"
+    "            raised to N unless given)\n"
+    "  drain     a worker of W threads empties that backlog (no-op handler)\n"
+    "  e2e       P producers and a worker of W threads at once: create the\n"
+    "            event, enqueue, dequeue, dispatch, ack, free; latency is\n"
+    "            from the event's creation to its handler\n"
+    "  raw       memory:// only: enqueue + dequeue + ack of pre-built events,\n"
+    "            one producer thread and one consumer thread\n"
+    "  stats     the cost per event of the worker's latency statistics\n"
+    "and the peak resident memory.  Defaults: N 1000000, BYTES 100, P 1, W 1.\n"
+    "--json prints one object: enqueue_per_s, drain_per_s, e2e_per_s,\n"
+    "latency_us {p50, p99, p999}, peak_rss_kib, stats_overhead_ns and, on\n"
+    "memory://, raw_per_s.  A progress line goes to standard error when it\n"
+    "is a terminal.\n";
+
+struct bench {
+    evq_queue *q;
+    long n;
+    int producers;
+    json_t *payload;
+    atomic_long produced, handled;
+    atomic_int errors;
+    pthread_mutex_t mu;
+    evq__hist *hists[1100];
+    int nhists;
+    bool progress;
+};
+
+static _Thread_local evq__hist *bench_hist;
+
+static int bench_handler(const evq_event *ev, void *arg)
+{
+    struct bench *b = arg;
+    if (!bench_hist) {
+        bench_hist = calloc(1, sizeof *bench_hist);
+        pthread_mutex_lock(&b->mu);
+        if (bench_hist && b->nhists < 1100)
+            b->hists[b->nhists++] = bench_hist;
+        pthread_mutex_unlock(&b->mu);
+    }
+    if (bench_hist) {
+        int64_t lat = real_ns() - evq_event_time_ns(ev);
+        evq__hist_record(bench_hist, (uint64_t)(lat > 0 ? lat : 0));
+    }
+    atomic_fetch_add_explicit(&b->handled, 1, memory_order_relaxed);
+    return 0;
+}
+
+static void *bench_producer(void *arg)
+{
+    struct bench *b = arg;
+    long per = b->n / b->producers;
+    for (long i = 0; i < per; i++) {
+        evq_event *ev =
+            evq_event_new("bench.event", json_deep_copy(b->payload));
+        if (!ev || evq_enqueue(b->q, ev) != 0)
+            atomic_fetch_add(&b->errors, 1);
+        evq_event_free(ev);
+        atomic_fetch_add_explicit(&b->produced, 1, memory_order_relaxed);
+    }
+    return NULL;
+}
+
+static void progress(struct bench *b, const char *phase, atomic_long *count,
+                     long total)
+{
+    if (b->progress)
+        fprintf(stderr, "\r%-8s %ld/%ld   ", phase, atomic_load(count), total);
+}
+
+/* Runs P producers; returns their wall time in seconds. */
+static double run_producers(struct bench *b, bool show)
+{
+    pthread_t t[256];
+    int64_t t0 = mono_ns();
+    atomic_store(&b->produced, 0);
+    for (int i = 0; i < b->producers; i++)
+        pthread_create(&t[i], NULL, bench_producer, b);
+    while (show && atomic_load(&b->produced) < b->n) {
+        progress(b, "enqueue", &b->produced, b->n);
+        struct timespec p = {0, 100 * 1000000};
+        nanosleep(&p, NULL);
+        if (atomic_load(&b->errors))
+            break;
+    }
+    for (int i = 0; i < b->producers; i++)
+        pthread_join(t[i], NULL);
+    return (double)(mono_ns() - t0) / 1e9;
+}
+
+static bool wait_handled(struct bench *b, long want, const char *phase)
+{
+    int64_t last_change = mono_ns();
+    long last = -1;
+    for (;;) {
+        long h = atomic_load(&b->handled);
+        if (h >= want)
+            return true;
+        if (h != last) {
+            last = h;
+            last_change = mono_ns();
+        } else if (mono_ns() - last_change > 30 * 1000000000LL) {
+            fprintf(stderr, "%s bench: %s stalled at %ld of %ld\n", prog, phase,
+                    h, want);
+            return false;
+        }
+        progress(b, phase, &b->handled, want);
+        struct timespec p = {0, 1000000};
+        nanosleep(&p, NULL);
+    }
+}
+
+struct raw_bench {
+    evq_queue *q;
+    evq_event **evs;
+    long n, k;
+};
+
+static void *raw_producer(void *arg)
+{
+    struct raw_bench *r = arg;
+    for (long i = 0; i < r->n; i++)
+        evq_enqueue(r->q, r->evs[i % r->k]);
+    return NULL;
+}
+
+/* enqueue + dequeue + ack of pre-built events, one thread each side. */
+static double bench_raw(const char *url, long n)
+{
+    struct raw_bench r = {.n = n, .k = n < 65536 ? n : 65536};
+    char name[64];
+    snprintf(name, sizeof name, "bench-raw-%d", (int)getpid());
+    if (evq_queue_open(&r.q, url, name, NULL))
+        return 0;
+    r.evs = malloc((size_t)r.k * sizeof *r.evs);
+    for (long i = 0; i < r.k; i++)
+        r.evs[i] = evq_event_new("bench.raw", json_integer(i));
+    pthread_t t;
+    int64_t t0 = mono_ns();
+    pthread_create(&t, NULL, raw_producer, &r);
+    for (long i = 0; i < n; i++) {
+        evq_msg *m;
+        if (evq_dequeue(r.q, &m, 10000) != 0)
+            break;
+        evq_ack(m);
+    }
+    pthread_join(t, NULL);
+    double s = (double)(mono_ns() - t0) / 1e9;
+    for (long i = 0; i < r.k; i++)
+        evq_event_free(r.evs[i]);
+    free(r.evs);
+    evq_queue_close(r.q);
+    return (double)n / s;
+}
+
+/* What the worker's latency statistics cost per event: two clock reads and a
+ * histogram update. */
+static double bench_stats_overhead(void)
+{
+    evq__hist *h = calloc(1, sizeof *h);
+    long iters = 5000000;
+    volatile uint64_t sink = 0;
+    int64_t t0 = mono_ns();
+    for (long i = 0; i < iters; i++) {
+        int64_t a = mono_ns();
+        int64_t b = mono_ns();
+        evq__hist_record(h, (uint64_t)(b - a));
+    }
+    double ns = (double)(mono_ns() - t0) / (double)iters;
+    sink += atomic_load(&h->count[0]);
+    free(h);
+    return ns;
+}
+
+static uint64_t merged_quantile(struct bench *b, double q)
+{
+    uint64_t *counts = calloc(EVQ__HIST_BUCKETS, sizeof *counts), total = 0;
+    for (int i = 0; i < b->nhists; i++)
+        evq__hist_merge(counts, b->hists[i]);
+    for (unsigned i = 0; i < EVQ__HIST_BUCKETS; i++)
+        total += counts[i];
+    uint64_t v = evq__hist_quantile(counts, total, q);
+    free(counts);
+    return v;
+}
+
+static int cmd_bench(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"events", required_argument, NULL, 'n'},
+        {"size", required_argument, NULL, 's'},
+        {"producers", required_argument, NULL, 'p'},
+        {"workers", required_argument, NULL, 'w'},
+        {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    long n = 1000000, size = 100, producers = 1, workers = 1;
+    bool json = false;
+    evq_opts *opts = NULL;
+    int c, rc;
+    while ((c = getopt_long(argc, argv, "o:h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'n':
+            if (!parse_long(optarg, 1, 100000000, &n))
+                return usage_error("bench", "bad --events '%s'", optarg);
+            break;
+        case 's':
+            if (!parse_long(optarg, 0, 1 << 20, &size))
+                return usage_error("bench", "bad --size '%s'", optarg);
+            break;
+        case 'p':
+            if (!parse_long(optarg, 1, 256, &producers))
+                return usage_error("bench", "bad --producers '%s'", optarg);
+            break;
+        case 'w':
+            if (!parse_long(optarg, 1, 1024, &workers))
+                return usage_error("bench", "bad --workers '%s'", optarg);
+            break;
+        case 'j':
+            json = true;
+            break;
+        case 'o':
+            if ((rc = add_opt(&opts, "bench", optarg)))
+                return rc;
+            break;
+        case 'h':
+            fputs(bench_help, stdout);
+            return 0;
+        default:
+            return usage_error("bench", "%s", "bad arguments");
+        }
+    }
+    if (argc - optind != 1) {
+        evq_opts_free(opts);
+        return usage_error("bench", "%s", "needs URL");
+    }
+    const char *url = argv[optind];
+    bool memory = strncmp(url, "memory://", 9) == 0;
+    n -= n % producers; /* every producer makes the same number */
+    if (n == 0)
+        n = producers;
+    if (memory && !strstr(url, "capacity=") &&
+        !evq_opts_get(opts, "capacity")) {
+        char cap[32];
+        snprintf(cap, sizeof cap, "%ld",
+                 n < 65536      ? 65536
+                 : n > 16777216 ? 16777216
+                                : n);
+        if ((rc = add_opt(&opts, "bench", "capacity=1")) ||
+            (rc = evq_opts_set(opts, "capacity", cap))) {
+            evq_opts_free(opts);
+            return rc > 0 ? rc : fail("bench", rc);
+        }
+    }
+
+    struct bench b = {.n = n,
+                      .producers = (int)producers,
+                      .mu = PTHREAD_MUTEX_INITIALIZER,
+                      .progress = isatty(STDERR_FILENO) != 0};
+    char name[64], *pad = malloc((size_t)size + 1);
+    memset(pad, 'x', (size_t)size);
+    pad[size] = '\0';
+    b.payload = json_pack("{s:s}", "p", pad);
+    free(pad);
+    snprintf(name, sizeof name, "bench-%d", (int)getpid());
+    rc = evq_queue_open(&b.q, url, name, opts);
+    evq_opts_free(opts);
+    if (rc) {
+        json_decref(b.payload);
+        return fail("open", rc);
+    }
+
+    /* enqueue, then drain the backlog through a worker */
+    double enq_s = run_producers(&b, true);
+    evq_events *events = evq_events_new();
+    evq_register_handler(events, "*", bench_handler, &b);
+    evq_worker_opts wo;
+    evq_worker_opts_init(&wo);
+    wo.concurrency = (int)workers;
+    wo.prefetch = 16;
+    evq_worker *w;
+    int64_t t0 = mono_ns();
+    if ((rc = evq_worker_start(&w, b.q, events, &wo))) {
+        evq_queue_close(b.q);
+        return fail("worker", rc);
+    }
+    bool ok = wait_handled(&b, n, "drain");
+    double drain_s = (double)(mono_ns() - t0) / 1e9;
+
+    /* end to end: producers and the worker at once; latency from here on */
+    pthread_mutex_lock(&b.mu);
+    for (int i = 0; i < b.nhists; i++)
+        memset(b.hists[i], 0, sizeof *b.hists[i]);
+    pthread_mutex_unlock(&b.mu);
+    atomic_store(&b.handled, 0);
+    t0 = mono_ns();
+    if (ok) {
+        run_producers(&b, false);
+        ok = wait_handled(&b, n, "e2e");
+    }
+    double e2e_s = (double)(mono_ns() - t0) / 1e9;
+    evq_worker_stop(w, 10000);
+    evq_worker_free(w);
+    if (b.progress)
+        fprintf(stderr, "\r%-40s\r", "");
+
+    double raw = memory && ok ? bench_raw(url, n) : 0;
+    double stats_ns = bench_stats_overhead();
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    double p50 = (double)merged_quantile(&b, 0.5) / 1000.0,
+           p99 = (double)merged_quantile(&b, 0.99) / 1000.0,
+           p999 = (double)merged_quantile(&b, 0.999) / 1000.0;
+
+    if (json) {
+        printf("{\"url\":\"%s\",\"events\":%ld,\"size\":%ld,\"producers\":%ld,"
+               "\"workers\":%ld,\"enqueue_per_s\":%.0f,\"drain_per_s\":%.0f,"
+               "\"e2e_per_s\":%.0f,\"latency_us\":{\"p50\":%.1f,\"p99\":%.1f,"
+               "\"p999\":%.1f},\"peak_rss_kib\":%ld,\"stats_overhead_ns\":%.1f",
+               memory ? "memory://" : "(see command line)", n, size, producers,
+               workers, n / enq_s, n / drain_s, n / e2e_s, p50, p99, p999,
+               ru.ru_maxrss, stats_ns);
+        if (memory)
+            printf(",\"raw_per_s\":%.0f", raw);
+        printf(",\"ok\":%s}\n",
+               ok && !atomic_load(&b.errors) ? "true" : "false");
+    } else {
+        printf(
+            "events %ld of %ld bytes, %ld producer(s), %ld worker thread(s)\n",
+            n, size, producers, workers);
+        printf("enqueue      %12.0f events/s\n", n / enq_s);
+        printf("drain        %12.0f events/s\n", n / drain_s);
+        printf("end to end   %12.0f events/s\n", n / e2e_s);
+        printf("latency      p50 %.1f us  p99 %.1f us  p99.9 %.1f us\n", p50,
+               p99, p999);
+        if (memory)
+            printf("raw queue    %12.0f events/s\n", raw);
+        printf("stats cost   %12.1f ns/event\n", stats_ns);
+        printf("peak RSS     %12ld KiB\n", ru.ru_maxrss);
+    }
+    for (int i = 0; i < b.nhists; i++)
+        free(b.hists[i]);
+    evq_events_free(events);
+    evq_queue_close(b.q);
+    json_decref(b.payload);
+    if (!ok || atomic_load(&b.errors)) {
+        fprintf(stderr, "%s bench: %d enqueue errors%s\n", prog,
+                atomic_load(&b.errors), ok ? "" : ", incomplete");
+        return EXIT_FAILURE;
+    }
+    return 0;
+}
+
+/* ---- options, main ----------------------------------------------------------
+ */
+
+static int cmd_options(int argc, char **argv)
+{
+    if (argc != 2 || strcmp(argv[1], "--help") == 0) {
+        fputs("usage: evq options SCHEME\n\nLists the options a backend's "
+              "queues accept (URL query parameters or -o KEY=VALUE).\n",
+              argc == 2 ? stdout : stderr);
+        return argc == 2 ? 0 : EXIT_USAGE;
+    }
+    char *help = evq_options_help(argv[1]);
+    if (!help)
+        return fail("options", EVQ_ENOENT);
+    fputs(help, stdout);
+    free(help);
+    return 0;
+}
+
+static const char main_help[] =
+    "usage: evq COMMAND [ARGS]\n"
+    "\n"
+    "  produce URL QUEUE   enqueue events (from flags or standard input)\n"
+    "  consume URL QUEUE   print events as CloudEvents JSON lines, then ack\n"
+    "  stats URL QUEUE     queue figures, as JSON or Prometheus text\n"
+    "  dead list|replay|purge URL QUEUE\n"
+    "                      show, re-enqueue or drop dead letters\n"
+    "  demo [URL]          the seed's example end to end\n"
+    "  bench URL           throughput, latency and memory figures\n"
+    "  options SCHEME      the options a backend accepts\n"
+    "\n"
+    "'evq COMMAND --help' tells more.  URLs: memory://, with options as query\n"
+    "parameters (memory://?capacity=1024).  Exit status: 0 success, 1 "
+    "failure,\n"
+    "2 usage error.\n";
+
+int main(int argc, char **argv)
+{
+    struct {
+        const char *name;
+        int (*fn)(int, char **);
+    } cmds[] = {
+        {"produce", cmd_produce}, {"consume", cmd_consume},
+        {"stats", cmd_stats},     {"dead", cmd_dead},
+        {"demo", cmd_demo},       {"bench", cmd_bench},
+        {"options", cmd_options},
+    };
+    if (argc < 2) {
+        fputs(main_help, stderr);
+        return EXIT_USAGE;
+    }
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
+        strcmp(argv[1], "help") == 0) {
+        fputs(main_help, stdout);
+        return 0;
+    }
+    if (strcmp(argv[1], "--version") == 0) {
+        printf("evq %s\n", EVQ_VERSION_STRING);
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
+        if (strcmp(argv[1], cmds[i].name) == 0)
+            return cmds[i].fn(argc - 1, argv + 1);
+    }
+    fprintf(stderr, "%s: unknown command '%s'\n\n%s", prog, argv[1], main_help);
+    return EXIT_USAGE;
+}
