@@ -1,8 +1,9 @@
 # evq - the two commands a newcomer needs are `make demo` and `make check`.
 #
 #   make demo      install missing packages, build, run the seed's example
-#   make check     install missing packages, build and run every test twice:
-#                  gcc, then clang with AddressSanitizer + UBSan
+#   make check     install missing packages, build and run every test twice
+#                  (gcc; clang with AddressSanitizer + UBSan), the threaded
+#                  tests a third time under ThreadSanitizer, then an install
 #   make format    apply .clang-format to the sources
 #   make install   install into PREFIX (default /usr/local), honouring DESTDIR
 
@@ -10,9 +11,10 @@ PREFIX ?= /usr/local
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 BUILD := build
 ASAN_BUILD := build-asan
+TSAN_BUILD := build-tsan
 CTEST_FLAGS := --output-on-failure --timeout 600 -j $(JOBS)
 
-.PHONY: all deps build demo check check-normal check-asan check-install \
+.PHONY: all deps build demo check check-normal check-asan check-tsan check-install \
         format install clean
 
 all: build
@@ -25,10 +27,10 @@ build: deps
 	cmake --build $(BUILD) -j $(JOBS)
 
 demo: build
-	./$(BUILD)/examples/demo
+	./$(BUILD)/evq demo
 
-check: deps check-normal check-asan check-install
-	@echo "make check: all tests passed (gcc build, clang ASan+UBSan build, install)"
+check: deps check-normal check-asan check-tsan check-install
+	@echo "make check: all tests passed (gcc; clang ASan+UBSan; TSan; install)"
 
 check-normal: build
 	cd $(BUILD) && ctest $(CTEST_FLAGS)
@@ -39,6 +41,13 @@ check-asan: deps
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
 	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest $(CTEST_FLAGS)
+
+check-tsan: deps
+	CC=clang cmake -S . -B $(TSAN_BUILD) -DCMAKE_BUILD_TYPE=Debug \
+	  -DEVQ_SANITIZE=thread >/dev/null
+	cmake --build $(TSAN_BUILD) -j $(JOBS)
+	cd $(TSAN_BUILD) && TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+	  ctest $(CTEST_FLAGS) -L tsan
 
 # Installs into a staging folder and builds a program against the result
 # with pkg-config and with CMake's find_package.
@@ -53,4 +62,4 @@ install: build
 	DESTDIR="$(DESTDIR)" cmake --install $(BUILD) --prefix $(PREFIX)
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD) build-*
+	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD) build-*

@@ -106,7 +106,7 @@ static void stopping_from_a_handler_is_an_error(void **state)
     evq_queue *q;
     evq_events *e = evq_events_new();
     evq_worker *w;
-    struct self_stop s = {0};
+    struct self_stop s = {.rc = 0};
     evq_event *ev = evq_event_new("x", NULL);
 
     assert_evq_ok(evq_queue_open(&q, "memory://", "w-self", NULL));

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# The evq tool's documented behaviour: help, exit codes, produce's line
+# reports, consume's timeout, stats, dead letters, demo and bench output.
+#   test_tool.sh PATH/TO/evq
+set -u
+evq=$1
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+failures=0
+
+fail() { echo "FAIL: $*" >&2; failures=$((failures + 1)); }
+
+# expect CODE DESCRIPTION -- COMMAND...: runs it, keeps stdout/stderr
+expect() {
+  local want=$1 what=$2; shift 3
+  "$@" >"$out/stdout" 2>"$out/stderr" </dev/null
+  local got=$?
+  [ "$got" -eq "$want" ] || fail "$what: exit $got, expected $want ($(head -c 300 "$out/stderr"))"
+}
+has() { grep -q -- "$2" "$out/$1" || fail "$3: $1 lacks '$2'"; }
+lacks() { ! grep -q -- "$2" "$out/$1" || fail "$3: $1 has '$2'"; }
+
+expect 0 "help" -- "$evq" --help
+has stdout "produce URL QUEUE" "help"
+expect 2 "no command" -- "$evq"
+expect 2 "unknown command" -- "$evq" frobnicate
+has stderr "unknown command 'frobnicate'" "unknown command"
+for cmd in produce consume stats dead demo bench options; do
+  expect 0 "$cmd --help" -- "$evq" $cmd --help
+  has stdout "usage: evq $cmd" "$cmd --help"
+done
+expect 0 "version" -- "$evq" --version
+
+# produce from flags prints the id
+expect 0 "produce --type" -- "$evq" produce memory:// q --type user.created --data '{"userId":"123"}' --attr traceparent=00-1
+grep -Eq '^[0-9a-f]{8}-[0-9a-f]{4}-7' "$out/stdout" || fail "produce --type: no UUIDv7 printed"
+expect 2 "produce bad --data" -- "$evq" produce memory:// q --type t --data '{nope'
+has stderr "not JSON" "produce bad --data"
+expect 2 "produce --data without --type" -- "$evq" produce memory:// q --data 1
+expect 1 "produce bad attribute" -- "$evq" produce memory:// q --type t --attr Bad-Name=1
+has stderr "Bad-Name" "produce bad attribute"
+
+# produce from standard input: bad lines reported by number, good ones kept
+printf '%s\n' '{"type":"a","data":1}' 'not json' '{"data":2}' '' \
+  '{"specversion":"1.0","id":"x1","source":"/s","type":"b"}' '[1]' \
+  '{"type":"c","subject":"s","traceparent":"00-2"}' '{"type":"d","Bad":"x"}' > "$out/in"
+"$evq" produce memory:// q <"$out/in" >"$out/stdout" 2>"$out/stderr"
+[ $? -eq 1 ] || fail "produce with bad lines should exit 1"
+has stderr "line 2: invalid JSON" "produce lines"
+has stderr "line 3: needs a string \"type\"" "produce lines"
+has stderr "line 6: not a JSON object" "produce lines"
+has stderr "line 8:" "produce lines"
+has stderr "enqueued 3 events, rejected 4 lines" "produce lines"
+printf '{"type":"a"}\n' | "$evq" produce memory:// q >/dev/null 2>&1 || fail "produce of good lines should exit 0"
+
+# consume: an empty queue ends at --timeout with nothing printed
+expect 0 "consume --timeout" -- "$evq" consume memory:// empty --timeout 1
+[ ! -s "$out/stdout" ] || fail "consume printed from an empty queue"
+expect 2 "consume bad --count" -- "$evq" consume memory:// q --count zero
+expect 2 "consume missing queue" -- "$evq" consume memory://
+expect 1 "consume unknown scheme" -- "$evq" consume foo://x q --timeout 1
+has stderr "unknown URL scheme 'foo'" "consume unknown scheme"
+expect 1 "consume bad option" -- "$evq" consume memory:// q -o capacity=0 --timeout 1
+has stderr "capacity" "consume bad option"
+expect 1 "password stays secret" -- "$evq" consume 'memory://u:Sup3rSecretPw@host' q --timeout 1
+lacks stderr "Sup3rSecretPw" "password stays secret"
+
+# stats and dead letters
+expect 0 "stats" -- "$evq" stats memory:// q
+has stdout '"depth":0' "stats"
+expect 0 "stats --prometheus" -- "$evq" stats memory:// q --prometheus
+has stdout '# TYPE evq_queue_depth gauge' "stats --prometheus"
+for a in list replay purge; do
+  expect 0 "dead $a" -- "$evq" dead $a memory:// q
+  has stderr "dead $a: 0 dead letters" "dead $a"
+done
+expect 2 "dead bad action" -- "$evq" dead bury memory:// q
+expect 0 "options" -- "$evq" options memory
+has stdout "capacity" "options"
+expect 1 "options unknown" -- "$evq" options gopher
+
+# demo and bench
+expect 0 "demo" -- "$evq" demo
+has stdout 'Received event: {"specversion":"1.0"' "demo"
+has stdout '"data":{"userId":"123","name":"John Doe"}' "demo"
+expect 0 "bench" -- "$evq" bench memory:// --events 20000 --producers 2 --workers 2 --json
+for key in enqueue_per_s e2e_per_s '"latency_us":{"p50"' '"p99"' '"p999"' peak_rss_kib raw_per_s '"ok":true'; do
+  has stdout "$key" "bench --json"
+done
+expect 2 "bench bad --events" -- "$evq" bench memory:// --events -5
+
+if [ $failures -ne 0 ]; then
+  echo "$failures failure(s)" >&2
+  exit 1
+fi
+echo "evq tool: all checks passed"
