@@ -135,13 +135,34 @@ static int check_value(const char *name, const char *value, bool nonempty)
     return 0;
 }
 
+/* Points *field at a copy of value: in `buf` when it fits, else on the heap;
+ * frees what *field held on the heap before. */
+static int set_inline(char **field, char *buf, size_t cap, const char *value)
+{
+    size_t n = strlen(value);
+    char *old = *field != buf ? *field : NULL;
+    if (n < cap) {
+        memmove(buf, value, n + 1);
+        *field = buf;
+    } else {
+        char *p = evq__strndup(value, n);
+        if (!p)
+            return evq__err(EVQ_ENOMEM, "out of memory");
+        *field = p;
+    }
+    if (old != *field)
+        free(old);
+    return 0;
+}
+
 /* ---- lifecycle ----------------------------------------------------------- */
 
 evq_event *evq__event_alloc(void)
 {
-    evq_event *ev = calloc(1, sizeof *ev);
+    evq_event *ev = aligned_alloc(_Alignof(evq_event), sizeof *ev);
     if (!ev)
         return NULL;
+    memset(ev, 0, sizeof *ev);
     atomic_init(&ev->refs, 1);
     atomic_init(&ev->attempt, 0);
     ev->source = evq__default_source;
@@ -162,7 +183,7 @@ evq_event *evq_event_new(const char *type, json_t *data)
         return NULL;
     }
     ev = evq__event_alloc();
-    if (!ev || !(ev->type = evq__strdup(type))) {
+    if (!ev || set_inline(&ev->type, ev->typebuf, sizeof ev->typebuf, type)) {
         free(ev);
         json_decref(data);
         evq__err(EVQ_ENOMEM, "out of memory creating an event");
@@ -179,7 +200,8 @@ evq_event *evq_event_new(const char *type, json_t *data)
 
 static void event_destroy(evq_event *ev)
 {
-    free(ev->type);
+    if (ev->type != ev->typebuf)
+        free(ev->type);
     if (ev->id != ev->idbuf)
         free(ev->id);
     if (ev->source != evq__default_source)
@@ -230,15 +252,12 @@ evq_event *evq_event_dup(const evq_event *src)
     ev = evq__event_alloc();
     if (!ev)
         goto oom;
-    if (src->id == src->idbuf) {
-        memcpy(ev->idbuf, src->idbuf, sizeof ev->idbuf);
-        ev->id = ev->idbuf;
-    } else if (dup_str(&ev->id, src->id)) {
+    if (set_inline(&ev->id, ev->idbuf, sizeof ev->idbuf, src->id))
         goto oom;
-    }
     if (src->source != evq__default_source && dup_str(&ev->source, src->source))
         goto oom;
-    if (dup_str(&ev->type, src->type) || dup_str(&ev->subject, src->subject) ||
+    if (set_inline(&ev->type, ev->typebuf, sizeof ev->typebuf, src->type) ||
+        dup_str(&ev->subject, src->subject) ||
         dup_str(&ev->datacontenttype, src->datacontenttype) ||
         dup_str(&ev->dataschema, src->dataschema))
         goto oom;
@@ -491,20 +510,8 @@ int evq_event_set_attr(evq_event *ev, const char *name, const char *value)
         return evq__err(EVQ_EINVAL, "attribute '%s' is required", name);
     if (value && (rc = check_value(name, value, required)) != 0)
         return rc;
-    if (strcmp(name, "id") == 0) {
-        size_t n = strlen(value);
-        char *old = ev->id != ev->idbuf ? ev->id : NULL;
-        if (n < sizeof ev->idbuf) {
-            memcpy(ev->idbuf, value, n + 1);
-            ev->id = ev->idbuf;
-        } else if (!(ev->id = evq__strdup(value))) {
-            ev->id = old;
-            return evq__err(EVQ_ENOMEM, "out of memory");
-        }
-        if (old != ev->id)
-            free(old);
-        return 0;
-    }
+    if (strcmp(name, "id") == 0)
+        return set_inline(&ev->id, ev->idbuf, sizeof ev->idbuf, value);
     if (strcmp(name, "source") == 0) {
         char *v = evq__strdup(value);
         if (!v)
@@ -515,7 +522,7 @@ int evq_event_set_attr(evq_event *ev, const char *name, const char *value)
         return 0;
     }
     if (strcmp(name, "type") == 0)
-        return set_str(&ev->type, value);
+        return set_inline(&ev->type, ev->typebuf, sizeof ev->typebuf, value);
     if (strcmp(name, "subject") == 0)
         return set_str(&ev->subject, value);
     if (strcmp(name, "datacontenttype") == 0)

@@ -68,26 +68,32 @@ typedef struct evq__ext {
     char *value;
 } evq__ext;
 
+/* Hot fields first: what creating, enqueueing and dispatching an event
+ * touch sits in the first cache lines.  `attempt`, the one field a consumer
+ * writes, comes last with a cache line of padding on each side, so its line
+ * holds nothing the producer touches (not the refcount, not the allocator's
+ * header of this event or the next). */
 struct evq_event {
     atomic_int refs;
-    atomic_int attempt;
-    char *type;
-    char *id;
+    bool has_time;
+    bool is_binary;
+    char *type;   /* typebuf when it fits */
+    char *id;     /* idbuf when it fits */
     char *source; /* points at evq__default_source unless set */
+    json_t *data;
+    int64_t time_ns;
+    char idbuf[40];
+    char typebuf[48];
     char *subject;
     char *datacontenttype;
     char *dataschema;
-    int64_t time_ns;
-    bool has_time;
-    char time_str[EVQ__TIME_BUF];
-    atomic_int time_state; /* time_str: 0 empty, 1 being written, 2 set */
-    json_t *data;
     unsigned char *bin;
     size_t bin_len;
-    bool is_binary;
     evq__ext *ext;
     size_t n_ext, cap_ext;
-    char idbuf[40];
+    atomic_int time_state; /* time_str: 0 empty, 1 being written, 2 set */
+    char time_str[EVQ__TIME_BUF];
+    _Alignas(64) atomic_int attempt;
 };
 
 extern char evq__default_source[];

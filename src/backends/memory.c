@@ -56,13 +56,30 @@ typedef struct mdelayed {
     uint64_t order;
 } mdelayed;
 
-/* An event count: see the file comment. */
+/* An event count: see the file comment.  `sleepers` is set by anyone about
+ * to sleep and cleared by the first notifier, who wakes them all: a notifier
+ * makes a system call only when someone went to sleep since the last one. */
 typedef struct evcount {
     atomic_uint seq;
-    atomic_int waiters;
+    atomic_int sleepers;
 } evcount;
 
 #define CACHELINE 64
+/* Empty-queue polls before a consumer sleeps: some tens of microseconds,
+ * long enough to bridge the gap between events of a busy producer. */
+/* Events handed back by consumers for producers to free. */
+#define GRAVE_SIZE 4096
+#ifndef SPIN_LIMIT
+#define SPIN_LIMIT 1000
+#endif
+
+/* A bounded array queue of items (Vyukov). */
+typedef struct mring {
+    mslot *slots;
+    size_t cap;
+    _Alignas(CACHELINE) atomic_size_t tail; /* producers */
+    _Alignas(CACHELINE) atomic_size_t head; /* consumers */
+} mring;
 
 typedef struct mqueue {
     struct mqueue *next; /* registry list, under registry_lock */
@@ -70,9 +87,14 @@ typedef struct mqueue {
     char *name;
     char *format; /* NULL: by reference */
     size_t capacity;
-    mslot *ring;
-    _Alignas(CACHELINE) atomic_size_t tail; /* producers */
-    _Alignas(CACHELINE) atomic_size_t head; /* consumers */
+    /* A producer blocked on a full ring sleeps until the depth is at most
+     * this, so it wakes once per capacity/16 events rather than once per
+     * event; with small capacities any room wakes it. */
+    size_t low_water;
+    mring ready;
+    /* Events consumers are done with, for producers to free: see
+     * memory_ack. */
+    mring grave;
     _Alignas(CACHELINE) atomic_long in_flight;
     evcount readable;
     _Alignas(CACHELINE) evcount writable;
@@ -116,31 +138,27 @@ static void futex_wait(atomic_uint *word, unsigned val, int64_t deadline)
             FUTEX_BITSET_MATCH_ANY);
 }
 
-static void evc_notify(evcount *e, bool all)
+static void evc_notify(evcount *e)
 {
     atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load_explicit(&e->waiters, memory_order_relaxed) > 0) {
+    if (atomic_load_explicit(&e->sleepers, memory_order_relaxed) &&
+        atomic_exchange_explicit(&e->sleepers, 0, memory_order_seq_cst)) {
         atomic_fetch_add_explicit(&e->seq, 1, memory_order_release);
-        syscall(SYS_futex, &e->seq, FUTEX_WAKE_PRIVATE, all ? INT_MAX : 1, NULL,
-                NULL, 0);
+        syscall(SYS_futex, &e->seq, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
     }
 }
 
+/* Announces a sleeper; returns the key to sleep on.  The caller re-checks
+ * its condition after this and before evc_wait. */
 static unsigned evc_prepare(evcount *e)
 {
-    atomic_fetch_add_explicit(&e->waiters, 1, memory_order_seq_cst);
+    atomic_store_explicit(&e->sleepers, 1, memory_order_seq_cst);
     return atomic_load_explicit(&e->seq, memory_order_seq_cst);
 }
 
 static void evc_wait(evcount *e, unsigned key, int64_t deadline)
 {
     futex_wait(&e->seq, key, deadline);
-    atomic_fetch_sub_explicit(&e->waiters, 1, memory_order_relaxed);
-}
-
-static void evc_cancel(evcount *e)
-{
-    atomic_fetch_sub_explicit(&e->waiters, 1, memory_order_relaxed);
 }
 
 static inline void cpu_relax(void)
@@ -154,15 +172,28 @@ static inline void cpu_relax(void)
 
 /* ---- the ring ------------------------------------------------------------ */
 
-static bool ring_push(mqueue *q, mitem it)
+static int ring_init(mring *r, size_t cap)
 {
-    size_t pos = atomic_load_explicit(&q->tail, memory_order_relaxed);
+    r->slots = malloc(cap * sizeof *r->slots);
+    if (!r->slots)
+        return -1;
+    r->cap = cap;
+    for (size_t i = 0; i < cap; i++)
+        atomic_init(&r->slots[i].seq, i);
+    atomic_init(&r->tail, 0);
+    atomic_init(&r->head, 0);
+    return 0;
+}
+
+static bool ring_push(mring *r, mitem it)
+{
+    size_t pos = atomic_load_explicit(&r->tail, memory_order_relaxed);
     for (;;) {
-        mslot *s = &q->ring[pos % q->capacity];
+        mslot *s = &r->slots[pos % r->cap];
         size_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
         intptr_t dif = (intptr_t)seq - (intptr_t)pos;
         if (dif == 0) {
-            if (atomic_compare_exchange_weak_explicit(&q->tail, &pos, pos + 1,
+            if (atomic_compare_exchange_weak_explicit(&r->tail, &pos, pos + 1,
                                                       memory_order_relaxed,
                                                       memory_order_relaxed)) {
                 s->item = it;
@@ -172,38 +203,38 @@ static bool ring_push(mqueue *q, mitem it)
         } else if (dif < 0) {
             return false; /* full */
         } else {
-            pos = atomic_load_explicit(&q->tail, memory_order_relaxed);
+            pos = atomic_load_explicit(&r->tail, memory_order_relaxed);
         }
     }
 }
 
-static bool ring_pop(mqueue *q, mitem *it)
+static bool ring_pop(mring *r, mitem *it)
 {
-    size_t pos = atomic_load_explicit(&q->head, memory_order_relaxed);
+    size_t pos = atomic_load_explicit(&r->head, memory_order_relaxed);
     for (;;) {
-        mslot *s = &q->ring[pos % q->capacity];
+        mslot *s = &r->slots[pos % r->cap];
         size_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
         intptr_t dif = (intptr_t)seq - (intptr_t)(pos + 1);
         if (dif == 0) {
-            if (atomic_compare_exchange_weak_explicit(&q->head, &pos, pos + 1,
+            if (atomic_compare_exchange_weak_explicit(&r->head, &pos, pos + 1,
                                                       memory_order_relaxed,
                                                       memory_order_relaxed)) {
                 *it = s->item;
-                atomic_store_explicit(&s->seq, pos + q->capacity,
+                atomic_store_explicit(&s->seq, pos + r->cap,
                                       memory_order_release);
                 return true;
             }
         } else if (dif < 0) {
             return false; /* empty */
         } else {
-            pos = atomic_load_explicit(&q->head, memory_order_relaxed);
+            pos = atomic_load_explicit(&r->head, memory_order_relaxed);
         }
     }
 }
 
-static size_t ring_depth(mqueue *q)
+static size_t ring_depth(mring *r)
 {
-    size_t h = atomic_load(&q->head), t = atomic_load(&q->tail);
+    size_t h = atomic_load(&r->head), t = atomic_load(&r->tail);
     return t > h ? t - h : 0;
 }
 
@@ -266,14 +297,14 @@ static void promote_due(mqueue *q, int64_t now)
     bool moved = false;
     pthread_mutex_lock(&q->heap_mu);
     while (q->heap_n && q->heap[0].due <= now &&
-           ring_push(q, q->heap[0].item)) {
+           ring_push(&q->ready, q->heap[0].item)) {
         heap_pop(q);
         moved = true;
     }
     pthread_mutex_unlock(&q->heap_mu);
     if (moved) {
-        evc_notify(&q->readable, true);
-        evc_notify(&q->writable, true); /* heap room for delayed producers */
+        evc_notify(&q->readable);
+        evc_notify(&q->writable); /* heap room for delayed producers */
     }
 }
 
@@ -288,15 +319,26 @@ static void item_free(mitem it)
         evq_event_free(it.p);
 }
 
+/* Frees up to `n` events from the graveyard (producer side). */
+static void bury(mqueue *q, int n)
+{
+    mitem it;
+    while (n-- > 0 && ring_pop(&q->grave, &it))
+        item_free(it);
+}
+
 static void mqueue_destroy(mqueue *q)
 {
     mitem it;
-    while (ring_pop(q, &it))
+    while (ring_pop(&q->ready, &it))
+        item_free(it);
+    while (ring_pop(&q->grave, &it))
         item_free(it);
     for (size_t i = 0; i < q->heap_n; i++)
         item_free(q->heap[i].item);
     free(q->heap);
-    free(q->ring);
+    free(q->ready.slots);
+    free(q->grave.slots);
     pthread_mutex_destroy(&q->heap_mu);
     free(q->name);
     free(q->format);
@@ -328,20 +370,21 @@ static mqueue *mqueue_new(const char *name, const char *format, size_t capacity)
     if (!q)
         return NULL;
     memset(q, 0, sizeof *q);
-    q->ring = malloc(capacity * sizeof *q->ring);
+    bool ok = ring_init(&q->ready, capacity) == 0;
+    ok &= ring_init(&q->grave, GRAVE_SIZE) == 0;
     q->name = evq__strdup(name);
     if (format)
         q->format = evq__strdup(format);
-    if (!q->ring || !q->name || (format && !q->format)) {
-        free(q->ring);
+    if (!ok || !q->name || (format && !q->format)) {
+        free(q->ready.slots);
+        free(q->grave.slots);
         free(q->name);
         free(q->format);
         free(q);
         return NULL;
     }
     q->capacity = capacity;
-    for (size_t i = 0; i < capacity; i++)
-        atomic_init(&q->ring[i].seq, i);
+    q->low_water = capacity >= 64 ? capacity - capacity / 16 : capacity - 1;
     pthread_mutex_init(&q->heap_mu, NULL);
     atomic_init(&q->next_due, INT64_MAX);
     return q;
@@ -431,8 +474,8 @@ static int put(mhandle *h, mitem it, int64_t delay_ms)
         if (atomic_load_explicit(&h->interrupted, memory_order_relaxed))
             return closed_err();
         if (delay_ms <= 0) {
-            if (ring_push(q, it)) {
-                evc_notify(&q->readable, false);
+            if (ring_push(&q->ready, it)) {
+                evc_notify(&q->readable);
                 return 0;
             }
         } else {
@@ -448,7 +491,7 @@ static int put(mhandle *h, mitem it, int64_t delay_ms)
                 return rc;
             if (placed) {
                 /* Sleepers may need to wake earlier than they planned. */
-                evc_notify(&q->readable, true);
+                evc_notify(&q->readable);
                 return 0;
             }
         }
@@ -458,10 +501,9 @@ static int put(mhandle *h, mitem it, int64_t delay_ms)
                             "%zu)",
                             q->name, q->capacity);
         unsigned key = evc_prepare(&q->writable);
-        bool room = delay_ms <= 0 ? ring_depth(q) < q->capacity
+        bool room = delay_ms <= 0 ? ring_depth(&q->ready) <= q->low_water
                                   : atomic_load(&q->delayed) < q->capacity;
         if (room || atomic_load(&h->interrupted)) {
-            evc_cancel(&q->writable);
             continue;
         }
         evc_wait(&q->writable, key, INT64_MAX);
@@ -476,13 +518,15 @@ static int memory_enqueue(void *state, const evq__item *items, size_t n)
     if (h->overflow_error && n > 1) {
         /* Refuse a batch whole when there visibly is no room for it. */
         bool delayed = items[0].delay_ms > 0;
-        size_t used = delayed ? atomic_load(&q->delayed) : ring_depth(q);
+        size_t used =
+            delayed ? atomic_load(&q->delayed) : ring_depth(&q->ready);
         if (used + n > q->capacity)
             return evq__err(EVQ_EFULL,
                             "memory queue '%s' has no room for a batch of %zu "
                             "(capacity %zu)",
                             q->name, n, q->capacity);
     }
+    bury(q, (int)n + 1);
     for (size_t i = 0; i < n; i++) {
         mitem it = {.attempt = 0};
         if (items[i].bytes) {
@@ -513,10 +557,11 @@ static bool take(mqueue *q, evq__delivery *d)
         if (atomic_load_explicit(&q->next_due, memory_order_relaxed) <= now)
             promote_due(q, now);
     }
-    if (!ring_pop(q, &it))
+    if (!ring_pop(&q->ready, &it))
         return false;
     atomic_fetch_add_explicit(&q->in_flight, 1, memory_order_relaxed);
-    evc_notify(&q->writable, false);
+    if (ring_depth(&q->ready) <= q->low_water)
+        evc_notify(&q->writable);
     it.attempt++;
     if (it.blob) {
         mblob *b = it.p;
@@ -542,15 +587,15 @@ static int memory_dequeue(void *state, evq__delivery *d, int timeout_ms)
     for (int spins = 0;; spins++) {
         if (atomic_load_explicit(&h->interrupted, memory_order_relaxed)) {
             /* A wake-up meant for a reader may have landed here; pass it. */
-            if (ring_depth(q))
-                evc_notify(&q->readable, false);
+            if (ring_depth(&q->ready))
+                evc_notify(&q->readable);
             return closed_err();
         }
         if (take(q, d))
             return 0;
         if (timeout_ms == 0)
             return evq__err(EVQ_ETIMEDOUT, "queue is empty");
-        if (spins < 64) { /* a producer is often only a moment away */
+        if (spins < SPIN_LIMIT) { /* a producer is often a moment away */
             cpu_relax();
             continue;
         }
@@ -561,8 +606,7 @@ static int memory_dequeue(void *state, evq__delivery *d, int timeout_ms)
         if (now >= deadline)
             return evq__err(EVQ_ETIMEDOUT, "no event within %d ms", timeout_ms);
         unsigned key = evc_prepare(&q->readable);
-        if (ring_depth(q) || atomic_load(&h->interrupted)) {
-            evc_cancel(&q->readable);
+        if (ring_depth(&q->ready) || atomic_load(&h->interrupted)) {
             continue;
         }
         int64_t wake = deadline, due = atomic_load(&q->next_due);
@@ -572,14 +616,26 @@ static int memory_dequeue(void *state, evq__delivery *d, int timeout_ms)
     }
 }
 
+/* An acked event is not freed here but handed back to the producers, who
+ * free it on their next enqueue: memory is then released on the thread that
+ * allocated it, where malloc's per-thread caches serve the next event,
+ * instead of crossing threads on every event (which costs glibc malloc a
+ * locked slow path per allocation).  When the graveyard is full the
+ * consumer frees as usual; what waits there when no producer comes is
+ * freed with the queue. */
 static int memory_ack(void *state, evq__delivery *d)
 {
     mqueue *q = ((mhandle *)state)->q;
+    mitem it = {.p = d->token, .blob = d->ev == NULL};
     atomic_fetch_sub_explicit(&q->in_flight, 1, memory_order_relaxed);
-    if (d->ev)
-        evq_event_free(d->ev);
-    else
-        free(d->token);
+    /* Only an event nobody else references goes to the graveyard; one the
+     * application still holds just loses the queue's reference now, so it
+     * stops counting as shared the moment it is acked. */
+    if ((it.blob ||
+         atomic_load_explicit(&d->ev->refs, memory_order_acquire) == 1) &&
+        ring_push(&q->grave, it))
+        return 0;
+    item_free(it);
     return 0;
 }
 
@@ -590,8 +646,8 @@ static int memory_nack(void *state, evq__delivery *d, int64_t delay_ms)
     int rc = 0;
 
     atomic_fetch_sub_explicit(&q->in_flight, 1, memory_order_relaxed);
-    if (delay_ms <= 0 && ring_push(q, it)) {
-        evc_notify(&q->readable, false);
+    if (delay_ms <= 0 && ring_push(&q->ready, it)) {
+        evc_notify(&q->readable);
         return 0;
     }
     /* Delayed, or the ring is full: the heap takes it without a bound check,
@@ -605,7 +661,7 @@ static int memory_nack(void *state, evq__delivery *d, int64_t delay_ms)
         return evq__err(EVQ_ENOMEM, "out of memory requeueing an event; it "
                                     "was dropped");
     }
-    evc_notify(&q->readable, true);
+    evc_notify(&q->readable);
     return 0;
 }
 
@@ -613,15 +669,15 @@ static int memory_interrupt(void *state)
 {
     mhandle *h = state;
     atomic_store(&h->interrupted, true);
-    evc_notify(&h->q->readable, true);
-    evc_notify(&h->q->writable, true);
+    evc_notify(&h->q->readable);
+    evc_notify(&h->q->writable);
     return 0;
 }
 
 static int memory_stats(void *state, struct evq_queue_stats *out)
 {
     mqueue *q = ((mhandle *)state)->q;
-    out->depth = (int64_t)ring_depth(q);
+    out->depth = (int64_t)ring_depth(&q->ready);
     out->in_flight = atomic_load(&q->in_flight);
     out->delayed = (int64_t)atomic_load(&q->delayed);
     return 0;
