@@ -8,7 +8,7 @@
 
 #define EVQ__ERRMSG_MAX 512
 
-static _Thread_local char errmsg[EVQ__ERRMSG_MAX];
+static _Thread_local char errmsg[EVQ__ERRMSG_MAX] EVQ__TLS;
 
 const char *evq_strerror(int code)
 {

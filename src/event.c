@@ -37,7 +37,7 @@ static void install_atfork(void)
 static _Thread_local struct {
     uint64_t s[4];
     unsigned gen;
-} rng;
+} rng EVQ__TLS;
 
 static uint64_t rotl(uint64_t x, int k)
 {
@@ -79,8 +79,26 @@ static uint64_t rng_next(void)
 
 void evq__uuid7(char *buf)
 {
+    evq__uuid7_at(buf, evq__now_real_ns());
+}
+
+/* "00".."ff", so formatting writes two characters per byte. */
+static char hex_pairs[256][2];
+static pthread_once_t hex_once = PTHREAD_ONCE_INIT;
+
+static void hex_init(void)
+{
     static const char hex[] = "0123456789abcdef";
-    uint64_t now = (uint64_t)(evq__now_real_ns() / 1000000) << 12;
+    for (int i = 0; i < 256; i++) {
+        hex_pairs[i][0] = hex[i >> 4];
+        hex_pairs[i][1] = hex[i & 15];
+    }
+}
+
+void evq__uuid7_at(char *buf, int64_t now_ns)
+{
+    pthread_once(&hex_once, hex_init);
+    uint64_t now = (uint64_t)(now_ns / 1000000) << 12;
     uint64_t last = atomic_load_explicit(&uuid_last, memory_order_relaxed);
     uint64_t next;
     do {
@@ -103,8 +121,8 @@ void evq__uuid7(char *buf)
     for (int i = 0; i < 16; i++) {
         if (i == 4 || i == 6 || i == 8 || i == 10)
             *o++ = '-';
-        *o++ = hex[b[i] >> 4];
-        *o++ = hex[b[i] & 15];
+        memcpy(o, hex_pairs[b[i]], 2);
+        o += 2;
     }
     *o = '\0';
 }
@@ -157,12 +175,69 @@ static int set_inline(char **field, char *buf, size_t cap, const char *value)
 
 /* ---- lifecycle ----------------------------------------------------------- */
 
+/* Event structs are recycled through a small per-thread cache: a busy
+ * producer frees events (memory:// hands finished ones back to it) about as
+ * fast as it makes them, and the cache spares both trips through malloc.
+ * The cache is emptied when its thread exits. */
+#define EVENT_CACHE 256
+
+static pthread_key_t cache_key;
+static pthread_once_t cache_once = PTHREAD_ONCE_INIT;
+static _Thread_local struct {
+    evq_event *slot[EVENT_CACHE];
+    int n;
+    bool registered;
+} cache EVQ__TLS;
+
+static void cache_drain(void *unused)
+{
+    (void)unused;
+    while (cache.n > 0)
+        free(cache.slot[--cache.n]);
+}
+
+static void cache_key_create(void)
+{
+    pthread_key_create(&cache_key, cache_drain);
+}
+
+/* Process exit does not run thread-key destructors for the main thread. */
+__attribute__((destructor)) static void cache_atexit(void)
+{
+    cache_drain(NULL);
+}
+
+static evq_event *event_mem_get(void)
+{
+    if (cache.n > 0)
+        return cache.slot[--cache.n];
+    return malloc(sizeof(evq_event));
+}
+
+static void event_mem_put(evq_event *ev)
+{
+    if (cache.n == EVENT_CACHE) {
+        free(ev);
+        return;
+    }
+    if (!cache.registered) {
+        /* Any non-NULL value makes the key's destructor run at exit. */
+        pthread_once(&cache_once, cache_key_create);
+        pthread_setspecific(cache_key, &cache);
+        cache.registered = true;
+    }
+    cache.slot[cache.n++] = ev;
+}
+
 evq_event *evq__event_alloc(void)
 {
-    evq_event *ev = aligned_alloc(_Alignof(evq_event), sizeof *ev);
+    evq_event *ev = event_mem_get();
     if (!ev)
         return NULL;
-    memset(ev, 0, sizeof *ev);
+    /* Everything but the inline buffers, which are written before use. */
+    memset(ev, 0, offsetof(evq_event, idbuf));
+    memset(&ev->subject, 0,
+           offsetof(evq_event, time_str) - offsetof(evq_event, subject));
     atomic_init(&ev->refs, 1);
     atomic_init(&ev->attempt, 0);
     ev->source = evq__default_source;
@@ -184,14 +259,15 @@ evq_event *evq_event_new(const char *type, json_t *data)
     }
     ev = evq__event_alloc();
     if (!ev || set_inline(&ev->type, ev->typebuf, sizeof ev->typebuf, type)) {
-        free(ev);
+        if (ev)
+            event_mem_put(ev);
         json_decref(data);
         evq__err(EVQ_ENOMEM, "out of memory creating an event");
         return NULL;
     }
-    evq__uuid7(ev->idbuf);
+    ev->time_ns = evq__now_real_ns(); /* one clock read for id and time */
+    evq__uuid7_at(ev->idbuf, ev->time_ns);
     ev->id = ev->idbuf;
-    ev->time_ns = evq__now_real_ns();
     ev->has_time = true;
     atomic_init(&ev->time_state, 0); /* formatted on first use */
     ev->data = data;
@@ -214,7 +290,7 @@ static void event_destroy(evq_event *ev)
     for (size_t i = 0; i < ev->n_ext; i++)
         free(ev->ext[i].value);
     free(ev->ext);
-    free(ev);
+    event_mem_put(ev);
 }
 
 void evq_event_free(evq_event *ev)

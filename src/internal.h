@@ -15,6 +15,9 @@
 
 #define EVQ__UNUSED(x)    ((void)(x))
 #define EVQ__PRINTF(a, b) __attribute__((format(printf, a, b)))
+/* Thread-locals on hot paths: initial-exec avoids a __tls_get_addr call per
+ * access from the shared library. */
+#define EVQ__TLS __attribute__((tls_model("initial-exec")))
 
 /* ---- errors (error.c) ---------------------------------------------------- */
 
@@ -32,6 +35,14 @@ int64_t evq__now_real_ns(void);
 int64_t evq__deadline_ns(int timeout_ms);
 /* Absolute CLOCK_MONOTONIC timespec for pthread_cond_timedwait. */
 struct timespec evq__ts_from_ns(int64_t ns);
+
+/* A cheap monotonic tick counter for timing short intervals (the TSC where
+ * it is invariant, else nanoseconds); evq__ticks_init must have run once
+ * (it may calibrate for a few milliseconds).  Multiply tick differences by
+ * evq__ns_per_tick() for nanoseconds. */
+void evq__ticks_init(void);
+uint64_t evq__ticks(void);
+double evq__ns_per_tick(void);
 
 char *evq__strdup(const char *s);
 char *evq__strndup(const char *s, size_t n);
@@ -70,11 +81,11 @@ typedef struct evq__ext {
 
 /* Hot fields first: what creating, enqueueing and dispatching an event
  * touch sits in the first cache lines.  `attempt`, the one field a consumer
- * writes, comes last with a cache line of padding on each side, so its line
- * holds nothing the producer touches (not the refcount, not the allocator's
- * header of this event or the next). */
+ * writes, shares the refcount's line, which the producer that frees the
+ * event has to take back anyway. */
 struct evq_event {
     atomic_int refs;
+    atomic_int attempt;
     bool has_time;
     bool is_binary;
     char *type;   /* typebuf when it fits */
@@ -93,7 +104,6 @@ struct evq_event {
     size_t n_ext, cap_ext;
     atomic_int time_state; /* time_str: 0 empty, 1 being written, 2 set */
     char time_str[EVQ__TIME_BUF];
-    _Alignas(64) atomic_int attempt;
 };
 
 extern char evq__default_source[];
@@ -110,6 +120,8 @@ int evq__event_set_ext(evq_event *ev, const char *name, const char *value,
 evq_event *evq__event_ref(const evq_event *ev);
 /* Writes a new UUIDv7 in canonical form into buf (37 bytes). */
 void evq__uuid7(char *buf);
+/* The same for a given time (nanoseconds since the epoch). */
+void evq__uuid7_at(char *buf, int64_t now_ns);
 /* CloudEvents extension attribute name rule. */
 bool evq__ext_name_valid(const char *name);
 

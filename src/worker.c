@@ -40,9 +40,13 @@ typedef struct wthread {
     int index;
     bool joinable;
     uint64_t rng;
-    pthread_mutex_t cur_mu; /* guards cur and cur_start */
-    const evq_event *cur;   /* the event whose handlers run now */
-    int64_t cur_start;
+    /* The event whose handlers run now, for stop's report of stuck
+     * handlers.  The reader raises `inspecting` before looking at `cur`;
+     * the thread clears `cur` and then waits while `inspecting` is up, so
+     * the event cannot be settled and freed under the reader's eyes. */
+    _Atomic(const evq_event *) cur;
+    _Atomic uint64_t cur_start; /* ticks */
+    atomic_int inspecting;
     wcounter received, succeeded, failed, retried, dead, unhandled, in_flight;
     evq__hist hist;
 } wthread;
@@ -102,11 +106,8 @@ static void worker_release(evq_worker *w)
 {
     if (atomic_fetch_sub(&w->refs, 1) != 1)
         return;
-    for (int i = 0; i < w->n; i++) {
-        if (w->t[i])
-            pthread_mutex_destroy(&w->t[i]->cur_mu);
+    for (int i = 0; i < w->n; i++)
         free(w->t[i]);
-    }
     free(w->t);
     evq_queue_close(w->fetch);
     pthread_mutex_destroy(&w->mu);
@@ -165,21 +166,19 @@ static void handle(wthread *t, evq_msg *m)
     int attempt = evq_event_attempt(ev);
     char reason[600];
 
-    pthread_mutex_lock(&t->cur_mu);
-    t->cur = ev;
-    t->cur_start = evq__now_mono_ns();
-    int64_t start = t->cur_start;
-    pthread_mutex_unlock(&t->cur_mu);
+    uint64_t start = evq__ticks();
+    atomic_store_explicit(&t->cur_start, start, memory_order_relaxed);
+    atomic_store_explicit(&t->cur, ev, memory_order_release);
 
     int rc = evq_dispatch(w->events, ev);
 
-    int64_t end = evq__now_mono_ns();
-    evq__hist_record(&t->hist, (uint64_t)(end - start));
+    /* Ticks go into the histogram; quantiles convert to nanoseconds. */
+    evq__hist_record(&t->hist, evq__ticks() - start);
     if (rc)
         snprintf(reason, sizeof reason, "%s", evq_errmsg());
-    pthread_mutex_lock(&t->cur_mu);
-    t->cur = NULL;
-    pthread_mutex_unlock(&t->cur_mu);
+    atomic_store_explicit(&t->cur, NULL, memory_order_seq_cst);
+    while (atomic_load_explicit(&t->inspecting, memory_order_seq_cst))
+        ;
 
     if (rc == 0) {
         int arc = evq_ack(m);
@@ -223,6 +222,9 @@ static void *worker_main(void *arg)
     int prefetch = w->o.prefetch;
     evq_msg *batch[1024];
 
+    char tname[16];
+    snprintf(tname, sizeof tname, "evq-worker-%d", t->index % 1000);
+    pthread_setname_np(pthread_self(), tname);
     tls_worker = w;
     while (!atomic_load_explicit(&w->stopping, memory_order_acquire)) {
         int n = 0, rc = evq_dequeue(w->fetch, &batch[0], -1);
@@ -313,6 +315,7 @@ int evq_worker_start(evq_worker **wp, evq_queue *q, evq_events *events,
     }
     if ((rc = check_opts(opts)) != 0)
         return rc;
+    evq__ticks_init();
     w = calloc(1, sizeof *w);
     if (!w)
         return evq__err(EVQ_ENOMEM, "out of memory");
@@ -342,7 +345,6 @@ int evq_worker_start(evq_worker **wp, evq_queue *q, evq_events *events,
         t->w = w;
         t->index = i;
         t->rng = (seed + (uint64_t)i * 0x9e3779b97f4a7c15ull) | 1;
-        pthread_mutex_init(&t->cur_mu, NULL);
         w->t[i] = t;
         atomic_fetch_add(&w->refs, 1);
         pthread_mutex_lock(&w->mu);
@@ -407,18 +409,22 @@ int evq_worker_stop(evq_worker *w, int drain_timeout_ms)
         int len = snprintf(msg, sizeof msg,
                            "%d handler%s still running after %d ms:", stuck,
                            stuck == 1 ? "" : "s", drain_timeout_ms);
-        int64_t now = evq__now_mono_ns();
+        uint64_t now = evq__ticks();
         for (int i = 0; i < w->n && len < (int)sizeof msg - 1; i++) {
             wthread *t = w->t[i];
             if (!t)
                 continue;
-            pthread_mutex_lock(&t->cur_mu);
-            if (t->cur)
+            atomic_store_explicit(&t->inspecting, 1, memory_order_seq_cst);
+            const evq_event *ev =
+                atomic_load_explicit(&t->cur, memory_order_seq_cst);
+            if (ev) {
+                double ms = (double)(now - atomic_load(&t->cur_start)) *
+                            evq__ns_per_tick() / 1e6;
                 len += snprintf(msg + len, sizeof msg - (size_t)len,
-                                " thread %d on %.64s %.40s for %lld ms;", i,
-                                evq_event_type(t->cur), evq_event_id(t->cur),
-                                (long long)((now - t->cur_start) / 1000000));
-            pthread_mutex_unlock(&t->cur_mu);
+                                " thread %d on %.64s %.40s for %.0f ms;", i,
+                                evq_event_type(ev), evq_event_id(ev), ms);
+            }
+            atomic_store_explicit(&t->inspecting, 0, memory_order_release);
         }
         wlog(w, EVQ_LOG_ERROR, "%s", msg);
         rc = evq__err(EVQ_ETIMEDOUT, "%s", msg);
@@ -476,11 +482,14 @@ int evq_worker_stats(const evq_worker *w, struct evq_worker_stats *out)
     }
     for (unsigned b = 0; b < EVQ__HIST_BUCKETS; b++)
         out->latency_count += counts[b];
-    out->latency_ns_p50 = evq__hist_quantile(counts, out->latency_count, 0.5);
-    out->latency_ns_p90 = evq__hist_quantile(counts, out->latency_count, 0.9);
-    out->latency_ns_p99 = evq__hist_quantile(counts, out->latency_count, 0.99);
-    out->latency_ns_p999 =
-        evq__hist_quantile(counts, out->latency_count, 0.999);
+    double f = evq__ns_per_tick();
+#define Q(q)                                                                   \
+    (uint64_t)((double)evq__hist_quantile(counts, out->latency_count, q) * f)
+    out->latency_ns_p50 = Q(0.5);
+    out->latency_ns_p90 = Q(0.9);
+    out->latency_ns_p99 = Q(0.99);
+    out->latency_ns_p999 = Q(0.999);
+#undef Q
     free(counts);
     return 0;
 }

@@ -727,6 +727,7 @@ static int cmd_demo(int argc, char **argv)
  */
 
 #include "../src/hist.h"
+#include "../src/internal.h"
 
 static const char bench_help[] =
     "usage: evq bench URL [--events N] [--size BYTES] [--producers P]\n"
@@ -895,11 +896,12 @@ static double bench_stats_overhead(void)
 {
     evq__hist *h = calloc(1, sizeof *h);
     long iters = 5000000;
+    evq__ticks_init();
     int64_t t0 = mono_ns();
     for (long i = 0; i < iters; i++) {
-        int64_t a = mono_ns();
-        int64_t b = mono_ns();
-        evq__hist_record(h, (uint64_t)(b - a));
+        uint64_t a = evq__ticks();
+        uint64_t b = evq__ticks();
+        evq__hist_record(h, b - a);
     }
     double ns = (double)(mono_ns() - t0) / (double)iters;
     free(h);

@@ -138,10 +138,14 @@ static void futex_wait(atomic_uint *word, unsigned val, int64_t deadline)
             FUTEX_BITSET_MATCH_ANY);
 }
 
+/* Called after the change a sleeper waits for was made by a seq_cst
+ * operation (the rings' compare-and-swaps, the flags and due times are all
+ * seq_cst): in the single total order of those, either the sleeper's
+ * re-check after evc_prepare sees the change, or this load sees the
+ * sleeper's flag.  On x86 that costs no fence at all. */
 static void evc_notify(evcount *e)
 {
-    atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load_explicit(&e->sleepers, memory_order_relaxed) &&
+    if (atomic_load_explicit(&e->sleepers, memory_order_seq_cst) &&
         atomic_exchange_explicit(&e->sleepers, 0, memory_order_seq_cst)) {
         atomic_fetch_add_explicit(&e->seq, 1, memory_order_release);
         syscall(SYS_futex, &e->seq, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
@@ -194,7 +198,7 @@ static bool ring_push(mring *r, mitem it)
         intptr_t dif = (intptr_t)seq - (intptr_t)pos;
         if (dif == 0) {
             if (atomic_compare_exchange_weak_explicit(&r->tail, &pos, pos + 1,
-                                                      memory_order_relaxed,
+                                                      memory_order_seq_cst,
                                                       memory_order_relaxed)) {
                 s->item = it;
                 atomic_store_explicit(&s->seq, pos + 1, memory_order_release);
@@ -217,7 +221,7 @@ static bool ring_pop(mring *r, mitem *it)
         intptr_t dif = (intptr_t)seq - (intptr_t)(pos + 1);
         if (dif == 0) {
             if (atomic_compare_exchange_weak_explicit(&r->head, &pos, pos + 1,
-                                                      memory_order_relaxed,
+                                                      memory_order_seq_cst,
                                                       memory_order_relaxed)) {
                 *it = s->item;
                 atomic_store_explicit(&s->seq, pos + r->cap,
