@@ -4,6 +4,7 @@
 #   make check     install missing packages, build and run every test twice
 #                  (gcc; clang with AddressSanitizer + UBSan), the threaded
 #                  tests a third time under ThreadSanitizer, then an install
+#   make bench     the memory backend's figures beside its baseline
 #   make format    apply .clang-format to the sources
 #   make install   install into PREFIX (default /usr/local), honouring DESTDIR
 
@@ -14,7 +15,7 @@ ASAN_BUILD := build-asan
 TSAN_BUILD := build-tsan
 CTEST_FLAGS := --output-on-failure --timeout 600 -j $(JOBS)
 
-.PHONY: all deps build demo check check-normal check-asan check-tsan check-install \
+.PHONY: bench all deps build demo check check-normal check-asan check-tsan check-install \
         format install clean
 
 all: build
@@ -53,6 +54,10 @@ check-tsan: deps
 # with pkg-config and with CMake's find_package.
 check-install: build
 	tests/install/check.sh $(BUILD)
+
+# Throughput, latency and memory of memory://, beside the mutex ring baseline.
+bench: build
+	bench/run.sh $(BUILD)
 
 format:
 	clang-format -i include/*.h src/*.c src/*.h src/backends/*.c \

@@ -23,11 +23,16 @@ struct evq_queue {
     const evq_codec *codec; /* NULL: events pass by reference */
     evq_codec_limits lim;
     char *dead_name;
-    atomic_int refs; /* the caller's, plus one per unsettled message */
     atomic_bool closed;
     pthread_mutex_t dead_lock;
     evq_queue *dead; /* opened on first use */
-    atomic_uint_fast64_t enqueued, dequeued, acked, nacked, dead_lettered;
+    /* Written per event: producers' and consumers' counters on lines of
+     * their own, apart from the read-mostly fields above, so a producer and
+     * a consumer sharing a handle do not pull each other's lines. */
+    _Alignas(64) atomic_uint_fast64_t enqueued;
+    _Alignas(64) atomic_int refs; /* the caller's, plus one per unsettled
+                                     message */
+    atomic_uint_fast64_t dequeued, acked, nacked, dead_lettered;
 };
 
 struct evq_msg {
@@ -117,7 +122,9 @@ int evq_queue_open(evq_queue **qp, const char *url, const char *name,
         rc = evq__err(EVQ_ENOTSUP, "backend %s is incomplete", ops->scheme);
         goto out;
     }
-    q = calloc(1, sizeof *q);
+    q = aligned_alloc(_Alignof(evq_queue), sizeof *q);
+    if (q)
+        memset(q, 0, sizeof *q);
     if (!q) {
         rc = evq__err(EVQ_ENOMEM, "out of memory");
         goto out;

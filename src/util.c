@@ -62,6 +62,17 @@ bool evq__utf8_valid(const char *str, size_t len)
     size_t i = 0;
 
     while (i < len) {
+        /* Eight ASCII bytes without a NUL at a time: the common case. */
+        while (len - i >= 8) {
+            uint64_t w;
+            memcpy(&w, s + i, 8);
+            if ((w & 0x8080808080808080ull) ||
+                ((w - 0x0101010101010101ull) & ~w & 0x8080808080808080ull))
+                break;
+            i += 8;
+        }
+        if (i >= len)
+            break;
         unsigned c = s[i];
         size_t n;
         unsigned cp;

@@ -286,6 +286,33 @@ static void shared_event_refuses_changes(void **state)
     evq_queue_close(q);
 }
 
+static void utf8_validation_edges(void **state)
+{
+    (void)state;
+    struct {
+        const char *s;
+        size_t len;
+        bool ok;
+    } cases[] = {
+        {"plain ascii text longer than eight", 34, true},
+        {"abcdefg\0hijklmno", 16, false},      /* NUL inside a word */
+        {"abcdefghijklmno\xc3\xa9", 17, true}, /* two-byte after ASCII */
+        {"abcdefgh\xc3", 9, false},            /* truncated sequence */
+        {"\xe2\x82\xac\xf0\x9d\x84\x9e", 7, true},
+        {"\xc0\xaf", 2, false},         /* overlong */
+        {"\xed\xa0\x80", 3, false},     /* surrogate */
+        {"\xf4\x90\x80\x80", 4, false}, /* past U+10FFFF */
+        {"\xff", 1, false},
+        {"", 0, true},
+        {"12345678\x80", 9, false}, /* stray continuation */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        if (evq__utf8_valid(cases[i].s, cases[i].len) != cases[i].ok)
+            fail_msg("case %zu: expected %s", i,
+                     cases[i].ok ? "valid" : "invalid");
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -298,6 +325,7 @@ int main(void)
         cmocka_unit_test(payloads_json_and_binary),
         cmocka_unit_test(dup_is_deep_and_equal),
         cmocka_unit_test(shared_event_refuses_changes),
+        cmocka_unit_test(utf8_validation_edges),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

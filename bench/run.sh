@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs the memory backend's benchmark and its baseline side by side, several
+# times each, and prints the median of every figure.
+#   bench/run.sh [BUILD_DIR] [RUNS] [EVENTS]
+set -euo pipefail
+build=${1:-build}
+runs=${2:-5}
+events=${3:-1000000}
+evq="$build/evq"
+ring="$build/baseline_ring"
+[ -x "$evq" ] && [ -x "$ring" ] || { echo "build first: make build" >&2; exit 1; }
+
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+field() { grep -o "\"$1\": *[0-9.]*" | cut -d: -f2 | tr -d " "; }
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+for i in $(seq "$runs"); do
+  "$ring" 4000000 65536 >>"$tmp/ring"
+  "$evq" bench memory:// --events "$events" --size 100 --producers 1 --workers 1 --json >>"$tmp/evq"
+done
+
+ring_m=$(field baseline_ring_per_s <"$tmp/ring" | median)
+printf 'machine: %s, %s cores\n' "$(uname -m)" "$(nproc)"
+printf 'runs: %s, events per run: %s, payload 100 bytes, 1 producer, 1 worker thread\n\n' "$runs" "$events"
+printf '%-34s %14s\n' "figure (median)" "value"
+printf '%-34s %14s\n' "baseline mutex ring, pointers/s" "$ring_m"
+for f in raw_per_s enqueue_per_s drain_per_s e2e_per_s stats_overhead_ns peak_rss_kib; do
+  printf '%-34s %14s\n' "evq $f" "$(field $f <"$tmp/evq" | median)"
+done
+for q in p50 p99 p999; do
+  printf '%-34s %14s\n' "evq e2e latency $q (us)" "$(grep -o "\"$q\":[0-9.]*" "$tmp/evq" | cut -d: -f2 | median)"
+done
+raw_m=$(field raw_per_s <"$tmp/evq" | median)
+awk -v r="$raw_m" -v b="$ring_m" 'BEGIN {printf "\nraw queue / baseline ring: %.2fx\n", r / b}'
