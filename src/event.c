@@ -546,14 +546,9 @@ int evq__event_set_ext(evq_event *ev, const char *name, const char *value,
     if ((rc = check_value(name, value, false)) != 0)
         return rc;
     if (!x) {
-        if (ev->n_ext == ev->cap_ext) {
-            size_t cap = ev->cap_ext ? ev->cap_ext * 2 : 4;
-            evq__ext *n = realloc(ev->ext, cap * sizeof *n);
-            if (!n)
-                return evq__err(EVQ_ENOMEM, "out of memory");
-            ev->ext = n;
-            ev->cap_ext = cap;
-        }
+        if ((rc = evq__grow(&ev->ext, &ev->cap_ext, ev->n_ext,
+                            sizeof *ev->ext)) != 0)
+            return rc;
         x = &ev->ext[ev->n_ext];
         memset(x, 0, sizeof *x);
         strcpy(x->name, name);

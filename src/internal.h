@@ -61,6 +61,10 @@ int evq__b64_decode(const char *in, size_t len, unsigned char **out,
 int evq__time_parse(const char *s, int64_t *ns);
 void evq__time_format(int64_t ns, char *buf);
 
+/* Makes room for element n (0-based) of a malloc'd array *arrayp of `elem`
+ * bytes each, doubling *cap as needed.  EVQ_ENOMEM leaves it unchanged. */
+int evq__grow(void *arrayp, size_t *cap, size_t n, size_t elem);
+
 /* Growable byte buffer. */
 typedef struct evq__buf {
     unsigned char *p;

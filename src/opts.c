@@ -70,15 +70,9 @@ int evq_opts_set(evq_opts *o, const char *key, const char *value)
             return 0;
         }
     }
-    if (o->n == o->cap) {
-        size_t cap = o->cap ? o->cap * 2 : 8;
-        evq__param *kv = realloc(o->kv, cap * sizeof *kv);
-        if (!kv) {
-            free(v);
-            return evq__err(EVQ_ENOMEM, "out of memory");
-        }
-        o->kv = kv;
-        o->cap = cap;
+    if (evq__grow(&o->kv, &o->cap, o->n, sizeof *o->kv)) {
+        free(v);
+        return EVQ_ENOMEM;
     }
     if (!(o->kv[o->n].key = evq__strdup(key))) {
         free(v);

@@ -338,6 +338,24 @@ void evq__time_format(int64_t ns, char *buf)
     snprintf(buf + n, (size_t)(EVQ__TIME_BUF - n), "Z");
 }
 
+int evq__grow(void *arrayp, size_t *cap, size_t n, size_t elem)
+{
+    void **array = arrayp;
+    if (n < *cap)
+        return 0;
+    size_t ncap = *cap ? *cap * 2 : 8;
+    if (ncap <= n)
+        ncap = n + 1;
+    if (ncap > SIZE_MAX / elem)
+        return evq__err(EVQ_ENOMEM, "array too large");
+    void *p = realloc(*array, ncap * elem);
+    if (!p)
+        return evq__err(EVQ_ENOMEM, "out of memory");
+    *array = p;
+    *cap = ncap;
+    return 0;
+}
+
 int evq__buf_reserve(evq__buf *b, size_t extra)
 {
     if (b->cap - b->len >= extra)

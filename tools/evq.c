@@ -87,6 +87,47 @@ static int add_opt(evq_opts **o, const char *cmd, const char *kv)
     return rc ? fail("options", rc) : 0;
 }
 
+/* The flags every command shares: -o KEY=VALUE and --help, and unknown
+ * ones.  Sets *done when the command must return the result now. */
+static int common_flag(int c, const char *cmd, const char *help,
+                       evq_opts **opts, bool *done)
+{
+    *done = true;
+    switch (c) {
+    case 'o': {
+        int rc = add_opt(opts, cmd, optarg);
+        *done = rc != 0;
+        return rc;
+    }
+    case 'h':
+        fputs(help, stdout);
+        return 0;
+    default:
+        return usage_error(cmd, "%s", "bad arguments");
+    }
+}
+
+#define COMMON_FLAGS(cmd, help)                                                \
+    default: {                                                                 \
+        bool done_;                                                            \
+        int r_ = common_flag(c, cmd, help, &opts, &done_);                     \
+        if (done_) {                                                           \
+            evq_opts_free(opts);                                               \
+            return r_;                                                         \
+        }                                                                      \
+        break;                                                                 \
+    }
+
+/* Opens URL QUEUE with the -o options, which it frees; prints why on
+ * failure and returns the exit status (0 on success). */
+static int open_queue(const char *url, const char *name, evq_opts *opts,
+                      evq_queue **q)
+{
+    int rc = evq_queue_open(q, url, name, opts);
+    evq_opts_free(opts);
+    return rc ? fail("open", rc) : 0;
+}
+
 /* Interrupts `q` on SIGINT or SIGTERM, from a thread that waits for them, so
  * a consumer ends cleanly: the message being printed is still acked or
  * handed back. */
@@ -258,15 +299,7 @@ static int cmd_produce(int argc, char **argv)
             if (!parse_long(optarg, 0, 365L * 86400 * 1000, &delay))
                 return usage_error("produce", "bad --delay '%s'", optarg);
             break;
-        case 'o':
-            if ((rc = add_opt(&opts, "produce", optarg)))
-                return rc;
-            break;
-        case 'h':
-            fputs(produce_help, stdout);
-            return 0;
-        default:
-            return usage_error("produce", "%s", "bad arguments");
+            COMMON_FLAGS("produce", produce_help)
         }
     }
     if (argc - optind != 2)
@@ -277,11 +310,8 @@ static int cmd_produce(int argc, char **argv)
             "--data, --source, --subject and --attr need --type");
 
     evq_queue *q;
-    if ((rc = evq_queue_open(&q, argv[optind], argv[optind + 1], opts))) {
-        evq_opts_free(opts);
-        return fail("open", rc);
-    }
-    evq_opts_free(opts);
+    if ((rc = open_queue(argv[optind], argv[optind + 1], opts, &q)))
+        return rc;
     int status = 0;
 
     if (type) {
@@ -408,25 +438,15 @@ static int cmd_consume(int argc, char **argv)
         case 'N':
             no_ack = true;
             break;
-        case 'o':
-            if ((rc = add_opt(&opts, "consume", optarg)))
-                return rc;
-            break;
-        case 'h':
-            fputs(consume_help, stdout);
-            return 0;
-        default:
-            return usage_error("consume", "%s", "bad arguments");
+            COMMON_FLAGS("consume", consume_help)
         }
     }
     if (argc - optind != 2)
         return usage_error("consume", "%s", "needs URL and QUEUE");
 
     evq_queue *q;
-    rc = evq_queue_open(&q, argv[optind], argv[optind + 1], opts);
-    evq_opts_free(opts);
-    if (rc)
-        return fail("open", rc);
+    if ((rc = open_queue(argv[optind], argv[optind + 1], opts, &q)))
+        return rc;
     catch_signals(q);
 
     evq_msg **held = NULL;
@@ -501,24 +521,14 @@ static int cmd_stats(int argc, char **argv)
         case 'p':
             prom = true;
             break;
-        case 'o':
-            if ((rc = add_opt(&opts, "stats", optarg)))
-                return rc;
-            break;
-        case 'h':
-            fputs(stats_help, stdout);
-            return 0;
-        default:
-            return usage_error("stats", "%s", "bad arguments");
+            COMMON_FLAGS("stats", stats_help)
         }
     }
     if (argc - optind != 2)
         return usage_error("stats", "%s", "needs URL and QUEUE");
     evq_queue *q;
-    rc = evq_queue_open(&q, argv[optind], argv[optind + 1], opts);
-    evq_opts_free(opts);
-    if (rc)
-        return fail("open", rc);
+    if ((rc = open_queue(argv[optind], argv[optind + 1], opts, &q)))
+        return rc;
     if (prom) {
         char *text = evq_stats_prometheus(q, NULL);
         if (!text) {
@@ -574,15 +584,7 @@ static int cmd_dead(int argc, char **argv)
             if (!parse_long(optarg, 1, LONG_MAX, &count))
                 return usage_error("dead", "bad --count '%s'", optarg);
             break;
-        case 'o':
-            if ((rc = add_opt(&opts, "dead", optarg)))
-                return rc;
-            break;
-        case 'h':
-            fputs(dead_help, stdout);
-            return 0;
-        default:
-            return usage_error("dead", "%s", "bad arguments");
+            COMMON_FLAGS("dead", dead_help)
         }
     }
     if (argc - optind != 3)
@@ -594,10 +596,8 @@ static int cmd_dead(int argc, char **argv)
         return usage_error("dead", "unknown action '%s'", action);
 
     evq_queue *q, *dead;
-    rc = evq_queue_open(&q, argv[optind + 1], argv[optind + 2], opts);
-    evq_opts_free(opts);
-    if (rc)
-        return fail("open", rc);
+    if ((rc = open_queue(argv[optind + 1], argv[optind + 2], opts, &q)))
+        return rc;
     if ((rc = evq_queue_open_dead(&dead, q))) {
         evq_queue_close(q);
         return fail("open dead-letter queue", rc);
@@ -956,15 +956,7 @@ static int cmd_bench(int argc, char **argv)
         case 'j':
             json = true;
             break;
-        case 'o':
-            if ((rc = add_opt(&opts, "bench", optarg)))
-                return rc;
-            break;
-        case 'h':
-            fputs(bench_help, stdout);
-            return 0;
-        default:
-            return usage_error("bench", "%s", "bad arguments");
+            COMMON_FLAGS("bench", bench_help)
         }
     }
     if (argc - optind != 1) {
@@ -1000,11 +992,9 @@ static int cmd_bench(int argc, char **argv)
     b.payload = json_pack("{s:s}", "p", pad);
     free(pad);
     snprintf(name, sizeof name, "bench-%d", (int)getpid());
-    rc = evq_queue_open(&b.q, url, name, opts);
-    evq_opts_free(opts);
-    if (rc) {
+    if ((rc = open_queue(url, name, opts, &b.q))) {
         json_decref(b.payload);
-        return fail("open", rc);
+        return rc;
     }
 
     /* enqueue, then drain the backlog through a worker */

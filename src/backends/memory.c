@@ -251,14 +251,9 @@ static bool heap_less(const mdelayed *a, const mdelayed *b)
 
 static int heap_push(mqueue *q, mitem it, int64_t due)
 {
-    if (q->heap_n == q->heap_cap) {
-        size_t cap = q->heap_cap ? q->heap_cap * 2 : 16;
-        mdelayed *h = realloc(q->heap, cap * sizeof *h);
-        if (!h)
-            return evq__err(EVQ_ENOMEM, "out of memory");
-        q->heap = h;
-        q->heap_cap = cap;
-    }
+    int rc = evq__grow(&q->heap, &q->heap_cap, q->heap_n, sizeof *q->heap);
+    if (rc)
+        return rc;
     mdelayed n = {it, due, q->heap_order++};
     size_t i = q->heap_n++;
     while (i > 0) {
