@@ -68,7 +68,7 @@ typedef struct evcount {
 /* Empty-queue polls before a consumer sleeps: some tens of microseconds,
  * long enough to bridge the gap between events of a busy producer. */
 /* Events handed back by consumers for producers to free. */
-#define GRAVE_SIZE 4096
+#define GRAVE_SIZE 256
 #ifndef SPIN_LIMIT
 #define SPIN_LIMIT 1000
 #endif
@@ -604,6 +604,9 @@ static int memory_dequeue(void *state, evq__delivery *d, int timeout_ms)
                                       : now + (int64_t)timeout_ms * 1000000;
         if (now >= deadline)
             return evq__err(EVQ_ETIMEDOUT, "no event within %d ms", timeout_ms);
+        /* About to sleep: nobody is producing, so free what consumers
+         * left for producers rather than hold it while idle. */
+        bury(q, GRAVE_SIZE);
         unsigned key = evc_prepare(&q->readable);
         if (ring_depth(&q->ready) || atomic_load(&h->interrupted)) {
             continue;
@@ -620,8 +623,8 @@ static int memory_dequeue(void *state, evq__delivery *d, int timeout_ms)
  * allocated it, where malloc's per-thread caches serve the next event,
  * instead of crossing threads on every event (which costs glibc malloc a
  * locked slow path per allocation).  When the graveyard is full the
- * consumer frees as usual; what waits there when no producer comes is
- * freed with the queue. */
+ * consumer frees as usual, and a consumer about to sleep (nothing produced
+ * for a while) empties it, so idle queues hold no finished events. */
 static int memory_ack(void *state, evq__delivery *d)
 {
     mqueue *q = ((mhandle *)state)->q;
