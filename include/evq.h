@@ -388,6 +388,23 @@ EVQ_API int evq_msg_dead_letter(evq_msg *msg, const char *reason);
 EVQ_API int evq_queue_open_dead(evq_queue **dead, evq_queue *q);
 
 /* --------------------------------------------------------------------------
+ * SQLite: the transactional outbox
+ */
+struct sqlite3;
+
+/* Enqueues `ev` on queue `queue` of the evq database that `db` (the
+ * application's own connection, borrowed) has open, inside the transaction
+ * the application holds, so its own writes and the event commit or roll
+ * back together.  The event becomes visible to consumers when that
+ * transaction commits, after `delay_ms`.  `format` names the codec ("json"
+ * when NULL) and must match the queue's.  Creates evq's tables in the file
+ * if missing.  Does not begin or commit anything.  Same threading rules as
+ * the connection. */
+EVQ_API int evq_sqlite_enqueue_in(struct sqlite3 *db, const char *queue,
+                                  const evq_event *ev, int64_t delay_ms,
+                                  const char *format);
+
+/* --------------------------------------------------------------------------
  * Background processing: the worker pool
  *
  * A worker runs `concurrency` threads that dequeue, dispatch and settle:

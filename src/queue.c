@@ -44,6 +44,7 @@ struct evq_msg {
 
 static const struct evq_backend_ops *const backends[] = {
     &evq__backend_memory,
+    &evq__backend_sqlite,
 };
 
 const struct evq_backend_ops *evq__backend_find(const char *scheme)
@@ -114,7 +115,8 @@ int evq_queue_open(evq_queue **qp, const char *url, const char *name,
         return rc;
     const struct evq_backend_ops *ops = evq__backend_find(u.scheme);
     if (!ops) {
-        rc = evq__err(EVQ_EINVAL, "unknown URL scheme '%.32s' (known: memory)",
+        rc = evq__err(EVQ_EINVAL,
+                      "unknown URL scheme '%.32s' (known: memory, sqlite)",
                       u.scheme);
         goto out;
     }

@@ -23,7 +23,7 @@
 #include <evq.h>
 
 #define EXIT_USAGE  2
-#define DEFAULT_URL "memory://"
+#define DEFAULT_URL "sqlite://evq.db"
 
 static const char *prog = "evq";
 
@@ -731,7 +731,7 @@ static int cmd_demo(int argc, char **argv)
 
 static const char bench_help[] =
     "usage: evq bench URL [--events N] [--size BYTES] [--producers P]\n"
-    "                     [--workers W] [--json] [-o KEY=VALUE]\n"
+    "                     [--workers W] [--batch B] [--json] [-o KEY=VALUE]\n"
     "\n"
     "Measures, on queue bench-<pid>:\n"
     "  enqueue   P threads create and enqueue N events of about BYTES of\n"
@@ -744,7 +744,9 @@ static const char bench_help[] =
     "  raw       memory:// only: enqueue + dequeue + ack of pre-built events,\n"
     "            one producer thread and one consumer thread\n"
     "  stats     the cost per event of the worker's latency statistics\n"
-    "and the peak resident memory.  Defaults: N 1000000, BYTES 100, P 1, W 1.\n"
+    "and the peak resident memory.  Producers enqueue B events at a time\n"
+    "(evq_enqueue_batch when B > 1).  Defaults: N 1000000, BYTES 100, P 1,\n"
+    "W 1, B 1.\n"
     "--json prints one object: enqueue_per_s, drain_per_s, e2e_per_s,\n"
     "latency_us {p50, p99, p999}, peak_rss_kib, stats_overhead_ns and, on\n"
     "memory://, raw_per_s.  A progress line goes to standard error when it\n"
@@ -754,6 +756,7 @@ struct bench {
     evq_queue *q;
     long n;
     int producers;
+    int batch;
     json_t *payload;
     atomic_long produced, handled;
     atomic_int errors;
@@ -787,13 +790,19 @@ static void *bench_producer(void *arg)
 {
     struct bench *b = arg;
     long per = b->n / b->producers;
-    for (long i = 0; i < per; i++) {
-        evq_event *ev =
-            evq_event_new("bench.event", json_deep_copy(b->payload));
-        if (!ev || evq_enqueue(b->q, ev) != 0)
+    evq_event *evs[1000];
+    for (long i = 0; i < per;) {
+        int k = 0;
+        for (; k < b->batch && i < per; k++, i++)
+            evs[k] = evq_event_new("bench.event", json_deep_copy(b->payload));
+        int rc = k == 1 ? evq_enqueue(b->q, evs[0])
+                        : evq_enqueue_batch(b->q, (const evq_event *const *)evs,
+                                            (size_t)k);
+        if (rc)
             atomic_fetch_add(&b->errors, 1);
-        evq_event_free(ev);
-        atomic_fetch_add_explicit(&b->produced, 1, memory_order_relaxed);
+        for (int j = 0; j < k; j++)
+            evq_event_free(evs[j]);
+        atomic_fetch_add_explicit(&b->produced, k, memory_order_relaxed);
     }
     return NULL;
 }
@@ -927,11 +936,12 @@ static int cmd_bench(int argc, char **argv)
         {"size", required_argument, NULL, 's'},
         {"producers", required_argument, NULL, 'p'},
         {"workers", required_argument, NULL, 'w'},
+        {"batch", required_argument, NULL, 'b'},
         {"json", no_argument, NULL, 'j'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    long n = 1000000, size = 100, producers = 1, workers = 1;
+    long n = 1000000, size = 100, producers = 1, workers = 1, batch = 1;
     bool json = false;
     evq_opts *opts = NULL;
     int c, rc;
@@ -952,6 +962,10 @@ static int cmd_bench(int argc, char **argv)
         case 'w':
             if (!parse_long(optarg, 1, 1024, &workers))
                 return usage_error("bench", "bad --workers '%s'", optarg);
+            break;
+        case 'b':
+            if (!parse_long(optarg, 1, 1000, &batch))
+                return usage_error("bench", "bad --batch '%s'", optarg);
             break;
         case 'j':
             json = true;
@@ -984,6 +998,7 @@ static int cmd_bench(int argc, char **argv)
 
     struct bench b = {.n = n,
                       .producers = (int)producers,
+                      .batch = (int)batch,
                       .mu = PTHREAD_MUTEX_INITIALIZER,
                       .progress = isatty(STDERR_FILENO) != 0};
     char name[64], *pad = malloc((size_t)size + 1);
@@ -1040,13 +1055,15 @@ static int cmd_bench(int argc, char **argv)
            p999 = (double)merged_quantile(&b, 0.999) / 1000.0;
 
     if (json) {
-        printf("{\"url\":\"%s\",\"events\":%ld,\"size\":%ld,\"producers\":%ld,"
-               "\"workers\":%ld,\"enqueue_per_s\":%.0f,\"drain_per_s\":%.0f,"
-               "\"e2e_per_s\":%.0f,\"latency_us\":{\"p50\":%.1f,\"p99\":%.1f,"
-               "\"p999\":%.1f},\"peak_rss_kib\":%ld,\"stats_overhead_ns\":%.1f",
-               memory ? "memory://" : "(see command line)", n, size, producers,
-               workers, n / enq_s, n / drain_s, n / e2e_s, p50, p99, p999,
-               ru.ru_maxrss, stats_ns);
+        printf(
+            "{\"backend\":\"%s\",\"events\":%ld,\"size\":%ld,\"producers\":%ld,"
+            "\"batch\":%ld,\"workers\":%ld,\"enqueue_per_s\":%.0f,\"drain_per_"
+            "s\":%.0f,"
+            "\"e2e_per_s\":%.0f,\"latency_us\":{\"p50\":%.1f,\"p99\":%.1f,"
+            "\"p999\":%.1f},\"peak_rss_kib\":%ld,\"stats_overhead_ns\":%.1f",
+            evq_queue_scheme(b.q), n, size, producers, batch, workers,
+            n / enq_s, n / drain_s, n / e2e_s, p50, p99, p999, ru.ru_maxrss,
+            stats_ns);
         if (memory)
             printf(",\"raw_per_s\":%.0f", raw);
         printf(",\"ok\":%s}\n",

@@ -1,0 +1,1007 @@
+/*
+ * sqlite.c - durable queues in one SQLite file: sqlite:///path/file.db,
+ * or sqlite://file.db relative to the working directory.
+ *
+ * Every queue of a file lives in one table, evq_messages, ordered by
+ * (queue, visible_at, id).  A message is visible when visible_at (Unix
+ * milliseconds) has passed.  Dequeue claims the oldest visible messages in
+ * one transaction: it pushes their visible_at a visibility timeout ahead,
+ * raises their attempt count and stamps them with a claim token.  A
+ * consumer that dies without acking simply lets the timeout pass and the
+ * message becomes visible again.  Ack deletes the row if the claim is still
+ * ours; nack sets visible_at to now + delay.
+ *
+ * Connections: one per handle, in WAL mode, with a busy timeout, used under
+ * the handle's mutex (a handle may be shared by threads).  Claims are taken
+ * in small batches, and acks are group-committed (kept for at most
+ * ack_flush_ms, or until the next claim, stats or close): a crash in that
+ * window can redeliver an acked event, which at-least-once allows.
+ * Enqueue commits before it returns.
+ *
+ * Waiting: handles of the same file and queue in one process share a
+ * condition variable that enqueue and nack signal; events from other
+ * processes are found by polling every poll_ms (default 25): one indexed
+ * read, which also says when the next delayed event comes due.
+ */
+#include "../internal.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define SCHEMA_VERSION "1"
+
+static const evq__opt_spec sqlite_opts[] = {
+    {"visibility_timeout_ms", EVQ__OPT_INT, "30000", 100, 86400000, NULL,
+     "how long a dequeued event stays hidden before it is delivered again "
+     "(a consumer that died without acking)"},
+    {"poll_ms", EVQ__OPT_INT, "25", 1, 1000, NULL,
+     "how often a waiting dequeue looks for events enqueued by other "
+     "processes"},
+    {"sqlite.synchronous", EVQ__OPT_ENUM, "FULL", 0, 0, "FULL|NORMAL",
+     "FULL: every commit survives power loss; NORMAL: the last commits may be "
+     "lost on power loss (never on a process crash), several times faster"},
+    {"sqlite.busy_timeout_ms", EVQ__OPT_INT, "10000", 0, 600000, NULL,
+     "how long to wait for another connection's write lock"},
+    {"sqlite.claim_batch", EVQ__OPT_INT, "16", 1, 1000, NULL,
+     "events claimed per transaction by a dequeue (the rest wait in the "
+     "handle, hidden from others, until dequeued)"},
+    {"sqlite.ack_flush_ms", EVQ__OPT_INT, "20", 0, 10000, NULL,
+     "longest an ack waits to be committed with others (0: commit each ack)"},
+    {NULL, 0, NULL, 0, 0, NULL, NULL},
+};
+
+/* A claimed message, handed to the core as the delivery's token. */
+typedef struct sqmsg {
+    int64_t id;
+    int64_t claim;
+    int attempt;
+    size_t len;
+    unsigned char body[];
+} sqmsg;
+
+/* What handles of one file and queue in this process share to wake each
+ * other. */
+typedef struct sqwake {
+    struct sqwake *next;
+    char *key;
+    int refs;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    uint64_t gen;
+} sqwake;
+
+static pthread_mutex_t wake_lock = PTHREAD_MUTEX_INITIALIZER;
+static sqwake *wakes;
+
+/* One per database file in this process: writers of the process take turns
+ * through `gate` before asking SQLite for the write lock, so they queue on a
+ * mutex instead of SQLite's busy retries (which only other processes then
+ * meet). */
+typedef struct sqfile {
+    struct sqfile *next;
+    char *path;
+    int refs;
+    pthread_mutex_t gate;
+} sqfile;
+
+static sqfile *files; /* under wake_lock */
+
+static sqfile *file_get(const char *path)
+{
+    sqfile *f;
+    pthread_mutex_lock(&wake_lock);
+    for (f = files; f && strcmp(f->path, path) != 0; f = f->next)
+        ;
+    if (!f && (f = calloc(1, sizeof *f)) != NULL) {
+        if (!(f->path = evq__strdup(path))) {
+            free(f);
+            f = NULL;
+        } else {
+            pthread_mutex_init(&f->gate, NULL);
+            f->next = files;
+            files = f;
+        }
+    }
+    if (f)
+        f->refs++;
+    pthread_mutex_unlock(&wake_lock);
+    return f;
+}
+
+static void file_put(sqfile *f)
+{
+    pthread_mutex_lock(&wake_lock);
+    if (--f->refs == 0) {
+        for (sqfile **pp = &files; *pp; pp = &(*pp)->next) {
+            if (*pp == f) {
+                *pp = f->next;
+                break;
+            }
+        }
+        pthread_mutex_destroy(&f->gate);
+        free(f->path);
+        free(f);
+    }
+    pthread_mutex_unlock(&wake_lock);
+}
+
+enum {
+    S_INSERT,
+    S_CLAIM,
+    S_ACK,
+    S_NACK,
+    S_RELEASE,
+    S_NEXT,
+    S_STATS,
+    S_BEGIN,
+    S_COMMIT,
+    S_ROLLBACK,
+    S_COUNT
+};
+
+static const char *const sql_text[S_COUNT] = {
+    [S_INSERT] = "INSERT INTO evq_messages (queue, body, attempt, visible_at, "
+                 "enqueued_at) VALUES (?1, ?2, 0, ?3, ?4)",
+    [S_CLAIM] = "UPDATE evq_messages SET visible_at = ?1, attempt = attempt + "
+                "1, claim = ?2 WHERE id IN (SELECT id FROM evq_messages WHERE "
+                "queue = ?3 AND visible_at <= ?4 ORDER BY visible_at, id LIMIT "
+                "?5) RETURNING id, body, attempt",
+    [S_ACK] = "DELETE FROM evq_messages WHERE id = ?1 AND claim = ?2",
+    [S_NACK] = "UPDATE evq_messages SET visible_at = ?1, claim = NULL WHERE id "
+               "= ?2 AND claim = ?3",
+    [S_RELEASE] = "UPDATE evq_messages SET visible_at = ?1, claim = NULL, "
+                  "attempt = attempt - 1 WHERE id = ?2 AND claim = ?3",
+    [S_NEXT] = "SELECT MIN(visible_at) FROM evq_messages WHERE queue = ?1",
+    [S_STATS] = "SELECT COALESCE(SUM(visible_at <= ?2), 0), "
+                "COALESCE(SUM(visible_at > ?2 AND claim IS NOT NULL), 0), "
+                "COALESCE(SUM(visible_at > ?2 AND claim IS NULL), 0) FROM "
+                "evq_messages WHERE queue = ?1",
+    [S_BEGIN] = "BEGIN IMMEDIATE",
+    [S_COMMIT] = "COMMIT",
+    [S_ROLLBACK] = "ROLLBACK",
+};
+
+/* An enqueue waiting to be committed with others (group commit). */
+typedef struct sqpending {
+    struct sqpending *next;
+    const evq__item *items;
+    size_t n;
+    int rc;
+    bool done;
+    char err[256];
+} sqpending;
+
+typedef struct sqhandle {
+    /* Group commit: enqueues arriving while one commits wait here and go
+     * in the next transaction together. */
+    pthread_mutex_t gc_mu;
+    pthread_cond_t gc_cv;
+    sqpending *gc_head, **gc_tail;
+    bool gc_busy;
+    pthread_mutex_t mu; /* guards everything below but `interrupted` */
+    sqlite3 *db;
+    sqlite3_stmt *st[S_COUNT];
+    char *queue;
+    char *path;
+    sqwake *wake;
+    sqfile *file;
+    int64_t vt_ms;
+    int poll_ms;
+    int claim_batch;
+    int ack_flush_ms;
+    /* claimed, not yet handed out */
+    sqmsg **ready;
+    size_t n_ready, head_ready, cap_ready;
+    /* acks waiting to be committed */
+    struct {
+        int64_t id, claim;
+    } * acks;
+    size_t n_acks, cap_acks;
+    int64_t oldest_ack_ms;
+    uint64_t claim_seq;
+    int busy_timeout_ms;
+    int64_t busy_since;
+    atomic_bool interrupted;
+} sqhandle;
+
+/* SQLite's own busy handler sleeps in steps of milliseconds, which caps
+ * two busy connections at a few hundred transactions a second; this one
+ * retries after tens of microseconds, growing to a millisecond, until the
+ * handle's busy timeout. */
+static int busy_wait(void *arg, int count)
+{
+    sqhandle *h = arg;
+    if (count == 0)
+        h->busy_since = evq__now_mono_ns();
+    else if (evq__now_mono_ns() - h->busy_since >
+             (int64_t)h->busy_timeout_ms * 1000000)
+        return 0;
+    long us = count < 5 ? 20L << count : 1000;
+    struct timespec ts = {0, us * 1000};
+    nanosleep(&ts, NULL);
+    return 1;
+}
+
+static int64_t now_ms(void)
+{
+    return evq__now_real_ns() / 1000000;
+}
+
+static int db_err(sqhandle *h, int src, const char *what)
+{
+    int code = EVQ_EIO;
+    if (src == SQLITE_BUSY || src == SQLITE_LOCKED)
+        code = EVQ_EBUSY;
+    else if (src == SQLITE_NOMEM)
+        code = EVQ_ENOMEM;
+    return evq__err(code, "sqlite %s on '%s': %s", what, h->path,
+                    h->db ? sqlite3_errmsg(h->db) : sqlite3_errstr(src));
+}
+
+/* Runs a statement that returns no rows, resetting it. */
+static int step_done(sqhandle *h, int which, const char *what)
+{
+    sqlite3_stmt *st = h->st[which];
+    int rc = sqlite3_step(st);
+    int out = rc == SQLITE_DONE || rc == SQLITE_ROW ? 0 : db_err(h, rc, what);
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return out;
+}
+
+static void rollback(sqhandle *h)
+{
+    if (!sqlite3_get_autocommit(h->db))
+        step_done(h, S_ROLLBACK, "rollback");
+}
+
+/* Starts a write transaction (mu held), through the file's gate. */
+static int tx_begin(sqhandle *h)
+{
+    pthread_mutex_lock(&h->file->gate);
+    int rc = step_done(h, S_BEGIN, "begin");
+    if (rc)
+        pthread_mutex_unlock(&h->file->gate);
+    return rc;
+}
+
+/* Commits when rc is 0, else rolls back; returns the outcome. */
+static int tx_end(sqhandle *h, int rc)
+{
+    if (!rc)
+        rc = step_done(h, S_COMMIT, "commit");
+    if (rc)
+        rollback(h);
+    pthread_mutex_unlock(&h->file->gate);
+    return rc;
+}
+
+/* Deletes the acked rows still claimed by us (inside a transaction). */
+static int write_acks(sqhandle *h)
+{
+    int rc = 0;
+    for (size_t i = 0; i < h->n_acks && !rc; i++) {
+        sqlite3_bind_int64(h->st[S_ACK], 1, h->acks[i].id);
+        sqlite3_bind_int64(h->st[S_ACK], 2, h->acks[i].claim);
+        rc = step_done(h, S_ACK, "ack");
+    }
+    return rc;
+}
+
+/* ---- schema ---------------------------------------------------------------
+ */
+
+static const char tables_sql[] =
+    "CREATE TABLE IF NOT EXISTS evq_meta (key TEXT PRIMARY KEY, value TEXT "
+    "NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS evq_messages ("
+    " id INTEGER PRIMARY KEY,"
+    " queue TEXT NOT NULL,"
+    " body BLOB NOT NULL,"
+    " attempt INTEGER NOT NULL DEFAULT 0,"
+    " visible_at INTEGER NOT NULL,"
+    " enqueued_at INTEGER NOT NULL,"
+    " claim INTEGER);";
+
+static const char index_sql[] =
+    "CREATE INDEX IF NOT EXISTS evq_messages_visible ON evq_messages (queue, "
+    "visible_at, id);";
+
+static const char meta_sql[] =
+    "INSERT OR IGNORE INTO evq_meta (key, value) VALUES ('schema', "
+    "'" SCHEMA_VERSION "');";
+
+/* Creates evq's tables if missing and checks that existing ones are evq's.
+ * Runs on `db` inside whatever transaction the caller holds. */
+static int ensure_schema(sqlite3 *db, const char *path)
+{
+    char *msg = NULL;
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_exec(db, tables_sql, NULL, NULL, &msg);
+
+    if (rc != SQLITE_OK) {
+        rc = evq__err(EVQ_EIO, "sqlite: cannot set up evq's tables in '%s': %s",
+                      path, msg ? msg : sqlite3_errstr(rc));
+        sqlite3_free(msg);
+        return rc;
+    }
+    /* Tables of these names made by something else fail here, clearly. */
+    rc = sqlite3_prepare_v2(db,
+                            "SELECT id, queue, body, attempt, visible_at, "
+                            "enqueued_at, claim FROM evq_messages LIMIT 0",
+                            -1, &st, NULL);
+    sqlite3_finalize(st);
+    if (rc != SQLITE_OK)
+        return evq__err(EVQ_EINVAL,
+                        "sqlite: '%s' has a table evq_messages that is not "
+                        "evq's: %s",
+                        path, sqlite3_errmsg(db));
+    rc = sqlite3_exec(db, index_sql, NULL, NULL, &msg);
+    if (rc != SQLITE_OK) {
+        rc = evq__err(EVQ_EINVAL, "sqlite: '%s' has tables evq cannot use: %s",
+                      path, msg ? msg : sqlite3_errstr(rc));
+        sqlite3_free(msg);
+        return rc;
+    }
+    rc = sqlite3_prepare_v2(
+        db, "SELECT value FROM evq_meta WHERE key = 'schema'", -1, &st, NULL);
+    if (rc == SQLITE_OK && sqlite3_step(st) != SQLITE_ROW) {
+        /* A new file: record the schema (a write only the first time). */
+        sqlite3_finalize(st);
+        st = NULL;
+        rc = sqlite3_exec(db, meta_sql, NULL, NULL, &msg);
+        if (rc != SQLITE_OK) {
+            rc = evq__err(EVQ_EIO, "sqlite: cannot set up '%s': %s", path,
+                          msg ? msg : sqlite3_errstr(rc));
+            sqlite3_free(msg);
+            return rc;
+        }
+        return 0;
+    }
+    if (rc == SQLITE_OK) {
+        const char *v = (const char *)sqlite3_column_text(st, 0);
+        if (!v || strcmp(v, SCHEMA_VERSION) != 0) {
+            rc = evq__err(EVQ_EINVAL,
+                          "sqlite: '%s' holds evq schema version %s; this evq "
+                          "reads version " SCHEMA_VERSION,
+                          path, v ? v : "(none)");
+            sqlite3_finalize(st);
+            return rc;
+        }
+    }
+    sqlite3_finalize(st);
+    return 0;
+}
+
+/* ---- wake-ups between handles of this process -------------------------- */
+
+static sqwake *wake_get(const char *path, const char *queue)
+{
+    char key[PATH_MAX + 256];
+    sqwake *w;
+    snprintf(key, sizeof key, "%s\n%s", path, queue);
+    pthread_mutex_lock(&wake_lock);
+    for (w = wakes; w && strcmp(w->key, key) != 0; w = w->next)
+        ;
+    if (!w && (w = calloc(1, sizeof *w)) != NULL) {
+        if (!(w->key = evq__strdup(key))) {
+            free(w);
+            w = NULL;
+        } else {
+            pthread_condattr_t ca;
+            pthread_condattr_init(&ca);
+            pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+            pthread_cond_init(&w->cv, &ca);
+            pthread_condattr_destroy(&ca);
+            pthread_mutex_init(&w->mu, NULL);
+            w->next = wakes;
+            wakes = w;
+        }
+    }
+    if (w)
+        w->refs++;
+    pthread_mutex_unlock(&wake_lock);
+    return w;
+}
+
+static void wake_put(sqwake *w)
+{
+    pthread_mutex_lock(&wake_lock);
+    if (--w->refs == 0) {
+        for (sqwake **pp = &wakes; *pp; pp = &(*pp)->next) {
+            if (*pp == w) {
+                *pp = w->next;
+                break;
+            }
+        }
+        pthread_mutex_destroy(&w->mu);
+        pthread_cond_destroy(&w->cv);
+        free(w->key);
+        free(w);
+    }
+    pthread_mutex_unlock(&wake_lock);
+}
+
+static void wake_all(sqwake *w)
+{
+    pthread_mutex_lock(&w->mu);
+    w->gen++;
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+/* ---- open and close ------------------------------------------------------ */
+
+/* The file a URL names: sqlite:///abs/path.db is /abs/path.db;
+ * sqlite://rel.db (and sqlite://dir/rel.db) is relative to the working
+ * directory. */
+static int url_path(const evq__url *url, char *out, size_t cap)
+{
+    const char *host = url->n_hosts ? url->hosts[0].host : "";
+    if (url->n_hosts > 1 || (url->n_hosts && url->hosts[0].port) || url->user)
+        return evq__err(EVQ_EINVAL,
+                        "sqlite:// URLs name a file: sqlite:///abs/path.db or "
+                        "sqlite://relative.db");
+    int n = snprintf(out, cap, "%s%s", host, url->path);
+    if (n <= 0)
+        return evq__err(EVQ_EINVAL, "sqlite:// URL names no file");
+    if ((size_t)n >= cap)
+        return evq__err(EVQ_EINVAL, "sqlite:// file path is too long");
+    return 0;
+}
+
+static void sqlite_close(void *state);
+
+/* Puts the file in WAL mode unless it is already.  Changing the mode needs
+ * a lock that SQLite's busy handler does not wait for, so a busy answer is
+ * retried here until the busy timeout. */
+static int set_wal(sqhandle *h)
+{
+    sqlite3_stmt *st = NULL;
+    int src = sqlite3_prepare_v2(h->db, "PRAGMA journal_mode", -1, &st, NULL);
+    bool wal = false;
+    if (src == SQLITE_OK && (src = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *mode = (const char *)sqlite3_column_text(st, 0);
+        wal = mode && strcmp(mode, "wal") == 0;
+        src = SQLITE_OK;
+    }
+    sqlite3_finalize(st);
+    if (src != SQLITE_OK || wal)
+        return src;
+    for (int n = 0;; n++) {
+        src = sqlite3_exec(h->db, "PRAGMA journal_mode=WAL", NULL, NULL, NULL);
+        if (src != SQLITE_BUSY && src != SQLITE_LOCKED)
+            return src;
+        if (!busy_wait(h, n))
+            return src;
+    }
+}
+
+static int sqlite_open(void **state, const evq__url *url, const char *name,
+                       const evq__optset *opts)
+{
+    char path[PATH_MAX];
+    sqhandle *h;
+    int rc, src;
+
+    if ((rc = url_path(url, path, sizeof path)) != 0)
+        return rc;
+    h = calloc(1, sizeof *h);
+    if (!h)
+        return evq__err(EVQ_ENOMEM, "out of memory");
+    pthread_mutex_init(&h->mu, NULL);
+    pthread_mutex_init(&h->gc_mu, NULL);
+    pthread_cond_init(&h->gc_cv, NULL);
+    h->gc_tail = &h->gc_head;
+    atomic_init(&h->interrupted, false);
+    h->vt_ms = evq__opt_int(opts, sqlite_opts, "visibility_timeout_ms");
+    h->poll_ms = (int)evq__opt_int(opts, sqlite_opts, "poll_ms");
+    h->claim_batch = (int)evq__opt_int(opts, sqlite_opts, "sqlite.claim_batch");
+    h->ack_flush_ms =
+        (int)evq__opt_int(opts, sqlite_opts, "sqlite.ack_flush_ms");
+    h->claim_seq = ((uint64_t)evq__now_real_ns() << 16) ^ (uint64_t)getpid();
+    if (!(h->queue = evq__strdup(name)) || !(h->path = evq__strdup(path))) {
+        sqlite_close(h);
+        return evq__err(EVQ_ENOMEM, "out of memory");
+    }
+
+    /* No SQLITE_OPEN_CREATE on a path whose folder is missing: say so. */
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash && slash != dir) {
+        *slash = '\0';
+        struct stat sb;
+        if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
+            sqlite_close(h);
+            return evq__err(EVQ_EIO, "sqlite: folder '%s' does not exist", dir);
+        }
+    }
+    src = sqlite3_open_v2(
+        path, &h->db,
+        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+    if (src != SQLITE_OK) {
+        rc = db_err(h, src, "open");
+        sqlite_close(h);
+        return rc;
+    }
+    sqlite3_extended_result_codes(h->db, 0);
+    h->busy_timeout_ms =
+        (int)evq__opt_int(opts, sqlite_opts, "sqlite.busy_timeout_ms");
+    sqlite3_busy_handler(h->db, busy_wait, h);
+    char pragmas[160];
+    snprintf(pragmas, sizeof pragmas, "PRAGMA synchronous=%s;",
+             evq__opt_str(opts, sqlite_opts, "sqlite.synchronous"));
+    char *msg = NULL;
+    src = set_wal(h);
+    if (src == SQLITE_OK)
+        src = sqlite3_exec(h->db, pragmas, NULL, NULL, &msg);
+    if (src != SQLITE_OK) {
+        rc = evq__err(EVQ_EIO, "sqlite: '%s' cannot be used: %s", path,
+                      msg ? msg : sqlite3_errstr(src));
+        sqlite3_free(msg);
+        sqlite_close(h);
+        return rc;
+    }
+    if ((rc = ensure_schema(h->db, path)) != 0) {
+        sqlite_close(h);
+        return rc;
+    }
+    for (int i = 0; i < S_COUNT; i++) {
+        src = sqlite3_prepare_v3(h->db, sql_text[i], -1,
+                                 SQLITE_PREPARE_PERSISTENT, &h->st[i], NULL);
+        if (src != SQLITE_OK) {
+            rc = db_err(h, src, "prepare");
+            sqlite_close(h);
+            return rc;
+        }
+    }
+    if (!(h->wake = wake_get(path, name)) || !(h->file = file_get(path))) {
+        sqlite_close(h);
+        return evq__err(EVQ_ENOMEM, "out of memory");
+    }
+    *state = h;
+    return 0;
+}
+
+/* ---- acks, releases ------------------------------------------------------ */
+
+/* Commits the acks waiting in the handle (mu held). */
+static int flush_acks(sqhandle *h)
+{
+    int rc = 0;
+    if (h->n_acks == 0)
+        return 0;
+    if ((rc = tx_begin(h)) != 0)
+        return rc;
+    if ((rc = tx_end(h, write_acks(h))) != 0)
+        return rc; /* kept: the next flush tries again */
+    h->n_acks = 0;
+    return 0;
+}
+
+/* Hands back claimed messages nobody was given (mu held): visible again at
+ * once, their claim not counted as a delivery. */
+static void release_ready(sqhandle *h)
+{
+    if (h->n_ready == 0)
+        return;
+    int64_t now = now_ms();
+    if (tx_begin(h) == 0) {
+        int rc = 0;
+        for (size_t i = 0; i < h->n_ready && !rc; i++) {
+            sqmsg *m = h->ready[(h->head_ready + i) % h->cap_ready];
+            sqlite3_bind_int64(h->st[S_RELEASE], 1, now);
+            sqlite3_bind_int64(h->st[S_RELEASE], 2, m->id);
+            sqlite3_bind_int64(h->st[S_RELEASE], 3, m->claim);
+            rc = step_done(h, S_RELEASE, "release");
+        }
+        tx_end(h, rc);
+    }
+    /* On failure they stay claimed and come back after the timeout. */
+    for (size_t i = 0; i < h->n_ready; i++)
+        free(h->ready[(h->head_ready + i) % h->cap_ready]);
+    h->n_ready = 0;
+    h->head_ready = 0;
+    wake_all(h->wake);
+}
+
+static void sqlite_close(void *state)
+{
+    sqhandle *h = state;
+    if (!h)
+        return;
+    if (h->db) {
+        if (h->st[S_COUNT - 1] && h->file) {
+            flush_acks(h);
+            release_ready(h);
+        }
+        for (int i = 0; i < S_COUNT; i++)
+            sqlite3_finalize(h->st[i]);
+        sqlite3_close(h->db);
+    }
+    for (size_t i = 0; i < h->n_ready; i++)
+        free(h->ready[(h->head_ready + i) % h->cap_ready]);
+    if (h->wake)
+        wake_put(h->wake);
+    if (h->file)
+        file_put(h->file);
+    free(h->ready);
+    free(h->acks);
+    free(h->queue);
+    free(h->path);
+    pthread_mutex_destroy(&h->mu);
+    pthread_mutex_destroy(&h->gc_mu);
+    pthread_cond_destroy(&h->gc_cv);
+    free(h);
+}
+
+/* ---- enqueue ------------------------------------------------------------- */
+
+/* Writes a group of enqueues in one transaction (mu held). */
+static int insert_group(sqhandle *h, sqpending *group)
+{
+    int64_t now = now_ms();
+    int rc = tx_begin(h);
+    if (rc)
+        return rc;
+    for (sqpending *p = group; p && !rc; p = p->next) {
+        for (size_t i = 0; i < p->n && !rc; i++) {
+            sqlite3_stmt *st = h->st[S_INSERT];
+            sqlite3_bind_text(st, 1, h->queue, -1, SQLITE_STATIC);
+            sqlite3_bind_blob(st, 2, p->items[i].bytes, (int)p->items[i].len,
+                              SQLITE_STATIC);
+            sqlite3_bind_int64(st, 3, now + p->items[i].delay_ms);
+            sqlite3_bind_int64(st, 4, now);
+            rc = step_done(h, S_INSERT, "insert");
+        }
+    }
+    return tx_end(h, rc);
+}
+
+/* Commits before returning.  Concurrent callers on one handle share a
+ * transaction: the first to arrive commits everything queued behind it
+ * while the others wait for its result, so N producer threads pay for one
+ * fsync rather than N.  A group fails or succeeds whole. */
+static int sqlite_enqueue(void *state, const evq__item *items, size_t n)
+{
+    sqhandle *h = state;
+    sqpending me = {.items = items, .n = n};
+
+    if (atomic_load(&h->interrupted))
+        return evq__err(EVQ_ECLOSED, "queue interrupted");
+    pthread_mutex_lock(&h->gc_mu);
+    *h->gc_tail = &me;
+    h->gc_tail = &me.next;
+    while (!me.done) {
+        if (h->gc_busy) {
+            pthread_cond_wait(&h->gc_cv, &h->gc_mu);
+            continue;
+        }
+        sqpending *group = h->gc_head;
+        h->gc_head = NULL;
+        h->gc_tail = &h->gc_head;
+        h->gc_busy = true;
+        pthread_mutex_unlock(&h->gc_mu);
+
+        pthread_mutex_lock(&h->mu);
+        int rc = insert_group(h, group);
+        pthread_mutex_unlock(&h->mu);
+
+        pthread_mutex_lock(&h->gc_mu);
+        for (sqpending *p = group, *next; p; p = next) {
+            next = p->next;
+            p->rc = rc;
+            if (rc)
+                snprintf(p->err, sizeof p->err, "%s", evq_errmsg());
+            p->done = true;
+        }
+        h->gc_busy = false;
+        pthread_cond_broadcast(&h->gc_cv);
+    }
+    pthread_mutex_unlock(&h->gc_mu);
+    if (me.rc)
+        return evq__err(me.rc, "%s", me.err);
+    wake_all(h->wake);
+    return 0;
+}
+
+/* ---- dequeue ------------------------------------------------------------- */
+
+static int by_id(const void *a, const void *b)
+{
+    const sqmsg *x = *(sqmsg *const *)a, *y = *(sqmsg *const *)b;
+    return x->id < y->id ? -1 : x->id > y->id;
+}
+
+/* The earliest visible_at in the queue, INT64_MAX when it is empty,
+ * INT64_MIN on error (mu held). */
+static int64_t next_visible(sqhandle *h)
+{
+    sqlite3_stmt *st = h->st[S_NEXT];
+    int64_t v = INT64_MAX;
+    sqlite3_bind_text(st, 1, h->queue, -1, SQLITE_STATIC);
+    int src = sqlite3_step(st);
+    if (src == SQLITE_ROW) {
+        if (sqlite3_column_type(st, 0) != SQLITE_NULL)
+            v = sqlite3_column_int64(st, 0);
+    } else {
+        v = INT64_MIN;
+    }
+    sqlite3_reset(st);
+    return v;
+}
+
+/* Claims up to claim_batch visible messages into h->ready (mu held).
+ * Returns 0 (maybe with nothing claimed) or an error; *next is the earliest
+ * visible_at seen (INT64_MAX: the queue is empty). */
+static int claim(sqhandle *h, int64_t *next)
+{
+    int64_t now = now_ms();
+    int rc, src;
+
+    /* A read first: claiming takes the write lock, looking does not.  It
+     * also tells a waiting dequeue when the next event comes due. */
+    *next = next_visible(h);
+    if (*next == INT64_MIN)
+        return db_err(h, sqlite3_errcode(h->db), "select");
+    if (*next > now)
+        return h->n_acks ? flush_acks(h) : 0;
+
+    if ((rc = tx_begin(h)) != 0)
+        return rc;
+    rc = write_acks(h); /* acks ride along with the claim */
+    int64_t token = (int64_t)(++h->claim_seq & INT64_MAX);
+    sqlite3_stmt *st = h->st[S_CLAIM];
+    size_t got = 0;
+    if (!rc) {
+        sqlite3_bind_int64(st, 1, now + h->vt_ms);
+        sqlite3_bind_int64(st, 2, token);
+        sqlite3_bind_text(st, 3, h->queue, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 4, now);
+        sqlite3_bind_int(st, 5, h->claim_batch);
+        if (evq__grow(&h->ready, &h->cap_ready, (size_t)h->claim_batch - 1,
+                      sizeof *h->ready))
+            rc = EVQ_ENOMEM;
+        while (!rc && (src = sqlite3_step(st)) == SQLITE_ROW) {
+            const void *body = sqlite3_column_blob(st, 1);
+            size_t len = (size_t)sqlite3_column_bytes(st, 1);
+            sqmsg *m = malloc(sizeof *m + len);
+            if (!m) {
+                rc = evq__err(EVQ_ENOMEM, "out of memory");
+                break;
+            }
+            m->id = sqlite3_column_int64(st, 0);
+            m->claim = token;
+            m->attempt = sqlite3_column_int(st, 2);
+            m->len = len;
+            if (len)
+                memcpy(m->body, body, len);
+            h->ready[got++] = m;
+        }
+        if (!rc && src != SQLITE_DONE)
+            rc = db_err(h, src, "claim");
+        sqlite3_reset(st);
+        sqlite3_clear_bindings(st);
+    }
+    if ((rc = tx_end(h, rc)) != 0) {
+        for (size_t i = 0; i < got; i++)
+            free(h->ready[i]);
+        return rc;
+    }
+    h->n_acks = 0;
+    /* RETURNING gives no order; hand them out oldest first. */
+    qsort(h->ready, got, sizeof *h->ready, by_id);
+    h->head_ready = 0;
+    h->n_ready = got;
+    return 0;
+}
+
+static void deliver(sqhandle *h, evq__delivery *d)
+{
+    sqmsg *m = h->ready[h->head_ready++];
+    h->n_ready--;
+    d->ev = NULL;
+    d->bytes = m->body;
+    d->len = m->len;
+    d->attempt = m->attempt;
+    d->token = m;
+}
+
+static int sqlite_dequeue(void *state, evq__delivery *d, int timeout_ms)
+{
+    sqhandle *h = state;
+    int64_t deadline = evq__deadline_ns(timeout_ms);
+    int rc = 0;
+
+    for (;;) {
+        uint64_t gen;
+        pthread_mutex_lock(&h->wake->mu);
+        gen = h->wake->gen;
+        pthread_mutex_unlock(&h->wake->mu);
+
+        pthread_mutex_lock(&h->mu);
+        if (atomic_load(&h->interrupted)) {
+            release_ready(h);
+            flush_acks(h);
+            pthread_mutex_unlock(&h->mu);
+            return evq__err(EVQ_ECLOSED, "queue interrupted");
+        }
+        int64_t visible = INT64_MAX;
+        if (h->n_ready == 0)
+            rc = claim(h, &visible);
+        if (rc == 0 && h->n_ready > 0) {
+            deliver(h, d);
+            pthread_mutex_unlock(&h->mu);
+            return 0;
+        }
+        pthread_mutex_unlock(&h->mu);
+        if (rc && rc != EVQ_EBUSY)
+            return rc;
+
+        int64_t now = evq__now_mono_ns();
+        if (timeout_ms == 0 || now >= deadline)
+            return evq__err(EVQ_ETIMEDOUT, "no event within %d ms", timeout_ms);
+        /* Sleep until woken by this process, the next poll, the next
+         * delayed event, or the deadline. */
+        int64_t wake = now + (int64_t)h->poll_ms * 1000000;
+        if (visible != INT64_MAX) {
+            int64_t until = (visible - now_ms()) * 1000000;
+            if (until < 0)
+                until = 0;
+            if (now + until < wake)
+                wake = now + until;
+        }
+        if (deadline < wake)
+            wake = deadline;
+        struct timespec ts = evq__ts_from_ns(wake);
+        pthread_mutex_lock(&h->wake->mu);
+        while (h->wake->gen == gen && !atomic_load(&h->interrupted)) {
+            if (pthread_cond_timedwait(&h->wake->cv, &h->wake->mu, &ts) ==
+                ETIMEDOUT)
+                break;
+        }
+        pthread_mutex_unlock(&h->wake->mu);
+        rc = 0;
+    }
+}
+
+/* ---- settle ----------------------------------------------------------------
+ */
+
+static int sqlite_ack(void *state, evq__delivery *d)
+{
+    sqhandle *h = state;
+    sqmsg *m = d->token;
+    int rc = 0;
+
+    pthread_mutex_lock(&h->mu);
+    if (evq__grow(&h->acks, &h->cap_acks, h->n_acks, sizeof *h->acks)) {
+        rc = EVQ_ENOMEM;
+    } else {
+        int64_t now = now_ms();
+        if (h->n_acks == 0)
+            h->oldest_ack_ms = now;
+        h->acks[h->n_acks].id = m->id;
+        h->acks[h->n_acks].claim = m->claim;
+        h->n_acks++;
+        if (h->ack_flush_ms == 0 || h->n_acks >= 256 ||
+            now - h->oldest_ack_ms >= h->ack_flush_ms)
+            rc = flush_acks(h);
+    }
+    pthread_mutex_unlock(&h->mu);
+    free(m);
+    return rc;
+}
+
+static int sqlite_nack(void *state, evq__delivery *d, int64_t delay_ms)
+{
+    sqhandle *h = state;
+    sqmsg *m = d->token;
+    int rc;
+
+    pthread_mutex_lock(&h->mu);
+    if ((rc = tx_begin(h)) == 0) {
+        sqlite3_bind_int64(h->st[S_NACK], 1, now_ms() + delay_ms);
+        sqlite3_bind_int64(h->st[S_NACK], 2, m->id);
+        sqlite3_bind_int64(h->st[S_NACK], 3, m->claim);
+        rc = tx_end(h, step_done(h, S_NACK, "nack"));
+    }
+    pthread_mutex_unlock(&h->mu);
+    free(m);
+    if (!rc)
+        wake_all(h->wake);
+    return rc;
+}
+
+static int sqlite_interrupt(void *state)
+{
+    sqhandle *h = state;
+    atomic_store(&h->interrupted, true);
+    wake_all(h->wake);
+    return 0;
+}
+
+static int sqlite_stats(void *state, struct evq_queue_stats *out)
+{
+    sqhandle *h = state;
+    sqlite3_stmt *st = h->st[S_STATS];
+    int rc = 0;
+
+    pthread_mutex_lock(&h->mu);
+    flush_acks(h);
+    sqlite3_bind_text(st, 1, h->queue, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, now_ms());
+    int src = sqlite3_step(st);
+    if (src == SQLITE_ROW) {
+        out->depth = sqlite3_column_int64(st, 0);
+        out->in_flight = sqlite3_column_int64(st, 1);
+        out->delayed = sqlite3_column_int64(st, 2);
+    } else {
+        rc = db_err(h, src, "stats");
+    }
+    sqlite3_reset(st);
+    pthread_mutex_unlock(&h->mu);
+    return rc;
+}
+
+const struct evq_backend_ops evq__backend_sqlite = {
+    .scheme = "sqlite",
+    .flags = 0,
+    .opts = sqlite_opts,
+    .open = sqlite_open,
+    .enqueue = sqlite_enqueue,
+    .dequeue = sqlite_dequeue,
+    .ack = sqlite_ack,
+    .nack = sqlite_nack,
+    .interrupt = sqlite_interrupt,
+    .stats = sqlite_stats,
+    .close = sqlite_close,
+};
+
+/* ---- the outbox -----------------------------------------------------------
+ */
+
+int evq_sqlite_enqueue_in(sqlite3 *db, const char *queue, const evq_event *ev,
+                          int64_t delay_ms, const char *format)
+{
+    unsigned char *buf = NULL;
+    size_t len = 0;
+    sqlite3_stmt *st = NULL;
+    int rc;
+
+    if (!db || !queue || !ev)
+        return evq__err(EVQ_EINVAL, "evq_sqlite_enqueue_in: NULL argument");
+    if (delay_ms < 0)
+        return evq__err(EVQ_EINVAL, "delay %lld ms is negative",
+                        (long long)delay_ms);
+    if ((rc = evq_event_encode(ev, format, NULL, &buf, &len)) != 0)
+        return rc;
+    const char *path = sqlite3_db_filename(db, "main");
+    if ((rc = ensure_schema(db, path && path[0] ? path : "(memory)")) != 0)
+        goto out;
+    if (sqlite3_prepare_v2(db, sql_text[S_INSERT], -1, &st, NULL) !=
+        SQLITE_OK) {
+        rc = evq__err(EVQ_EIO, "sqlite: %s", sqlite3_errmsg(db));
+        goto out;
+    }
+    int64_t now = now_ms();
+    sqlite3_bind_text(st, 1, queue, -1, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 2, buf, (int)len, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, now + delay_ms);
+    sqlite3_bind_int64(st, 4, now);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        rc = evq__err(EVQ_EIO, "sqlite insert: %s", sqlite3_errmsg(db));
+out:
+    sqlite3_finalize(st);
+    free(buf);
+    return rc;
+}
