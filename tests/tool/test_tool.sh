@@ -89,6 +89,52 @@ for key in enqueue_per_s e2e_per_s '"latency_us":{"p50"' '"p99"' '"p999"' peak_r
 done
 expect 2 "bench bad --events" -- "$evq" bench memory:// --events -5
 
+# sqlite://: produce and consume as separate processes
+db="sqlite://$out/tool.db"
+for i in $(seq 1 5); do
+  "$evq" produce "$db" q --type tool.n --data "$i" >/dev/null 2>&1 || fail "produce $i to sqlite"
+done
+expect 0 "consume --count" -- "$evq" consume "$db" q --count 2
+[ "$(wc -l <"$out/stdout")" -eq 2 ] || fail "consume --count 2 printed $(wc -l <"$out/stdout") lines"
+has stdout '"data":1' "consume --count"
+expect 0 "consume --no-ack" -- "$evq" consume "$db" q --count 1 --no-ack
+has stdout '"data":3' "consume --no-ack"
+expect 0 "stats after --no-ack" -- "$evq" stats "$db" q
+has stdout '"depth":3' "stats after --no-ack"
+expect 0 "consume the rest" -- "$evq" consume "$db" q --timeout 1
+[ "$(wc -l <"$out/stdout")" -eq 3 ] || fail "consume the rest printed $(wc -l <"$out/stdout") lines"
+
+# a consumer killed mid-stream loses nothing
+printf '{"type":"tool.k","data":%s}\n' $(seq 1 300) | "$evq" produce "$db" k 2>/dev/null || fail "produce 300"
+"$evq" consume "$db" k -o visibility_timeout_ms=500 >"$out/killed" 2>/dev/null &
+cpid=$!
+sleep 0.2
+kill -9 $cpid 2>/dev/null
+wait $cpid 2>/dev/null
+"$evq" consume "$db" k --timeout 2 -o visibility_timeout_ms=500 >"$out/rest" 2>/dev/null || fail "consume after kill"
+got=$(cat "$out/killed" "$out/rest" | grep -o '"data":[0-9]*' | sort -u | wc -l)
+[ "$got" -eq 300 ] || fail "after a kill -9, $got of 300 events were printed"
+
+# dead letters: list, replay, purge
+expect 0 "produce a dead letter" -- "$evq" produce "$db" d.dead --type tool.dead --data 7 --attr evqerror=boom --attr evqqueue=d
+expect 0 "dead list" -- "$evq" dead list "$db" d
+has stdout '"evqerror":"boom"' "dead list"
+has stderr "dead list: 1 dead letter" "dead list"
+expect 0 "dead replay" -- "$evq" dead replay "$db" d
+has stderr "dead replay: 1 dead letter" "dead replay"
+expect 0 "consume replayed" -- "$evq" consume "$db" d --count 1 --timeout 2
+has stdout '"type":"tool.dead"' "consume replayed"
+lacks stdout 'evqerror' "consume replayed"
+expect 0 "dead list empty" -- "$evq" dead list "$db" d
+has stderr "dead list: 0 dead letters" "dead list empty"
+"$evq" produce "$db" d.dead --type tool.dead >/dev/null 2>&1
+expect 0 "dead purge" -- "$evq" dead purge "$db" d
+has stderr "dead purge: 1 dead letter" "dead purge"
+expect 0 "demo on sqlite" -- "$evq" demo "$db"
+has stdout 'Received event:' "demo on sqlite"
+expect 1 "sqlite missing folder" -- "$evq" consume "sqlite://$out/no/such/dir/x.db" q --timeout 1
+has stderr "does not exist" "sqlite missing folder"
+
 if [ $failures -ne 0 ]; then
   echo "$failures failure(s)" >&2
   exit 1
