@@ -13,79 +13,141 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int put_str(json_t *o, const char *k, const char *v)
+/* The envelope is written directly: attribute values are already checked
+ * UTF-8, so writing them needs only JSON string escaping, and the payload is
+ * serialised by jansson straight into the same buffer.  No intermediate
+ * jansson object per event. */
+
+/* Appends s as a JSON string (quotes included), escaped as jansson
+ * escapes: the quote, the backslash and control characters. */
+static int put_string(evq__buf *b, const char *s)
 {
-    if (!v)
+    static const char hex[] = "0123456789abcdef";
+    size_t n = strlen(s);
+    if (evq__buf_reserve(b, n + 2))
+        return EVQ_ENOMEM;
+    b->p[b->len++] = '"';
+    const char *run = s;
+    for (const char *p = s;; p++) {
+        unsigned char c = (unsigned char)*p;
+        if (c >= 0x20 && c != '"' && c != '\\')
+            continue;
+        if (evq__buf_append(b, run, (size_t)(p - run)))
+            return EVQ_ENOMEM;
+        if (c == '\0')
+            break;
+        char esc[7] = {'\\', 0};
+        size_t elen = 2;
+        switch (c) {
+        case '"':
+            esc[1] = '"';
+            break;
+        case '\\':
+            esc[1] = '\\';
+            break;
+        case '\b':
+            esc[1] = 'b';
+            break;
+        case '\f':
+            esc[1] = 'f';
+            break;
+        case '\n':
+            esc[1] = 'n';
+            break;
+        case '\r':
+            esc[1] = 'r';
+            break;
+        case '\t':
+            esc[1] = 't';
+            break;
+        default:
+            memcpy(esc + 1, "u00", 3);
+            esc[4] = hex[c >> 4];
+            esc[5] = hex[c & 15];
+            elen = 6;
+        }
+        if (evq__buf_append(b, esc, elen))
+            return EVQ_ENOMEM;
+        run = p + 1;
+    }
+    return evq__buf_append(b, "\"", 1);
+}
+
+/* Appends ,"name":"value" (or the opening member when first). */
+static int put_member(evq__buf *b, const char *name, const char *value,
+                      bool quoted)
+{
+    if (!value)
         return 0;
-    return json_object_set_new_nocheck(o, k, json_string_nocheck(v));
+    if (evq__buf_append(b, b->len > 1 ? ",\"" : "\"", b->len > 1 ? 2 : 1) ||
+        evq__buf_append(b, name, strlen(name)) || evq__buf_append(b, "\":", 2))
+        return EVQ_ENOMEM;
+    return quoted ? put_string(b, value)
+                  : evq__buf_append(b, value, strlen(value));
+}
+
+static int dump_cb(const char *buffer, size_t size, void *data)
+{
+    return evq__buf_append(data, buffer, size) ? -1 : 0;
 }
 
 static int json_encode(const evq_event *ev, const evq_codec_limits *lim,
                        unsigned char **out, size_t *len)
 {
-    json_t *o;
+    evq__buf b = {0};
     int rc = 0;
-    char *text = NULL;
+    char time_buf[EVQ__TIME_BUF];
 
     if (ev->data &&
         evq__json_depth(ev->data, lim->max_depth - 1) > lim->max_depth - 1)
         return evq__err(EVQ_EINVAL, "payload nests deeper than max_depth=%d",
                         lim->max_depth);
-    o = json_object();
-    if (!o)
-        return evq__err(EVQ_ENOMEM, "out of memory encoding an event");
-    if (put_str(o, "specversion", "1.0") || put_str(o, "id", ev->id) ||
-        put_str(o, "source", ev->source) || put_str(o, "type", ev->type) ||
-        put_str(o, "subject", ev->subject) ||
-        put_str(o, "time", evq_event_attr(ev, "time")) ||
-        put_str(o, "datacontenttype", evq_event_datacontenttype(ev)) ||
-        put_str(o, "dataschema", ev->dataschema))
+    if (ev->has_time)
+        evq__time_format(ev->time_ns, time_buf);
+    if (evq__buf_append(&b, "{", 1) ||
+        put_member(&b, "specversion", "1.0", true) ||
+        put_member(&b, "id", ev->id, true) ||
+        put_member(&b, "source", ev->source, true) ||
+        put_member(&b, "type", ev->type, true) ||
+        put_member(&b, "subject", ev->subject, true) ||
+        put_member(&b, "time", ev->has_time ? time_buf : NULL, true) ||
+        put_member(&b, "datacontenttype", evq_event_datacontenttype(ev),
+                   true) ||
+        put_member(&b, "dataschema", ev->dataschema, true))
         goto oom;
     for (size_t i = 0; i < ev->n_ext; i++) {
         const evq__ext *x = &ev->ext[i];
-        json_t *v;
-        switch (x->kind) {
-        case EVQ__EXT_INTEGER:
-            v = json_integer(strtoll(x->value, NULL, 10));
-            break;
-        case EVQ__EXT_BOOLEAN:
-            v = json_boolean(strcmp(x->value, "true") == 0);
-            break;
-        default:
-            v = json_string_nocheck(x->value);
-        }
-        if (json_object_set_new_nocheck(o, x->name, v))
+        if (put_member(&b, x->name, x->value, x->kind == EVQ__EXT_STRING))
             goto oom;
     }
     if (ev->is_binary) {
         char *b64 = evq__b64_encode(ev->bin, ev->bin_len, NULL);
-        if (!b64 || json_object_set_new_nocheck(o, "data_base64",
-                                                json_string_nocheck(b64))) {
+        if (!b64 || put_member(&b, "data_base64", b64, true)) {
             free(b64);
             goto oom;
         }
         free(b64);
-    } else if (ev->data && json_object_set_nocheck(o, "data", ev->data)) {
-        goto oom;
+    } else if (ev->data) {
+        if (evq__buf_append(&b, ",\"data\":", 8) ||
+            json_dump_callback(ev->data, dump_cb, &b,
+                               JSON_COMPACT | JSON_ENCODE_ANY) != 0)
+            goto oom;
     }
-    text = json_dumps(o, JSON_COMPACT | JSON_ENCODE_ANY);
-    if (!text)
+    if (evq__buf_append(&b, "}", 1))
         goto oom;
-    *len = strlen(text);
-    if (*len > lim->max_bytes) {
+    if (b.len > lim->max_bytes) {
         rc = evq__err(EVQ_ETOOBIG,
                       "event %s encodes to %zu bytes, more than "
                       "max_event_bytes=%zu",
-                      ev->id, *len, lim->max_bytes);
-        free(text);
-        text = NULL;
-        *len = 0;
+                      ev->id, b.len, lim->max_bytes);
+        free(b.p);
+        return rc;
     }
-    json_decref(o);
-    *out = (unsigned char *)text;
-    return rc;
+    *out = b.p;
+    *len = b.len;
+    return 0;
 oom:
-    json_decref(o);
+    free(b.p);
     return evq__err(EVQ_ENOMEM, "out of memory encoding an event");
 }
 

@@ -50,7 +50,7 @@ static const evq__opt_spec sqlite_opts[] = {
      "lost on power loss (never on a process crash), several times faster"},
     {"sqlite.busy_timeout_ms", EVQ__OPT_INT, "10000", 0, 600000, NULL,
      "how long to wait for another connection's write lock"},
-    {"sqlite.claim_batch", EVQ__OPT_INT, "16", 1, 1000, NULL,
+    {"sqlite.claim_batch", EVQ__OPT_INT, "64", 1, 1000, NULL,
      "events claimed per transaction by a dequeue (the rest wait in the "
      "handle, hidden from others, until dequeued)"},
     {"sqlite.ack_flush_ms", EVQ__OPT_INT, "20", 0, 10000, NULL,
@@ -893,8 +893,10 @@ static int sqlite_ack(void *state, evq__delivery *d)
         h->acks[h->n_acks].id = m->id;
         h->acks[h->n_acks].claim = m->claim;
         h->n_acks++;
+        /* After an interrupt no dequeue comes to carry the acks along. */
         if (h->ack_flush_ms == 0 || h->n_acks >= 256 ||
-            now - h->oldest_ack_ms >= h->ack_flush_ms)
+            now - h->oldest_ack_ms >= h->ack_flush_ms ||
+            atomic_load(&h->interrupted))
             rc = flush_acks(h);
     }
     pthread_mutex_unlock(&h->mu);
@@ -922,10 +924,18 @@ static int sqlite_nack(void *state, evq__delivery *d, int64_t delay_ms)
     return rc;
 }
 
+/* Also hands back what the handle claimed but never delivered, at once:
+ * a stopped worker's leftovers must not stay hidden for a visibility
+ * timeout while another consumer could take them.  Blocks for at most one
+ * transaction. */
 static int sqlite_interrupt(void *state)
 {
     sqhandle *h = state;
     atomic_store(&h->interrupted, true);
+    pthread_mutex_lock(&h->mu);
+    release_ready(h);
+    flush_acks(h);
+    pthread_mutex_unlock(&h->mu);
     wake_all(h->wake);
     return 0;
 }
