@@ -33,3 +33,22 @@ for q in p50 p99 p999; do
 done
 raw_m=$(field raw_per_s <"$tmp/evq" | median)
 awk -v r="$raw_m" -v b="$ring_m" 'BEGIN {printf "\nraw queue / baseline ring: %.2fx\n", r / b}'
+
+# sqlite://: a file in a temporary folder on the disk /tmp is on, producers
+# enqueueing batches of 100, for each synchronous setting.
+sq_events=$(( events / 10 ))
+printf '\nsqlite:// (%s events, batches of 100, 1 producer, 1 worker thread)\n' "$sq_events"
+dsync=$(dd if=/dev/zero of="$tmp/dsync" bs=4k count=1000 oflag=dsync 2>&1 | awk '/copied/ {print $(NF-1), $NF}')
+printf 'disk: %s (%s), 4 KiB synchronous writes: %s\n' \
+  "$(df --output=source "$tmp" | tail -1)" "$(df --output=fstype "$tmp" | tail -1)" "$dsync"
+for sync in FULL NORMAL; do
+  : >"$tmp/sq-$sync"
+  for i in $(seq "$runs"); do
+    rm -f "$tmp"/b.db*
+    "$evq" bench "sqlite://$tmp/b.db?sqlite.synchronous=$sync" --events "$sq_events" \
+      --batch 100 --json >>"$tmp/sq-$sync"
+  done
+  for f in enqueue_per_s drain_per_s e2e_per_s; do
+    printf '%-34s %14s\n' "sqlite $sync $f" "$(field $f <"$tmp/sq-$sync" | median)"
+  done
+done
