@@ -158,17 +158,6 @@ static bool match(const handler *h, const char *type, size_t tlen)
     }
 }
 
-bool evq__pattern_match(const char *pattern, const char *type)
-{
-    handler h;
-    bool m;
-    if (parse_pattern(pattern, &h))
-        return false;
-    m = match(&h, type, strlen(type));
-    free(h.pattern);
-    return m;
-}
-
 int evq_dispatch(evq_events *e, const evq_event *ev)
 {
     bool matched = false;

@@ -280,9 +280,4 @@ const char *evq__worker_queue_name(const evq_worker *w);
 /* Empties the calling thread's evq_errmsg(). */
 void evq__err_clear(void);
 
-/* ---- dispatch (dispatch.c) ----------------------------------------------- */
-
-/* Does `pattern` (validated) match `type`? */
-bool evq__pattern_match(const char *pattern, const char *type);
-
 #endif /* EVQ_INTERNAL_H */
