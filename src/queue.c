@@ -45,6 +45,8 @@ struct evq_msg {
 static const struct evq_backend_ops *const backends[] = {
     &evq__backend_memory,
     &evq__backend_sqlite,
+    &evq__backend_redis,
+    &evq__backend_redis_unix,
 };
 
 const struct evq_backend_ops *evq__backend_find(const char *scheme)
@@ -116,7 +118,8 @@ int evq_queue_open(evq_queue **qp, const char *url, const char *name,
     const struct evq_backend_ops *ops = evq__backend_find(u.scheme);
     if (!ops) {
         rc = evq__err(EVQ_EINVAL,
-                      "unknown URL scheme '%.32s' (known: memory, sqlite)",
+                      "unknown URL scheme '%.32s' (known: memory, sqlite, "
+                      "redis, redis+unix)",
                       u.scheme);
         goto out;
     }

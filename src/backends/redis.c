@@ -1,0 +1,855 @@
+/*
+ * redis.c - queues on Redis Streams: redis://[user:password@]host:port[/db]
+ * and redis+unix:///path/redis.sock.
+ *
+ * Keys (all under redis.prefix, default "evq:"): the stream <prefix><name>,
+ * read through the consumer group "evq"; the sorted set
+ * <prefix><name>:delayed holding delayed and nacked events scored by due
+ * time (Unix ms).  A stream entry has fields b (the encoded event) and a
+ * (deliveries before this entry was written: 0 for a new event, the attempt
+ * count for a nacked one).
+ *
+ * - Enqueue: XADD (a batch in MULTI/EXEC, one round trip); a delayed event
+ *   is a ZADD.
+ * - Dequeue: XREADGROUP ... COUNT prefetch BLOCK on a connection of its own,
+ *   so enqueues and acks never wait behind a blocking read; interrupt sends
+ *   CLIENT UNBLOCK for it.  Due delayed events are moved to the stream by a
+ *   Lua script any consumer runs, atomically, so nothing moves twice.
+ *   Entries idle past visibility_timeout_ms (a consumer that died) are
+ *   taken over with XAUTOCLAIM; their delivery counts come from XPENDING.
+ * - Ack: XACK and XDEL in one round trip.  Nack: MULTI/EXEC of the re-add
+ *   (XADD, or ZADD with a due time) and XACK + XDEL of the delivered entry.
+ *
+ * Connections are per handle and used under the handle's locks; a command
+ * connection that fails is reconnected on the next call, and until the
+ * server is back calls fail with EVQ_ECONN.
+ */
+#include "../internal.h"
+
+#include <errno.h>
+#include <hiredis/hiredis.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+static const evq__opt_spec redis_opts[] = {
+    {"visibility_timeout_ms", EVQ__OPT_INT, "30000", 100, 86400000, NULL,
+     "how long a delivered, unacked event waits before another consumer "
+     "takes it over (a consumer that died)"},
+    {"redis.prefix", EVQ__OPT_STRING, "evq:", 0, 0, NULL,
+     "prefix of every key evq uses"},
+    {"redis.prefetch", EVQ__OPT_INT, "64", 1, 10000, NULL,
+     "entries read per XREADGROUP"},
+    {"redis.maxlen", EVQ__OPT_INT, "0", 0, INT64_MAX, NULL,
+     "trim each stream to about this many entries (0: never); trimming can "
+     "drop entries that were never delivered"},
+    {"redis.connect_timeout_ms", EVQ__OPT_INT, "5000", 1, 600000, NULL,
+     "connect timeout"},
+    {"redis.command_timeout_ms", EVQ__OPT_INT, "10000", 1, 600000, NULL,
+     "timeout of each command (blocking reads excepted)"},
+    {NULL, 0, NULL, 0, 0, NULL, NULL},
+};
+
+/* Moves up to ARGV[2] events due by ARGV[1] from the delayed set to the
+ * stream; returns the score of the next one still waiting (or -1). */
+static const char promote_lua[] =
+    "local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], "
+    "'LIMIT', 0, tonumber(ARGV[2]))\n"
+    "for _, m in ipairs(due) do\n"
+    "  local c1 = string.find(m, ':', 1, true)\n"
+    "  local c2 = string.find(m, ':', c1 + 1, true)\n"
+    "  redis.call('XADD', KEYS[2], '*', 'b', string.sub(m, c2 + 1), 'a', "
+    "string.sub(m, c1 + 1, c2 - 1))\n"
+    "  redis.call('ZREM', KEYS[1], m)\n"
+    "end\n"
+    "local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')\n"
+    "if #nxt == 0 then return -1 end\n"
+    "return tonumber(nxt[2])\n";
+
+typedef struct rmsg {
+    char id[48];
+    int attempt;
+    size_t len;
+    unsigned char body[];
+} rmsg;
+
+typedef struct rhandle {
+    pthread_mutex_t cmd_mu; /* guards cmd */
+    redisContext *cmd;
+    pthread_mutex_t rd_mu; /* guards rd, the buffer and the timers */
+    redisContext *rd;
+    long long rd_client_id;
+    char *host, *user, *password, *unix_path;
+    int port, db;
+    struct timeval connect_tv, command_tv;
+    char *stream, *delayed;
+    char consumer[128];
+    int prefetch;
+    long long maxlen;
+    int64_t vt_ms;
+    rmsg **buf;
+    size_t n_buf, head_buf, cap_buf;
+    int64_t next_promote_ms, next_reclaim_ms;
+    char reclaim_cursor[48];
+    atomic_bool interrupted;
+} rhandle;
+
+static int64_t now_ms(void)
+{
+    return evq__now_real_ns() / 1000000;
+}
+
+/* ---- connections -----------------------------------------------------------
+ */
+
+static int conn_err(rhandle *h, redisContext *c, const char *what)
+{
+    return evq__err(EVQ_ECONN, "redis %s to %s%s%s:%d: %s", what,
+                    h->unix_path ? "unix:" : "",
+                    h->unix_path ? h->unix_path : h->host, "", h->port,
+                    c ? c->errstr : "cannot allocate a connection");
+}
+
+static redisReply *command(redisContext *c, int argc, const char **argv,
+                           const size_t *lens)
+{
+    return redisCommandArgv(c, argc, argv, lens);
+}
+
+/* A reply that is an error becomes EVQ_EIO with the server's text. */
+static int reply_err(redisReply *r, const char *what)
+{
+    if (!r)
+        return evq__err(EVQ_ECONN, "redis %s: connection lost", what);
+    if (r->type == REDIS_REPLY_ERROR)
+        return evq__err(strncmp(r->str, "WRONGPASS", 9) == 0 ||
+                                strncmp(r->str, "NOAUTH", 6) == 0 ||
+                                strncmp(r->str, "NOPERM", 6) == 0
+                            ? EVQ_EINVAL
+                            : EVQ_EIO,
+                        "redis %s: %s", what, r->str);
+    return 0;
+}
+
+static int connect_one(rhandle *h, redisContext **out, bool blocking_reads)
+{
+    redisContext *c =
+        h->unix_path ? redisConnectUnixWithTimeout(h->unix_path, h->connect_tv)
+                     : redisConnectWithTimeout(h->host, h->port, h->connect_tv);
+    if (!c || c->err) {
+        int rc = conn_err(h, c, "connect");
+        redisFree(c);
+        return rc;
+    }
+    if (!blocking_reads)
+        redisSetTimeout(c, h->command_tv);
+    redisReply *r = NULL;
+    int rc = 0;
+    if (h->password) {
+        const char *argv[3] = {"AUTH", h->user ? h->user : h->password,
+                               h->password};
+        r = command(c, h->user ? 3 : 2, argv, NULL);
+        rc = reply_err(r, "AUTH");
+        freeReplyObject(r);
+    }
+    if (!rc && h->db) {
+        char db[16];
+        snprintf(db, sizeof db, "%d", h->db);
+        const char *argv[2] = {"SELECT", db};
+        r = command(c, 2, argv, NULL);
+        rc = reply_err(r, "SELECT");
+        freeReplyObject(r);
+    }
+    if (rc) {
+        redisFree(c);
+        return rc;
+    }
+    *out = c;
+    return 0;
+}
+
+/* The command connection, reconnected if it broke (cmd_mu held). */
+static int cmd_conn(rhandle *h)
+{
+    if (h->cmd && h->cmd->err) {
+        redisFree(h->cmd);
+        h->cmd = NULL;
+    }
+    return h->cmd ? 0 : connect_one(h, &h->cmd, false);
+}
+
+/* Runs one command on the command connection; *reply is the caller's. */
+static int run(rhandle *h, int argc, const char **argv, const size_t *lens,
+               redisReply **reply, const char *what)
+{
+    int rc;
+    *reply = NULL;
+    pthread_mutex_lock(&h->cmd_mu);
+    if ((rc = cmd_conn(h)) == 0) {
+        *reply = command(h->cmd, argc, argv, lens);
+        if (!*reply)
+            rc = conn_err(h, h->cmd, what);
+        else
+            rc = reply_err(*reply, what);
+    }
+    pthread_mutex_unlock(&h->cmd_mu);
+    if (rc) {
+        freeReplyObject(*reply);
+        *reply = NULL;
+    }
+    return rc;
+}
+
+/* Runs a MULTI/EXEC of n commands (cmd_mu taken here). */
+static int run_tx(rhandle *h, int n, int *argc, const char ***argv,
+                  const size_t **lens, const char *what)
+{
+    int rc;
+    pthread_mutex_lock(&h->cmd_mu);
+    if ((rc = cmd_conn(h)) != 0) {
+        pthread_mutex_unlock(&h->cmd_mu);
+        return rc;
+    }
+    const char *multi[1] = {"MULTI"}, *exec[1] = {"EXEC"};
+    redisAppendCommandArgv(h->cmd, 1, multi, NULL);
+    for (int i = 0; i < n; i++)
+        redisAppendCommandArgv(h->cmd, argc[i], argv[i], lens ? lens[i] : NULL);
+    redisAppendCommandArgv(h->cmd, 1, exec, NULL);
+    for (int i = 0; i < n + 2; i++) {
+        redisReply *r = NULL;
+        if (redisGetReply(h->cmd, (void **)&r) != REDIS_OK) {
+            if (!rc)
+                rc = conn_err(h, h->cmd, what);
+            break;
+        }
+        if (!rc)
+            rc = reply_err(r, what);
+        /* EXEC answers with the array of results; any error inside fails
+         * the call (the others ran: Redis has no rollback). */
+        if (!rc && i == n + 1 && r->type == REDIS_REPLY_ARRAY) {
+            for (size_t k = 0; k < r->elements && !rc; k++)
+                rc = reply_err(r->element[k], what);
+        } else if (!rc && i == n + 1) {
+            rc = evq__err(EVQ_EIO, "redis %s: transaction aborted", what);
+        }
+        freeReplyObject(r);
+    }
+    pthread_mutex_unlock(&h->cmd_mu);
+    return rc;
+}
+
+/* ---- open and close ---------------------------------------------------- */
+
+static void redis_close(void *state)
+{
+    rhandle *h = state;
+    if (!h)
+        return;
+    redisFree(h->cmd);
+    redisFree(h->rd);
+    for (size_t i = 0; i < h->n_buf; i++)
+        free(h->buf[(h->head_buf + i) % h->cap_buf]);
+    free(h->buf);
+    free(h->host);
+    free(h->user);
+    free(h->password);
+    free(h->unix_path);
+    free(h->stream);
+    free(h->delayed);
+    pthread_mutex_destroy(&h->cmd_mu);
+    pthread_mutex_destroy(&h->rd_mu);
+    free(h);
+}
+
+static struct timeval tv_ms(int64_t ms)
+{
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+    return tv;
+}
+
+static int redis_open(void **state, const evq__url *url, const char *name,
+                      const evq__optset *opts)
+{
+    rhandle *h = calloc(1, sizeof *h);
+    int rc;
+
+    if (!h)
+        return evq__err(EVQ_ENOMEM, "out of memory");
+    pthread_mutex_init(&h->cmd_mu, NULL);
+    pthread_mutex_init(&h->rd_mu, NULL);
+    atomic_init(&h->interrupted, false);
+    if (strcmp(url->scheme, "redis+unix") == 0) {
+        if (url->n_hosts || !url->path[0]) {
+            redis_close(h);
+            return evq__err(EVQ_EINVAL, "redis+unix:// URLs name a socket: "
+                                        "redis+unix:///path/redis.sock");
+        }
+        h->unix_path = evq__strdup(url->path);
+    } else {
+        if (url->n_hosts > 1) {
+            redis_close(h);
+            return evq__err(EVQ_EINVAL, "redis:// takes one host");
+        }
+        h->host = evq__strdup(url->n_hosts && url->hosts[0].host[0]
+                                  ? url->hosts[0].host
+                                  : "127.0.0.1");
+        h->port =
+            url->n_hosts && url->hosts[0].port ? url->hosts[0].port : 6379;
+        if (url->path[0] && strcmp(url->path, "/") != 0) {
+            char *end;
+            long db = strtol(url->path + 1, &end, 10);
+            if (*end || db < 0 || db > 1000000) {
+                redis_close(h);
+                return evq__err(EVQ_EINVAL,
+                                "redis:// URL path must be a database number, "
+                                "not '%.32s'",
+                                url->path + 1);
+            }
+            h->db = (int)db;
+        }
+    }
+    if (url->password)
+        h->password = evq__strdup(url->password);
+    if (url->user && url->user[0])
+        h->user = evq__strdup(url->user);
+    const char *prefix = evq__opt_str(opts, redis_opts, "redis.prefix");
+    size_t sl = strlen(prefix) + strlen(name) + 1;
+    h->stream = malloc(sl);
+    h->delayed = malloc(sl + 8);
+    if (!h->stream || !h->delayed || (!h->host && !h->unix_path)) {
+        redis_close(h);
+        return evq__err(EVQ_ENOMEM, "out of memory");
+    }
+    snprintf(h->stream, sl, "%s%s", prefix, name);
+    snprintf(h->delayed, sl + 8, "%s%s:delayed", prefix, name);
+    h->prefetch = (int)evq__opt_int(opts, redis_opts, "redis.prefetch");
+    h->maxlen = evq__opt_int(opts, redis_opts, "redis.maxlen");
+    h->vt_ms = evq__opt_int(opts, redis_opts, "visibility_timeout_ms");
+    h->connect_tv =
+        tv_ms(evq__opt_int(opts, redis_opts, "redis.connect_timeout_ms"));
+    h->command_tv =
+        tv_ms(evq__opt_int(opts, redis_opts, "redis.command_timeout_ms"));
+    strcpy(h->reclaim_cursor, "0-0");
+    char host[64] = "host";
+    gethostname(host, sizeof host - 1);
+    static atomic_uint seq;
+    snprintf(h->consumer, sizeof h->consumer, "%s-%d-%u", host, (int)getpid(),
+             atomic_fetch_add(&seq, 1));
+
+    /* The group, created with the stream on first use; "BUSYGROUP" means
+     * it exists. */
+    redisReply *r;
+    const char *argv[] = {"XGROUP", "CREATE", h->stream,
+                          "evq",    "0",      "MKSTREAM"};
+    pthread_mutex_lock(&h->cmd_mu);
+    rc = cmd_conn(h);
+    if (!rc) {
+        r = command(h->cmd, 6, argv, NULL);
+        if (!r)
+            rc = conn_err(h, h->cmd, "XGROUP CREATE");
+        else if (!(r->type == REDIS_REPLY_ERROR &&
+                   strncmp(r->str, "BUSYGROUP", 9) == 0))
+            rc = reply_err(r, "XGROUP CREATE");
+        freeReplyObject(r);
+    }
+    pthread_mutex_unlock(&h->cmd_mu);
+    if (!rc)
+        rc = connect_one(h, &h->rd, true);
+    if (!rc) {
+        const char *id_argv[] = {"CLIENT", "ID"};
+        r = command(h->rd, 2, id_argv, NULL);
+        if (r && r->type == REDIS_REPLY_INTEGER)
+            h->rd_client_id = r->integer;
+        freeReplyObject(r);
+    }
+    if (rc) {
+        redis_close(h);
+        return rc;
+    }
+    *state = h;
+    return 0;
+}
+
+/* ---- enqueue ----------------------------------------------------------------
+ */
+
+static int redis_enqueue(void *state, const evq__item *items, size_t n)
+{
+    rhandle *h = state;
+    int *argc = calloc(n, sizeof *argc);
+    const char ***argv = calloc(n, sizeof *argv);
+    size_t **lens = calloc(n, sizeof *lens);
+    char(*nums)[2][32] = calloc(n, sizeof *nums);
+    int rc = 0;
+
+    if (atomic_load(&h->interrupted)) {
+        rc = evq__err(EVQ_ECLOSED, "queue interrupted");
+        goto out;
+    }
+    if (!argc || !argv || !lens || !nums) {
+        rc = evq__err(EVQ_ENOMEM, "out of memory");
+        goto out;
+    }
+    int64_t now = now_ms();
+    for (size_t i = 0; i < n && !rc; i++) {
+        argv[i] = calloc(10, sizeof **argv);
+        lens[i] = calloc(10, sizeof **lens);
+        if (!argv[i] || !lens[i]) {
+            rc = evq__err(EVQ_ENOMEM, "out of memory");
+            break;
+        }
+        int k = 0;
+        if (items[i].delay_ms > 0) {
+            /* member: <nonce>:<attempts>:<body> */
+            char *m = malloc(items[i].len + 48);
+            if (!m) {
+                rc = evq__err(EVQ_ENOMEM, "out of memory");
+                break;
+            }
+            char id[40];
+            evq__uuid7(id);
+            int hl = snprintf(m, 48, "%s:0:", id);
+            memcpy(m + hl, items[i].bytes, items[i].len);
+            snprintf(nums[i][0], 32, "%lld",
+                     (long long)(now + items[i].delay_ms));
+            argv[i][k] = "ZADD", lens[i][k++] = 4;
+            argv[i][k] = h->delayed, lens[i][k++] = strlen(h->delayed);
+            argv[i][k] = nums[i][0], lens[i][k++] = strlen(nums[i][0]);
+            argv[i][k] = m, lens[i][k++] = (size_t)hl + items[i].len;
+        } else {
+            argv[i][k] = "XADD", lens[i][k++] = 4;
+            argv[i][k] = h->stream, lens[i][k++] = strlen(h->stream);
+            if (h->maxlen > 0) {
+                snprintf(nums[i][1], 32, "%lld", h->maxlen);
+                argv[i][k] = "MAXLEN", lens[i][k++] = 6;
+                argv[i][k] = "~", lens[i][k++] = 1;
+                argv[i][k] = nums[i][1], lens[i][k++] = strlen(nums[i][1]);
+            }
+            argv[i][k] = "*", lens[i][k++] = 1;
+            argv[i][k] = "b", lens[i][k++] = 1;
+            argv[i][k] = (const char *)items[i].bytes,
+            lens[i][k++] = items[i].len;
+            argv[i][k] = "a", lens[i][k++] = 1;
+            argv[i][k] = "0", lens[i][k++] = 1;
+        }
+        argc[i] = k;
+    }
+    if (!rc) {
+        if (n == 1) {
+            redisReply *r;
+            rc = run(h, argc[0], argv[0], lens[0], &r, "enqueue");
+            freeReplyObject(r);
+        } else {
+            rc =
+                run_tx(h, (int)n, argc, argv, (const size_t **)lens, "enqueue");
+        }
+    }
+out:
+    for (size_t i = 0; argv && i < n; i++) {
+        if (argv[i] && argc[i] == 4 && strcmp(argv[i][0], "ZADD") == 0)
+            free((void *)argv[i][3]);
+        free(argv[i]);
+        if (lens)
+            free(lens[i]);
+    }
+    free(argc);
+    free(argv);
+    free(lens);
+    free(nums);
+    return rc;
+}
+
+/* ---- dequeue ----------------------------------------------------------------
+ */
+
+static const char *field(redisReply *fields, const char *name, size_t *len)
+{
+    for (size_t i = 0; fields && i + 1 < fields->elements; i += 2) {
+        redisReply *k = fields->element[i];
+        if (k->type == REDIS_REPLY_STRING && strcmp(k->str, name) == 0) {
+            *len = fields->element[i + 1]->len;
+            return fields->element[i + 1]->str;
+        }
+    }
+    return NULL;
+}
+
+/* Adds stream entries [id, [f, v, ...]] to the buffer (rd_mu held).
+ * `deliveries` gives each entry's delivery count (1 when NULL). */
+static int buffer_entries(rhandle *h, redisReply *entries,
+                          const long long *deliveries)
+{
+    for (size_t i = 0; i < entries->elements; i++) {
+        redisReply *e = entries->element[i];
+        if (e->type != REDIS_REPLY_ARRAY || e->elements < 2 ||
+            e->element[1]->type != REDIS_REPLY_ARRAY)
+            continue; /* deleted meanwhile */
+        size_t blen = 0, alen = 0;
+        const char *body = field(e->element[1], "b", &blen);
+        const char *a = field(e->element[1], "a", &alen);
+        if (!body)
+            body = "", blen = 0;
+        if (evq__grow(&h->buf, &h->cap_buf, h->n_buf, sizeof *h->buf))
+            return EVQ_ENOMEM;
+        rmsg *m = malloc(sizeof *m + blen);
+        if (!m)
+            return evq__err(EVQ_ENOMEM, "out of memory");
+        snprintf(m->id, sizeof m->id, "%s", e->element[0]->str);
+        m->attempt = (a ? atoi(a) : 0) + (int)(deliveries ? deliveries[i] : 1);
+        m->len = blen;
+        memcpy(m->body, body, blen);
+        /* The buffer is a plain array while being filled (head 0). */
+        h->buf[h->n_buf++] = m;
+    }
+    return 0;
+}
+
+/* Moves due delayed events to the stream (rd_mu held).  Returns when the
+ * next one is due (Unix ms) or INT64_MAX. */
+static int64_t promote(rhandle *h)
+{
+    char now[32], limit[16];
+    snprintf(now, sizeof now, "%lld", (long long)now_ms());
+    snprintf(limit, sizeof limit, "%d", 1000);
+    const char *argv[] = {"EVAL",    promote_lua, "2",  h->delayed,
+                          h->stream, now,         limit};
+    redisReply *r;
+    if (run(h, 7, argv, NULL, &r, "promote") != 0)
+        return INT64_MAX;
+    int64_t next = r->type == REDIS_REPLY_INTEGER && r->integer >= 0
+                       ? r->integer
+                       : INT64_MAX;
+    freeReplyObject(r);
+    return next;
+}
+
+/* Takes over entries other consumers left unacked past the visibility
+ * timeout (rd_mu held). */
+static int reclaim(rhandle *h)
+{
+    char idle[32], count[16];
+    snprintf(idle, sizeof idle, "%lld", (long long)h->vt_ms);
+    snprintf(count, sizeof count, "%d", h->prefetch);
+    const char *argv[] = {"XAUTOCLAIM", h->stream,         "evq",   h->consumer,
+                          idle,         h->reclaim_cursor, "COUNT", count};
+    redisReply *r;
+    int rc = run(h, 8, argv, NULL, &r, "XAUTOCLAIM");
+    if (rc)
+        return rc;
+    if (r->type == REDIS_REPLY_ARRAY && r->elements >= 2) {
+        snprintf(h->reclaim_cursor, sizeof h->reclaim_cursor, "%s",
+                 r->element[0]->str ? r->element[0]->str : "0-0");
+        redisReply *entries = r->element[1];
+        long long *counts = calloc(entries->elements + 1, sizeof *counts);
+        for (size_t i = 0; counts && i < entries->elements; i++) {
+            redisReply *e = entries->element[i];
+            counts[i] = 2;
+            if (e->type != REDIS_REPLY_ARRAY || e->elements < 1)
+                continue;
+            const char *pargv[] = {
+                "XPENDING",         h->stream,          "evq",
+                e->element[0]->str, e->element[0]->str, "1"};
+            redisReply *p;
+            if (run(h, 6, pargv, NULL, &p, "XPENDING") == 0) {
+                if (p->type == REDIS_REPLY_ARRAY && p->elements == 1 &&
+                    p->element[0]->elements >= 4)
+                    counts[i] = p->element[0]->element[3]->integer;
+                freeReplyObject(p);
+            }
+        }
+        rc = counts ? buffer_entries(h, entries, counts) : EVQ_ENOMEM;
+        free(counts);
+    }
+    freeReplyObject(r);
+    return rc;
+}
+
+/* One XREADGROUP, blocking up to block_ms (rd_mu held). */
+static int read_new(rhandle *h, int block_ms)
+{
+    char count[16], block[16];
+    snprintf(count, sizeof count, "%d", h->prefetch);
+    snprintf(block, sizeof block, "%d", block_ms);
+    const char *argv[] = {"XREADGROUP", "GROUP",   "evq",   h->consumer,
+                          "COUNT",      count,     "BLOCK", block,
+                          "STREAMS",    h->stream, ">"};
+    int argc = 11;
+    if (block_ms < 0) { /* no BLOCK: answer at once */
+        argv[6] = "STREAMS";
+        argv[7] = h->stream;
+        argv[8] = ">";
+        argc = 9;
+    }
+    if (h->rd && h->rd->err) {
+        redisFree(h->rd);
+        h->rd = NULL;
+    }
+    if (!h->rd) {
+        int rc = connect_one(h, &h->rd, true);
+        if (rc)
+            return rc;
+        const char *id_argv[] = {"CLIENT", "ID"};
+        redisReply *r = command(h->rd, 2, id_argv, NULL);
+        if (r && r->type == REDIS_REPLY_INTEGER)
+            h->rd_client_id = r->integer;
+        freeReplyObject(r);
+    }
+    redisReply *r = command(h->rd, argc, argv, NULL);
+    if (!r)
+        return conn_err(h, h->rd, "XREADGROUP");
+    int rc = reply_err(r, "XREADGROUP");
+    if (!rc && r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
+        r->element[0]->elements >= 2)
+        rc = buffer_entries(h, r->element[0]->element[1], NULL);
+    freeReplyObject(r);
+    return rc;
+}
+
+static void deliver(rhandle *h, evq__delivery *d)
+{
+    rmsg *m = h->buf[h->head_buf++];
+    h->n_buf--;
+    if (h->n_buf == 0)
+        h->head_buf = 0;
+    d->ev = NULL;
+    d->bytes = m->body;
+    d->len = m->len;
+    d->attempt = m->attempt;
+    d->token = m;
+}
+
+static int redis_dequeue(void *state, evq__delivery *d, int timeout_ms)
+{
+    rhandle *h = state;
+    int64_t deadline = evq__deadline_ns(timeout_ms);
+    int rc = 0;
+
+    pthread_mutex_lock(&h->rd_mu);
+    for (;;) {
+        if (atomic_load(&h->interrupted)) {
+            rc = evq__err(EVQ_ECLOSED, "queue interrupted");
+            break;
+        }
+        if (h->n_buf > 0) {
+            deliver(h, d);
+            break;
+        }
+        int64_t now = now_ms();
+        int64_t wake = INT64_MAX;
+        if (now >= h->next_promote_ms) {
+            int64_t next = promote(h);
+            /* Look again within a second even when nothing waits: other
+             * processes add delayed events too. */
+            h->next_promote_ms = next < now + 1000 ? next : now + 1000;
+        }
+        wake = h->next_promote_ms;
+        if (now >= h->next_reclaim_ms) {
+            h->next_reclaim_ms = now + (h->vt_ms < 2000 ? h->vt_ms / 2 : 1000);
+            if ((rc = reclaim(h)) != 0 && rc != EVQ_ECONN)
+                break;
+            rc = 0;
+            if (h->n_buf > 0)
+                continue;
+        }
+        if (wake > h->next_reclaim_ms)
+            wake = h->next_reclaim_ms;
+        int64_t left_ms = deadline == INT64_MAX
+                              ? INT64_MAX
+                              : (deadline - evq__now_mono_ns()) / 1000000;
+        int block = 0;
+        if (timeout_ms != 0) {
+            int64_t until = wake - now;
+            if (left_ms < until)
+                until = left_ms;
+            /* Short slices: an interrupt that misses the blocking read is
+             * seen within one. */
+            block = until <= 0 ? 1 : until > 500 ? 500 : (int)until;
+        }
+        rc = read_new(h, timeout_ms == 0 ? -1 : block);
+        if (rc == EVQ_ECONN && timeout_ms != 0) {
+            /* Server away: wait a little and try again until the deadline. */
+            struct timespec pause = {0, 200 * 1000000};
+            nanosleep(&pause, NULL);
+        } else if (rc) {
+            break;
+        }
+        if (h->n_buf > 0) {
+            deliver(h, d);
+            rc = 0;
+            break;
+        }
+        if (timeout_ms == 0 || evq__now_mono_ns() >= deadline) {
+            rc = rc ? rc
+                    : evq__err(EVQ_ETIMEDOUT, "no event within %d ms",
+                               timeout_ms);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&h->rd_mu);
+    return rc;
+}
+
+/* ---- settle
+ * ------------------------------------------------------------------- */
+
+static int redis_ack(void *state, evq__delivery *d)
+{
+    rhandle *h = state;
+    rmsg *m = d->token;
+    const char *a1[] = {"XACK", h->stream, "evq", m->id};
+    const char *a2[] = {"XDEL", h->stream, m->id};
+    int argc[] = {4, 3};
+    const char **argv[] = {a1, a2};
+    int rc = run_tx(h, 2, argc, argv, NULL, "ack");
+    free(m);
+    return rc;
+}
+
+static int redis_nack(void *state, evq__delivery *d, int64_t delay_ms)
+{
+    rhandle *h = state;
+    rmsg *m = d->token;
+    char attempts[16], due[32], id[40];
+    snprintf(attempts, sizeof attempts, "%d", m->attempt);
+    int rc;
+
+    const char *xack[] = {"XACK", h->stream, "evq", m->id};
+    const char *xdel[] = {"XDEL", h->stream, m->id};
+    if (delay_ms <= 0) {
+        const char *xadd[] = {
+            "XADD", h->stream, "*", "b", (const char *)m->body, "a", attempts};
+        size_t xadd_len[] = {4, strlen(h->stream), 1, 1, m->len,
+                             1, strlen(attempts)};
+        size_t ack_len[] = {4, strlen(h->stream), 3, strlen(m->id)};
+        size_t del_len[] = {4, strlen(h->stream), strlen(m->id)};
+        int argc[] = {7, 4, 3};
+        const char **argv[] = {xadd, xack, xdel};
+        const size_t *lens[] = {xadd_len, ack_len, del_len};
+        rc = run_tx(h, 3, argc, argv, lens, "nack");
+    } else {
+        char *member = malloc(m->len + 64);
+        if (!member) {
+            free(m);
+            return evq__err(EVQ_ENOMEM, "out of memory");
+        }
+        evq__uuid7(id);
+        int hl = snprintf(member, 64, "%s:%s:", id, attempts);
+        memcpy(member + hl, m->body, m->len);
+        snprintf(due, sizeof due, "%lld", (long long)(now_ms() + delay_ms));
+        const char *zadd[] = {"ZADD", h->delayed, due, member};
+        size_t zadd_len[] = {4, strlen(h->delayed), strlen(due),
+                             (size_t)hl + m->len};
+        size_t ack_len[] = {4, strlen(h->stream), 3, strlen(m->id)};
+        size_t del_len[] = {4, strlen(h->stream), strlen(m->id)};
+        int argc[] = {4, 4, 3};
+        const char **argv[] = {zadd, xack, xdel};
+        const size_t *lens[] = {zadd_len, ack_len, del_len};
+        rc = run_tx(h, 3, argc, argv, lens, "nack");
+        free(member);
+        /* Due soon: let the next dequeue look for it in time. */
+        pthread_mutex_lock(&h->rd_mu);
+        if (h->next_promote_ms > now_ms() + delay_ms)
+            h->next_promote_ms = now_ms() + delay_ms;
+        pthread_mutex_unlock(&h->rd_mu);
+    }
+    free(m);
+    return rc;
+}
+
+static int redis_interrupt(void *state)
+{
+    rhandle *h = state;
+    atomic_store(&h->interrupted, true);
+    if (h->rd_client_id > 0) {
+        char id[32];
+        snprintf(id, sizeof id, "%lld", h->rd_client_id);
+        const char *argv[] = {"CLIENT", "UNBLOCK", id};
+        redisReply *r;
+        if (run(h, 3, argv, NULL, &r, "CLIENT UNBLOCK") == 0)
+            freeReplyObject(r);
+    }
+    /* Hand back what was read but never delivered. */
+    pthread_mutex_lock(&h->rd_mu);
+    for (size_t i = 0; i < h->n_buf; i++) {
+        rmsg *m = h->buf[h->head_buf + i];
+        const char *xadd[] = {
+            "XADD", h->stream, "*", "b", (const char *)m->body, "a", NULL};
+        char attempts[16];
+        snprintf(attempts, sizeof attempts, "%d", m->attempt - 1);
+        xadd[6] = attempts;
+        size_t xadd_len[] = {4, strlen(h->stream), 1, 1, m->len,
+                             1, strlen(attempts)};
+        const char *xack[] = {"XACK", h->stream, "evq", m->id};
+        const char *xdel[] = {"XDEL", h->stream, m->id};
+        size_t ack_len[] = {4, strlen(h->stream), 3, strlen(m->id)};
+        size_t del_len[] = {4, strlen(h->stream), strlen(m->id)};
+        int argc[] = {7, 4, 3};
+        const char **argv[] = {xadd, xack, xdel};
+        const size_t *lens[] = {xadd_len, ack_len, del_len};
+        run_tx(h, 3, argc, argv, lens, "hand back");
+        free(m);
+    }
+    h->n_buf = 0;
+    h->head_buf = 0;
+    pthread_mutex_unlock(&h->rd_mu);
+    return 0;
+}
+
+static int redis_stats(void *state, struct evq_queue_stats *out)
+{
+    rhandle *h = state;
+    redisReply *r;
+    const char *xlen[] = {"XLEN", h->stream};
+    const char *xpend[] = {"XPENDING", h->stream, "evq"};
+    const char *zcard[] = {"ZCARD", h->delayed};
+    long long len = 0, pending = 0;
+    int rc = run(h, 2, xlen, NULL, &r, "XLEN");
+    if (rc)
+        return rc;
+    len = r->integer;
+    freeReplyObject(r);
+    if ((rc = run(h, 3, xpend, NULL, &r, "XPENDING")) != 0)
+        return rc;
+    if (r->type == REDIS_REPLY_ARRAY && r->elements >= 1)
+        pending = r->element[0]->integer;
+    freeReplyObject(r);
+    if ((rc = run(h, 2, zcard, NULL, &r, "ZCARD")) != 0)
+        return rc;
+    out->delayed = r->integer;
+    freeReplyObject(r);
+    /* Acked entries are deleted, so the stream holds ready and pending. */
+    out->in_flight = pending;
+    out->depth = len > pending ? len - pending : 0;
+    return 0;
+}
+
+const struct evq_backend_ops evq__backend_redis = {
+    .scheme = "redis",
+    .flags = 0,
+    .opts = redis_opts,
+    .open = redis_open,
+    .enqueue = redis_enqueue,
+    .dequeue = redis_dequeue,
+    .ack = redis_ack,
+    .nack = redis_nack,
+    .interrupt = redis_interrupt,
+    .stats = redis_stats,
+    .close = redis_close,
+};
+
+const struct evq_backend_ops evq__backend_redis_unix = {
+    .scheme = "redis+unix",
+    .flags = 0,
+    .opts = redis_opts,
+    .open = redis_open,
+    .enqueue = redis_enqueue,
+    .dequeue = redis_dequeue,
+    .ack = redis_ack,
+    .nack = redis_nack,
+    .interrupt = redis_interrupt,
+    .stats = redis_stats,
+    .close = redis_close,
+};
