@@ -435,7 +435,21 @@ static int dead_letter_raw(evq_queue *q, evq__delivery *d, const char *reason)
 
     if (!dl)
         return EVQ_ENOMEM;
-    rc = evq_event_set_binary(dl, d->bytes, d->len, "application/octet-stream");
+    /* Bytes too large to fit a dead letter (base64 grows them by a third)
+     * are cut, and the original length is kept in evqtruncated. */
+    size_t keep = d->len, room = q->lim.max_bytes > 16384
+                                     ? (q->lim.max_bytes - 8192) / 4 * 3
+                                     : q->lim.max_bytes / 2;
+    rc = 0;
+    if (keep > room) {
+        char orig[32];
+        snprintf(orig, sizeof orig, "%zu", d->len);
+        keep = room;
+        rc = evq__event_set_ext(dl, "evqtruncated", orig, EVQ__EXT_INTEGER);
+    }
+    if (!rc)
+        rc = evq_event_set_binary(dl, d->bytes, keep,
+                                  "application/octet-stream");
     if (!rc)
         rc = dead_write(q, dl, reason, d->attempt);
     if (!rc)

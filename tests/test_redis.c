@@ -1,0 +1,335 @@
+/* The redis:// backend's own promises, against a real redis-server that
+ * scripts/services.sh started:
+ *
+ *   test_redis URL PORT SERVICE_DIR
+ *
+ * Events written by redis-cli are read; junk goes to the dead-letter stream;
+ * bad credentials and unreachable servers give clear errors; a dead
+ * consumer's events are taken over; a server killed and restarted (its
+ * append-only file fsynced always) loses no event whose enqueue succeeded. */
+#include "testutil.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static const char *url, *port, *sdir;
+
+static void cli(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void cli(const char *fmt, ...)
+{
+    char cmd[4096];
+    va_list ap;
+    int n = snprintf(cmd, sizeof cmd, "redis-cli -p %s ", port);
+    va_start(ap, fmt);
+    vsnprintf(cmd + n, sizeof cmd - (size_t)n, fmt, ap);
+    va_end(ap);
+    strncat(cmd, " >/dev/null", sizeof cmd - strlen(cmd) - 1);
+    assert_int_equal(system(cmd), 0);
+}
+
+static void url_with(char *out, size_t cap, const char *params)
+{
+    snprintf(out, cap, "%s?%s", url, params);
+}
+
+static void events_written_by_redis_cli_are_read(void **state)
+{
+    (void)state;
+    evq_queue *q;
+    evq_msg *m;
+    assert_evq_ok(evq_queue_open(&q, url, "interop", NULL));
+    cli("XADD evq:interop '*' b '%s' a 0",
+        "{\"specversion\":\"1.0\",\"id\":\"cli-1\",\"source\":\"/redis-cli\","
+        "\"type\":\"user.created\",\"data\":{\"userId\":\"123\"}}");
+    assert_evq_ok(evq_dequeue(q, &m, 5000));
+    const evq_event *ev = evq_msg_event(m);
+    assert_string_equal(evq_event_id(ev), "cli-1");
+    assert_string_equal(evq_event_source(ev), "/redis-cli");
+    assert_string_equal(
+        json_string_value(json_object_get(evq_event_data(ev), "userId")),
+        "123");
+    assert_int_equal(evq_event_attempt(ev), 1);
+    assert_evq_ok(evq_ack(m));
+    evq_queue_close(q);
+}
+
+static atomic_int handled;
+
+static int count_handler(const evq_event *ev, void *arg)
+{
+    (void)ev;
+    (void)arg;
+    atomic_fetch_add(&handled, 1);
+    return 0;
+}
+
+static bool one_handled(void *arg)
+{
+    (void)arg;
+    return atomic_load(&handled) >= 1;
+}
+
+static void junk_goes_to_the_dead_letter_stream(void **state)
+{
+    (void)state;
+    evq_queue *q, *dead;
+    evq_events *e = evq_events_new();
+    evq_worker *w;
+    evq_msg *m;
+
+    assert_evq_ok(evq_queue_open(&q, url, "junk", NULL));
+    cli("XADD evq:junk '*' b '%s' a 0", "this is not json");
+    cli("XADD evq:junk '*' b '%s' a 0",
+        "{\"specversion\":\"1.0\",\"id\":\"x\",\"source\":\"/s\"}");
+    /* 2 MiB, past max_event_bytes */
+    assert_int_equal(system("head -c 2097152 /dev/zero | tr '\\0' x > "
+                            "/tmp/evq-redis-big.txt"),
+                     0);
+    char cmd[512];
+    snprintf(cmd, sizeof cmd,
+             "redis-cli -p %s -x XADD evq:junk '*' a 0 b "
+             "< /tmp/evq-redis-big.txt >/dev/null",
+             port);
+    assert_int_equal(system(cmd), 0);
+    unlink("/tmp/evq-redis-big.txt");
+    evq_event *good = evq_event_new("junk.good", NULL);
+    assert_evq_ok(evq_enqueue(q, good));
+
+    evq_register_handler(e, "*", count_handler, NULL);
+    atomic_store(&handled, 0);
+    assert_evq_ok(evq_worker_start(&w, q, e, NULL));
+    assert_true(eventually(one_handled, NULL, 10000));
+    assert_evq_ok(evq_worker_stop(w, 5000));
+    evq_worker_free(w);
+    assert_int_equal(atomic_load(&handled), 1);
+
+    assert_evq_ok(evq_queue_open_dead(&dead, q));
+    const char *reasons[] = {"invalid JSON", "no 'type'", "max_event_bytes"};
+    for (int i = 0; i < 3; i++) {
+        assert_evq_ok(evq_dequeue(dead, &m, 5000));
+        const char *why = evq_event_attr(evq_msg_event(m), "evqerror");
+        if (!strstr(why, reasons[i]))
+            fail_msg("dead letter %d: '%s' lacks '%s'", i, why, reasons[i]);
+        assert_string_equal(evq_event_type(evq_msg_event(m)),
+                            "evq.undecodable");
+        if (i == 2) { /* cut to fit, the original length kept */
+            assert_string_equal(
+                evq_event_attr(evq_msg_event(m), "evqtruncated"), "2097152");
+            size_t len;
+            assert_non_null(evq_event_binary(evq_msg_event(m), &len));
+            assert_true(len > 0 && len < 1024 * 1024);
+        }
+        assert_evq_ok(evq_ack(m));
+    }
+    evq_queue_close(dead);
+    evq_event_free(good);
+    evq_events_free(e);
+    evq_queue_close(q);
+}
+
+static void bad_servers_and_credentials_are_clear_errors(void **state)
+{
+    (void)state;
+    evq_queue *q;
+    char bad[512];
+
+    cli("ACL SETUSER %s", "alice on '>s3cret-pw' '~*' '+@all'");
+    snprintf(bad, sizeof bad, "redis://alice:s3cret-pw@127.0.0.1:%s", port);
+    assert_evq_ok(evq_queue_open(&q, bad, "acl", NULL));
+    evq_queue_close(q);
+    snprintf(bad, sizeof bad, "redis://alice:wrong-pw@127.0.0.1:%s", port);
+    assert_evq_err(evq_queue_open(&q, bad, "acl", NULL), EVQ_EINVAL);
+    assert_errmsg_has("WRONGPASS");
+    assert_null(strstr(evq_errmsg(), "wrong-pw"));
+
+    /* nothing listens on port 1 */
+    assert_evq_err(evq_queue_open(&q, "redis://127.0.0.1:1", "q", NULL),
+                   EVQ_ECONN);
+    assert_errmsg_has("127.0.0.1:1");
+    assert_evq_err(
+        evq_queue_open(&q, "redis+unix:///nonexistent/redis.sock", "q", NULL),
+        EVQ_ECONN);
+    assert_evq_err(
+        evq_queue_open(&q, "redis://127.0.0.1:6379/notanumber", "q", NULL),
+        EVQ_EINVAL);
+    url_with(bad, sizeof bad, "redis.prefetch=0");
+    assert_evq_err(evq_queue_open(&q, bad, "q", NULL), EVQ_EINVAL);
+}
+
+static void a_dead_consumers_events_are_taken_over(void **state)
+{
+    (void)state;
+    char vurl[512];
+    evq_queue *q;
+    evq_msg *m;
+    url_with(vurl, sizeof vurl, "visibility_timeout_ms=500");
+    assert_evq_ok(evq_queue_open(&q, vurl, "takeover", NULL));
+    for (int i = 0; i < 5; i++) {
+        evq_event *ev = evq_event_new("t", json_integer(i));
+        assert_evq_ok(evq_enqueue(q, ev));
+        evq_event_free(ev);
+    }
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        evq_queue *cq;
+        evq_msg *cm;
+        if (evq_queue_open(&cq, vurl, "takeover", NULL) ||
+            evq_dequeue(cq, &cm, 5000))
+            _exit(1);
+        kill(getpid(), SIGKILL);
+        _exit(2);
+    }
+    int status;
+    waitpid(pid, &status, 0);
+    assert_true(WIFSIGNALED(status));
+    int seen = 0, second = 0;
+    int64_t t0 = now_ms();
+    while (seen < 5) {
+        assert_evq_ok(evq_dequeue(q, &m, 10000));
+        if (evq_event_attempt(evq_msg_event(m)) >= 2)
+            second++;
+        seen++;
+        assert_evq_ok(evq_ack(m));
+    }
+    assert_true(second >= 1);
+    assert_true(now_ms() - t0 >= 400);
+    struct evq_queue_stats st;
+    assert_evq_ok(evq_queue_stats(q, &st));
+    assert_int_equal(st.depth, 0);
+    assert_int_equal(st.in_flight, 0);
+    evq_queue_close(q);
+}
+
+/* ---- the server killed and restarted ----------------------------------- */
+
+#define OUTAGE_EVENTS 20000
+
+static _Atomic unsigned char outage_seen[OUTAGE_EVENTS];
+static _Atomic unsigned char outage_acked[OUTAGE_EVENTS];
+
+static int outage_handler(const evq_event *ev, void *arg)
+{
+    (void)arg;
+    json_int_t n = json_integer_value(evq_event_data(ev));
+    if (n >= 0 && n < OUTAGE_EVENTS)
+        atomic_store(&outage_seen[n], 1);
+    return 0;
+}
+
+static void restart_server(void)
+{
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd,
+             "kill -9 $(cat %s/redis.pid) && sleep 0.3 && "
+             "redis-server --port %s --bind 127.0.0.1 --dir %s --save '' "
+             "--appendonly yes --appendfsync always --daemonize yes "
+             "--pidfile %s/redis.pid --logfile %s/redis.log && "
+             "for i in $(seq 100); do redis-cli -p %s ping 2>/dev/null | "
+             "grep -q PONG && exit 0; sleep 0.05; done; exit 1",
+             sdir, port, sdir, sdir, sdir, port);
+    assert_int_equal(system(cmd), 0);
+}
+
+struct producer {
+    evq_queue *q;
+    atomic_int done, errors;
+};
+
+static void *outage_producer(void *arg)
+{
+    struct producer *p = arg;
+    for (int i = 0; i < OUTAGE_EVENTS; i++) {
+        evq_event *ev = evq_event_new("outage", json_integer(i));
+        int rc = evq_enqueue(p->q, ev);
+        /* An application retries while the server is away; each failed
+         * call must have said so. */
+        for (int t = 0; (rc == EVQ_ECONN || rc == EVQ_EIO) && t < 500; t++) {
+            atomic_fetch_add(&p->errors, 1);
+            struct timespec pause = {0, 10 * 1000000};
+            nanosleep(&pause, NULL);
+            rc = evq_enqueue(p->q, ev);
+        }
+        evq_event_free(ev);
+        if (rc == 0)
+            atomic_store(&outage_acked[i], 1);
+    }
+    atomic_store(&p->done, 1);
+    return NULL;
+}
+
+static bool all_acked_seen(void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < OUTAGE_EVENTS; i++) {
+        if (atomic_load(&outage_acked[i]) && !atomic_load(&outage_seen[i]))
+            return false;
+    }
+    return true;
+}
+
+static bool producer_done(void *arg)
+{
+    return atomic_load(&((struct producer *)arg)->done) != 0;
+}
+
+static void a_server_restart_loses_no_accepted_event(void **state)
+{
+    (void)state;
+    struct producer p = {0};
+    evq_events *e = evq_events_new();
+    evq_worker_opts o;
+    evq_worker *w;
+    pthread_t t;
+
+    assert_evq_ok(evq_queue_open(&p.q, url, "outage", NULL));
+    evq_worker_opts_init(&o);
+    o.concurrency = 2;
+    evq_register_handler(e, "outage", outage_handler, NULL);
+    assert_evq_ok(evq_worker_start(&w, p.q, e, &o));
+    pthread_create(&t, NULL, outage_producer, &p);
+    struct timespec pause = {0, 300 * 1000000};
+    nanosleep(&pause, NULL);
+    restart_server();
+    assert_true(eventually(producer_done, &p, 120000));
+    pthread_join(t, NULL);
+    bool ok = eventually(all_acked_seen, NULL, 60000);
+    assert_evq_ok(evq_worker_stop(w, 10000));
+    int accepted = 0, seen = 0;
+    for (int i = 0; i < OUTAGE_EVENTS; i++) {
+        accepted += atomic_load(&outage_acked[i]);
+        seen += atomic_load(&outage_seen[i]);
+    }
+    printf("outage: %d of %d events accepted (%d calls failed during the "
+           "outage), %d processed\n",
+           accepted, OUTAGE_EVENTS, atomic_load(&p.errors), seen);
+    assert_true(ok);
+    assert_int_equal(accepted, OUTAGE_EVENTS);
+    assert_true(atomic_load(&p.errors) > 0); /* the outage was seen */
+    evq_worker_free(w);
+    evq_events_free(e);
+    evq_queue_close(p.q);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 4) {
+        fprintf(stderr, "usage: test_redis URL PORT SERVICE_DIR\n");
+        return 2;
+    }
+    url = argv[1];
+    port = argv[2];
+    sdir = argv[3];
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(events_written_by_redis_cli_are_read),
+        cmocka_unit_test(junk_goes_to_the_dead_letter_stream),
+        cmocka_unit_test(bad_servers_and_credentials_are_clear_errors),
+        cmocka_unit_test(a_dead_consumers_events_are_taken_over),
+        cmocka_unit_test(a_server_restart_loses_no_accepted_event),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
