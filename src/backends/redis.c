@@ -46,6 +46,8 @@ static const evq__opt_spec redis_opts[] = {
     {"redis.maxlen", EVQ__OPT_INT, "0", 0, INT64_MAX, NULL,
      "trim each stream to about this many entries (0: never); trimming can "
      "drop entries that were never delivered"},
+    {"redis.ack_flush_ms", EVQ__OPT_INT, "5", 0, 10000, NULL,
+     "longest an ack waits to be sent with others (0: each ack at once)"},
     {"redis.connect_timeout_ms", EVQ__OPT_INT, "5000", 1, 600000, NULL,
      "connect timeout"},
     {"redis.command_timeout_ms", EVQ__OPT_INT, "10000", 1, 600000, NULL,
@@ -79,7 +81,9 @@ typedef struct rmsg {
 typedef struct rhandle {
     pthread_mutex_t cmd_mu; /* guards cmd */
     redisContext *cmd;
-    pthread_mutex_t rd_mu; /* guards rd, the buffer and the timers */
+    /* Lock order: rd_mu, then buf_mu, then cmd_mu. */
+    pthread_mutex_t rd_mu;  /* guards rd and the reclaim state: the reader */
+    pthread_mutex_t buf_mu; /* guards the buffer of read entries */
     redisContext *rd;
     long long rd_client_id;
     char *host, *user, *password, *unix_path;
@@ -92,8 +96,14 @@ typedef struct rhandle {
     int64_t vt_ms;
     rmsg **buf;
     size_t n_buf, head_buf, cap_buf;
-    int64_t next_promote_ms, next_reclaim_ms;
+    _Atomic int64_t next_promote_ms;
+    int64_t next_reclaim_ms;
     char reclaim_cursor[48];
+    /* acks waiting to be sent (under cmd_mu) */
+    char (*acks)[48];
+    size_t n_acks, cap_acks;
+    int64_t oldest_ack_ms;
+    int ack_flush_ms;
     atomic_bool interrupted;
 } rhandle;
 
@@ -203,16 +213,13 @@ static int run(rhandle *h, int argc, const char **argv, const size_t *lens,
     return rc;
 }
 
-/* Runs a MULTI/EXEC of n commands (cmd_mu taken here). */
-static int run_tx(rhandle *h, int n, int *argc, const char ***argv,
-                  const size_t **lens, const char *what)
+/* Runs a MULTI/EXEC of n commands in one round trip (cmd_mu held). */
+static int run_tx_locked(rhandle *h, int n, int *argc, const char ***argv,
+                         const size_t **lens, const char *what)
 {
     int rc;
-    pthread_mutex_lock(&h->cmd_mu);
-    if ((rc = cmd_conn(h)) != 0) {
-        pthread_mutex_unlock(&h->cmd_mu);
+    if ((rc = cmd_conn(h)) != 0)
         return rc;
-    }
     const char *multi[1] = {"MULTI"}, *exec[1] = {"EXEC"};
     redisAppendCommandArgv(h->cmd, 1, multi, NULL);
     for (int i = 0; i < n; i++)
@@ -237,17 +244,71 @@ static int run_tx(rhandle *h, int n, int *argc, const char ***argv,
         }
         freeReplyObject(r);
     }
+    return rc;
+}
+
+static int run_tx(rhandle *h, int n, int *argc, const char ***argv,
+                  const size_t **lens, const char *what)
+{
+    pthread_mutex_lock(&h->cmd_mu);
+    int rc = run_tx_locked(h, n, argc, argv, lens, what);
     pthread_mutex_unlock(&h->cmd_mu);
     return rc;
 }
 
+/* Acks wait in the handle and go to the server together: one XACK and one
+ * XDEL naming them all (cmd_mu held). */
+static int flush_acks(rhandle *h)
+{
+    if (h->n_acks == 0)
+        return 0;
+    size_t n = h->n_acks;
+    const char **xack = malloc((n + 3) * sizeof *xack);
+    const char **xdel = malloc((n + 2) * sizeof *xdel);
+    int rc;
+    if (!xack || !xdel) {
+        free(xack);
+        free(xdel);
+        return evq__err(EVQ_ENOMEM, "out of memory");
+    }
+    xack[0] = "XACK", xack[1] = h->stream, xack[2] = "evq";
+    xdel[0] = "XDEL", xdel[1] = h->stream;
+    for (size_t i = 0; i < n; i++) {
+        xack[3 + i] = h->acks[i];
+        xdel[2 + i] = h->acks[i];
+    }
+    int argc[] = {(int)n + 3, (int)n + 2};
+    const char **argv[] = {xack, xdel};
+    rc = run_tx_locked(h, 2, argc, argv, NULL, "ack");
+    if (!rc)
+        h->n_acks = 0; /* on failure they are kept for the next try */
+    free(xack);
+    free(xdel);
+    return rc;
+}
+
+/* Sends waiting acks (before a read, and when idle). */
+static void flush_acks_now(rhandle *h)
+{
+    pthread_mutex_lock(&h->cmd_mu);
+    flush_acks(h);
+    pthread_mutex_unlock(&h->cmd_mu);
+}
+
 /* ---- open and close ---------------------------------------------------- */
+
+static void hand_back(rhandle *h);
 
 static void redis_close(void *state)
 {
     rhandle *h = state;
     if (!h)
         return;
+    if (h->cmd && h->n_acks)
+        flush_acks(h);
+    if (h->cmd && h->n_buf)
+        hand_back(h);
+    free(h->acks);
     redisFree(h->cmd);
     redisFree(h->rd);
     for (size_t i = 0; i < h->n_buf; i++)
@@ -261,6 +322,7 @@ static void redis_close(void *state)
     free(h->delayed);
     pthread_mutex_destroy(&h->cmd_mu);
     pthread_mutex_destroy(&h->rd_mu);
+    pthread_mutex_destroy(&h->buf_mu);
     free(h);
 }
 
@@ -280,6 +342,7 @@ static int redis_open(void **state, const evq__url *url, const char *name,
         return evq__err(EVQ_ENOMEM, "out of memory");
     pthread_mutex_init(&h->cmd_mu, NULL);
     pthread_mutex_init(&h->rd_mu, NULL);
+    pthread_mutex_init(&h->buf_mu, NULL);
     atomic_init(&h->interrupted, false);
     if (strcmp(url->scheme, "redis+unix") == 0) {
         if (url->n_hosts || !url->path[0]) {
@@ -328,6 +391,7 @@ static int redis_open(void **state, const evq__url *url, const char *name,
     h->prefetch = (int)evq__opt_int(opts, redis_opts, "redis.prefetch");
     h->maxlen = evq__opt_int(opts, redis_opts, "redis.maxlen");
     h->vt_ms = evq__opt_int(opts, redis_opts, "visibility_timeout_ms");
+    h->ack_flush_ms = (int)evq__opt_int(opts, redis_opts, "redis.ack_flush_ms");
     h->connect_tv =
         tv_ms(evq__opt_int(opts, redis_opts, "redis.connect_timeout_ms"));
     h->command_tv =
@@ -477,10 +541,26 @@ static const char *field(redisReply *fields, const char *name, size_t *len)
     return NULL;
 }
 
-/* Adds stream entries [id, [f, v, ...]] to the buffer (rd_mu held).
- * `deliveries` gives each entry's delivery count (1 when NULL). */
+/* Adds stream entries [id, [f, v, ...]] to the buffer (rd_mu held; takes
+ * buf_mu).  `deliveries` gives each entry's delivery count (1 when NULL). */
+static int buffer_entries_locked(rhandle *h, redisReply *entries,
+                                 const long long *deliveries);
+
 static int buffer_entries(rhandle *h, redisReply *entries,
                           const long long *deliveries)
+{
+    pthread_mutex_lock(&h->buf_mu);
+    if (h->head_buf) { /* keep the buffer a plain array from index 0 */
+        memmove(h->buf, h->buf + h->head_buf, h->n_buf * sizeof *h->buf);
+        h->head_buf = 0;
+    }
+    int rc = buffer_entries_locked(h, entries, deliveries);
+    pthread_mutex_unlock(&h->buf_mu);
+    return rc;
+}
+
+static int buffer_entries_locked(rhandle *h, redisReply *entries,
+                                 const long long *deliveries)
 {
     for (size_t i = 0; i < entries->elements; i++) {
         redisReply *e = entries->element[i];
@@ -501,7 +581,6 @@ static int buffer_entries(rhandle *h, redisReply *entries,
         m->attempt = (a ? atoi(a) : 0) + (int)(deliveries ? deliveries[i] : 1);
         m->len = blen;
         memcpy(m->body, body, blen);
-        /* The buffer is a plain array while being filled (head 0). */
         h->buf[h->n_buf++] = m;
     }
     return 0;
@@ -608,6 +687,7 @@ static int read_new(rhandle *h, int block_ms)
     return rc;
 }
 
+/* (buf_mu held) */
 static void deliver(rhandle *h, evq__delivery *d)
 {
     rmsg *m = h->buf[h->head_buf++];
@@ -621,75 +701,104 @@ static void deliver(rhandle *h, evq__delivery *d)
     d->token = m;
 }
 
+/* Whether the buffer holds entries (takes buf_mu). */
+static bool take_buffered_peek(rhandle *h)
+{
+    pthread_mutex_lock(&h->buf_mu);
+    bool any = h->n_buf > 0;
+    pthread_mutex_unlock(&h->buf_mu);
+    return any;
+}
+
+/* Takes a buffered entry if there is one (takes buf_mu). */
+static bool take_buffered(rhandle *h, evq__delivery *d)
+{
+    bool got = false;
+    pthread_mutex_lock(&h->buf_mu);
+    if (h->n_buf > 0) {
+        deliver(h, d);
+        got = true;
+    }
+    pthread_mutex_unlock(&h->buf_mu);
+    return got;
+}
+
+/* One thread at a time reads from the server (rd_mu) while the others take
+ * what it buffered; a dequeue that may not wait does not queue behind a
+ * blocking read. */
 static int redis_dequeue(void *state, evq__delivery *d, int timeout_ms)
 {
     rhandle *h = state;
     int64_t deadline = evq__deadline_ns(timeout_ms);
     int rc = 0;
 
-    pthread_mutex_lock(&h->rd_mu);
     for (;;) {
-        if (atomic_load(&h->interrupted)) {
-            rc = evq__err(EVQ_ECLOSED, "queue interrupted");
-            break;
+        if (atomic_load(&h->interrupted))
+            return evq__err(EVQ_ECLOSED, "queue interrupted");
+        if (take_buffered(h, d))
+            return 0;
+        if (timeout_ms == 0) {
+            if (pthread_mutex_trylock(&h->rd_mu) != 0)
+                return evq__err(EVQ_ETIMEDOUT, "another thread is reading");
+        } else {
+            pthread_mutex_lock(&h->rd_mu);
         }
-        if (h->n_buf > 0) {
-            deliver(h, d);
-            break;
+        if (atomic_load(&h->interrupted)) {
+            pthread_mutex_unlock(&h->rd_mu);
+            return evq__err(EVQ_ECLOSED, "queue interrupted");
+        }
+        if (take_buffered(h, d)) { /* filled by the previous reader */
+            pthread_mutex_unlock(&h->rd_mu);
+            return 0;
         }
         int64_t now = now_ms();
-        int64_t wake = INT64_MAX;
-        if (now >= h->next_promote_ms) {
+        if (now >= atomic_load(&h->next_promote_ms)) {
             int64_t next = promote(h);
             /* Look again within a second even when nothing waits: other
              * processes add delayed events too. */
-            h->next_promote_ms = next < now + 1000 ? next : now + 1000;
+            atomic_store(&h->next_promote_ms,
+                         next < now + 1000 ? next : now + 1000);
         }
-        wake = h->next_promote_ms;
+        int64_t wake = atomic_load(&h->next_promote_ms);
+        rc = 0;
         if (now >= h->next_reclaim_ms) {
             h->next_reclaim_ms = now + (h->vt_ms < 2000 ? h->vt_ms / 2 : 1000);
-            if ((rc = reclaim(h)) != 0 && rc != EVQ_ECONN)
-                break;
-            rc = 0;
-            if (h->n_buf > 0)
-                continue;
+            rc = reclaim(h);
         }
         if (wake > h->next_reclaim_ms)
             wake = h->next_reclaim_ms;
-        int64_t left_ms = deadline == INT64_MAX
-                              ? INT64_MAX
-                              : (deadline - evq__now_mono_ns()) / 1000000;
-        int block = 0;
-        if (timeout_ms != 0) {
-            int64_t until = wake - now;
-            if (left_ms < until)
-                until = left_ms;
-            /* Short slices: an interrupt that misses the blocking read is
-             * seen within one. */
-            block = until <= 0 ? 1 : until > 500 ? 500 : (int)until;
+        if (!rc) {
+            int64_t left_ms = deadline == INT64_MAX
+                                  ? INT64_MAX
+                                  : (deadline - evq__now_mono_ns()) / 1000000;
+            int block = -1; /* -1: do not block */
+            if (timeout_ms != 0) {
+                int64_t until = wake - now;
+                if (left_ms < until)
+                    until = left_ms;
+                /* Short slices: an interrupt that misses the blocking read
+                 * is seen within one. */
+                block = until <= 0 ? 1 : until > 500 ? 500 : (int)until;
+            }
+            flush_acks_now(h);
+            if (!take_buffered_peek(h))
+                rc = read_new(h, block);
         }
-        rc = read_new(h, timeout_ms == 0 ? -1 : block);
+        pthread_mutex_unlock(&h->rd_mu);
+        if (take_buffered(h, d))
+            return 0;
         if (rc == EVQ_ECONN && timeout_ms != 0) {
             /* Server away: wait a little and try again until the deadline. */
             struct timespec pause = {0, 200 * 1000000};
             nanosleep(&pause, NULL);
         } else if (rc) {
-            break;
+            return rc;
         }
-        if (h->n_buf > 0) {
-            deliver(h, d);
-            rc = 0;
-            break;
-        }
-        if (timeout_ms == 0 || evq__now_mono_ns() >= deadline) {
-            rc = rc ? rc
-                    : evq__err(EVQ_ETIMEDOUT, "no event within %d ms",
-                               timeout_ms);
-            break;
-        }
+        if (timeout_ms == 0 || evq__now_mono_ns() >= deadline)
+            return rc ? rc
+                      : evq__err(EVQ_ETIMEDOUT, "no event within %d ms",
+                                 timeout_ms);
     }
-    pthread_mutex_unlock(&h->rd_mu);
-    return rc;
 }
 
 /* ---- settle
@@ -699,11 +808,22 @@ static int redis_ack(void *state, evq__delivery *d)
 {
     rhandle *h = state;
     rmsg *m = d->token;
-    const char *a1[] = {"XACK", h->stream, "evq", m->id};
-    const char *a2[] = {"XDEL", h->stream, m->id};
-    int argc[] = {4, 3};
-    const char **argv[] = {a1, a2};
-    int rc = run_tx(h, 2, argc, argv, NULL, "ack");
+    int rc = 0;
+
+    pthread_mutex_lock(&h->cmd_mu);
+    if (evq__grow(&h->acks, &h->cap_acks, h->n_acks, sizeof *h->acks)) {
+        rc = EVQ_ENOMEM;
+    } else {
+        int64_t now = now_ms();
+        if (h->n_acks == 0)
+            h->oldest_ack_ms = now;
+        memcpy(h->acks[h->n_acks++], m->id, sizeof m->id);
+        if (h->ack_flush_ms == 0 || h->n_acks >= 256 ||
+            now - h->oldest_ack_ms >= h->ack_flush_ms ||
+            atomic_load(&h->interrupted))
+            rc = flush_acks(h);
+    }
+    pthread_mutex_unlock(&h->cmd_mu);
     free(m);
     return rc;
 }
@@ -750,29 +870,22 @@ static int redis_nack(void *state, evq__delivery *d, int64_t delay_ms)
         rc = run_tx(h, 3, argc, argv, lens, "nack");
         free(member);
         /* Due soon: let the next dequeue look for it in time. */
-        pthread_mutex_lock(&h->rd_mu);
-        if (h->next_promote_ms > now_ms() + delay_ms)
-            h->next_promote_ms = now_ms() + delay_ms;
-        pthread_mutex_unlock(&h->rd_mu);
+        int64_t due_ms = now_ms() + delay_ms;
+        int64_t cur = atomic_load(&h->next_promote_ms);
+        while (cur > due_ms &&
+               !atomic_compare_exchange_weak(&h->next_promote_ms, &cur, due_ms))
+            ;
     }
     free(m);
     return rc;
 }
 
-static int redis_interrupt(void *state)
+/* Returns to the stream what was read but never delivered: re-added with
+ * its attempt count unchanged, the read entry acked and deleted, in one
+ * transaction (takes buf_mu, then cmd_mu). */
+static void hand_back(rhandle *h)
 {
-    rhandle *h = state;
-    atomic_store(&h->interrupted, true);
-    if (h->rd_client_id > 0) {
-        char id[32];
-        snprintf(id, sizeof id, "%lld", h->rd_client_id);
-        const char *argv[] = {"CLIENT", "UNBLOCK", id};
-        redisReply *r;
-        if (run(h, 3, argv, NULL, &r, "CLIENT UNBLOCK") == 0)
-            freeReplyObject(r);
-    }
-    /* Hand back what was read but never delivered. */
-    pthread_mutex_lock(&h->rd_mu);
+    pthread_mutex_lock(&h->buf_mu);
     for (size_t i = 0; i < h->n_buf; i++) {
         rmsg *m = h->buf[h->head_buf + i];
         const char *xadd[] = {
@@ -794,7 +907,23 @@ static int redis_interrupt(void *state)
     }
     h->n_buf = 0;
     h->head_buf = 0;
-    pthread_mutex_unlock(&h->rd_mu);
+    pthread_mutex_unlock(&h->buf_mu);
+}
+
+static int redis_interrupt(void *state)
+{
+    rhandle *h = state;
+    atomic_store(&h->interrupted, true);
+    if (h->rd_client_id > 0) {
+        char id[32];
+        snprintf(id, sizeof id, "%lld", h->rd_client_id);
+        const char *argv[] = {"CLIENT", "UNBLOCK", id};
+        redisReply *r;
+        if (run(h, 3, argv, NULL, &r, "CLIENT UNBLOCK") == 0)
+            freeReplyObject(r);
+    }
+    flush_acks_now(h);
+    hand_back(h);
     return 0;
 }
 
@@ -806,6 +935,7 @@ static int redis_stats(void *state, struct evq_queue_stats *out)
     const char *xpend[] = {"XPENDING", h->stream, "evq"};
     const char *zcard[] = {"ZCARD", h->delayed};
     long long len = 0, pending = 0;
+    flush_acks_now(h);
     int rc = run(h, 2, xlen, NULL, &r, "XLEN");
     if (rc)
         return rc;
