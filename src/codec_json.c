@@ -104,6 +104,9 @@ static int json_encode(const evq_event *ev, const evq_codec_limits *lim,
                         lim->max_depth);
     if (ev->has_time)
         evq__time_format(ev->time_ns, time_buf);
+    /* One allocation for the common case: attributes plus a small payload. */
+    if (evq__buf_reserve(&b, 512))
+        goto oom;
     if (evq__buf_append(&b, "{", 1) ||
         put_member(&b, "specversion", "1.0", true) ||
         put_member(&b, "id", ev->id, true) ||

@@ -306,6 +306,18 @@ bad:
     return evq__err(EVQ_EINVAL, "time '%.40s' is not an RFC 3339 timestamp", s);
 }
 
+/* Writes n decimal digits of v, zero-padded. */
+static char *put_digits(char *p, unsigned long long v, int n)
+{
+    for (int i = n - 1; i >= 0; i--) {
+        p[i] = (char)('0' + v % 10);
+        v /= 10;
+    }
+    return p + n;
+}
+
+/* By hand rather than snprintf: every encoded event carries a time, and
+ * formatting it was a tenth of the cost of encoding one. */
 void evq__time_format(int64_t ns, char *buf)
 {
     int64_t secs = ns / 1000000000;
@@ -323,19 +335,29 @@ void evq__time_format(int64_t ns, char *buf)
         days--;
     }
     civil_from_days(days, &y, &mo, &d);
-    int n =
-        snprintf(buf, EVQ__TIME_BUF, "%04d-%02u-%02uT%02d:%02d:%02d", y, mo, d,
-                 (int)(rem / 3600), (int)(rem / 60 % 60), (int)(rem % 60));
+    /* int64 nanoseconds span the years 1677 to 2262: always four digits */
+    char *p = put_digits(buf, (unsigned)y, 4);
+    *p++ = '-';
+    p = put_digits(p, mo, 2);
+    *p++ = '-';
+    p = put_digits(p, d, 2);
+    *p++ = 'T';
+    p = put_digits(p, (unsigned long long)(rem / 3600), 2);
+    *p++ = ':';
+    p = put_digits(p, (unsigned long long)(rem / 60 % 60), 2);
+    *p++ = ':';
+    p = put_digits(p, (unsigned long long)(rem % 60), 2);
     if (frac) {
         int w = 9;
         while (frac % 1000 == 0) {
             frac /= 1000;
             w -= 3;
         }
-        n += snprintf(buf + n, (size_t)(EVQ__TIME_BUF - n), ".%0*lld", w,
-                      (long long)frac);
+        *p++ = '.';
+        p = put_digits(p, (unsigned long long)frac, w);
     }
-    snprintf(buf + n, (size_t)(EVQ__TIME_BUF - n), "Z");
+    *p++ = 'Z';
+    *p = '\0';
 }
 
 int evq__grow(void *arrayp, size_t *cap, size_t n, size_t elem)
