@@ -58,6 +58,7 @@ check-install: build
 # Throughput, latency and memory of memory://, beside the mutex ring baseline.
 bench: build
 	bench/run.sh $(BUILD)
+	bench/redis.sh $(BUILD)
 
 format:
 	clang-format -i include/*.h src/*.c src/*.h src/backends/*.c \

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# redis:// side by side, on one redis-server started for the run:
+# redis-benchmark's own pipelined XADD, evq bench, and BullMQ (installed
+# from npm into bench/bullmq on first use).
+#   bench/redis.sh [BUILD_DIR] [EVENTS]
+set -euo pipefail
+build=${1:-build}
+events=${2:-200000}
+here=$(cd "$(dirname "$0")" && pwd)
+if [ "${EVQ_IN_SERVICE:-}" != 1 ]; then
+  exec env EVQ_IN_SERVICE=1 "$here/../scripts/services.sh" run redis -- \
+    "$here/redis.sh" "$build" "$events" @REDIS_PORT@
+fi
+port=$3
+echo "redis-server $(redis-server --version | grep -o 'v=[0-9.]*'), $(nproc) cores, $events events of 100 bytes"
+rb=$(redis-benchmark -p "$port" -q -n "$events" -P 64 -d 100 XADD evq:rb '*' b __data__ a 0 2>&1 |
+     tr '\r' '\n' | grep -o '[0-9.]* requests per second' | tail -1 | cut -d' ' -f1)
+echo "redis-benchmark XADD -P 64:     $rb per second"
+redis-cli -p "$port" DEL evq:rb >/dev/null
+for w in 1 4; do
+  printf 'evq bench, batches of 64, %s worker thread(s): ' "$w"
+  "$build/evq" bench "redis://127.0.0.1:$port" --events "$events" --batch 64 --workers "$w" --json
+done
+if command -v node >/dev/null && command -v npm >/dev/null; then
+  if [ ! -d "$here/bullmq/node_modules/bullmq" ]; then
+    (cd "$here/bullmq" && npm install --no-audit --no-fund --silent >/dev/null 2>&1) ||
+      { echo "BullMQ: npm install failed"; exit 0; }
+  fi
+  printf 'BullMQ, concurrency 50:        '
+  node "$here/bullmq/bullmq_bench.mjs" "$port" $(( events / 4 ))
+else
+  echo "BullMQ: node and npm are not installed"
+fi
