@@ -65,6 +65,12 @@ void evq__time_format(int64_t ns, char *buf);
  * bytes each, doubling *cap as needed.  EVQ_ENOMEM leaves it unchanged. */
 int evq__grow(void *arrayp, size_t *cap, size_t n, size_t elem);
 
+/* Whether acks held for a group commit should go now: when flush_ms is 0,
+ * 256 are waiting, the oldest waited flush_ms, or the handle was
+ * interrupted (no later dequeue will carry them along). */
+bool evq__flush_due(size_t pending, int64_t oldest_ms, int64_t now_ms,
+                    int flush_ms, bool interrupted);
+
 /* Growable byte buffer. */
 typedef struct evq__buf {
     unsigned char *p;
@@ -270,7 +276,6 @@ const struct evq_backend_ops *evq__backend_find(const char *scheme);
 extern const struct evq_backend_ops evq__backend_memory;
 extern const struct evq_backend_ops evq__backend_sqlite;
 extern const struct evq_backend_ops evq__backend_redis;
-extern const struct evq_backend_ops evq__backend_redis_unix;
 /* Enqueues bytes as they are, bypassing the codec (tests and tools that need
  * to put foreign or broken messages on a queue opened with a format). */
 int evq__enqueue_raw(evq_queue *q, const void *bytes, size_t len);

@@ -42,18 +42,22 @@ struct evq_msg {
     evq__delivery d;
 };
 
-static const struct evq_backend_ops *const backends[] = {
-    &evq__backend_memory,
-    &evq__backend_sqlite,
-    &evq__backend_redis,
-    &evq__backend_redis_unix,
+/* URL schemes and the backend each selects. */
+static const struct {
+    const char *scheme;
+    const struct evq_backend_ops *ops;
+} backends[] = {
+    {"memory", &evq__backend_memory},
+    {"sqlite", &evq__backend_sqlite},
+    {"redis", &evq__backend_redis},
+    {"redis+unix", &evq__backend_redis},
 };
 
 const struct evq_backend_ops *evq__backend_find(const char *scheme)
 {
     for (size_t i = 0; i < sizeof backends / sizeof backends[0]; i++) {
-        if (strcmp(backends[i]->scheme, scheme) == 0)
-            return backends[i];
+        if (strcmp(backends[i].scheme, scheme) == 0)
+            return backends[i].ops;
     }
     return NULL;
 }

@@ -360,6 +360,13 @@ void evq__time_format(int64_t ns, char *buf)
     *p = '\0';
 }
 
+bool evq__flush_due(size_t pending, int64_t oldest_ms, int64_t now_ms,
+                    int flush_ms, bool interrupted)
+{
+    return pending > 0 && (flush_ms == 0 || pending >= 256 ||
+                           now_ms - oldest_ms >= flush_ms || interrupted);
+}
+
 int evq__grow(void *arrayp, size_t *cap, size_t n, size_t elem)
 {
     void **array = arrayp;

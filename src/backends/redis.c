@@ -818,9 +818,8 @@ static int redis_ack(void *state, evq__delivery *d)
         if (h->n_acks == 0)
             h->oldest_ack_ms = now;
         memcpy(h->acks[h->n_acks++], m->id, sizeof m->id);
-        if (h->ack_flush_ms == 0 || h->n_acks >= 256 ||
-            now - h->oldest_ack_ms >= h->ack_flush_ms ||
-            atomic_load(&h->interrupted))
+        if (evq__flush_due(h->n_acks, h->oldest_ack_ms, now, h->ack_flush_ms,
+                           atomic_load(&h->interrupted)))
             rc = flush_acks(h);
     }
     pthread_mutex_unlock(&h->cmd_mu);
@@ -958,20 +957,6 @@ static int redis_stats(void *state, struct evq_queue_stats *out)
 
 const struct evq_backend_ops evq__backend_redis = {
     .scheme = "redis",
-    .flags = 0,
-    .opts = redis_opts,
-    .open = redis_open,
-    .enqueue = redis_enqueue,
-    .dequeue = redis_dequeue,
-    .ack = redis_ack,
-    .nack = redis_nack,
-    .interrupt = redis_interrupt,
-    .stats = redis_stats,
-    .close = redis_close,
-};
-
-const struct evq_backend_ops evq__backend_redis_unix = {
-    .scheme = "redis+unix",
     .flags = 0,
     .opts = redis_opts,
     .open = redis_open,

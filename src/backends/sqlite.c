@@ -893,10 +893,8 @@ static int sqlite_ack(void *state, evq__delivery *d)
         h->acks[h->n_acks].id = m->id;
         h->acks[h->n_acks].claim = m->claim;
         h->n_acks++;
-        /* After an interrupt no dequeue comes to carry the acks along. */
-        if (h->ack_flush_ms == 0 || h->n_acks >= 256 ||
-            now - h->oldest_ack_ms >= h->ack_flush_ms ||
-            atomic_load(&h->interrupted))
+        if (evq__flush_due(h->n_acks, h->oldest_ack_ms, now, h->ack_flush_ms,
+                           atomic_load(&h->interrupted)))
             rc = flush_acks(h);
     }
     pthread_mutex_unlock(&h->mu);
