@@ -730,7 +730,7 @@ static int redis_dequeue(void *state, evq__delivery *d, int timeout_ms)
 {
     rhandle *h = state;
     int64_t deadline = evq__deadline_ns(timeout_ms);
-    int rc = 0;
+    int rc = 0, away = 0;
 
     for (;;) {
         if (atomic_load(&h->interrupted))
@@ -788,8 +788,17 @@ static int redis_dequeue(void *state, evq__delivery *d, int timeout_ms)
         if (take_buffered(h, d))
             return 0;
         if (rc == EVQ_ECONN && timeout_ms != 0) {
-            /* Server away: wait a little and try again until the deadline. */
-            struct timespec pause = {0, 200 * 1000000};
+            /* Server away: retry with backoff (50 ms doubling to 2 s, never
+             * past the deadline) until it is back or time is up. */
+            int64_t pause_ms = 50LL << (away < 5 ? away : 5);
+            away++;
+            if (pause_ms > 2000)
+                pause_ms = 2000;
+            int64_t left = (deadline - evq__now_mono_ns()) / 1000000;
+            if (deadline != INT64_MAX && left < pause_ms)
+                pause_ms = left > 0 ? left : 0;
+            struct timespec pause = {(time_t)(pause_ms / 1000),
+                                     (long)(pause_ms % 1000) * 1000000};
             nanosleep(&pause, NULL);
         } else if (rc) {
             return rc;
