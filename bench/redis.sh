@@ -17,9 +17,12 @@ rb=$(redis-benchmark -p "$port" -q -n "$events" -P 64 -d 100 XADD evq:rb '*' b _
      tr '\r' '\n' | grep -o '[0-9.]* requests per second' | tail -1 | cut -d' ' -f1)
 echo "redis-benchmark XADD -P 64:     $rb per second"
 redis-cli -p "$port" DEL evq:rb >/dev/null
-for w in 1 4; do
-  printf 'evq bench, batches of 64, %s worker thread(s): ' "$w"
-  "$build/evq" bench "redis://127.0.0.1:$port" --events "$events" --batch 64 --workers "$w" --json
+for fmt in json msgpack; do
+  for w in 1 4; do
+    printf 'evq bench, %s, batches of 64, %s worker thread(s): ' "$fmt" "$w"
+    "$build/evq" bench "redis://127.0.0.1:$port?format=$fmt" --events "$events" \
+      --batch 64 --workers "$w" --json
+  done
 done
 if command -v node >/dev/null && command -v npm >/dev/null; then
   if [ ! -d "$here/bullmq/node_modules/bullmq" ]; then
