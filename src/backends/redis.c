@@ -447,13 +447,14 @@ static int redis_enqueue(void *state, const evq__item *items, size_t n)
     const char ***argv = calloc(n, sizeof *argv);
     size_t **lens = calloc(n, sizeof *lens);
     char(*nums)[2][32] = calloc(n, sizeof *nums);
+    char **members = calloc(n, sizeof *members); /* ZADD members we own */
     int rc = 0;
 
     if (atomic_load(&h->interrupted)) {
         rc = evq__err(EVQ_ECLOSED, "queue interrupted");
         goto out;
     }
-    if (!argc || !argv || !lens || !nums) {
+    if (!argc || !argv || !lens || !nums || !members) {
         rc = evq__err(EVQ_ENOMEM, "out of memory");
         goto out;
     }
@@ -468,7 +469,7 @@ static int redis_enqueue(void *state, const evq__item *items, size_t n)
         int k = 0;
         if (items[i].delay_ms > 0) {
             /* member: <nonce>:<attempts>:<body> */
-            char *m = malloc(items[i].len + 48);
+            char *m = members[i] = malloc(items[i].len + 48);
             if (!m) {
                 rc = evq__err(EVQ_ENOMEM, "out of memory");
                 break;
@@ -512,13 +513,15 @@ static int redis_enqueue(void *state, const evq__item *items, size_t n)
         }
     }
 out:
-    for (size_t i = 0; argv && i < n; i++) {
-        if (argv[i] && argc[i] == 4 && strcmp(argv[i][0], "ZADD") == 0)
-            free((void *)argv[i][3]);
-        free(argv[i]);
+    for (size_t i = 0; i < n; i++) {
+        if (members)
+            free(members[i]);
+        if (argv)
+            free(argv[i]);
         if (lens)
             free(lens[i]);
     }
+    free(members);
     free(argc);
     free(argv);
     free(lens);
