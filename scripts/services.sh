@@ -10,10 +10,14 @@ set -euo pipefail
 
 die() { echo "services.sh: $*" >&2; exit 2; }
 
+# A port below the kernel's ephemeral range, so no outgoing connection can
+# be holding it, and nothing is listening on it now.
 free_port() {
-  local port
+  local port low
+  low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+  [ "$low" -gt 12000 ] || low=32768
   for _ in $(seq 1 100); do
-    port=$(( 20000 + (RANDOM * 32768 + RANDOM) % 40000 ))
+    port=$(( 10000 + (RANDOM * 32768 + RANDOM) % (low - 10000) ))
     if ! (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
       echo "$port"
       return
@@ -22,15 +26,19 @@ free_port() {
   die "no free port found"
 }
 
-start_redis() { # dir port fsync
+start_redis() { # dir port fsync; returns 1 when the port was taken
   local dir=$1 port=$2 fsync=$3
   command -v redis-server >/dev/null || die "redis-server is not installed (scripts/deps.sh installs it)"
+  rm -f "$dir/redis.log"
   redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" --save '' \
     --appendonly yes --appendfsync "$fsync" --daemonize yes \
     --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" >/dev/null
   for _ in $(seq 1 100); do
     if redis-cli -p "$port" ping 2>/dev/null | grep -q PONG; then
-      return
+      return 0
+    fi
+    if grep -q "Failed listening" "$dir/redis.log" 2>/dev/null; then
+      return 1
     fi
     sleep 0.05
   done
@@ -71,8 +79,15 @@ trap cleanup EXIT
 
 case $service in
   redis)
-    port=$(free_port)
-    start_redis "$dir" "$port" "$fsync"
+    # Another test may take the same port between the check and the bind:
+    # then pick again.
+    for attempt in 1 2 3 4 5; do
+      port=$(free_port)
+      if start_redis "$dir" "$port" "$fsync"; then
+        break
+      fi
+      [ "$attempt" -lt 5 ] || die "redis-server found no free port"
+    done
     url="redis://127.0.0.1:$port"
     ;;
   *) die "unknown service '$service'" ;;
