@@ -270,9 +270,10 @@ struct evq_queue_stats {
 };
 
 /* Opens queue `name` on the backend chosen by the scheme of `url`
- * ("memory://", later "sqlite://", "redis://", "nats://", "kafka://").
+ * ("memory://", "sqlite://", "redis://", "redis+unix://").
  * Options every queue accepts: format (codec name; memory:// passes events
- * by reference when unset), max_event_bytes, max_depth.  `opts` may be NULL
+ * by reference when unset, the others default to json), max_event_bytes,
+ * max_depth, dead_letter; evq_options_help() lists each backend's own.  `opts` may be NULL
  * and is copied.  On success *q is a new handle owned by the caller (close it
  * with evq_queue_close); on failure *q is NULL and the code is EVQ_EINVAL
  * (bad or unknown-scheme URL, bad name or option, named in evq_errmsg) or
