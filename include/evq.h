@@ -273,11 +273,11 @@ struct evq_queue_stats {
  * ("memory://", "sqlite://", "redis://", "redis+unix://").
  * Options every queue accepts: format (codec name; memory:// passes events
  * by reference when unset, the others default to json), max_event_bytes,
- * max_depth, dead_letter; evq_options_help() lists each backend's own.  `opts` may be NULL
- * and is copied.  On success *q is a new handle owned by the caller (close it
- * with evq_queue_close); on failure *q is NULL and the code is EVQ_EINVAL
- * (bad or unknown-scheme URL, bad name or option, named in evq_errmsg) or
- * the backend's error.  Queue names are 1 to 200 characters of
+ * max_depth, dead_letter; evq_options_help() lists each backend's own.  `opts`
+ * may be NULL and is copied.  On success *q is a new handle owned by the caller
+ * (close it with evq_queue_close); on failure *q is NULL and the code is
+ * EVQ_EINVAL (bad or unknown-scheme URL, bad name or option, named in
+ * evq_errmsg) or the backend's error.  Queue names are 1 to 200 characters of
  * [A-Za-z0-9._-].  Any thread. */
 EVQ_API int evq_queue_open(evq_queue **q, const char *url, const char *name,
                            const evq_opts *opts);

@@ -67,70 +67,69 @@ typedef struct sqmsg {
     unsigned char body[];
 } sqmsg;
 
-/* What handles of one file and queue in this process share to wake each
- * other. */
-typedef struct sqwake {
-    struct sqwake *next;
+/* What the handles of this process share, found by a key and counted:
+ * per database file (key: the path), the gate its writers take turns
+ * through before asking SQLite for the write lock, so they queue on a mutex
+ * instead of SQLite's busy retries (which only other processes then meet);
+ * per file and queue (key: path, newline, queue), the condition variable
+ * with which enqueue and nack wake that queue's waiting dequeues. */
+typedef struct sqshared {
+    struct sqshared *next;
     char *key;
     int refs;
-    pthread_mutex_t mu;
+    pthread_mutex_t mu; /* the gate, or the lock of cv and gen */
     pthread_cond_t cv;
     uint64_t gen;
-} sqwake;
+} sqshared;
 
-static pthread_mutex_t wake_lock = PTHREAD_MUTEX_INITIALIZER;
-static sqwake *wakes;
+static pthread_mutex_t shared_lock = PTHREAD_MUTEX_INITIALIZER;
+static sqshared *shareds;
 
-/* One per database file in this process: writers of the process take turns
- * through `gate` before asking SQLite for the write lock, so they queue on a
- * mutex instead of SQLite's busy retries (which only other processes then
- * meet). */
-typedef struct sqfile {
-    struct sqfile *next;
-    char *path;
-    int refs;
-    pthread_mutex_t gate;
-} sqfile;
-
-static sqfile *files; /* under wake_lock */
-
-static sqfile *file_get(const char *path)
+static sqshared *shared_get(const char *key)
 {
-    sqfile *f;
-    pthread_mutex_lock(&wake_lock);
-    for (f = files; f && strcmp(f->path, path) != 0; f = f->next)
+    sqshared *x;
+    pthread_mutex_lock(&shared_lock);
+    for (x = shareds; x && strcmp(x->key, key) != 0; x = x->next)
         ;
-    if (!f && (f = calloc(1, sizeof *f)) != NULL) {
-        if (!(f->path = evq__strdup(path))) {
-            free(f);
-            f = NULL;
+    if (!x && (x = calloc(1, sizeof *x)) != NULL) {
+        if (!(x->key = evq__strdup(key))) {
+            free(x);
+            x = NULL;
         } else {
-            pthread_mutex_init(&f->gate, NULL);
-            f->next = files;
-            files = f;
+            pthread_condattr_t ca;
+            pthread_condattr_init(&ca);
+            pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+            pthread_cond_init(&x->cv, &ca);
+            pthread_condattr_destroy(&ca);
+            pthread_mutex_init(&x->mu, NULL);
+            x->next = shareds;
+            shareds = x;
         }
     }
-    if (f)
-        f->refs++;
-    pthread_mutex_unlock(&wake_lock);
-    return f;
+    if (x)
+        x->refs++;
+    pthread_mutex_unlock(&shared_lock);
+    return x;
 }
 
-static void file_put(sqfile *f)
+static void shared_put(sqshared *x)
 {
-    pthread_mutex_lock(&wake_lock);
-    if (--f->refs == 0) {
-        for (sqfile **pp = &files; *pp; pp = &(*pp)->next) {
-            if (*pp == f) {
-                *pp = f->next;
+    if (!x)
+        return;
+    pthread_mutex_lock(&shared_lock);
+    if (--x->refs == 0) {
+        for (sqshared **pp = &shareds; *pp; pp = &(*pp)->next) {
+            if (*pp == x) {
+                *pp = x->next;
                 break;
             }
         }
-        pthread_mutex_destroy(&f->gate);
-        free(f->path);
-        free(f);
+        pthread_mutex_destroy(&x->mu);
+        pthread_cond_destroy(&x->cv);
+        free(x->key);
+        free(x);
     }
-    pthread_mutex_unlock(&wake_lock);
+    pthread_mutex_unlock(&shared_lock);
 }
 
 enum {
@@ -191,8 +190,8 @@ typedef struct sqhandle {
     sqlite3_stmt *st[S_COUNT];
     char *queue;
     char *path;
-    sqwake *wake;
-    sqfile *file;
+    sqshared *wake; /* this file and queue */
+    sqshared *file; /* this file: its mu is the writers' gate */
     int64_t vt_ms;
     int poll_ms;
     int claim_batch;
@@ -266,10 +265,10 @@ static void rollback(sqhandle *h)
 /* Starts a write transaction (mu held), through the file's gate. */
 static int tx_begin(sqhandle *h)
 {
-    pthread_mutex_lock(&h->file->gate);
+    pthread_mutex_lock(&h->file->mu);
     int rc = step_done(h, S_BEGIN, "begin");
     if (rc)
-        pthread_mutex_unlock(&h->file->gate);
+        pthread_mutex_unlock(&h->file->mu);
     return rc;
 }
 
@@ -280,7 +279,7 @@ static int tx_end(sqhandle *h, int rc)
         rc = step_done(h, S_COMMIT, "commit");
     if (rc)
         rollback(h);
-    pthread_mutex_unlock(&h->file->gate);
+    pthread_mutex_unlock(&h->file->mu);
     return rc;
 }
 
@@ -383,54 +382,7 @@ static int ensure_schema(sqlite3 *db, const char *path)
 
 /* ---- wake-ups between handles of this process -------------------------- */
 
-static sqwake *wake_get(const char *path, const char *queue)
-{
-    char key[PATH_MAX + 256];
-    sqwake *w;
-    snprintf(key, sizeof key, "%s\n%s", path, queue);
-    pthread_mutex_lock(&wake_lock);
-    for (w = wakes; w && strcmp(w->key, key) != 0; w = w->next)
-        ;
-    if (!w && (w = calloc(1, sizeof *w)) != NULL) {
-        if (!(w->key = evq__strdup(key))) {
-            free(w);
-            w = NULL;
-        } else {
-            pthread_condattr_t ca;
-            pthread_condattr_init(&ca);
-            pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-            pthread_cond_init(&w->cv, &ca);
-            pthread_condattr_destroy(&ca);
-            pthread_mutex_init(&w->mu, NULL);
-            w->next = wakes;
-            wakes = w;
-        }
-    }
-    if (w)
-        w->refs++;
-    pthread_mutex_unlock(&wake_lock);
-    return w;
-}
-
-static void wake_put(sqwake *w)
-{
-    pthread_mutex_lock(&wake_lock);
-    if (--w->refs == 0) {
-        for (sqwake **pp = &wakes; *pp; pp = &(*pp)->next) {
-            if (*pp == w) {
-                *pp = w->next;
-                break;
-            }
-        }
-        pthread_mutex_destroy(&w->mu);
-        pthread_cond_destroy(&w->cv);
-        free(w->key);
-        free(w);
-    }
-    pthread_mutex_unlock(&wake_lock);
-}
-
-static void wake_all(sqwake *w)
+static void wake_all(sqshared *w)
 {
     pthread_mutex_lock(&w->mu);
     w->gen++;
@@ -564,7 +516,9 @@ static int sqlite_open(void **state, const evq__url *url, const char *name,
             return rc;
         }
     }
-    if (!(h->wake = wake_get(path, name)) || !(h->file = file_get(path))) {
+    char key[PATH_MAX + 256];
+    snprintf(key, sizeof key, "%s\n%s", path, name);
+    if (!(h->wake = shared_get(key)) || !(h->file = shared_get(path))) {
         sqlite_close(h);
         return evq__err(EVQ_ENOMEM, "out of memory");
     }
@@ -630,10 +584,8 @@ static void sqlite_close(void *state)
     }
     for (size_t i = 0; i < h->n_ready; i++)
         free(h->ready[(h->head_ready + i) % h->cap_ready]);
-    if (h->wake)
-        wake_put(h->wake);
-    if (h->file)
-        file_put(h->file);
+    shared_put(h->wake);
+    shared_put(h->file);
     free(h->ready);
     free(h->acks);
     free(h->queue);
