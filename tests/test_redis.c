@@ -173,20 +173,7 @@ static void a_dead_consumers_events_are_taken_over(void **state)
         assert_evq_ok(evq_enqueue(q, ev));
         evq_event_free(ev);
     }
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        evq_queue *cq;
-        evq_msg *cm;
-        if (evq_queue_open(&cq, vurl, "takeover", NULL) ||
-            evq_dequeue(cq, &cm, 5000))
-            _exit(1);
-        kill(getpid(), SIGKILL);
-        _exit(2);
-    }
-    int status;
-    waitpid(pid, &status, 0);
-    assert_true(WIFSIGNALED(status));
+    consume_one_and_die(vurl, "takeover");
     int seen = 0, second = 0;
     int64_t t0 = now_ms();
     while (seen < 5) {

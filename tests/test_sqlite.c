@@ -197,20 +197,7 @@ static void a_dead_consumers_events_come_back(void **state)
     enqueue_n(q, 3);
 
     /* A consumer process takes an event and dies without acking. */
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        evq_queue *cq;
-        evq_msg *cm;
-        if (evq_queue_open(&cq, url, "jobs", NULL) ||
-            evq_dequeue(cq, &cm, 5000))
-            _exit(1);
-        kill(getpid(), SIGKILL);
-        _exit(2);
-    }
-    int status;
-    waitpid(pid, &status, 0);
-    assert_true(WIFSIGNALED(status));
+    consume_one_and_die(url, "jobs");
 
     /* Its claim (a batch) hides the events until the timeout passes. */
     int64_t t0 = now_ms();

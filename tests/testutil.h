@@ -6,6 +6,7 @@
 #define EVQ_TESTUTIL_H
 
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -16,6 +17,8 @@
 #include <time.h>
 
 #include <cmocka.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "evq.h"
 
@@ -68,6 +71,25 @@ static inline bool eventually(bool (*cond)(void *), void *arg, int timeout_ms)
         nanosleep(&ms, NULL);
     }
     return true;
+}
+
+/* Forks a consumer process that opens `queue` on `url`, takes one event
+ * and is killed with SIGKILL before it can ack; asserts it died so. */
+static inline void consume_one_and_die(const char *url, const char *queue)
+{
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        evq_queue *q;
+        evq_msg *m;
+        if (evq_queue_open(&q, url, queue, NULL) || evq_dequeue(q, &m, 5000))
+            _exit(1);
+        kill(getpid(), SIGKILL);
+        _exit(2);
+    }
+    int status;
+    waitpid(pid, &status, 0);
+    assert_true(WIFSIGNALED(status));
 }
 
 #endif
