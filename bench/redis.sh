@@ -17,11 +17,15 @@ rb=$(redis-benchmark -p "$port" -q -n "$events" -P 64 -d 100 XADD evq:rb '*' b _
      tr '\r' '\n' | grep -o '[0-9.]* requests per second' | tail -1 | cut -d' ' -f1)
 echo "redis-benchmark XADD -P 64:     $rb per second"
 redis-cli -p "$port" DEL evq:rb >/dev/null
+# redis-benchmark runs 50 clients; evq's producers are threads sharing one
+# queue handle (and its redis.connections command connections).
 for fmt in json msgpack; do
-  for w in 1 4; do
-    printf 'evq bench, %s, batches of 64, %s worker thread(s): ' "$fmt" "$w"
+  for pw in "1 1" "4 4"; do
+    set -- $pw
+    printf 'evq bench, %s, batches of 64, %s producer(s), %s worker thread(s): ' \
+      "$fmt" "$1" "$2"
     "$build/evq" bench "redis://127.0.0.1:$port?format=$fmt" --events "$events" \
-      --batch 64 --workers "$w" --json
+      --batch 64 --producers "$1" --workers "$2" --json
   done
 done
 if command -v node >/dev/null && command -v npm >/dev/null; then

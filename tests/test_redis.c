@@ -192,6 +192,106 @@ static void a_dead_consumers_events_are_taken_over(void **state)
     evq_queue_close(q);
 }
 
+/* ---- batches, shared handles, read-ahead ------------------------------- */
+
+static void enqueue_ints(evq_queue *q, int from, int n)
+{
+    evq_event *evs[64];
+    for (int i = 0; i < n; i++)
+        evs[i] = evq_event_new("t", json_integer(from + i));
+    assert_evq_ok(
+        evq_enqueue_batch(q, (const evq_event *const *)evs, (size_t)n));
+    for (int i = 0; i < n; i++)
+        evq_event_free(evs[i]);
+}
+
+/* A consumer that read a full batch has asked for the next one already;
+ * closing it must give those entries back at once, not leave them pending
+ * until the visibility timeout. */
+static void close_hands_back_what_was_read_ahead(void **state)
+{
+    (void)state;
+    char u[512];
+    evq_queue *p, *c;
+    evq_msg *m;
+    url_with(u, sizeof u, "redis.prefetch=8&visibility_timeout_ms=600000");
+    assert_evq_ok(evq_queue_open(&p, u, "ahead", NULL));
+    for (int i = 0; i < 200; i += 50)
+        enqueue_ints(p, i, 50);
+    assert_evq_ok(evq_queue_open(&c, u, "ahead", NULL));
+    assert_evq_ok(evq_dequeue(c, &m, 5000));
+    assert_int_equal(json_integer_value(evq_event_data(evq_msg_event(m))), 0);
+    assert_evq_ok(evq_ack(m));
+    evq_queue_close(c);
+    /* every other event is ready again, once, on its first attempt */
+    bool seen[200] = {true};
+    for (int i = 1; i < 200; i++) {
+        assert_evq_ok(evq_dequeue(p, &m, 5000));
+        assert_int_equal(evq_event_attempt(evq_msg_event(m)), 1);
+        json_int_t v = json_integer_value(evq_event_data(evq_msg_event(m)));
+        assert_true(v > 0 && v < 200 && !seen[v]);
+        seen[v] = true;
+        assert_evq_ok(evq_ack(m));
+    }
+    assert_evq_err(evq_dequeue(p, &m, 0), EVQ_ETIMEDOUT);
+    struct evq_queue_stats st;
+    assert_evq_ok(evq_queue_stats(p, &st));
+    assert_int_equal(st.depth + st.in_flight, 0);
+    evq_queue_close(p);
+}
+
+struct sharer {
+    evq_queue *q;
+    int from;
+};
+
+static void *share_producer(void *arg)
+{
+    struct sharer *s = arg;
+    for (int i = 0; i < 2000; i += 50)
+        enqueue_ints(s->q, s->from + i, 50);
+    return NULL;
+}
+
+/* Threads sharing one handle enqueue in parallel over its connections
+ * (one is forced to be shared by two of them); every batch arrives whole
+ * and in its own order. */
+static void threads_sharing_a_handle_enqueue_in_parallel(void **state)
+{
+    (void)state;
+    for (int atomic = 0; atomic < 2; atomic++) {
+        char u[512], name[32];
+        evq_queue *q;
+        evq_msg *m;
+        url_with(u, sizeof u,
+                 atomic ? "redis.connections=3&redis.atomic_batches=true"
+                        : "redis.connections=3");
+        snprintf(name, sizeof name, "shared%d", atomic);
+        assert_evq_ok(evq_queue_open(&q, u, name, NULL));
+        pthread_t t[4];
+        struct sharer s[4];
+        for (int i = 0; i < 4; i++) {
+            s[i] = (struct sharer){q, i * 10000};
+            assert_int_equal(pthread_create(&t[i], NULL, share_producer, &s[i]),
+                             0);
+        }
+        for (int i = 0; i < 4; i++)
+            pthread_join(t[i], NULL);
+        int next[4] = {0, 0, 0, 0};
+        for (int i = 0; i < 8000; i++) {
+            assert_evq_ok(evq_dequeue(q, &m, 5000));
+            json_int_t v = json_integer_value(evq_event_data(evq_msg_event(m)));
+            int who = (int)(v / 10000);
+            assert_true(who >= 0 && who < 4);
+            assert_int_equal(v % 10000, next[who]); /* each thread in order */
+            next[who]++;
+            assert_evq_ok(evq_ack(m));
+        }
+        assert_evq_err(evq_dequeue(q, &m, 0), EVQ_ETIMEDOUT);
+        evq_queue_close(q);
+    }
+}
+
 /* ---- the server killed and restarted ----------------------------------- */
 
 #define OUTAGE_EVENTS 20000
@@ -316,6 +416,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(junk_goes_to_the_dead_letter_stream),
         cmocka_unit_test(bad_servers_and_credentials_are_clear_errors),
         cmocka_unit_test(a_dead_consumers_events_are_taken_over),
+        cmocka_unit_test(close_hands_back_what_was_read_ahead),
+        cmocka_unit_test(threads_sharing_a_handle_enqueue_in_parallel),
         cmocka_unit_test(a_server_restart_loses_no_accepted_event),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

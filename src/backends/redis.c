@@ -28,12 +28,15 @@
 
 #include <errno.h>
 #include <hiredis/hiredis.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
 #include <unistd.h>
+
+#define RCONN_MAX 64
 
 static const evq__opt_spec redis_opts[] = {
     {"visibility_timeout_ms", EVQ__OPT_INT, "30000", 100, 86400000, NULL,
@@ -46,6 +49,13 @@ static const evq__opt_spec redis_opts[] = {
     {"redis.maxlen", EVQ__OPT_INT, "0", 0, INT64_MAX, NULL,
      "trim each stream to about this many entries (0: never); trimming can "
      "drop entries that were never delivered"},
+    {"redis.atomic_batches", EVQ__OPT_BOOL, "false", 0, 0, NULL,
+     "send a batch as one MULTI/EXEC transaction: all of it stored or none "
+     "(about half the throughput of the plain pipeline, which on failure "
+     "may store a prefix)"},
+    {"redis.connections", EVQ__OPT_INT, "4", 1, RCONN_MAX, NULL,
+     "command connections per handle, so threads sharing it enqueue and "
+     "ack in parallel"},
     {"redis.ack_flush_ms", EVQ__OPT_INT, "5", 0, 10000, NULL,
      "longest an ack waits to be sent with others (0: each ack at once)"},
     {"redis.connect_timeout_ms", EVQ__OPT_INT, "5000", 1, 600000, NULL,
@@ -78,14 +88,23 @@ typedef struct rmsg {
     unsigned char body[];
 } rmsg;
 
+/* A command connection and the lock of its user. */
+typedef struct rconn {
+    pthread_mutex_t mu;
+    redisContext *c;
+} rconn;
+
 typedef struct rhandle {
-    pthread_mutex_t cmd_mu; /* guards cmd */
-    redisContext *cmd;
-    /* Lock order: rd_mu, then buf_mu, then cmd_mu. */
+    rconn conns[RCONN_MAX]; /* command connections, opened on first use */
+    int n_conns;
+    pthread_mutex_t ack_mu; /* guards the acks waiting */
+    /* Lock order: rd_mu, then buf_mu, then ack_mu, then a connection's. */
     pthread_mutex_t rd_mu;  /* guards rd and the reclaim state: the reader */
     pthread_mutex_t buf_mu; /* guards the buffer of read entries */
     redisContext *rd;
     long long rd_client_id;
+    bool rd_ahead; /* an XREADGROUP is sent, its answer not yet read */
+    bool opened;   /* open succeeded: close has acks and entries to settle */
     char *host, *user, *password, *unix_path;
     int port, db;
     struct timeval connect_tv, command_tv;
@@ -93,13 +112,15 @@ typedef struct rhandle {
     char consumer[128];
     int prefetch;
     long long maxlen;
+    bool atomic_batches;
+    char maxlen_s[24];
     int64_t vt_ms;
     rmsg **buf;
     size_t n_buf, head_buf, cap_buf;
     _Atomic int64_t next_promote_ms;
     int64_t next_reclaim_ms;
     char reclaim_cursor[48];
-    /* acks waiting to be sent (under cmd_mu) */
+    /* acks waiting to be sent (under ack_mu) */
     char (*acks)[48];
     size_t n_acks, cap_acks;
     int64_t oldest_ack_ms;
@@ -181,31 +202,57 @@ static int connect_one(rhandle *h, redisContext **out, bool blocking_reads)
     return 0;
 }
 
-/* The command connection, reconnected if it broke (cmd_mu held). */
-static int cmd_conn(rhandle *h)
+/* Takes a command connection: a free one if there is one, else this
+ * thread's own, waited for; connected (again) if need be.  NULL with *rc
+ * set when the server cannot be reached.  Give it back with conn_put(). */
+static rconn *conn_take(rhandle *h, int *rc)
 {
-    if (h->cmd && h->cmd->err) {
-        redisFree(h->cmd);
-        h->cmd = NULL;
+    static atomic_uint threads;
+    static _Thread_local unsigned slot = UINT_MAX;
+    if (slot == UINT_MAX)
+        slot = atomic_fetch_add(&threads, 1);
+    unsigned start = slot % (unsigned)h->n_conns;
+    rconn *k = NULL;
+    for (int i = 0; i < h->n_conns && !k; i++) {
+        rconn *t = &h->conns[(start + (unsigned)i) % (unsigned)h->n_conns];
+        if (pthread_mutex_trylock(&t->mu) == 0)
+            k = t;
     }
-    return h->cmd ? 0 : connect_one(h, &h->cmd, false);
+    if (!k) {
+        k = &h->conns[start];
+        pthread_mutex_lock(&k->mu);
+    }
+    if (k->c && k->c->err) {
+        redisFree(k->c);
+        k->c = NULL;
+    }
+    if (!k->c && (*rc = connect_one(h, &k->c, false)) != 0) {
+        pthread_mutex_unlock(&k->mu);
+        return NULL;
+    }
+    return k;
 }
 
-/* Runs one command on the command connection; *reply is the caller's. */
+static void conn_put(rconn *k)
+{
+    pthread_mutex_unlock(&k->mu);
+}
+
+/* Runs one command on a command connection; *reply is the caller's. */
 static int run(rhandle *h, int argc, const char **argv, const size_t *lens,
                redisReply **reply, const char *what)
 {
-    int rc;
+    int rc = 0;
     *reply = NULL;
-    pthread_mutex_lock(&h->cmd_mu);
-    if ((rc = cmd_conn(h)) == 0) {
-        *reply = command(h->cmd, argc, argv, lens);
+    rconn *k = conn_take(h, &rc);
+    if (k) {
+        *reply = command(k->c, argc, argv, lens);
         if (!*reply)
-            rc = conn_err(h, h->cmd, what);
+            rc = conn_err(h, k->c, what);
         else
             rc = reply_err(*reply, what);
+        conn_put(k);
     }
-    pthread_mutex_unlock(&h->cmd_mu);
     if (rc) {
         freeReplyObject(*reply);
         *reply = NULL;
@@ -213,103 +260,124 @@ static int run(rhandle *h, int argc, const char **argv, const size_t *lens,
     return rc;
 }
 
-/* Runs a MULTI/EXEC of n commands in one round trip (cmd_mu held). */
-static int run_tx_locked(rhandle *h, int n, int *argc, const char ***argv,
-                         const size_t **lens, const char *what)
+/* Reads the replies to n commands sent on k: the first failure is the
+ * result, and every reply is read so the connection stays in step.  A
+ * connection that breaks is marked and reconnected on its next use. */
+static int read_replies(rhandle *h, rconn *k, size_t n, bool exec_last,
+                        const char *what)
 {
-    int rc;
-    if ((rc = cmd_conn(h)) != 0)
-        return rc;
-    const char *multi[1] = {"MULTI"}, *exec[1] = {"EXEC"};
-    redisAppendCommandArgv(h->cmd, 1, multi, NULL);
-    for (int i = 0; i < n; i++)
-        redisAppendCommandArgv(h->cmd, argc[i], argv[i], lens ? lens[i] : NULL);
-    redisAppendCommandArgv(h->cmd, 1, exec, NULL);
-    for (int i = 0; i < n + 2; i++) {
+    int rc = 0;
+    for (size_t i = 0; i < n; i++) {
         redisReply *r = NULL;
-        if (redisGetReply(h->cmd, (void **)&r) != REDIS_OK) {
-            if (!rc)
-                rc = conn_err(h, h->cmd, what);
-            break;
+        if (redisGetReply(k->c, (void **)&r) != REDIS_OK) {
+            int crc = conn_err(h, k->c, what);
+            return rc ? rc : crc;
         }
         if (!rc)
             rc = reply_err(r, what);
         /* EXEC answers with the array of results; any error inside fails
          * the call (the others ran: Redis has no rollback). */
-        if (!rc && i == n + 1 && r->type == REDIS_REPLY_ARRAY) {
-            for (size_t k = 0; k < r->elements && !rc; k++)
-                rc = reply_err(r->element[k], what);
-        } else if (!rc && i == n + 1) {
-            rc = evq__err(EVQ_EIO, "redis %s: transaction aborted", what);
+        if (!rc && exec_last && i == n - 1) {
+            if (r->type != REDIS_REPLY_ARRAY)
+                rc = evq__err(EVQ_EIO, "redis %s: transaction aborted", what);
+            for (size_t j = 0; !rc && j < r->elements; j++)
+                rc = reply_err(r->element[j], what);
         }
         freeReplyObject(r);
     }
     return rc;
 }
 
+/* Runs a MULTI/EXEC of n commands in one round trip. */
 static int run_tx(rhandle *h, int n, int *argc, const char ***argv,
                   const size_t **lens, const char *what)
 {
-    pthread_mutex_lock(&h->cmd_mu);
-    int rc = run_tx_locked(h, n, argc, argv, lens, what);
-    pthread_mutex_unlock(&h->cmd_mu);
+    int rc = 0;
+    rconn *k = conn_take(h, &rc);
+    if (!k)
+        return rc;
+    const char *multi[1] = {"MULTI"}, *exec[1] = {"EXEC"};
+    redisAppendCommandArgv(k->c, 1, multi, NULL);
+    for (int i = 0; i < n; i++)
+        redisAppendCommandArgv(k->c, argc[i], argv[i], lens ? lens[i] : NULL);
+    redisAppendCommandArgv(k->c, 1, exec, NULL);
+    rc = read_replies(h, k, (size_t)n + 2, true, what);
+    conn_put(k);
     return rc;
 }
 
 /* Acks wait in the handle and go to the server together: one XACK and one
- * XDEL naming them all (cmd_mu held). */
+ * XDEL naming them all, in a transaction so the two never part.  Takes
+ * ack_mu only to take the list, so ackers do not wait for the server. */
 static int flush_acks(rhandle *h)
 {
-    if (h->n_acks == 0)
-        return 0;
+    pthread_mutex_lock(&h->ack_mu);
+    char(*ids)[48] = h->acks;
     size_t n = h->n_acks;
+    h->acks = NULL;
+    h->n_acks = h->cap_acks = 0;
+    pthread_mutex_unlock(&h->ack_mu);
+    if (n == 0) {
+        free(ids);
+        return 0;
+    }
     const char **xack = malloc((n + 3) * sizeof *xack);
     const char **xdel = malloc((n + 2) * sizeof *xdel);
     int rc;
     if (!xack || !xdel) {
-        free(xack);
-        free(xdel);
-        return evq__err(EVQ_ENOMEM, "out of memory");
+        rc = evq__err(EVQ_ENOMEM, "out of memory");
+    } else {
+        xack[0] = "XACK", xack[1] = h->stream, xack[2] = "evq";
+        xdel[0] = "XDEL", xdel[1] = h->stream;
+        for (size_t i = 0; i < n; i++) {
+            xack[3 + i] = ids[i];
+            xdel[2 + i] = ids[i];
+        }
+        int argc[] = {(int)n + 3, (int)n + 2};
+        const char **argv[] = {xack, xdel};
+        rc = run_tx(h, 2, argc, argv, NULL, "ack");
     }
-    xack[0] = "XACK", xack[1] = h->stream, xack[2] = "evq";
-    xdel[0] = "XDEL", xdel[1] = h->stream;
-    for (size_t i = 0; i < n; i++) {
-        xack[3 + i] = h->acks[i];
-        xdel[2 + i] = h->acks[i];
-    }
-    int argc[] = {(int)n + 3, (int)n + 2};
-    const char **argv[] = {xack, xdel};
-    rc = run_tx_locked(h, 2, argc, argv, NULL, "ack");
-    if (!rc)
-        h->n_acks = 0; /* on failure they are kept for the next try */
     free(xack);
     free(xdel);
+    if (rc) { /* kept for the next try */
+        pthread_mutex_lock(&h->ack_mu);
+        for (size_t i = 0; i < n; i++) {
+            if (evq__grow(&h->acks, &h->cap_acks, h->n_acks, sizeof *h->acks))
+                break; /* out of memory: the server redelivers them */
+            if (h->n_acks == 0)
+                h->oldest_ack_ms = now_ms();
+            memcpy(h->acks[h->n_acks++], ids[i], sizeof ids[i]);
+        }
+        pthread_mutex_unlock(&h->ack_mu);
+    }
+    free(ids);
     return rc;
-}
-
-/* Sends waiting acks (before a read, and when idle). */
-static void flush_acks_now(rhandle *h)
-{
-    pthread_mutex_lock(&h->cmd_mu);
-    flush_acks(h);
-    pthread_mutex_unlock(&h->cmd_mu);
 }
 
 /* ---- open and close ---------------------------------------------------- */
 
 static void hand_back(rhandle *h);
+static int take_reply(rhandle *h, size_t *got);
 
 static void redis_close(void *state)
 {
     rhandle *h = state;
     if (!h)
         return;
-    if (h->cmd && h->n_acks)
+    if (h->opened && h->rd && h->rd_ahead && !h->rd->err) {
+        size_t got; /* entries read ahead: buffered, then handed back */
+        redisSetTimeout(h->rd, h->command_tv);
+        take_reply(h, &got);
+    }
+    if (h->opened && h->n_acks)
         flush_acks(h);
-    if (h->cmd && h->n_buf)
+    if (h->opened && h->n_buf)
         hand_back(h);
     free(h->acks);
-    redisFree(h->cmd);
+    for (int i = 0; i < RCONN_MAX; i++) {
+        redisFree(h->conns[i].c);
+        pthread_mutex_destroy(&h->conns[i].mu);
+    }
     redisFree(h->rd);
     for (size_t i = 0; i < h->n_buf; i++)
         free(h->buf[(h->head_buf + i) % h->cap_buf]);
@@ -320,7 +388,7 @@ static void redis_close(void *state)
     free(h->unix_path);
     free(h->stream);
     free(h->delayed);
-    pthread_mutex_destroy(&h->cmd_mu);
+    pthread_mutex_destroy(&h->ack_mu);
     pthread_mutex_destroy(&h->rd_mu);
     pthread_mutex_destroy(&h->buf_mu);
     free(h);
@@ -340,7 +408,10 @@ static int redis_open(void **state, const evq__url *url, const char *name,
 
     if (!h)
         return evq__err(EVQ_ENOMEM, "out of memory");
-    pthread_mutex_init(&h->cmd_mu, NULL);
+    for (int i = 0; i < RCONN_MAX; i++)
+        pthread_mutex_init(&h->conns[i].mu, NULL);
+    h->n_conns = 1;
+    pthread_mutex_init(&h->ack_mu, NULL);
     pthread_mutex_init(&h->rd_mu, NULL);
     pthread_mutex_init(&h->buf_mu, NULL);
     atomic_init(&h->interrupted, false);
@@ -390,6 +461,9 @@ static int redis_open(void **state, const evq__url *url, const char *name,
     snprintf(h->delayed, sl + 8, "%s%s:delayed", prefix, name);
     h->prefetch = (int)evq__opt_int(opts, redis_opts, "redis.prefetch");
     h->maxlen = evq__opt_int(opts, redis_opts, "redis.maxlen");
+    snprintf(h->maxlen_s, sizeof h->maxlen_s, "%lld", h->maxlen);
+    h->atomic_batches = evq__opt_bool(opts, redis_opts, "redis.atomic_batches");
+    h->n_conns = (int)evq__opt_int(opts, redis_opts, "redis.connections");
     h->vt_ms = evq__opt_int(opts, redis_opts, "visibility_timeout_ms");
     h->ack_flush_ms = (int)evq__opt_int(opts, redis_opts, "redis.ack_flush_ms");
     h->connect_tv =
@@ -408,18 +482,16 @@ static int redis_open(void **state, const evq__url *url, const char *name,
     redisReply *r;
     const char *argv[] = {"XGROUP", "CREATE", h->stream,
                           "evq",    "0",      "MKSTREAM"};
-    pthread_mutex_lock(&h->cmd_mu);
-    rc = cmd_conn(h);
+    rc = connect_one(h, &h->conns[0].c, false);
     if (!rc) {
-        r = command(h->cmd, 6, argv, NULL);
+        r = command(h->conns[0].c, 6, argv, NULL);
         if (!r)
-            rc = conn_err(h, h->cmd, "XGROUP CREATE");
+            rc = conn_err(h, h->conns[0].c, "XGROUP CREATE");
         else if (!(r->type == REDIS_REPLY_ERROR &&
                    strncmp(r->str, "BUSYGROUP", 9) == 0))
             rc = reply_err(r, "XGROUP CREATE");
         freeReplyObject(r);
     }
-    pthread_mutex_unlock(&h->cmd_mu);
     if (!rc)
         rc = connect_one(h, &h->rd, true);
     if (!rc) {
@@ -433,6 +505,7 @@ static int redis_open(void **state, const evq__url *url, const char *name,
         redis_close(h);
         return rc;
     }
+    h->opened = true;
     *state = h;
     return 0;
 }
@@ -443,89 +516,86 @@ static int redis_open(void **state, const evq__url *url, const char *name,
 static int redis_enqueue(void *state, const evq__item *items, size_t n)
 {
     rhandle *h = state;
-    int *argc = calloc(n, sizeof *argc);
-    const char ***argv = calloc(n, sizeof *argv);
-    size_t **lens = calloc(n, sizeof *lens);
-    char(*nums)[2][32] = calloc(n, sizeof *nums);
-    char **members = calloc(n, sizeof *members); /* ZADD members we own */
     int rc = 0;
 
-    if (atomic_load(&h->interrupted)) {
-        rc = evq__err(EVQ_ECLOSED, "queue interrupted");
-        goto out;
-    }
-    if (!argc || !argv || !lens || !nums || !members) {
-        rc = evq__err(EVQ_ENOMEM, "out of memory");
-        goto out;
-    }
+    if (atomic_load(&h->interrupted))
+        return evq__err(EVQ_ECLOSED, "queue interrupted");
+    rconn *k = conn_take(h, &rc);
+    if (!k)
+        return rc;
+    /* All commands go out in one write and the replies are read after:
+     * one round trip.  Redis runs them in order, so when the connection
+     * fails part way the events stored are a prefix of the batch; inside
+     * MULTI/EXEC (redis.atomic_batches) they are all stored or none. */
+    bool tx = h->atomic_batches && n > 1;
+    const char *multi[1] = {"MULTI"}, *exec[1] = {"EXEC"};
+    if (tx)
+        redisAppendCommandArgv(k->c, 1, multi, NULL);
     int64_t now = now_ms();
-    for (size_t i = 0; i < n && !rc; i++) {
-        argv[i] = calloc(10, sizeof **argv);
-        lens[i] = calloc(10, sizeof **lens);
-        if (!argv[i] || !lens[i]) {
-            rc = evq__err(EVQ_ENOMEM, "out of memory");
-            break;
-        }
-        int k = 0;
-        if (items[i].delay_ms > 0) {
+    size_t sent = 0;
+    for (; sent < n && !rc; sent++) {
+        const evq__item *it = &items[sent];
+        const char *argv[10];
+        size_t lens[10];
+        int argc = 0;
+        char due[32], *member = NULL;
+        if (it->delay_ms > 0) {
             /* member: <nonce>:<attempts>:<body> */
-            char *m = members[i] = malloc(items[i].len + 48);
-            if (!m) {
+            member = malloc(it->len + 48);
+            if (!member) {
                 rc = evq__err(EVQ_ENOMEM, "out of memory");
                 break;
             }
             char id[40];
             evq__uuid7(id);
-            int hl = snprintf(m, 48, "%s:0:", id);
-            memcpy(m + hl, items[i].bytes, items[i].len);
-            snprintf(nums[i][0], 32, "%lld",
-                     (long long)(now + items[i].delay_ms));
-            argv[i][k] = "ZADD", lens[i][k++] = 4;
-            argv[i][k] = h->delayed, lens[i][k++] = strlen(h->delayed);
-            argv[i][k] = nums[i][0], lens[i][k++] = strlen(nums[i][0]);
-            argv[i][k] = m, lens[i][k++] = (size_t)hl + items[i].len;
+            int hl = snprintf(member, 48, "%s:0:", id);
+            memcpy(member + hl, it->bytes, it->len);
+            snprintf(due, sizeof due, "%lld", (long long)(now + it->delay_ms));
+            argv[argc] = "ZADD", lens[argc++] = 4;
+            argv[argc] = h->delayed, lens[argc++] = strlen(h->delayed);
+            argv[argc] = due, lens[argc++] = strlen(due);
+            argv[argc] = member, lens[argc++] = (size_t)hl + it->len;
         } else {
-            argv[i][k] = "XADD", lens[i][k++] = 4;
-            argv[i][k] = h->stream, lens[i][k++] = strlen(h->stream);
+            argv[argc] = "XADD", lens[argc++] = 4;
+            argv[argc] = h->stream, lens[argc++] = strlen(h->stream);
             if (h->maxlen > 0) {
-                snprintf(nums[i][1], 32, "%lld", h->maxlen);
-                argv[i][k] = "MAXLEN", lens[i][k++] = 6;
-                argv[i][k] = "~", lens[i][k++] = 1;
-                argv[i][k] = nums[i][1], lens[i][k++] = strlen(nums[i][1]);
+                argv[argc] = "MAXLEN", lens[argc++] = 6;
+                argv[argc] = "~", lens[argc++] = 1;
+                argv[argc] = h->maxlen_s, lens[argc++] = strlen(h->maxlen_s);
             }
-            argv[i][k] = "*", lens[i][k++] = 1;
-            argv[i][k] = "b", lens[i][k++] = 1;
-            argv[i][k] = (const char *)items[i].bytes,
-            lens[i][k++] = items[i].len;
-            argv[i][k] = "a", lens[i][k++] = 1;
-            argv[i][k] = "0", lens[i][k++] = 1;
+            argv[argc] = "*", lens[argc++] = 1;
+            argv[argc] = "b", lens[argc++] = 1;
+            argv[argc] = (const char *)it->bytes, lens[argc++] = it->len;
+            argv[argc] = "a", lens[argc++] = 1;
+            argv[argc] = "0", lens[argc++] = 1;
         }
-        argc[i] = k;
+        if (redisAppendCommandArgv(k->c, argc, argv, lens) != REDIS_OK)
+            rc = evq__err(EVQ_ENOMEM, "out of memory");
+        free(member);
     }
-    if (!rc) {
-        if (n == 1) {
-            redisReply *r;
-            rc = run(h, argc[0], argv[0], lens[0], &r, "enqueue");
-            freeReplyObject(r);
-        } else {
-            rc =
-                run_tx(h, (int)n, argc, argv, (const size_t **)lens, "enqueue");
-        }
+    if (rc) {
+        /* Nothing was written yet: drop the half-built pipeline with the
+         * connection rather than send part of the batch. */
+        redisFree(k->c);
+        k->c = NULL;
+    } else if (tx) {
+        if (redisAppendCommandArgv(k->c, 1, exec, NULL) != REDIS_OK)
+            rc = evq__err(EVQ_ENOMEM, "out of memory");
+        else
+            rc = read_replies(h, k, n + 2, true, "enqueue");
+    } else {
+        rc = read_replies(h, k, n, false, "enqueue");
     }
-out:
-    for (size_t i = 0; i < n; i++) {
-        if (members)
-            free(members[i]);
-        if (argv)
-            free(argv[i]);
-        if (lens)
-            free(lens[i]);
-    }
-    free(members);
-    free(argc);
-    free(argv);
-    free(lens);
-    free(nums);
+    conn_put(k);
+    if (!rc) /* a delayed event may be due before the next look */
+        for (size_t i = 0; i < n; i++)
+            if (items[i].delay_ms > 0) {
+                int64_t due_ms = now + items[i].delay_ms;
+                int64_t cur = atomic_load(&h->next_promote_ms);
+                while (cur > due_ms && !atomic_compare_exchange_weak(
+                                           &h->next_promote_ms, &cur, due_ms))
+                    ;
+            }
     return rc;
 }
 
@@ -649,8 +719,26 @@ static int reclaim(rhandle *h)
     return rc;
 }
 
-/* One XREADGROUP, blocking up to block_ms (rd_mu held). */
-static int read_new(rhandle *h, int block_ms)
+/* Reads the answer to an XREADGROUP sent before into the buffer; returns
+ * how many entries it held through *got (rd_mu held). */
+static int take_reply(rhandle *h, size_t *got)
+{
+    redisReply *r = NULL;
+    *got = 0;
+    if (redisGetReply(h->rd, (void **)&r) != REDIS_OK)
+        return conn_err(h, h->rd, "XREADGROUP");
+    int rc = reply_err(r, "XREADGROUP");
+    if (!rc && r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
+        r->element[0]->elements >= 2) {
+        *got = r->element[0]->element[1]->elements;
+        rc = buffer_entries(h, r->element[0]->element[1], NULL);
+    }
+    freeReplyObject(r);
+    return rc;
+}
+
+/* Sends an XREADGROUP without waiting for its answer (rd_mu held). */
+static int send_read(rhandle *h, int block_ms)
 {
     char count[16], block[16];
     snprintf(count, sizeof count, "%d", h->prefetch);
@@ -665,13 +753,31 @@ static int read_new(rhandle *h, int block_ms)
         argv[8] = ">";
         argc = 9;
     }
+    int done = 0;
+    if (redisAppendCommandArgv(h->rd, argc, argv, NULL) != REDIS_OK)
+        return evq__err(EVQ_ENOMEM, "out of memory");
+    while (!done)
+        if (redisBufferWrite(h->rd, &done) != REDIS_OK)
+            return conn_err(h, h->rd, "XREADGROUP");
+    return 0;
+}
+
+/* Reads new entries into the buffer, blocking up to block_ms (rd_mu held).
+ * When a read comes back full, the next one is sent at once and its answer
+ * taken on the following call: the server prepares the next batch while
+ * this one is handled. */
+static int read_new(rhandle *h, int block_ms)
+{
+    int rc;
+    size_t got = 0;
     if (h->rd && h->rd->err) {
         redisFree(h->rd);
         h->rd = NULL;
+        h->rd_ahead = false; /* its entries are taken over after the
+                                visibility timeout */
     }
     if (!h->rd) {
-        int rc = connect_one(h, &h->rd, true);
-        if (rc)
+        if ((rc = connect_one(h, &h->rd, true)) != 0)
             return rc;
         const char *id_argv[] = {"CLIENT", "ID"};
         redisReply *r = command(h->rd, 2, id_argv, NULL);
@@ -679,15 +785,19 @@ static int read_new(rhandle *h, int block_ms)
             h->rd_client_id = r->integer;
         freeReplyObject(r);
     }
-    redisReply *r = command(h->rd, argc, argv, NULL);
-    if (!r)
-        return conn_err(h, h->rd, "XREADGROUP");
-    int rc = reply_err(r, "XREADGROUP");
-    if (!rc && r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
-        r->element[0]->elements >= 2)
-        rc = buffer_entries(h, r->element[0]->element[1], NULL);
-    freeReplyObject(r);
-    return rc;
+    if (h->rd_ahead) {
+        h->rd_ahead = false;
+        if ((rc = take_reply(h, &got)) != 0 || got == 0)
+            return rc;
+    } else {
+        if ((rc = send_read(h, block_ms)) != 0 ||
+            (rc = take_reply(h, &got)) != 0)
+            return rc;
+    }
+    if (got == (size_t)h->prefetch && !atomic_load(&h->interrupted) &&
+        send_read(h, -1) == 0)
+        h->rd_ahead = true;
+    return 0;
 }
 
 /* (buf_mu held) */
@@ -783,7 +893,7 @@ static int redis_dequeue(void *state, evq__delivery *d, int timeout_ms)
                  * is seen within one. */
                 block = until <= 0 ? 1 : until > 500 ? 500 : (int)until;
             }
-            flush_acks_now(h);
+            flush_acks(h);
             if (!take_buffered_peek(h))
                 rc = read_new(h, block);
         }
@@ -821,8 +931,9 @@ static int redis_ack(void *state, evq__delivery *d)
     rhandle *h = state;
     rmsg *m = d->token;
     int rc = 0;
+    bool due = false;
 
-    pthread_mutex_lock(&h->cmd_mu);
+    pthread_mutex_lock(&h->ack_mu);
     if (evq__grow(&h->acks, &h->cap_acks, h->n_acks, sizeof *h->acks)) {
         rc = EVQ_ENOMEM;
     } else {
@@ -830,11 +941,12 @@ static int redis_ack(void *state, evq__delivery *d)
         if (h->n_acks == 0)
             h->oldest_ack_ms = now;
         memcpy(h->acks[h->n_acks++], m->id, sizeof m->id);
-        if (evq__flush_due(h->n_acks, h->oldest_ack_ms, now, h->ack_flush_ms,
-                           atomic_load(&h->interrupted)))
-            rc = flush_acks(h);
+        due = evq__flush_due(h->n_acks, h->oldest_ack_ms, now, h->ack_flush_ms,
+                             atomic_load(&h->interrupted));
     }
-    pthread_mutex_unlock(&h->cmd_mu);
+    pthread_mutex_unlock(&h->ack_mu);
+    if (due)
+        rc = flush_acks(h);
     free(m);
     return rc;
 }
@@ -893,7 +1005,7 @@ static int redis_nack(void *state, evq__delivery *d, int64_t delay_ms)
 
 /* Returns to the stream what was read but never delivered: re-added with
  * its attempt count unchanged, the read entry acked and deleted, in one
- * transaction (takes buf_mu, then cmd_mu). */
+ * transaction (takes buf_mu, then a connection). */
 static void hand_back(rhandle *h)
 {
     pthread_mutex_lock(&h->buf_mu);
@@ -933,7 +1045,7 @@ static int redis_interrupt(void *state)
         if (run(h, 3, argv, NULL, &r, "CLIENT UNBLOCK") == 0)
             freeReplyObject(r);
     }
-    flush_acks_now(h);
+    flush_acks(h);
     hand_back(h);
     return 0;
 }
@@ -946,7 +1058,7 @@ static int redis_stats(void *state, struct evq_queue_stats *out)
     const char *xpend[] = {"XPENDING", h->stream, "evq"};
     const char *zcard[] = {"ZCARD", h->delayed};
     long long len = 0, pending = 0;
-    flush_acks_now(h);
+    flush_acks(h);
     int rc = run(h, 2, xlen, NULL, &r, "XLEN");
     if (rc)
         return rc;
