@@ -270,7 +270,7 @@ struct evq_queue_stats {
 };
 
 /* Opens queue `name` on the backend chosen by the scheme of `url`
- * ("memory://", "sqlite://", "redis://", "redis+unix://").
+ * ("memory://", "sqlite://", "redis://", "redis+unix://", "nats://").
  * Options every queue accepts: format (codec name; memory:// passes events
  * by reference when unset, the others default to json), max_event_bytes,
  * max_depth, dead_letter; evq_options_help() lists each backend's own.  `opts`
@@ -319,6 +319,13 @@ EVQ_API int evq_ack(evq_msg *msg);
 /* Returns the event for redelivery no sooner than `redeliver_after_ms` from
  * now, with its attempt count raised.  Frees `msg` (always). */
 EVQ_API int evq_nack(evq_msg *msg, int64_t redeliver_after_ms);
+
+/* Tells the backend the message is still being worked on, so its
+ * visibility timeout starts again and no other consumer receives it
+ * meanwhile (nats:// sends +WPI).  `msg` stays the caller's.  Any thread,
+ * but not concurrently with evq_ack()/evq_nack() of the same message.
+ * EVQ_ENOTSUP on backends without the notion. */
+EVQ_API int evq_msg_touch(evq_msg *msg);
 
 /* Wakes every caller blocked in evq_dequeue() or evq_enqueue() on this
  * handle; they, and every later dequeue or enqueue on it, return

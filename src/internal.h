@@ -262,6 +262,10 @@ struct evq_backend_ops {
      * attempt count kept (the next dequeue raises it).  Required. */
     int (*ack)(void *state, evq__delivery *d);
     int (*nack)(void *state, evq__delivery *d, int64_t delay_ms);
+    /* Tells the server a delivery is still being worked on, so it is not
+     * given to another consumer meanwhile.  May be NULL (not supported);
+     * may run concurrently with other calls, never with `d`'s settling. */
+    int (*touch)(void *state, evq__delivery *d);
     /* Wakes blocked callers of this state; later ones get EVQ_ECLOSED.
      * Required; must not block for long. */
     int (*interrupt)(void *state);
@@ -276,6 +280,7 @@ const struct evq_backend_ops *evq__backend_find(const char *scheme);
 extern const struct evq_backend_ops evq__backend_memory;
 extern const struct evq_backend_ops evq__backend_sqlite;
 extern const struct evq_backend_ops evq__backend_redis;
+extern const struct evq_backend_ops evq__backend_nats;
 /* Enqueues bytes as they are, bypassing the codec (tests and tools that need
  * to put foreign or broken messages on a queue opened with a format). */
 int evq__enqueue_raw(evq_queue *q, const void *bytes, size_t len);

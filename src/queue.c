@@ -47,10 +47,9 @@ static const struct {
     const char *scheme;
     const struct evq_backend_ops *ops;
 } backends[] = {
-    {"memory", &evq__backend_memory},
-    {"sqlite", &evq__backend_sqlite},
-    {"redis", &evq__backend_redis},
-    {"redis+unix", &evq__backend_redis},
+    {"memory", &evq__backend_memory}, {"sqlite", &evq__backend_sqlite},
+    {"redis", &evq__backend_redis},   {"redis+unix", &evq__backend_redis},
+    {"nats", &evq__backend_nats},
 };
 
 const struct evq_backend_ops *evq__backend_find(const char *scheme)
@@ -123,7 +122,7 @@ int evq_queue_open(evq_queue **qp, const char *url, const char *name,
     if (!ops) {
         rc = evq__err(EVQ_EINVAL,
                       "unknown URL scheme '%.32s' (known: memory, sqlite, "
-                      "redis, redis+unix)",
+                      "redis, redis+unix, nats)",
                       u.scheme);
         goto out;
     }
@@ -558,6 +557,16 @@ int evq_nack(evq_msg *m, int64_t delay_ms)
     atomic_fetch_add_explicit(&m->q->nacked, 1, memory_order_relaxed);
     msg_free(m);
     return rc;
+}
+
+int evq_msg_touch(evq_msg *m)
+{
+    if (!m)
+        return evq__err(EVQ_EINVAL, "evq_msg_touch: msg is NULL");
+    if (!m->q->ops->touch)
+        return evq__err(EVQ_ENOTSUP, "%s:// cannot extend a delivery",
+                        m->q->ops->scheme);
+    return m->q->ops->touch(m->q->state, &m->d);
 }
 
 int evq_msg_dead_letter(evq_msg *m, const char *reason)

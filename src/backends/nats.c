@@ -1,0 +1,957 @@
+/*
+ * nats.c - queues on NATS: nats://[user:password@|token@]host:port[,...].
+ *
+ * JetStream mode (the default): a stream per queue (nats.stream, derived
+ * from the queue name unless given) holding the one subject named like the
+ * queue, file storage, work-queue retention (a message leaves the stream
+ * when acked); a durable pull consumer per queue (nats.durable) with
+ * explicit acks, AckWait = visibility_timeout_ms and MaxAckPending =
+ * nats.max_ack_pending.  Both are created on open, or checked when they
+ * exist: one with a different configuration is an error naming the
+ * difference, never changed.
+ *
+ * - Enqueue: a JetStream publish that returns after the stream's ack, with
+ *   the event id as Nats-Msg-Id so a retried publish is stored once; a
+ *   batch is published asynchronously and waits for every ack.
+ * - Dequeue: fetches up to nats.prefetch messages; the attempt count is the
+ *   message's NumDelivered.  Ack: natsMsg_Ack.  Nack: NakWithDelay.
+ * - Delayed enqueue: the message carries an Evq-Due header (Unix ms); a
+ *   consumer that fetches it early holds it back with NakWithDelay until
+ *   due.  The held message counts against MaxAckPending meanwhile, and the
+ *   hold is one delivery, which the attempt count leaves out.
+ * - Touch (a long handler): natsMsg_InProgress (+WPI) restarts AckWait.
+ *
+ * Core mode (nats.mode=core): plain publish and a queue-group subscription
+ * (group "evq"): at most once.  Ack and nack do nothing; an event nacked,
+ * or in a consumer that dies, is gone; delayed enqueue is not supported.
+ *
+ * Messages carry the encoded CloudEvent as their body with a Content-Type
+ * header (application/cloudevents+json for JSON: structured mode).
+ */
+#include "../internal.h"
+
+#include <ctype.h>
+#include <nats/nats.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define NPUB_MAX 16
+
+static const evq__opt_spec nats_opts[] = {
+    {"visibility_timeout_ms", EVQ__OPT_INT, "30000", 100, 86400000, NULL,
+     "AckWait: how long a delivered, unacked event waits before it is "
+     "delivered again"},
+    {"nats.mode", EVQ__OPT_ENUM, "jetstream", 0, 0, "jetstream|core",
+     "jetstream (at least once) or core (plain NATS, at most once)"},
+    {"nats.stream", EVQ__OPT_STRING, NULL, 0, 0, NULL,
+     "JetStream stream (default: EVQ_ and the queue name, '.' and other "
+     "characters streams may not hold as '_')"},
+    {"nats.durable", EVQ__OPT_STRING, NULL, 0, 0, NULL,
+     "durable pull consumer (default: evq_ and the queue name, likewise)"},
+    {"nats.replicas", EVQ__OPT_INT, "1", 1, 5, NULL,
+     "stream replicas when evq creates the stream"},
+    {"nats.prefetch", EVQ__OPT_INT, "64", 1, 4096, NULL,
+     "messages fetched per pull request"},
+    {"nats.max_ack_pending", EVQ__OPT_INT, "20000", 1, 10000000, NULL,
+     "MaxAckPending of the consumer: events delivered and not yet acked, "
+     "delayed events held back included"},
+    {"nats.dedup_window_ms", EVQ__OPT_INT, "120000", 1000, 86400000, NULL,
+     "the stream's duplicate window for Nats-Msg-Id"},
+    {"nats.connect_timeout_ms", EVQ__OPT_INT, "5000", 1, 600000, NULL,
+     "connect timeout"},
+    {"nats.timeout_ms", EVQ__OPT_INT, "5000", 1, 600000, NULL,
+     "wait for a publish ack or a JetStream API answer"},
+    {"nats.reconnect_wait_ms", EVQ__OPT_INT, "500", 1, 600000, NULL,
+     "pause between reconnect attempts (nats.c reconnects forever)"},
+    {"nats.tls_ca", EVQ__OPT_STRING, NULL, 0, 0, NULL,
+     "CA certificates file (PEM) to verify the server: turns TLS on"},
+    {"nats.tls_cert", EVQ__OPT_STRING, NULL, 0, 0, NULL,
+     "client certificate chain file (PEM), with nats.tls_key"},
+    {"nats.tls_key", EVQ__OPT_STRING, NULL, 0, 0, NULL,
+     "client private key file (PEM)"},
+    {"nats.creds", EVQ__OPT_STRING, NULL, 0, 0, NULL,
+     "user credentials file (JWT and nkey seed)"},
+    {"nats.nkey", EVQ__OPT_STRING, NULL, 0, 0, NULL,
+     "public nkey (U...) to authenticate as, with nats.nkey_seed"},
+    {"nats.nkey_seed", EVQ__OPT_STRING, NULL, 0, 0, NULL,
+     "file holding the seed of nats.nkey, to sign the server's nonce"},
+    {NULL, 0, NULL, 0, 0, NULL, NULL},
+};
+
+/* A JetStream context for publishing, used by one thread at a time so its
+ * asynchronous acks belong to one batch. */
+typedef struct npub {
+    pthread_mutex_t mu;
+    jsCtx *js;
+    pthread_mutex_t err_mu; /* the ack handler runs on a nats.c thread */
+    int failed;
+    char err[256];
+} npub;
+
+typedef struct nhandle {
+    natsConnection *nc;
+    jsCtx *js; /* API calls and fetches */
+    natsSubscription *sub;
+    bool core;
+    char *subject, *stream, *durable, *content_type;
+    int prefetch;
+    int64_t timeout_ms;
+    pthread_mutex_t rd_mu; /* one fetch at a time */
+    pthread_mutex_t buf_mu;
+    natsMsg **buf; /* fetched, not yet handed out */
+    size_t n_buf, head_buf, cap_buf;
+    npub pubs[NPUB_MAX];
+    atomic_bool interrupted;
+} nhandle;
+
+static int64_t now_ms(void)
+{
+    return evq__now_real_ns() / 1000000;
+}
+
+/* ---- errors -------------------------------------------------------------- */
+
+static int nats_code(natsStatus s)
+{
+    switch (s) {
+    case NATS_NO_SERVER:
+    case NATS_CONNECTION_CLOSED:
+    case NATS_CONNECTION_DISCONNECTED:
+    case NATS_NOT_YET_CONNECTED:
+    case NATS_IO_ERROR:
+    case NATS_STALE_CONNECTION:
+    case NATS_SSL_ERROR:
+    case NATS_SECURE_CONNECTION_WANTED:
+    case NATS_SECURE_CONNECTION_REQUIRED:
+        return EVQ_ECONN;
+    case NATS_CONNECTION_AUTH_FAILED:
+    case NATS_NOT_PERMITTED:
+    case NATS_INVALID_ARG:
+    case NATS_INVALID_SUBJECT:
+    case NATS_ADDRESS_MISSING:
+        return EVQ_EINVAL;
+    case NATS_TIMEOUT:
+        return EVQ_ETIMEDOUT;
+    case NATS_NO_MEMORY:
+        return EVQ_ENOMEM;
+    case NATS_MAX_PAYLOAD:
+        return EVQ_ETOOBIG;
+    case NATS_NOT_FOUND:
+        return EVQ_ENOENT;
+    default:
+        return EVQ_EIO;
+    }
+}
+
+/* An error from nats.c, with its own text; a timeout while the connection
+ * is down reads as the connection failure it is. */
+static int nerr(nhandle *h, natsStatus s, jsErrCode jerr, const char *what)
+{
+    int code = nats_code(s);
+    if (code == EVQ_ETIMEDOUT && h && h->nc &&
+        natsConnection_Status(h->nc) != NATS_CONN_STATUS_CONNECTED)
+        code = EVQ_ECONN;
+    const char *text = nats_GetLastError(NULL);
+    if (!text || !text[0])
+        text = natsStatus_GetText(s);
+    if (jerr)
+        return evq__err(code, "nats %s: %s (JetStream error %d)", what, text,
+                        (int)jerr);
+    return evq__err(code, "nats %s: %s", what, text);
+}
+
+/* ---- names --------------------------------------------------------------- */
+
+/* A subject is tokens separated by '.', none empty, no spaces, no
+ * wildcards. */
+static bool valid_subject(const char *s)
+{
+    if (!s[0] || s[0] == '.')
+        return false;
+    for (const char *p = s; *p; p++) {
+        unsigned char c = (unsigned char)*p;
+        if (c <= ' ' || c == '*' || c == '>' || c == 127)
+            return false;
+        if (c == '.' && (p[1] == '.' || p[1] == '\0'))
+            return false;
+    }
+    return true;
+}
+
+/* prefix + name with what stream and consumer names may not hold as '_'. */
+static char *derived_name(const char *prefix, const char *name)
+{
+    size_t pl = strlen(prefix), nl = strlen(name);
+    char *s = malloc(pl + nl + 1);
+    if (!s)
+        return NULL;
+    memcpy(s, prefix, pl);
+    for (size_t i = 0; i < nl; i++) {
+        unsigned char c = (unsigned char)name[i];
+        s[pl + i] = isalnum(c) || c == '-' || c == '_' ? (char)c : '_';
+    }
+    s[pl + nl] = '\0';
+    return s;
+}
+
+static bool valid_js_name(const char *s)
+{
+    for (const char *p = s; *p; p++)
+        if ((unsigned char)*p <= ' ' || strchr(".*>/\\", *p))
+            return false;
+    return s[0] != '\0';
+}
+
+/* ---- open and close ------------------------------------------------------ */
+
+static void pub_ack_handler(jsCtx *js, natsMsg *msg, jsPubAck *pa,
+                            jsPubAckErr *pae, void *closure)
+{
+    (void)js;
+    npub *p = closure;
+    if (!pa && pae) {
+        pthread_mutex_lock(&p->err_mu);
+        if (p->failed++ == 0)
+            snprintf(p->err, sizeof p->err, "%s",
+                     pae->ErrText ? pae->ErrText
+                                  : natsStatus_GetText(pae->Err));
+        pthread_mutex_unlock(&p->err_mu);
+    }
+    natsMsg_Destroy(msg);
+}
+
+static void hand_back(nhandle *h);
+
+static void nats_close(void *state)
+{
+    nhandle *h = state;
+    if (!h)
+        return;
+    hand_back(h);
+    free(h->buf);
+    if (h->sub)
+        natsSubscription_Destroy(h->sub);
+    for (int i = 0; i < NPUB_MAX; i++) {
+        jsCtx_Destroy(h->pubs[i].js);
+        pthread_mutex_destroy(&h->pubs[i].mu);
+        pthread_mutex_destroy(&h->pubs[i].err_mu);
+    }
+    jsCtx_Destroy(h->js);
+    if (h->nc) {
+        natsConnection_FlushTimeout(h->nc, 1000); /* acks sent last */
+        natsConnection_Destroy(h->nc);
+    }
+    free(h->subject);
+    free(h->stream);
+    free(h->durable);
+    pthread_mutex_destroy(&h->rd_mu);
+    pthread_mutex_destroy(&h->buf_mu);
+    free(h);
+}
+
+static int connect(nhandle *h, const evq__url *url, const evq__optset *opts)
+{
+    natsOptions *no = NULL;
+    natsStatus s = natsOptions_Create(&no);
+    /* nats://host:port for each server of the URL (127.0.0.1:4222 when
+     * none); credentials go through the options, never in these. */
+    size_t cap = 64;
+    for (size_t i = 0; i < url->n_hosts; i++)
+        cap += strlen(url->hosts[i].host) + 32;
+    char *servers = malloc(cap);
+    if (s == NATS_OK && !servers)
+        s = NATS_NO_MEMORY;
+    if (s == NATS_OK) {
+        size_t off = 0;
+        size_t n = url->n_hosts ? url->n_hosts : 1;
+        for (size_t i = 0; i < n; i++) {
+            const evq__host *hp = url->n_hosts ? &url->hosts[i] : NULL;
+            const char *host = hp && hp->host[0] ? hp->host : "127.0.0.1";
+            int port = hp && hp->port ? hp->port : 4222;
+            bool v6 = strchr(host, ':') != NULL;
+            off += (size_t)snprintf(servers + off, cap - off,
+                                    "%snats://%s%s%s:%d", i ? "," : "",
+                                    v6 ? "[" : "", host, v6 ? "]" : "", port);
+        }
+        s = natsOptions_SetURL(no, servers);
+    }
+    if (s == NATS_OK && url->user && url->password)
+        s = natsOptions_SetUserInfo(no, url->user, url->password);
+    else if (s == NATS_OK && url->user && url->user[0])
+        s = natsOptions_SetToken(no, url->user);
+    if (s == NATS_OK)
+        s = natsOptions_SetTimeout(
+            no, evq__opt_int(opts, nats_opts, "nats.connect_timeout_ms"));
+    if (s == NATS_OK)
+        s = natsOptions_SetMaxReconnect(no, -1);
+    if (s == NATS_OK)
+        s = natsOptions_SetReconnectWait(
+            no, evq__opt_int(opts, nats_opts, "nats.reconnect_wait_ms"));
+    if (s == NATS_OK)
+        s = natsOptions_SetName(no, "evq");
+    const char *ca = evq__opt_str(opts, nats_opts, "nats.tls_ca");
+    const char *cert = evq__opt_str(opts, nats_opts, "nats.tls_cert");
+    const char *key = evq__opt_str(opts, nats_opts, "nats.tls_key");
+    const char *creds = evq__opt_str(opts, nats_opts, "nats.creds");
+    const char *seed = evq__opt_str(opts, nats_opts, "nats.nkey_seed");
+    const char *nkey = evq__opt_str(opts, nats_opts, "nats.nkey");
+    if (s == NATS_OK && (ca || cert))
+        s = natsOptions_SetSecure(no, true);
+    if (s == NATS_OK && ca)
+        s = natsOptions_LoadCATrustedCertificates(no, ca);
+    if (s == NATS_OK && (cert || key)) {
+        if (!cert || !key) {
+            free(servers);
+            natsOptions_Destroy(no);
+            return evq__err(EVQ_EINVAL,
+                            "nats.tls_cert and nats.tls_key go together");
+        }
+        s = natsOptions_LoadCertificatesChain(no, cert, key);
+    }
+    if (s == NATS_OK && creds)
+        s = natsOptions_SetUserCredentialsFromFiles(no, creds, NULL);
+    if (s == NATS_OK && (seed || nkey)) {
+        if (!seed || !nkey) {
+            free(servers);
+            natsOptions_Destroy(no);
+            return evq__err(EVQ_EINVAL,
+                            "nats.nkey and nats.nkey_seed go together");
+        }
+        s = natsOptions_SetNKeyFromSeed(no, nkey, seed);
+    }
+    if (s != NATS_OK) {
+        int rc = nerr(h, s, 0, "options");
+        free(servers);
+        natsOptions_Destroy(no);
+        return rc;
+    }
+    s = natsConnection_Connect(&h->nc, no);
+    natsOptions_Destroy(no);
+    if (s != NATS_OK) {
+        const char *text = nats_GetLastError(NULL);
+        int rc = evq__err(nats_code(s), "nats connect to %s: %s", servers,
+                          text && text[0] ? text : natsStatus_GetText(s));
+        free(servers);
+        h->nc = NULL;
+        return rc;
+    }
+    free(servers);
+    return 0;
+}
+
+/* Creates the stream, or checks the one there. */
+static int ensure_stream(nhandle *h, const evq__optset *opts)
+{
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+    int64_t replicas = evq__opt_int(opts, nats_opts, "nats.replicas");
+    int64_t dup_ms = evq__opt_int(opts, nats_opts, "nats.dedup_window_ms");
+    natsStatus s = js_GetStreamInfo(&si, h->js, h->stream, NULL, &jerr);
+    if (s == NATS_NO_RESPONDERS || jerr == JSNotEnabledErr ||
+        jerr == JSNotEnabledForAccountErr)
+        return evq__err(EVQ_ENOTSUP,
+                        "nats: JetStream is not enabled on the server (start "
+                        "nats-server with -js, or use nats.mode=core)");
+    if (s == NATS_NOT_FOUND || jerr == JSStreamNotFoundErr) {
+        jsStreamConfig cfg;
+        jsStreamConfig_Init(&cfg);
+        const char *subjects[1] = {h->subject};
+        cfg.Name = h->stream;
+        cfg.Subjects = subjects;
+        cfg.SubjectsLen = 1;
+        cfg.Retention = js_WorkQueuePolicy;
+        cfg.Storage = js_FileStorage;
+        cfg.Replicas = replicas;
+        cfg.Duplicates = dup_ms * 1000000;
+        jerr = 0;
+        s = js_AddStream(&si, h->js, &cfg, NULL, &jerr);
+        if (s != NATS_OK)
+            return nerr(h, s, jerr, "creating the stream");
+        jsStreamInfo_Destroy(si);
+        return 0;
+    }
+    if (s != NATS_OK)
+        return nerr(h, s, jerr, "stream info");
+    const jsStreamConfig *c = si->Config;
+    char diff[256] = "";
+    if (c->SubjectsLen != 1 || strcmp(c->Subjects[0], h->subject) != 0)
+        snprintf(diff, sizeof diff, "subjects other than just '%.64s'",
+                 h->subject);
+    else if (c->Retention != js_WorkQueuePolicy)
+        snprintf(diff, sizeof diff, "%s retention, not work-queue",
+                 c->Retention == js_LimitsPolicy ? "limits" : "interest");
+    else if (c->Storage != js_FileStorage)
+        snprintf(diff, sizeof diff, "memory storage, not file");
+    else if (c->Replicas != replicas)
+        snprintf(diff, sizeof diff, "%lld replicas, not %lld (nats.replicas)",
+                 (long long)c->Replicas, (long long)replicas);
+    jsStreamInfo_Destroy(si);
+    if (diff[0])
+        return evq__err(EVQ_EEXIST,
+                        "nats stream '%.64s' exists with %s; evq leaves it "
+                        "unchanged (use another nats.stream)",
+                        h->stream, diff);
+    return 0;
+}
+
+/* Creates the durable consumer, or checks the one there. */
+static int ensure_consumer(nhandle *h, const evq__optset *opts)
+{
+    jsConsumerInfo *ci = NULL;
+    jsErrCode jerr = 0;
+    int64_t ack_wait =
+        evq__opt_int(opts, nats_opts, "visibility_timeout_ms") * 1000000;
+    int64_t max_ack = evq__opt_int(opts, nats_opts, "nats.max_ack_pending");
+    natsStatus s =
+        js_GetConsumerInfo(&ci, h->js, h->stream, h->durable, NULL, &jerr);
+    if (s == NATS_NOT_FOUND || jerr == JSConsumerNotFoundErr) {
+        jsConsumerConfig cfg;
+        jsConsumerConfig_Init(&cfg);
+        cfg.Durable = h->durable;
+        cfg.AckPolicy = js_AckExplicit;
+        cfg.AckWait = ack_wait;
+        cfg.MaxAckPending = max_ack;
+        cfg.MaxDeliver = -1;
+        cfg.FilterSubject = h->subject;
+        cfg.DeliverPolicy = js_DeliverAll;
+        jerr = 0;
+        s = js_AddConsumer(&ci, h->js, h->stream, &cfg, NULL, &jerr);
+        if (s != NATS_OK)
+            return nerr(h, s, jerr, "creating the consumer");
+        jsConsumerInfo_Destroy(ci);
+        return 0;
+    }
+    if (s != NATS_OK)
+        return nerr(h, s, jerr, "consumer info");
+    const jsConsumerConfig *c = ci->Config;
+    char diff[256] = "";
+    if (c->AckPolicy != js_AckExplicit)
+        snprintf(diff, sizeof diff, "an ack policy other than explicit");
+    else if (c->DeliverSubject && c->DeliverSubject[0])
+        snprintf(diff, sizeof diff, "push delivery, not pull");
+    else if (c->AckWait != ack_wait)
+        snprintf(diff, sizeof diff,
+                 "AckWait %lld ms, not %lld (visibility_timeout_ms)",
+                 (long long)(c->AckWait / 1000000),
+                 (long long)(ack_wait / 1000000));
+    else if (c->MaxAckPending != max_ack)
+        snprintf(diff, sizeof diff,
+                 "MaxAckPending %lld, not %lld (nats.max_ack_pending)",
+                 (long long)c->MaxAckPending, (long long)max_ack);
+    jsConsumerInfo_Destroy(ci);
+    if (diff[0])
+        return evq__err(EVQ_EEXIST,
+                        "nats consumer '%.64s' exists with %s; evq leaves it "
+                        "unchanged",
+                        h->durable, diff);
+    return 0;
+}
+
+static int nats_open(void **state, const evq__url *url, const char *name,
+                     const evq__optset *opts)
+{
+    nhandle *h = calloc(1, sizeof *h);
+    int rc = 0;
+    natsStatus s;
+
+    if (!h)
+        return evq__err(EVQ_ENOMEM, "out of memory");
+    pthread_mutex_init(&h->rd_mu, NULL);
+    pthread_mutex_init(&h->buf_mu, NULL);
+    for (int i = 0; i < NPUB_MAX; i++) {
+        pthread_mutex_init(&h->pubs[i].mu, NULL);
+        pthread_mutex_init(&h->pubs[i].err_mu, NULL);
+    }
+    atomic_init(&h->interrupted, false);
+    h->core = strcmp(evq__opt_str(opts, nats_opts, "nats.mode"), "core") == 0;
+    h->prefetch = (int)evq__opt_int(opts, nats_opts, "nats.prefetch");
+    h->timeout_ms = evq__opt_int(opts, nats_opts, "nats.timeout_ms");
+    const char *fmt = evq__opt_str(opts, evq__core_opts, "format");
+    h->content_type = fmt && strcmp(fmt, "msgpack") == 0
+                          ? "application/cloudevents+msgpack"
+                          : "application/cloudevents+json";
+    if (url->path[0] && strcmp(url->path, "/") != 0) {
+        nats_close(h);
+        return evq__err(EVQ_EINVAL, "nats:// URLs take no path");
+    }
+    if (!valid_subject(name)) {
+        nats_close(h);
+        return evq__err(EVQ_EINVAL,
+                        "queue name '%.64s' is not a NATS subject (no spaces, "
+                        "wildcards or empty tokens)",
+                        name);
+    }
+    const char *stream = evq__opt_str(opts, nats_opts, "nats.stream");
+    const char *durable = evq__opt_str(opts, nats_opts, "nats.durable");
+    h->subject = evq__strdup(name);
+    h->stream = stream ? evq__strdup(stream) : derived_name("EVQ_", name);
+    h->durable = durable ? evq__strdup(durable) : derived_name("evq_", name);
+    if (!h->subject || !h->stream || !h->durable) {
+        nats_close(h);
+        return evq__err(EVQ_ENOMEM, "out of memory");
+    }
+    if (!valid_js_name(h->stream) || !valid_js_name(h->durable)) {
+        rc = evq__err(EVQ_EINVAL,
+                      "nats.stream and nats.durable may not hold spaces, "
+                      "'.', '*', '>' or slashes");
+        nats_close(h);
+        return rc;
+    }
+    if ((rc = connect(h, url, opts)) != 0) {
+        nats_close(h);
+        return rc;
+    }
+    if (h->core) {
+        s = natsConnection_QueueSubscribeSync(&h->sub, h->nc, h->subject,
+                                              "evq");
+        if (s != NATS_OK) {
+            rc = nerr(h, s, 0, "subscribe");
+            nats_close(h);
+            return rc;
+        }
+        *state = h;
+        return 0;
+    }
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    jo.Wait = h->timeout_ms;
+    if ((s = natsConnection_JetStream(&h->js, h->nc, &jo)) != NATS_OK) {
+        rc = nerr(h, s, 0, "JetStream context");
+        nats_close(h);
+        return rc;
+    }
+    if ((rc = ensure_stream(h, opts)) != 0 ||
+        (rc = ensure_consumer(h, opts)) != 0) {
+        nats_close(h);
+        return rc;
+    }
+    /* Bound to the consumer evq made, so closing never deletes it. */
+    jsSubOptions so;
+    jsSubOptions_Init(&so);
+    so.Stream = h->stream;
+    so.Consumer = h->durable;
+    so.ManualAck = true;
+    jsErrCode jerr = 0;
+    s = js_PullSubscribe(&h->sub, h->js, h->subject, h->durable, &jo, &so,
+                         &jerr);
+    if (s != NATS_OK) {
+        rc = nerr(h, s, jerr, "pull subscribe");
+        nats_close(h);
+        return rc;
+    }
+    *state = h;
+    return 0;
+}
+
+/* ---- enqueue ------------------------------------------------------------- */
+
+/* A publisher context: a free one, else this thread's own, waited for. */
+static npub *pub_take(nhandle *h, int *rc)
+{
+    static atomic_uint threads;
+    static _Thread_local unsigned slot = 0xffffffffu;
+    if (slot == 0xffffffffu)
+        slot = atomic_fetch_add(&threads, 1);
+    npub *p = NULL;
+    for (int i = 0; i < NPUB_MAX && !p; i++) {
+        npub *t = &h->pubs[(slot + (unsigned)i) % NPUB_MAX];
+        if (pthread_mutex_trylock(&t->mu) == 0)
+            p = t;
+    }
+    if (!p) {
+        p = &h->pubs[slot % NPUB_MAX];
+        pthread_mutex_lock(&p->mu);
+    }
+    if (!p->js) {
+        jsOptions jo;
+        jsOptions_Init(&jo);
+        jo.Wait = h->timeout_ms;
+        jo.PublishAsync.AckHandler = pub_ack_handler;
+        jo.PublishAsync.AckHandlerClosure = p;
+        jo.PublishAsync.MaxPending = 4096;
+        natsStatus s = natsConnection_JetStream(&p->js, h->nc, &jo);
+        if (s != NATS_OK) {
+            *rc = nerr(h, s, 0, "JetStream context");
+            pthread_mutex_unlock(&p->mu);
+            return NULL;
+        }
+    }
+    return p;
+}
+
+/* The message for one item: body, Content-Type, and for a delayed event
+ * its due time. */
+static natsStatus make_msg(nhandle *h, const evq__item *it, int64_t now,
+                           natsMsg **out)
+{
+    natsStatus s = natsMsg_Create(out, h->subject, NULL,
+                                  (const char *)it->bytes, (int)it->len);
+    if (s == NATS_OK)
+        s = natsMsgHeader_Set(*out, "Content-Type", h->content_type);
+    if (s == NATS_OK && it->delay_ms > 0) {
+        char due[32];
+        snprintf(due, sizeof due, "%lld", (long long)(now + it->delay_ms));
+        s = natsMsgHeader_Set(*out, "Evq-Due", due);
+    }
+    return s;
+}
+
+/* The Nats-Msg-Id of an item: the event id; a replayed dead letter adds
+ * its replay mark so it is not taken for a duplicate of the original. */
+static void msg_id(const evq__item *it, char *out, size_t cap)
+{
+    out[0] = '\0';
+    if (!it->ev)
+        return;
+    const char *replay = evq_event_attr(it->ev, "evqreplayed");
+    snprintf(out, cap, "%s%s%s", evq_event_id(it->ev), replay ? "/" : "",
+             replay ? replay : "");
+}
+
+static int core_enqueue(nhandle *h, const evq__item *items, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (items[i].delay_ms > 0)
+            return evq__err(EVQ_ENOTSUP,
+                            "nats.mode=core cannot delay an event (use "
+                            "JetStream)");
+    }
+    natsStatus s = NATS_OK;
+    for (size_t i = 0; i < n && s == NATS_OK; i++) {
+        natsMsg *m = NULL;
+        s = make_msg(h, &items[i], 0, &m);
+        if (s == NATS_OK)
+            s = natsConnection_PublishMsg(h->nc, m);
+        natsMsg_Destroy(m);
+    }
+    if (s == NATS_OK &&
+        natsConnection_Status(h->nc) != NATS_CONN_STATUS_CONNECTED)
+        s = NATS_CONNECTION_DISCONNECTED; /* buffered, maybe never sent */
+    return s == NATS_OK ? 0 : nerr(h, s, 0, "publish");
+}
+
+static int nats_enqueue(void *state, const evq__item *items, size_t n)
+{
+    nhandle *h = state;
+    int rc = 0;
+    if (atomic_load(&h->interrupted))
+        return evq__err(EVQ_ECLOSED, "queue interrupted");
+    if (h->core)
+        return core_enqueue(h, items, n);
+    npub *p = pub_take(h, &rc);
+    if (!p)
+        return rc;
+    int64_t now = now_ms();
+    char id[160];
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MaxWait = h->timeout_ms;
+    po.MsgId = id;
+    if (n == 1) {
+        natsMsg *m = NULL;
+        jsPubAck *pa = NULL;
+        jsErrCode jerr = 0;
+        msg_id(&items[0], id, sizeof id);
+        po.MsgId = id[0] ? id : NULL;
+        natsStatus s = make_msg(h, &items[0], now, &m);
+        if (s == NATS_OK)
+            s = js_PublishMsg(&pa, p->js, m, &po, &jerr);
+        natsMsg_Destroy(m);
+        jsPubAck_Destroy(pa);
+        pthread_mutex_unlock(&p->mu);
+        return s == NATS_OK ? 0 : nerr(h, s, jerr, "publish");
+    }
+    p->failed = 0;
+    natsStatus s = NATS_OK;
+    for (size_t i = 0; i < n && s == NATS_OK; i++) {
+        natsMsg *m = NULL;
+        msg_id(&items[i], id, sizeof id);
+        po.MsgId = id[0] ? id : NULL;
+        s = make_msg(h, &items[i], now, &m);
+        if (s == NATS_OK)
+            s = js_PublishMsgAsync(p->js, &m, &po); /* takes m on success */
+        natsMsg_Destroy(m);
+    }
+    jsPubOptions wait;
+    jsPubOptions_Init(&wait);
+    wait.MaxWait = h->timeout_ms;
+    natsStatus cs = js_PublishAsyncComplete(p->js, &wait);
+    if (cs != NATS_OK) {
+        /* Acks still missing: forget those messages, so the next batch on
+         * this context does not wait for them or inherit their errors. */
+        natsMsgList left = {0};
+        if (js_PublishAsyncGetPendingList(&left, p->js) == NATS_OK)
+            natsMsgList_Destroy(&left);
+        if (s == NATS_OK)
+            s = cs;
+    }
+    if (s != NATS_OK) {
+        rc = nerr(h, s, 0, "publish");
+    } else {
+        pthread_mutex_lock(&p->err_mu);
+        if (p->failed)
+            rc = evq__err(EVQ_EIO, "nats publish: %d of %zu not stored: %s",
+                          p->failed, n, p->err);
+        pthread_mutex_unlock(&p->err_mu);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return rc;
+}
+
+/* ---- dequeue ------------------------------------------------------------- */
+
+static int64_t due_of(natsMsg *m)
+{
+    const char *v = NULL;
+    if (natsMsgHeader_Get(m, "Evq-Due", &v) != NATS_OK || !v)
+        return 0;
+    return strtoll(v, NULL, 10);
+}
+
+/* The attempt a delivery is: NumDelivered, less the hold of a delayed
+ * event. */
+static int attempt_of(natsMsg *m)
+{
+    jsMsgMetaData *md = NULL;
+    int a = 1;
+    if (natsMsg_GetMetaData(&md, m) == NATS_OK) {
+        a = (int)md->NumDelivered;
+        jsMsgMetaData_Destroy(md);
+    }
+    if (due_of(m) > 0)
+        a--;
+    return a < 1 ? 1 : a;
+}
+
+/* Keeps what the fetch returned that is due; holds the rest back (buf_mu
+ * taken). */
+static void buffer_list(nhandle *h, natsMsgList *list)
+{
+    int64_t now = now_ms();
+    pthread_mutex_lock(&h->buf_mu);
+    if (h->head_buf) {
+        memmove(h->buf, h->buf + h->head_buf, h->n_buf * sizeof *h->buf);
+        h->head_buf = 0;
+    }
+    for (int i = 0; i < list->Count; i++) {
+        natsMsg *m = list->Msgs[i];
+        list->Msgs[i] = NULL;
+        int64_t due = h->core ? 0 : due_of(m);
+        if (due > now) {
+            natsMsg_NakWithDelay(m, due - now, NULL);
+            natsMsg_Destroy(m);
+            continue;
+        }
+        if (evq__grow(&h->buf, &h->cap_buf, h->n_buf, sizeof *h->buf)) {
+            if (!h->core)
+                natsMsg_Nak(m, NULL);
+            natsMsg_Destroy(m);
+            continue;
+        }
+        h->buf[h->n_buf++] = m;
+    }
+    pthread_mutex_unlock(&h->buf_mu);
+    natsMsgList_Destroy(list);
+}
+
+static bool take_buffered(nhandle *h, evq__delivery *d)
+{
+    bool got = false;
+    pthread_mutex_lock(&h->buf_mu);
+    if (h->n_buf > 0) {
+        natsMsg *m = h->buf[h->head_buf++];
+        if (--h->n_buf == 0)
+            h->head_buf = 0;
+        d->ev = NULL;
+        d->bytes = (const unsigned char *)natsMsg_GetData(m);
+        d->len = (size_t)natsMsg_GetDataLength(m);
+        d->attempt = h->core ? 1 : attempt_of(m);
+        d->token = m;
+        got = true;
+    }
+    pthread_mutex_unlock(&h->buf_mu);
+    return got;
+}
+
+/* One fetch of up to prefetch messages, waiting up to wait_ms (0: only
+ * what is there now).  rd_mu held. */
+static natsStatus fetch(nhandle *h, int64_t wait_ms)
+{
+    natsMsgList list = {0};
+    natsStatus s;
+    if (h->core) {
+        natsMsg *m = NULL;
+        s = natsSubscription_NextMsg(&m, h->sub, wait_ms > 0 ? wait_ms : 1);
+        if (s == NATS_OK) {
+            list.Msgs = calloc(1, sizeof *list.Msgs);
+            if (!list.Msgs) {
+                natsMsg_Destroy(m);
+                return NATS_NO_MEMORY;
+            }
+            list.Msgs[0] = m;
+            list.Count = 1;
+            buffer_list(h, &list);
+        }
+        return s;
+    }
+    jsFetchRequest fr;
+    jsFetchRequest_Init(&fr);
+    fr.Batch = h->prefetch;
+    if (wait_ms <= 0) {
+        fr.NoWait = true;
+        fr.Expires = 200 * 1000000LL; /* bound on the reply's wait */
+    } else {
+        fr.Expires = wait_ms * 1000000;
+    }
+    s = natsSubscription_FetchRequest(&list, h->sub, &fr);
+    if (list.Count > 0) {
+        buffer_list(h, &list);
+        return NATS_OK;
+    }
+    natsMsgList_Destroy(&list);
+    return s == NATS_OK ? NATS_TIMEOUT : s;
+}
+
+static int nats_dequeue(void *state, evq__delivery *d, int timeout_ms)
+{
+    nhandle *h = state;
+    int64_t deadline = evq__deadline_ns(timeout_ms);
+    for (;;) {
+        if (atomic_load(&h->interrupted))
+            return evq__err(EVQ_ECLOSED, "queue interrupted");
+        if (take_buffered(h, d))
+            return 0;
+        if (timeout_ms == 0) {
+            if (pthread_mutex_trylock(&h->rd_mu) != 0)
+                return evq__err(EVQ_ETIMEDOUT, "another thread is reading");
+        } else {
+            pthread_mutex_lock(&h->rd_mu);
+        }
+        if (take_buffered(h, d)) {
+            pthread_mutex_unlock(&h->rd_mu);
+            return 0;
+        }
+        int64_t left = deadline == INT64_MAX
+                           ? INT64_MAX
+                           : (deadline - evq__now_mono_ns()) / 1000000;
+        /* Slices, so an interrupt is seen within one. */
+        int64_t wait = timeout_ms == 0 ? 0 : left > 250 ? 250 : left;
+        natsStatus s = NATS_TIMEOUT;
+        if (!atomic_load(&h->interrupted))
+            s = fetch(h, wait);
+        pthread_mutex_unlock(&h->rd_mu);
+        if (take_buffered(h, d))
+            return 0;
+        if (s != NATS_OK && s != NATS_TIMEOUT) {
+            int rc = nerr(h, s, 0, "fetch");
+            if (rc != EVQ_ECONN || timeout_ms == 0)
+                return rc;
+            /* disconnected: nats.c reconnects; wait a little */
+            struct timespec pause = {0, 50 * 1000000};
+            nanosleep(&pause, NULL);
+        }
+        if (timeout_ms == 0 || evq__now_mono_ns() >= deadline)
+            return evq__err(EVQ_ETIMEDOUT, "no event within %d ms", timeout_ms);
+    }
+}
+
+/* ---- settle -------------------------------------------------------------- */
+
+static int nats_ack(void *state, evq__delivery *d)
+{
+    nhandle *h = state;
+    natsMsg *m = d->token;
+    natsStatus s = h->core ? NATS_OK : natsMsg_Ack(m, NULL);
+    natsMsg_Destroy(m);
+    return s == NATS_OK ? 0 : nerr(h, s, 0, "ack");
+}
+
+static int nats_nack(void *state, evq__delivery *d, int64_t delay_ms)
+{
+    nhandle *h = state;
+    natsMsg *m = d->token;
+    natsStatus s = NATS_OK;
+    if (!h->core)
+        s = delay_ms > 0 ? natsMsg_NakWithDelay(m, delay_ms, NULL)
+                         : natsMsg_Nak(m, NULL);
+    natsMsg_Destroy(m);
+    return s == NATS_OK ? 0 : nerr(h, s, 0, "nack");
+}
+
+static int nats_touch(void *state, evq__delivery *d)
+{
+    nhandle *h = state;
+    if (h->core)
+        return 0;
+    natsStatus s = natsMsg_InProgress(d->token, NULL);
+    return s == NATS_OK ? 0 : nerr(h, s, 0, "in progress");
+}
+
+/* What was fetched and never handed out goes back at once. */
+static void hand_back(nhandle *h)
+{
+    pthread_mutex_lock(&h->buf_mu);
+    for (size_t i = 0; i < h->n_buf; i++) {
+        natsMsg *m = h->buf[h->head_buf + i];
+        if (!h->core)
+            natsMsg_Nak(m, NULL);
+        natsMsg_Destroy(m);
+    }
+    h->n_buf = h->head_buf = 0;
+    pthread_mutex_unlock(&h->buf_mu);
+}
+
+static int nats_interrupt(void *state)
+{
+    nhandle *h = state;
+    atomic_store(&h->interrupted, true);
+    hand_back(h);
+    return 0;
+}
+
+static int nats_stats(void *state, struct evq_queue_stats *out)
+{
+    nhandle *h = state;
+    if (h->core) {
+        int pending = 0;
+        natsSubscription_GetPending(h->sub, &pending, NULL);
+        out->depth = pending;
+        out->in_flight = -1;
+        out->delayed = -1;
+        return 0;
+    }
+    jsConsumerInfo *ci = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s =
+        js_GetConsumerInfo(&ci, h->js, h->stream, h->durable, NULL, &jerr);
+    if (s != NATS_OK)
+        return nerr(h, s, jerr, "consumer info");
+    pthread_mutex_lock(&h->buf_mu);
+    int64_t buffered = (int64_t)h->n_buf;
+    pthread_mutex_unlock(&h->buf_mu);
+    /* Fetched but not handed out counts as ready, as it is to the user. */
+    out->depth = (int64_t)ci->NumPending + buffered;
+    out->in_flight = ci->NumAckPending - buffered;
+    if (out->in_flight < 0)
+        out->in_flight = 0;
+    out->delayed = -1; /* held delayed events count as in flight */
+    jsConsumerInfo_Destroy(ci);
+    return 0;
+}
+
+const struct evq_backend_ops evq__backend_nats = {
+    .scheme = "nats",
+    .flags = 0,
+    .opts = nats_opts,
+    .open = nats_open,
+    .enqueue = nats_enqueue,
+    .dequeue = nats_dequeue,
+    .ack = nats_ack,
+    .nack = nats_nack,
+    .touch = nats_touch,
+    .interrupt = nats_interrupt,
+    .stats = nats_stats,
+    .close = nats_close,
+};
