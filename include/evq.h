@@ -455,6 +455,11 @@ typedef struct evq_worker_opts {
     void *on_error_arg;
     evq_log_fn log; /* may be NULL: the library never prints */
     void *log_arg;
+    /* How often the event of a handler still running is touched
+     * (evq_msg_touch) so it is not redelivered meanwhile: 0 (default) means
+     * a third of the queue's visibility_timeout_ms on backends that can
+     * extend a delivery (nats://), -1 never. */
+    int touch_ms;
 } evq_worker_opts;
 
 /* Fills `o` with the defaults above. */

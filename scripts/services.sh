@@ -3,9 +3,16 @@
 # data in a temporary folder, runs a command, and stops them by pid.
 #
 #   scripts/services.sh run redis [--fsync-always] -- COMMAND [ARGS...]
+#   scripts/services.sh run nats [--no-js] [--cluster] -- COMMAND [ARGS...]
 #
 # In COMMAND's arguments @REDIS_URL@ becomes redis://127.0.0.1:PORT and
-# @REDIS_PORT@ the port.  The command's exit status is returned.
+# @REDIS_PORT@ the port; @NATS_URL@ becomes nats://127.0.0.1:PORT (every
+# server of a --cluster, comma-separated) and @NATS_PORT@ the (first) port;
+# @SERVICE_DIR@ is the temporary folder.  nats-server runs with JetStream
+# unless --no-js; --cluster starts three of them (JetStream, routes to each
+# other).  Server i's pid is in SERVICE_DIR/nats-i.pid and the command that
+# starts it again (same port, same store) in SERVICE_DIR/nats-i.sh, for
+# tests that kill and restart it.  The command's exit status is returned.
 set -euo pipefail
 
 die() { echo "services.sh: $*" >&2; exit 2; }
@@ -46,6 +53,32 @@ start_redis() { # dir port fsync; returns 1 when the port was taken
   die "redis-server did not start on port $port"
 }
 
+# Starts nats server $2 of the run in $1: port $3, JetStream unless $4 is
+# "nojs", cluster port $5 and routes $6 when clustered.  Returns 1 when a
+# port was taken.
+start_nats() {
+  local dir=$1 i=$2 port=$3 js=$4 cport=${5:-} routes=${6:-}
+  command -v nats-server >/dev/null || die "nats-server is not installed (scripts/deps.sh installs it)"
+  local cmd="nats-server -a 127.0.0.1 -p $port -P $dir/nats-$i.pid -l $dir/nats-$i.log -n evq-$i"
+  [ "$js" = nojs ] || cmd="$cmd -js -sd $dir/store-$i"
+  [ -z "$cport" ] || cmd="$cmd --cluster_name evq --cluster nats://127.0.0.1:$cport --routes $routes"
+  printf '#!/bin/sh\nexec setsid %s </dev/null >/dev/null 2>&1 &\n' "$cmd" >"$dir/nats-$i.sh"
+  rm -f "$dir/nats-$i.log"
+  sh "$dir/nats-$i.sh"
+  for _ in $(seq 1 200); do
+    if grep -q "Server is ready" "$dir/nats-$i.log" 2>/dev/null; then
+      return 0
+    fi
+    if grep -qi "address already in use" "$dir/nats-$i.log" 2>/dev/null; then
+      stop_by_pidfile "$dir/nats-$i.pid"
+      return 1
+    fi
+    sleep 0.05
+  done
+  cat "$dir/nats-$i.log" >&2 || true
+  die "nats-server $i did not start on port $port"
+}
+
 stop_by_pidfile() {
   local pidfile=$1 pid
   [ -f "$pidfile" ] || return 0
@@ -58,14 +91,18 @@ stop_by_pidfile() {
   kill -9 "$pid" 2>/dev/null || true
 }
 
-[ "${1:-}" = run ] || die "usage: services.sh run redis [--fsync-always] -- COMMAND..."
+[ "${1:-}" = run ] || die "usage: services.sh run redis|nats [OPTIONS] -- COMMAND..."
 shift
 service=${1:-}
 shift || true
 fsync=everysec
+js=js
+cluster=no
 while [ $# -gt 0 ] && [ "$1" != -- ]; do
   case $1 in
     --fsync-always) fsync=always ;;
+    --no-js) js=nojs ;;
+    --cluster) cluster=yes ;;
     *) die "unknown option $1" ;;
   esac
   shift
@@ -74,7 +111,13 @@ done
 shift
 
 dir=$(mktemp -d /tmp/evq-services-XXXXXX)
-cleanup() { stop_by_pidfile "$dir/redis.pid"; rm -rf "$dir"; }
+cleanup() {
+  stop_by_pidfile "$dir/redis.pid"
+  for f in "$dir"/nats-*.pid; do
+    [ -e "$f" ] && stop_by_pidfile "$f"
+  done
+  rm -rf "$dir"
+}
 trap cleanup EXIT
 
 case $service in
@@ -90,6 +133,33 @@ case $service in
     done
     url="redis://127.0.0.1:$port"
     ;;
+  nats)
+    for attempt in 1 2 3 4 5; do
+      if [ "$cluster" = no ]; then
+        port=$(free_port)
+        start_nats "$dir" 1 "$port" "$js" && { url="nats://127.0.0.1:$port"; break; }
+      else
+        ports=() cports=() ok=yes
+        for i in 1 2 3; do ports+=("$(free_port)"); cports+=("$(free_port)"); done
+        routes="nats://127.0.0.1:${cports[0]},nats://127.0.0.1:${cports[1]},nats://127.0.0.1:${cports[2]}"
+        for i in 1 2 3; do
+          start_nats "$dir" "$i" "${ports[$((i-1))]}" js "${cports[$((i-1))]}" "$routes" || { ok=no; break; }
+        done
+        if [ "$ok" = yes ]; then
+          port=${ports[0]}
+          url="nats://127.0.0.1:${ports[0]},127.0.0.1:${ports[1]},127.0.0.1:${ports[2]}"
+          # JetStream answers once the servers have elected a meta leader.
+          for _ in $(seq 1 200); do
+            cat "$dir"/nats-*.log | grep -qi "JetStream cluster new metadata leader\|Self is new JetStream cluster metadata leader" && break
+            sleep 0.05
+          done
+          break
+        fi
+        for f in "$dir"/nats-*.pid; do [ -e "$f" ] && stop_by_pidfile "$f"; done
+      fi
+      [ "$attempt" -lt 5 ] || die "nats-server found no free port"
+    done
+    ;;
   *) die "unknown service '$service'" ;;
 esac
 
@@ -97,6 +167,8 @@ args=()
 for a in "$@"; do
   a=${a//@REDIS_URL@/$url}
   a=${a//@REDIS_PORT@/$port}
+  a=${a//@NATS_URL@/$url}
+  a=${a//@NATS_PORT@/$port}
   a=${a//@SERVICE_DIR@/$dir}
   args+=("$a")
 done

@@ -287,6 +287,9 @@ int evq__enqueue_raw(evq_queue *q, const void *bytes, size_t len);
 /* Opens another handle on the same queue with the same URL and options. */
 int evq__queue_clone(evq_queue *q, evq_queue **out);
 
+/* How often a worker should touch a running handler's delivery on `q`: a
+ * third of its visibility timeout, or 0 when the backend cannot touch. */
+int64_t evq__queue_touch_ms(const evq_queue *q);
 /* The name of the queue a worker consumes. */
 const char *evq__worker_queue_name(const evq_worker *w);
 /* Empties the calling thread's evq_errmsg(). */

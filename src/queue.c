@@ -559,6 +559,14 @@ int evq_nack(evq_msg *m, int64_t delay_ms)
     return rc;
 }
 
+int64_t evq__queue_touch_ms(const evq_queue *q)
+{
+    if (!q->ops->touch)
+        return 0;
+    int64_t vt = evq__opt_int(&q->opts, q->ops->opts, "visibility_timeout_ms");
+    return vt / 3 > 10 ? vt / 3 : 10;
+}
+
 int evq_msg_touch(evq_msg *m)
 {
     if (!m)

@@ -43,8 +43,11 @@ typedef struct wthread {
     /* The event whose handlers run now, for stop's report of stuck
      * handlers.  The reader raises `inspecting` before looking at `cur`;
      * the thread clears `cur` and then waits while `inspecting` is up, so
-     * the event cannot be settled and freed under the reader's eyes. */
+     * the event cannot be settled and freed under the reader's eyes.
+     * `inspecting` counts readers: stop's report and the keeper. */
     _Atomic(const evq_event *) cur;
+    _Atomic(evq_msg *) cur_msg; /* cur's message, for the keeper's touch */
+    _Atomic uint64_t touched;   /* ticks of the last touch */
     _Atomic uint64_t cur_start; /* ticks */
     atomic_int inspecting;
     wcounter received, succeeded, failed, retried, dead, unhandled, in_flight;
@@ -63,6 +66,11 @@ struct evq_worker {
     pthread_mutex_t mu;
     pthread_cond_t exited;
     int live; /* under mu */
+    /* The keeper: touches the events of handlers that run long. */
+    int64_t touch_ms; /* 0: no keeper */
+    pthread_t keeper;
+    bool keeper_joinable;
+    pthread_cond_t keeper_wake; /* with mu */
 };
 
 static _Thread_local evq_worker *tls_worker;
@@ -112,7 +120,51 @@ static void worker_release(evq_worker *w)
     evq_queue_close(w->fetch);
     pthread_mutex_destroy(&w->mu);
     pthread_cond_destroy(&w->exited);
+    pthread_cond_destroy(&w->keeper_wake);
     free(w);
+}
+
+/* The keeper: every touch_ms / 2, touches the event of each handler that
+ * has run touch_ms since its start or its last touch, so the backend does
+ * not hand it to another consumer while it still runs.  It holds a
+ * reference to the worker and ends once the worker is stopping and no
+ * thread is left, so handlers stuck past a stop deadline stay covered. */
+static void *keeper_main(void *arg)
+{
+    evq_worker *w = arg;
+    uint64_t every = (uint64_t)((double)w->touch_ms * 1e6 / evq__ns_per_tick());
+    pthread_setname_np(pthread_self(), "evq-keeper");
+    pthread_mutex_lock(&w->mu);
+    while (!atomic_load(&w->stopping) || w->live > 0) {
+        struct timespec ts =
+            evq__ts_from_ns(evq__now_real_ns() + w->touch_ms * 1000000 / 2);
+        pthread_cond_timedwait(&w->keeper_wake, &w->mu, &ts);
+        if (atomic_load(&w->stopping) && w->live == 0)
+            break;
+        pthread_mutex_unlock(&w->mu);
+        uint64_t now = evq__ticks();
+        for (int i = 0; i < w->n; i++) {
+            wthread *t = w->t[i];
+            if (!t)
+                continue;
+            atomic_fetch_add_explicit(&t->inspecting, 1, memory_order_seq_cst);
+            evq_msg *m = atomic_load_explicit(&t->cur, memory_order_seq_cst)
+                             ? atomic_load(&t->cur_msg)
+                             : NULL;
+            if (m && now - atomic_load(&t->touched) >= every) {
+                int rc = evq_msg_touch(m);
+                if (rc)
+                    wlog(w, EVQ_LOG_WARN, "touching a running event: %s: %s",
+                         evq_strerror(rc), evq_errmsg());
+                atomic_store(&t->touched, now);
+            }
+            atomic_fetch_sub_explicit(&t->inspecting, 1, memory_order_release);
+        }
+        pthread_mutex_lock(&w->mu);
+    }
+    pthread_mutex_unlock(&w->mu);
+    worker_release(w);
+    return NULL;
 }
 
 static uint64_t next_rand(wthread *t)
@@ -168,6 +220,8 @@ static void handle(wthread *t, evq_msg *m)
 
     uint64_t start = evq__ticks();
     atomic_store_explicit(&t->cur_start, start, memory_order_relaxed);
+    atomic_store_explicit(&t->touched, start, memory_order_relaxed);
+    atomic_store_explicit(&t->cur_msg, m, memory_order_relaxed);
     atomic_store_explicit(&t->cur, ev, memory_order_release);
 
     int rc = evq_dispatch(w->events, ev);
@@ -179,6 +233,7 @@ static void handle(wthread *t, evq_msg *m)
     atomic_store_explicit(&t->cur, NULL, memory_order_seq_cst);
     while (atomic_load_explicit(&t->inspecting, memory_order_seq_cst))
         ;
+    atomic_store_explicit(&t->cur_msg, NULL, memory_order_relaxed);
 
     if (rc == 0) {
         int arc = evq_ack(m);
@@ -325,6 +380,10 @@ int evq_worker_start(evq_worker **wp, evq_queue *q, evq_events *events,
     atomic_init(&w->refs, 1);
     pthread_mutex_init(&w->mu, NULL);
     pthread_cond_init(&w->exited, NULL);
+    pthread_cond_init(&w->keeper_wake, NULL);
+    w->touch_ms = opts->touch_ms < 0   ? 0
+                  : opts->touch_ms > 0 ? opts->touch_ms
+                                       : evq__queue_touch_ms(q);
     w->t = calloc((size_t)w->n, sizeof *w->t);
     if (!w->t) {
         worker_release(w);
@@ -360,6 +419,17 @@ int evq_worker_start(evq_worker **wp, evq_queue *q, evq_events *events,
             break;
         }
         t->joinable = true;
+    }
+    if (!rc && w->touch_ms > 0) {
+        atomic_fetch_add(&w->refs, 1);
+        int e = pthread_create(&w->keeper, NULL, keeper_main, w);
+        if (e) {
+            atomic_fetch_sub(&w->refs, 1);
+            rc = evq__err(EVQ_ENOMEM, "cannot start the keeper thread: %s",
+                          strerror(e));
+        } else {
+            w->keeper_joinable = true;
+        }
     }
     if (rc) {
         evq_worker_stop(w, -1);
@@ -414,7 +484,7 @@ int evq_worker_stop(evq_worker *w, int drain_timeout_ms)
             wthread *t = w->t[i];
             if (!t)
                 continue;
-            atomic_store_explicit(&t->inspecting, 1, memory_order_seq_cst);
+            atomic_fetch_add_explicit(&t->inspecting, 1, memory_order_seq_cst);
             const evq_event *ev =
                 atomic_load_explicit(&t->cur, memory_order_seq_cst);
             if (ev) {
@@ -424,10 +494,20 @@ int evq_worker_stop(evq_worker *w, int drain_timeout_ms)
                                 " thread %d on %.64s %.40s for %.0f ms;", i,
                                 evq_event_type(ev), evq_event_id(ev), ms);
             }
-            atomic_store_explicit(&t->inspecting, 0, memory_order_release);
+            atomic_fetch_sub_explicit(&t->inspecting, 1, memory_order_release);
         }
         wlog(w, EVQ_LOG_ERROR, "%s", msg);
         rc = evq__err(EVQ_ETIMEDOUT, "%s", msg);
+    }
+    if (w->keeper_joinable) { /* ends now, or after the stuck handlers */
+        w->keeper_joinable = false;
+        pthread_mutex_lock(&w->mu);
+        pthread_cond_signal(&w->keeper_wake);
+        pthread_mutex_unlock(&w->mu);
+        if (stuck > 0)
+            pthread_detach(w->keeper);
+        else
+            pthread_join(w->keeper, NULL);
     }
     /* Join the threads that ended; leave the stuck ones to finish alone
      * (each holds a reference to the worker). */

@@ -7,6 +7,7 @@
  * bad credentials and unreachable servers give clear errors; a dead
  * consumer's events are taken over; a server killed and restarted (its
  * append-only file fsynced always) loses no event whose enqueue succeeded. */
+#include "outage.h"
 #include "testutil.h"
 
 #include <pthread.h>
@@ -294,22 +295,9 @@ static void threads_sharing_a_handle_enqueue_in_parallel(void **state)
 
 /* ---- the server killed and restarted ----------------------------------- */
 
-#define OUTAGE_EVENTS 20000
-
-static _Atomic unsigned char outage_seen[OUTAGE_EVENTS];
-static _Atomic unsigned char outage_acked[OUTAGE_EVENTS];
-
-static int outage_handler(const evq_event *ev, void *arg)
+static void restart_server(void *arg)
 {
     (void)arg;
-    json_int_t n = json_integer_value(evq_event_data(ev));
-    if (n >= 0 && n < OUTAGE_EVENTS)
-        atomic_store(&outage_seen[n], 1);
-    return 0;
-}
-
-static void restart_server(void)
-{
     char cmd[1024];
     snprintf(cmd, sizeof cmd,
              "kill -9 $(cat %s/redis.pid) && sleep 0.3 && "
@@ -322,84 +310,10 @@ static void restart_server(void)
     assert_int_equal(system(cmd), 0);
 }
 
-struct producer {
-    evq_queue *q;
-    atomic_int done, errors;
-};
-
-static void *outage_producer(void *arg)
-{
-    struct producer *p = arg;
-    for (int i = 0; i < OUTAGE_EVENTS; i++) {
-        evq_event *ev = evq_event_new("outage", json_integer(i));
-        int rc = evq_enqueue(p->q, ev);
-        /* An application retries while the server is away; each failed
-         * call must have said so. */
-        for (int t = 0; (rc == EVQ_ECONN || rc == EVQ_EIO) && t < 500; t++) {
-            atomic_fetch_add(&p->errors, 1);
-            struct timespec pause = {0, 10 * 1000000};
-            nanosleep(&pause, NULL);
-            rc = evq_enqueue(p->q, ev);
-        }
-        evq_event_free(ev);
-        if (rc == 0)
-            atomic_store(&outage_acked[i], 1);
-    }
-    atomic_store(&p->done, 1);
-    return NULL;
-}
-
-static bool all_acked_seen(void *arg)
-{
-    (void)arg;
-    for (int i = 0; i < OUTAGE_EVENTS; i++) {
-        if (atomic_load(&outage_acked[i]) && !atomic_load(&outage_seen[i]))
-            return false;
-    }
-    return true;
-}
-
-static bool producer_done(void *arg)
-{
-    return atomic_load(&((struct producer *)arg)->done) != 0;
-}
-
 static void a_server_restart_loses_no_accepted_event(void **state)
 {
     (void)state;
-    struct producer p = {0};
-    evq_events *e = evq_events_new();
-    evq_worker_opts o;
-    evq_worker *w;
-    pthread_t t;
-
-    assert_evq_ok(evq_queue_open(&p.q, url, "outage", NULL));
-    evq_worker_opts_init(&o);
-    o.concurrency = 2;
-    evq_register_handler(e, "outage", outage_handler, NULL);
-    assert_evq_ok(evq_worker_start(&w, p.q, e, &o));
-    pthread_create(&t, NULL, outage_producer, &p);
-    struct timespec pause = {0, 300 * 1000000};
-    nanosleep(&pause, NULL);
-    restart_server();
-    assert_true(eventually(producer_done, &p, 120000));
-    pthread_join(t, NULL);
-    bool ok = eventually(all_acked_seen, NULL, 60000);
-    assert_evq_ok(evq_worker_stop(w, 10000));
-    int accepted = 0, seen = 0;
-    for (int i = 0; i < OUTAGE_EVENTS; i++) {
-        accepted += atomic_load(&outage_acked[i]);
-        seen += atomic_load(&outage_seen[i]);
-    }
-    printf("outage: %d of %d events accepted (%d calls failed during the "
-           "outage), %d processed\n",
-           accepted, OUTAGE_EVENTS, atomic_load(&p.errors), seen);
-    assert_true(ok);
-    assert_int_equal(accepted, OUTAGE_EVENTS);
-    assert_true(atomic_load(&p.errors) > 0); /* the outage was seen */
-    evq_worker_free(w);
-    evq_events_free(e);
-    evq_queue_close(p.q);
+    run_outage(url, "outage", restart_server, NULL);
 }
 
 int main(int argc, char **argv)

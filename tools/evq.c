@@ -562,7 +562,8 @@ static const char dead_help[] =
     "  list     print each dead letter as a CloudEvents JSON line (with\n"
     "           evqerror, evqattempts and evqqueue) and leave it there\n"
     "  replay   enqueue each dead letter on QUEUE again (without the evq*\n"
-    "           attributes), then remove it from the dead-letter queue\n"
+    "           attributes, with evqreplayed set to the time of the replay),\n"
+    "           then remove it from the dead-letter queue\n"
     "  purge    remove the dead letters\n"
     "  --count N     handle at most N dead letters\n"
     "  -o KEY=VALUE  queue option (repeatable)\n"
@@ -632,6 +633,12 @@ static int cmd_dead(int argc, char **argv)
                 evq_event_set_attr(copy, "evqerror", NULL);
                 evq_event_set_attr(copy, "evqattempts", NULL);
                 evq_event_set_attr(copy, "evqqueue", NULL);
+                /* Marks the replay, so a backend that drops duplicates by
+                 * event id (nats://) does not take it for the original. */
+                char mark[40];
+                snprintf(mark, sizeof mark, "%lld",
+                         (long long)(real_ns() / 1000000));
+                evq_event_set_attr(copy, "evqreplayed", mark);
                 rc = evq_enqueue(q, copy);
             }
             evq_event_free(copy);

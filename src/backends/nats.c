@@ -22,8 +22,10 @@
  * - Touch (a long handler): natsMsg_InProgress (+WPI) restarts AckWait.
  *
  * Core mode (nats.mode=core): plain publish and a queue-group subscription
- * (group "evq"): at most once.  Ack and nack do nothing; an event nacked,
- * or in a consumer that dies, is gone; delayed enqueue is not supported.
+ * (group "evq") made at a handle's first dequeue: at most once, and only
+ * to handles reading when the message is published.  Ack and nack do nothing;
+ * an event nacked, or in a consumer that dies, is gone; delayed enqueue is not
+ * supported.
  *
  * Messages carry the encoded CloudEvent as their body with a Content-Type
  * header (application/cloudevents+json for JSON: structured mode).
@@ -59,6 +61,9 @@ static const evq__opt_spec nats_opts[] = {
      "delayed events held back included"},
     {"nats.dedup_window_ms", EVQ__OPT_INT, "120000", 1000, 86400000, NULL,
      "the stream's duplicate window for Nats-Msg-Id"},
+    {"nats.pending_limit", EVQ__OPT_INT, "65536", 1, 100000000, NULL,
+     "core mode: messages buffered for a consumer before NATS drops more "
+     "(a slow consumer)"},
     {"nats.connect_timeout_ms", EVQ__OPT_INT, "5000", 1, 600000, NULL,
      "connect timeout"},
     {"nats.timeout_ms", EVQ__OPT_INT, "5000", 1, 600000, NULL,
@@ -97,6 +102,7 @@ typedef struct nhandle {
     bool core;
     char *subject, *stream, *durable, *content_type;
     int prefetch;
+    int pending_limit; /* core */
     int64_t timeout_ms;
     pthread_mutex_t rd_mu; /* one fetch at a time */
     pthread_mutex_t buf_mu;
@@ -503,14 +509,9 @@ static int nats_open(void **state, const evq__url *url, const char *name,
         nats_close(h);
         return rc;
     }
-    if (h->core) {
-        s = natsConnection_QueueSubscribeSync(&h->sub, h->nc, h->subject,
-                                              "evq");
-        if (s != NATS_OK) {
-            rc = nerr(h, s, 0, "subscribe");
-            nats_close(h);
-            return rc;
-        }
+    if (h->core) { /* subscribes at the first dequeue */
+        h->pending_limit =
+            (int)evq__opt_int(opts, nats_opts, "nats.pending_limit");
         *state = h;
         return 0;
     }
@@ -783,6 +784,21 @@ static natsStatus fetch(nhandle *h, int64_t wait_ms)
     natsStatus s;
     if (h->core) {
         natsMsg *m = NULL;
+        if (!h->sub) {
+            /* A handle joins the queue group when it first reads, so one
+             * that only publishes takes no share of the messages.  Once
+             * flushed the server knows of it: what is published after
+             * this reaches it. */
+            s = natsConnection_QueueSubscribeSync(&h->sub, h->nc, h->subject,
+                                                  "evq");
+            if (s == NATS_OK)
+                s = natsSubscription_SetPendingLimits(h->sub, h->pending_limit,
+                                                      64 * 1024 * 1024);
+            if (s == NATS_OK)
+                s = natsConnection_FlushTimeout(h->nc, h->timeout_ms);
+            if (s != NATS_OK)
+                return s;
+        }
         s = natsSubscription_NextMsg(&m, h->sub, wait_ms > 0 ? wait_ms : 1);
         if (s == NATS_OK) {
             list.Msgs = calloc(1, sizeof *list.Msgs);
@@ -916,7 +932,10 @@ static int nats_stats(void *state, struct evq_queue_stats *out)
     nhandle *h = state;
     if (h->core) {
         int pending = 0;
-        natsSubscription_GetPending(h->sub, &pending, NULL);
+        pthread_mutex_lock(&h->rd_mu);
+        if (h->sub)
+            natsSubscription_GetPending(h->sub, &pending, NULL);
+        pthread_mutex_unlock(&h->rd_mu);
         out->depth = pending;
         out->in_flight = -1;
         out->delayed = -1;
@@ -924,6 +943,8 @@ static int nats_stats(void *state, struct evq_queue_stats *out)
     }
     jsConsumerInfo *ci = NULL;
     jsErrCode jerr = 0;
+    /* acks are sent without an answer: make sure the server has them */
+    natsConnection_FlushTimeout(h->nc, h->timeout_ms);
     natsStatus s =
         js_GetConsumerInfo(&ci, h->js, h->stream, h->durable, NULL, &jerr);
     if (s != NATS_OK)

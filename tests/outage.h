@@ -1,0 +1,116 @@
+/*
+ * outage.h - the server-restart test every networked backend runs: a
+ * producer thread enqueues OUTAGE_EVENTS numbered events (retrying, as an
+ * application would, each call that fails) while a worker consumes them,
+ * and the server is killed and restarted meanwhile.  At the end every event
+ * whose enqueue returned 0 was processed at least once, and the outage was
+ * seen by at least one failed call.
+ */
+#ifndef EVQ_OUTAGE_H
+#define EVQ_OUTAGE_H
+
+#include "testutil.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#define OUTAGE_EVENTS 20000
+
+static _Atomic unsigned char outage_seen[OUTAGE_EVENTS];
+static _Atomic unsigned char outage_acked[OUTAGE_EVENTS];
+
+static int outage_handler(const evq_event *ev, void *arg)
+{
+    (void)arg;
+    json_int_t n = json_integer_value(evq_event_data(ev));
+    if (n >= 0 && n < OUTAGE_EVENTS)
+        atomic_store(&outage_seen[n], 1);
+    return 0;
+}
+
+struct outage_producer {
+    evq_queue *q;
+    atomic_int done, errors;
+};
+
+static void *outage_produce(void *arg)
+{
+    struct outage_producer *p = arg;
+    for (int i = 0; i < OUTAGE_EVENTS; i++) {
+        evq_event *ev = evq_event_new("outage", json_integer(i));
+        int rc = evq_enqueue(p->q, ev);
+        /* An application retries while the server is away; each failed
+         * call must have said so with a code it can act on. */
+        for (int t = 0;
+             (rc == EVQ_ECONN || rc == EVQ_EIO || rc == EVQ_ETIMEDOUT) &&
+             t < 500;
+             t++) {
+            atomic_fetch_add(&p->errors, 1);
+            struct timespec pause = {0, 10 * 1000000};
+            nanosleep(&pause, NULL);
+            rc = evq_enqueue(p->q, ev);
+        }
+        evq_event_free(ev);
+        if (rc == 0)
+            atomic_store(&outage_acked[i], 1);
+    }
+    atomic_store(&p->done, 1);
+    return NULL;
+}
+
+static bool outage_all_acked_seen(void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < OUTAGE_EVENTS; i++) {
+        if (atomic_load(&outage_acked[i]) && !atomic_load(&outage_seen[i]))
+            return false;
+    }
+    return true;
+}
+
+static bool outage_producer_done(void *arg)
+{
+    return atomic_load(&((struct outage_producer *)arg)->done) != 0;
+}
+
+/* Runs the test on queue `name` of `url`; restart(arg) kills the server
+ * (SIGKILL) and starts it again, returning once it answers. */
+static void run_outage(const char *url, const char *name,
+                       void (*restart)(void *), void *arg)
+{
+    struct outage_producer p = {0};
+    evq_events *e = evq_events_new();
+    evq_worker_opts o;
+    evq_worker *w;
+    pthread_t t;
+
+    assert_evq_ok(evq_queue_open(&p.q, url, name, NULL));
+    evq_worker_opts_init(&o);
+    o.concurrency = 2;
+    evq_register_handler(e, "outage", outage_handler, NULL);
+    assert_evq_ok(evq_worker_start(&w, p.q, e, &o));
+    pthread_create(&t, NULL, outage_produce, &p);
+    struct timespec pause = {0, 300 * 1000000};
+    nanosleep(&pause, NULL);
+    restart(arg);
+    assert_true(eventually(outage_producer_done, &p, 120000));
+    pthread_join(t, NULL);
+    bool ok = eventually(outage_all_acked_seen, NULL, 60000);
+    assert_evq_ok(evq_worker_stop(w, 10000));
+    int accepted = 0, seen = 0;
+    for (int i = 0; i < OUTAGE_EVENTS; i++) {
+        accepted += atomic_load(&outage_acked[i]);
+        seen += atomic_load(&outage_seen[i]);
+    }
+    printf("outage: %d of %d events accepted (%d calls failed during the "
+           "outage), %d processed\n",
+           accepted, OUTAGE_EVENTS, atomic_load(&p.errors), seen);
+    assert_true(ok);
+    assert_int_equal(accepted, OUTAGE_EVENTS);
+    assert_true(atomic_load(&p.errors) > 0); /* the outage was seen */
+    evq_worker_free(w);
+    evq_events_free(e);
+    evq_queue_close(p.q);
+}
+
+#endif
