@@ -495,13 +495,60 @@ static void a_server_restart_loses_no_accepted_event(void **state)
     char u[512];
     /* acks lost with the server come back after a short AckWait */
     url_with(u, sizeof u, "visibility_timeout_ms=2000");
-    run_outage(u, "outage", restart_server, NULL);
+    /* nats.c buffers publishes while it reconnects, so calls may all
+     * succeed */
+    run_outage(u, "outage", restart_server, NULL, false);
+}
+
+/* ---- a three-server cluster --------------------------------------------- */
+
+/* Kills (SIGKILL) the server that leads the stream of queue `arg`. */
+static void kill_stream_leader(void *arg)
+{
+    natsConnection *nc = NULL;
+    jsCtx *js = NULL;
+    jsStreamInfo *si = NULL;
+    char stream[128];
+    snprintf(stream, sizeof stream, "EVQ_%s", (const char *)arg);
+    assert_int_equal(natsConnection_ConnectTo(&nc, url), NATS_OK);
+    assert_int_equal(natsConnection_JetStream(&js, nc, NULL), NATS_OK);
+    assert_int_equal(js_GetStreamInfo(&si, js, stream, NULL, NULL), NATS_OK);
+    assert_non_null(si->Cluster);
+    assert_non_null(si->Cluster->Leader);
+    int n = 0;
+    assert_int_equal(sscanf(si->Cluster->Leader, "evq-%d", &n), 1);
+    printf("cluster: killing evq-%d, the leader of %s\n", n, stream);
+    jsStreamInfo_Destroy(si);
+    jsCtx_Destroy(js);
+    natsConnection_Destroy(nc);
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "kill -9 $(cat %s/nats-%d.pid)", sdir, n);
+    assert_int_equal(system(cmd), 0);
+}
+
+static void losing_the_stream_leader_loses_nothing(void **state)
+{
+    (void)state;
+    char u[1024];
+    url_with(u, sizeof u, "nats.replicas=3&visibility_timeout_ms=2000");
+    run_outage(u, "leader", kill_stream_leader, "leader", false);
 }
 
 int main(int argc, char **argv)
 {
+    if (argc == 5 && strcmp(argv[4], "cluster") == 0) {
+        url = argv[1];
+        port = argv[2];
+        sdir = argv[3];
+        const struct CMUnitTest cluster[] = {
+            cmocka_unit_test(losing_the_stream_leader_loses_nothing),
+        };
+        int rc = cmocka_run_group_tests(cluster, NULL, NULL);
+        nats_Close();
+        return rc;
+    }
     if (argc != 4) {
-        fprintf(stderr, "usage: test_nats URL PORT SERVICE_DIR\n");
+        fprintf(stderr, "usage: test_nats URL PORT SERVICE_DIR [cluster]\n");
         return 2;
     }
     url = argv[1];

@@ -313,7 +313,7 @@ static void restart_server(void *arg)
 static void a_server_restart_loses_no_accepted_event(void **state)
 {
     (void)state;
-    run_outage(url, "outage", restart_server, NULL);
+    run_outage(url, "outage", restart_server, NULL, true);
 }
 
 int main(int argc, char **argv)

@@ -263,26 +263,39 @@ static int connect(nhandle *h, const evq__url *url, const evq__optset *opts)
     natsStatus s = natsOptions_Create(&no);
     /* nats://host:port for each server of the URL (127.0.0.1:4222 when
      * none); credentials go through the options, never in these. */
-    size_t cap = 64;
+    size_t cap = 64, n = url->n_hosts ? url->n_hosts : 1;
     for (size_t i = 0; i < url->n_hosts; i++)
         cap += strlen(url->hosts[i].host) + 32;
-    char *servers = malloc(cap);
-    if (s == NATS_OK && !servers)
+    char *servers = malloc(cap);                 /* all of them, for messages */
+    const char **list = calloc(n, sizeof *list); /* each, for nats.c */
+    if (s == NATS_OK && (!servers || !list))
         s = NATS_NO_MEMORY;
     if (s == NATS_OK) {
         size_t off = 0;
-        size_t n = url->n_hosts ? url->n_hosts : 1;
         for (size_t i = 0; i < n; i++) {
             const evq__host *hp = url->n_hosts ? &url->hosts[i] : NULL;
             const char *host = hp && hp->host[0] ? hp->host : "127.0.0.1";
             int port = hp && hp->port ? hp->port : 4222;
             bool v6 = strchr(host, ':') != NULL;
+            list[i] = servers + off + (i ? 1 : 0);
             off += (size_t)snprintf(servers + off, cap - off,
                                     "%snats://%s%s%s:%d", i ? "," : "",
                                     v6 ? "[" : "", host, v6 ? "]" : "", port);
         }
-        s = natsOptions_SetURL(no, servers);
+        /* nats.c wants each server alone: cut a copy at the commas */
+        char *each = evq__strdup(servers);
+        if (!each) {
+            s = NATS_NO_MEMORY;
+        } else {
+            size_t k = 0;
+            for (char *tok = strtok(each, ","); tok && k < n;
+                 tok = strtok(NULL, ","))
+                list[k++] = tok;
+            s = natsOptions_SetServers(no, list, (int)k);
+            free(each);
+        }
     }
+    free(list);
     if (s == NATS_OK && url->user && url->password)
         s = natsOptions_SetUserInfo(no, url->user, url->password);
     else if (s == NATS_OK && url->user && url->user[0])
@@ -812,10 +825,17 @@ static natsStatus fetch(nhandle *h, int64_t wait_ms)
         }
         return s;
     }
+    /* libnats 3.4.1 overruns its own array when a fetch starts with more
+     * than half a batch of messages already waiting in the subscription
+     * (the answer to an earlier request that came late) and then asks the
+     * server for the rest.  So what waits is taken one message per fetch
+     * first, and a full batch is asked for only when nothing waits. */
+    int waiting = 0;
+    natsSubscription_GetPending(h->sub, &waiting, NULL);
     jsFetchRequest fr;
     jsFetchRequest_Init(&fr);
-    fr.Batch = h->prefetch;
-    if (wait_ms <= 0) {
+    fr.Batch = waiting > 0 ? 1 : h->prefetch;
+    if (wait_ms <= 0 || waiting > 0) {
         fr.NoWait = true;
         fr.Expires = 200 * 1000000LL; /* bound on the reply's wait */
     } else {
@@ -827,7 +847,8 @@ static natsStatus fetch(nhandle *h, int64_t wait_ms)
         return NATS_OK;
     }
     natsMsgList_Destroy(&list);
-    return s == NATS_OK ? NATS_TIMEOUT : s;
+    /* nothing there now (404), or nothing in time (408) */
+    return s == NATS_OK || s == NATS_NOT_FOUND ? NATS_TIMEOUT : s;
 }
 
 static int nats_dequeue(void *state, evq__delivery *d, int timeout_ms)
