@@ -4,7 +4,7 @@
 #   make check     install missing packages, build and run every test twice
 #                  (gcc; clang with AddressSanitizer + UBSan), the threaded
 #                  tests a third time under ThreadSanitizer, then an install
-#   make bench     the memory backend's figures beside its baseline
+#   make bench     each backend's figures beside its baselines
 #   make format    apply .clang-format to the sources
 #   make install   install into PREFIX (default /usr/local), honouring DESTDIR
 
@@ -59,6 +59,7 @@ check-install: build
 bench: build
 	bench/run.sh $(BUILD)
 	bench/redis.sh $(BUILD)
+	bench/nats.sh $(BUILD)
 
 format:
 	clang-format -i include/*.h src/*.c src/*.h src/backends/*.c \

@@ -270,7 +270,8 @@ struct evq_queue_stats {
 };
 
 /* Opens queue `name` on the backend chosen by the scheme of `url`
- * ("memory://", "sqlite://", "redis://", "redis+unix://", "nats://").
+ * ("memory://", "sqlite://", "redis://", "redis+unix://", "nats://",
+ * "kafka://").
  * Options every queue accepts: format (codec name; memory:// passes events
  * by reference when unset, the others default to json), max_event_bytes,
  * max_depth, dead_letter; evq_options_help() lists each backend's own.  `opts`

@@ -7,7 +7,7 @@ packages=(
   gcc make cmake pkg-config
   clang libclang-rt-14-dev   # the sanitizer build in `make check`
   libjansson-dev libmsgpack-dev libcmocka-dev libsqlite3-dev
-  libhiredis-dev redis-server libnats-dev nats-server
+  libhiredis-dev redis-server libnats-dev nats-server librdkafka-dev kcat
 )
 
 missing=()

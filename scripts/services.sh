@@ -4,6 +4,7 @@
 #
 #   scripts/services.sh run redis [--fsync-always] -- COMMAND [ARGS...]
 #   scripts/services.sh run nats [--no-js] [--cluster] -- COMMAND [ARGS...]
+#   scripts/services.sh run kafka --broker PROGRAM [--brokers N] -- COMMAND...
 #
 # In COMMAND's arguments @REDIS_URL@ becomes redis://127.0.0.1:PORT and
 # @REDIS_PORT@ the port; @NATS_URL@ becomes nats://127.0.0.1:PORT (every
@@ -12,7 +13,11 @@
 # unless --no-js; --cluster starts three of them (JetStream, routes to each
 # other).  Server i's pid is in SERVICE_DIR/nats-i.pid and the command that
 # starts it again (same port, same store) in SERVICE_DIR/nats-i.sh, for
-# tests that kill and restart it.  The command's exit status is returned.
+# tests that kill and restart it.  kafka runs PROGRAM (tests/kafka_broker.c,
+# librdkafka's mock cluster) with N brokers (default 1); @KAFKA_BOOTSTRAP@
+# becomes its bootstrap list, and commands written to
+# SERVICE_DIR/kafka.ctl take brokers down and up.  The command's exit
+# status is returned.
 set -euo pipefail
 
 die() { echo "services.sh: $*" >&2; exit 2; }
@@ -98,8 +103,12 @@ shift || true
 fsync=everysec
 js=js
 cluster=no
+broker=
+brokers=1
 while [ $# -gt 0 ] && [ "$1" != -- ]; do
   case $1 in
+    --broker) broker=$2; shift ;;
+    --brokers) brokers=$2; shift ;;
     --fsync-always) fsync=always ;;
     --no-js) js=nojs ;;
     --cluster) cluster=yes ;;
@@ -113,6 +122,7 @@ shift
 dir=$(mktemp -d /tmp/evq-services-XXXXXX)
 cleanup() {
   stop_by_pidfile "$dir/redis.pid"
+  stop_by_pidfile "$dir/kafka.pid"
   for f in "$dir"/nats-*.pid; do
     [ -e "$f" ] && stop_by_pidfile "$f"
   done
@@ -160,6 +170,19 @@ case $service in
       [ "$attempt" -lt 5 ] || die "nats-server found no free port"
     done
     ;;
+  kafka)
+    [ -x "$broker" ] || die "kafka needs --broker PROGRAM (the built tests/kafka_broker)"
+    setsid "$broker" "$brokers" "$dir" </dev/null >"$dir/kafka.out" 2>&1 &
+    echo $! >"$dir/kafka.pid"
+    for _ in $(seq 1 200); do
+      [ -s "$dir/kafka.bootstrap" ] && break
+      kill -0 "$(cat "$dir/kafka.pid")" 2>/dev/null || { cat "$dir/kafka.out" >&2; die "kafka_broker exited"; }
+      sleep 0.05
+    done
+    [ -s "$dir/kafka.bootstrap" ] || die "kafka_broker did not start"
+    url=$(cat "$dir/kafka.bootstrap")
+    port=${url##*:}
+    ;;
   *) die "unknown service '$service'" ;;
 esac
 
@@ -169,6 +192,7 @@ for a in "$@"; do
   a=${a//@REDIS_PORT@/$port}
   a=${a//@NATS_URL@/$url}
   a=${a//@NATS_PORT@/$port}
+  a=${a//@KAFKA_BOOTSTRAP@/$url}
   a=${a//@SERVICE_DIR@/$dir}
   args+=("$a")
 done

@@ -281,6 +281,7 @@ extern const struct evq_backend_ops evq__backend_memory;
 extern const struct evq_backend_ops evq__backend_sqlite;
 extern const struct evq_backend_ops evq__backend_redis;
 extern const struct evq_backend_ops evq__backend_nats;
+extern const struct evq_backend_ops evq__backend_kafka;
 /* Enqueues bytes as they are, bypassing the codec (tests and tools that need
  * to put foreign or broken messages on a queue opened with a format). */
 int evq__enqueue_raw(evq_queue *q, const void *bytes, size_t len);

@@ -49,7 +49,7 @@ static const struct {
 } backends[] = {
     {"memory", &evq__backend_memory}, {"sqlite", &evq__backend_sqlite},
     {"redis", &evq__backend_redis},   {"redis+unix", &evq__backend_redis},
-    {"nats", &evq__backend_nats},
+    {"nats", &evq__backend_nats},     {"kafka", &evq__backend_kafka},
 };
 
 const struct evq_backend_ops *evq__backend_find(const char *scheme)
@@ -122,7 +122,7 @@ int evq_queue_open(evq_queue **qp, const char *url, const char *name,
     if (!ops) {
         rc = evq__err(EVQ_EINVAL,
                       "unknown URL scheme '%.32s' (known: memory, sqlite, "
-                      "redis, redis+unix, nats)",
+                      "redis, redis+unix, nats, kafka)",
                       u.scheme);
         goto out;
     }

@@ -55,7 +55,8 @@ typedef struct wthread {
 } wthread;
 
 struct evq_worker {
-    evq_queue *fetch;
+    evq_queue *fetch; /* closed by a stop that leaves no thread behind */
+    char *qname;
     evq_events *events;
     evq_worker_opts o;
     int n;
@@ -118,6 +119,7 @@ static void worker_release(evq_worker *w)
         free(w->t[i]);
     free(w->t);
     evq_queue_close(w->fetch);
+    free(w->qname);
     pthread_mutex_destroy(&w->mu);
     pthread_cond_destroy(&w->exited);
     pthread_cond_destroy(&w->keeper_wake);
@@ -389,6 +391,10 @@ int evq_worker_start(evq_worker **wp, evq_queue *q, evq_events *events,
         worker_release(w);
         return evq__err(EVQ_ENOMEM, "out of memory");
     }
+    if (!(w->qname = evq__strdup(evq_queue_name(q)))) {
+        worker_release(w);
+        return evq__err(EVQ_ENOMEM, "out of memory");
+    }
     if ((rc = evq__queue_clone(q, &w->fetch)) != 0) {
         worker_release(w);
         return evq__err_prefix(rc, "worker: opening its queue handle");
@@ -521,6 +527,13 @@ int evq_worker_stop(evq_worker *w, int drain_timeout_ms)
         else
             pthread_join(t->tid, NULL);
     }
+    if (stuck == 0) {
+        /* Nothing uses the worker's handle any more: closing it now
+         * settles what it still holds and lets other consumers have its
+         * share (a Kafka consumer leaves its group). */
+        evq_queue_close(w->fetch);
+        w->fetch = NULL;
+    }
     if (!rc)
         wlog(w, EVQ_LOG_INFO, "worker stopped");
     return rc;
@@ -576,5 +589,5 @@ int evq_worker_stats(const evq_worker *w, struct evq_worker_stats *out)
 
 const char *evq__worker_queue_name(const evq_worker *w)
 {
-    return evq_queue_name(w->fetch);
+    return w->qname;
 }

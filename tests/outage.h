@@ -31,7 +31,7 @@ static int outage_handler(const evq_event *ev, void *arg)
 
 struct outage_producer {
     evq_queue *q;
-    atomic_int done, errors;
+    atomic_int done, errors, gave_up;
 };
 
 static void *outage_produce(void *arg)
@@ -54,6 +54,9 @@ static void *outage_produce(void *arg)
         evq_event_free(ev);
         if (rc == 0)
             atomic_store(&outage_acked[i], 1);
+        else if (atomic_fetch_add(&p->gave_up, 1) == 0)
+            printf("outage: event %d not accepted: %s: %s\n", i,
+                   evq_errname(rc), evq_errmsg());
     }
     atomic_store(&p->done, 1);
     return NULL;

@@ -624,6 +624,19 @@ static void msg_id(const evq__item *it, char *out, size_t cap)
              replay ? replay : "");
 }
 
+/* A failed publish: what nats.c says, as a code an application can retry
+ * on.  While a cluster elects a stream leader the stream can answer "not
+ * found" or not at all: that is a passing failure (EVQ_EIO), not an
+ * absent queue. */
+static int pub_err(nhandle *h, natsStatus s, jsErrCode jerr)
+{
+    int rc = nerr(h, s, jerr, "publish");
+    if (rc == EVQ_ENOENT)
+        rc = evq__err(EVQ_EIO, "%s (the stream has no leader just now?)",
+                      evq_errmsg());
+    return rc;
+}
+
 static int core_enqueue(nhandle *h, const evq__item *items, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
@@ -675,7 +688,7 @@ static int nats_enqueue(void *state, const evq__item *items, size_t n)
         natsMsg_Destroy(m);
         jsPubAck_Destroy(pa);
         pthread_mutex_unlock(&p->mu);
-        return s == NATS_OK ? 0 : nerr(h, s, jerr, "publish");
+        return s == NATS_OK ? 0 : pub_err(h, s, jerr);
     }
     p->failed = 0;
     natsStatus s = NATS_OK;
@@ -702,7 +715,7 @@ static int nats_enqueue(void *state, const evq__item *items, size_t n)
             s = cs;
     }
     if (s != NATS_OK) {
-        rc = nerr(h, s, 0, "publish");
+        rc = pub_err(h, s, 0);
     } else {
         pthread_mutex_lock(&p->err_mu);
         if (p->failed)

@@ -751,6 +751,8 @@ int main(int argc, char **argv)
             break;
         }
     printf("conformance suite on %s\n", base_url);
+    if (getenv("EVQ_TEST_FILTER")) /* run only the tests matching it */
+        cmocka_set_test_filter(getenv("EVQ_TEST_FILTER"));
     if (!(promises & PROMISE_BACKLOG))
         printf("note: %s\n", why_not[4]);
     const struct CMUnitTest tests[] = {

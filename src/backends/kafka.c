@@ -1,0 +1,1047 @@
+/*
+ * kafka.c - queues on Kafka: kafka://host:port[,host:port].
+ *
+ * A queue is a topic of the same name, read by the consumer group
+ * kafka.group (default "evq.<queue>").  Any librdkafka property can be
+ * given as rdkafka.<property>=value; librdkafka checks it at open.
+ *
+ * - Enqueue: an idempotent producer (acks=all); a call returns once every
+ *   delivery report of its events arrived.  The event's partitionkey
+ *   attribute is the message key, so one key stays in one partition, in
+ *   order.  Messages are structured-mode CloudEvents (header content-type
+ *   application/cloudevents+json); binary-mode messages (ce_* headers, the
+ *   data as the value) are read too.
+ * - Consume: auto-commit off.  Events go to the worker threads in any
+ *   order, and a partition's offset is committed only up to its first
+ *   event not yet finished (acked, dead-lettered or nacked), so a crash
+ *   never skips unfinished work; at most kafka.max_in_flight events per
+ *   partition are out at once (the partition is paused meanwhile).  A
+ *   consumer joins the group at its first dequeue, so a handle that only
+ *   produces takes no partitions.
+ * - Nack, delayed enqueue: the event is produced again with headers
+ *   evq_attempt (deliveries so far) and evq_due (Unix ms), and the nacked
+ *   offset counts as finished.  A consumer holds an event that is not due
+ *   yet in memory, unfinished, so only its own partition's commits wait
+ *   for it; other partitions go on.
+ * - On a rebalance, finished offsets of the revoked partitions are
+ *   committed synchronously; what was fetched and not handed out is
+ *   dropped, and the partition's new owner reads it again.
+ */
+#include "../internal.h"
+
+#include <ctype.h>
+#include <librdkafka/rdkafka.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const evq__opt_spec kafka_opts[] = {
+    {"kafka.group", EVQ__OPT_STRING, NULL, 0, 0, NULL,
+     "consumer group (default: evq.<queue>)"},
+    {"kafka.ce_mode", EVQ__OPT_ENUM, "structured", 0, 0, "structured|binary",
+     "CloudEvents on Kafka: the whole event as the value (structured) or "
+     "attributes as ce_* headers and the data as the value (binary)"},
+    {"kafka.max_in_flight", EVQ__OPT_INT, "1000", 1, 1000000, NULL,
+     "events of one partition handed out and not finished before the "
+     "partition is paused"},
+    {"kafka.timeout_ms", EVQ__OPT_INT, "30000", 100, 3600000, NULL,
+     "longest an enqueue waits for its delivery reports"},
+    {"kafka.commit_interval_ms", EVQ__OPT_INT, "200", 0, 60000, NULL,
+     "how often finished offsets are committed"},
+    {"rdkafka.", EVQ__OPT_PREFIX, NULL, 0, 0, NULL,
+     "any librdkafka property, e.g. rdkafka.security.protocol=ssl"},
+    {NULL, 0, NULL, 0, 0, NULL, NULL},
+};
+
+/* ---- offsets in flight, per partition ------------------------------------ */
+
+typedef struct koff {
+    int64_t offset;
+    bool done;
+} koff;
+
+typedef struct kpart {
+    int32_t partition;
+    koff *q; /* ring of offsets handed out or held, in offset order */
+    size_t head, n, cap;
+    int64_t next; /* the offset after the last one taken */
+    int64_t committed;
+    bool paused;
+} kpart;
+
+typedef struct kmsg {
+    rd_kafka_message_t *rm;
+    int32_t partition;
+    int64_t offset;
+    int64_t due; /* Unix ms; 0 when due */
+    int attempt;
+    evq_event *ev; /* built from ce_* headers (binary mode) */
+} kmsg;
+
+typedef struct kbatch {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    size_t left;
+    rd_kafka_resp_err_t err;
+} kbatch;
+
+typedef struct khandle {
+    char *topic, *group, *brokers;
+    bool binary;
+    int max_in_flight;
+    int64_t timeout_ms, commit_every_ms;
+    evq__optset props; /* rdkafka.* given */
+    const evq__optset *opts_ref;
+    /* producer: its own poll thread serves delivery reports */
+    rd_kafka_t *prod;
+    pthread_t prod_thread;
+    atomic_bool prod_stop;
+    rd_kafka_t *meta; /* reads the group's offsets for stats when this
+                         handle has no consumer; never joins the group */
+    /* consumer, made at the first dequeue */
+    pthread_mutex_t rd_mu; /* consumer polls and the fetched buffer */
+    rd_kafka_t *cons;
+    kmsg **buf; /* ready to hand out */
+    size_t n_buf, cap_buf;
+    kmsg **held; /* not due yet */
+    size_t n_held, cap_held;
+    pthread_mutex_t trk_mu; /* partitions' offsets */
+    kpart *parts;
+    size_t n_parts;
+    int64_t last_commit_ms;
+    bool commit_due;
+    atomic_bool interrupted;
+    char errbuf[512];
+} khandle;
+
+static int64_t now_ms(void)
+{
+    return evq__now_real_ns() / 1000000;
+}
+
+static int kerr(rd_kafka_resp_err_t e, const char *what)
+{
+    int code = EVQ_EIO;
+    switch (e) {
+    case RD_KAFKA_RESP_ERR__TRANSPORT:
+    case RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN:
+    case RD_KAFKA_RESP_ERR__MSG_TIMED_OUT:
+    case RD_KAFKA_RESP_ERR__TIMED_OUT:
+    case RD_KAFKA_RESP_ERR__RESOLVE:
+        code = EVQ_ECONN;
+        break;
+    case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
+        code = EVQ_ETOOBIG;
+        break;
+    case RD_KAFKA_RESP_ERR__QUEUE_FULL:
+        code = EVQ_EFULL;
+        break;
+    case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
+    case RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED:
+    case RD_KAFKA_RESP_ERR__AUTHENTICATION:
+    case RD_KAFKA_RESP_ERR_SASL_AUTHENTICATION_FAILED:
+        code = EVQ_EINVAL;
+        break;
+    default:
+        break;
+    }
+    return evq__err(code, "kafka %s: %s", what, rd_kafka_err2str(e));
+}
+
+/* ---- configuration ---------------------------------------------------------
+ */
+
+/* librdkafka logs to stderr unless told otherwise; the library never
+ * prints, and what matters reaches the caller as an error. */
+static void quiet(const rd_kafka_t *rk, int level, const char *fac,
+                  const char *buf)
+{
+    (void)rk;
+    (void)level;
+    (void)fac;
+    (void)buf;
+}
+
+/* A librdkafka configuration with the brokers, the rdkafka.* properties and
+ * `extra` (NULL-ended name, value pairs); NULL with the error set. */
+static rd_kafka_conf_t *make_conf(khandle *h, const char *const *extra, int *rc)
+{
+    rd_kafka_conf_t *c = rd_kafka_conf_new();
+    char err[512];
+#define SET(k, v)                                                              \
+    do {                                                                       \
+        if (rd_kafka_conf_set(c, (k), (v), err, sizeof err) !=                 \
+            RD_KAFKA_CONF_OK) {                                                \
+            *rc = evq__err(EVQ_EINVAL, "kafka option %s: %s", (k), err);       \
+            rd_kafka_conf_destroy(c);                                          \
+            return NULL;                                                       \
+        }                                                                      \
+    } while (0)
+    rd_kafka_conf_set_log_cb(c, quiet);
+    SET("bootstrap.servers", h->brokers);
+    for (size_t i = 0; extra && extra[i]; i += 2)
+        SET(extra[i], extra[i + 1]);
+    for (size_t i = 0; i < h->props.n; i++)
+        SET(h->props.kv[i].key, h->props.kv[i].value);
+#undef SET
+    return c;
+}
+
+/* ---- producer
+ * ---------------------------------------------------------------- */
+
+static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m,
+                        void *opaque)
+{
+    (void)rk;
+    (void)opaque;
+    kbatch *b = m->_private;
+    if (!b)
+        return;
+    pthread_mutex_lock(&b->mu);
+    if (m->err && !b->err)
+        b->err = m->err;
+    if (--b->left == 0)
+        pthread_cond_broadcast(&b->cv);
+    pthread_mutex_unlock(&b->mu);
+}
+
+static void *prod_main(void *arg)
+{
+    khandle *h = arg;
+    while (!atomic_load(&h->prod_stop))
+        rd_kafka_poll(h->prod, 100);
+    return NULL;
+}
+
+static int open_producer(khandle *h)
+{
+    int rc = 0;
+    char tmo[32];
+    snprintf(tmo, sizeof tmo, "%lld", (long long)h->timeout_ms);
+    const char *extra[] = {
+        "enable.idempotence", "true", "acks", "all", "message.timeout.ms", tmo,
+        "linger.ms",          "1",    NULL};
+    rd_kafka_conf_t *c = make_conf(h, extra, &rc);
+    if (!c)
+        return rc;
+    rd_kafka_conf_set_dr_msg_cb(c, on_delivery);
+    char err[512];
+    h->prod = rd_kafka_new(RD_KAFKA_PRODUCER, c, err, sizeof err);
+    if (!h->prod) {
+        rd_kafka_conf_destroy(c);
+        return evq__err(EVQ_EINVAL, "kafka producer: %s", err);
+    }
+    atomic_init(&h->prod_stop, false);
+    if (pthread_create(&h->prod_thread, NULL, prod_main, h) != 0) {
+        rd_kafka_destroy(h->prod);
+        h->prod = NULL;
+        return evq__err(EVQ_ENOMEM, "cannot start the kafka poll thread");
+    }
+    return 0;
+}
+
+/* Produces one message; headers, when given, pass to librdkafka. */
+static rd_kafka_resp_err_t produce(khandle *h, const void *val, size_t len,
+                                   const char *key, rd_kafka_headers_t *hdrs,
+                                   kbatch *b)
+{
+    for (;;) {
+        rd_kafka_resp_err_t e = rd_kafka_producev(
+            h->prod, RD_KAFKA_V_TOPIC(h->topic),
+            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+            RD_KAFKA_V_VALUE((void *)val, len),
+            RD_KAFKA_V_KEY(key, key ? strlen(key) : 0),
+            RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_OPAQUE(b), RD_KAFKA_V_END);
+        if (e != RD_KAFKA_RESP_ERR__QUEUE_FULL)
+            return e;
+        rd_kafka_poll(h->prod, 10); /* the local queue is full: wait */
+    }
+}
+
+/* Adds the ce_* headers of a binary-mode message for `ev`, and returns its
+ * data as the value (*val, *len; *owned to free). */
+static rd_kafka_headers_t *binary_headers(const evq_event *ev, char **val,
+                                          size_t *len)
+{
+    rd_kafka_headers_t *hd = rd_kafka_headers_new(12);
+    const char *names[] = {"specversion", "id",   "source",     "type",
+                           "subject",     "time", "dataschema", NULL};
+    for (int i = 0; names[i]; i++) {
+        const char *v = evq_event_attr(ev, names[i]);
+        if (v) {
+            char hn[64];
+            snprintf(hn, sizeof hn, "ce_%s", names[i]);
+            rd_kafka_header_add(hd, hn, -1, v, -1);
+        }
+    }
+    const char *ct = evq_event_datacontenttype(ev);
+    rd_kafka_header_add(hd, "content-type", -1, ct ? ct : "application/json",
+                        -1);
+    json_t *data = evq_event_data(ev);
+    *val = data ? json_dumps(data, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+    *len = *val ? strlen(*val) : 0;
+    return hd;
+}
+
+static int kafka_enqueue(void *state, const evq__item *items, size_t n)
+{
+    khandle *h = state;
+    kbatch b = {.left = n};
+    pthread_mutex_init(&b.mu, NULL);
+    pthread_cond_init(&b.cv, NULL);
+    int64_t now = now_ms();
+    size_t queued = 0;
+    rd_kafka_resp_err_t e = RD_KAFKA_RESP_ERR_NO_ERROR;
+
+    if (atomic_load(&h->interrupted))
+        return evq__err(EVQ_ECLOSED, "queue interrupted");
+    for (size_t i = 0; i < n && !e; i++) {
+        const evq__item *it = &items[i];
+        const char *key =
+            it->ev ? evq_event_attr(it->ev, "partitionkey") : NULL;
+        char *val = NULL;
+        size_t len = it->len;
+        rd_kafka_headers_t *hd;
+        if (h->binary && it->ev) {
+            hd = binary_headers(it->ev, &val, &len);
+        } else {
+            hd = rd_kafka_headers_new(3);
+            rd_kafka_header_add(hd, "content-type", -1,
+                                "application/cloudevents+json", -1);
+        }
+        if (it->delay_ms > 0) {
+            char due[32];
+            snprintf(due, sizeof due, "%lld", (long long)(now + it->delay_ms));
+            rd_kafka_header_add(hd, "evq_due", -1, due, -1);
+        }
+        e = produce(h, val ? val : (const char *)it->bytes, len, key, hd, &b);
+        free(val);
+        if (e)
+            rd_kafka_headers_destroy(hd); /* kept by librdkafka otherwise */
+        else
+            queued++;
+    }
+    /* wait for the reports of what was handed to librdkafka */
+    pthread_mutex_lock(&b.mu);
+    b.left -= n - queued;
+    struct timespec ts =
+        evq__ts_from_ns(evq__now_real_ns() + (h->timeout_ms + 5000) * 1000000);
+    while (b.left > 0)
+        if (pthread_cond_timedwait(&b.cv, &b.mu, &ts) != 0)
+            break;
+    size_t left = b.left;
+    rd_kafka_resp_err_t de = b.err;
+    pthread_mutex_unlock(&b.mu);
+    if (left > 0) {
+        /* librdkafka still holds reports pointing at b: wait them out */
+        rd_kafka_flush(h->prod, -1);
+    }
+    pthread_mutex_destroy(&b.mu);
+    pthread_cond_destroy(&b.cv);
+    if (e)
+        return kerr(e, "produce");
+    if (de)
+        return kerr(de, "delivery");
+    return 0;
+}
+
+/* ---- offsets in flight -----------------------------------------------------
+ */
+
+/* The partition's record (trk_mu held); NULL when out of memory. */
+static kpart *part_of(khandle *h, int32_t partition)
+{
+    for (size_t i = 0; i < h->n_parts; i++)
+        if (h->parts[i].partition == partition)
+            return &h->parts[i];
+    kpart *np = realloc(h->parts, (h->n_parts + 1) * sizeof *np);
+    if (!np)
+        return NULL;
+    h->parts = np;
+    kpart *p = &h->parts[h->n_parts++];
+    memset(p, 0, sizeof *p);
+    p->partition = partition;
+    p->next = p->committed = -1;
+    return p;
+}
+
+/* Records that `offset` was taken (trk_mu held). */
+static int track(khandle *h, int32_t partition, int64_t offset)
+{
+    kpart *p = part_of(h, partition);
+    if (!p)
+        return EVQ_ENOMEM;
+    if (p->n == p->cap) {
+        size_t ncap = p->cap ? p->cap * 2 : 64;
+        koff *nq = malloc(ncap * sizeof *nq);
+        if (!nq)
+            return EVQ_ENOMEM;
+        for (size_t i = 0; i < p->n; i++)
+            nq[i] = p->q[(p->head + i) % p->cap];
+        free(p->q);
+        p->q = nq;
+        p->cap = ncap;
+        p->head = 0;
+    }
+    p->q[(p->head + p->n++) % p->cap] = (koff){offset, false};
+    p->next = offset + 1;
+    return 0;
+}
+
+/* Marks `offset` finished and moves the partition's commit point past
+ * every finished offset at the front (trk_mu held). */
+static void finish(khandle *h, int32_t partition, int64_t offset)
+{
+    kpart *p = NULL;
+    for (size_t i = 0; i < h->n_parts && !p; i++)
+        if (h->parts[i].partition == partition)
+            p = &h->parts[i];
+    if (!p)
+        return; /* revoked meanwhile: its new owner reads it again */
+    size_t lo = 0, hi = p->n; /* offsets are in order: binary search */
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (p->q[(p->head + mid) % p->cap].offset < offset)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo < p->n && p->q[(p->head + lo) % p->cap].offset == offset)
+        p->q[(p->head + lo) % p->cap].done = true;
+    while (p->n > 0 && p->q[p->head].done) {
+        p->head = (p->head + 1) % p->cap;
+        p->n--;
+    }
+    h->commit_due = true;
+}
+
+/* The offset to commit for `p`: its first unfinished one, or the next to
+ * read when none is out. */
+static int64_t commit_point(const kpart *p)
+{
+    return p->n > 0 ? p->q[p->head].offset : p->next;
+}
+
+/* Commits what moved (trk_mu held). */
+static void commit(khandle *h, bool sync)
+{
+    if (!h->cons || !h->commit_due)
+        return;
+    rd_kafka_topic_partition_list_t *l =
+        rd_kafka_topic_partition_list_new((int)h->n_parts + 1);
+    for (size_t i = 0; i < h->n_parts; i++) {
+        kpart *p = &h->parts[i];
+        int64_t at = commit_point(p);
+        if (at >= 0 && at != p->committed) {
+            rd_kafka_topic_partition_list_add(l, h->topic, p->partition)
+                ->offset = at;
+            p->committed = at;
+        }
+    }
+    if (l->cnt > 0)
+        rd_kafka_commit(h->cons, l, sync ? 0 : 1);
+    rd_kafka_topic_partition_list_destroy(l);
+    h->commit_due = false;
+    h->last_commit_ms = now_ms();
+}
+
+/* ---- consumer
+ * ---------------------------------------------------------------- */
+
+static void kmsg_free(kmsg *m)
+{
+    if (!m)
+        return;
+    rd_kafka_message_destroy(m->rm);
+    if (m->ev)
+        evq_event_free(m->ev);
+    free(m);
+}
+
+/* Drops what was fetched from partitions no longer ours (rd_mu held). */
+static void drop_revoked(khandle *h,
+                         const rd_kafka_topic_partition_list_t *revoked)
+{
+    kmsg ***lists[2] = {&h->buf, &h->held};
+    size_t *counts[2] = {&h->n_buf, &h->n_held};
+    for (int li = 0; li < 2; li++) {
+        size_t k = 0;
+        for (size_t i = 0; i < *counts[li]; i++) {
+            kmsg *m = (*lists[li])[i];
+            bool gone = false;
+            for (int r = 0; r < revoked->cnt && !gone; r++)
+                gone = revoked->elems[r].partition == m->partition;
+            if (gone)
+                kmsg_free(m);
+            else
+                (*lists[li])[k++] = m;
+        }
+        *counts[li] = k;
+    }
+}
+
+static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                         rd_kafka_topic_partition_list_t *parts, void *opaque)
+{
+    khandle *h = opaque;
+    bool cooperative =
+        strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        if (cooperative)
+            rd_kafka_incremental_assign(rk, parts);
+        else
+            rd_kafka_assign(rk, parts);
+        return;
+    }
+    /* Revoked: commit what is finished, synchronously, before the
+     * partitions go; forget the rest (the new owner reads it again). */
+    pthread_mutex_lock(&h->trk_mu);
+    h->commit_due = true;
+    commit(h, true);
+    for (int r = 0; r < parts->cnt; r++) {
+        for (size_t i = 0; i < h->n_parts; i++) {
+            if (h->parts[i].partition == parts->elems[r].partition) {
+                free(h->parts[i].q);
+                h->parts[i] = h->parts[--h->n_parts];
+                break;
+            }
+        }
+    }
+    pthread_mutex_unlock(&h->trk_mu);
+    drop_revoked(h, parts);
+    if (cooperative)
+        rd_kafka_incremental_unassign(rk, parts);
+    else
+        rd_kafka_assign(rk, NULL);
+}
+
+static int open_consumer(khandle *h)
+{
+    int rc = 0;
+    const char *extra[] = {"group.id",
+                           h->group,
+                           "enable.auto.commit",
+                           "false",
+                           "enable.auto.offset.store",
+                           "false",
+                           "auto.offset.reset",
+                           "earliest",
+                           "allow.auto.create.topics",
+                           "true",
+                           NULL};
+    rd_kafka_conf_t *c = make_conf(h, extra, &rc);
+    if (!c)
+        return rc;
+    rd_kafka_conf_set_rebalance_cb(c, on_rebalance);
+    rd_kafka_conf_set_opaque(c, h);
+    char err[512];
+    h->cons = rd_kafka_new(RD_KAFKA_CONSUMER, c, err, sizeof err);
+    if (!h->cons) {
+        rd_kafka_conf_destroy(c);
+        return evq__err(EVQ_EINVAL, "kafka consumer: %s", err);
+    }
+    rd_kafka_poll_set_consumer(h->cons);
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(l, h->topic, RD_KAFKA_PARTITION_UA);
+    rd_kafka_resp_err_t e = rd_kafka_subscribe(h->cons, l);
+    rd_kafka_topic_partition_list_destroy(l);
+    if (e) {
+        rd_kafka_destroy(h->cons);
+        h->cons = NULL;
+        return kerr(e, "subscribe");
+    }
+    return 0;
+}
+
+static const char *hdr(rd_kafka_headers_t *hd, const char *name, size_t *len)
+{
+    const void *v = NULL;
+    size_t l = 0;
+    if (!hd || rd_kafka_header_get_last(hd, name, &v, &l) != 0)
+        return NULL;
+    if (len)
+        *len = l;
+    return v;
+}
+
+static int64_t hdr_int(rd_kafka_headers_t *hd, const char *name)
+{
+    size_t l = 0;
+    const char *v = hdr(hd, name, &l);
+    char tmp[32];
+    if (!v || l == 0 || l >= sizeof tmp)
+        return 0;
+    memcpy(tmp, v, l);
+    tmp[l] = '\0';
+    return strtoll(tmp, NULL, 10);
+}
+
+/* A binary-mode message (ce_* headers) as an event; NULL when it is not
+ * one (or is broken: the core then dead-letters the raw value). */
+static evq_event *from_binary(rd_kafka_message_t *rm, rd_kafka_headers_t *hd)
+{
+    size_t tl = 0, il = 0, sl = 0;
+    const char *type = hdr(hd, "ce_type", &tl);
+    const char *id = hdr(hd, "ce_id", &il);
+    const char *src = hdr(hd, "ce_source", &sl);
+    if (!type || !id || !src)
+        return NULL;
+    char *t = strndup(type, tl);
+    json_t *data = NULL;
+    if (rm->len > 0) {
+        json_error_t je;
+        data = json_loadb(rm->payload, rm->len, JSON_DECODE_ANY, &je);
+    }
+    evq_event *ev = t && (data || rm->len == 0) ? evq_event_new(t, data) : NULL;
+    if (!ev)
+        json_decref(data);
+    free(t);
+    if (!ev)
+        return NULL;
+    const char *names[] = {"id",   "source",     "subject",
+                           "time", "dataschema", NULL};
+    for (int i = 0; names[i]; i++) {
+        char hn[64];
+        size_t l = 0;
+        snprintf(hn, sizeof hn, "ce_%s", names[i]);
+        const char *v = hdr(hd, hn, &l);
+        char *s = v ? strndup(v, l) : NULL;
+        if (s && evq_event_set_attr(ev, names[i], s) != 0) {
+            free(s);
+            evq_event_free(ev);
+            return NULL;
+        }
+        free(s);
+    }
+    return ev;
+}
+
+/* Takes one message from the consumer into the buffer (rd_mu held);
+ * EVQ_ETIMEDOUT when none came within wait_ms. */
+static int poll_one(khandle *h, int wait_ms)
+{
+    rd_kafka_message_t *rm = rd_kafka_consumer_poll(h->cons, wait_ms);
+    if (!rm)
+        return EVQ_ETIMEDOUT;
+    if (rm->err) {
+        rd_kafka_resp_err_t e = rm->err;
+        rd_kafka_message_destroy(rm);
+        if (e == RD_KAFKA_RESP_ERR__PARTITION_EOF)
+            return EVQ_ETIMEDOUT;
+        return kerr(e, "consume");
+    }
+    kmsg *m = calloc(1, sizeof *m);
+    if (!m) {
+        rd_kafka_message_destroy(rm);
+        return evq__err(EVQ_ENOMEM, "out of memory");
+    }
+    m->rm = rm;
+    m->partition = rm->partition;
+    m->offset = rm->offset;
+    rd_kafka_headers_t *hd = NULL;
+    rd_kafka_message_headers(rm, &hd);
+    m->due = hdr_int(hd, "evq_due");
+    m->attempt = (int)hdr_int(hd, "evq_attempt") + 1;
+    if (hdr(hd, "ce_type", NULL))
+        m->ev = from_binary(rm, hd);
+    pthread_mutex_lock(&h->trk_mu);
+    int rc = track(h, m->partition, m->offset);
+    kpart *p = rc ? NULL : part_of(h, m->partition);
+    if (p && !p->paused && p->n >= (size_t)h->max_in_flight) {
+        rd_kafka_topic_partition_list_t *l =
+            rd_kafka_topic_partition_list_new(1);
+        rd_kafka_topic_partition_list_add(l, h->topic, m->partition);
+        rd_kafka_pause_partitions(h->cons, l);
+        rd_kafka_topic_partition_list_destroy(l);
+        p->paused = true;
+    }
+    pthread_mutex_unlock(&h->trk_mu);
+    if (rc) {
+        kmsg_free(m);
+        return evq__err(EVQ_ENOMEM, "out of memory");
+    }
+    kmsg ***list = m->due > now_ms() ? &h->held : &h->buf;
+    size_t *n = m->due > now_ms() ? &h->n_held : &h->n_buf;
+    size_t *cap = list == &h->held ? &h->cap_held : &h->cap_buf;
+    if (evq__grow(list, cap, *n, sizeof **list)) {
+        kmsg_free(m);
+        return EVQ_ENOMEM;
+    }
+    (*list)[(*n)++] = m;
+    return 0;
+}
+
+/* Moves held events that came due to the buffer (rd_mu held); returns
+ * when the next is due (INT64_MAX when none). */
+static int64_t release_due(khandle *h)
+{
+    int64_t now = now_ms(), next = INT64_MAX;
+    size_t k = 0;
+    for (size_t i = 0; i < h->n_held; i++) {
+        kmsg *m = h->held[i];
+        if (m->due <= now &&
+            evq__grow(&h->buf, &h->cap_buf, h->n_buf, sizeof *h->buf) == 0) {
+            h->buf[h->n_buf++] = m;
+        } else {
+            h->held[k++] = m;
+            if (m->due < next)
+                next = m->due;
+        }
+    }
+    h->n_held = k;
+    return next;
+}
+
+/* Resumes paused partitions with room again, and commits when due (rd_mu
+ * held). */
+static void housekeeping(khandle *h)
+{
+    pthread_mutex_lock(&h->trk_mu);
+    for (size_t i = 0; i < h->n_parts; i++) {
+        kpart *p = &h->parts[i];
+        if (p->paused && p->n < (size_t)h->max_in_flight / 2 + 1) {
+            rd_kafka_topic_partition_list_t *l =
+                rd_kafka_topic_partition_list_new(1);
+            rd_kafka_topic_partition_list_add(l, h->topic, p->partition);
+            rd_kafka_resume_partitions(h->cons, l);
+            rd_kafka_topic_partition_list_destroy(l);
+            p->paused = false;
+        }
+    }
+    if (h->commit_due && now_ms() - h->last_commit_ms >= h->commit_every_ms)
+        commit(h, false);
+    pthread_mutex_unlock(&h->trk_mu);
+}
+
+static int kafka_dequeue(void *state, evq__delivery *d, int timeout_ms)
+{
+    khandle *h = state;
+    int64_t deadline = evq__deadline_ns(timeout_ms);
+    int rc = 0;
+
+    if (timeout_ms == 0) {
+        if (pthread_mutex_trylock(&h->rd_mu) != 0)
+            return evq__err(EVQ_ETIMEDOUT, "another thread is reading");
+    } else {
+        pthread_mutex_lock(&h->rd_mu);
+    }
+    if (!h->cons && (rc = open_consumer(h)) != 0) {
+        pthread_mutex_unlock(&h->rd_mu);
+        return rc;
+    }
+    for (;;) {
+        if (atomic_load(&h->interrupted)) {
+            rc = evq__err(EVQ_ECLOSED, "queue interrupted");
+            break;
+        }
+        int64_t next_due = release_due(h);
+        if (h->n_buf > 0) {
+            kmsg *m = h->buf[0];
+            memmove(h->buf, h->buf + 1, --h->n_buf * sizeof *h->buf);
+            d->ev = m->ev;
+            m->ev = NULL;
+            d->bytes = m->rm->payload;
+            d->len = m->rm->len;
+            d->attempt = m->attempt;
+            d->token = m;
+            rc = 0;
+            break;
+        }
+        housekeeping(h);
+        int64_t left = deadline == INT64_MAX
+                           ? INT64_MAX
+                           : (deadline - evq__now_mono_ns()) / 1000000;
+        int64_t wait = left < 200 ? left : 200; /* interrupts seen */
+        if (next_due != INT64_MAX && next_due - now_ms() < wait)
+            wait = next_due - now_ms();
+        if (wait < 0)
+            wait = 0;
+        rc = poll_one(h, (int)wait);
+        if (rc && rc != EVQ_ETIMEDOUT)
+            break;
+        if (rc == EVQ_ETIMEDOUT && h->n_buf == 0 &&
+            (timeout_ms == 0 || evq__now_mono_ns() >= deadline)) {
+            rc = evq__err(EVQ_ETIMEDOUT, "no event within %d ms", timeout_ms);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&h->rd_mu);
+    return rc;
+}
+
+/* ---- settle ----------------------------------------------------------------
+ */
+
+static int kafka_ack(void *state, evq__delivery *d)
+{
+    khandle *h = state;
+    kmsg *m = d->token;
+    if (d->ev)
+        evq_event_free(d->ev);
+    pthread_mutex_lock(&h->trk_mu);
+    finish(h, m->partition, m->offset);
+    pthread_mutex_unlock(&h->trk_mu);
+    kmsg_free(m);
+    return 0;
+}
+
+/* Produces the event again, due in delay_ms with its attempt count, then
+ * counts the nacked offset as finished. */
+static int kafka_nack(void *state, evq__delivery *d, int64_t delay_ms)
+{
+    khandle *h = state;
+    kmsg *m = d->token;
+    kbatch b = {.left = 1};
+    pthread_mutex_init(&b.mu, NULL);
+    pthread_cond_init(&b.cv, NULL);
+    rd_kafka_headers_t *src = NULL, *hd;
+    if (rd_kafka_message_headers(m->rm, &src) == 0 && src)
+        hd = rd_kafka_headers_copy(src);
+    else
+        hd = rd_kafka_headers_new(3);
+    rd_kafka_header_remove(hd, "evq_due");
+    rd_kafka_header_remove(hd, "evq_attempt");
+    char num[32];
+    snprintf(num, sizeof num, "%d", m->attempt);
+    rd_kafka_header_add(hd, "evq_attempt", -1, num, -1);
+    if (delay_ms > 0) {
+        snprintf(num, sizeof num, "%lld", (long long)(now_ms() + delay_ms));
+        rd_kafka_header_add(hd, "evq_due", -1, num, -1);
+    }
+    char *key = m->rm->key ? strndup(m->rm->key, m->rm->key_len) : NULL;
+    rd_kafka_resp_err_t e = produce(h, m->rm->payload, m->rm->len, key, hd, &b);
+    free(key);
+    int rc = 0;
+    if (e) {
+        rd_kafka_headers_destroy(hd);
+        rc = kerr(e, "nack");
+    } else {
+        pthread_mutex_lock(&b.mu);
+        while (b.left > 0)
+            pthread_cond_wait(&b.cv, &b.mu);
+        pthread_mutex_unlock(&b.mu);
+        if (b.err)
+            rc = kerr(b.err, "nack");
+    }
+    pthread_mutex_destroy(&b.mu);
+    pthread_cond_destroy(&b.cv);
+    if (d->ev)
+        evq_event_free(d->ev);
+    /* only once the copy is stored is the original finished; if it could
+     * not be, the original stays unfinished and is read again after a
+     * restart */
+    if (!rc) {
+        pthread_mutex_lock(&h->trk_mu);
+        finish(h, m->partition, m->offset);
+        pthread_mutex_unlock(&h->trk_mu);
+    }
+    kmsg_free(m);
+    return rc;
+}
+
+static int kafka_interrupt(void *state)
+{
+    khandle *h = state;
+    atomic_store(&h->interrupted, true);
+    return 0;
+}
+
+static int kafka_stats(void *state, struct evq_queue_stats *out)
+{
+    khandle *h = state;
+    rd_kafka_t *rk = h->cons ? h->cons : h->prod;
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_topic_t *t = rd_kafka_topic_new(rk, h->topic, NULL);
+    rd_kafka_resp_err_t e = rd_kafka_metadata(rk, 0, t, &md, 5000);
+    rd_kafka_topic_destroy(t);
+    if (e)
+        return kerr(e, "metadata");
+    int np = md->topic_cnt == 1 ? md->topics[0].partition_cnt : 0;
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(np);
+    for (int i = 0; i < np; i++)
+        rd_kafka_topic_partition_list_add(l, h->topic,
+                                          md->topics[0].partitions[i].id);
+    rd_kafka_metadata_destroy(md);
+    /* committed offsets of the group, read through a consumer: this
+     * handle's, or one that only asks */
+    int64_t depth = 0;
+    pthread_mutex_lock(&h->trk_mu);
+    commit(h, true);
+    rd_kafka_t *cq = h->cons;
+    if (!cq && !h->meta) {
+        int rc = 0;
+        const char *extra[] = {"group.id", h->group, "enable.auto.commit",
+                               "false", NULL};
+        rd_kafka_conf_t *c = make_conf(h, extra, &rc);
+        char err[512];
+        if (c &&
+            !(h->meta = rd_kafka_new(RD_KAFKA_CONSUMER, c, err, sizeof err)))
+            rd_kafka_conf_destroy(c);
+    }
+    cq = cq ? cq : h->meta;
+    pthread_mutex_unlock(&h->trk_mu);
+    if (!cq) {
+        rd_kafka_topic_partition_list_destroy(l);
+        return evq__err(EVQ_ENOMEM, "kafka: no consumer to read offsets");
+    }
+    e = rd_kafka_committed(cq, l, 5000);
+    for (int i = 0; !e && i < l->cnt; i++) {
+        int64_t lo = 0, hi = 0;
+        e = rd_kafka_query_watermark_offsets(
+            rk, h->topic, l->elems[i].partition, &lo, &hi, 5000);
+        int64_t at = l->elems[i].offset >= 0 ? l->elems[i].offset : lo;
+        depth += hi > at ? hi - at : 0;
+    }
+    rd_kafka_topic_partition_list_destroy(l);
+    if (e)
+        return kerr(e, "watermarks");
+    int64_t out_now = 0;
+    pthread_mutex_lock(&h->trk_mu);
+    for (size_t i = 0; i < h->n_parts; i++)
+        for (size_t k = 0; k < h->parts[i].n; k++)
+            out_now +=
+                !h->parts[i].q[(h->parts[i].head + k) % h->parts[i].cap].done;
+    pthread_mutex_unlock(&h->trk_mu);
+    out->in_flight = out_now;
+    out->depth = depth > out_now ? depth - out_now : 0;
+    out->delayed = -1;
+    return 0;
+}
+
+/* ---- open and close --------------------------------------------------------
+ */
+
+static void kafka_close(void *state)
+{
+    khandle *h = state;
+    if (!h)
+        return;
+    if (h->cons) {
+        pthread_mutex_lock(&h->trk_mu);
+        h->commit_due = true;
+        commit(h, true);
+        pthread_mutex_unlock(&h->trk_mu);
+        rd_kafka_consumer_close(h->cons);
+        for (size_t i = 0; i < h->n_buf; i++)
+            kmsg_free(h->buf[i]);
+        for (size_t i = 0; i < h->n_held; i++)
+            kmsg_free(h->held[i]);
+        rd_kafka_destroy(h->cons);
+    }
+    if (h->meta)
+        rd_kafka_destroy(h->meta);
+    if (h->prod) {
+        rd_kafka_flush(h->prod, (int)h->timeout_ms);
+        atomic_store(&h->prod_stop, true);
+        pthread_join(h->prod_thread, NULL);
+        rd_kafka_destroy(h->prod);
+    }
+    for (size_t i = 0; i < h->n_parts; i++)
+        free(h->parts[i].q);
+    free(h->parts);
+    free(h->buf);
+    free(h->held);
+    free(h->topic);
+    free(h->group);
+    free(h->brokers);
+    free(h->props.kv);
+    pthread_mutex_destroy(&h->rd_mu);
+    pthread_mutex_destroy(&h->trk_mu);
+    free(h);
+}
+
+static int kafka_open(void **state, const evq__url *url, const char *name,
+                      const evq__optset *opts)
+{
+    khandle *h = calloc(1, sizeof *h);
+    int rc;
+    if (!h)
+        return evq__err(EVQ_ENOMEM, "out of memory");
+    pthread_mutex_init(&h->rd_mu, NULL);
+    pthread_mutex_init(&h->trk_mu, NULL);
+    atomic_init(&h->interrupted, false);
+    if (url->path[0] && strcmp(url->path, "/") != 0) {
+        kafka_close(h);
+        return evq__err(EVQ_EINVAL, "kafka:// URLs take no path");
+    }
+    for (const char *c = name; *c; c++)
+        if (!(isalnum((unsigned char)*c) || strchr("._-", *c))) {
+            kafka_close(h);
+            return evq__err(EVQ_EINVAL,
+                            "queue name '%.64s' is not a Kafka topic name "
+                            "(letters, digits, '.', '_', '-')",
+                            name);
+        }
+    if (strlen(name) > 249) {
+        kafka_close(h);
+        return evq__err(EVQ_EINVAL, "Kafka topic names are at most 249 "
+                                    "characters");
+    }
+    size_t cap = 16;
+    for (size_t i = 0; i < url->n_hosts; i++)
+        cap += strlen(url->hosts[i].host) + 24;
+    h->brokers = malloc(cap);
+    h->topic = evq__strdup(name);
+    const char *group = evq__opt_str(opts, kafka_opts, "kafka.group");
+    size_t gl = strlen(name) + 8;
+    h->group = group ? evq__strdup(group) : malloc(gl);
+    if (!h->brokers || !h->topic || !h->group) {
+        kafka_close(h);
+        return evq__err(EVQ_ENOMEM, "out of memory");
+    }
+    if (!group)
+        snprintf(h->group, gl, "evq.%s", name);
+    size_t off = 0;
+    h->brokers[0] = '\0';
+    for (size_t i = 0; i < url->n_hosts; i++) {
+        const char *host =
+            url->hosts[i].host[0] ? url->hosts[i].host : "127.0.0.1";
+        bool v6 = strchr(host, ':') != NULL;
+        off +=
+            (size_t)snprintf(h->brokers + off, cap - off, "%s%s%s%s:%d",
+                             i ? "," : "", v6 ? "[" : "", host, v6 ? "]" : "",
+                             url->hosts[i].port ? url->hosts[i].port : 9092);
+    }
+    if (url->n_hosts == 0)
+        snprintf(h->brokers, cap, "127.0.0.1:9092");
+    h->binary =
+        strcmp(evq__opt_str(opts, kafka_opts, "kafka.ce_mode"), "binary") == 0;
+    h->max_in_flight =
+        (int)evq__opt_int(opts, kafka_opts, "kafka.max_in_flight");
+    h->timeout_ms = evq__opt_int(opts, kafka_opts, "kafka.timeout_ms");
+    h->commit_every_ms =
+        evq__opt_int(opts, kafka_opts, "kafka.commit_interval_ms");
+    /* the rdkafka.* properties, without their prefix */
+    h->props.kv = calloc(opts->n + 1, sizeof *h->props.kv);
+    if (!h->props.kv) {
+        kafka_close(h);
+        return evq__err(EVQ_ENOMEM, "out of memory");
+    }
+    for (size_t i = 0; i < opts->n; i++)
+        if (strncmp(opts->kv[i].key, "rdkafka.", 8) == 0) {
+            h->props.kv[h->props.n].key = opts->kv[i].key + 8;
+            h->props.kv[h->props.n++].value = opts->kv[i].value;
+        }
+    if ((rc = open_producer(h)) != 0) {
+        kafka_close(h);
+        return rc;
+    }
+    *state = h;
+    return 0;
+}
+
+const struct evq_backend_ops evq__backend_kafka = {
+    .scheme = "kafka",
+    .flags = 0,
+    .opts = kafka_opts,
+    .open = kafka_open,
+    .enqueue = kafka_enqueue,
+    .dequeue = kafka_dequeue,
+    .ack = kafka_ack,
+    .nack = kafka_nack,
+    .interrupt = kafka_interrupt,
+    .stats = kafka_stats,
+    .close = kafka_close,
+};

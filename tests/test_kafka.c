@@ -1,0 +1,294 @@
+/* The kafka:// backend's own promises, against the test broker
+ * (tests/kafka_broker.c, librdkafka's mock cluster of three brokers) that
+ * scripts/services.sh started:
+ *
+ *   test_kafka BOOTSTRAP SERVICE_DIR
+ *
+ * kcat reads what evq produces and produces what evq reads (structured and
+ * binary mode); junk goes to the dead letters; events of one partition key
+ * are handled in order; no broker is a clear error in time; a bad librdkafka
+ * property is refused with librdkafka's words; a broker taken down and
+ * brought back while 20 000 events flow loses none that was accepted. */
+#include "outage.h"
+#include "testutil.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <unistd.h>
+
+static const char *boot, *sdir;
+static char url[1024];
+
+/* The suite's consumers use a short session: the mock keeps a member that
+ * left its group until its session times out. */
+static void url_with(char *out, size_t cap, const char *params)
+{
+    snprintf(out, cap, "kafka://%s?rdkafka.session.timeout.ms=6000%s%s", boot,
+             params && params[0] ? "&" : "", params ? params : "");
+}
+
+/* Runs a shell command with the bootstrap list as $B; asserts it worked. */
+static void sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void sh(const char *fmt, ...)
+{
+    char cmd[8192];
+    int n = snprintf(cmd, sizeof cmd, "B='%s'; ", boot);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd + n, sizeof cmd - (size_t)n, fmt, ap);
+    va_end(ap);
+    assert_int_equal(system(cmd), 0);
+}
+
+/* ---- interop with kcat ----------------------------------------------------
+ */
+
+static void kcat_reads_what_evq_produces(void **state)
+{
+    (void)state;
+    evq_queue *q;
+    assert_evq_ok(evq_queue_open(&q, url, "kcat-out", NULL));
+    evq_event *ev = evq_event_new("order.placed", json_pack("{s:i}", "n", 7));
+    assert_evq_ok(evq_event_set_attr(ev, "partitionkey", "customer-1"));
+    assert_evq_ok(evq_enqueue(q, ev));
+    char out[512];
+    snprintf(out, sizeof out, "%s/kcat-out.txt", sdir);
+    sh("kcat -C -b \"$B\" -t kcat-out -c 1 -e -q -f '%%k|%%h|%%s\\n' > %s",
+       out);
+    FILE *f = fopen(out, "r");
+    assert_non_null(f);
+    char line[4096] = "";
+    assert_non_null(fgets(line, sizeof line, f));
+    fclose(f);
+    assert_non_null(strstr(line, "customer-1|")); /* the key */
+    assert_non_null(strstr(line, "content-type=application/cloudevents+json"));
+    const char *body = strrchr(line, '|') + 1;
+    json_error_t jerr;
+    json_t *j = json_loads(body, JSON_DISABLE_EOF_CHECK, &jerr);
+    assert_non_null(j);
+    assert_string_equal(json_string_value(json_object_get(j, "type")),
+                        "order.placed");
+    assert_string_equal(json_string_value(json_object_get(j, "id")),
+                        evq_event_id(ev));
+    json_decref(j);
+    evq_event_free(ev);
+    evq_queue_close(q);
+}
+
+static void evq_reads_what_kcat_produces(void **state)
+{
+    (void)state;
+    evq_queue *q;
+    evq_msg *m;
+    assert_evq_ok(evq_queue_open(&q, url, "kcat-in", NULL));
+    /* structured mode */
+    sh("printf '%%s' '{\"specversion\":\"1.0\",\"id\":\"k-1\",\"source\":"
+       "\"/kcat\",\"type\":\"user.created\",\"data\":{\"userId\":\"123\"}}' | "
+       "kcat -P -b \"$B\" -t kcat-in -p 0 "
+       "-H content-type=application/cloudevents+json");
+    assert_evq_ok(evq_dequeue(q, &m, 20000));
+    const evq_event *ev = evq_msg_event(m);
+    assert_string_equal(evq_event_id(ev), "k-1");
+    assert_string_equal(
+        json_string_value(json_object_get(evq_event_data(ev), "userId")),
+        "123");
+    assert_evq_ok(evq_ack(m));
+    /* binary mode: attributes as ce_* headers, the data as the value */
+    sh("printf '%%s' '{\"userId\":\"456\"}' | kcat -P -b \"$B\" -t kcat-in "
+       "-p 0 -H ce_specversion=1.0 -H ce_id=k-2 -H ce_source=/kcat "
+       "-H ce_type=user.deleted -H content-type=application/json");
+    assert_evq_ok(evq_dequeue(q, &m, 20000));
+    ev = evq_msg_event(m);
+    assert_string_equal(evq_event_id(ev), "k-2");
+    assert_string_equal(evq_event_type(ev), "user.deleted");
+    assert_string_equal(evq_event_source(ev), "/kcat");
+    assert_string_equal(
+        json_string_value(json_object_get(evq_event_data(ev), "userId")),
+        "456");
+    assert_evq_ok(evq_ack(m));
+    evq_queue_close(q);
+}
+
+static atomic_int handled;
+
+static int count_handler(const evq_event *ev, void *arg)
+{
+    (void)ev;
+    (void)arg;
+    atomic_fetch_add(&handled, 1);
+    return 0;
+}
+
+static bool one_handled(void *arg)
+{
+    (void)arg;
+    return atomic_load(&handled) >= 1;
+}
+
+static void junk_goes_to_the_dead_letters(void **state)
+{
+    (void)state;
+    evq_queue *q, *dead;
+    evq_events *e = evq_events_new();
+    evq_worker *w;
+    evq_msg *m;
+    assert_evq_ok(evq_queue_open(&q, url, "kjunk", NULL));
+    sh("printf 'not json at all' | kcat -P -b \"$B\" -t kjunk -p 0");
+    sh("printf '%%s' '{\"specversion\":\"1.0\",\"id\":\"x\"}' | "
+       "kcat -P -b \"$B\" -t kjunk -p 0");
+    evq_event *good = evq_event_new("good", NULL);
+    assert_evq_ok(evq_event_set_attr(good, "partitionkey", "p0"));
+    assert_evq_ok(evq_enqueue(q, good));
+    evq_event_free(good);
+    atomic_store(&handled, 0);
+    evq_register_handler(e, "good", count_handler, NULL);
+    assert_evq_ok(evq_worker_start(&w, q, e, NULL));
+    assert_true(eventually(one_handled, NULL, 30000));
+    assert_evq_ok(evq_worker_stop(w, 5000));
+    evq_worker_free(w);
+    evq_events_free(e);
+    assert_evq_ok(evq_queue_open_dead(&dead, q));
+    for (int i = 0; i < 2; i++) {
+        assert_evq_ok(evq_dequeue(dead, &m, 20000));
+        assert_string_equal(evq_event_type(evq_msg_event(m)),
+                            "evq.undecodable");
+        assert_evq_ok(evq_ack(m));
+    }
+    evq_queue_close(dead);
+    evq_queue_close(q);
+}
+
+/* ---- ordering ---------------------------------------------------------------
+ */
+
+#define ORDER_KEYS    4
+#define ORDER_PER_KEY 250
+
+static int order_last[ORDER_KEYS];
+static atomic_int order_errors, order_done;
+static pthread_mutex_t order_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static int order_handler(const evq_event *ev, void *arg)
+{
+    (void)arg;
+    json_t *d = evq_event_data(ev);
+    int k = (int)json_integer_value(json_object_get(d, "k"));
+    int i = (int)json_integer_value(json_object_get(d, "i"));
+    pthread_mutex_lock(&order_mu);
+    if (k < 0 || k >= ORDER_KEYS || i != order_last[k] + 1)
+        atomic_fetch_add(&order_errors, 1);
+    else
+        order_last[k] = i;
+    pthread_mutex_unlock(&order_mu);
+    atomic_fetch_add(&order_done, 1);
+    return 0;
+}
+
+static bool order_all_done(void *arg)
+{
+    (void)arg;
+    return atomic_load(&order_done) >= ORDER_KEYS * ORDER_PER_KEY;
+}
+
+/* Events of one partition key are handled in the order they were enqueued,
+ * with a single-threaded worker. */
+static void one_keys_events_keep_their_order(void **state)
+{
+    (void)state;
+    evq_queue *q;
+    evq_events *e = evq_events_new();
+    evq_worker *w;
+    evq_worker_opts o;
+    assert_evq_ok(evq_queue_open(&q, url, "korder", NULL));
+    for (int i = 0; i < ORDER_PER_KEY; i++)
+        for (int k = 0; k < ORDER_KEYS; k++) {
+            char key[16];
+            snprintf(key, sizeof key, "key-%d", k);
+            evq_event *ev =
+                evq_event_new("o", json_pack("{s:i,s:i}", "k", k, "i", i));
+            assert_evq_ok(evq_event_set_attr(ev, "partitionkey", key));
+            assert_evq_ok(evq_enqueue(q, ev));
+            evq_event_free(ev);
+        }
+    for (int k = 0; k < ORDER_KEYS; k++)
+        order_last[k] = -1;
+    evq_worker_opts_init(&o);
+    evq_register_handler(e, "o", order_handler, NULL);
+    assert_evq_ok(evq_worker_start(&w, q, e, &o));
+    assert_true(eventually(order_all_done, NULL, 60000));
+    assert_evq_ok(evq_worker_stop(w, 5000));
+    assert_int_equal(atomic_load(&order_errors), 0);
+    evq_worker_free(w);
+    evq_events_free(e);
+    evq_queue_close(q);
+}
+
+/* ---- bad input --------------------------------------------------------------
+ */
+
+static void bad_brokers_and_properties_are_clear_errors(void **state)
+{
+    (void)state;
+    evq_queue *q;
+    char bad[512];
+    /* a property librdkafka does not know: its own words come back */
+    url_with(bad, sizeof bad, "rdkafka.no.such.property=1");
+    assert_evq_err(evq_queue_open(&q, bad, "kbad", NULL), EVQ_EINVAL);
+    assert_errmsg_has("No such configuration property");
+    url_with(bad, sizeof bad, "rdkafka.acks=maybe");
+    assert_evq_err(evq_queue_open(&q, bad, "kbad", NULL), EVQ_EINVAL);
+    assert_errmsg_has("acks");
+    /* a queue name that is no topic name */
+    assert_evq_err(evq_queue_open(&q, url, "two words", NULL), EVQ_EINVAL);
+    /* no broker: enqueue fails within the timeout, not a hang */
+    snprintf(bad, sizeof bad, "kafka://127.0.0.1:1?kafka.timeout_ms=1500");
+    assert_evq_ok(evq_queue_open(&q, bad, "knobroker", NULL));
+    evq_event *ev = evq_event_new("x", NULL);
+    int64_t t0 = now_ms();
+    assert_evq_err(evq_enqueue(q, ev), EVQ_ECONN);
+    assert_true(now_ms() - t0 < 10000);
+    evq_event_free(ev);
+    evq_queue_close(q);
+}
+
+/* ---- a broker down and up
+ * ----------------------------------------------------- */
+
+static void broker_down_and_up(void *arg)
+{
+    (void)arg;
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd,
+             "echo 'down 1' > %s/kafka.ctl && sleep 2 && "
+             "echo 'up 1' > %s/kafka.ctl",
+             sdir, sdir);
+    assert_int_equal(system(cmd), 0);
+}
+
+static void a_broker_down_and_up_loses_no_accepted_event(void **state)
+{
+    (void)state;
+    char u[1024];
+    url_with(u, sizeof u, "kafka.timeout_ms=30000");
+    run_outage(u, "koutage", broker_down_and_up, NULL, false);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 3) {
+        fprintf(stderr, "usage: test_kafka BOOTSTRAP SERVICE_DIR\n");
+        return 2;
+    }
+    boot = argv[1];
+    sdir = argv[2];
+    url_with(url, sizeof url, NULL);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(kcat_reads_what_evq_produces),
+        cmocka_unit_test(evq_reads_what_kcat_produces),
+        cmocka_unit_test(junk_goes_to_the_dead_letters),
+        cmocka_unit_test(one_keys_events_keep_their_order),
+        cmocka_unit_test(bad_brokers_and_properties_are_clear_errors),
+        cmocka_unit_test(a_broker_down_and_up_loses_no_accepted_event),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
