@@ -119,10 +119,13 @@ static int count_handler(const evq_event *ev, void *arg)
     return 0;
 }
 
-static bool one_handled(void *arg)
+/* The good event handled and both junk messages in the dead-letter topic
+ * (they may sit in another partition than the good one, read later). */
+static bool junk_settled(void *arg)
 {
-    (void)arg;
-    return atomic_load(&handled) >= 1;
+    struct evq_queue_stats st;
+    return atomic_load(&handled) >= 1 && evq_queue_stats(arg, &st) == 0 &&
+           st.dead >= 2;
 }
 
 static void junk_goes_to_the_dead_letters(void **state)
@@ -143,7 +146,7 @@ static void junk_goes_to_the_dead_letters(void **state)
     atomic_store(&handled, 0);
     evq_register_handler(e, "good", count_handler, NULL);
     assert_evq_ok(evq_worker_start(&w, q, e, NULL));
-    assert_true(eventually(one_handled, NULL, 30000));
+    assert_true(eventually(junk_settled, q, 60000));
     assert_evq_ok(evq_worker_stop(w, 5000));
     evq_worker_free(w);
     evq_events_free(e);
@@ -190,37 +193,66 @@ static bool order_all_done(void *arg)
     return atomic_load(&order_done) >= ORDER_KEYS * ORDER_PER_KEY;
 }
 
-/* Events of one partition key are handled in the order they were enqueued,
- * with a single-threaded worker. */
+static atomic_int key_running[ORDER_KEYS], key_overlaps;
+
+/* Slow enough that another thread would take the next event of the key
+ * meanwhile, were it allowed to. */
+static int order_slow_handler(const evq_event *ev, void *arg)
+{
+    int k = (int)json_integer_value(json_object_get(evq_event_data(ev), "k"));
+    if (k >= 0 && k < ORDER_KEYS && atomic_fetch_add(&key_running[k], 1) != 0)
+        atomic_fetch_add(&key_overlaps, 1);
+    struct timespec pause = {0, 200 * 1000};
+    nanosleep(&pause, NULL);
+    if (k >= 0 && k < ORDER_KEYS)
+        atomic_fetch_sub(&key_running[k], 1);
+    return order_handler(ev, arg);
+}
+
+/* Events of one partition key are handled in the order they were enqueued:
+ * by a single-threaded worker, and with kafka.ordering=key by a worker of
+ * four threads, which then never runs two events of one key at once. */
 static void one_keys_events_keep_their_order(void **state)
 {
     (void)state;
-    evq_queue *q;
-    evq_events *e = evq_events_new();
-    evq_worker *w;
-    evq_worker_opts o;
-    assert_evq_ok(evq_queue_open(&q, url, "korder", NULL));
-    for (int i = 0; i < ORDER_PER_KEY; i++)
-        for (int k = 0; k < ORDER_KEYS; k++) {
-            char key[16];
-            snprintf(key, sizeof key, "key-%d", k);
-            evq_event *ev =
-                evq_event_new("o", json_pack("{s:i,s:i}", "k", k, "i", i));
-            assert_evq_ok(evq_event_set_attr(ev, "partitionkey", key));
-            assert_evq_ok(evq_enqueue(q, ev));
-            evq_event_free(ev);
+    for (int by_key = 0; by_key < 2; by_key++) {
+        evq_queue *q;
+        evq_events *e = evq_events_new();
+        evq_worker *w;
+        evq_worker_opts o;
+        char u[1024];
+        url_with(u, sizeof u, by_key ? "kafka.ordering=key" : NULL);
+        assert_evq_ok(
+            evq_queue_open(&q, u, by_key ? "korder-key" : "korder", NULL));
+        for (int i = 0; i < ORDER_PER_KEY; i++)
+            for (int k = 0; k < ORDER_KEYS; k++) {
+                char key[16];
+                snprintf(key, sizeof key, "key-%d", k);
+                evq_event *ev =
+                    evq_event_new("o", json_pack("{s:i,s:i}", "k", k, "i", i));
+                assert_evq_ok(evq_event_set_attr(ev, "partitionkey", key));
+                assert_evq_ok(evq_enqueue(q, ev));
+                evq_event_free(ev);
+            }
+        for (int k = 0; k < ORDER_KEYS; k++)
+            order_last[k] = -1;
+        atomic_store(&order_done, 0);
+        evq_worker_opts_init(&o);
+        if (by_key) {
+            o.concurrency = 4;
+            o.prefetch = 4;
         }
-    for (int k = 0; k < ORDER_KEYS; k++)
-        order_last[k] = -1;
-    evq_worker_opts_init(&o);
-    evq_register_handler(e, "o", order_handler, NULL);
-    assert_evq_ok(evq_worker_start(&w, q, e, &o));
-    assert_true(eventually(order_all_done, NULL, 60000));
-    assert_evq_ok(evq_worker_stop(w, 5000));
-    assert_int_equal(atomic_load(&order_errors), 0);
-    evq_worker_free(w);
-    evq_events_free(e);
-    evq_queue_close(q);
+        evq_register_handler(e, "o",
+                             by_key ? order_slow_handler : order_handler, NULL);
+        assert_evq_ok(evq_worker_start(&w, q, e, &o));
+        assert_true(eventually(order_all_done, NULL, 60000));
+        assert_evq_ok(evq_worker_stop(w, 5000));
+        assert_int_equal(atomic_load(&order_errors), 0);
+        assert_int_equal(atomic_load(&key_overlaps), 0);
+        evq_worker_free(w);
+        evq_events_free(e);
+        evq_queue_close(q);
+    }
 }
 
 /* ---- bad input --------------------------------------------------------------

@@ -42,6 +42,9 @@ static const evq__opt_spec kafka_opts[] = {
     {"kafka.ce_mode", EVQ__OPT_ENUM, "structured", 0, 0, "structured|binary",
      "CloudEvents on Kafka: the whole event as the value (structured) or "
      "attributes as ce_* headers and the data as the value (binary)"},
+    {"kafka.ordering", EVQ__OPT_ENUM, "none", 0, 0, "none|key",
+     "key: events with the same partitionkey are never handled at once (the "
+     "next waits until the one before is settled)"},
     {"kafka.max_in_flight", EVQ__OPT_INT, "1000", 1, 1000000, NULL,
      "events of one partition handed out and not finished before the "
      "partition is paused"},
@@ -77,6 +80,7 @@ typedef struct kmsg {
     int64_t due; /* Unix ms; 0 when due */
     int attempt;
     evq_event *ev; /* built from ce_* headers (binary mode) */
+    char *key;     /* with kafka.ordering=key: its key, while handed out */
 } kmsg;
 
 typedef struct kbatch {
@@ -89,6 +93,10 @@ typedef struct kbatch {
 typedef struct khandle {
     char *topic, *group, *brokers;
     bool binary;
+    bool by_key; /* kafka.ordering=key */
+    pthread_mutex_t busy_mu;
+    char **busy; /* keys of events handed out and not settled */
+    size_t n_busy, cap_busy;
     int max_in_flight;
     int64_t timeout_ms, commit_every_ms;
     evq__optset props; /* rdkafka.* given */
@@ -450,10 +458,33 @@ static void commit(khandle *h, bool sync)
 /* ---- consumer
  * ---------------------------------------------------------------- */
 
+static bool key_busy(khandle *h, const char *key)
+{
+    for (size_t i = 0; key && i < h->n_busy; i++)
+        if (strcmp(h->busy[i], key) == 0)
+            return true;
+    return false;
+}
+
+/* A settled event's key is free again (takes busy_mu). */
+static void key_release(khandle *h, const char *key)
+{
+    if (!key)
+        return;
+    pthread_mutex_lock(&h->busy_mu);
+    for (size_t i = 0; i < h->n_busy; i++)
+        if (h->busy[i] == key) {
+            h->busy[i] = h->busy[--h->n_busy];
+            break;
+        }
+    pthread_mutex_unlock(&h->busy_mu);
+}
+
 static void kmsg_free(kmsg *m)
 {
     if (!m)
         return;
+    free(m->key);
     rd_kafka_message_destroy(m->rm);
     if (m->ev)
         evq_event_free(m->ev);
@@ -646,6 +677,11 @@ static int poll_one(khandle *h, int wait_ms)
     m->attempt = (int)hdr_int(hd, "evq_attempt") + 1;
     if (hdr(hd, "ce_type", NULL))
         m->ev = from_binary(rm, hd);
+    if (h->by_key && rm->key && rm->key_len > 0 &&
+        !(m->key = strndup(rm->key, rm->key_len))) {
+        kmsg_free(m);
+        return evq__err(EVQ_ENOMEM, "out of memory");
+    }
     pthread_mutex_lock(&h->trk_mu);
     int rc = track(h, m->partition, m->offset);
     kpart *p = rc ? NULL : part_of(h, m->partition);
@@ -737,9 +773,23 @@ static int kafka_dequeue(void *state, evq__delivery *d, int timeout_ms)
             break;
         }
         int64_t next_due = release_due(h);
-        if (h->n_buf > 0) {
-            kmsg *m = h->buf[0];
-            memmove(h->buf, h->buf + 1, --h->n_buf * sizeof *h->buf);
+        /* the first buffered event whose key is not being handled (with
+         * kafka.ordering=key; else simply the first) */
+        size_t pick = h->n_buf;
+        pthread_mutex_lock(&h->busy_mu);
+        for (size_t i = 0; i < h->n_buf && pick == h->n_buf; i++)
+            if (!h->by_key || !key_busy(h, h->buf[i]->key))
+                pick = i;
+        if (pick < h->n_buf && h->buf[pick]->key &&
+            evq__grow(&h->busy, &h->cap_busy, h->n_busy, sizeof *h->busy) == 0)
+            h->busy[h->n_busy++] = h->buf[pick]->key;
+        else if (pick < h->n_buf && h->buf[pick]->key)
+            pick = h->n_buf; /* no memory to note it: wait */
+        pthread_mutex_unlock(&h->busy_mu);
+        if (pick < h->n_buf) {
+            kmsg *m = h->buf[pick];
+            memmove(h->buf + pick, h->buf + pick + 1,
+                    (--h->n_buf - pick) * sizeof *h->buf);
             d->ev = m->ev;
             m->ev = NULL;
             d->bytes = m->rm->payload;
@@ -753,7 +803,9 @@ static int kafka_dequeue(void *state, evq__delivery *d, int timeout_ms)
         int64_t left = deadline == INT64_MAX
                            ? INT64_MAX
                            : (deadline - evq__now_mono_ns()) / 1000000;
-        int64_t wait = left < 200 ? left : 200; /* interrupts seen */
+        /* short waits while buffered events wait for their key */
+        int64_t cap_ms = h->n_buf > 0 ? 5 : 200; /* interrupts seen */
+        int64_t wait = left < cap_ms ? left : cap_ms;
         if (next_due != INT64_MAX && next_due - now_ms() < wait)
             wait = next_due - now_ms();
         if (wait < 0)
@@ -761,7 +813,7 @@ static int kafka_dequeue(void *state, evq__delivery *d, int timeout_ms)
         rc = poll_one(h, (int)wait);
         if (rc && rc != EVQ_ETIMEDOUT)
             break;
-        if (rc == EVQ_ETIMEDOUT && h->n_buf == 0 &&
+        if (rc == EVQ_ETIMEDOUT &&
             (timeout_ms == 0 || evq__now_mono_ns() >= deadline)) {
             rc = evq__err(EVQ_ETIMEDOUT, "no event within %d ms", timeout_ms);
             break;
@@ -783,6 +835,7 @@ static int kafka_ack(void *state, evq__delivery *d)
     pthread_mutex_lock(&h->trk_mu);
     finish(h, m->partition, m->offset);
     pthread_mutex_unlock(&h->trk_mu);
+    key_release(h, m->key);
     kmsg_free(m);
     return 0;
 }
@@ -837,6 +890,7 @@ static int kafka_nack(void *state, evq__delivery *d, int64_t delay_ms)
         finish(h, m->partition, m->offset);
         pthread_mutex_unlock(&h->trk_mu);
     }
+    key_release(h, m->key);
     kmsg_free(m);
     return rc;
 }
@@ -949,6 +1003,8 @@ static void kafka_close(void *state)
     free(h->props.kv);
     pthread_mutex_destroy(&h->rd_mu);
     pthread_mutex_destroy(&h->trk_mu);
+    pthread_mutex_destroy(&h->busy_mu);
+    free(h->busy);
     free(h);
 }
 
@@ -961,6 +1017,7 @@ static int kafka_open(void **state, const evq__url *url, const char *name,
         return evq__err(EVQ_ENOMEM, "out of memory");
     pthread_mutex_init(&h->rd_mu, NULL);
     pthread_mutex_init(&h->trk_mu, NULL);
+    pthread_mutex_init(&h->busy_mu, NULL);
     atomic_init(&h->interrupted, false);
     if (url->path[0] && strcmp(url->path, "/") != 0) {
         kafka_close(h);
@@ -1008,6 +1065,8 @@ static int kafka_open(void **state, const evq__url *url, const char *name,
         snprintf(h->brokers, cap, "127.0.0.1:9092");
     h->binary =
         strcmp(evq__opt_str(opts, kafka_opts, "kafka.ce_mode"), "binary") == 0;
+    h->by_key =
+        strcmp(evq__opt_str(opts, kafka_opts, "kafka.ordering"), "key") == 0;
     h->max_in_flight =
         (int)evq__opt_int(opts, kafka_opts, "kafka.max_in_flight");
     h->timeout_ms = evq__opt_int(opts, kafka_opts, "kafka.timeout_ms");
