@@ -60,6 +60,7 @@ bench: build
 	bench/run.sh $(BUILD)
 	bench/redis.sh $(BUILD)
 	bench/nats.sh $(BUILD)
+	bench/kafka.sh $(BUILD)
 
 format:
 	clang-format -i include/*.h src/*.c src/*.h src/backends/*.c \

@@ -12,6 +12,7 @@
 #include "outage.h"
 #include "testutil.h"
 
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <unistd.h>
@@ -305,6 +306,128 @@ static void a_broker_down_and_up_loses_no_accepted_event(void **state)
     run_outage(u, "koutage", broker_down_and_up, NULL, false);
 }
 
+/* ---- commits under SIGKILL
+ * ---------------------------------------------------- */
+
+#define KILL_EVENTS 20000
+
+static int kill_log = -1;
+static unsigned kill_seed;
+
+/* Records the event, after a random pause of up to 20 ms (so the kills
+ * find work half done). */
+static int kill_handler(const evq_event *ev, void *arg)
+{
+    (void)arg;
+    unsigned r = __atomic_add_fetch(&kill_seed, 2654435761u, __ATOMIC_RELAXED);
+    struct timespec pause = {0, (long)((r >> 8) % 20000) * 1000};
+    nanosleep(&pause, NULL);
+    char line[32];
+    int n = snprintf(line, sizeof line, "%lld\n",
+                     (long long)json_integer_value(evq_event_data(ev)));
+    if (write(kill_log, line, (size_t)n) != n)
+        return EVQ_EIO;
+    return 0;
+}
+
+/* A consumer process: a worker of 8 threads until it is killed. */
+static pid_t start_consumer(const char *u, const char *logpath)
+{
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        evq_queue *q;
+        evq_events *e = evq_events_new();
+        evq_worker_opts o;
+        evq_worker *w;
+        kill_log = open(logpath, O_WRONLY | O_APPEND | O_CREAT, 0600);
+        kill_seed = (unsigned)getpid();
+        evq_worker_opts_init(&o);
+        o.concurrency = 8;
+        o.prefetch = 4;
+        evq_register_handler(e, "k", kill_handler, NULL);
+        if (kill_log < 0 || evq_queue_open(&q, u, "kkill", NULL) ||
+            evq_worker_start(&w, q, e, &o))
+            _exit(1);
+        for (;;)
+            pause();
+    }
+    return pid;
+}
+
+static int count_handled(const char *logpath, bool *seen)
+{
+    memset(seen, 0, KILL_EVENTS * sizeof *seen);
+    FILE *f = fopen(logpath, "r");
+    int lines = 0;
+    long long n;
+    while (f && fscanf(f, "%lld", &n) == 1) {
+        lines++;
+        if (n >= 0 && n < KILL_EVENTS)
+            seen[n] = true;
+    }
+    if (f)
+        fclose(f);
+    return lines;
+}
+
+/* Consumers of 8 threads with handlers of random duration are killed with
+ * SIGKILL at random moments and started again; at the end every event was
+ * handled at least once: no commit ever passed an unfinished event. */
+static void killed_consumers_skip_nothing(void **state)
+{
+    (void)state;
+    char u[1024], logpath[512];
+    evq_queue *q;
+    url_with(u, sizeof u, "kafka.commit_interval_ms=50");
+    snprintf(logpath, sizeof logpath, "%s/kkill.log", sdir);
+    assert_evq_ok(evq_queue_open(&q, u, "kkill", NULL));
+    for (int i = 0; i < KILL_EVENTS; i += 100) {
+        evq_event *evs[100];
+        for (int k = 0; k < 100; k++)
+            evs[k] = evq_event_new("k", json_integer(i + k));
+        assert_evq_ok(evq_enqueue_batch(q, (const evq_event *const *)evs, 100));
+        for (int k = 0; k < 100; k++)
+            evq_event_free(evs[k]);
+    }
+    static bool seen[KILL_EVENTS];
+    srand((unsigned)getpid());
+    for (int round = 0; round < 4; round++) {
+        pid_t pid = start_consumer(u, logpath);
+        /* past the group join (about 3 s on the test broker, up to the
+         * 6 s session of the consumer killed before), then a random
+         * moment in the next 2 s */
+        int ms = 7000 + rand() % 2000;
+        struct timespec t = {ms / 1000, (long)(ms % 1000) * 1000000};
+        nanosleep(&t, NULL);
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+    }
+    int handled_before = count_handled(logpath, seen);
+    pid_t pid = start_consumer(u, logpath);
+    int64_t end = now_ms() + 120000;
+    int missing = KILL_EVENTS;
+    while (missing > 0 && now_ms() < end) {
+        struct timespec t = {0, 200 * 1000000};
+        nanosleep(&t, NULL);
+        count_handled(logpath, seen);
+        missing = 0;
+        for (int i = 0; i < KILL_EVENTS; i++)
+            missing += !seen[i];
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    int lines = count_handled(logpath, seen);
+    printf("kill: %d of %d handled before the last consumer, %d handlings "
+           "in all (%d again), %d never\n",
+           handled_before, KILL_EVENTS, lines, lines - KILL_EVENTS + missing,
+           missing);
+    /* the kills came mid-way */
+    assert_true(handled_before > 0 && handled_before < KILL_EVENTS);
+    assert_int_equal(missing, 0);
+    evq_queue_close(q);
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 3) {
@@ -320,6 +443,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(junk_goes_to_the_dead_letters),
         cmocka_unit_test(one_keys_events_keep_their_order),
         cmocka_unit_test(bad_brokers_and_properties_are_clear_errors),
+        cmocka_unit_test(killed_consumers_skip_nothing),
         cmocka_unit_test(a_broker_down_and_up_loses_no_accepted_event),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
