@@ -112,20 +112,6 @@ static void events_published_by_libnats_are_read(void **state)
 
 static atomic_int handled;
 
-static int count_handler(const evq_event *ev, void *arg)
-{
-    (void)ev;
-    (void)arg;
-    atomic_fetch_add(&handled, 1);
-    return 0;
-}
-
-static bool one_handled(void *arg)
-{
-    (void)arg;
-    return atomic_load(&handled) >= 1;
-}
-
 static void junk_goes_to_the_dead_letters(void **state)
 {
     (void)state;
@@ -147,9 +133,9 @@ static void junk_goes_to_the_dead_letters(void **state)
     evq_event_free(good);
 
     atomic_store(&handled, 0);
-    evq_register_handler(e, "good", count_handler, NULL);
+    evq_register_handler(e, "good", count_handler, &handled);
     assert_evq_ok(evq_worker_start(&w, q, e, NULL));
-    assert_true(eventually(one_handled, NULL, 10000));
+    assert_true(eventually(at_least_one, &handled, 10000));
     assert_evq_ok(evq_worker_stop(w, 5000));
     evq_worker_free(w);
     evq_events_free(e);

@@ -60,20 +60,6 @@ static void events_written_by_redis_cli_are_read(void **state)
 
 static atomic_int handled;
 
-static int count_handler(const evq_event *ev, void *arg)
-{
-    (void)ev;
-    (void)arg;
-    atomic_fetch_add(&handled, 1);
-    return 0;
-}
-
-static bool one_handled(void *arg)
-{
-    (void)arg;
-    return atomic_load(&handled) >= 1;
-}
-
 static void junk_goes_to_the_dead_letter_stream(void **state)
 {
     (void)state;
@@ -100,10 +86,10 @@ static void junk_goes_to_the_dead_letter_stream(void **state)
     evq_event *good = evq_event_new("junk.good", NULL);
     assert_evq_ok(evq_enqueue(q, good));
 
-    evq_register_handler(e, "*", count_handler, NULL);
+    evq_register_handler(e, "*", count_handler, &handled);
     atomic_store(&handled, 0);
     assert_evq_ok(evq_worker_start(&w, q, e, NULL));
-    assert_true(eventually(one_handled, NULL, 10000));
+    assert_true(eventually(at_least_one, &handled, 10000));
     assert_evq_ok(evq_worker_stop(w, 5000));
     evq_worker_free(w);
     assert_int_equal(atomic_load(&handled), 1);

@@ -8,6 +8,7 @@
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -71,6 +72,20 @@ static inline bool eventually(bool (*cond)(void *), void *arg, int timeout_ms)
         nanosleep(&ms, NULL);
     }
     return true;
+}
+
+/* A handler that counts the events it sees in the atomic_int `arg`. */
+static inline int count_handler(const evq_event *ev, void *arg)
+{
+    (void)ev;
+    atomic_fetch_add((atomic_int *)arg, 1);
+    return 0;
+}
+
+/* For eventually(): the atomic_int `arg` is at least 1. */
+static inline bool at_least_one(void *arg)
+{
+    return atomic_load((atomic_int *)arg) >= 1;
 }
 
 /* Forks a consumer process that opens `queue` on `url`, takes one event
