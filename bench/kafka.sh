@@ -32,7 +32,7 @@ echo "kcat -C: $(rate "$events" "$t0" "$t1") per second"
 for fmt in json msgpack; do
   for b in 64 1000; do
     printf 'evq bench, %s, batches of %s: ' "$fmt" "$b"
-    "$build/evq" bench "kafka://$boot?format=$fmt&rdkafka.session.timeout.ms=6000" \
+    "$build/evq" bench "kafka://$boot?format=$fmt&rdkafka.session.timeout.ms=6000&kafka.create_topics=false" \
       --events "$events" --batch "$b" --json
   done
 done

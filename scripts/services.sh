@@ -158,11 +158,18 @@ case $service in
         if [ "$ok" = yes ]; then
           port=${ports[0]}
           url="nats://127.0.0.1:${ports[0]},127.0.0.1:${ports[1]},127.0.0.1:${ports[2]}"
-          # JetStream answers once the servers have elected a meta leader.
-          for _ in $(seq 1 200); do
-            cat "$dir"/nats-*.log | grep -qi "JetStream cluster new metadata leader\|Self is new JetStream cluster metadata leader" && break
+          # JetStream can place a stream on three servers once every
+          # one of them knows the elected meta leader.
+          for _ in $(seq 1 400); do
+            known=0
+            for i in 1 2 3; do
+              grep -qi "JetStream cluster new metadata leader\|Self is new JetStream cluster metadata leader" \
+                "$dir/nats-$i.log" && known=$((known + 1))
+            done
+            [ "$known" = 3 ] && break
             sleep 0.05
           done
+          [ "$known" = 3 ] || die "the nats cluster elected no JetStream leader"
           break
         fi
         for f in "$dir"/nats-*.pid; do [ -e "$f" ] && stop_by_pidfile "$f"; done

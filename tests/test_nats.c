@@ -521,6 +521,19 @@ static void losing_the_stream_leader_loses_nothing(void **state)
     (void)state;
     char u[1024];
     url_with(u, sizeof u, "nats.replicas=3&visibility_timeout_ms=2000");
+    /* A cluster just formed may not place three replicas yet: create the
+     * stream first, giving it a few seconds. */
+    evq_queue *q = NULL;
+    int rc = 0;
+    for (int64_t end = now_ms() + 15000; now_ms() < end;) {
+        if ((rc = evq_queue_open(&q, u, "leader", NULL)) == 0)
+            break;
+        printf("cluster: %s; again\n", evq_errmsg());
+        struct timespec pause = {0, 500 * 1000000};
+        nanosleep(&pause, NULL);
+    }
+    assert_evq_ok(rc);
+    evq_queue_close(q);
     run_outage(u, "leader", kill_stream_leader, "leader", false);
 }
 

@@ -45,6 +45,16 @@ static const evq__opt_spec kafka_opts[] = {
     {"kafka.ordering", EVQ__OPT_ENUM, "none", 0, 0, "none|key",
      "key: events with the same partitionkey are never handled at once (the "
      "next waits until the one before is settled)"},
+    {"kafka.create_topics", EVQ__OPT_BOOL, "true", 0, 0, NULL,
+     "create a missing topic with the Admin API at open (kafka.partitions, "
+     "kafka.replication); when the broker cannot, the broker's own "
+     "auto-creation on first use is relied on"},
+    {"kafka.partitions", EVQ__OPT_INT, "4", 1, 100000, NULL,
+     "partitions of a topic evq creates"},
+    {"kafka.replication", EVQ__OPT_INT, "-1", -1, 32767, NULL,
+     "replication factor of a topic evq creates (-1: the broker's default)"},
+    {"kafka.create_timeout_ms", EVQ__OPT_INT, "5000", 100, 600000, NULL,
+     "longest open waits for the topic's creation"},
     {"kafka.max_in_flight", EVQ__OPT_INT, "1000", 1, 1000000, NULL,
      "events of one partition handed out and not finished before the "
      "partition is paused"},
@@ -118,6 +128,7 @@ typedef struct khandle {
     kpart *parts;
     size_t n_parts;
     int64_t last_commit_ms;
+    char create_note[400]; /* why the Admin API could not create the topic */
     bool commit_due;
     atomic_bool interrupted;
     char errbuf[512];
@@ -250,6 +261,56 @@ static int open_producer(khandle *h)
     return 0;
 }
 
+/* Creates the topic (and its dead-letter twin is made the same way when
+ * opened) with the Admin API.  A topic that exists is fine.  When the
+ * broker cannot create it in time (no Admin API, no controller), the
+ * reason is kept for the errors of later calls and the broker's own
+ * auto-creation on first use is relied on. */
+static void create_topic(khandle *h, const evq__optset *opts)
+{
+    char err[512];
+    int partitions = (int)evq__opt_int(opts, kafka_opts, "kafka.partitions");
+    int replication = (int)evq__opt_int(opts, kafka_opts, "kafka.replication");
+    int tmo = (int)evq__opt_int(opts, kafka_opts, "kafka.create_timeout_ms");
+    rd_kafka_NewTopic_t *nt = rd_kafka_NewTopic_new(
+        h->topic, partitions, replication, err, sizeof err);
+    if (!nt) {
+        snprintf(h->create_note, sizeof h->create_note, "%.200s", err);
+        return;
+    }
+    rd_kafka_AdminOptions_t *ao =
+        rd_kafka_AdminOptions_new(h->prod, RD_KAFKA_ADMIN_OP_CREATETOPICS);
+    rd_kafka_AdminOptions_set_request_timeout(ao, tmo, err, sizeof err);
+    rd_kafka_AdminOptions_set_operation_timeout(ao, tmo, err, sizeof err);
+    rd_kafka_queue_t *rq = rd_kafka_queue_new(h->prod);
+    rd_kafka_CreateTopics(h->prod, &nt, 1, ao, rq);
+    rd_kafka_event_t *ev = rd_kafka_queue_poll(rq, tmo + 2000);
+    rd_kafka_resp_err_t e = RD_KAFKA_RESP_ERR__TIMED_OUT;
+    const char *why = NULL;
+    if (ev && rd_kafka_event_error(ev)) {
+        e = rd_kafka_event_error(ev);
+        why = rd_kafka_event_error_string(ev);
+    } else if (ev) {
+        size_t cnt = 0;
+        const rd_kafka_topic_result_t **tr =
+            rd_kafka_CreateTopics_result_topics(
+                rd_kafka_event_CreateTopics_result(ev), &cnt);
+        e = cnt == 1 ? rd_kafka_topic_result_error(tr[0])
+                     : RD_KAFKA_RESP_ERR__FAIL;
+        why = cnt == 1 ? rd_kafka_topic_result_error_string(tr[0]) : NULL;
+    }
+    if (e && e != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS)
+        snprintf(h->create_note, sizeof h->create_note,
+                 "creating topic '%.64s' failed (%s), relying on the "
+                 "broker's auto-creation",
+                 h->topic, why ? why : rd_kafka_err2str(e));
+    if (ev)
+        rd_kafka_event_destroy(ev);
+    rd_kafka_queue_destroy(rq);
+    rd_kafka_AdminOptions_destroy(ao);
+    rd_kafka_NewTopic_destroy(nt);
+}
+
 /* Produces one message; headers, when given, pass to librdkafka. */
 static rd_kafka_resp_err_t produce(khandle *h, const void *val, size_t len,
                                    const char *key, rd_kafka_headers_t *hdrs,
@@ -350,8 +411,15 @@ static int kafka_enqueue(void *state, const evq__item *items, size_t n)
     pthread_cond_destroy(&b.cv);
     if (e)
         return kerr(e, "produce");
-    if (de)
-        return kerr(de, "delivery");
+    if (de) {
+        int rc = kerr(de, "delivery");
+        if (h->create_note[0]) {
+            char first[512];
+            snprintf(first, sizeof first, "%s", evq_errmsg());
+            evq__err(rc, "%s; %s", first, h->create_note);
+        }
+        return rc;
+    }
     return 0;
 }
 
@@ -1087,6 +1155,8 @@ static int kafka_open(void **state, const evq__url *url, const char *name,
         kafka_close(h);
         return rc;
     }
+    if (evq__opt_bool(opts, kafka_opts, "kafka.create_topics"))
+        create_topic(h, opts);
     *state = h;
     return 0;
 }
