@@ -42,10 +42,11 @@ static void *outage_produce(void *arg)
         int rc = evq_enqueue(p->q, ev);
         /* An application retries while the server is away; each failed
          * call must have said so with a code it can act on. */
-        for (int t = 0;
-             (rc == EVQ_ECONN || rc == EVQ_EIO || rc == EVQ_ETIMEDOUT) &&
-             t < 500;
-             t++) {
+        /* for up to a minute: a cluster's election under a sanitizer can
+         * outlast a count of quick retries */
+        int64_t give_up = now_ms() + 60000;
+        while ((rc == EVQ_ECONN || rc == EVQ_EIO || rc == EVQ_ETIMEDOUT) &&
+               now_ms() < give_up) {
             atomic_fetch_add(&p->errors, 1);
             struct timespec pause = {0, 10 * 1000000};
             nanosleep(&pause, NULL);
