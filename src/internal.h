@@ -65,6 +65,12 @@ void evq__time_format(int64_t ns, char *buf);
  * bytes each, doubling *cap as needed.  EVQ_ENOMEM leaves it unchanged. */
 int evq__grow(void *arrayp, size_t *cap, size_t n, size_t elem);
 
+/* Locks one of the n elements of `slots` (each `elem` bytes, with a
+ * pthread_mutex_t at byte `mu_off`): the first free one from this thread's
+ * own slot on, else waits for its own; returns the element's index.  A
+ * pool of connections or contexts shared by threads. */
+size_t evq__slot_lock(void *slots, size_t n, size_t elem, size_t mu_off);
+
 /* Whether acks held for a group commit should go now: when flush_ms is 0,
  * 256 are waiting, the oldest waited flush_ms, or the handle was
  * interrupted (no later dequeue will carry them along). */

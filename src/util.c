@@ -4,7 +4,9 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -365,6 +367,24 @@ bool evq__flush_due(size_t pending, int64_t oldest_ms, int64_t now_ms,
 {
     return pending > 0 && (flush_ms == 0 || pending >= 256 ||
                            now_ms - oldest_ms >= flush_ms || interrupted);
+}
+
+size_t evq__slot_lock(void *slots, size_t n, size_t elem, size_t mu_off)
+{
+    static atomic_uint threads;
+    static _Thread_local unsigned slot = UINT_MAX;
+    if (slot == UINT_MAX)
+        slot = atomic_fetch_add(&threads, 1);
+    unsigned char *base = slots;
+    size_t own = slot % n;
+    for (size_t i = 0; i < n; i++) {
+        size_t k = (own + i) % n;
+        if (pthread_mutex_trylock(
+                (pthread_mutex_t *)(base + k * elem + mu_off)) == 0)
+            return k;
+    }
+    pthread_mutex_lock((pthread_mutex_t *)(base + own * elem + mu_off));
+    return own;
 }
 
 int evq__grow(void *arrayp, size_t *cap, size_t n, size_t elem)

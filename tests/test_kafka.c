@@ -114,6 +114,179 @@ static void evq_reads_what_kcat_produces(void **state)
     evq_queue_close(q);
 }
 
+/* Reads the first message of `topic` with kcat as "headers|value". */
+static void kcat_first(const char *topic, char *line, size_t cap)
+{
+    char out[512];
+    snprintf(out, sizeof out, "%s/%s.txt", sdir, topic);
+    sh("kcat -C -b \"$B\" -t %s -c 1 -e -q -f '%%h|%%s\\n' > %s", topic, out);
+    FILE *f = fopen(out, "r");
+    assert_non_null(f);
+    line[0] = '\0';
+    assert_non_null(fgets(line, (int)cap, f));
+    fclose(f);
+}
+
+/* kafka.ce_mode=binary: the attributes as ce_* headers, the data alone as
+ * the value; evq reads it back as the same event. */
+static void evq_writes_binary_mode(void **state)
+{
+    (void)state;
+    char u[1024], line[4096], want[256];
+    evq_queue *q;
+    evq_msg *m;
+    url_with(u, sizeof u, "kafka.ce_mode=binary");
+    assert_evq_ok(evq_queue_open(&q, u, "kbin-out", NULL));
+    evq_event *ev = evq_event_new("order.shipped", json_pack("{s:i}", "n", 7));
+    assert_evq_ok(evq_event_set_attr(ev, "subject", "order-7"));
+    assert_evq_ok(evq_enqueue(q, ev));
+    kcat_first("kbin-out", line, sizeof line);
+    const char *expect[] = {"ce_specversion=1.0",
+                            "ce_type=order.shipped",
+                            "ce_subject=order-7",
+                            "ce_source=",
+                            "content-type=application/json",
+                            NULL};
+    for (int i = 0; expect[i]; i++)
+        assert_non_null(strstr(line, expect[i]));
+    snprintf(want, sizeof want, "ce_id=%s", evq_event_id(ev));
+    assert_non_null(strstr(line, want));
+    assert_string_equal(strrchr(line, '|') + 1, "{\"n\":7}\n");
+
+    assert_evq_ok(evq_dequeue(q, &m, 20000));
+    const evq_event *got = evq_msg_event(m);
+    assert_string_equal(evq_event_id(got), evq_event_id(ev));
+    assert_string_equal(evq_event_type(got), "order.shipped");
+    assert_string_equal(evq_event_attr(got, "subject"), "order-7");
+    assert_string_equal(evq_event_source(got), evq_event_source(ev));
+    assert_int_equal(
+        json_integer_value(json_object_get(evq_event_data(got), "n")), 7);
+    assert_evq_ok(evq_ack(m));
+    evq_event_free(ev);
+    evq_queue_close(q);
+}
+
+/* format=msgpack: structured mode says so in its content-type. */
+static void msgpack_messages_say_so(void **state)
+{
+    (void)state;
+    char u[1024], line[4096];
+    evq_queue *q;
+    evq_msg *m;
+    url_with(u, sizeof u, "format=msgpack");
+    assert_evq_ok(evq_queue_open(&q, u, "kmsgpack", NULL));
+    evq_event *ev = evq_event_new("packed", json_integer(3));
+    assert_evq_ok(evq_enqueue(q, ev));
+    kcat_first("kmsgpack", line, sizeof line);
+    assert_non_null(
+        strstr(line, "content-type=application/cloudevents+msgpack"));
+    assert_evq_ok(evq_dequeue(q, &m, 20000));
+    assert_string_equal(evq_event_id(evq_msg_event(m)), evq_event_id(ev));
+    assert_evq_ok(evq_ack(m));
+    evq_event_free(ev);
+    evq_queue_close(q);
+}
+
+/* Sends a command to the test broker and waits for its answer. */
+static void broker_command(const char *cmd)
+{
+    char ctl[512], log[512], line[600];
+    snprintf(ctl, sizeof ctl, "%s/kafka.ctl", sdir);
+    snprintf(log, sizeof log, "%s/kafka.log", sdir);
+    FILE *f = fopen(ctl, "w");
+    assert_non_null(f);
+    fprintf(f, "%s\n", cmd);
+    fclose(f);
+    for (int i = 0; i < 200; i++) {
+        FILE *l = fopen(log, "r");
+        while (l && fgets(line, sizeof line, l)) {
+            line[strcspn(line, "\n")] = '\0';
+            if (strncmp(line, "ok ", 3) == 0 && strcmp(line + 3, cmd) == 0) {
+                fclose(l);
+                return;
+            }
+            if (strncmp(line, "error ", 6) == 0 &&
+                strncmp(line + 6, cmd, strlen(cmd)) == 0)
+                fail_msg("broker: %s", line);
+        }
+        if (l)
+            fclose(l);
+        struct timespec t = {0, 50 * 1000000};
+        nanosleep(&t, NULL);
+    }
+    fail_msg("the test broker did not answer '%s'", cmd);
+}
+
+#define PAUSE_EVENTS 40
+#define PAUSE_MAX    4
+
+/* Counts what comes out without acking, until nothing more comes within
+ * 1.5 s (the first may wait longer: the consumer joins its group). */
+static int take_all(evq_queue *q, evq_msg **out, int have, int *next)
+{
+    evq_msg *m;
+    int wait = *next == 0 ? 20000 : 1500;
+    while (have < PAUSE_EVENTS && evq_dequeue(q, &m, wait) == 0) {
+        wait = 1500;
+        /* one partition, one reader: in enqueue order */
+        assert_int_equal(json_integer_value(evq_event_data(evq_msg_event(m))),
+                         *next);
+        (*next)++;
+        out[have++] = m;
+    }
+    return have;
+}
+
+/* kafka.max_in_flight: a partition with that many events out is paused
+ * and gives no more until half of them finish; then it goes on, in
+ * order, to the last. */
+static void a_full_partition_waits_for_finished_events(void **state)
+{
+    (void)state;
+    char u[1024];
+    evq_queue *q;
+    evq_msg *out[PAUSE_EVENTS];
+    broker_command("topic kpause 1 1");
+    url_with(u, sizeof u, "kafka.max_in_flight=4");
+    assert_evq_ok(evq_queue_open(&q, u, "kpause", NULL));
+    evq_event *evs[PAUSE_EVENTS];
+    for (int i = 0; i < PAUSE_EVENTS; i++)
+        evs[i] = evq_event_new("p", json_integer(i));
+    assert_evq_ok(
+        evq_enqueue_batch(q, (const evq_event *const *)evs, PAUSE_EVENTS));
+    for (int i = 0; i < PAUSE_EVENTS; i++)
+        evq_event_free(evs[i]);
+
+    int next = 0, out_n = take_all(q, out, 0, &next);
+    assert_int_equal(out_n, PAUSE_MAX);
+    struct evq_queue_stats st;
+    assert_evq_ok(evq_queue_stats(q, &st));
+    assert_int_equal(st.in_flight, PAUSE_MAX);
+    /* one finished is not enough room ... */
+    assert_evq_ok(evq_ack(out[0]));
+    int more = take_all(q, out, out_n, &next);
+    assert_int_equal(more, out_n);
+    /* ... half is */
+    assert_evq_ok(evq_ack(out[1]));
+    assert_evq_ok(evq_ack(out[2]));
+    out_n = take_all(q, out, out_n, &next);
+    assert_int_equal(out_n, 2 * PAUSE_MAX - 1);
+    for (int i = 3; i < out_n; i++)
+        assert_evq_ok(evq_ack(out[i]));
+    /* and so on to the last */
+    while (next < PAUSE_EVENTS) {
+        int before = next;
+        int got = take_all(q, out, 0, &next);
+        assert_true(got > 0 && got <= PAUSE_MAX);
+        for (int i = 0; i < got; i++)
+            assert_evq_ok(evq_ack(out[i]));
+        assert_int_equal(next, before + got);
+    }
+    assert_evq_ok(evq_queue_stats(q, &st));
+    assert_int_equal(st.in_flight, 0);
+    evq_queue_close(q);
+}
+
 static atomic_int handled;
 
 /* The good event handled and both junk messages in the dead-letter topic
@@ -472,6 +645,9 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(kcat_reads_what_evq_produces),
         cmocka_unit_test(evq_reads_what_kcat_produces),
+        cmocka_unit_test(evq_writes_binary_mode),
+        cmocka_unit_test(msgpack_messages_say_so),
+        cmocka_unit_test(a_full_partition_waits_for_finished_events),
         cmocka_unit_test(junk_goes_to_the_dead_letters),
         cmocka_unit_test(one_keys_events_keep_their_order),
         cmocka_unit_test(a_missing_topic_is_created_or_left_to_the_broker),

@@ -9,7 +9,8 @@
  *   delivery report of its events arrived.  The event's partitionkey
  *   attribute is the message key, so one key stays in one partition, in
  *   order.  Messages are structured-mode CloudEvents (header content-type
- *   application/cloudevents+json); binary-mode messages (ce_* headers, the
+ *   application/cloudevents+json, or +msgpack with format=msgpack);
+ *   binary-mode messages (ce_* headers, the
  *   data as the value) are read too.
  * - Consume: auto-commit off.  Events go to the worker threads in any
  *   order, and a partition's offset is committed only up to its first
@@ -102,6 +103,7 @@ typedef struct kbatch {
 
 typedef struct khandle {
     char *topic, *group, *brokers;
+    const char *content_type; /* structured mode's, by the queue's format */
     bool binary;
     bool by_key; /* kafka.ordering=key */
     pthread_mutex_t busy_mu;
@@ -377,8 +379,7 @@ static int kafka_enqueue(void *state, const evq__item *items, size_t n)
             hd = binary_headers(it->ev, &val, &len);
         } else {
             hd = rd_kafka_headers_new(3);
-            rd_kafka_header_add(hd, "content-type", -1,
-                                "application/cloudevents+json", -1);
+            rd_kafka_header_add(hd, "content-type", -1, h->content_type, -1);
         }
         if (it->delay_ms > 0) {
             char due[32];
@@ -766,9 +767,10 @@ static int poll_one(khandle *h, int wait_ms)
         kmsg_free(m);
         return evq__err(EVQ_ENOMEM, "out of memory");
     }
-    kmsg ***list = m->due > now_ms() ? &h->held : &h->buf;
-    size_t *n = m->due > now_ms() ? &h->n_held : &h->n_buf;
-    size_t *cap = list == &h->held ? &h->cap_held : &h->cap_buf;
+    bool hold = m->due > now_ms();
+    kmsg ***list = hold ? &h->held : &h->buf;
+    size_t *n = hold ? &h->n_held : &h->n_buf;
+    size_t *cap = hold ? &h->cap_held : &h->cap_buf;
     if (evq__grow(list, cap, *n, sizeof **list)) {
         kmsg_free(m);
         return EVQ_ENOMEM;
@@ -1133,6 +1135,10 @@ static int kafka_open(void **state, const evq__url *url, const char *name,
         snprintf(h->brokers, cap, "127.0.0.1:9092");
     h->binary =
         strcmp(evq__opt_str(opts, kafka_opts, "kafka.ce_mode"), "binary") == 0;
+    const char *fmt = evq__opt_str(opts, evq__core_opts, "format");
+    h->content_type = fmt && strcmp(fmt, "msgpack") == 0
+                          ? "application/cloudevents+msgpack"
+                          : "application/cloudevents+json";
     h->by_key =
         strcmp(evq__opt_str(opts, kafka_opts, "kafka.ordering"), "key") == 0;
     h->max_in_flight =

@@ -95,6 +95,12 @@ typedef struct npub {
     char err[256];
 } npub;
 
+/* A fetched message and the attempt it is, worked out once. */
+typedef struct nbuffered {
+    natsMsg *m;
+    int attempt;
+} nbuffered;
+
 typedef struct nhandle {
     natsConnection *nc;
     jsCtx *js; /* API calls and fetches */
@@ -106,7 +112,7 @@ typedef struct nhandle {
     int64_t timeout_ms;
     pthread_mutex_t rd_mu; /* one fetch at a time */
     pthread_mutex_t buf_mu;
-    natsMsg **buf; /* fetched, not yet handed out */
+    nbuffered *buf; /* fetched, not yet handed out */
     size_t n_buf, head_buf, cap_buf;
     npub pubs[NPUB_MAX];
     atomic_bool interrupted;
@@ -564,20 +570,8 @@ static int nats_open(void **state, const evq__url *url, const char *name,
 /* A publisher context: a free one, else this thread's own, waited for. */
 static npub *pub_take(nhandle *h, int *rc)
 {
-    static atomic_uint threads;
-    static _Thread_local unsigned slot = 0xffffffffu;
-    if (slot == 0xffffffffu)
-        slot = atomic_fetch_add(&threads, 1);
-    npub *p = NULL;
-    for (int i = 0; i < NPUB_MAX && !p; i++) {
-        npub *t = &h->pubs[(slot + (unsigned)i) % NPUB_MAX];
-        if (pthread_mutex_trylock(&t->mu) == 0)
-            p = t;
-    }
-    if (!p) {
-        p = &h->pubs[slot % NPUB_MAX];
-        pthread_mutex_lock(&p->mu);
-    }
+    npub *p = &h->pubs[evq__slot_lock(h->pubs, NPUB_MAX, sizeof *h->pubs,
+                                      offsetof(npub, mu))];
     if (!p->js) {
         jsOptions jo;
         jsOptions_Init(&jo);
@@ -738,8 +732,8 @@ static int64_t due_of(natsMsg *m)
 }
 
 /* The attempt a delivery is: NumDelivered, less the hold of a delayed
- * event. */
-static int attempt_of(natsMsg *m)
+ * event (due > 0). */
+static int attempt_of(natsMsg *m, int64_t due)
 {
     jsMsgMetaData *md = NULL;
     int a = 1;
@@ -747,7 +741,7 @@ static int attempt_of(natsMsg *m)
         a = (int)md->NumDelivered;
         jsMsgMetaData_Destroy(md);
     }
-    if (due_of(m) > 0)
+    if (due > 0)
         a--;
     return a < 1 ? 1 : a;
 }
@@ -777,7 +771,7 @@ static void buffer_list(nhandle *h, natsMsgList *list)
             natsMsg_Destroy(m);
             continue;
         }
-        h->buf[h->n_buf++] = m;
+        h->buf[h->n_buf++] = (nbuffered){m, h->core ? 1 : attempt_of(m, due)};
     }
     pthread_mutex_unlock(&h->buf_mu);
     natsMsgList_Destroy(list);
@@ -788,13 +782,14 @@ static bool take_buffered(nhandle *h, evq__delivery *d)
     bool got = false;
     pthread_mutex_lock(&h->buf_mu);
     if (h->n_buf > 0) {
-        natsMsg *m = h->buf[h->head_buf++];
+        nbuffered b = h->buf[h->head_buf++];
+        natsMsg *m = b.m;
         if (--h->n_buf == 0)
             h->head_buf = 0;
         d->ev = NULL;
         d->bytes = (const unsigned char *)natsMsg_GetData(m);
         d->len = (size_t)natsMsg_GetDataLength(m);
-        d->attempt = h->core ? 1 : attempt_of(m);
+        d->attempt = b.attempt;
         d->token = m;
         got = true;
     }
@@ -944,7 +939,7 @@ static void hand_back(nhandle *h)
 {
     pthread_mutex_lock(&h->buf_mu);
     for (size_t i = 0; i < h->n_buf; i++) {
-        natsMsg *m = h->buf[h->head_buf + i];
+        natsMsg *m = h->buf[h->head_buf + i].m;
         if (!h->core)
             natsMsg_Nak(m, NULL);
         natsMsg_Destroy(m);

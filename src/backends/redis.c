@@ -207,21 +207,8 @@ static int connect_one(rhandle *h, redisContext **out, bool blocking_reads)
  * set when the server cannot be reached.  Give it back with conn_put(). */
 static rconn *conn_take(rhandle *h, int *rc)
 {
-    static atomic_uint threads;
-    static _Thread_local unsigned slot = UINT_MAX;
-    if (slot == UINT_MAX)
-        slot = atomic_fetch_add(&threads, 1);
-    unsigned start = slot % (unsigned)h->n_conns;
-    rconn *k = NULL;
-    for (int i = 0; i < h->n_conns && !k; i++) {
-        rconn *t = &h->conns[(start + (unsigned)i) % (unsigned)h->n_conns];
-        if (pthread_mutex_trylock(&t->mu) == 0)
-            k = t;
-    }
-    if (!k) {
-        k = &h->conns[start];
-        pthread_mutex_lock(&k->mu);
-    }
+    rconn *k = &h->conns[evq__slot_lock(h->conns, (size_t)h->n_conns,
+                                        sizeof *h->conns, offsetof(rconn, mu))];
     if (k->c && k->c->err) {
         redisFree(k->c);
         k->c = NULL;
@@ -380,7 +367,7 @@ static void redis_close(void *state)
     }
     redisFree(h->rd);
     for (size_t i = 0; i < h->n_buf; i++)
-        free(h->buf[(h->head_buf + i) % h->cap_buf]);
+        free(h->buf[h->head_buf + i]);
     free(h->buf);
     free(h->host);
     free(h->user);
