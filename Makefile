@@ -2,8 +2,11 @@
 #
 #   make demo      install missing packages, build, run the seed's example
 #   make check     install missing packages, build and run every test twice
-#                  (gcc; clang with AddressSanitizer + UBSan), the threaded
-#                  tests a third time under ThreadSanitizer, then an install
+#                  (gcc; clang with AddressSanitizer + UBSan), the unit tests
+#                  under valgrind, all but the Kafka tests under TSan,
+#                  each fuzzer for 20 s, then an install
+#   make fuzz      run each libFuzzer target for FUZZ_SECONDS (default 60;
+#                  make check runs each for 20)
 #   make bench     each backend's figures beside its baselines
 #   make format    apply .clang-format to the sources
 #   make install   install into PREFIX (default /usr/local), honouring DESTDIR
@@ -13,10 +16,12 @@ JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 BUILD := build
 ASAN_BUILD := build-asan
 TSAN_BUILD := build-tsan
+FUZZ_BUILD := build-fuzz
+FUZZ_SECONDS ?= 60
 CTEST_FLAGS := --output-on-failure --timeout 600 -j $(JOBS)
 
 .PHONY: bench all deps build demo check check-normal check-asan check-tsan check-install \
-        format install clean
+        check-fuzz check-valgrind fuzz format install clean
 
 all: build
 
@@ -30,8 +35,8 @@ build: deps
 demo: build
 	./$(BUILD)/evq demo
 
-check: deps check-normal check-asan check-tsan check-install
-	@echo "make check: all tests passed (gcc; clang ASan+UBSan; TSan; install)"
+check: deps check-normal check-valgrind check-asan check-tsan check-fuzz check-install
+	@echo "make check: all tests passed (gcc; valgrind; clang ASan+UBSan; TSan; fuzzers; install)"
 
 check-normal: build
 	cd $(BUILD) && ctest $(CTEST_FLAGS)
@@ -43,12 +48,29 @@ check-asan: deps
 	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest $(CTEST_FLAGS)
 
+# die_after_fork=0: some tests fork a consumer that starts threads (libnats)
+# and is then killed on purpose; TSan would refuse that child.
 check-tsan: deps
 	CC=clang cmake -S . -B $(TSAN_BUILD) -DCMAKE_BUILD_TYPE=Debug \
 	  -DEVQ_SANITIZE=thread >/dev/null
 	cmake --build $(TSAN_BUILD) -j $(JOBS)
-	cd $(TSAN_BUILD) && TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
-	  ctest $(CTEST_FLAGS) -L tsan
+	cd $(TSAN_BUILD) && \
+	  TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:die_after_fork=0 \
+	  ctest $(CTEST_FLAGS) -LE no_tsan
+
+fuzz: deps
+	CC=clang cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=Debug \
+	  -DEVQ_SANITIZE=address,undefined -DEVQ_FUZZ=ON -DEVQ_BUILD_TESTS=OFF >/dev/null
+	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_json fuzz_msgpack \
+	  fuzz_url fuzz_ce_binary
+	scripts/fuzz.sh $(FUZZ_BUILD) $(FUZZ_SECONDS)
+
+check-fuzz:
+	$(MAKE) fuzz FUZZ_SECONDS=20
+
+# memcheck over the unit tests of the gcc build: no error, no leak.
+check-valgrind: build
+	scripts/valgrind.sh $(BUILD)
 
 # Installs into a staging folder and builds a program against the result
 # with pkg-config and with CMake's find_package.
@@ -64,7 +86,7 @@ bench: build
 
 format:
 	clang-format -i include/*.h src/*.c src/*.h src/backends/*.c \
-	  tests/*.c tests/*.h examples/*.c
+	  tests/*.c tests/*.h tests/fuzz/*.c examples/*.c
 
 install: build
 	DESTDIR="$(DESTDIR)" cmake --install $(BUILD) --prefix $(PREFIX)

@@ -5,7 +5,8 @@ set -euo pipefail
 
 packages=(
   gcc make cmake pkg-config
-  clang libclang-rt-14-dev   # the sanitizer build in `make check`
+  clang libclang-rt-14-dev   # the sanitizer and libFuzzer builds in `make check`
+  valgrind
   libjansson-dev libmsgpack-dev libcmocka-dev libsqlite3-dev
   libhiredis-dev redis-server libnats-dev nats-server librdkafka-dev kcat
 )

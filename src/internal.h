@@ -157,6 +157,32 @@ int evq__event_from_envelope(evq_event *ev, json_t *env, json_t *data,
  * Stops counting once `limit` is exceeded (returns limit + 1). */
 int evq__json_depth(const json_t *v, int limit);
 
+/* ---- CloudEvents binary mode (ce_binary.c) ------------------------------- */
+
+/* A message header: name, value bytes (not NUL-terminated).  buf holds a
+ * name evq__ce_to_binary made. */
+typedef struct evq__header {
+    const char *name;
+    const void *value;
+    size_t len;
+    char buf[EVQ_MAX_ATTR_NAME + 4];
+} evq__header;
+
+/* The event of a binary-mode message: attributes in "ce_<name>" headers,
+ * datacontenttype in "content-type", the data in `val` (JSON when the
+ * content type is JSON or absent, else bytes).  EVQ_ENOENT without an
+ * error message when no ce_ header is there (not binary mode); EVQ_EDECODE
+ * or EVQ_ETOOBIG (lim, NULL for the defaults) when it breaks the
+ * CloudEvents rules.  *out is the caller's. */
+int evq__ce_from_binary(const evq__header *h, size_t n, const void *val,
+                        size_t len, const evq_codec_limits *lim,
+                        evq_event **out);
+/* The headers (into h, room for *n; *n set to the count) and value of
+ * `ev` in binary mode; names and values are borrowed from `ev`, except
+ * the value may be *owned (free it). */
+int evq__ce_to_binary(const evq_event *ev, evq__header *h, size_t *n,
+                      char **owned, const void **val, size_t *len);
+
 /* ---- URLs (url.c) -------------------------------------------------------- */
 
 typedef struct evq__host {
@@ -183,6 +209,9 @@ typedef struct evq__url {
 /* Parses `s`.  On failure returns EVQ_EINVAL with a message naming the bad
  * part, never echoing a password. */
 int evq__url_parse(const char *s, evq__url *out);
+/* Whether the option named key[0..len) holds a secret (a password, a
+ * token, a key's PEM…), whose value is never printed. */
+bool evq__opt_is_secret(const char *key, size_t len);
 void evq__url_free(evq__url *u);
 
 /* ---- options (opts.c) ---------------------------------------------------- */

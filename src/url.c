@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 static int hexval(int c)
 {
@@ -156,24 +157,71 @@ static int parse_host(const char *s, size_t n, evq__host *h)
     return 0;
 }
 
+/* Whether an option's value is a secret, not to be printed: its name
+ * holds password, secret, token, jaas (SASL JAAS config), seed or
+ * oauthbearer, or it is an inline PEM. */
+bool evq__opt_is_secret(const char *key, size_t len)
+{
+    static const char *const words[] = {"password",    "passwd", "secret",
+                                        "token",       "jaas",   "seed",
+                                        "oauthbearer", ".pem",   NULL};
+    for (int w = 0; words[w]; w++) {
+        size_t wl = strlen(words[w]);
+        for (size_t i = 0; i + wl <= len; i++)
+            if (strncasecmp(key + i, words[w], wl) == 0)
+                return true;
+    }
+    return false;
+}
+
+/* The URL safe to print: a password (or a userinfo without ':', which
+ * some servers take as a token) and the values of secret options become
+ * "***". */
 static int build_redacted(evq__url *u, const char *s, const char *userinfo,
                           size_t ui_len)
 {
     size_t n = strlen(s);
-    const char *pw = userinfo ? memchr(userinfo, ':', ui_len) : NULL;
-
-    u->redacted = malloc(n + 4);
-    if (!u->redacted)
+    char *out = malloc(2 * n + 8), *o = out;
+    if (!out)
         return evq__err(EVQ_ENOMEM, "out of memory");
-    if (!pw) {
-        memcpy(u->redacted, s, n + 1);
-        return 0;
+    const char *p = s;
+    if (userinfo) {
+        const char *pw = memchr(userinfo, ':', ui_len);
+        const char *keep_to = pw ? pw + 1 : userinfo;
+        memcpy(o, s, (size_t)(keep_to - s));
+        o += keep_to - s;
+        memcpy(o, "***", 3);
+        o += 3;
+        p = userinfo + ui_len;
     }
-    size_t head = (size_t)(pw + 1 - s);
-    size_t tail = (size_t)(userinfo + ui_len - s);
-    memcpy(u->redacted, s, head);
-    memcpy(u->redacted + head, "***", 3);
-    memcpy(u->redacted + head + 3, s + tail, n - tail + 1);
+    const char *q = strchr(p, '?');
+    size_t head = q ? (size_t)(q + 1 - p) : strlen(p);
+    memcpy(o, p, head);
+    o += head;
+    p += head;
+    while (q && *p) {
+        size_t plen = strcspn(p, "&#");
+        const char *eq = memchr(p, '=', plen);
+        if (eq && evq__opt_is_secret(p, (size_t)(eq - p))) {
+            memcpy(o, p, (size_t)(eq + 1 - p));
+            o += eq + 1 - p;
+            memcpy(o, "***", 3);
+            o += 3;
+        } else {
+            memcpy(o, p, plen);
+            o += plen;
+        }
+        p += plen;
+        if (*p == '#') {
+            strcpy(o, p);
+            o += strlen(p);
+            break;
+        }
+        if (*p == '&')
+            *o++ = *p++;
+    }
+    *o = '\0';
+    u->redacted = out;
     return 0;
 }
 

@@ -2,6 +2,31 @@
 #include "internal.h"
 #include "testutil.h"
 
+/* The printable URL has no password, token or secret option value. */
+static void secrets_are_redacted(void **state)
+{
+    (void)state;
+    struct {
+        const char *url, *want;
+    } cases[] = {
+        {"nats://tok3n@h:4222", "nats://***@h:4222"},
+        {"redis://:pw@h/1", "redis://:***@h/1"},
+        {"kafka://h:9092?rdkafka.sasl.password=pw&kafka.group=g",
+         "kafka://h:9092?rdkafka.sasl.password=***&kafka.group=g"},
+        {"kafka://h?rdkafka.SASL.JAAS.config=x&rdkafka.ssl.key.pem=y#f",
+         "kafka://h?rdkafka.SASL.JAAS.config=***&rdkafka.ssl.key.pem=***#f"},
+        {"nats://u:p@h?nats.nkey_seed=/s&x.token=t&format=json",
+         "nats://u:***@h?nats.nkey_seed=***&x.token=***&format=json"},
+        {"memory://?capacity=5", "memory://?capacity=5"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        evq__url u;
+        assert_evq_ok(evq__url_parse(cases[i].url, &u));
+        assert_string_equal(u.redacted, cases[i].want);
+        evq__url_free(&u);
+    }
+}
+
 static void parses_every_part(void **state)
 {
     (void)state;
@@ -120,6 +145,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(parses_every_part),
+        cmocka_unit_test(secrets_are_redacted),
         cmocka_unit_test(parses_host_lists),
         cmocka_unit_test(parses_file_and_empty_urls),
         cmocka_unit_test(malformed_urls_name_the_bad_part),

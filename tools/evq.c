@@ -799,7 +799,8 @@ static int bench_handler(const evq_event *ev, void *arg)
     int64_t now = mono_ns(), zero = 0;
     atomic_compare_exchange_strong(&b->first_ns, &zero, now);
     atomic_store_explicit(&b->last_ns, now, memory_order_relaxed);
-    atomic_fetch_add_explicit(&b->handled, 1, memory_order_relaxed);
+    /* release: the phase that reads handled then sees the histogram */
+    atomic_fetch_add_explicit(&b->handled, 1, memory_order_release);
     return 0;
 }
 

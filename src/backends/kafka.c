@@ -104,6 +104,7 @@ typedef struct kbatch {
 typedef struct khandle {
     char *topic, *group, *brokers;
     const char *content_type; /* structured mode's, by the queue's format */
+    evq_codec_limits lim;     /* max_event_bytes, max_depth */
     bool binary;
     bool by_key; /* kafka.ordering=key */
     pthread_mutex_t busy_mu;
@@ -194,7 +195,10 @@ static rd_kafka_conf_t *make_conf(khandle *h, const char *const *extra, int *rc)
     do {                                                                       \
         if (rd_kafka_conf_set(c, (k), (v), err, sizeof err) !=                 \
             RD_KAFKA_CONF_OK) {                                                \
-            *rc = evq__err(EVQ_EINVAL, "kafka option %s: %s", (k), err);       \
+            *rc = evq__opt_is_secret((k), strlen(k))                           \
+                      ? evq__err(EVQ_EINVAL, "kafka option %s: invalid value", \
+                                 (k))                                          \
+                      : evq__err(EVQ_EINVAL, "kafka option %s: %s", (k), err); \
             rd_kafka_conf_destroy(c);                                          \
             return NULL;                                                       \
         }                                                                      \
@@ -331,28 +335,19 @@ static rd_kafka_resp_err_t produce(khandle *h, const void *val, size_t len,
     }
 }
 
-/* Adds the ce_* headers of a binary-mode message for `ev`, and returns its
- * data as the value (*val, *len; *owned to free). */
-static rd_kafka_headers_t *binary_headers(const evq_event *ev, char **val,
-                                          size_t *len)
+/* The headers of a binary-mode message for `ev` (ce_* attributes and
+ * content-type), and its data as the value (*val, *len; *owned to free). */
+static rd_kafka_headers_t *binary_headers(const evq_event *ev, char **owned,
+                                          const void **val, size_t *len)
 {
-    rd_kafka_headers_t *hd = rd_kafka_headers_new(12);
-    const char *names[] = {"specversion", "id",   "source",     "type",
-                           "subject",     "time", "dataschema", NULL};
-    for (int i = 0; names[i]; i++) {
-        const char *v = evq_event_attr(ev, names[i]);
-        if (v) {
-            char hn[64];
-            snprintf(hn, sizeof hn, "ce_%s", names[i]);
-            rd_kafka_header_add(hd, hn, -1, v, -1);
-        }
-    }
-    const char *ct = evq_event_datacontenttype(ev);
-    rd_kafka_header_add(hd, "content-type", -1, ct ? ct : "application/json",
-                        -1);
-    json_t *data = evq_event_data(ev);
-    *val = data ? json_dumps(data, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
-    *len = *val ? strlen(*val) : 0;
+    evq__header hs[64];
+    size_t n = sizeof hs / sizeof *hs;
+    if (evq__ce_to_binary(ev, hs, &n, owned, val, len) != 0)
+        return NULL;
+    rd_kafka_headers_t *hd = rd_kafka_headers_new(n + 2);
+    for (size_t i = 0; i < n; i++)
+        rd_kafka_header_add(hd, hs[i].name, -1, hs[i].value,
+                            (ssize_t)hs[i].len);
     return hd;
 }
 
@@ -372,11 +367,15 @@ static int kafka_enqueue(void *state, const evq__item *items, size_t n)
         const evq__item *it = &items[i];
         const char *key =
             it->ev ? evq_event_attr(it->ev, "partitionkey") : NULL;
-        char *val = NULL;
+        char *owned = NULL;
+        const void *val = it->bytes;
         size_t len = it->len;
         rd_kafka_headers_t *hd;
         if (h->binary && it->ev) {
-            hd = binary_headers(it->ev, &val, &len);
+            if (!(hd = binary_headers(it->ev, &owned, &val, &len))) {
+                e = RD_KAFKA_RESP_ERR__BAD_MSG;
+                break;
+            }
         } else {
             hd = rd_kafka_headers_new(3);
             rd_kafka_header_add(hd, "content-type", -1, h->content_type, -1);
@@ -386,8 +385,8 @@ static int kafka_enqueue(void *state, const evq__item *items, size_t n)
             snprintf(due, sizeof due, "%lld", (long long)(now + it->delay_ms));
             rd_kafka_header_add(hd, "evq_due", -1, due, -1);
         }
-        e = produce(h, val ? val : (const char *)it->bytes, len, key, hd, &b);
-        free(val);
+        e = produce(h, val, len, key, hd, &b);
+        free(owned);
         if (e)
             rd_kafka_headers_destroy(hd); /* kept by librdkafka otherwise */
         else
@@ -679,42 +678,23 @@ static int64_t hdr_int(rd_kafka_headers_t *hd, const char *name)
 }
 
 /* A binary-mode message (ce_* headers) as an event; NULL when it is not
- * one (or is broken: the core then dead-letters the raw value). */
-static evq_event *from_binary(rd_kafka_message_t *rm, rd_kafka_headers_t *hd)
+ * one, or is broken: the core then decodes the value, and what it cannot
+ * decode goes to the dead letters. */
+static evq_event *from_binary(const khandle *h, rd_kafka_message_t *rm,
+                              rd_kafka_headers_t *hd)
 {
-    size_t tl = 0, il = 0, sl = 0;
-    const char *type = hdr(hd, "ce_type", &tl);
-    const char *id = hdr(hd, "ce_id", &il);
-    const char *src = hdr(hd, "ce_source", &sl);
-    if (!type || !id || !src)
+    evq__header hs[64];
+    size_t n = 0;
+    const char *name;
+    const void *v;
+    size_t l;
+    for (size_t i = 0; hd && n < sizeof hs / sizeof *hs &&
+                       rd_kafka_header_get_all(hd, i, &name, &v, &l) == 0;
+         i++)
+        hs[n++] = (evq__header){name, v, l, ""};
+    evq_event *ev = NULL;
+    if (evq__ce_from_binary(hs, n, rm->payload, rm->len, &h->lim, &ev) != 0)
         return NULL;
-    char *t = strndup(type, tl);
-    json_t *data = NULL;
-    if (rm->len > 0) {
-        json_error_t je;
-        data = json_loadb(rm->payload, rm->len, JSON_DECODE_ANY, &je);
-    }
-    evq_event *ev = t && (data || rm->len == 0) ? evq_event_new(t, data) : NULL;
-    if (!ev)
-        json_decref(data);
-    free(t);
-    if (!ev)
-        return NULL;
-    const char *names[] = {"id",   "source",     "subject",
-                           "time", "dataschema", NULL};
-    for (int i = 0; names[i]; i++) {
-        char hn[64];
-        size_t l = 0;
-        snprintf(hn, sizeof hn, "ce_%s", names[i]);
-        const char *v = hdr(hd, hn, &l);
-        char *s = v ? strndup(v, l) : NULL;
-        if (s && evq_event_set_attr(ev, names[i], s) != 0) {
-            free(s);
-            evq_event_free(ev);
-            return NULL;
-        }
-        free(s);
-    }
     return ev;
 }
 
@@ -744,8 +724,7 @@ static int poll_one(khandle *h, int wait_ms)
     rd_kafka_message_headers(rm, &hd);
     m->due = hdr_int(hd, "evq_due");
     m->attempt = (int)hdr_int(hd, "evq_attempt") + 1;
-    if (hdr(hd, "ce_type", NULL))
-        m->ev = from_binary(rm, hd);
+    m->ev = from_binary(h, rm, hd);
     if (h->by_key && rm->key && rm->key_len > 0 &&
         !(m->key = strndup(rm->key, rm->key_len))) {
         kmsg_free(m);
@@ -1135,6 +1114,9 @@ static int kafka_open(void **state, const evq__url *url, const char *name,
         snprintf(h->brokers, cap, "127.0.0.1:9092");
     h->binary =
         strcmp(evq__opt_str(opts, kafka_opts, "kafka.ce_mode"), "binary") == 0;
+    h->lim.max_bytes =
+        (size_t)evq__opt_int(opts, evq__core_opts, "max_event_bytes");
+    h->lim.max_depth = (int)evq__opt_int(opts, evq__core_opts, "max_depth");
     const char *fmt = evq__opt_str(opts, evq__core_opts, "format");
     h->content_type = fmt && strcmp(fmt, "msgpack") == 0
                           ? "application/cloudevents+msgpack"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The evq tool's documented behaviour: help, exit codes, produce's line
-# reports, consume's timeout, stats, dead letters, demo and bench output.
+# reports, consume's timeout, stats, dead letters, demo and bench output;
+# no password or secret option ever shows in what a failing run prints.
 #   test_tool.sh PATH/TO/evq
 set -u
 evq=$1
@@ -134,6 +135,30 @@ expect 0 "demo on sqlite" -- "$evq" demo "$db"
 has stdout 'Received event:' "demo on sqlite"
 expect 1 "sqlite missing folder" -- "$evq" consume "sqlite://$out/no/such/dir/x.db" q --timeout 1
 has stderr "does not exist" "sqlite missing folder"
+
+# Credentials never show: every line of failing runs given a known
+# password (in the URL's userinfo, as a token, as secret options, as -o)
+pw=Sup3rS3cretPw
+: >"$out/secrets"
+for u in "redis://user:$pw@127.0.0.1:1/" "redis://:$pw@127.0.0.1:1/?bogus=1" \
+         "nats://user:$pw@127.0.0.1:1?nats.connect_timeout_ms=200" \
+         "nats://$pw@127.0.0.1:1?nats.connect_timeout_ms=200" \
+         "kafka://127.0.0.1:1?rdkafka.sasl.password=$pw&rdkafka.security.protocol=bogus" \
+         "kafka://127.0.0.1:1?rdkafka.security.protocol=ssl&rdkafka.ssl.key.password=$pw&rdkafka.ssl.key.pem=$pw" \
+         "sqlite://$out/no/such/dir/x.db?x.token=$pw"; do
+  for cmd in "produce|--type|t" "consume|--timeout|1" "stats" "dead|list" "bench|--events|10"; do
+    IFS='|' read -r -a c <<<"$cmd"
+    if [ "${c[0]}" = dead ]; then args=(dead list "$u" q); elif [ "${c[0]}" = bench ]; then
+      args=(bench "$u" "${c[@]:1}"); else args=("${c[0]}" "$u" q "${c[@]:1}"); fi
+    timeout 60 "$evq" "${args[@]}" </dev/null >>"$out/secrets" 2>&1 &&
+      fail "secrets: ${args[*]} should fail"
+  done
+done
+timeout 60 "$evq" produce "kafka://127.0.0.1:1" q --type t -o "rdkafka.sasl.password=$pw" \
+  -o rdkafka.security.protocol=bogus </dev/null >>"$out/secrets" 2>&1
+[ "$(wc -l <"$out/secrets")" -ge 30 ] || fail "secrets: too little output to judge"
+! grep -q -- "$pw" "$out/secrets" || fail "secrets: the password shows: $(grep -m1 -- "$pw" "$out/secrets")"
+grep -q 'user:\*\*\*@' "$out/secrets" || fail "secrets: no redacted URL printed"
 
 if [ $failures -ne 0 ]; then
   echo "$failures failure(s)" >&2
