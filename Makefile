@@ -7,7 +7,10 @@
 #                  each fuzzer for 20 s, then an install
 #   make fuzz      run each libFuzzer target for FUZZ_SECONDS (default 60;
 #                  make check runs each for 20)
-#   make bench     each backend's figures beside its baselines
+#   make soak      every backend for SOAK_SECONDS each (default 360; or
+#                  SOAK_EVENTS events): random failures and delays, RSS
+#   make bench     each backend's figures beside its baselines, BENCH_RUNS
+#                  times (default 3): bench/results.md and results.png
 #   make format    apply .clang-format to the sources
 #   make install   install into PREFIX (default /usr/local), honouring DESTDIR
 
@@ -18,10 +21,13 @@ ASAN_BUILD := build-asan
 TSAN_BUILD := build-tsan
 FUZZ_BUILD := build-fuzz
 FUZZ_SECONDS ?= 60
+SOAK_SECONDS ?= 360
+BENCH_RUNS ?= 3
+SOAK_EVENTS ?= 100000000
 CTEST_FLAGS := --output-on-failure --timeout 600 -j $(JOBS)
 
 .PHONY: bench all deps build demo check check-normal check-asan check-tsan check-install \
-        check-fuzz check-valgrind fuzz format install clean
+        check-fuzz check-valgrind fuzz soak format install clean
 
 all: build
 
@@ -72,17 +78,18 @@ check-fuzz:
 check-valgrind: build
 	scripts/valgrind.sh $(BUILD)
 
+soak: build
+	scripts/soak.sh $(BUILD) $(SOAK_SECONDS) $(SOAK_EVENTS)
+
 # Installs into a staging folder and builds a program against the result
 # with pkg-config and with CMake's find_package.
 check-install: build
 	tests/install/check.sh $(BUILD)
 
-# Throughput, latency and memory of memory://, beside the mutex ring baseline.
+# Every backend's figures beside its baselines: bench/results.md, .png.
 bench: build
-	bench/run.sh $(BUILD)
-	bench/redis.sh $(BUILD)
-	bench/nats.sh $(BUILD)
-	bench/kafka.sh $(BUILD)
+	@scripts/deps.sh bench
+	bench/all.sh $(BUILD) $(BENCH_RUNS)
 
 format:
 	clang-format -i include/*.h src/*.c src/*.h src/backends/*.c \

@@ -20,6 +20,7 @@ build=${1:-build}
 events=${2:-100000}
 runs=${3:-3}
 here=$(cd "$(dirname "$0")" && pwd)
+. "$here/lib.sh"
 if [ "${EVQ_IN_SERVICE:-}" != 1 ]; then
   exec env EVQ_IN_SERVICE=1 "$here/../scripts/services.sh" run kafka \
     --broker "$build/tests/kafka_broker" -- \
@@ -54,19 +55,25 @@ for r in $(seq 1 "$runs"); do
   t1=$(date +%s.%N)
   kp -l "$tmp/msgs"
   t2=$(date +%s.%N)
-  echo "run $r kcat -P: $(awk -v n="$events" -v a="$t0" -v b="$t1" -v c="$t2" \
-    'BEGIN { printf "%.0f", n / ((c - b) - (b - a)) }') per second"
-  printf 'run %s kcat -C: ' "$r"
-  kcat -C -b "$boot" -t "kcat$r" -o beginning -c "$events" -e -q -f '%o\n' |
-    "$build/line_rate"
+  kp_rate=$(awk -v n="$events" -v a="$t0" -v b="$t1" -v c="$t2" \
+    'BEGIN { printf "%.0f", n / ((c - b) - (b - a)) }')
+  echo "run $r kcat -P: $kp_rate per second"
+  rec kafka:// "kcat -P/s" "$kp_rate"
+  kc=$(kcat -C -b "$boot" -t "kcat$r" -o beginning -c "$events" -e -q -f '%o\n' |
+    "$build/line_rate")
+  echo "run $r kcat -C: $kc"
+  [ "${kc%% *}" = "$events" ] && rec kafka:// "kcat -C/s" "$(awk '{ print $3 }' <<<"$kc")"
   for fmt in json msgpack; do
     for p in 1 2; do
       q="evq$r-$fmt-$p"
       topic "$q"
       printf 'run %s evq bench, %s, %s producer(s) and worker thread(s), batches of 1000: ' \
         "$r" "$fmt" "$p"
-      "$build/evq" bench "$url&format=$fmt" --queue "$q" --events "$events" \
-        --batch 1000 --producers "$p" --workers "$p" --warmup 1000 --json
+      j=$("$build/evq" bench "$url&format=$fmt" --queue "$q" --events "$events" \
+        --batch 1000 --producers "$p" --workers "$p" --warmup 1000 --json)
+      echo "$j"
+      rec_evq kafka:// "evq $fmt, $p producer(s) and worker thread(s)" "$j" \
+        "kcat -P/s" "kcat -C/s"
     done
   done
 done

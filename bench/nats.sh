@@ -2,29 +2,42 @@
 # nats:// side by side, on one nats-server -js started for the run: plain
 # libnats loops (bench/nats_baseline.c: JetStream async publish, fetch and
 # ack, core publish) and evq bench on the same server.
-#   bench/nats.sh [BUILD_DIR] [EVENTS]
+#   bench/nats.sh [BUILD_DIR] [EVENTS] [RUNS]
 set -euo pipefail
 build=${1:-build}
 events=${2:-200000}
+runs=${3:-1}
 here=$(cd "$(dirname "$0")" && pwd)
+. "$here/lib.sh"
 if [ "${EVQ_IN_SERVICE:-}" != 1 ]; then
   exec env EVQ_IN_SERVICE=1 "$here/../scripts/services.sh" run nats -- \
-    "$here/nats.sh" "$build" "$events" @NATS_URL@
+    "$here/nats.sh" "$build" "$events" "$runs" @NATS_URL@
 fi
-url=$3
+url=$4
+pub="libnats JetStream async publish/s"
+fetch="libnats fetch (64) and ack/s"
+core="libnats core publish/s"
+# the first number a baseline line prints
+num() { grep -o '[0-9][0-9.]*' | head -1; }
+for run in $(seq 1 "$runs"); do
 echo "$(nats-server --version), $(nproc) cores, $events events of 100 bytes"
-printf 'libnats JetStream async publish: '
-"$build/nats_baseline" "$url" publish "$events"
-printf 'libnats fetch (64) and ack:      '
-"$build/nats_baseline" "$url" consume "$events"
-printf 'libnats core publish:            '
-"$build/nats_baseline" "$url" core $(( events * 5 ))
+b=$("$build/nats_baseline" "$url" publish "$events"); echo "$pub: $b"
+rec nats:// "$pub" "$(num <<<"$b")"
+b=$("$build/nats_baseline" "$url" consume "$events"); echo "$fetch: $b"
+rec nats:// "$fetch" "$(num <<<"$b")"
+b=$("$build/nats_baseline" "$url" core $(( events * 5 ))); echo "$core: $b"
+rec nats:// "$core" "$(num <<<"$b")"
 for fmt in json msgpack; do
   for b in 64 1000; do
     printf 'evq bench, %s, batches of %s: ' "$fmt" "$b"
-    "$build/evq" bench "$url?format=$fmt" --events "$events" --batch "$b" \
-      --json
+    j=$("$build/evq" bench "$url?format=$fmt" --events "$events" --batch "$b" \
+      --json)
+    echo "$j"
+    rec_evq nats:// "evq $fmt, batches of $b" "$j" "$pub" "$fetch"
   done
 done
 printf 'evq bench, core, batches of 64: '
-"$build/evq" bench "$url?nats.mode=core" --events $(( events * 5 )) --batch 64 --json
+j=$("$build/evq" bench "$url?nats.mode=core" --events $(( events * 5 )) --batch 64 --json)
+echo "$j"
+rec nats:// "evq core, batches of 64, enqueue/s" "$(json_field enqueue_per_s <<<"$j")" "$core"
+done

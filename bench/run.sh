@@ -9,6 +9,7 @@ events=${3:-1000000}
 evq="$build/evq"
 ring="$build/baseline_ring"
 [ -x "$evq" ] && [ -x "$ring" ] || { echo "build first: make build" >&2; exit 1; }
+. "$(dirname "$0")/lib.sh"
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 field() { grep -o "\"$1\": *[0-9.]*" | cut -d: -f2 | tr -d " "; }
@@ -18,6 +19,11 @@ trap 'rm -rf "$tmp"' EXIT
 for i in $(seq "$runs"); do
   "$ring" 4000000 65536 >>"$tmp/ring"
   "$evq" bench memory:// --events "$events" --size 100 --producers 1 --workers 1 --json >>"$tmp/evq"
+  rec memory:// "mutex ring buffer, pointers/s" "$(tail -1 "$tmp/ring" | json_field baseline_ring_per_s)"
+  j=$(tail -1 "$tmp/evq")
+  rec memory:// "evq raw queue/s" "$(json_field raw_per_s <<<"$j")" "mutex ring buffer, pointers/s"
+  rec_evq memory:// "evq" "$j"
+  rec memory:// "evq peak RSS KiB" "$(json_field peak_rss_kib <<<"$j")"
 done
 
 ring_m=$(field baseline_ring_per_s <"$tmp/ring" | median)
@@ -47,6 +53,7 @@ for sync in FULL NORMAL; do
     rm -f "$tmp"/b.db*
     "$evq" bench "sqlite://$tmp/b.db?sqlite.synchronous=$sync" --events "$sq_events" \
       --batch 100 --json >>"$tmp/sq-$sync"
+    rec_evq sqlite:// "synchronous=$sync, batches of 100" "$(tail -1 "$tmp/sq-$sync")"
   done
   for f in enqueue_per_s drain_per_s e2e_per_s; do
     printf '%-34s %14s\n' "sqlite $sync $f" "$(field $f <"$tmp/sq-$sync" | median)"

@@ -6,10 +6,17 @@ set -euo pipefail
 packages=(
   gcc make cmake pkg-config
   clang libclang-rt-14-dev   # the sanitizer and libFuzzer builds in `make check`
-  valgrind
+  valgrind openssl
   libjansson-dev libmsgpack-dev libcmocka-dev libsqlite3-dev
   libhiredis-dev redis-server libnats-dev nats-server librdkafka-dev kcat
 )
+
+# `deps.sh bench`: also what make bench uses (gnuplot for the chart,
+# node and npm for BullMQ)
+if [ "${1:-}" = bench ]; then
+  packages+=(gnuplot-nox)
+  command -v node >/dev/null && command -v npm >/dev/null || packages+=(nodejs npm)
+fi
 
 missing=()
 for p in "${packages[@]}"; do

@@ -3,15 +3,18 @@
 # data in a temporary folder, runs a command, and stops them by pid.
 #
 #   scripts/services.sh run redis [--fsync-always] -- COMMAND [ARGS...]
-#   scripts/services.sh run nats [--no-js] [--cluster] -- COMMAND [ARGS...]
-#   scripts/services.sh run kafka --broker PROGRAM [--brokers N] -- COMMAND...
+#   scripts/services.sh run nats [--no-js] [--cluster] [--tls] -- COMMAND...
+#   scripts/services.sh run kafka --broker PROGRAM [--brokers N] [--tls] -- ...
 #
 # In COMMAND's arguments @REDIS_URL@ becomes redis://127.0.0.1:PORT and
 # @REDIS_PORT@ the port; @NATS_URL@ becomes nats://127.0.0.1:PORT (every
 # server of a --cluster, comma-separated) and @NATS_PORT@ the (first) port;
 # @SERVICE_DIR@ is the temporary folder.  nats-server runs with JetStream
 # unless --no-js; --cluster starts three of them (JetStream, routes to each
-# other).  Server i's pid is in SERVICE_DIR/nats-i.pid and the command that
+# other).  --tls makes a test CA (SERVICE_DIR/ca.pem), a server certificate
+# it signs for 127.0.0.1 (server.pem, server.key) and an unrelated CA
+# (other-ca.pem); nats-server then takes TLS connections only (the Kafka
+# test broker cannot: tests bring their own TLS server).  Server i's pid is in SERVICE_DIR/nats-i.pid and the command that
 # starts it again (same port, same store) in SERVICE_DIR/nats-i.sh, for
 # tests that kill and restart it.  kafka runs PROGRAM (tests/kafka_broker.c,
 # librdkafka's mock cluster) with N brokers (default 1); @KAFKA_BOOTSTRAP@
@@ -67,6 +70,7 @@ start_nats() {
   local cmd="nats-server -a 127.0.0.1 -p $port -P $dir/nats-$i.pid -l $dir/nats-$i.log -n evq-$i"
   [ "$js" = nojs ] || cmd="$cmd -js -sd $dir/store-$i"
   [ -z "$cport" ] || cmd="$cmd --cluster_name evq --cluster nats://127.0.0.1:$cport --routes $routes"
+  [ "$tls" = no ] || cmd="$cmd --tls --tlscert $dir/server.pem --tlskey $dir/server.key"
   printf '#!/bin/sh\nexec setsid %s </dev/null >/dev/null 2>&1 &\n' "$cmd" >"$dir/nats-$i.sh"
   rm -f "$dir/nats-$i.log"
   sh "$dir/nats-$i.sh"
@@ -82,6 +86,24 @@ start_nats() {
   done
   cat "$dir/nats-$i.log" >&2 || true
   die "nats-server $i did not start on port $port"
+}
+
+# A test CA, a server certificate it signs for 127.0.0.1 and localhost,
+# and another CA that signed nothing here.
+make_certs() {
+  local dir=$1
+  command -v openssl >/dev/null || die "openssl is not installed (scripts/deps.sh installs it)"
+  local ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+  openssl req -x509 "${ec[@]}" -keyout "$dir/ca.key" -out "$dir/ca.pem" \
+    -days 2 -subj /CN=evq-test-ca 2>/dev/null
+  openssl req -x509 "${ec[@]}" -keyout "$dir/other-ca.key" -out "$dir/other-ca.pem" \
+    -days 2 -subj /CN=evq-other-ca 2>/dev/null
+  openssl req "${ec[@]}" -keyout "$dir/server.key" -out "$dir/server.csr" \
+    -subj /CN=127.0.0.1 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$dir/san.ext"
+  openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" \
+    -CAcreateserial -out "$dir/server.pem" -days 2 -extfile "$dir/san.ext" 2>/dev/null
+  [ -s "$dir/server.pem" ] || die "openssl made no server certificate"
 }
 
 stop_by_pidfile() {
@@ -103,6 +125,7 @@ shift || true
 fsync=everysec
 js=js
 cluster=no
+tls=no
 broker=
 brokers=1
 while [ $# -gt 0 ] && [ "$1" != -- ]; do
@@ -112,6 +135,7 @@ while [ $# -gt 0 ] && [ "$1" != -- ]; do
     --fsync-always) fsync=always ;;
     --no-js) js=nojs ;;
     --cluster) cluster=yes ;;
+    --tls) tls=yes ;;
     *) die "unknown option $1" ;;
   esac
   shift
@@ -130,6 +154,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
+[ "$tls" = no ] || make_certs "$dir"
 case $service in
   redis)
     # Another test may take the same port between the check and the bind:

@@ -6,7 +6,8 @@
  *
  * kcat reads what evq produces and produces what evq reads (structured and
  * binary mode); junk goes to the dead letters; events of one partition key
- * are handled in order; no broker is a clear error in time; a bad librdkafka
+ * are handled in order; no broker is a clear error in time; rdkafka.ssl.*
+ * reach librdkafka (a wrong CA fails the handshake); a bad librdkafka
  * property is refused with librdkafka's words; a broker taken down and
  * brought back while 20 000 events flow loses none that was accepted. */
 #include "outage.h"
@@ -485,8 +486,49 @@ static void bad_brokers_and_properties_are_clear_errors(void **state)
     int64_t t0 = now_ms();
     assert_evq_err(evq_enqueue(q, ev), EVQ_ECONN);
     assert_true(now_ms() - t0 < 10000);
+    assert_errmsg_has("Connection refused"); /* the broker's last error */
     evq_event_free(ev);
     evq_queue_close(q);
+}
+
+/* rdkafka.ssl.* reach librdkafka: against a TLS server (openssl s_server
+ * with the certificate services.sh --tls made), a CA that did not sign it
+ * fails the handshake, and the error says so. */
+static void ssl_options_reach_librdkafka(void **state)
+{
+    (void)state;
+    int p = free_port();
+    char accept[64], cert[600], key[600], u[1400];
+    snprintf(accept, sizeof accept, "127.0.0.1:%d", p);
+    snprintf(cert, sizeof cert, "%s/server.pem", sdir);
+    snprintf(key, sizeof key, "%s/server.key", sdir);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        int fd = open("/dev/null", O_RDWR);
+        dup2(fd, 0);
+        dup2(fd, 1);
+        dup2(fd, 2);
+        execlp("openssl", "openssl", "s_server", "-accept", accept, "-cert",
+               cert, "-key", key, "-quiet", (char *)NULL);
+        _exit(127);
+    }
+    assert_true(port_open(p));
+    snprintf(u, sizeof u,
+             "kafka://127.0.0.1:%d?rdkafka.security.protocol=ssl&"
+             "rdkafka.ssl.ca.location=%s/other-ca.pem&kafka.timeout_ms=3000&"
+             "kafka.create_topics=false",
+             p, sdir);
+    evq_queue *q;
+    assert_evq_ok(evq_queue_open(&q, u, "ktls", NULL));
+    evq_event *ev = evq_event_new("x", NULL);
+    assert_evq_err(evq_enqueue(q, ev), EVQ_ECONN);
+    printf("kafka tls: %s\n", evq_errmsg());
+    assert_errmsg_has("certificate verify failed");
+    evq_event_free(ev);
+    evq_queue_close(q);
+    kill(pid, SIGTERM);
+    waitpid(pid, NULL, 0);
 }
 
 /* ---- a broker down and up
@@ -652,6 +694,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(one_keys_events_keep_their_order),
         cmocka_unit_test(a_missing_topic_is_created_or_left_to_the_broker),
         cmocka_unit_test(bad_brokers_and_properties_are_clear_errors),
+        cmocka_unit_test(ssl_options_reach_librdkafka),
         cmocka_unit_test(killed_consumers_skip_nothing),
         cmocka_unit_test(a_broker_down_and_up_loses_no_accepted_event),
     };

@@ -326,18 +326,6 @@ static void a_foreign_stream_is_an_error_naming_the_difference(void **state)
 
 /* ---- bad servers and credentials ---------------------------------------- */
 
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
 /* Starts a nats-server of our own (no JetStream unless asked) on a free
  * port; returns its pid. */
 static pid_t spawn_server(int p, const char *user, const char *pass)
@@ -356,21 +344,9 @@ static pid_t spawn_server(int p, const char *user, const char *pass)
                    (char *)NULL);
         _exit(127);
     }
-    /* up when it accepts a connection */
-    for (int i = 0; i < 200; i++) {
-        int fd = socket(AF_INET, SOCK_STREAM, 0);
-        struct sockaddr_in a = {.sin_family = AF_INET,
-                                .sin_port = htons((uint16_t)p)};
-        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        int ok = connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
-        close(fd);
-        if (ok)
-            return pid;
-        struct timespec pause = {0, 25 * 1000000};
-        nanosleep(&pause, NULL);
-    }
-    fail_msg("nats-server on port %d did not start", p);
-    return -1;
+    if (!port_open(p))
+        fail_msg("nats-server on port %d did not start", p);
+    return pid;
 }
 
 static void stop_server(pid_t pid)
@@ -416,6 +392,48 @@ static void bad_servers_and_credentials_are_clear_errors(void **state)
     assert_evq_err(evq_queue_open(&q, bad, "q", NULL), EVQ_EINVAL);
     snprintf(bad, sizeof bad, "%s/path", url);
     assert_evq_err(evq_queue_open(&q, bad, "q", NULL), EVQ_EINVAL);
+}
+
+/* ---- TLS -------------------------------------------------------------------
+ */
+
+/* Against a server that takes TLS only (services.sh --tls): with the CA that
+ * signed its certificate, events flow; with another CA, or without TLS,
+ * open fails clearly and in time. */
+static void tls_verifies_the_server(void **state)
+{
+    (void)state;
+    evq_queue *q;
+    evq_msg *m;
+    char u[2048];
+
+    snprintf(u, sizeof u, "%s?nats.tls_ca=%s/ca.pem", url, sdir);
+    assert_evq_ok(evq_queue_open(&q, u, "secq", NULL));
+    evq_event *ev = evq_event_new("over.tls", json_integer(1));
+    assert_evq_ok(evq_enqueue(q, ev));
+    assert_evq_ok(evq_dequeue(q, &m, 10000));
+    assert_string_equal(evq_event_id(evq_msg_event(m)), evq_event_id(ev));
+    assert_evq_ok(evq_ack(m));
+    evq_event_free(ev);
+    evq_queue_close(q);
+
+    /* a CA that signed nothing here: the server is not trusted */
+    snprintf(u, sizeof u,
+             "%s?nats.tls_ca=%s/other-ca.pem&nats.connect_timeout_ms=2000", url,
+             sdir);
+    int rc = evq_queue_open(&q, u, "secq", NULL);
+    printf("tls: wrong CA: %s\n", evq_errmsg());
+    assert_int_equal(rc, EVQ_ECONN);
+    assert_true(strcasestr(evq_errmsg(), "certificate") ||
+                strcasestr(evq_errmsg(), "handshake"));
+
+    /* no TLS asked for: the server wants it */
+    snprintf(u, sizeof u, "%s?nats.connect_timeout_ms=2000", url);
+    rc = evq_queue_open(&q, u, "secq", NULL);
+    printf("tls: plain client: %s\n", evq_errmsg());
+    assert_int_equal(rc, EVQ_ECONN);
+    assert_true(strcasestr(evq_errmsg(), "SSL") ||
+                strcasestr(evq_errmsg(), "TLS"));
 }
 
 /* ---- core mode ------------------------------------------------------------
@@ -550,8 +568,20 @@ int main(int argc, char **argv)
         nats_Close();
         return rc;
     }
+    if (argc == 5 && strcmp(argv[4], "tls") == 0) {
+        url = argv[1];
+        port = argv[2];
+        sdir = argv[3];
+        const struct CMUnitTest tls[] = {
+            cmocka_unit_test(tls_verifies_the_server),
+        };
+        int rc = cmocka_run_group_tests(tls, NULL, NULL);
+        nats_Close();
+        return rc;
+    }
     if (argc != 4) {
-        fprintf(stderr, "usage: test_nats URL PORT SERVICE_DIR [cluster]\n");
+        fprintf(stderr,
+                "usage: test_nats URL PORT SERVICE_DIR [cluster|tls]\n");
         return 2;
     }
     url = argv[1];

@@ -17,7 +17,10 @@
 #include <string.h>
 #include <time.h>
 
+#include <arpa/inet.h>
 #include <cmocka.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -105,6 +108,37 @@ static inline void consume_one_and_die(const char *url, const char *queue)
     int status;
     waitpid(pid, &status, 0);
     assert_true(WIFSIGNALED(status));
+}
+
+/* A loopback port nothing listens on now (the kernel's pick). */
+static inline int free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+/* Whether something accepts connections on loopback port `p` within 5 s. */
+static inline bool port_open(int p)
+{
+    for (int i = 0; i < 200; i++) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in a = {.sin_family = AF_INET,
+                                .sin_port = htons((uint16_t)p)};
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        int ok = connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
+        close(fd);
+        if (ok)
+            return true;
+        struct timespec pause = {0, 25 * 1000000};
+        nanosleep(&pause, NULL);
+    }
+    return false;
 }
 
 #endif

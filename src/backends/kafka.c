@@ -132,6 +132,9 @@ typedef struct khandle {
     size_t n_parts;
     int64_t last_commit_ms;
     char create_note[400]; /* why the Admin API could not create the topic */
+    pthread_mutex_t note_mu;
+    char broker_note[300]; /* librdkafka's last error event (TLS, SASL, ...)
+                              since the last enqueue that worked */
     bool commit_due;
     atomic_bool interrupted;
     char errbuf[512];
@@ -185,6 +188,37 @@ static void quiet(const rd_kafka_t *rk, int level, const char *fac,
     (void)buf;
 }
 
+/* librdkafka reports connection trouble (a TLS handshake, SASL, a refused
+ * connection) as error events, not in the delivery report: the last one is
+ * kept to explain a later failure. */
+static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+    (void)rk;
+    khandle *h = opaque;
+    if (!h)
+        return;
+    pthread_mutex_lock(&h->note_mu);
+    snprintf(h->broker_note, sizeof h->broker_note, "%s (%s)", reason,
+             rd_kafka_err2name((rd_kafka_resp_err_t)err));
+    pthread_mutex_unlock(&h->note_mu);
+}
+
+/* Adds the broker's last error since the last enqueue that worked, if
+ * any, to the current error message. */
+static int with_broker_note(khandle *h, int rc)
+{
+    char note[300];
+    pthread_mutex_lock(&h->note_mu);
+    snprintf(note, sizeof note, "%s", h->broker_note);
+    pthread_mutex_unlock(&h->note_mu);
+    if (note[0]) {
+        char first[512];
+        snprintf(first, sizeof first, "%s", evq_errmsg());
+        evq__err(rc, "%s; last broker error: %s", first, note);
+    }
+    return rc;
+}
+
 /* A librdkafka configuration with the brokers, the rdkafka.* properties and
  * `extra` (NULL-ended name, value pairs); NULL with the error set. */
 static rd_kafka_conf_t *make_conf(khandle *h, const char *const *extra, int *rc)
@@ -204,6 +238,8 @@ static rd_kafka_conf_t *make_conf(khandle *h, const char *const *extra, int *rc)
         }                                                                      \
     } while (0)
     rd_kafka_conf_set_log_cb(c, quiet);
+    rd_kafka_conf_set_error_cb(c, on_error);
+    rd_kafka_conf_set_opaque(c, h);
     SET("bootstrap.servers", h->brokers);
     for (size_t i = 0; extra && extra[i]; i += 2)
         SET(extra[i], extra[i + 1]);
@@ -418,8 +454,11 @@ static int kafka_enqueue(void *state, const evq__item *items, size_t n)
             snprintf(first, sizeof first, "%s", evq_errmsg());
             evq__err(rc, "%s; %s", first, h->create_note);
         }
-        return rc;
+        return rc == EVQ_ECONN ? with_broker_note(h, rc) : rc;
     }
+    pthread_mutex_lock(&h->note_mu); /* whatever troubled it is over */
+    h->broker_note[0] = '\0';
+    pthread_mutex_unlock(&h->note_mu);
     return 0;
 }
 
@@ -1053,6 +1092,7 @@ static void kafka_close(void *state)
     pthread_mutex_destroy(&h->rd_mu);
     pthread_mutex_destroy(&h->trk_mu);
     pthread_mutex_destroy(&h->busy_mu);
+    pthread_mutex_destroy(&h->note_mu);
     free(h->busy);
     free(h);
 }
@@ -1067,6 +1107,7 @@ static int kafka_open(void **state, const evq__url *url, const char *name,
     pthread_mutex_init(&h->rd_mu, NULL);
     pthread_mutex_init(&h->trk_mu, NULL);
     pthread_mutex_init(&h->busy_mu, NULL);
+    pthread_mutex_init(&h->note_mu, NULL);
     atomic_init(&h->interrupted, false);
     if (url->path[0] && strcmp(url->path, "/") != 0) {
         kafka_close(h);

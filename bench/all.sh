@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# make bench: every backend's benchmark beside its baselines, RUNS times
+# each, in one run; writes bench/results.md (median, min–max, ratio to the
+# baseline) and bench/results.png, and keeps the raw output in
+# bench/results.log.
+#   bench/all.sh [BUILD_DIR] [RUNS]
+set -euo pipefail
+build=${1:-build}
+runs=${2:-3}
+here=$(cd "$(dirname "$0")" && pwd)
+export BENCH_RESULTS
+BENCH_RESULTS=$(mktemp)
+trap 'rm -f "$BENCH_RESULTS"' EXIT
+{
+  "$here/run.sh" "$build" "$runs" 1000000
+  "$here/redis.sh" "$build" 200000 "$runs"
+  "$here/nats.sh" "$build" 200000 "$runs"
+  "$here/kafka.sh" "$build" 100000 "$runs"
+} 2>&1 | tee "$here/results.log"
+"$here/report.sh" "$BENCH_RESULTS" "$here/results.md" "$here/results.png"
+echo "bench: wrote bench/results.md and bench/results.png"
