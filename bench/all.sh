@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # make bench: every backend's benchmark beside its baselines, RUNS times
 # each, in one run; writes bench/results.md (median, min–max, ratio to the
-# baseline) and bench/results.png, and keeps the raw output in
-# bench/results.log.
+# baseline) and bench/results.png, and keeps every figure of every run in
+# bench/results.tsv (bench/report.sh remakes the others from it) and the
+# scripts' output in bench/results.log.
 #   bench/all.sh [BUILD_DIR] [RUNS]
 set -euo pipefail
 build=${1:-build}
 runs=${2:-3}
 here=$(cd "$(dirname "$0")" && pwd)
-export BENCH_RESULTS
-BENCH_RESULTS=$(mktemp)
-trap 'rm -f "$BENCH_RESULTS"' EXIT
+export BENCH_RESULTS=$here/results.tsv
+: >"$BENCH_RESULTS"
 {
   "$here/run.sh" "$build" "$runs" 1000000
   "$here/redis.sh" "$build" 200000 "$runs"

@@ -19,7 +19,7 @@ json_field() { grep -o "\"$1\": *[0-9.]*" | head -1 | cut -d: -f2 | tr -d ' '; }
 # ENQ_BASE and drain with DRAIN_BASE (either may be empty)
 rec_evq() {
   local g=$1 l=$2 j=$3
-  rec "$g" "$l enqueue/s" "$(json_field enqueue_per_s <<<"$j")" "$4"
-  rec "$g" "$l drain/s" "$(json_field drain_per_s <<<"$j")" "$5"
+  rec "$g" "$l enqueue/s" "$(json_field enqueue_per_s <<<"$j")" "${4:-}"
+  rec "$g" "$l drain/s" "$(json_field drain_per_s <<<"$j")" "${5:-}"
   rec "$g" "$l end to end/s" "$(json_field e2e_per_s <<<"$j")"
 }

@@ -47,10 +47,16 @@ fmt() { awk -v x="$1" 'BEGIN { if (x >= 1e6) printf "%.2f M", x / 1e6; else if (
 } >"$md"
 if [ -n "$png" ]; then
   if command -v gnuplot >/dev/null; then
-    awk -F'\t' '$8 != "" { gsub(/ /, "\\ ", $2); printf "\"%s: %s\" %.3f\n", $1, $2, $8 * 100 }' \
-      "$tmp/full" >"$tmp/ratios"
+    # short labels: "redis json 4p/4w enqueue" and the like
+    awk -F'\t' '$8 != "" {
+        g = $1; sub(/:\/\//, "", g); f = $2
+        gsub(/ producer\(s\) and worker thread\(s\)/, "p/w", f)
+        gsub(/ producer\(s\), /, "p/", f); gsub(/ worker thread\(s\)/, "w", f)
+        gsub(/batches of /, "b", f); gsub(/, /, " ", f); gsub(/\/s$/, "", f)
+        gsub(/^evq /, "", f)
+        printf "\"%s %s\" %.3f\n", g, f, $8 * 100 }' "$tmp/full" >"$tmp/ratios"
     gnuplot <<GP
-set terminal pngcairo size 1200,700 noenhanced font ",9"
+set terminal pngcairo size 1300,750 noenhanced font ",9"
 set output "$png"
 set title "evq against each backend's baseline (ratio of medians, %)"
 set style fill solid 0.7
@@ -60,7 +66,7 @@ set yrange [1:3000]
 set ylabel "% of baseline (log scale)"
 set xtics rotate by -45 left
 set grid ytics
-set bmargin 14
+set bmargin 12
 plot "$tmp/ratios" using 0:2:xtic(1) with boxes notitle, \
   80 with lines dt 2 title "80% (the bars of issues 5-7)", \
   1000 with lines dt 3 title "10x (BullMQ bar)"
