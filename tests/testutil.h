@@ -26,6 +26,15 @@
 
 #include "evq.h"
 
+/* Built with ThreadSanitizer (-fsanitize=thread). */
+#if defined(__SANITIZE_THREAD__)
+#define EVQ_UNDER_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define EVQ_UNDER_TSAN 1
+#endif
+#endif
+
 /* Asserts that an evq call returned 0; otherwise prints its code and
  * detail. */
 #define assert_evq_ok(expr)                                                    \
