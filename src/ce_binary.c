@@ -90,7 +90,8 @@ int evq__ce_from_binary(const evq__header *h, size_t n, const void *val,
         json_t *c = json_object_get(env, "datacontenttype");
         ct = c ? json_string_value(c) : NULL;
     }
-    if (!rc && len > 0 && is_json_type(ct)) {
+    bool json = is_json_type(ct);
+    if (!rc && len > 0 && json) {
         json_error_t jerr;
         data = json_loadb(val, len, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES,
                           &jerr);
@@ -105,8 +106,8 @@ int evq__ce_from_binary(const evq__header *h, size_t n, const void *val,
     if (!rc && !(ev = evq__event_alloc()))
         rc = evq__err(EVQ_ENOMEM, "out of memory decoding an event");
     if (!rc)
-        rc = evq__event_from_envelope(ev, env, data,
-                                      len > 0 && !is_json_type(ct), val, len);
+        rc =
+            evq__event_from_envelope(ev, env, data, len > 0 && !json, val, len);
     json_decref(data);
     json_decref(env);
     if (rc) {

@@ -727,6 +727,10 @@ static evq_event *from_binary(const khandle *h, rd_kafka_message_t *rm,
     const char *name;
     const void *v;
     size_t l;
+    /* most messages are structured: one lookup says so */
+    if (!hd || (rd_kafka_header_get_last(hd, "ce_specversion", &v, &l) != 0 &&
+                rd_kafka_header_get_last(hd, "ce_type", &v, &l) != 0))
+        return NULL;
     for (size_t i = 0; hd && n < sizeof hs / sizeof *hs &&
                        rd_kafka_header_get_all(hd, i, &name, &v, &l) == 0;
          i++)
