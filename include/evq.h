@@ -306,8 +306,12 @@ EVQ_API int evq_enqueue_delayed(evq_queue *q, const evq_event *ev,
  * negative: wait forever).  On success *msg is a message owned by the caller
  * until it passes it to evq_ack() or evq_nack(); until then nobody else
  * receives the event.  EVQ_ETIMEDOUT when nothing became ready in time,
- * EVQ_ECLOSED after evq_queue_interrupt().  Undecodable messages are never
- * returned. */
+ * EVQ_ECLOSED after evq_queue_interrupt().  Undecodable messages, and those
+ * larger than max_event_bytes, are never returned: they go to the
+ * dead-letter queue (see docs/guarantees.md for how much of an oversize
+ * message each backend reads).  EVQ_ETOOBIG when a kafka:// partition holds
+ * a message past librdkafka's receive.message.max.bytes (it cannot move
+ * until that is raised or the message is gone). */
 EVQ_API int evq_dequeue(evq_queue *q, evq_msg **msg, int timeout_ms);
 
 /* The event of a dequeued message, borrowed from `msg`. */

@@ -272,6 +272,10 @@ typedef struct evq__delivery {
     evq_event *ev;
     const unsigned char *bytes;
     size_t len;
+    /* Set by a backend that found the stored message larger than
+     * max_event_bytes and read only its first `len` bytes: the stored
+     * length.  The queue dead-letters such a delivery undecoded. */
+    size_t full_len;
     int attempt; /* 1 on first delivery */
     void *token; /* the backend's handle of this delivery */
 } evq__delivery;

@@ -443,11 +443,12 @@ static int dead_letter_raw(evq_queue *q, evq__delivery *d, const char *reason)
     size_t keep = d->len, room = q->lim.max_bytes > 16384
                                      ? (q->lim.max_bytes - 8192) / 4 * 3
                                      : q->lim.max_bytes / 2;
+    size_t stored = d->full_len > d->len ? d->full_len : d->len;
     rc = 0;
-    if (keep > room) {
+    if (keep > room || stored > keep) {
         char orig[32];
-        snprintf(orig, sizeof orig, "%zu", d->len);
-        keep = room;
+        snprintf(orig, sizeof orig, "%zu", stored);
+        keep = keep > room ? room : keep;
         rc = evq__event_set_ext(dl, "evqtruncated", orig, EVQ__EXT_INTEGER);
     }
     if (!rc)
@@ -482,8 +483,15 @@ int evq_dequeue(evq_queue *q, evq_msg **msgp, int timeout_ms)
         if (d.ev) {
             ev = d.ev;
         } else {
-            rc = q->codec ? q->codec->decode(d.bytes, d.len, &q->lim, &ev)
-                          : evq__err(EVQ_EDECODE, "no codec for raw bytes");
+            if (d.full_len > d.len)
+                rc = evq__err(EVQ_ETOOBIG,
+                              "stored message of %zu bytes is larger than "
+                              "max_event_bytes=%zu; only its first %zu "
+                              "bytes were read",
+                              d.full_len, q->lim.max_bytes, d.len);
+            else
+                rc = q->codec ? q->codec->decode(d.bytes, d.len, &q->lim, &ev)
+                              : evq__err(EVQ_EDECODE, "no codec for raw bytes");
             if (rc) {
                 char reason[512];
                 snprintf(reason, sizeof reason, "%s: %s", evq_strerror(rc),

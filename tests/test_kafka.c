@@ -332,6 +332,48 @@ static void junk_goes_to_the_dead_letters(void **state)
     evq_queue_close(q);
 }
 
+/* A message past max_event_bytes is dead-lettered, cut, with its size
+ * kept; one past what librdkafka may read (receive.message.max.bytes) holds
+ * its partition back, and dequeue says so instead of waiting silently. */
+static void oversize_messages_are_clear(void **state)
+{
+    (void)state;
+    char u[1200];
+    evq_queue *q;
+    evq_msg *m;
+    url_with(u, sizeof u, "max_event_bytes=65536");
+    assert_evq_ok(evq_queue_open(&q, u, "kbig", NULL));
+    sh("head -c 2097152 /dev/zero | tr '\\0' x | kcat -P -b \"$B\" -t kbig "
+       "-p 0 -X message.max.bytes=10000000");
+    evq_event *ok = evq_event_new("kbig.ok", NULL);
+    assert_evq_ok(evq_event_set_attr(ok, "partitionkey", "p0"));
+    assert_evq_ok(evq_enqueue(q, ok));
+    evq_event_free(ok);
+    assert_evq_ok(evq_dequeue(q, &m, 30000));
+    assert_string_equal(evq_event_type(evq_msg_event(m)), "kbig.ok");
+    assert_evq_ok(evq_ack(m));
+    /* the big one is dead-lettered by a dequeue that meets it */
+    struct evq_queue_stats st = {0};
+    for (int i = 0; i < 20 && st.dead_lettered == 0; i++) {
+        assert_evq_err(evq_dequeue(q, &m, 1000), EVQ_ETIMEDOUT);
+        assert_evq_ok(evq_queue_stats(q, &st));
+    }
+    assert_int_equal(st.dead_lettered, 1);
+    assert_oversize_dead_letter(q, 2097152);
+    evq_queue_close(q);
+
+    url_with(u, sizeof u,
+             "rdkafka.receive.message.max.bytes=1049088&"
+             "rdkafka.fetch.max.bytes=1048576");
+    assert_evq_ok(evq_queue_open(&q, u, "khuge", NULL));
+    sh("head -c 3000000 /dev/zero | tr '\\0' x | kcat -P -b \"$B\" -t khuge "
+       "-p 0 -X message.max.bytes=10000000");
+    assert_evq_err(evq_dequeue(q, &m, 30000), EVQ_ETOOBIG);
+    assert_errmsg_has("receive.message.max.bytes");
+    assert_errmsg_has("khuge");
+    evq_queue_close(q);
+}
+
 /* ---- ordering ---------------------------------------------------------------
  */
 
@@ -691,6 +733,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(msgpack_messages_say_so),
         cmocka_unit_test(a_full_partition_waits_for_finished_events),
         cmocka_unit_test(junk_goes_to_the_dead_letters),
+        cmocka_unit_test(oversize_messages_are_clear),
         cmocka_unit_test(one_keys_events_keep_their_order),
         cmocka_unit_test(a_missing_topic_is_created_or_left_to_the_broker),
         cmocka_unit_test(bad_brokers_and_properties_are_clear_errors),

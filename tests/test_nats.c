@@ -154,6 +154,48 @@ static void junk_goes_to_the_dead_letters(void **state)
     evq_queue_close(q);
 }
 
+/* The stream evq makes refuses, at the server, a message past
+ * max_event_bytes from any publisher, so no consumer receives it. */
+static void the_server_refuses_oversize_messages(void **state)
+{
+    (void)state;
+    char u[512];
+    evq_queue *q;
+    evq_msg *m;
+    url_with(u, sizeof u, "max_event_bytes=65536");
+    assert_evq_ok(evq_queue_open(&q, u, "capped", NULL));
+    natsConnection *nc = plain_connect();
+    jsCtx *js = NULL;
+    jsStreamInfo *si = NULL;
+    jsPubAck *pa = NULL;
+    jsErrCode jerr = 0;
+    assert_int_equal(natsConnection_JetStream(&js, nc, NULL), NATS_OK);
+    assert_int_equal(js_GetStreamInfo(&si, js, "EVQ_capped", NULL, &jerr),
+                     NATS_OK);
+    assert_true(si->Config->MaxMsgSize >= 65536 &&
+                si->Config->MaxMsgSize <= 65536 + 8192);
+    jsStreamInfo_Destroy(si);
+    size_t big = 200 * 1024;
+    char *blob = malloc(big);
+    memset(blob, 'x', big);
+    natsStatus s = js_Publish(&pa, js, "capped", blob, (int)big, NULL, &jerr);
+    assert_int_not_equal(s, NATS_OK);
+    assert_null(pa);
+    if (!strstr(nats_GetLastError(NULL), "maximum"))
+        fail_msg("refusal does not say why: %s", nats_GetLastError(NULL));
+    free(blob);
+    evq_event *ok = evq_event_new("capped.ok", NULL);
+    assert_evq_ok(evq_enqueue(q, ok));
+    evq_event_free(ok);
+    assert_evq_ok(evq_dequeue(q, &m, 5000));
+    assert_string_equal(evq_event_type(evq_msg_event(m)), "capped.ok");
+    assert_evq_ok(evq_ack(m));
+    assert_evq_err(evq_dequeue(q, &m, 0), EVQ_ETIMEDOUT);
+    jsCtx_Destroy(js);
+    natsConnection_Destroy(nc);
+    evq_queue_close(q);
+}
+
 /* ---- JetStream promises ------------------------------------------------- */
 
 /* The same event published twice (an application retrying) is stored
@@ -274,15 +316,6 @@ static void long_handlers_keep_their_event(void **state)
 static void a_killed_consumers_events_come_back_after_ack_wait(void **state)
 {
     (void)state;
-#ifdef EVQ_UNDER_TSAN
-    /* The consumer killed here is a forked child that starts libnats
-     * threads, in a process libnats already runs threads in: TSan refuses
-     * that child, or deadlocks in it when told not to.  The gcc and ASan
-     * builds run this test. */
-    printf("SKIP under ThreadSanitizer: a forked consumer starting libnats "
-           "threads\n");
-    skip();
-#endif
     char u[512];
     evq_queue *q;
     evq_msg *m;
@@ -599,6 +632,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(events_published_by_libnats_are_read),
         cmocka_unit_test(junk_goes_to_the_dead_letters),
+        cmocka_unit_test(the_server_refuses_oversize_messages),
         cmocka_unit_test(a_retried_publish_is_stored_once),
         cmocka_unit_test(delayed_events_count_their_attempts),
         cmocka_unit_test(long_handlers_keep_their_event),

@@ -58,6 +58,42 @@ static void events_written_by_redis_cli_are_read(void **state)
     evq_queue_close(q);
 }
 
+/* An entry far past max_event_bytes, written by another client, is
+ * dead-lettered with only its start ever read, and the events around it
+ * are delivered: the consumer's memory does not grow by the entry's size. */
+static void an_oversize_entry_is_dead_lettered_unread(void **state)
+{
+    (void)state;
+    enum { BIG = 64 << 20 };
+    char u[512];
+    evq_queue *q;
+    evq_msg *m;
+    url_with(u, sizeof u, "max_event_bytes=65536&redis.prefetch=4");
+    assert_evq_ok(evq_queue_open(&q, u, "huge", NULL));
+    evq_event *before_ev = evq_event_new("huge.before", NULL);
+    evq_event *after_ev = evq_event_new("huge.after", NULL);
+    assert_evq_ok(evq_enqueue(q, before_ev));
+    cli("EVAL \"redis.call('XADD', KEYS[1], '*', 'b', string.rep('x', %d), "
+        "'a', '0')\" 1 evq:huge",
+        BIG);
+    assert_evq_ok(evq_enqueue(q, after_ev));
+
+    long peak = peak_rss_kib();
+    assert_true(peak < 48 * 1024);
+    const char *want[] = {"huge.before", "huge.after"};
+    for (int i = 0; i < 2; i++) {
+        assert_evq_ok(evq_dequeue(q, &m, 5000));
+        assert_string_equal(evq_event_type(evq_msg_event(m)), want[i]);
+        assert_evq_ok(evq_ack(m));
+    }
+    assert_evq_err(evq_dequeue(q, &m, 0), EVQ_ETIMEDOUT);
+    assert_peak_rss_within(peak, BIG / 1024 / 4);
+    assert_oversize_dead_letter(q, BIG);
+    evq_event_free(before_ev);
+    evq_event_free(after_ev);
+    evq_queue_close(q);
+}
+
 static atomic_int handled;
 
 static void junk_goes_to_the_dead_letter_stream(void **state)
@@ -312,6 +348,7 @@ int main(int argc, char **argv)
     port = argv[2];
     sdir = argv[3];
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(an_oversize_entry_is_dead_lettered_unread),
         cmocka_unit_test(events_written_by_redis_cli_are_read),
         cmocka_unit_test(junk_goes_to_the_dead_letter_stream),
         cmocka_unit_test(bad_servers_and_credentials_are_clear_errors),

@@ -55,6 +55,44 @@ static void enqueue_n(evq_queue *q, int n)
     }
 }
 
+/* A row far past max_event_bytes, written behind evq's back, is moved to
+ * the dead-letter queue with only its start ever read: the consumer's
+ * memory does not grow by the row's size. */
+static void an_oversize_row_is_dead_lettered_unread(void **state)
+{
+    (void)state;
+    enum { BIG = 64 << 20 };
+    char url[512], path[400];
+    sqlite3 *db;
+    evq_queue *q;
+    evq_msg *m;
+    snprintf(path, sizeof path, "%s/big.db", dir);
+    url_for(url, sizeof url, "big.db", "max_event_bytes=65536");
+    assert_evq_ok(evq_queue_open(&q, url, "big", NULL));
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db,
+                                  "INSERT INTO evq_messages (queue, body, "
+                                  "visible_at, enqueued_at) VALUES ('big', "
+                                  "zeroblob(67108864), 0, 0)",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(db);
+    enqueue_n(q, 1);
+
+    long before = peak_rss_kib();
+    assert_true(before < 48 * 1024);
+    assert_evq_ok(evq_dequeue(q, &m, 2000));
+    assert_string_equal(evq_event_type(evq_msg_event(m)), "sq.test");
+    assert_evq_ok(evq_ack(m));
+    assert_evq_err(evq_dequeue(q, &m, 0), EVQ_ETIMEDOUT);
+    assert_peak_rss_within(before, BIG / 1024 / 4);
+    assert_oversize_dead_letter(q, BIG);
+    struct evq_queue_stats st;
+    assert_evq_ok(evq_queue_stats(q, &st));
+    assert_int_equal(st.depth + st.in_flight + st.delayed, 0);
+    evq_queue_close(q);
+}
+
 static void unusable_files_give_clear_errors(void **state)
 {
     (void)state;
@@ -363,6 +401,7 @@ static void queues_share_a_file_but_not_events(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(an_oversize_row_is_dead_lettered_unread),
         cmocka_unit_test(unusable_files_give_clear_errors),
         cmocka_unit_test(a_corrupt_file_fails_cleanly),
         cmocka_unit_test(a_read_only_file_fails_cleanly),

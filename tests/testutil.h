@@ -20,20 +20,13 @@
 #include <arpa/inet.h>
 #include <cmocka.h>
 #include <netinet/in.h>
+#include <spawn.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "evq.h"
-
-/* Built with ThreadSanitizer (-fsanitize=thread). */
-#if defined(__SANITIZE_THREAD__)
-#define EVQ_UNDER_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define EVQ_UNDER_TSAN 1
-#endif
-#endif
 
 /* Asserts that an evq call returned 0; otherwise prints its code and
  * detail. */
@@ -102,24 +95,66 @@ static inline bool at_least_one(void *arg)
 
 /* Forks a consumer process that opens `queue` on `url`, takes one event
  * and is killed with SIGKILL before it can ack; asserts it died so. */
+#ifdef EVQ_CONSUME_AND_DIE
+/* Runs tests/consume_and_die.c: a consumer that takes one event of `queue`
+ * at `url` and dies by SIGKILL holding it. */
 static inline void consume_one_and_die(const char *url, const char *queue)
 {
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        evq_queue *q;
-        evq_msg *m;
-        if (evq_queue_open(&q, url, queue, NULL) || evq_dequeue(q, &m, 5000))
-            _exit(1);
-        kill(getpid(), SIGKILL);
-        _exit(2);
-    }
+    extern char **environ;
+    char *argv[] = {(char *)EVQ_CONSUME_AND_DIE, (char *)url, (char *)queue,
+                    NULL};
+    pid_t pid;
     int status;
-    waitpid(pid, &status, 0);
-    assert_true(WIFSIGNALED(status));
+    assert_int_equal(
+        posix_spawn(&pid, EVQ_CONSUME_AND_DIE, NULL, NULL, argv, environ), 0);
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    if (!WIFSIGNALED(status) || WTERMSIG(status) != SIGKILL)
+        fail_msg("consume_and_die did not die holding an event (status %d)",
+                 status);
 }
+#endif
 
 /* A loopback port nothing listens on now (the kernel's pick). */
+/* The most memory this process has held so far, in KiB. */
+static inline long peak_rss_kib(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_maxrss;
+}
+
+/* Fails unless this process's peak memory grew by at most `limit_kib`
+ * since it was `before_kib` (peak_rss_kib()). */
+static inline void assert_peak_rss_within(long before_kib, long limit_kib)
+{
+    long grew = peak_rss_kib() - before_kib;
+    if (grew > limit_kib)
+        fail_msg("peak RSS grew by %ld KiB, more than %ld", grew, limit_kib);
+}
+
+/* Checks that the next dead letter of `q` is the undecodable message of
+ * `stored` bytes that a backend cut short, and acks it. */
+static inline void assert_oversize_dead_letter(evq_queue *q, long stored)
+{
+    evq_queue *dead;
+    evq_msg *m;
+    char want[32];
+    size_t len = 0;
+    assert_evq_ok(evq_queue_open_dead(&dead, q));
+    assert_evq_ok(evq_dequeue(dead, &m, 20000));
+    const evq_event *ev = evq_msg_event(m);
+    snprintf(want, sizeof want, "%ld", stored);
+    assert_string_equal(evq_event_type(ev), "evq.undecodable");
+    assert_string_equal(evq_event_attr(ev, "evqtruncated"), want);
+    if (!strstr(evq_event_attr(ev, "evqerror"), "max_event_bytes"))
+        fail_msg("evqerror '%s' does not name max_event_bytes",
+                 evq_event_attr(ev, "evqerror"));
+    assert_non_null(evq_event_binary(ev, &len));
+    assert_true(len > 0 && len < (size_t)stored);
+    assert_evq_ok(evq_ack(m));
+    evq_queue_close(dead);
+}
+
 static inline int free_port(void)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);

@@ -133,6 +133,11 @@ typedef struct khandle {
     int64_t last_commit_ms;
     char create_note[400]; /* why the Admin API could not create the topic */
     pthread_mutex_t note_mu;
+    /* librdkafka's last "Invalid response size" (a message past
+     * receive.message.max.bytes), when it came and when a dequeue last
+     * reported it (under note_mu) */
+    char size_note[300];
+    int64_t size_note_ms, size_told_ms;
     char broker_note[300]; /* librdkafka's last error event (TLS, SASL, ...)
                               since the last enqueue that worked */
     bool commit_due;
@@ -200,7 +205,34 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
     pthread_mutex_lock(&h->note_mu);
     snprintf(h->broker_note, sizeof h->broker_note, "%s (%s)", reason,
              rd_kafka_err2name((rd_kafka_resp_err_t)err));
+    if (strstr(reason, "receive.message.max.bytes")) {
+        snprintf(h->size_note, sizeof h->size_note, "%s", reason);
+        h->size_note_ms = now_ms();
+    }
     pthread_mutex_unlock(&h->note_mu);
+}
+
+/* Whether librdkafka failed lately to take a fetch answer past
+ * receive.message.max.bytes: a message too large to read at all holds its
+ * partition back.  Sets that error, at most once per 5 s, so a waiting
+ * dequeue says so instead of waiting silently. */
+static int size_failure(khandle *h)
+{
+    int rc = 0;
+    int64_t now = now_ms();
+    pthread_mutex_lock(&h->note_mu);
+    if (h->size_note[0] && now - h->size_note_ms < 60000 &&
+        now - h->size_told_ms >= 5000) {
+        h->size_told_ms = now;
+        rc = evq__err(EVQ_ETOOBIG,
+                      "kafka topic '%s' holds a message larger than "
+                      "rdkafka.receive.message.max.bytes lets evq read, and "
+                      "its partition is stuck until that is raised or the "
+                      "message is removed: %s",
+                      h->topic, h->size_note);
+    }
+    pthread_mutex_unlock(&h->note_mu);
+    return rc;
 }
 
 /* Adds the broker's last error since the last enqueue that worked, if
@@ -905,6 +937,10 @@ static int kafka_dequeue(void *state, evq__delivery *d, int timeout_ms)
         rc = poll_one(h, (int)wait);
         if (rc && rc != EVQ_ETIMEDOUT)
             break;
+        if (rc == EVQ_ETIMEDOUT && size_failure(h)) {
+            rc = EVQ_ETOOBIG;
+            break;
+        }
         if (rc == EVQ_ETIMEDOUT &&
             (timeout_ms == 0 || evq__now_mono_ns() >= deadline)) {
             rc = evq__err(EVQ_ETIMEDOUT, "no event within %d ms", timeout_ms);

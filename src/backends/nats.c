@@ -28,7 +28,9 @@
  * supported.
  *
  * Messages carry the encoded CloudEvent as their body with a Content-Type
- * header (application/cloudevents+json for JSON: structured mode).
+ * header (application/cloudevents+json for JSON: structured mode).  A stream
+ * evq creates has MaxMsgSize max_event_bytes (plus room for headers), so the
+ * server refuses larger messages from any publisher.
  */
 #include "../internal.h"
 
@@ -40,6 +42,9 @@
 #include <string.h>
 
 #define NPUB_MAX 16
+/* Bytes of headers (Nats-Msg-Id, Content-Type, Evq-Due) a message may carry
+ * past max_event_bytes. */
+#define NATS_HEADER_ROOM 4096
 
 static const evq__opt_spec nats_opts[] = {
     {"visibility_timeout_ms", EVQ__OPT_INT, "30000", 100, 86400000, NULL,
@@ -390,6 +395,11 @@ static int ensure_stream(nhandle *h, const evq__optset *opts)
         cfg.Storage = js_FileStorage;
         cfg.Replicas = replicas;
         cfg.Duplicates = dup_ms * 1000000;
+        /* The server refuses larger messages from any publisher, so no
+         * consumer ever receives one: max_event_bytes and room for the
+         * headers. */
+        int64_t max = evq__opt_int(opts, evq__core_opts, "max_event_bytes");
+        cfg.MaxMsgSize = (int32_t)(max + NATS_HEADER_ROOM);
         jerr = 0;
         s = js_AddStream(&si, h->js, &cfg, NULL, &jerr);
         if (s != NATS_OK)

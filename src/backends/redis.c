@@ -81,10 +81,57 @@ static const char promote_lua[] =
     "if #nxt == 0 then return -1 end\n"
     "return tonumber(nxt[2])\n";
 
+/* Entries this consumer must read without taking them whole: with
+ * ARGV[1] "claim", those XAUTOCLAIM takes over (idle ARGV[5] ms, from
+ * cursor ARGV[6]); with "after", those delivered to consumer ARGV[2] once
+ * (a read given up on) with ids past ARGV[5].  At most ARGV[3] of them.
+ * Each comes back as {id, a, deliveries, stored, b}: when b is longer than
+ * ARGV[4] bytes, or all fields together much longer, b is cut to ARGV[4]
+ * bytes and `stored` is b's length (or the fields'); else `stored` is 0.
+ * Returns {next cursor, entries}. */
+static const char claim_lua[] =
+    "local max = tonumber(ARGV[4])\n"
+    "local out = {}\n"
+    "local function add(id, f, n)\n"
+    "  local b, a, size = '', '0', 0\n"
+    "  for i = 1, #f - 1, 2 do\n"
+    "    size = size + #f[i] + #f[i + 1]\n"
+    "    if f[i] == 'b' then b = f[i + 1] elseif f[i] == 'a' then a = f[i + 1] "
+    "end\n"
+    "  end\n"
+    "  if #b > max then size = #b end\n"
+    "  if size > max + 1024 or #b > max then b = string.sub(b, 1, max) "
+    "else size = 0 end\n"
+    "  out[#out + 1] = {id, a, n, size, b}\n"
+    "end\n"
+    "local cursor = '0-0'\n"
+    "if ARGV[1] == 'claim' then\n"
+    "  local r = redis.call('XAUTOCLAIM', KEYS[1], 'evq', ARGV[2], ARGV[5], "
+    "ARGV[6], 'COUNT', ARGV[3])\n"
+    "  cursor = r[1]\n"
+    "  for _, e in ipairs(r[2]) do\n"
+    "    if e and e[2] then\n"
+    "      local p = redis.call('XPENDING', KEYS[1], 'evq', e[1], e[1], 1)\n"
+    "      add(e[1], e[2], p[1] and p[1][4] or 2)\n"
+    "    end\n"
+    "  end\n"
+    "else\n"
+    "  local p = redis.call('XPENDING', KEYS[1], 'evq', '(' .. ARGV[5], '+', "
+    "ARGV[3], ARGV[2])\n"
+    "  for _, e in ipairs(p) do\n"
+    "    if e[4] == 1 then\n"
+    "      local r = redis.call('XRANGE', KEYS[1], e[1], e[1])\n"
+    "      if r[1] then add(e[1], r[1][2], 1) end\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "return {cursor, out}\n";
+
 typedef struct rmsg {
     char id[48];
     int attempt;
     size_t len;
+    size_t full_len; /* stored size of an entry cut to max_bytes, or 0 */
     unsigned char body[];
 } rmsg;
 
@@ -111,6 +158,9 @@ typedef struct rhandle {
     char *stream, *delayed;
     char consumer[128];
     int prefetch;
+    size_t max_bytes;  /* max_event_bytes */
+    size_t read_bound; /* most bytes one XREADGROUP answer may take */
+    char last_new[48]; /* id of the last entry a read of new ones gave */
     long long maxlen;
     bool atomic_batches;
     char maxlen_s[24];
@@ -458,6 +508,10 @@ static int redis_open(void **state, const evq__url *url, const char *name,
     h->command_tv =
         tv_ms(evq__opt_int(opts, redis_opts, "redis.command_timeout_ms"));
     strcpy(h->reclaim_cursor, "0-0");
+    strcpy(h->last_new, "0-0");
+    h->max_bytes =
+        (size_t)evq__opt_int(opts, evq__core_opts, "max_event_bytes");
+    h->read_bound = (size_t)h->prefetch * (h->max_bytes + 2048) + 65536;
     char host[64] = "host";
     gethostname(host, sizeof host - 1);
     static atomic_uint seq;
@@ -601,28 +655,17 @@ static const char *field(redisReply *fields, const char *name, size_t *len)
     return NULL;
 }
 
-/* Adds stream entries [id, [f, v, ...]] to the buffer (rd_mu held; takes
- * buf_mu).  `deliveries` gives each entry's delivery count (1 when NULL). */
-static int buffer_entries_locked(rhandle *h, redisReply *entries,
-                                 const long long *deliveries);
-
-static int buffer_entries(rhandle *h, redisReply *entries,
-                          const long long *deliveries)
+/* Adds stream entries [id, [f, v, ...]], delivered for the first time,
+ * to the buffer (rd_mu held; takes buf_mu). */
+static int buffer_entries(rhandle *h, redisReply *entries)
 {
+    int rc = 0;
     pthread_mutex_lock(&h->buf_mu);
     if (h->head_buf) { /* keep the buffer a plain array from index 0 */
         memmove(h->buf, h->buf + h->head_buf, h->n_buf * sizeof *h->buf);
         h->head_buf = 0;
     }
-    int rc = buffer_entries_locked(h, entries, deliveries);
-    pthread_mutex_unlock(&h->buf_mu);
-    return rc;
-}
-
-static int buffer_entries_locked(rhandle *h, redisReply *entries,
-                                 const long long *deliveries)
-{
-    for (size_t i = 0; i < entries->elements; i++) {
+    for (size_t i = 0; !rc && i < entries->elements; i++) {
         redisReply *e = entries->element[i];
         if (e->type != REDIS_REPLY_ARRAY || e->elements < 2 ||
             e->element[1]->type != REDIS_REPLY_ARRAY)
@@ -630,20 +673,77 @@ static int buffer_entries_locked(rhandle *h, redisReply *entries,
         size_t blen = 0, alen = 0;
         const char *body = field(e->element[1], "b", &blen);
         const char *a = field(e->element[1], "a", &alen);
+        rmsg *m = NULL;
         if (!body)
             body = "", blen = 0;
-        if (evq__grow(&h->buf, &h->cap_buf, h->n_buf, sizeof *h->buf))
-            return EVQ_ENOMEM;
-        rmsg *m = malloc(sizeof *m + blen);
-        if (!m)
-            return evq__err(EVQ_ENOMEM, "out of memory");
+        if (evq__grow(&h->buf, &h->cap_buf, h->n_buf, sizeof *h->buf) ||
+            !(m = malloc(sizeof *m + blen))) {
+            rc = evq__err(EVQ_ENOMEM, "out of memory");
+            break;
+        }
         snprintf(m->id, sizeof m->id, "%s", e->element[0]->str);
-        m->attempt = (a ? atoi(a) : 0) + (int)(deliveries ? deliveries[i] : 1);
+        m->attempt = (a ? atoi(a) : 0) + 1;
         m->len = blen;
+        m->full_len = 0;
         memcpy(m->body, body, blen);
         h->buf[h->n_buf++] = m;
     }
-    return 0;
+    pthread_mutex_unlock(&h->buf_mu);
+    return rc;
+}
+
+/* Runs claim_lua (rd_mu held) in `mode` with `from` (an id, or the idle
+ * time then `cursor`) and buffers what it gives; the next cursor is left in
+ * `cursor` when there is one.  Its answer is bounded by the script. */
+static int claim_entries(rhandle *h, const char *mode, const char *from,
+                         char *cursor, size_t *got)
+{
+    char count[16], max[24];
+    snprintf(count, sizeof count, "%d", h->prefetch);
+    snprintf(max, sizeof max, "%zu", h->max_bytes);
+    const char *argv[] = {
+        "EVAL",      claim_lua, "1", h->stream, mode,
+        h->consumer, count,     max, from,      cursor ? cursor : "0"};
+    redisReply *r;
+    int rc = run(h, 10, argv, NULL, &r, "claim");
+    *got = 0;
+    if (rc)
+        return rc;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+        r->element[1]->type != REDIS_REPLY_ARRAY) {
+        freeReplyObject(r);
+        return evq__err(EVQ_EIO, "redis claim: unexpected answer");
+    }
+    if (cursor && r->element[0]->type == REDIS_REPLY_STRING)
+        snprintf(cursor, 48, "%s", r->element[0]->str);
+    redisReply *list = r->element[1];
+    pthread_mutex_lock(&h->buf_mu);
+    for (size_t i = 0; !rc && i < list->elements; i++) {
+        redisReply *e = list->element[i];
+        rmsg *m = NULL;
+        if (e->type != REDIS_REPLY_ARRAY || e->elements != 5 ||
+            e->element[0]->type != REDIS_REPLY_STRING ||
+            e->element[4]->type != REDIS_REPLY_STRING)
+            continue;
+        size_t blen = e->element[4]->len;
+        if (evq__grow(&h->buf, &h->cap_buf, h->head_buf + h->n_buf,
+                      sizeof *h->buf) ||
+            !(m = malloc(sizeof *m + blen))) {
+            rc = evq__err(EVQ_ENOMEM, "out of memory");
+            break;
+        }
+        snprintf(m->id, sizeof m->id, "%s", e->element[0]->str);
+        m->attempt = (e->element[1]->str ? atoi(e->element[1]->str) : 0) +
+                     (int)e->element[2]->integer;
+        m->len = blen;
+        m->full_len = (size_t)e->element[3]->integer;
+        memcpy(m->body, e->element[4]->str, blen);
+        h->buf[h->head_buf + h->n_buf++] = m;
+        (*got)++;
+    }
+    pthread_mutex_unlock(&h->buf_mu);
+    freeReplyObject(r);
+    return rc;
 }
 
 /* Moves due delayed events to the stream (rd_mu held).  Returns when the
@@ -669,41 +769,35 @@ static int64_t promote(rhandle *h)
  * timeout (rd_mu held). */
 static int reclaim(rhandle *h)
 {
-    char idle[32], count[16];
+    char idle[32];
+    size_t got;
     snprintf(idle, sizeof idle, "%lld", (long long)h->vt_ms);
-    snprintf(count, sizeof count, "%d", h->prefetch);
-    const char *argv[] = {"XAUTOCLAIM", h->stream,         "evq",   h->consumer,
-                          idle,         h->reclaim_cursor, "COUNT", count};
-    redisReply *r;
-    int rc = run(h, 8, argv, NULL, &r, "XAUTOCLAIM");
-    if (rc)
-        return rc;
-    if (r->type == REDIS_REPLY_ARRAY && r->elements >= 2) {
-        snprintf(h->reclaim_cursor, sizeof h->reclaim_cursor, "%s",
-                 r->element[0]->str ? r->element[0]->str : "0-0");
-        redisReply *entries = r->element[1];
-        long long *counts = calloc(entries->elements + 1, sizeof *counts);
-        for (size_t i = 0; counts && i < entries->elements; i++) {
-            redisReply *e = entries->element[i];
-            counts[i] = 2;
-            if (e->type != REDIS_REPLY_ARRAY || e->elements < 1)
-                continue;
-            const char *pargv[] = {
-                "XPENDING",         h->stream,          "evq",
-                e->element[0]->str, e->element[0]->str, "1"};
-            redisReply *p;
-            if (run(h, 6, pargv, NULL, &p, "XPENDING") == 0) {
-                if (p->type == REDIS_REPLY_ARRAY && p->elements == 1 &&
-                    p->element[0]->elements >= 4)
-                    counts[i] = p->element[0]->element[3]->integer;
-                freeReplyObject(p);
-            }
-        }
-        rc = counts ? buffer_entries(h, entries, counts) : EVQ_ENOMEM;
-        free(counts);
+    return claim_entries(h, "claim", idle, h->reclaim_cursor, &got);
+}
+
+/* Reads one answer on c like redisGetReply, but stops once more than
+ * `bound` bytes have come for it, so a stream entry far past
+ * max_event_bytes is never taken whole.  Returns REDIS_OK, REDIS_ERR (c's
+ * error set) or 1 (bound passed; c then is out of step, to be dropped). */
+static int get_reply_bounded(redisContext *c, size_t bound, redisReply **out)
+{
+    void *r = NULL;
+    size_t total = 0;
+    *out = NULL;
+    if (redisGetReplyFromReader(c, &r) != REDIS_OK)
+        return REDIS_ERR;
+    while (!r) {
+        if (total > bound)
+            return 1;
+        size_t before = c->reader->len;
+        if (redisBufferRead(c) != REDIS_OK)
+            return REDIS_ERR;
+        total += c->reader->len > before ? c->reader->len - before : 0;
+        if (redisGetReplyFromReader(c, &r) != REDIS_OK)
+            return REDIS_ERR;
     }
-    freeReplyObject(r);
-    return rc;
+    *out = r;
+    return REDIS_OK;
 }
 
 /* Reads the answer to an XREADGROUP sent before into the buffer; returns
@@ -712,13 +806,29 @@ static int take_reply(rhandle *h, size_t *got)
 {
     redisReply *r = NULL;
     *got = 0;
-    if (redisGetReply(h->rd, (void **)&r) != REDIS_OK)
+    int grc = get_reply_bounded(h->rd, h->read_bound, &r);
+    if (grc == 1) {
+        /* Some entry is far too large: the server gave this read's entries
+         * to us, so drop the connection and take them again through the
+         * script, which cuts the large ones. */
+        redisFree(h->rd);
+        h->rd = NULL;
+        h->rd_ahead = false;
+        return claim_entries(h, "after", h->last_new, NULL, got);
+    }
+    if (grc != REDIS_OK)
         return conn_err(h, h->rd, "XREADGROUP");
     int rc = reply_err(r, "XREADGROUP");
     if (!rc && r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
         r->element[0]->elements >= 2) {
-        *got = r->element[0]->element[1]->elements;
-        rc = buffer_entries(h, r->element[0]->element[1], NULL);
+        redisReply *entries = r->element[0]->element[1];
+        *got = entries->elements;
+        rc = buffer_entries(h, entries);
+        redisReply *last = *got ? entries->element[*got - 1] : NULL;
+        if (!rc && last && last->type == REDIS_REPLY_ARRAY &&
+            last->elements >= 1 && last->element[0]->type == REDIS_REPLY_STRING)
+            snprintf(h->last_new, sizeof h->last_new, "%s",
+                     last->element[0]->str);
     }
     freeReplyObject(r);
     return rc;
@@ -781,7 +891,7 @@ static int read_new(rhandle *h, int block_ms)
             (rc = take_reply(h, &got)) != 0)
             return rc;
     }
-    if (got == (size_t)h->prefetch && !atomic_load(&h->interrupted) &&
+    if (got == (size_t)h->prefetch && h->rd && !atomic_load(&h->interrupted) &&
         send_read(h, -1) == 0)
         h->rd_ahead = true;
     return 0;
@@ -797,6 +907,7 @@ static void deliver(rhandle *h, evq__delivery *d)
     d->ev = NULL;
     d->bytes = m->body;
     d->len = m->len;
+    d->full_len = m->full_len;
     d->attempt = m->attempt;
     d->token = m;
 }
@@ -946,6 +1057,12 @@ static int redis_nack(void *state, evq__delivery *d, int64_t delay_ms)
     snprintf(attempts, sizeof attempts, "%d", m->attempt);
     int rc;
 
+    if (m->full_len) {
+        /* Only its start was read: it stays pending as stored, and is
+         * taken over after the visibility timeout. */
+        free(m);
+        return 0;
+    }
     const char *xack[] = {"XACK", h->stream, "evq", m->id};
     const char *xdel[] = {"XDEL", h->stream, m->id};
     if (delay_ms <= 0) {
@@ -998,6 +1115,10 @@ static void hand_back(rhandle *h)
     pthread_mutex_lock(&h->buf_mu);
     for (size_t i = 0; i < h->n_buf; i++) {
         rmsg *m = h->buf[h->head_buf + i];
+        if (m->full_len) { /* left pending, as stored: see redis_nack */
+            free(m);
+            continue;
+        }
         const char *xadd[] = {
             "XADD", h->stream, "*", "b", (const char *)m->body, "a", NULL};
         char attempts[16];

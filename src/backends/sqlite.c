@@ -64,6 +64,7 @@ typedef struct sqmsg {
     int64_t claim;
     int attempt;
     size_t len;
+    size_t full_len; /* stored length of an oversize message, or 0 */
     unsigned char body[];
 } sqmsg;
 
@@ -138,6 +139,9 @@ enum {
     S_ACK,
     S_NACK,
     S_RELEASE,
+    S_BIG,
+    S_STUB,
+    S_DROP,
     S_NEXT,
     S_STATS,
     S_BEGIN,
@@ -151,13 +155,23 @@ static const char *const sql_text[S_COUNT] = {
                  "enqueued_at) VALUES (?1, ?2, 0, ?3, ?4)",
     [S_CLAIM] = "UPDATE evq_messages SET visible_at = ?1, attempt = attempt + "
                 "1, claim = ?2 WHERE id IN (SELECT id FROM evq_messages WHERE "
-                "queue = ?3 AND visible_at <= ?4 ORDER BY visible_at, id LIMIT "
-                "?5) RETURNING id, body, attempt",
+                "queue = ?3 AND visible_at <= ?4 AND length(body) <= ?6 ORDER "
+                "BY visible_at, id LIMIT ?5) RETURNING id, body, attempt",
     [S_ACK] = "DELETE FROM evq_messages WHERE id = ?1 AND claim = ?2",
     [S_NACK] = "UPDATE evq_messages SET visible_at = ?1, claim = NULL WHERE id "
                "= ?2 AND claim = ?3",
     [S_RELEASE] = "UPDATE evq_messages SET visible_at = ?1, claim = NULL, "
                   "attempt = attempt - 1 WHERE id = ?2 AND claim = ?3",
+    /* length() of a column reads no content, so oversize rows are found
+     * without loading them; an UPDATE of one would. */
+    [S_BIG] = "SELECT id, attempt, enqueued_at FROM evq_messages WHERE queue = "
+              "?1 AND "
+              "visible_at <= ?2 AND length(body) > ?3 ORDER BY visible_at, id "
+              "LIMIT ?4",
+    [S_STUB] = "INSERT INTO evq_messages (queue, body, attempt, visible_at, "
+               "enqueued_at, claim) VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING "
+               "id",
+    [S_DROP] = "DELETE FROM evq_messages WHERE id = ?1",
     [S_NEXT] = "SELECT MIN(visible_at) FROM evq_messages WHERE queue = ?1",
     [S_STATS] = "SELECT COALESCE(SUM(visible_at <= ?2), 0), "
                 "COALESCE(SUM(visible_at > ?2 AND claim IS NOT NULL), 0), "
@@ -195,6 +209,7 @@ typedef struct sqhandle {
     int64_t vt_ms;
     int poll_ms;
     int claim_batch;
+    size_t max_bytes; /* max_event_bytes: larger rows are never loaded */
     int ack_flush_ms;
     /* claimed, not yet handed out */
     sqmsg **ready;
@@ -457,6 +472,8 @@ static int sqlite_open(void **state, const evq__url *url, const char *name,
     h->vt_ms = evq__opt_int(opts, sqlite_opts, "visibility_timeout_ms");
     h->poll_ms = (int)evq__opt_int(opts, sqlite_opts, "poll_ms");
     h->claim_batch = (int)evq__opt_int(opts, sqlite_opts, "sqlite.claim_batch");
+    h->max_bytes =
+        (size_t)evq__opt_int(opts, evq__core_opts, "max_event_bytes");
     h->ack_flush_ms =
         (int)evq__opt_int(opts, sqlite_opts, "sqlite.ack_flush_ms");
     h->claim_seq = ((uint64_t)evq__now_real_ns() << 16) ^ (uint64_t)getpid();
@@ -692,6 +709,86 @@ static int64_t next_visible(sqhandle *h)
     return v;
 }
 
+/* Claims visible rows larger than max_bytes (mu held, inside the claim's
+ * transaction, h->ready with room for claim_batch) without loading them:
+ * each is replaced by a row holding its first max_bytes bytes, claimed
+ * with `token`, and delivered with its stored length, so the queue
+ * dead-letters it.  Should the process die first, the shortened row comes
+ * back after the visibility timeout, still undecodable: the bytes kept are
+ * dead-lettered then. */
+static int claim_big(sqhandle *h, int64_t token, int64_t now, size_t *got)
+{
+    enum { MAX_BIG = 16 };
+    int64_t ids[MAX_BIG], enq[MAX_BIG];
+    int att[MAX_BIG], src = SQLITE_DONE;
+    size_t n = 0, room = (size_t)h->claim_batch - *got;
+    sqlite3_stmt *st = h->st[S_BIG];
+
+    if (room > MAX_BIG)
+        room = MAX_BIG;
+    sqlite3_bind_text(st, 1, h->queue, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, now);
+    sqlite3_bind_int64(st, 3, (int64_t)h->max_bytes);
+    sqlite3_bind_int64(st, 4, (int64_t)room);
+    while (n < room && (src = sqlite3_step(st)) == SQLITE_ROW) {
+        ids[n] = sqlite3_column_int64(st, 0);
+        att[n] = sqlite3_column_int(st, 1);
+        enq[n++] = sqlite3_column_int64(st, 2);
+    }
+    int rc = n < room && src != SQLITE_DONE ? db_err(h, src, "claim") : 0;
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    for (size_t i = 0; !rc && i < n; i++) {
+        sqlite3_blob *b = NULL;
+        sqmsg *m = NULL;
+        if (sqlite3_blob_open(h->db, "main", "evq_messages", "body", ids[i], 0,
+                              &b) != SQLITE_OK) {
+            rc = db_err(h, sqlite3_errcode(h->db), "open oversize row");
+            sqlite3_blob_close(b);
+            break;
+        }
+        size_t full = (size_t)sqlite3_blob_bytes(b);
+        size_t keep = full < h->max_bytes ? full : h->max_bytes;
+        if (!(m = malloc(sizeof *m + keep)))
+            rc = evq__err(EVQ_ENOMEM, "out of memory");
+        else if (sqlite3_blob_read(b, m->body, (int)keep, 0) != SQLITE_OK)
+            rc = db_err(h, sqlite3_errcode(h->db), "read oversize row");
+        sqlite3_blob_close(b);
+        if (!rc) {
+            st = h->st[S_STUB];
+            sqlite3_bind_text(st, 1, h->queue, -1, SQLITE_STATIC);
+            sqlite3_bind_blob(st, 2, m->body, (int)keep, SQLITE_STATIC);
+            sqlite3_bind_int(st, 3, att[i] + 1);
+            sqlite3_bind_int64(st, 4, now + h->vt_ms);
+            sqlite3_bind_int64(st, 5, enq[i]);
+            sqlite3_bind_int64(st, 6, token);
+            if ((src = sqlite3_step(st)) == SQLITE_ROW)
+                m->id = sqlite3_column_int64(st, 0);
+            else
+                rc = db_err(h, src, "replace oversize row");
+            sqlite3_reset(st);
+            sqlite3_clear_bindings(st);
+        }
+        if (!rc) {
+            st = h->st[S_DROP];
+            sqlite3_bind_int64(st, 1, ids[i]);
+            if ((src = sqlite3_step(st)) != SQLITE_DONE)
+                rc = db_err(h, src, "replace oversize row");
+            sqlite3_reset(st);
+        }
+        if (rc) {
+            free(m);
+            break;
+        }
+        m->claim = token;
+        m->attempt = att[i] + 1;
+        m->len = keep;
+        m->full_len = full;
+        h->ready[(*got)++] = m;
+    }
+    return rc;
+}
+
 /* Claims up to claim_batch visible messages into h->ready (mu held).
  * Returns 0 (maybe with nothing claimed) or an error; *next is the earliest
  * visible_at seen (INT64_MAX: the queue is empty). */
@@ -720,6 +817,7 @@ static int claim(sqhandle *h, int64_t *next)
         sqlite3_bind_text(st, 3, h->queue, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 4, now);
         sqlite3_bind_int(st, 5, h->claim_batch);
+        sqlite3_bind_int64(st, 6, (int64_t)h->max_bytes);
         if (evq__grow(&h->ready, &h->cap_ready, (size_t)h->claim_batch - 1,
                       sizeof *h->ready))
             rc = EVQ_ENOMEM;
@@ -735,6 +833,7 @@ static int claim(sqhandle *h, int64_t *next)
             m->claim = token;
             m->attempt = sqlite3_column_int(st, 2);
             m->len = len;
+            m->full_len = 0;
             if (len)
                 memcpy(m->body, body, len);
             h->ready[got++] = m;
@@ -743,6 +842,8 @@ static int claim(sqhandle *h, int64_t *next)
             rc = db_err(h, src, "claim");
         sqlite3_reset(st);
         sqlite3_clear_bindings(st);
+        if (!rc && got < (size_t)h->claim_batch)
+            rc = claim_big(h, token, now, &got);
     }
     if ((rc = tx_end(h, rc)) != 0) {
         for (size_t i = 0; i < got; i++)
@@ -764,6 +865,7 @@ static void deliver(sqhandle *h, evq__delivery *d)
     d->ev = NULL;
     d->bytes = m->body;
     d->len = m->len;
+    d->full_len = m->full_len;
     d->attempt = m->attempt;
     d->token = m;
 }
