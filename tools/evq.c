@@ -772,33 +772,42 @@ struct bench {
     json_t *payload;
     atomic_long produced, handled;
     _Atomic int64_t producers_end_ns;
-    _Atomic int64_t first_ns, last_ns; /* first and last event handled */
     atomic_int errors;
     pthread_mutex_t mu;
-    evq__hist *hists[1100];
-    int nhists;
+    struct bench_slot *slots[1100];
+    int nslots;
     bool progress;
 };
 
-static _Thread_local evq__hist *bench_hist;
+/* What one handler thread records, apart from the others: latencies, and
+ * when it handled its first and last event. */
+struct bench_slot {
+    evq__hist hist;
+    _Atomic int64_t first_ns, last_ns;
+};
+
+static _Thread_local struct bench_slot *bench_mine;
 
 static int bench_handler(const evq_event *ev, void *arg)
 {
     struct bench *b = arg;
-    if (!bench_hist) {
-        bench_hist = calloc(1, sizeof *bench_hist);
+    if (!bench_mine) {
+        struct bench_slot *s = calloc(1, sizeof *s);
         pthread_mutex_lock(&b->mu);
-        if (bench_hist && b->nhists < 1100)
-            b->hists[b->nhists++] = bench_hist;
+        if (s && b->nslots < 1100)
+            b->slots[b->nslots++] = bench_mine = s;
+        else
+            free(s);
         pthread_mutex_unlock(&b->mu);
     }
-    if (bench_hist) {
-        int64_t lat = real_ns() - evq_event_time_ns(ev);
-        evq__hist_record(bench_hist, (uint64_t)(lat > 0 ? lat : 0));
+    struct bench_slot *s = bench_mine;
+    if (s) {
+        int64_t now = mono_ns(), lat = real_ns() - evq_event_time_ns(ev);
+        evq__hist_record(&s->hist, (uint64_t)(lat > 0 ? lat : 0));
+        if (!atomic_load_explicit(&s->first_ns, memory_order_relaxed))
+            atomic_store_explicit(&s->first_ns, now, memory_order_relaxed);
+        atomic_store_explicit(&s->last_ns, now, memory_order_relaxed);
     }
-    int64_t now = mono_ns(), zero = 0;
-    atomic_compare_exchange_strong(&b->first_ns, &zero, now);
-    atomic_store_explicit(&b->last_ns, now, memory_order_relaxed);
     /* release: the phase that reads handled then sees the histogram */
     atomic_fetch_add_explicit(&b->handled, 1, memory_order_release);
     return 0;
@@ -950,8 +959,8 @@ static double bench_stats_overhead(void)
 static uint64_t merged_quantile(struct bench *b, double q)
 {
     uint64_t *counts = calloc(EVQ__HIST_BUCKETS, sizeof *counts), total = 0;
-    for (int i = 0; i < b->nhists; i++)
-        evq__hist_merge(counts, b->hists[i]);
+    for (int i = 0; i < b->nslots; i++)
+        evq__hist_merge(counts, &b->slots[i]->hist);
     for (unsigned i = 0; i < EVQ__HIST_BUCKETS; i++)
         total += counts[i];
     uint64_t v = evq__hist_quantile(counts, total, q);
@@ -1096,9 +1105,19 @@ static int cmd_bench(int argc, char **argv)
     bool ok = wait_handled(&b, n + warmup, "drain");
     /* the backlog's rate from its first event to its last: what came
      * before the first (a consumer group's join) is reported apart */
-    double start_ms = (double)(atomic_load(&b.first_ns) - t0) / 1e6;
-    double drain_s =
-        (double)(atomic_load(&b.last_ns) - atomic_load(&b.first_ns)) / 1e9;
+    int64_t first = INT64_MAX, last = 0;
+    pthread_mutex_lock(&b.mu);
+    for (int i = 0; i < b.nslots; i++) {
+        int64_t f = atomic_load(&b.slots[i]->first_ns);
+        int64_t l = atomic_load(&b.slots[i]->last_ns);
+        first = f && f < first ? f : first;
+        last = l > last ? l : last;
+    }
+    pthread_mutex_unlock(&b.mu);
+    if (first == INT64_MAX)
+        first = last = t0;
+    double start_ms = (double)(first - t0) / 1e6;
+    double drain_s = (double)(last - first) / 1e9;
     long drained = n + warmup - 1;
     if (drain_s <= 0 || drained < 1) {
         drain_s = (double)(mono_ns() - t0) / 1e9;
@@ -1107,8 +1126,8 @@ static int cmd_bench(int argc, char **argv)
 
     /* end to end: producers and the worker at once; latency from here on */
     pthread_mutex_lock(&b.mu);
-    for (int i = 0; i < b.nhists; i++)
-        memset(b.hists[i], 0, sizeof *b.hists[i]);
+    for (int i = 0; i < b.nslots; i++)
+        memset(&b.slots[i]->hist, 0, sizeof b.slots[i]->hist);
     pthread_mutex_unlock(&b.mu);
     atomic_store(&b.handled, 0);
     t0 = mono_ns();
@@ -1160,8 +1179,8 @@ static int cmd_bench(int argc, char **argv)
         printf("stats cost   %12.1f ns/event\n", stats_ns);
         printf("peak RSS     %12ld KiB\n", ru.ru_maxrss);
     }
-    for (int i = 0; i < b.nhists; i++)
-        free(b.hists[i]);
+    for (int i = 0; i < b.nslots; i++)
+        free(b.slots[i]);
     evq_events_free(events);
     evq_queue_close(b.q);
     json_decref(b.payload);
