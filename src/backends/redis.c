@@ -740,6 +740,9 @@ static int claim_entries(rhandle *h, const char *mode, const char *from,
         memcpy(m->body, e->element[4]->str, blen);
         h->buf[h->head_buf + h->n_buf++] = m;
         (*got)++;
+        if (!cursor) /* taken again after a read: the next such one looks
+                        past them, as they stay pending once delivered */
+            snprintf(h->last_new, sizeof h->last_new, "%s", m->id);
     }
     pthread_mutex_unlock(&h->buf_mu);
     freeReplyObject(r);
