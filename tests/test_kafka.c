@@ -600,48 +600,13 @@ static void a_broker_down_and_up_loses_no_accepted_event(void **state)
 
 #define KILL_EVENTS 20000
 
-static int kill_log = -1;
-static unsigned kill_seed;
-
-/* Records the event, after a random pause of up to 20 ms (so the kills
- * find work half done). */
-static int kill_handler(const evq_event *ev, void *arg)
-{
-    (void)arg;
-    unsigned r = __atomic_add_fetch(&kill_seed, 2654435761u, __ATOMIC_RELAXED);
-    struct timespec pause = {0, (long)((r >> 8) % 20000) * 1000};
-    nanosleep(&pause, NULL);
-    char line[32];
-    int n = snprintf(line, sizeof line, "%lld\n",
-                     (long long)json_integer_value(evq_event_data(ev)));
-    if (write(kill_log, line, (size_t)n) != n)
-        return EVQ_EIO;
-    return 0;
-}
-
-/* A consumer process: a worker of 8 threads until it is killed. */
+/* A consumer process (tests/consumer.c): a worker of 8 threads whose
+ * handlers take a random time of up to 20 ms (so the kills find work half
+ * done) and log each event handled, until it is killed. */
 static pid_t start_consumer(const char *u, const char *logpath)
 {
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        evq_queue *q;
-        evq_events *e = evq_events_new();
-        evq_worker_opts o;
-        evq_worker *w;
-        kill_log = open(logpath, O_WRONLY | O_APPEND | O_CREAT, 0600);
-        kill_seed = (unsigned)getpid();
-        evq_worker_opts_init(&o);
-        o.concurrency = 8;
-        o.prefetch = 4;
-        evq_register_handler(e, "k", kill_handler, NULL);
-        if (kill_log < 0 || evq_queue_open(&q, u, "kkill", NULL) ||
-            evq_worker_start(&w, q, e, &o))
-            _exit(1);
-        for (;;)
-            pause();
-    }
-    return pid;
+    const char *args[] = {"log", logpath, u, "kkill", NULL};
+    return spawn_consumer(args);
 }
 
 static int count_handled(const char *logpath, bool *seen)

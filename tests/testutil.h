@@ -95,21 +95,30 @@ static inline bool at_least_one(void *arg)
 
 /* Forks a consumer process that opens `queue` on `url`, takes one event
  * and is killed with SIGKILL before it can ack; asserts it died so. */
-#ifdef EVQ_CONSUME_AND_DIE
-/* Runs tests/consume_and_die.c: a consumer that takes one event of `queue`
- * at `url` and dies by SIGKILL holding it. */
-static inline void consume_one_and_die(const char *url, const char *queue)
+#ifdef EVQ_TEST_CONSUMER
+/* Starts tests/consumer.c with `args` (NULL-ended, after the program). */
+static inline pid_t spawn_consumer(const char *const *args)
 {
     extern char **environ;
-    char *argv[] = {(char *)EVQ_CONSUME_AND_DIE, (char *)url, (char *)queue,
-                    NULL};
+    char *argv[8] = {(char *)EVQ_TEST_CONSUMER};
     pid_t pid;
-    int status;
+    for (int i = 0; args[i] && i < 6; i++)
+        argv[i + 1] = (char *)args[i];
     assert_int_equal(
-        posix_spawn(&pid, EVQ_CONSUME_AND_DIE, NULL, NULL, argv, environ), 0);
+        posix_spawn(&pid, EVQ_TEST_CONSUMER, NULL, NULL, argv, environ), 0);
+    return pid;
+}
+
+/* A consumer that takes one event of `queue` at `url` and dies by SIGKILL
+ * holding it. */
+static inline void consume_one_and_die(const char *url, const char *queue)
+{
+    const char *args[] = {"one", url, queue, NULL};
+    pid_t pid = spawn_consumer(args);
+    int status;
     assert_int_equal(waitpid(pid, &status, 0), pid);
     if (!WIFSIGNALED(status) || WTERMSIG(status) != SIGKILL)
-        fail_msg("consume_and_die did not die holding an event (status %d)",
+        fail_msg("the consumer did not die holding an event (status %d)",
                  status);
 }
 #endif

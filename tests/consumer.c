@@ -1,0 +1,73 @@
+/* Consumer processes the tests kill, to see what becomes of their events:
+ *
+ *   consumer one URL QUEUE
+ *       takes one event of QUEUE at URL (waiting up to 5 s) and kills
+ *       itself with SIGKILL before settling it;
+ *   consumer log FILE URL QUEUE
+ *       runs a worker of 8 threads (prefetch 4) whose handler waits a
+ *       random time of up to 20 ms, then appends the event's data (an
+ *       integer) as a line to FILE; until it is killed.
+ *
+ * Exits 1 if it could not start.  A program of its own, started with
+ * posix_spawn, so the tests never fork a process that then starts threads
+ * (ThreadSanitizer cannot follow that). */
+#include <fcntl.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "evq.h"
+
+static int log_fd = -1;
+static atomic_uint seed;
+
+static int log_handler(const evq_event *ev, void *arg)
+{
+    (void)arg;
+    unsigned r = atomic_fetch_add(&seed, 2654435761u);
+    struct timespec pause = {0, (long)((r >> 8) % 20000) * 1000};
+    nanosleep(&pause, NULL);
+    char line[32];
+    int n = snprintf(line, sizeof line, "%lld\n",
+                     (long long)json_integer_value(evq_event_data(ev)));
+    return write(log_fd, line, (size_t)n) == n ? 0 : EVQ_EIO;
+}
+
+int main(int argc, char **argv)
+{
+    evq_queue *q;
+    if (argc == 4 && strcmp(argv[1], "one") == 0) {
+        evq_msg *m;
+        if (evq_queue_open(&q, argv[2], argv[3], NULL) ||
+            evq_dequeue(q, &m, 5000)) {
+            fprintf(stderr, "consumer: %s\n", evq_errmsg());
+            return 1;
+        }
+        kill(getpid(), SIGKILL);
+        return 3;
+    }
+    if (argc == 5 && strcmp(argv[1], "log") == 0) {
+        evq_events *e = evq_events_new();
+        evq_worker_opts o;
+        evq_worker *w;
+        log_fd = open(argv[2], O_WRONLY | O_APPEND | O_CREAT, 0600);
+        atomic_store(&seed, (unsigned)getpid());
+        evq_worker_opts_init(&o);
+        o.concurrency = 8;
+        o.prefetch = 4;
+        evq_register_handler(e, "*", log_handler, NULL);
+        if (log_fd < 0 || evq_queue_open(&q, argv[3], argv[4], NULL) ||
+            evq_worker_start(&w, q, e, &o)) {
+            fprintf(stderr, "consumer: %s\n", evq_errmsg());
+            return 1;
+        }
+        for (;;)
+            pause();
+    }
+    fprintf(stderr, "usage: consumer one URL QUEUE\n"
+                    "       consumer log FILE URL QUEUE\n");
+    return 2;
+}
