@@ -93,8 +93,6 @@ static inline bool at_least_one(void *arg)
     return atomic_load((atomic_int *)arg) >= 1;
 }
 
-/* Forks a consumer process that opens `queue` on `url`, takes one event
- * and is killed with SIGKILL before it can ack; asserts it died so. */
 #ifdef EVQ_TEST_CONSUMER
 /* Starts tests/consumer.c with `args` (NULL-ended, after the program). */
 static inline pid_t spawn_consumer(const char *const *args)
@@ -123,7 +121,6 @@ static inline void consume_one_and_die(const char *url, const char *queue)
 }
 #endif
 
-/* A loopback port nothing listens on now (the kernel's pick). */
 /* The most memory this process has held so far, in KiB. */
 static inline long peak_rss_kib(void)
 {
@@ -164,6 +161,7 @@ static inline void assert_oversize_dead_letter(evq_queue *q, long stored)
     evq_queue_close(dead);
 }
 
+/* A loopback port nothing listens on now (the kernel's pick). */
 static inline int free_port(void)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);

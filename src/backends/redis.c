@@ -655,16 +655,39 @@ static const char *field(redisReply *fields, const char *name, size_t *len)
     return NULL;
 }
 
+/* Takes buf_mu, keeping the buffer a plain array from index 0. */
+static void buffer_lock(rhandle *h)
+{
+    pthread_mutex_lock(&h->buf_mu);
+    if (h->head_buf) {
+        memmove(h->buf, h->buf + h->head_buf, h->n_buf * sizeof *h->buf);
+        h->head_buf = 0;
+    }
+}
+
+/* Appends an entry to the buffer (taken with buffer_lock). */
+static int buffer_add(rhandle *h, const char *id, int attempt, const void *body,
+                      size_t blen, size_t full_len)
+{
+    rmsg *m = NULL;
+    if (evq__grow(&h->buf, &h->cap_buf, h->n_buf, sizeof *h->buf) ||
+        !(m = malloc(sizeof *m + blen)))
+        return evq__err(EVQ_ENOMEM, "out of memory");
+    snprintf(m->id, sizeof m->id, "%s", id);
+    m->attempt = attempt;
+    m->len = blen;
+    m->full_len = full_len;
+    memcpy(m->body, body, blen);
+    h->buf[h->n_buf++] = m;
+    return 0;
+}
+
 /* Adds stream entries [id, [f, v, ...]], delivered for the first time,
  * to the buffer (rd_mu held; takes buf_mu). */
 static int buffer_entries(rhandle *h, redisReply *entries)
 {
     int rc = 0;
-    pthread_mutex_lock(&h->buf_mu);
-    if (h->head_buf) { /* keep the buffer a plain array from index 0 */
-        memmove(h->buf, h->buf + h->head_buf, h->n_buf * sizeof *h->buf);
-        h->head_buf = 0;
-    }
+    buffer_lock(h);
     for (size_t i = 0; !rc && i < entries->elements; i++) {
         redisReply *e = entries->element[i];
         if (e->type != REDIS_REPLY_ARRAY || e->elements < 2 ||
@@ -673,37 +696,36 @@ static int buffer_entries(rhandle *h, redisReply *entries)
         size_t blen = 0, alen = 0;
         const char *body = field(e->element[1], "b", &blen);
         const char *a = field(e->element[1], "a", &alen);
-        rmsg *m = NULL;
         if (!body)
             body = "", blen = 0;
-        if (evq__grow(&h->buf, &h->cap_buf, h->n_buf, sizeof *h->buf) ||
-            !(m = malloc(sizeof *m + blen))) {
-            rc = evq__err(EVQ_ENOMEM, "out of memory");
-            break;
-        }
-        snprintf(m->id, sizeof m->id, "%s", e->element[0]->str);
-        m->attempt = (a ? atoi(a) : 0) + 1;
-        m->len = blen;
-        m->full_len = 0;
-        memcpy(m->body, body, blen);
-        h->buf[h->n_buf++] = m;
+        rc = buffer_add(h, e->element[0]->str, (a ? atoi(a) : 0) + 1, body,
+                        blen, 0);
     }
     pthread_mutex_unlock(&h->buf_mu);
     return rc;
 }
 
-/* Runs claim_lua (rd_mu held) in `mode` with `from` (an id, or the idle
- * time then `cursor`) and buffers what it gives; the next cursor is left in
- * `cursor` when there is one.  Its answer is bounded by the script. */
-static int claim_entries(rhandle *h, const char *mode, const char *from,
-                         char *cursor, size_t *got)
+/* Runs claim_lua (rd_mu held) and buffers what it gives: with `takeover`,
+ * the entries idle past the visibility timeout, from reclaim_cursor on
+ * (which it moves); else the entries a cut-off read gave this consumer,
+ * past last_new (which it moves past them, as they stay pending once
+ * delivered).  Its answer is bounded by the script. */
+static int claim_entries(rhandle *h, bool takeover, size_t *got)
 {
-    char count[16], max[24];
+    char count[16], max[24], idle[32];
     snprintf(count, sizeof count, "%d", h->prefetch);
     snprintf(max, sizeof max, "%zu", h->max_bytes);
-    const char *argv[] = {
-        "EVAL",      claim_lua, "1", h->stream, mode,
-        h->consumer, count,     max, from,      cursor ? cursor : "0"};
+    snprintf(idle, sizeof idle, "%lld", (long long)h->vt_ms);
+    const char *argv[] = {"EVAL",
+                          claim_lua,
+                          "1",
+                          h->stream,
+                          takeover ? "claim" : "after",
+                          h->consumer,
+                          count,
+                          max,
+                          takeover ? idle : h->last_new,
+                          h->reclaim_cursor};
     redisReply *r;
     int rc = run(h, 10, argv, NULL, &r, "claim");
     *got = 0;
@@ -714,35 +736,24 @@ static int claim_entries(rhandle *h, const char *mode, const char *from,
         freeReplyObject(r);
         return evq__err(EVQ_EIO, "redis claim: unexpected answer");
     }
-    if (cursor && r->element[0]->type == REDIS_REPLY_STRING)
-        snprintf(cursor, 48, "%s", r->element[0]->str);
+    if (takeover && r->element[0]->type == REDIS_REPLY_STRING)
+        snprintf(h->reclaim_cursor, sizeof h->reclaim_cursor, "%s",
+                 r->element[0]->str);
     redisReply *list = r->element[1];
-    pthread_mutex_lock(&h->buf_mu);
+    buffer_lock(h);
     for (size_t i = 0; !rc && i < list->elements; i++) {
         redisReply *e = list->element[i];
-        rmsg *m = NULL;
         if (e->type != REDIS_REPLY_ARRAY || e->elements != 5 ||
             e->element[0]->type != REDIS_REPLY_STRING ||
             e->element[4]->type != REDIS_REPLY_STRING)
             continue;
-        size_t blen = e->element[4]->len;
-        if (evq__grow(&h->buf, &h->cap_buf, h->head_buf + h->n_buf,
-                      sizeof *h->buf) ||
-            !(m = malloc(sizeof *m + blen))) {
-            rc = evq__err(EVQ_ENOMEM, "out of memory");
-            break;
-        }
-        snprintf(m->id, sizeof m->id, "%s", e->element[0]->str);
-        m->attempt = (e->element[1]->str ? atoi(e->element[1]->str) : 0) +
-                     (int)e->element[2]->integer;
-        m->len = blen;
-        m->full_len = (size_t)e->element[3]->integer;
-        memcpy(m->body, e->element[4]->str, blen);
-        h->buf[h->head_buf + h->n_buf++] = m;
-        (*got)++;
-        if (!cursor) /* taken again after a read: the next such one looks
-                        past them, as they stay pending once delivered */
-            snprintf(h->last_new, sizeof h->last_new, "%s", m->id);
+        const char *id = e->element[0]->str, *a = e->element[1]->str;
+        rc = buffer_add(h, id, (a ? atoi(a) : 0) + (int)e->element[2]->integer,
+                        e->element[4]->str, e->element[4]->len,
+                        (size_t)e->element[3]->integer);
+        if (!rc && !takeover)
+            snprintf(h->last_new, sizeof h->last_new, "%s", id);
+        *got += !rc;
     }
     pthread_mutex_unlock(&h->buf_mu);
     freeReplyObject(r);
@@ -772,10 +783,8 @@ static int64_t promote(rhandle *h)
  * timeout (rd_mu held). */
 static int reclaim(rhandle *h)
 {
-    char idle[32];
     size_t got;
-    snprintf(idle, sizeof idle, "%lld", (long long)h->vt_ms);
-    return claim_entries(h, "claim", idle, h->reclaim_cursor, &got);
+    return claim_entries(h, true, &got);
 }
 
 /* Reads one answer on c like redisGetReply, but stops once more than
@@ -817,7 +826,7 @@ static int take_reply(rhandle *h, size_t *got)
         redisFree(h->rd);
         h->rd = NULL;
         h->rd_ahead = false;
-        return claim_entries(h, "after", h->last_new, NULL, got);
+        return claim_entries(h, false, got);
     }
     if (grc != REDIS_OK)
         return conn_err(h, h->rd, "XREADGROUP");

@@ -165,9 +165,8 @@ static const char *const sql_text[S_COUNT] = {
     /* length() of a column reads no content, so oversize rows are found
      * without loading them; an UPDATE of one would. */
     [S_BIG] = "SELECT id, attempt, enqueued_at FROM evq_messages WHERE queue = "
-              "?1 AND "
-              "visible_at <= ?2 AND length(body) > ?3 ORDER BY visible_at, id "
-              "LIMIT ?4",
+              "?1 AND visible_at <= ?2 AND length(body) > ?3 ORDER BY "
+              "visible_at, id LIMIT ?4",
     [S_STUB] = "INSERT INTO evq_messages (queue, body, attempt, visible_at, "
                "enqueued_at, claim) VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING "
                "id",
