@@ -26,7 +26,7 @@ run() { # name, command...
   rm -f "$log"
 }
 for t in test_errors test_event test_codec test_url test_opts test_ce_binary \
-         test_queue test_dispatch test_memory test_worker; do
+         test_queue test_dispatch test_memory test_evcount test_worker; do
   run "$t" "$build/tests/$t"
 done
 for t in json msgpack url ce_binary; do

@@ -10,25 +10,23 @@
  * consumers once due.  In-flight events belong to their message until ack or
  * nack and are not counted against capacity.
  *
- * Sleeping uses event counts over futexes: a waiter announces itself,
- * re-checks, then sleeps on a sequence word; the other side bumps the word
- * and wakes only when someone announced itself, so the busy path makes no
- * system call.  Items pass by reference (the queue holds one reference to
- * the event) unless the queue has a format, in which case it holds the
- * encoded bytes.
+ * Sleeping uses event counts over futexes (evcount.h): a waiter takes a
+ * key, announces itself, re-checks, then sleeps on a sequence word; the
+ * other side bumps the word and wakes only when someone announced itself,
+ * so the busy path makes no system call.  Items pass by reference (the queue
+ * holds one reference to the event) unless the queue has a format, in which
+ * case it holds the encoded bytes.
  *
  * Guarantee: at-least-once within the process; everything is lost on exit.
  */
+#include "../evcount.h"
 #include "../internal.h"
 
 #include <errno.h>
-#include <limits.h>
-#include <linux/futex.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 /* An encoded message as the queue holds it. */
@@ -55,14 +53,6 @@ typedef struct mdelayed {
     int64_t due; /* monotonic ns */
     uint64_t order;
 } mdelayed;
-
-/* An event count: see the file comment.  `sleepers` is set by anyone about
- * to sleep and cleared by the first notifier, who wakes them all: a notifier
- * makes a system call only when someone went to sleep since the last one. */
-typedef struct evcount {
-    atomic_uint seq;
-    atomic_int sleepers;
-} evcount;
 
 #define CACHELINE 64
 /* Empty-queue polls before a consumer sleeps: some tens of microseconds,
@@ -125,45 +115,6 @@ static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static mqueue *registry;
 
 /* ---- waiting ------------------------------------------------------------ */
-
-static void futex_wait(atomic_uint *word, unsigned val, int64_t deadline)
-{
-    struct timespec ts, *tp = NULL;
-    if (deadline != INT64_MAX) {
-        ts = evq__ts_from_ns(deadline);
-        tp = &ts;
-    }
-    /* FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline. */
-    syscall(SYS_futex, word, FUTEX_WAIT_BITSET_PRIVATE, val, tp, NULL,
-            FUTEX_BITSET_MATCH_ANY);
-}
-
-/* Called after the change a sleeper waits for was made by a seq_cst
- * operation (the rings' compare-and-swaps, the flags and due times are all
- * seq_cst): in the single total order of those, either the sleeper's
- * re-check after evc_prepare sees the change, or this load sees the
- * sleeper's flag.  On x86 that costs no fence at all. */
-static void evc_notify(evcount *e)
-{
-    if (atomic_load_explicit(&e->sleepers, memory_order_seq_cst) &&
-        atomic_exchange_explicit(&e->sleepers, 0, memory_order_seq_cst)) {
-        atomic_fetch_add_explicit(&e->seq, 1, memory_order_release);
-        syscall(SYS_futex, &e->seq, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
-    }
-}
-
-/* Announces a sleeper; returns the key to sleep on.  The caller re-checks
- * its condition after this and before evc_wait. */
-static unsigned evc_prepare(evcount *e)
-{
-    atomic_store_explicit(&e->sleepers, 1, memory_order_seq_cst);
-    return atomic_load_explicit(&e->seq, memory_order_seq_cst);
-}
-
-static void evc_wait(evcount *e, unsigned key, int64_t deadline)
-{
-    futex_wait(&e->seq, key, deadline);
-}
 
 static inline void cpu_relax(void)
 {
