@@ -18,11 +18,6 @@ static void (*between_steps)(struct evcount *e);
     } while (0)
 #include "evcount.h"
 
-static void late_notify(evcount *e)
-{
-    evc_notify(e);
-}
-
 /* Where the late notifier lands on the waiter's way to sleep. */
 enum { BEFORE_PREPARE, INSIDE_PREPARE, BEFORE_RECHECK, AFTER_RECHECK, SPOTS };
 
@@ -42,7 +37,7 @@ static void a_late_notify_anywhere_loses_no_wakeup(void **state)
 
         if (spot == BEFORE_PREPARE)
             evc_notify(&e);
-        between_steps = spot == INSIDE_PREPARE ? late_notify : NULL;
+        between_steps = spot == INSIDE_PREPARE ? evc_notify : NULL;
         unsigned key = evc_prepare(&e);
         between_steps = NULL;
         if (spot == BEFORE_RECHECK)

@@ -310,10 +310,7 @@ static void junk_goes_to_the_dead_letters(void **state)
     sh("printf 'not json at all' | kcat -P -b \"$B\" -t kjunk -p 0");
     sh("printf '%%s' '{\"specversion\":\"1.0\",\"id\":\"x\"}' | "
        "kcat -P -b \"$B\" -t kjunk -p 0");
-    evq_event *good = evq_event_new("good", NULL);
-    assert_evq_ok(evq_event_set_attr(good, "partitionkey", "p0"));
-    assert_evq_ok(evq_enqueue(q, good));
-    evq_event_free(good);
+    enqueue_type(q, "good", "p0");
     atomic_store(&handled, 0);
     evq_register_handler(e, "good", count_handler, &handled);
     assert_evq_ok(evq_worker_start(&w, q, e, NULL));
@@ -345,10 +342,7 @@ static void oversize_messages_are_clear(void **state)
     assert_evq_ok(evq_queue_open(&q, u, "kbig", NULL));
     sh("head -c 2097152 /dev/zero | tr '\\0' x | kcat -P -b \"$B\" -t kbig "
        "-p 0 -X message.max.bytes=10000000");
-    evq_event *ok = evq_event_new("kbig.ok", NULL);
-    assert_evq_ok(evq_event_set_attr(ok, "partitionkey", "p0"));
-    assert_evq_ok(evq_enqueue(q, ok));
-    evq_event_free(ok);
+    enqueue_type(q, "kbig.ok", "p0");
     assert_evq_ok(evq_dequeue(q, &m, 30000));
     assert_string_equal(evq_event_type(evq_msg_event(m)), "kbig.ok");
     assert_evq_ok(evq_ack(m));

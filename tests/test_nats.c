@@ -128,9 +128,7 @@ static void junk_goes_to_the_dead_letters(void **state)
     memset(blob, '{', big);
     js_publish_raw(nc, "junk", blob, (int)big);
     free(blob);
-    evq_event *good = evq_event_new("good", NULL);
-    assert_evq_ok(evq_enqueue(q, good));
-    evq_event_free(good);
+    enqueue_type(q, "good", NULL);
 
     atomic_store(&handled, 0);
     evq_register_handler(e, "good", count_handler, &handled);
@@ -184,9 +182,7 @@ static void the_server_refuses_oversize_messages(void **state)
     if (!strstr(nats_GetLastError(NULL), "maximum"))
         fail_msg("refusal does not say why: %s", nats_GetLastError(NULL));
     free(blob);
-    evq_event *ok = evq_event_new("capped.ok", NULL);
-    assert_evq_ok(evq_enqueue(q, ok));
-    evq_event_free(ok);
+    enqueue_type(q, "capped.ok", NULL);
     assert_evq_ok(evq_dequeue(q, &m, 5000));
     assert_string_equal(evq_event_type(evq_msg_event(m)), "capped.ok");
     assert_evq_ok(evq_ack(m));

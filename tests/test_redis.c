@@ -74,9 +74,7 @@ static void an_oversize_entry_is_dead_lettered_unread(void **state)
     const char *types[] = {"huge.0", "huge.1", "huge.2"};
     const int big[] = {BIG, BIG2};
     for (int i = 0; i < 3; i++) {
-        evq_event *ev = evq_event_new(types[i], NULL);
-        assert_evq_ok(evq_enqueue(q, ev));
-        evq_event_free(ev);
+        enqueue_type(q, types[i], NULL);
         if (i < 2)
             cli("EVAL \"redis.call('XADD', KEYS[1], '*', 'b', "
                 "string.rep('x', %d), 'a', '0')\" 1 evq:huge",
@@ -124,8 +122,7 @@ static void junk_goes_to_the_dead_letter_stream(void **state)
              port);
     assert_int_equal(system(cmd), 0);
     unlink("/tmp/evq-redis-big.txt");
-    evq_event *good = evq_event_new("junk.good", NULL);
-    assert_evq_ok(evq_enqueue(q, good));
+    enqueue_type(q, "junk.good", NULL);
 
     evq_register_handler(e, "*", count_handler, &handled);
     atomic_store(&handled, 0);
@@ -154,7 +151,6 @@ static void junk_goes_to_the_dead_letter_stream(void **state)
         assert_evq_ok(evq_ack(m));
     }
     evq_queue_close(dead);
-    evq_event_free(good);
     evq_events_free(e);
     evq_queue_close(q);
 }

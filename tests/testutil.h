@@ -79,6 +79,18 @@ static inline bool eventually(bool (*cond)(void *), void *arg, int timeout_ms)
     return true;
 }
 
+/* Enqueues an event of `type` without data; with `key` (not NULL) as its
+ * partitionkey. */
+static inline void enqueue_type(evq_queue *q, const char *type, const char *key)
+{
+    evq_event *ev = evq_event_new(type, NULL);
+    assert_non_null(ev);
+    if (key)
+        assert_evq_ok(evq_event_set_attr(ev, "partitionkey", key));
+    assert_evq_ok(evq_enqueue(q, ev));
+    evq_event_free(ev);
+}
+
 /* A handler that counts the events it sees in the atomic_int `arg`. */
 static inline int count_handler(const evq_event *ev, void *arg)
 {
@@ -100,7 +112,7 @@ static inline pid_t spawn_consumer(const char *const *args)
     extern char **environ;
     char *argv[8] = {(char *)EVQ_TEST_CONSUMER};
     pid_t pid;
-    for (int i = 0; args[i] && i < 6; i++)
+    for (int i = 0; i < 6 && args[i]; i++)
         argv[i + 1] = (char *)args[i];
     assert_int_equal(
         posix_spawn(&pid, EVQ_TEST_CONSUMER, NULL, NULL, argv, environ), 0);
