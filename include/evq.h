@@ -318,18 +318,42 @@ EVQ_API int evq_dequeue(evq_queue *q, evq_msg **msg, int timeout_ms);
 EVQ_API const evq_event *evq_msg_event(const evq_msg *msg);
 
 /* Acknowledges: the event is done and removed.  Frees `msg` (always, even on
- * failure).  Any thread, once per message. */
+ * failure, so a second call on the same pointer is a use after free).  Any
+ * thread, once per message.  EVQ_ESTATE when the message's lease has passed
+ * to another consumer (see evq_msg_touch): the event was not removed by
+ * this call and the other consumer's delivery is untouched; it will be
+ * handled again there. */
 EVQ_API int evq_ack(evq_msg *msg);
 
 /* Returns the event for redelivery no sooner than `redeliver_after_ms` from
- * now, with its attempt count raised.  Frees `msg` (always). */
+ * now, with its attempt count raised.  Frees `msg` (always).  EVQ_ESTATE,
+ * changing nothing, when its lease has passed to another consumer. */
 EVQ_API int evq_nack(evq_msg *msg, int64_t redeliver_after_ms);
 
-/* Tells the backend the message is still being worked on, so its
- * visibility timeout starts again and no other consumer receives it
- * meanwhile (nats:// sends +WPI).  `msg` stays the caller's.  Any thread,
- * but not concurrently with evq_ack()/evq_nack() of the same message.
- * EVQ_ENOTSUP on backends without the notion. */
+/* Leases.  On sqlite://, redis:// and nats:// (JetStream) a dequeued
+ * message is leased to its consumer for the queue's visibility_timeout_ms;
+ * when that passes unsettled, the event is delivered to another consumer
+ * (as if this one had died).  evq_msg_touch extends the lease by a whole
+ * visibility timeout from now:
+ * - sqlite://: moves the claimed row's visible_at, only while the row still
+ *   carries this handle's claim token;
+ * - redis://: resets the entry's idle time (XCLAIM ... JUSTID, in a script),
+ *   only while the group's pending list still gives it to this handle's
+ *   consumer with the delivery count it was read with;
+ * - nats://: sends +WPI, only while the lease has not run out on this
+ *   consumer's clock (the server would take +WPI, ack or nak of an old
+ *   delivery as the current one's);
+ * - memory://, kafka://, nats core mode: a delivery stays with its consumer
+ *   for as long as the consumer lives; touch returns 0 and does nothing.
+ * Once a lease has passed to another consumer, evq_msg_touch, evq_ack,
+ * evq_nack and evq_msg_dead_letter of the old message fail with EVQ_ESTATE
+ * ("the lease expired") and never settle the other consumer's delivery.  A
+ * lease that ran out with nobody else taking the event can still be touched
+ * or settled on sqlite:// and redis://, not on nats://.  The worker touches
+ * the events it holds by itself (evq_worker_opts.touch_ms).  `msg` stays
+ * the caller's.  Any thread, but not concurrently with the settling of the
+ * same message; touching it again and again is fine.  EVQ_EINVAL for NULL;
+ * the backend's error (EVQ_ECONN...) when the touch could not be sent. */
 EVQ_API int evq_msg_touch(evq_msg *msg);
 
 /* Wakes every caller blocked in evq_dequeue() or evq_enqueue() on this
@@ -358,10 +382,35 @@ EVQ_API void evq_queue_close(evq_queue *q);
 typedef struct evq_events evq_events;
 
 /* A handler: returns 0 when the event is done, EVQ_EPERMANENT when it can
- * never succeed, any other negative code to have it retried.  `ev` is
- * borrowed for the duration of the call.  Called on the dispatching thread;
- * it may register more handlers but must not free the evq_events. */
+ * never succeed, and EVQ_EHANDLER (what evq_handler_reason returns), or any
+ * other negative code, to have it retried; a positive value counts as
+ * EVQ_EHANDLER.  `ev` is borrowed for the duration of the call.  Called on
+ * the dispatching thread; it may register more handlers but must not free
+ * the evq_events. */
 typedef int (*evq_process_fn)(const evq_event *ev, void *arg);
+
+/* Called from inside a handler: the reason of its failure, printf-style
+ * (at most 511 bytes kept), for the handler's thread only.  When the
+ * handler then fails, the reason becomes evq_errmsg() after evq_dispatch,
+ * and in a worker on_error's `reason` and the dead letter's evqerror
+ * (instead of "handler 0 for 'type' failed").  Returns EVQ_EHANDLER, so a
+ * handler can end with `return evq_handler_reason("declined: %s", code);`
+ * for a retry (return EVQ_EPERMANENT after calling it for no retry).  A
+ * reason set by a handler that then succeeds is dropped. */
+EVQ_API int evq_handler_reason(const char *fmt, ...)
+    __attribute__((format(printf, 1, 2)));
+
+/* The deadline of the handler running on the calling thread, in
+ * CLOCK_MONOTONIC nanoseconds (compare with clock_gettime(CLOCK_MONOTONIC)),
+ * set by a worker with handler_timeout_ms; 0 when there is none (no
+ * timeout, or not inside a worker's handler). */
+EVQ_API int64_t evq_handler_deadline_ns(void);
+
+/* Non-zero once the calling handler's deadline has passed: the worker has
+ * then counted the attempt as failed and handed the event back for a retry
+ * or to the dead-letter queue, and ignores what the handler returns.  A
+ * long handler should check it between steps and return promptly. */
+EVQ_API int evq_handler_expired(void);
 
 /* A new, empty handler registry; NULL on allocation failure. */
 EVQ_API evq_events *evq_events_new(void);
@@ -460,11 +509,26 @@ typedef struct evq_worker_opts {
     void *on_error_arg;
     evq_log_fn log; /* may be NULL: the library never prints */
     void *log_arg;
-    /* How often the event of a handler still running is touched
-     * (evq_msg_touch) so it is not redelivered meanwhile: 0 (default) means
-     * a third of the queue's visibility_timeout_ms on backends that can
-     * extend a delivery (nats://), -1 never. */
+    /* How often the events a worker holds are touched (evq_msg_touch) so
+     * they are not delivered to another consumer meanwhile: the running
+     * handlers' events and those prefetched and not started yet.  0
+     * (default) means a third of the queue's visibility_timeout_ms on the
+     * backends with leases (sqlite, redis, nats), -1 never, else every
+     * touch_ms.  Events a backend read ahead (redis.prefetch, nats.prefetch,
+     * sqlite.claim_batch) are not touched while they wait in it: one that
+     * waited past a third of its lease is touched when handed out, and one
+     * whose lease has gone to another consumer is dropped, not run twice. */
     int touch_ms;
+    /* Deadline of each handler run, in ms; 0 (default) none, at most
+     * 604800000.  At the deadline the worker stops touching the event,
+     * counts a failure (timed_out), and retries it with backoff or
+     * dead-letters it after max_attempts (evqerror names
+     * handler_timeout_ms).  A C thread cannot be stopped safely, so the
+     * handler keeps running: its late return is logged and ignored, its
+     * thread takes no new event until then, and evq_worker_stop waits for
+     * it within its drain deadline.  Handlers should watch
+     * evq_handler_expired() and return promptly. */
+    int handler_timeout_ms;
 } evq_worker_opts;
 
 /* Fills `o` with the defaults above. */
@@ -503,6 +567,11 @@ struct evq_worker_stats {
      * log-linear histogram (within 1/16 of the true value). */
     uint64_t latency_ns_p50, latency_ns_p90, latency_ns_p99, latency_ns_p999;
     uint64_t latency_count;
+    uint64_t timed_out; /* handler runs past handler_timeout_ms (also in
+                           failed) */
+    uint64_t lease_lost; /* events whose lease passed to another consumer
+                            before this worker settled them (not run, or
+                            their ack refused with EVQ_ESTATE) */
 };
 
 /* Fills `out` with the worker's counters so far.  Any thread, any time

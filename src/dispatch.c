@@ -12,6 +12,7 @@
 #include "internal.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -158,6 +159,23 @@ static bool match(const handler *h, const char *type, size_t tlen)
     }
 }
 
+/* The reason a handler gave for its failure (evq_handler_reason), on the
+ * handler's own thread. */
+static _Thread_local char tls_reason[512];
+static _Thread_local bool tls_reason_set;
+
+int evq_handler_reason(const char *fmt, ...)
+{
+    if (!fmt)
+        return EVQ_EHANDLER;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(tls_reason, sizeof tls_reason, fmt, ap);
+    va_end(ap);
+    tls_reason_set = true;
+    return EVQ_EHANDLER;
+}
+
 int evq_dispatch(evq_events *e, const evq_event *ev)
 {
     bool matched = false;
@@ -175,7 +193,12 @@ int evq_dispatch(evq_events *e, const evq_event *ev)
             continue;
         matched = true;
         evq__err_clear(); /* so a detail the handler leaves is its own */
+        tls_reason_set = false;
         int rc = h->fn(ev, h->arg);
+        if (rc != 0 && tls_reason_set) {
+            tls_reason_set = false;
+            return evq__err(rc < 0 ? rc : EVQ_EHANDLER, "%s", tls_reason);
+        }
         if (rc < 0 && evq_errmsg()[0])
             return evq__err_prefix(rc, "handler %zu for '%.64s' failed (%s)", i,
                                    type, evq_strerror(rc));

@@ -70,3 +70,12 @@ void evq__err_clear(void)
 {
     errmsg[0] = '\0';
 }
+
+int evq__lease_lost(const char *what)
+{
+    return evq__err(EVQ_ESTATE,
+                    "%s: the lease expired: the event's visibility timeout "
+                    "passed and it was, or may be, delivered to another "
+                    "consumer (touch it sooner: evq_msg_touch)",
+                    what);
+}

@@ -7,6 +7,7 @@
 
 #include "evq.h"
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -76,6 +77,25 @@ size_t evq__slot_lock(void *slots, size_t n, size_t elem, size_t mu_off);
  * interrupted (no later dequeue will carry them along). */
 bool evq__flush_due(size_t pending, int64_t oldest_ms, int64_t now_ms,
                     int flush_ms, bool interrupted);
+
+/* A thread that runs fn(arg) at a time it is armed for: deferred work
+ * (group-committed acks) that must not wait for the handle's next call.
+ * The thread starts on the first arm and ends on destroy. */
+typedef struct evq__flusher {
+    pthread_mutex_t mu;
+    pthread_cond_t cv; /* CLOCK_MONOTONIC */
+    pthread_t tid;
+    bool running, stop;
+    int64_t due_ns; /* INT64_MAX: not armed */
+    void (*fn)(void *arg);
+    void *arg;
+} evq__flusher;
+void evq__flusher_init(evq__flusher *f, void (*fn)(void *), void *arg);
+/* Has fn run once at about due_ns (monotonic); the earliest arm wins.
+ * Starts the thread when needed; if it cannot, runs fn at once. */
+void evq__flusher_arm(evq__flusher *f, int64_t due_ns);
+/* Joins the thread (fn is not running afterwards).  Not from fn. */
+void evq__flusher_destroy(evq__flusher *f);
 
 /* Growable byte buffer. */
 typedef struct evq__buf {
@@ -278,7 +298,17 @@ typedef struct evq__delivery {
     size_t full_len;
     int attempt; /* 1 on first delivery */
     void *token; /* the backend's handle of this delivery */
+    /* Monotonic time (evq__now_mono_ns) by which the backend's lease on
+     * this delivery ends, as the consumer can know it: taken from a clock
+     * read before the request that delivered it, so the server's own
+     * timer never runs out later.  Moved on by a successful touch.  0 on
+     * backends that keep a delivery with its consumer while it lives. */
+    int64_t lease_ns;
 } evq__delivery;
+
+/* The failure of a touch or settle whose lease has passed to another
+ * consumer (or may have: the local lease clock ran out). */
+int evq__lease_lost(const char *what);
 
 #define EVQ__BY_REF 0x1u
 
@@ -302,8 +332,12 @@ struct evq_backend_ops {
     int (*ack)(void *state, evq__delivery *d);
     int (*nack)(void *state, evq__delivery *d, int64_t delay_ms);
     /* Tells the server a delivery is still being worked on, so it is not
-     * given to another consumer meanwhile.  May be NULL (not supported);
-     * may run concurrently with other calls, never with `d`'s settling. */
+     * given to another consumer meanwhile, and moves d->lease_ns on.
+     * EVQ_ESTATE (evq__lease_lost) when the lease has passed to another
+     * consumer: then ack and nack of `d` fail the same way and change
+     * nothing but free `d`.  NULL on backends without leases (deliveries
+     * stay with their consumer while it lives).  May run concurrently with
+     * other calls, never with `d`'s settling. */
     int (*touch)(void *state, evq__delivery *d);
     /* Wakes blocked callers of this state; later ones get EVQ_ECLOSED.
      * Required; must not block for long. */

@@ -23,6 +23,7 @@ struct evq_queue {
     const evq_codec *codec; /* NULL: events pass by reference */
     evq_codec_limits lim;
     char *dead_name;
+    int64_t lease_ns; /* visibility timeout in ns; 0 without leases */
     atomic_bool closed;
     pthread_mutex_t dead_lock;
     evq_queue *dead; /* opened on first use */
@@ -150,6 +151,10 @@ int evq_queue_open(evq_queue **qp, const char *url, const char *name,
     q->lim.max_bytes =
         (size_t)evq__opt_int(&q->opts, ops->opts, "max_event_bytes");
     q->lim.max_depth = (int)evq__opt_int(&q->opts, ops->opts, "max_depth");
+    if (ops->touch)
+        q->lease_ns = evq__opt_int(&q->opts, ops->opts,
+                                   "visibility_timeout_ms") *
+                      1000000;
     const char *dl = evq__opt_str(&q->opts, ops->opts, "dead_letter");
     char dbuf[256];
     if (!dl) {
@@ -462,6 +467,23 @@ static int dead_letter_raw(evq_queue *q, evq__delivery *d, const char *reason)
     return rc;
 }
 
+/* Whether a delivery the backend read ahead still has its lease.  One
+ * that waited in the backend's buffer for more than a third of its lease is
+ * touched first, so its consumer gets a whole lease; one whose lease has
+ * passed to another consumer (or ran out on the local clock) is dropped
+ * without being settled: the other consumer has it, or will. */
+static bool lease_fresh(evq_queue *q, evq__delivery *d)
+{
+    int64_t left = d->lease_ns - evq__now_mono_ns();
+    if (left >= q->lease_ns * 2 / 3)
+        return true;
+    int rc = q->ops->touch(q->state, d);
+    if (rc == 0 || (rc != EVQ_ESTATE && left > 0))
+        return true;
+    q->ops->nack(q->state, d, 0); /* frees d; settles nothing not ours */
+    return false;
+}
+
 int evq_dequeue(evq_queue *q, evq_msg **msgp, int timeout_ms)
 {
     int64_t deadline;
@@ -480,6 +502,15 @@ int evq_dequeue(evq_queue *q, evq_msg **msgp, int timeout_ms)
         rc = q->ops->dequeue(q->state, &d, timeout_ms);
         if (rc)
             return rc;
+        if (d.lease_ns && !lease_fresh(q, &d)) {
+            if (timeout_ms > 0) {
+                int64_t left = deadline - evq__now_mono_ns();
+                if (left <= 0)
+                    return evq__err(EVQ_ETIMEDOUT, "dequeue timed out");
+                timeout_ms = (int)((left + 999999) / 1000000);
+            }
+            continue;
+        }
         if (d.ev) {
             ev = d.ev;
         } else {
@@ -580,8 +611,7 @@ int evq_msg_touch(evq_msg *m)
     if (!m)
         return evq__err(EVQ_EINVAL, "evq_msg_touch: msg is NULL");
     if (!m->q->ops->touch)
-        return evq__err(EVQ_ENOTSUP, "%s:// cannot extend a delivery",
-                        m->q->ops->scheme);
+        return 0; /* the delivery stays with this consumer while it lives */
     return m->q->ops->touch(m->q->state, &m->d);
 }
 
@@ -590,6 +620,16 @@ int evq_msg_dead_letter(evq_msg *m, const char *reason)
     int rc;
     if (!m)
         return evq__err(EVQ_EINVAL, "evq_msg_dead_letter: msg is NULL");
+    /* A lease another consumer holds now is not ours to dead-letter: the
+     * touch proves it is still ours (and keeps it so while writing). */
+    if (m->d.lease_ns && (rc = m->q->ops->touch(m->q->state, &m->d)) != 0) {
+        if (rc == EVQ_ESTATE) {
+            m->q->ops->nack(m->q->state, &m->d, 0);
+            atomic_fetch_add_explicit(&m->q->nacked, 1, memory_order_relaxed);
+            msg_free(m);
+            return evq__lease_lost("dead-letter");
+        }
+    }
     rc = dead_write(m->q, m->ev, reason, m->d.attempt);
     if (rc) {
         m->q->ops->nack(m->q->state, &m->d, 0);

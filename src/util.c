@@ -369,6 +369,77 @@ bool evq__flush_due(size_t pending, int64_t oldest_ms, int64_t now_ms,
                            now_ms - oldest_ms >= flush_ms || interrupted);
 }
 
+static void *flusher_main(void *arg)
+{
+    evq__flusher *f = arg;
+    pthread_setname_np(pthread_self(), "evq-flusher");
+    pthread_mutex_lock(&f->mu);
+    while (!f->stop) {
+        if (f->due_ns == INT64_MAX) {
+            pthread_cond_wait(&f->cv, &f->mu);
+            continue;
+        }
+        if (evq__now_mono_ns() < f->due_ns) {
+            struct timespec ts = evq__ts_from_ns(f->due_ns);
+            pthread_cond_timedwait(&f->cv, &f->mu, &ts);
+            continue;
+        }
+        f->due_ns = INT64_MAX;
+        pthread_mutex_unlock(&f->mu);
+        f->fn(f->arg);
+        pthread_mutex_lock(&f->mu);
+    }
+    pthread_mutex_unlock(&f->mu);
+    return NULL;
+}
+
+void evq__flusher_init(evq__flusher *f, void (*fn)(void *), void *arg)
+{
+    pthread_condattr_t ca;
+    memset(f, 0, sizeof *f);
+    pthread_mutex_init(&f->mu, NULL);
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&f->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    f->due_ns = INT64_MAX;
+    f->fn = fn;
+    f->arg = arg;
+}
+
+void evq__flusher_arm(evq__flusher *f, int64_t due_ns)
+{
+    bool now = false;
+    pthread_mutex_lock(&f->mu);
+    if (!f->running && !f->stop) {
+        if (pthread_create(&f->tid, NULL, flusher_main, f) == 0)
+            f->running = true;
+        else
+            now = true;
+    }
+    if (!now && due_ns < f->due_ns) {
+        f->due_ns = due_ns;
+        pthread_cond_signal(&f->cv);
+    }
+    pthread_mutex_unlock(&f->mu);
+    if (now)
+        f->fn(f->arg);
+}
+
+void evq__flusher_destroy(evq__flusher *f)
+{
+    pthread_mutex_lock(&f->mu);
+    f->stop = true;
+    bool join = f->running;
+    f->running = false;
+    pthread_cond_signal(&f->cv);
+    pthread_mutex_unlock(&f->mu);
+    if (join)
+        pthread_join(f->tid, NULL);
+    pthread_mutex_destroy(&f->mu);
+    pthread_cond_destroy(&f->cv);
+}
+
 size_t evq__slot_lock(void *slots, size_t n, size_t elem, size_t mu_off)
 {
     static atomic_uint threads;

@@ -8,6 +8,13 @@
  * per thread with a single writer, so the hot path has no shared writes; the
  * stats call sums them.
  *
+ * The keeper, a thread of the worker's own, runs when the queue has leases
+ * (it touches the events threads hold, running or prefetched, so they are
+ * not given to another consumer meanwhile) or handlers have a deadline
+ * (handler_timeout_ms: at the deadline it takes the event from the
+ * running handler and retries or dead-letters it).  A thread and the
+ * keeper share what the thread holds under the thread's hold_mu.
+ *
  * Lifetime: the worker is reference counted by its owner and by each live
  * thread, so a thread left running past a stop deadline (a stuck handler)
  * can still settle its event and exit safely after evq_worker_free.
@@ -46,11 +53,23 @@ typedef struct wthread {
      * the event cannot be settled and freed under the reader's eyes.
      * `inspecting` counts readers: stop's report and the keeper. */
     _Atomic(const evq_event *) cur;
-    _Atomic(evq_msg *) cur_msg; /* cur's message, for the keeper's touch */
-    _Atomic uint64_t touched;   /* ticks of the last touch */
     _Atomic uint64_t cur_start; /* ticks */
     atomic_int inspecting;
-    wcounter received, succeeded, failed, retried, dead, unhandled, in_flight;
+    /* What the keeper looks after, under hold_mu (used only when the
+     * worker has a keeper): the running handler's message until it is
+     * settled, or taken by the keeper at its deadline; and the messages
+     * fetched but not started, held[next_held .. n_held), an entry NULL
+     * once the keeper found its lease gone. */
+    pthread_mutex_t hold_mu;
+    evq_msg *run_msg;
+    uint64_t run_touched;    /* ticks of its fetch or last touch */
+    int64_t run_deadline_ns; /* monotonic; INT64_MAX: none */
+    bool run_timed_out;
+    evq_msg **held;
+    uint64_t *held_touched;
+    int n_held, next_held;
+    wcounter received, succeeded, failed, retried, dead, unhandled, in_flight,
+        timed_out, lease_lost;
     evq__hist hist;
 } wthread;
 
@@ -67,14 +86,29 @@ struct evq_worker {
     pthread_mutex_t mu;
     pthread_cond_t exited;
     int live; /* under mu */
-    /* The keeper: touches the events of handlers that run long. */
-    int64_t touch_ms; /* 0: no keeper */
+    /* The keeper: touches held events, times handlers out.  kt holds its
+     * counters and random state (it settles timed-out events). */
+    int64_t touch_ms;  /* 0: no touching */
+    int64_t period_ms; /* the keeper's round; 0: no keeper */
+    wthread *kt;
     pthread_t keeper;
     bool keeper_joinable;
     pthread_cond_t keeper_wake; /* with mu */
 };
 
 static _Thread_local evq_worker *tls_worker;
+/* The running handler's deadline on this thread (monotonic ns), or 0. */
+static _Thread_local int64_t tls_deadline_ns;
+
+int64_t evq_handler_deadline_ns(void)
+{
+    return tls_deadline_ns;
+}
+
+int evq_handler_expired(void)
+{
+    return tls_deadline_ns && evq__now_mono_ns() >= tls_deadline_ns;
+}
 
 void evq_worker_opts_init(evq_worker_opts *o)
 {
@@ -115,9 +149,15 @@ static void worker_release(evq_worker *w)
 {
     if (atomic_fetch_sub(&w->refs, 1) != 1)
         return;
-    for (int i = 0; i < w->n; i++)
-        free(w->t[i]);
+    for (int i = 0; w->t && i < w->n; i++)
+        if (w->t[i]) {
+            pthread_mutex_destroy(&w->t[i]->hold_mu);
+            free(w->t[i]->held);
+            free(w->t[i]->held_touched);
+            free(w->t[i]);
+        }
     free(w->t);
+    free(w->kt);
     evq_queue_close(w->fetch);
     free(w->qname);
     pthread_mutex_destroy(&w->mu);
@@ -126,41 +166,93 @@ static void worker_release(evq_worker *w)
     free(w);
 }
 
-/* The keeper: every touch_ms / 2, touches the event of each handler that
- * has run touch_ms since its start or its last touch, so the backend does
- * not hand it to another consumer while it still runs.  It holds a
- * reference to the worker and ends once the worker is stopping and no
- * thread is left, so handlers stuck past a stop deadline stay covered. */
+static void time_out(evq_worker *w, evq_msg *m);
+
+/* Touches m (hold_mu held) if its last touch was `every` ticks ago or
+ * more; false when its lease is gone (the message is freed then). */
+static bool keep_one(evq_worker *w, evq_msg *m, uint64_t *touched,
+                     uint64_t now, uint64_t every)
+{
+    if (now - *touched < every)
+        return true;
+    int rc = evq_msg_touch(m);
+    if (rc == EVQ_ESTATE)
+        return false;
+    if (rc)
+        wlog(w, EVQ_LOG_WARN, "touching a held event: %s: %s",
+             evq_strerror(rc), evq_errmsg());
+    else
+        *touched = now;
+    return true;
+}
+
+/* One round of the keeper over thread t: the running handler's event is
+ * taken at its deadline (returned, for time_out) or else touched; the
+ * prefetched ones are touched, or dropped when their lease is gone. */
+static evq_msg *keep_thread(evq_worker *w, wthread *t, uint64_t now,
+                            uint64_t every, int64_t now_ns)
+{
+    evq_msg *expired = NULL;
+    pthread_mutex_lock(&t->hold_mu);
+    if (t->run_msg && now_ns >= t->run_deadline_ns) {
+        expired = t->run_msg;
+        t->run_msg = NULL;
+        t->run_timed_out = true;
+    } else if (t->run_msg && w->touch_ms &&
+               !keep_one(w, t->run_msg, &t->run_touched, now, every)) {
+        wlog(w, EVQ_LOG_WARN, "a running handler's event lost its lease: "
+                              "its settle will fail");
+    }
+    for (int i = t->next_held; w->touch_ms && i < t->n_held; i++) {
+        evq_msg *m = t->held[i];
+        if (m && !keep_one(w, m, &t->held_touched[i], now, every)) {
+            evq_nack(m, 0); /* settles nothing: frees the message */
+            t->held[i] = NULL;
+            bump(&w->kt->lease_lost, 1);
+        }
+    }
+    pthread_mutex_unlock(&t->hold_mu);
+    return expired;
+}
+
+/* The keeper: every period_ms (or at the next deadline, if sooner) it
+ * touches each held event last touched touch_ms ago, so the backend does
+ * not hand it to another consumer meanwhile, and times out handlers past
+ * their deadline.  It holds a reference to the worker and ends once the
+ * worker is stopping and no thread is left, so handlers stuck past a stop
+ * deadline stay covered. */
 static void *keeper_main(void *arg)
 {
     evq_worker *w = arg;
-    uint64_t every = (uint64_t)((double)w->touch_ms * 1e6 / evq__ns_per_tick());
+    uint64_t every =
+        (uint64_t)((double)w->touch_ms * 1e6 / evq__ns_per_tick());
     pthread_setname_np(pthread_self(), "evq-keeper");
     pthread_mutex_lock(&w->mu);
+    int64_t wake = evq__now_mono_ns() + w->period_ms * 1000000;
     while (!atomic_load(&w->stopping) || w->live > 0) {
-        struct timespec ts =
-            evq__ts_from_ns(evq__now_real_ns() + w->touch_ms * 1000000 / 2);
-        pthread_cond_timedwait(&w->keeper_wake, &w->mu, &ts);
+        /* keeper_wake waits on the realtime clock (the default); convert. */
+        int64_t left = wake - evq__now_mono_ns();
+        if (left > 0) {
+            struct timespec ts = evq__ts_from_ns(evq__now_real_ns() + left);
+            pthread_cond_timedwait(&w->keeper_wake, &w->mu, &ts);
+        }
         if (atomic_load(&w->stopping) && w->live == 0)
             break;
         pthread_mutex_unlock(&w->mu);
         uint64_t now = evq__ticks();
+        int64_t now_ns = evq__now_mono_ns();
+        wake = now_ns + w->period_ms * 1000000;
         for (int i = 0; i < w->n; i++) {
             wthread *t = w->t[i];
             if (!t)
                 continue;
-            atomic_fetch_add_explicit(&t->inspecting, 1, memory_order_seq_cst);
-            evq_msg *m = atomic_load_explicit(&t->cur, memory_order_seq_cst)
-                             ? atomic_load(&t->cur_msg)
-                             : NULL;
-            if (m && now - atomic_load(&t->touched) >= every) {
-                int rc = evq_msg_touch(m);
-                if (rc)
-                    wlog(w, EVQ_LOG_WARN, "touching a running event: %s: %s",
-                         evq_strerror(rc), evq_errmsg());
-                atomic_store(&t->touched, now);
-            }
-            atomic_fetch_sub_explicit(&t->inspecting, 1, memory_order_release);
+            evq_msg *expired = keep_thread(w, t, now, every, now_ns);
+            if (expired)
+                time_out(w, expired);
+            pthread_mutex_lock(&t->hold_mu);
+            if (t->run_msg && t->run_deadline_ns < wake)
+                wake = t->run_deadline_ns;
+            pthread_mutex_unlock(&t->hold_mu);
         }
         pthread_mutex_lock(&w->mu);
     }
@@ -213,17 +305,83 @@ static void dead_letter(wthread *t, evq_msg *m, const evq_event *ev,
          id, type, attempt, attempt == 1 ? "" : "s", reason);
 }
 
+/* A handler ran past its deadline (the keeper's thread): the event counts
+ * as failed and is retried with backoff, or dead-lettered once its
+ * attempts are spent.  Its handler keeps running; its result is ignored. */
+static void time_out(evq_worker *w, evq_msg *m)
+{
+    wthread *kt = w->kt;
+    const evq_event *ev = evq_msg_event(m);
+    int attempt = evq_event_attempt(ev);
+    char reason[200];
+
+    bump(&kt->failed, 1);
+    bump(&kt->timed_out, 1);
+    snprintf(reason, sizeof reason,
+             "handler timed out: still running after handler_timeout_ms=%d",
+             w->o.handler_timeout_ms);
+    wlog(w, EVQ_LOG_WARN, "event %.40s (%.64s): %s", evq_event_id(ev),
+         evq_event_type(ev), reason);
+    if (attempt >= w->o.max_attempts) {
+        char full[300];
+        snprintf(full, sizeof full, "failed after %d attempt%s: %s", attempt,
+                 attempt == 1 ? "" : "s", reason);
+        dead_letter(kt, m, ev, attempt, EVQ_ETIMEDOUT, full);
+        return;
+    }
+    report(w, ev, EVQ_ETIMEDOUT, reason, attempt);
+    int nrc = evq_nack(m, backoff_ms(kt, attempt));
+    if (nrc)
+        report(w, NULL, nrc, "nack failed", attempt);
+    else
+        bump(&kt->retried, 1);
+}
+
+/* Acks m after its handlers succeeded.  An ack refused because the lease
+ * went to another consumer meanwhile is not a success: the event runs
+ * there again. */
+static void succeed(wthread *t, evq_msg *m, int attempt)
+{
+    evq_worker *w = t->w;
+    int arc = evq_ack(m);
+    if (arc == 0) {
+        bump(&t->succeeded, 1);
+        return;
+    }
+    report(w, NULL, arc, evq_errmsg(), attempt);
+    wlog(w, EVQ_LOG_ERROR, "ack failed: %s: %s", evq_strerror(arc),
+         evq_errmsg());
+    if (arc == EVQ_ESTATE)
+        bump(&t->lease_lost, 1);
+    else
+        bump(&t->succeeded, 1); /* the event is done; the backend redelivers
+                                   it if the ack was lost */
+}
+
 static void handle(wthread *t, evq_msg *m)
 {
     evq_worker *w = t->w;
     const evq_event *ev = evq_msg_event(m);
     int attempt = evq_event_attempt(ev);
+    bool kept = w->period_ms > 0;
+    int timeout = w->o.handler_timeout_ms;
     char reason[600];
 
+    /* With a deadline the keeper may settle m (and free its event) while
+     * the handler still runs: the handler's event is kept alive here. */
+    evq_event *own = timeout > 0 ? evq__event_ref(ev) : NULL;
     uint64_t start = evq__ticks();
+    int64_t deadline_ns =
+        timeout > 0 ? evq__now_mono_ns() + (int64_t)timeout * 1000000 : 0;
+    tls_deadline_ns = deadline_ns;
+    if (kept) {
+        pthread_mutex_lock(&t->hold_mu);
+        t->run_msg = m;
+        t->run_timed_out = false;
+        t->run_deadline_ns = timeout > 0 ? deadline_ns : INT64_MAX;
+        pthread_mutex_unlock(&t->hold_mu);
+    }
     atomic_store_explicit(&t->cur_start, start, memory_order_relaxed);
-    atomic_store_explicit(&t->touched, start, memory_order_relaxed);
-    atomic_store_explicit(&t->cur_msg, m, memory_order_relaxed);
     atomic_store_explicit(&t->cur, ev, memory_order_release);
 
     int rc = evq_dispatch(w->events, ev);
@@ -235,13 +393,29 @@ static void handle(wthread *t, evq_msg *m)
     atomic_store_explicit(&t->cur, NULL, memory_order_seq_cst);
     while (atomic_load_explicit(&t->inspecting, memory_order_seq_cst))
         ;
-    atomic_store_explicit(&t->cur_msg, NULL, memory_order_relaxed);
+    tls_deadline_ns = 0;
+    bool late = false;
+    if (kept) {
+        pthread_mutex_lock(&t->hold_mu);
+        late = t->run_timed_out;
+        t->run_msg = NULL;
+        pthread_mutex_unlock(&t->hold_mu);
+    }
+    if (late) {
+        /* The keeper settled the event at its deadline. */
+        wlog(w, EVQ_LOG_WARN,
+             "event %.40s (%.64s): its handler returned %d ms after its "
+             "deadline (%s); the result is ignored",
+             evq_event_id(own), evq_event_type(own),
+             (int)((evq__now_mono_ns() - deadline_ns) / 1000000),
+             rc ? evq_strerror(rc) : "success");
+        evq_event_free(own);
+        return;
+    }
+    evq_event_free(own); /* m still holds the event */
 
     if (rc == 0) {
-        int arc = evq_ack(m);
-        if (arc)
-            report(w, NULL, arc, "ack failed", attempt);
-        bump(&t->succeeded, 1);
+        succeed(t, m, attempt);
         return;
     }
     if (rc == EVQ_ENOHANDLER) {
@@ -267,9 +441,37 @@ static void handle(wthread *t, evq_msg *m)
     report(w, ev, rc, reason, attempt);
     int64_t delay = backoff_ms(t, attempt);
     int nrc = evq_nack(m, delay);
-    if (nrc)
-        report(w, NULL, nrc, "nack failed", attempt);
-    bump(&t->retried, 1);
+    if (nrc == 0) {
+        bump(&t->retried, 1);
+        return;
+    }
+    report(w, NULL, nrc, evq_errmsg(), attempt);
+    if (nrc == EVQ_ESTATE)
+        bump(&t->lease_lost, 1);
+    else
+        bump(&t->retried, 1);
+}
+
+/* The next fetched message to start, or NULL when none is left; entries
+ * the keeper dropped are passed over. */
+static evq_msg *next_held(wthread *t, evq_msg **batch, int *next, int n,
+                          bool kept)
+{
+    while (*next < n) {
+        evq_msg *m;
+        if (kept) {
+            pthread_mutex_lock(&t->hold_mu);
+            m = t->held[*next];
+            t->next_held = ++*next;
+            pthread_mutex_unlock(&t->hold_mu);
+        } else {
+            m = batch[(*next)++];
+        }
+        if (m)
+            return m;
+        bump(&t->in_flight, -1);
+    }
+    return NULL;
 }
 
 static void *worker_main(void *arg)
@@ -277,14 +479,16 @@ static void *worker_main(void *arg)
     wthread *t = arg;
     evq_worker *w = t->w;
     int prefetch = w->o.prefetch;
-    evq_msg *batch[1024];
+    bool kept = w->period_ms > 0;
+    evq_msg *more[1024], **batch = kept ? t->held : more;
 
     char tname[16];
     snprintf(tname, sizeof tname, "evq-worker-%d", t->index % 1000);
     pthread_setname_np(pthread_self(), tname);
     tls_worker = w;
     while (!atomic_load_explicit(&w->stopping, memory_order_acquire)) {
-        int n = 0, rc = evq_dequeue(w->fetch, &batch[0], -1);
+        evq_msg *first;
+        int n = 0, rc = evq_dequeue(w->fetch, &first, -1);
         if (rc == EVQ_ECLOSED)
             break;
         if (rc == EVQ_ETIMEDOUT)
@@ -299,17 +503,36 @@ static void *worker_main(void *arg)
             nanosleep(&pause, NULL);
             continue;
         }
+        more[0] = first;
         n = 1;
-        while (n < prefetch && evq_dequeue(w->fetch, &batch[n], 0) == 0)
+        while (n < prefetch && evq_dequeue(w->fetch, &more[n], 0) == 0)
             n++;
+        if (kept) {
+            uint64_t now = evq__ticks();
+            pthread_mutex_lock(&t->hold_mu);
+            for (int i = 0; i < n; i++) {
+                t->held[i] = more[i];
+                t->held_touched[i] = now;
+            }
+            t->n_held = n;
+            t->next_held = 0;
+            pthread_mutex_unlock(&t->hold_mu);
+        }
         bump(&t->received, n);
         bump(&t->in_flight, n);
-        for (int i = 0; i < n; i++) {
+        int next = 0;
+        evq_msg *m;
+        while ((m = next_held(t, batch, &next, n, kept)) != NULL) {
             if (atomic_load_explicit(&w->stopping, memory_order_acquire))
-                evq_nack(batch[i], 0); /* fetched, never started: hand back */
+                evq_nack(m, 0); /* fetched, never started: hand back */
             else
-                handle(t, batch[i]);
+                handle(t, m);
             bump(&t->in_flight, -1);
+        }
+        if (kept) {
+            pthread_mutex_lock(&t->hold_mu);
+            t->n_held = t->next_held = 0;
+            pthread_mutex_unlock(&t->hold_mu);
         }
     }
     tls_worker = NULL;
@@ -347,6 +570,16 @@ static int check_opts(const evq_worker_opts *o)
                         "worker option 'backoff_multiplier': %g must be a "
                         "finite number >= 1",
                         o->backoff_multiplier);
+    if (o->touch_ms < -1)
+        return evq__err(EVQ_EINVAL,
+                        "worker option 'touch_ms': %d must be -1 (never), 0 "
+                        "(a third of the visibility timeout) or positive",
+                        o->touch_ms);
+    if (o->handler_timeout_ms < 0 || o->handler_timeout_ms > 604800000)
+        return evq__err(EVQ_EINVAL,
+                        "worker option 'handler_timeout_ms': %d is out of "
+                        "range (0: none, up to 604800000: a week)",
+                        o->handler_timeout_ms);
     if (o->unhandled != EVQ_UNHANDLED_DEAD_LETTER &&
         o->unhandled != EVQ_UNHANDLED_ACK)
         return evq__err(EVQ_EINVAL,
@@ -386,8 +619,22 @@ int evq_worker_start(evq_worker **wp, evq_queue *q, evq_events *events,
     w->touch_ms = opts->touch_ms < 0   ? 0
                   : opts->touch_ms > 0 ? opts->touch_ms
                                        : evq__queue_touch_ms(q);
+    if (w->touch_ms > 0 && evq__queue_touch_ms(q) == 0)
+        w->touch_ms = 0; /* the backend has no leases to keep */
+    /* The keeper's round: half the touch interval, and a tenth of the
+     * handler timeout so a deadline is seen at most that late. */
+    int64_t period = w->touch_ms > 0 ? w->touch_ms / 2 : INT64_MAX;
+    if (opts->handler_timeout_ms > 0 && opts->handler_timeout_ms / 10 < period)
+        period = opts->handler_timeout_ms / 10;
+    w->period_ms = period == INT64_MAX ? 0 : period < 5 ? 5 : period;
     w->t = calloc((size_t)w->n, sizeof *w->t);
-    if (!w->t) {
+    w->kt = aligned_alloc(64, (sizeof *w->kt + 63) / 64 * 64);
+    if (w->kt) {
+        memset(w->kt, 0, sizeof *w->kt);
+        w->kt->w = w;
+        w->kt->rng = ((uint64_t)evq__now_real_ns() * 0x9e3779b97f4a7c15ull) | 1;
+    }
+    if (!w->t || !w->kt) {
         worker_release(w);
         return evq__err(EVQ_ENOMEM, "out of memory");
     }
@@ -407,10 +654,18 @@ int evq_worker_start(evq_worker **wp, evq_queue *q, evq_events *events,
             break;
         }
         memset(t, 0, sizeof *t);
+        pthread_mutex_init(&t->hold_mu, NULL);
         t->w = w;
         t->index = i;
-        t->rng = (seed + (uint64_t)i * 0x9e3779b97f4a7c15ull) | 1;
         w->t[i] = t;
+        if (w->period_ms > 0 &&
+            (!(t->held = calloc((size_t)w->o.prefetch, sizeof *t->held)) ||
+             !(t->held_touched =
+                   calloc((size_t)w->o.prefetch, sizeof *t->held_touched)))) {
+            rc = evq__err(EVQ_ENOMEM, "out of memory");
+            break;
+        }
+        t->rng = (seed + (uint64_t)i * 0x9e3779b97f4a7c15ull) | 1;
         atomic_fetch_add(&w->refs, 1);
         pthread_mutex_lock(&w->mu);
         w->live++;
@@ -426,7 +681,7 @@ int evq_worker_start(evq_worker **wp, evq_queue *q, evq_events *events,
         }
         t->joinable = true;
     }
-    if (!rc && w->touch_ms > 0) {
+    if (!rc && w->period_ms > 0) {
         atomic_fetch_add(&w->refs, 1);
         int e = pthread_create(&w->keeper, NULL, keeper_main, w);
         if (e) {
@@ -558,8 +813,8 @@ int evq_worker_stats(const evq_worker *w, struct evq_worker_stats *out)
     counts = calloc(EVQ__HIST_BUCKETS, sizeof *counts);
     if (!counts)
         return evq__err(EVQ_ENOMEM, "out of memory");
-    for (int i = 0; i < w->n; i++) {
-        const wthread *t = w->t[i];
+    for (int i = 0; i <= w->n; i++) {
+        const wthread *t = i < w->n ? w->t[i] : w->kt; /* the keeper's last */
         if (!t)
             continue;
 #define SUM(f) out->f += atomic_load_explicit(&t->f.v, memory_order_relaxed)
@@ -568,6 +823,8 @@ int evq_worker_stats(const evq_worker *w, struct evq_worker_stats *out)
         SUM(failed);
         SUM(retried);
         SUM(unhandled);
+        SUM(timed_out);
+        SUM(lease_lost);
 #undef SUM
         out->dead_lettered += atomic_load(&t->dead.v);
         out->in_flight += (int64_t)atomic_load(&t->in_flight.v);

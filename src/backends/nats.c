@@ -20,6 +20,11 @@
  *   due.  The held message counts against MaxAckPending meanwhile, and the
  *   hold is one delivery, which the attempt count leaves out.
  * - Touch (a long handler): natsMsg_InProgress (+WPI) restarts AckWait.
+ * - Leases: the server takes the ack or +WPI of an old delivery as one of
+ *   the message's current delivery, so the consumer keeps the lease's end
+ *   on its own clock (from before the fetch that brought the message, so
+ *   the server's AckWait never ends later) and, once it has passed, no
+ *   longer acks, naks or touches the message: EVQ_ESTATE.
  *
  * Core mode (nats.mode=core): plain publish and a queue-group subscription
  * (group "evq") made at a handle's first dequeue: at most once, and only
@@ -104,6 +109,7 @@ typedef struct npub {
 typedef struct nbuffered {
     natsMsg *m;
     int attempt;
+    int64_t lease_ns; /* evq__delivery's lease_ns; 0 in core mode */
 } nbuffered;
 
 typedef struct nhandle {
@@ -115,6 +121,8 @@ typedef struct nhandle {
     int prefetch;
     int pending_limit; /* core */
     int64_t timeout_ms;
+    int64_t vt_ns;         /* AckWait */
+    int64_t prev_fetch_ns; /* when the fetch before the last one began */
     pthread_mutex_t rd_mu; /* one fetch at a time */
     pthread_mutex_t buf_mu;
     nbuffered *buf; /* fetched, not yet handed out */
@@ -502,6 +510,7 @@ static int nats_open(void **state, const evq__url *url, const char *name,
     atomic_init(&h->interrupted, false);
     h->core = strcmp(evq__opt_str(opts, nats_opts, "nats.mode"), "core") == 0;
     h->prefetch = (int)evq__opt_int(opts, nats_opts, "nats.prefetch");
+    h->vt_ns = evq__opt_int(opts, nats_opts, "visibility_timeout_ms") * 1000000;
     h->timeout_ms = evq__opt_int(opts, nats_opts, "nats.timeout_ms");
     const char *fmt = evq__opt_str(opts, evq__core_opts, "format");
     h->content_type = fmt && strcmp(fmt, "msgpack") == 0
@@ -758,7 +767,7 @@ static int attempt_of(natsMsg *m, int64_t due)
 
 /* Keeps what the fetch returned that is due; holds the rest back (buf_mu
  * taken). */
-static void buffer_list(nhandle *h, natsMsgList *list)
+static void buffer_list(nhandle *h, natsMsgList *list, int64_t lease_ns)
 {
     int64_t now = now_ms();
     pthread_mutex_lock(&h->buf_mu);
@@ -781,7 +790,8 @@ static void buffer_list(nhandle *h, natsMsgList *list)
             natsMsg_Destroy(m);
             continue;
         }
-        h->buf[h->n_buf++] = (nbuffered){m, h->core ? 1 : attempt_of(m, due)};
+        h->buf[h->n_buf++] = (nbuffered){m, h->core ? 1 : attempt_of(m, due),
+                                         h->core ? 0 : lease_ns};
     }
     pthread_mutex_unlock(&h->buf_mu);
     natsMsgList_Destroy(list);
@@ -801,6 +811,7 @@ static bool take_buffered(nhandle *h, evq__delivery *d)
         d->len = (size_t)natsMsg_GetDataLength(m);
         d->attempt = b.attempt;
         d->token = m;
+        d->lease_ns = b.lease_ns;
         got = true;
     }
     pthread_mutex_unlock(&h->buf_mu);
@@ -839,7 +850,7 @@ static natsStatus fetch(nhandle *h, int64_t wait_ms)
             }
             list.Msgs[0] = m;
             list.Count = 1;
-            buffer_list(h, &list);
+            buffer_list(h, &list, 0);
         }
         return s;
     }
@@ -849,7 +860,14 @@ static natsStatus fetch(nhandle *h, int64_t wait_ms)
      * server for the rest.  So what waits is taken one message per fetch
      * first, and a full batch is asked for only when nothing waits. */
     int waiting = 0;
+    int64_t start = evq__now_mono_ns();
     natsSubscription_GetPending(h->sub, &waiting, NULL);
+    /* Messages already waiting answer an earlier request: their AckWait
+     * began after that one was sent. */
+    int64_t lease_ns = (waiting > 0 && h->prev_fetch_ns ? h->prev_fetch_ns
+                                                        : start) +
+                       h->vt_ns;
+    h->prev_fetch_ns = start;
     jsFetchRequest fr;
     jsFetchRequest_Init(&fr);
     fr.Batch = waiting > 0 ? 1 : h->prefetch;
@@ -861,7 +879,7 @@ static natsStatus fetch(nhandle *h, int64_t wait_ms)
     }
     s = natsSubscription_FetchRequest(&list, h->sub, &fr);
     if (list.Count > 0) {
-        buffer_list(h, &list);
+        buffer_list(h, &list, lease_ns);
         return NATS_OK;
     }
     natsMsgList_Destroy(&list);
@@ -914,10 +932,22 @@ static int nats_dequeue(void *state, evq__delivery *d, int timeout_ms)
 
 /* ---- settle -------------------------------------------------------------- */
 
+/* Whether the lease of a delivery has passed on the local clock: the
+ * server may have given the message to another consumer, and would take
+ * this one's ack, nak or +WPI for that delivery's. */
+static bool lease_gone(const nhandle *h, int64_t lease_ns)
+{
+    return !h->core && lease_ns && evq__now_mono_ns() >= lease_ns;
+}
+
 static int nats_ack(void *state, evq__delivery *d)
 {
     nhandle *h = state;
     natsMsg *m = d->token;
+    if (lease_gone(h, d->lease_ns)) {
+        natsMsg_Destroy(m);
+        return evq__lease_lost("ack");
+    }
     natsStatus s = h->core ? NATS_OK : natsMsg_Ack(m, NULL);
     natsMsg_Destroy(m);
     return s == NATS_OK ? 0 : nerr(h, s, 0, "ack");
@@ -928,6 +958,10 @@ static int nats_nack(void *state, evq__delivery *d, int64_t delay_ms)
     nhandle *h = state;
     natsMsg *m = d->token;
     natsStatus s = NATS_OK;
+    if (lease_gone(h, d->lease_ns)) {
+        natsMsg_Destroy(m);
+        return evq__lease_lost("nack");
+    }
     if (!h->core)
         s = delay_ms > 0 ? natsMsg_NakWithDelay(m, delay_ms, NULL)
                          : natsMsg_Nak(m, NULL);
@@ -940,19 +974,26 @@ static int nats_touch(void *state, evq__delivery *d)
     nhandle *h = state;
     if (h->core)
         return 0;
+    if (lease_gone(h, d->lease_ns))
+        return evq__lease_lost("touch");
+    int64_t lease_ns = evq__now_mono_ns() + h->vt_ns;
     natsStatus s = natsMsg_InProgress(d->token, NULL);
-    return s == NATS_OK ? 0 : nerr(h, s, 0, "in progress");
+    if (s != NATS_OK)
+        return nerr(h, s, 0, "in progress");
+    d->lease_ns = lease_ns;
+    return 0;
 }
 
-/* What was fetched and never handed out goes back at once. */
+/* What was fetched and never handed out goes back at once (what is no
+ * longer ours is left alone). */
 static void hand_back(nhandle *h)
 {
     pthread_mutex_lock(&h->buf_mu);
     for (size_t i = 0; i < h->n_buf; i++) {
-        natsMsg *m = h->buf[h->head_buf + i].m;
-        if (!h->core)
-            natsMsg_Nak(m, NULL);
-        natsMsg_Destroy(m);
+        nbuffered *b = &h->buf[h->head_buf + i];
+        if (!h->core && !lease_gone(h, b->lease_ns))
+            natsMsg_Nak(b->m, NULL);
+        natsMsg_Destroy(b->m);
     }
     h->n_buf = h->head_buf = 0;
     pthread_mutex_unlock(&h->buf_mu);

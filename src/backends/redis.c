@@ -17,8 +17,15 @@
  *   Lua script any consumer runs, atomically, so nothing moves twice.
  *   Entries idle past visibility_timeout_ms (a consumer that died) are
  *   taken over with XAUTOCLAIM; their delivery counts come from XPENDING.
- * - Ack: XACK and XDEL in one round trip.  Nack: MULTI/EXEC of the re-add
- *   (XADD, or ZADD with a due time) and XACK + XDEL of the delivered entry.
+ * - Ack: XACK and XDEL in one round trip.  Nack: a script that re-adds
+ *   the event (XADD, or ZADD with a due time) and acks and deletes the
+ *   delivered entry.
+ * - Leases: an entry is this handle's while the group's pending list names
+ *   this handle's consumer and the delivery count it was read with (a
+ *   takeover raises it).  Touch, nack, a late ack and the hand-back check
+ *   that in a script first (settle_lua), so a consumer whose entry was
+ *   taken over never settles the new owner's delivery.  Touch resets the
+ *   entry's idle time with XCLAIM ... JUSTID, which keeps the count.
  *
  * Connections are per handle and used under the handle's locks; a command
  * connection that fails is reconnected on the next call, and until the
@@ -81,6 +88,34 @@ static const char promote_lua[] =
     "if #nxt == 0 then return -1 end\n"
     "return tonumber(nxt[2])\n";
 
+/* Settles or touches one delivered entry KEYS[1] ARGV[3], only while the
+ * group's pending list gives it to consumer ARGV[2] with delivery count
+ * ARGV[4]; returns 1, or 0 when it is no longer ours.  ARGV[1]: "touch"
+ * (reset its idle time), "ack", or "nack" (re-add body ARGV[7] with
+ * attempt count ARGV[6]: to the stream, or when ARGV[5] is a due time
+ * (Unix ms), to the delayed set KEYS[2] as member "ARGV[8]:ARGV[6]:body";
+ * then ack and delete the entry). */
+static const char settle_lua[] =
+    "local p = redis.call('XPENDING', KEYS[1], 'evq', ARGV[3], ARGV[3], 1)\n"
+    "local e = p[1]\n"
+    "if not e or e[2] ~= ARGV[2] or e[4] ~= tonumber(ARGV[4]) then "
+    "return 0 end\n"
+    "if ARGV[1] == 'touch' then\n"
+    "  redis.call('XCLAIM', KEYS[1], 'evq', ARGV[2], 0, ARGV[3], 'JUSTID')\n"
+    "  return 1\n"
+    "end\n"
+    "if ARGV[1] == 'nack' then\n"
+    "  if ARGV[5] == '' then\n"
+    "    redis.call('XADD', KEYS[1], '*', 'b', ARGV[7], 'a', ARGV[6])\n"
+    "  else\n"
+    "    redis.call('ZADD', KEYS[2], ARGV[5], ARGV[8] .. ':' .. ARGV[6] .. "
+    "':' .. ARGV[7])\n"
+    "  end\n"
+    "end\n"
+    "redis.call('XACK', KEYS[1], 'evq', ARGV[3])\n"
+    "redis.call('XDEL', KEYS[1], ARGV[3])\n"
+    "return 1\n";
+
 /* Entries this consumer must read without taking them whole: with
  * ARGV[1] "claim", those XAUTOCLAIM takes over (idle ARGV[5] ms, from
  * cursor ARGV[6]); with "after", those delivered to consumer ARGV[2] once
@@ -129,6 +164,8 @@ static const char claim_lua[] =
 
 typedef struct rmsg {
     char id[48];
+    long long deliveries; /* the pending list's count when we took it */
+    int64_t lease_ns;     /* evq__delivery's lease_ns */
     int attempt;
     size_t len;
     size_t full_len; /* stored size of an entry cut to max_bytes, or 0 */
@@ -175,6 +212,9 @@ typedef struct rhandle {
     size_t n_acks, cap_acks;
     int64_t oldest_ack_ms;
     int ack_flush_ms;
+    int64_t read_sent_ns; /* when the XREADGROUP now answered was sent */
+    evq__flusher flusher; /* sends deferred acks in time */
+    bool flusher_init;
     atomic_bool interrupted;
 } rhandle;
 
@@ -396,11 +436,23 @@ static int flush_acks(rhandle *h)
 static void hand_back(rhandle *h);
 static int take_reply(rhandle *h, size_t *got);
 
+/* The flusher's work: acks deferred for a group commit go within
+ * ack_flush_ms even when the handle sees no other call meanwhile. */
+static void redis_flush_later(void *arg)
+{
+    rhandle *h = arg;
+    if (flush_acks(h) != 0)
+        evq__flusher_arm(&h->flusher, evq__now_mono_ns() +
+                                          (h->ack_flush_ms + 100) * 1000000LL);
+}
+
 static void redis_close(void *state)
 {
     rhandle *h = state;
     if (!h)
         return;
+    if (h->flusher_init)
+        evq__flusher_destroy(&h->flusher);
     if (h->opened && h->rd && h->rd_ahead && !h->rd->err) {
         size_t got; /* entries read ahead: buffered, then handed back */
         redisSetTimeout(h->rd, h->command_tv);
@@ -452,6 +504,8 @@ static int redis_open(void **state, const evq__url *url, const char *name,
     pthread_mutex_init(&h->rd_mu, NULL);
     pthread_mutex_init(&h->buf_mu, NULL);
     atomic_init(&h->interrupted, false);
+    evq__flusher_init(&h->flusher, redis_flush_later, h);
+    h->flusher_init = true;
     if (strcmp(url->scheme, "redis+unix") == 0) {
         if (url->n_hosts || !url->path[0]) {
             redis_close(h);
@@ -666,7 +720,8 @@ static void buffer_lock(rhandle *h)
 }
 
 /* Appends an entry to the buffer (taken with buffer_lock). */
-static int buffer_add(rhandle *h, const char *id, int attempt, const void *body,
+static int buffer_add(rhandle *h, const char *id, int attempt,
+                      long long deliveries, int64_t lease_ns, const void *body,
                       size_t blen, size_t full_len)
 {
     rmsg *m = NULL;
@@ -675,6 +730,8 @@ static int buffer_add(rhandle *h, const char *id, int attempt, const void *body,
         return evq__err(EVQ_ENOMEM, "out of memory");
     snprintf(m->id, sizeof m->id, "%s", id);
     m->attempt = attempt;
+    m->deliveries = deliveries;
+    m->lease_ns = lease_ns;
     m->len = blen;
     m->full_len = full_len;
     memcpy(m->body, body, blen);
@@ -698,8 +755,8 @@ static int buffer_entries(rhandle *h, redisReply *entries)
         const char *a = field(e->element[1], "a", &alen);
         if (!body)
             body = "", blen = 0;
-        rc = buffer_add(h, e->element[0]->str, (a ? atoi(a) : 0) + 1, body,
-                        blen, 0);
+        rc = buffer_add(h, e->element[0]->str, (a ? atoi(a) : 0) + 1, 1,
+                        h->read_sent_ns + h->vt_ms * 1000000, body, blen, 0);
     }
     pthread_mutex_unlock(&h->buf_mu);
     return rc;
@@ -727,6 +784,10 @@ static int claim_entries(rhandle *h, bool takeover, size_t *got)
                           takeover ? idle : h->last_new,
                           h->reclaim_cursor};
     redisReply *r;
+    /* A takeover's lease starts now; entries of a cut-off read were
+     * delivered by that read. */
+    int64_t lease_ns =
+        (takeover ? evq__now_mono_ns() : h->read_sent_ns) + h->vt_ms * 1000000;
     int rc = run(h, 10, argv, NULL, &r, "claim");
     *got = 0;
     if (rc)
@@ -748,7 +809,8 @@ static int claim_entries(rhandle *h, bool takeover, size_t *got)
             e->element[4]->type != REDIS_REPLY_STRING)
             continue;
         const char *id = e->element[0]->str, *a = e->element[1]->str;
-        rc = buffer_add(h, id, (a ? atoi(a) : 0) + (int)e->element[2]->integer,
+        long long n = e->element[2]->integer;
+        rc = buffer_add(h, id, (a ? atoi(a) : 0) + (int)n, n, lease_ns,
                         e->element[4]->str, e->element[4]->len,
                         (size_t)e->element[3]->integer);
         if (!rc && !takeover)
@@ -863,6 +925,7 @@ static int send_read(rhandle *h, int block_ms)
         argc = 9;
     }
     int done = 0;
+    h->read_sent_ns = evq__now_mono_ns();
     if (redisAppendCommandArgv(h->rd, argc, argv, NULL) != REDIS_OK)
         return evq__err(EVQ_ENOMEM, "out of memory");
     while (!done)
@@ -922,6 +985,7 @@ static void deliver(rhandle *h, evq__delivery *d)
     d->full_len = m->full_len;
     d->attempt = m->attempt;
     d->token = m;
+    d->lease_ns = m->lease_ns;
 }
 
 /* Whether the buffer holds entries (takes buf_mu). */
@@ -1036,13 +1100,53 @@ static int redis_dequeue(void *state, evq__delivery *d, int timeout_ms)
 /* ---- settle
  * ------------------------------------------------------------------- */
 
+/* Runs settle_lua for entry m: `op` is "touch", "ack" or "nack" (with
+ * delay_ms and the attempt count to keep).  EVQ_ESTATE when the entry is
+ * no longer this consumer's. */
+static int settle(rhandle *h, const char *op, rmsg *m, int64_t delay_ms,
+                  int attempts)
+{
+    char count[24], att[16], due[32] = "", id[40] = "";
+    snprintf(count, sizeof count, "%lld", m->deliveries);
+    snprintf(att, sizeof att, "%d", attempts);
+    if (strcmp(op, "nack") == 0 && delay_ms > 0) {
+        snprintf(due, sizeof due, "%lld", (long long)(now_ms() + delay_ms));
+        evq__uuid7(id);
+    }
+    const char *argv[] = {"EVAL", settle_lua, "2",     h->stream,
+                          h->delayed, op,    h->consumer, m->id,
+                          count,  due,        att,   (const char *)m->body,
+                          id};
+    size_t lens[13];
+    for (int i = 0; i < 13; i++)
+        lens[i] = i != 11 ? strlen(argv[i]) : op[0] == 'n' ? m->len : 0;
+    redisReply *r;
+    int rc = run(h, 13, argv, lens, &r, op);
+    if (rc)
+        return rc;
+    bool ours = r->type == REDIS_REPLY_INTEGER && r->integer == 1;
+    freeReplyObject(r);
+    return ours ? 0 : evq__lease_lost(op);
+}
+
+/* Acks of deliveries with time left on their lease wait to be sent
+ * together (ack_flush_ms; the flusher sees to it): no other consumer can
+ * take the entry over before its lease ends.  An ack near or past the end
+ * of its lease goes at once, checked against the pending list. */
 static int redis_ack(void *state, evq__delivery *d)
 {
     rhandle *h = state;
     rmsg *m = d->token;
     int rc = 0;
-    bool due = false;
+    bool due = false, arm = false;
+    int64_t margin = h->vt_ms * 1000000 / 2 + h->ack_flush_ms * 1000000LL;
 
+    if (m->lease_ns - evq__now_mono_ns() <= margin) {
+        flush_acks(h);
+        rc = settle(h, "ack", m, 0, 0);
+        free(m);
+        return rc;
+    }
     pthread_mutex_lock(&h->ack_mu);
     if (evq__grow(&h->acks, &h->cap_acks, h->n_acks, sizeof *h->acks)) {
         rc = EVQ_ENOMEM;
@@ -1053,10 +1157,14 @@ static int redis_ack(void *state, evq__delivery *d)
         memcpy(h->acks[h->n_acks++], m->id, sizeof m->id);
         due = evq__flush_due(h->n_acks, h->oldest_ack_ms, now, h->ack_flush_ms,
                              atomic_load(&h->interrupted));
+        arm = !due && h->n_acks == 1;
     }
     pthread_mutex_unlock(&h->ack_mu);
     if (due)
         rc = flush_acks(h);
+    else if (arm)
+        evq__flusher_arm(&h->flusher,
+                         evq__now_mono_ns() + h->ack_flush_ms * 1000000LL);
     free(m);
     return rc;
 }
@@ -1065,49 +1173,13 @@ static int redis_nack(void *state, evq__delivery *d, int64_t delay_ms)
 {
     rhandle *h = state;
     rmsg *m = d->token;
-    char attempts[16], due[32], id[40];
-    snprintf(attempts, sizeof attempts, "%d", m->attempt);
-    int rc;
+    int rc = 0;
 
-    if (m->full_len) {
-        /* Only its start was read: it stays pending as stored, and is
-         * taken over after the visibility timeout. */
-        free(m);
-        return 0;
-    }
-    const char *xack[] = {"XACK", h->stream, "evq", m->id};
-    const char *xdel[] = {"XDEL", h->stream, m->id};
-    if (delay_ms <= 0) {
-        const char *xadd[] = {
-            "XADD", h->stream, "*", "b", (const char *)m->body, "a", attempts};
-        size_t xadd_len[] = {4, strlen(h->stream), 1, 1, m->len,
-                             1, strlen(attempts)};
-        size_t ack_len[] = {4, strlen(h->stream), 3, strlen(m->id)};
-        size_t del_len[] = {4, strlen(h->stream), strlen(m->id)};
-        int argc[] = {7, 4, 3};
-        const char **argv[] = {xadd, xack, xdel};
-        const size_t *lens[] = {xadd_len, ack_len, del_len};
-        rc = run_tx(h, 3, argc, argv, lens, "nack");
-    } else {
-        char *member = malloc(m->len + 64);
-        if (!member) {
-            free(m);
-            return evq__err(EVQ_ENOMEM, "out of memory");
-        }
-        evq__uuid7(id);
-        int hl = snprintf(member, 64, "%s:%s:", id, attempts);
-        memcpy(member + hl, m->body, m->len);
-        snprintf(due, sizeof due, "%lld", (long long)(now_ms() + delay_ms));
-        const char *zadd[] = {"ZADD", h->delayed, due, member};
-        size_t zadd_len[] = {4, strlen(h->delayed), strlen(due),
-                             (size_t)hl + m->len};
-        size_t ack_len[] = {4, strlen(h->stream), 3, strlen(m->id)};
-        size_t del_len[] = {4, strlen(h->stream), strlen(m->id)};
-        int argc[] = {4, 4, 3};
-        const char **argv[] = {zadd, xack, xdel};
-        const size_t *lens[] = {zadd_len, ack_len, del_len};
-        rc = run_tx(h, 3, argc, argv, lens, "nack");
-        free(member);
+    /* Only the start of an oversize entry was read: it stays pending as
+     * stored, and is taken over after the visibility timeout. */
+    if (!m->full_len)
+        rc = settle(h, "nack", m, delay_ms, m->attempt);
+    if (!rc && delay_ms > 0) {
         /* Due soon: let the next dequeue look for it in time. */
         int64_t due_ms = now_ms() + delay_ms;
         int64_t cur = atomic_load(&h->next_promote_ms);
@@ -1119,33 +1191,27 @@ static int redis_nack(void *state, evq__delivery *d, int64_t delay_ms)
     return rc;
 }
 
-/* Returns to the stream what was read but never delivered: re-added with
- * its attempt count unchanged, the read entry acked and deleted, in one
- * transaction (takes buf_mu, then a connection). */
+static int redis_touch(void *state, evq__delivery *d)
+{
+    rhandle *h = state;
+    rmsg *m = d->token;
+    int64_t lease_ns = evq__now_mono_ns() + h->vt_ms * 1000000;
+    int rc = settle(h, "touch", m, 0, 0);
+    if (!rc)
+        m->lease_ns = d->lease_ns = lease_ns;
+    return rc;
+}
+
+/* Returns to the stream what was read but never delivered, with its
+ * attempt count unchanged, unless another consumer has taken it over
+ * meanwhile (takes buf_mu, then a connection). */
 static void hand_back(rhandle *h)
 {
     pthread_mutex_lock(&h->buf_mu);
     for (size_t i = 0; i < h->n_buf; i++) {
         rmsg *m = h->buf[h->head_buf + i];
-        if (m->full_len) { /* left pending, as stored: see redis_nack */
-            free(m);
-            continue;
-        }
-        const char *xadd[] = {
-            "XADD", h->stream, "*", "b", (const char *)m->body, "a", NULL};
-        char attempts[16];
-        snprintf(attempts, sizeof attempts, "%d", m->attempt - 1);
-        xadd[6] = attempts;
-        size_t xadd_len[] = {4, strlen(h->stream), 1, 1, m->len,
-                             1, strlen(attempts)};
-        const char *xack[] = {"XACK", h->stream, "evq", m->id};
-        const char *xdel[] = {"XDEL", h->stream, m->id};
-        size_t ack_len[] = {4, strlen(h->stream), 3, strlen(m->id)};
-        size_t del_len[] = {4, strlen(h->stream), strlen(m->id)};
-        int argc[] = {7, 4, 3};
-        const char **argv[] = {xadd, xack, xdel};
-        const size_t *lens[] = {xadd_len, ack_len, del_len};
-        run_tx(h, 3, argc, argv, lens, "hand back");
+        if (!m->full_len) /* else left pending, as stored: see redis_nack */
+            settle(h, "nack", m, 0, m->attempt - 1);
         free(m);
     }
     h->n_buf = 0;
@@ -1208,6 +1274,7 @@ const struct evq_backend_ops evq__backend_redis = {
     .dequeue = redis_dequeue,
     .ack = redis_ack,
     .nack = redis_nack,
+    .touch = redis_touch,
     .interrupt = redis_interrupt,
     .stats = redis_stats,
     .close = redis_close,

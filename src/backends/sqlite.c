@@ -62,6 +62,7 @@ static const evq__opt_spec sqlite_opts[] = {
 typedef struct sqmsg {
     int64_t id;
     int64_t claim;
+    int64_t lease_ns; /* evq__delivery's lease_ns */
     int attempt;
     size_t len;
     size_t full_len; /* stored length of an oversize message, or 0 */
@@ -139,6 +140,7 @@ enum {
     S_ACK,
     S_NACK,
     S_RELEASE,
+    S_TOUCH,
     S_BIG,
     S_STUB,
     S_DROP,
@@ -160,6 +162,8 @@ static const char *const sql_text[S_COUNT] = {
     [S_ACK] = "DELETE FROM evq_messages WHERE id = ?1 AND claim = ?2",
     [S_NACK] = "UPDATE evq_messages SET visible_at = ?1, claim = NULL WHERE id "
                "= ?2 AND claim = ?3",
+    [S_TOUCH] = "UPDATE evq_messages SET visible_at = ?1 WHERE id = ?2 AND "
+                "claim = ?3",
     [S_RELEASE] = "UPDATE evq_messages SET visible_at = ?1, claim = NULL, "
                   "attempt = attempt - 1 WHERE id = ?2 AND claim = ?3",
     /* length() of a column reads no content, so oversize rows are found
@@ -222,6 +226,8 @@ typedef struct sqhandle {
     uint64_t claim_seq;
     int busy_timeout_ms;
     int64_t busy_since;
+    evq__flusher flusher; /* commits deferred acks in time */
+    bool flusher_init;
     atomic_bool interrupted;
 } sqhandle;
 
@@ -425,6 +431,7 @@ static int url_path(const evq__url *url, char *out, size_t cap)
 }
 
 static void sqlite_close(void *state);
+static void sqlite_flush_later(void *arg);
 
 /* Puts the file in WAL mode unless it is already.  Changing the mode needs
  * a lock that SQLite's busy handler does not wait for, so a busy answer is
@@ -475,7 +482,13 @@ static int sqlite_open(void **state, const evq__url *url, const char *name,
         (size_t)evq__opt_int(opts, evq__core_opts, "max_event_bytes");
     h->ack_flush_ms =
         (int)evq__opt_int(opts, sqlite_opts, "sqlite.ack_flush_ms");
-    h->claim_seq = ((uint64_t)evq__now_real_ns() << 16) ^ (uint64_t)getpid();
+    /* Claim tokens tell this handle's claims from every other's: each
+     * handle counts up from a start no other handle shares. */
+    static atomic_uint handles;
+    h->claim_seq = (((uint64_t)evq__now_real_ns() << 16) ^ (uint64_t)getpid()) +
+                   ((uint64_t)atomic_fetch_add(&handles, 1) << 44);
+    evq__flusher_init(&h->flusher, sqlite_flush_later, h);
+    h->flusher_init = true;
     if (!(h->queue = evq__strdup(name)) || !(h->path = evq__strdup(path))) {
         sqlite_close(h);
         return evq__err(EVQ_ENOMEM, "out of memory");
@@ -558,6 +571,19 @@ static int flush_acks(sqhandle *h)
     return 0;
 }
 
+/* The flusher's work: acks deferred for a group commit go within
+ * ack_flush_ms even when the handle sees no other call meanwhile (a slow
+ * handler), long before their leases end. */
+static void sqlite_flush_later(void *arg)
+{
+    sqhandle *h = arg;
+    pthread_mutex_lock(&h->mu);
+    if (flush_acks(h) != 0 && h->n_acks > 0)
+        evq__flusher_arm(&h->flusher,
+                         evq__now_mono_ns() + (h->ack_flush_ms + 10) * 1000000LL);
+    pthread_mutex_unlock(&h->mu);
+}
+
 /* Hands back claimed messages nobody was given (mu held): visible again at
  * once, their claim not counted as a delivery. */
 static void release_ready(sqhandle *h)
@@ -589,6 +615,8 @@ static void sqlite_close(void *state)
     sqhandle *h = state;
     if (!h)
         return;
+    if (h->flusher_init)
+        evq__flusher_destroy(&h->flusher);
     if (h->db) {
         if (h->st[S_COUNT - 1] && h->file) {
             flush_acks(h);
@@ -793,6 +821,7 @@ static int claim_big(sqhandle *h, int64_t token, int64_t now, size_t *got)
  * visible_at seen (INT64_MAX: the queue is empty). */
 static int claim(sqhandle *h, int64_t *next)
 {
+    int64_t lease_ns = evq__now_mono_ns() + h->vt_ms * 1000000;
     int64_t now = now_ms();
     int rc, src;
 
@@ -850,6 +879,8 @@ static int claim(sqhandle *h, int64_t *next)
         return rc;
     }
     h->n_acks = 0;
+    for (size_t i = 0; i < got; i++)
+        h->ready[i]->lease_ns = lease_ns;
     /* RETURNING gives no order; hand them out oldest first. */
     qsort(h->ready, got, sizeof *h->ready, by_id);
     h->head_ready = 0;
@@ -867,6 +898,7 @@ static void deliver(sqhandle *h, evq__delivery *d)
     d->full_len = m->full_len;
     d->attempt = m->attempt;
     d->token = m;
+    d->lease_ns = m->lease_ns;
 }
 
 static int sqlite_dequeue(void *state, evq__delivery *d, int timeout_ms)
@@ -930,15 +962,49 @@ static int sqlite_dequeue(void *state, evq__delivery *d, int timeout_ms)
 /* ---- settle ----------------------------------------------------------------
  */
 
+/* Runs a claim-checked statement on the row of `m` (mu held, inside a
+ * transaction): EVQ_ESTATE when the claim is no longer ours. */
+static int claimed_step(sqhandle *h, int which, sqmsg *m, int64_t visible_at,
+                        const char *what)
+{
+    sqlite3_stmt *st = h->st[which];
+    int col = 1;
+    if (which != S_ACK)
+        sqlite3_bind_int64(st, col++, visible_at);
+    sqlite3_bind_int64(st, col++, m->id);
+    sqlite3_bind_int64(st, col, m->claim);
+    int rc = step_done(h, which, what);
+    if (!rc && sqlite3_changes(h->db) == 0)
+        rc = evq__lease_lost(what);
+    return rc;
+}
+
+/* Acks of deliveries with time left on their lease wait to be committed
+ * together (ack_flush_ms; the flusher sees to it): nobody else can claim
+ * the row before its lease ends.  An ack near or past the end of its lease
+ * is committed at once, checked against the claim. */
 static int sqlite_ack(void *state, evq__delivery *d)
 {
     sqhandle *h = state;
     sqmsg *m = d->token;
     int rc = 0;
+    int64_t margin = h->vt_ms * 1000000 / 2 + h->ack_flush_ms * 1000000LL;
 
     pthread_mutex_lock(&h->mu);
-    if (evq__grow(&h->acks, &h->cap_acks, h->n_acks, sizeof *h->acks)) {
-        rc = EVQ_ENOMEM;
+    if (m->lease_ns - evq__now_mono_ns() <= margin) {
+        if ((rc = tx_begin(h)) == 0) {
+            int arc = write_acks(h);
+            if (!arc)
+                arc = claimed_step(h, S_ACK, m, 0, "ack");
+            rc = tx_end(h, arc == EVQ_ESTATE ? 0 : arc);
+            if (!rc) {
+                h->n_acks = 0;
+                if (arc == EVQ_ESTATE)
+                    rc = evq__lease_lost("ack");
+            }
+        }
+    } else if (evq__grow(&h->acks, &h->cap_acks, h->n_acks, sizeof *h->acks)) {
+        rc = evq__err(EVQ_ENOMEM, "out of memory");
     } else {
         int64_t now = now_ms();
         if (h->n_acks == 0)
@@ -949,6 +1015,9 @@ static int sqlite_ack(void *state, evq__delivery *d)
         if (evq__flush_due(h->n_acks, h->oldest_ack_ms, now, h->ack_flush_ms,
                            atomic_load(&h->interrupted)))
             rc = flush_acks(h);
+        else if (h->n_acks == 1)
+            evq__flusher_arm(&h->flusher, evq__now_mono_ns() +
+                                              h->ack_flush_ms * 1000000LL);
     }
     pthread_mutex_unlock(&h->mu);
     free(m);
@@ -962,16 +1031,40 @@ static int sqlite_nack(void *state, evq__delivery *d, int64_t delay_ms)
     int rc;
 
     pthread_mutex_lock(&h->mu);
-    if ((rc = tx_begin(h)) == 0) {
-        sqlite3_bind_int64(h->st[S_NACK], 1, now_ms() + delay_ms);
-        sqlite3_bind_int64(h->st[S_NACK], 2, m->id);
-        sqlite3_bind_int64(h->st[S_NACK], 3, m->claim);
-        rc = tx_end(h, step_done(h, S_NACK, "nack"));
-    }
+    if ((rc = tx_begin(h)) == 0)
+        rc = tx_end(h, claimed_step(h, S_NACK, m, now_ms() + delay_ms, "nack"));
     pthread_mutex_unlock(&h->mu);
     free(m);
     if (!rc)
         wake_all(h->wake);
+    return rc;
+}
+
+/* Moves the claim's visible_at a visibility timeout on, only while the
+ * claim is still ours; acks waiting for a commit ride along. */
+static int sqlite_touch(void *state, evq__delivery *d)
+{
+    sqhandle *h = state;
+    sqmsg *m = d->token;
+    int64_t lease_ns = evq__now_mono_ns() + h->vt_ms * 1000000;
+    int rc;
+
+    pthread_mutex_lock(&h->mu);
+    if ((rc = tx_begin(h)) == 0) {
+        rc = write_acks(h);
+        int trc = rc ? rc
+                     : claimed_step(h, S_TOUCH, m, now_ms() + h->vt_ms,
+                                    "touch");
+        rc = tx_end(h, trc == EVQ_ESTATE ? 0 : trc);
+        if (!rc) {
+            h->n_acks = 0;
+            if (trc == EVQ_ESTATE)
+                rc = evq__lease_lost("touch");
+        }
+    }
+    pthread_mutex_unlock(&h->mu);
+    if (!rc)
+        m->lease_ns = d->lease_ns = lease_ns;
     return rc;
 }
 
@@ -1023,6 +1116,7 @@ const struct evq_backend_ops evq__backend_sqlite = {
     .dequeue = sqlite_dequeue,
     .ack = sqlite_ack,
     .nack = sqlite_nack,
+    .touch = sqlite_touch,
     .interrupt = sqlite_interrupt,
     .stats = sqlite_stats,
     .close = sqlite_close,
