@@ -364,6 +364,10 @@ int evq__queue_clone(evq_queue *q, evq_queue **out);
 /* How often a worker should touch a running handler's delivery on `q`: a
  * third of its visibility timeout, or 0 when the backend cannot touch. */
 int64_t evq__queue_touch_ms(const evq_queue *q);
+/* The visibility timeout of `q` in ns; 0 when it has no leases. */
+int64_t evq__queue_lease_ns(const evq_queue *q);
+/* When the lease of a dequeued message ends (evq__delivery.lease_ns). */
+int64_t evq__msg_lease_ns(const evq_msg *m);
 /* The name of the queue a worker consumes. */
 const char *evq__worker_queue_name(const evq_worker *w);
 /* Empties the calling thread's evq_errmsg(). */

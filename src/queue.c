@@ -606,6 +606,16 @@ int64_t evq__queue_touch_ms(const evq_queue *q)
     return vt / 3 > 10 ? vt / 3 : 10;
 }
 
+int64_t evq__queue_lease_ns(const evq_queue *q)
+{
+    return q->lease_ns;
+}
+
+int64_t evq__msg_lease_ns(const evq_msg *m)
+{
+    return m->d.lease_ns;
+}
+
 int evq_msg_touch(evq_msg *m)
 {
     if (!m)

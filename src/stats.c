@@ -107,6 +107,11 @@ char *evq_stats_prometheus(evq_queue *q, const evq_worker *w)
              "Events moved to the dead-letter queue.", (double)s.dead_lettered},
             {"evq_worker_unhandled_total", "counter",
              "Events no handler matched.", (double)s.unhandled},
+            {"evq_worker_timed_out_total", "counter",
+             "Handler runs past handler_timeout_ms.", (double)s.timed_out},
+            {"evq_worker_lease_lost_total", "counter",
+             "Events whose lease passed to another consumer first.",
+             (double)s.lease_lost},
             {"evq_worker_in_flight", "gauge",
              "Events being handled or prefetched.", (double)s.in_flight},
         };

@@ -62,11 +62,9 @@ typedef struct wthread {
      * once the keeper found its lease gone. */
     pthread_mutex_t hold_mu;
     evq_msg *run_msg;
-    uint64_t run_touched;    /* ticks of its fetch or last touch */
     int64_t run_deadline_ns; /* monotonic; INT64_MAX: none */
     bool run_timed_out;
     evq_msg **held;
-    uint64_t *held_touched;
     int n_held, next_held;
     wcounter received, succeeded, failed, retried, dead, unhandled, in_flight,
         timed_out, lease_lost;
@@ -89,6 +87,7 @@ struct evq_worker {
     /* The keeper: touches held events, times handlers out.  kt holds its
      * counters and random state (it settles timed-out events). */
     int64_t touch_ms;  /* 0: no touching */
+    int64_t lease_ns;  /* the queue's visibility timeout */
     int64_t period_ms; /* the keeper's round; 0: no keeper */
     wthread *kt;
     pthread_t keeper;
@@ -153,7 +152,6 @@ static void worker_release(evq_worker *w)
         if (w->t[i]) {
             pthread_mutex_destroy(&w->t[i]->hold_mu);
             free(w->t[i]->held);
-            free(w->t[i]->held_touched);
             free(w->t[i]);
         }
     free(w->t);
@@ -168,12 +166,12 @@ static void worker_release(evq_worker *w)
 
 static void time_out(evq_worker *w, evq_msg *m);
 
-/* Touches m (hold_mu held) if its last touch was `every` ticks ago or
- * more; false when its lease is gone (the message is freed then). */
-static bool keep_one(evq_worker *w, evq_msg *m, uint64_t *touched,
-                     uint64_t now, uint64_t every)
+/* Touches m (hold_mu held) once touch_ms has passed since its lease was
+ * last extended; false when its lease is gone (m is freed then). */
+static bool keep_one(evq_worker *w, evq_msg *m, int64_t now_ns)
 {
-    if (now - *touched < every)
+    int64_t lease = evq__msg_lease_ns(m);
+    if (!lease || lease - now_ns > w->lease_ns - w->touch_ms * 1000000)
         return true;
     int rc = evq_msg_touch(m);
     if (rc == EVQ_ESTATE)
@@ -181,16 +179,13 @@ static bool keep_one(evq_worker *w, evq_msg *m, uint64_t *touched,
     if (rc)
         wlog(w, EVQ_LOG_WARN, "touching a held event: %s: %s",
              evq_strerror(rc), evq_errmsg());
-    else
-        *touched = now;
     return true;
 }
 
 /* One round of the keeper over thread t: the running handler's event is
  * taken at its deadline (returned, for time_out) or else touched; the
  * prefetched ones are touched, or dropped when their lease is gone. */
-static evq_msg *keep_thread(evq_worker *w, wthread *t, uint64_t now,
-                            uint64_t every, int64_t now_ns)
+static evq_msg *keep_thread(evq_worker *w, wthread *t, int64_t now_ns)
 {
     evq_msg *expired = NULL;
     pthread_mutex_lock(&t->hold_mu);
@@ -199,13 +194,13 @@ static evq_msg *keep_thread(evq_worker *w, wthread *t, uint64_t now,
         t->run_msg = NULL;
         t->run_timed_out = true;
     } else if (t->run_msg && w->touch_ms &&
-               !keep_one(w, t->run_msg, &t->run_touched, now, every)) {
+               !keep_one(w, t->run_msg, now_ns)) {
         wlog(w, EVQ_LOG_WARN, "a running handler's event lost its lease: "
                               "its settle will fail");
     }
     for (int i = t->next_held; w->touch_ms && i < t->n_held; i++) {
         evq_msg *m = t->held[i];
-        if (m && !keep_one(w, m, &t->held_touched[i], now, every)) {
+        if (m && !keep_one(w, m, now_ns)) {
             evq_nack(m, 0); /* settles nothing: frees the message */
             t->held[i] = NULL;
             bump(&w->kt->lease_lost, 1);
@@ -224,8 +219,6 @@ static evq_msg *keep_thread(evq_worker *w, wthread *t, uint64_t now,
 static void *keeper_main(void *arg)
 {
     evq_worker *w = arg;
-    uint64_t every =
-        (uint64_t)((double)w->touch_ms * 1e6 / evq__ns_per_tick());
     pthread_setname_np(pthread_self(), "evq-keeper");
     pthread_mutex_lock(&w->mu);
     int64_t wake = evq__now_mono_ns() + w->period_ms * 1000000;
@@ -239,14 +232,13 @@ static void *keeper_main(void *arg)
         if (atomic_load(&w->stopping) && w->live == 0)
             break;
         pthread_mutex_unlock(&w->mu);
-        uint64_t now = evq__ticks();
         int64_t now_ns = evq__now_mono_ns();
         wake = now_ns + w->period_ms * 1000000;
         for (int i = 0; i < w->n; i++) {
             wthread *t = w->t[i];
             if (!t)
                 continue;
-            evq_msg *expired = keep_thread(w, t, now, every, now_ns);
+            evq_msg *expired = keep_thread(w, t, now_ns);
             if (expired)
                 time_out(w, expired);
             pthread_mutex_lock(&t->hold_mu);
@@ -508,12 +500,9 @@ static void *worker_main(void *arg)
         while (n < prefetch && evq_dequeue(w->fetch, &more[n], 0) == 0)
             n++;
         if (kept) {
-            uint64_t now = evq__ticks();
             pthread_mutex_lock(&t->hold_mu);
-            for (int i = 0; i < n; i++) {
+            for (int i = 0; i < n; i++)
                 t->held[i] = more[i];
-                t->held_touched[i] = now;
-            }
             t->n_held = n;
             t->next_held = 0;
             pthread_mutex_unlock(&t->hold_mu);
@@ -619,7 +608,8 @@ int evq_worker_start(evq_worker **wp, evq_queue *q, evq_events *events,
     w->touch_ms = opts->touch_ms < 0   ? 0
                   : opts->touch_ms > 0 ? opts->touch_ms
                                        : evq__queue_touch_ms(q);
-    if (w->touch_ms > 0 && evq__queue_touch_ms(q) == 0)
+    w->lease_ns = evq__queue_lease_ns(q);
+    if (w->lease_ns == 0)
         w->touch_ms = 0; /* the backend has no leases to keep */
     /* The keeper's round: half the touch interval, and a tenth of the
      * handler timeout so a deadline is seen at most that late. */
@@ -659,9 +649,7 @@ int evq_worker_start(evq_worker **wp, evq_queue *q, evq_events *events,
         t->index = i;
         w->t[i] = t;
         if (w->period_ms > 0 &&
-            (!(t->held = calloc((size_t)w->o.prefetch, sizeof *t->held)) ||
-             !(t->held_touched =
-                   calloc((size_t)w->o.prefetch, sizeof *t->held_touched)))) {
+            !(t->held = calloc((size_t)w->o.prefetch, sizeof *t->held))) {
             rc = evq__err(EVQ_ENOMEM, "out of memory");
             break;
         }

@@ -7,6 +7,9 @@
  *       runs a worker of 8 threads (prefetch 4) whose handler waits a
  *       random time of up to 20 ms, then appends the event's data (an
  *       integer) as a line to FILE; until it is killed.
+ *   consumer poll FILE URL QUEUE MS
+ *       dequeues for MS milliseconds, appending each event's id as a line
+ *       to FILE and acking it (a second consumer beside a test's own).
  *
  * Exits 1 if it could not start.  A program of its own, started with
  * posix_spawn, so the tests never fork a process that then starts threads
@@ -15,6 +18,7 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -67,7 +71,40 @@ int main(int argc, char **argv)
         for (;;)
             pause();
     }
+    if (argc == 6 && strcmp(argv[1], "poll") == 0) {
+        evq_msg *m;
+        struct timespec t0, t;
+        long ms = atol(argv[5]);
+        FILE *f = fopen(argv[2], "a");
+        if (!f || evq_queue_open(&q, argv[3], argv[4], NULL)) {
+            fprintf(stderr, "consumer: %s\n", evq_errmsg());
+            return 1;
+        }
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        for (;;) {
+            clock_gettime(CLOCK_MONOTONIC, &t);
+            long left = ms - ((t.tv_sec - t0.tv_sec) * 1000 +
+                              (t.tv_nsec - t0.tv_nsec) / 1000000);
+            if (left <= 0)
+                break;
+            int rc = evq_dequeue(q, &m, (int)(left < 200 ? left : 200));
+            if (rc == EVQ_ETIMEDOUT)
+                continue;
+            if (rc) {
+                fprintf(stderr, "consumer: %s\n", evq_errmsg());
+                return 1;
+            }
+            fprintf(f, "%s\n", evq_event_id(evq_msg_event(m)));
+            fflush(f);
+            if ((rc = evq_ack(m)) != 0)
+                fprintf(stderr, "consumer: ack: %s\n", evq_errmsg());
+        }
+        fclose(f);
+        evq_queue_close(q);
+        return 0;
+    }
     fprintf(stderr, "usage: consumer one URL QUEUE\n"
-                    "       consumer log FILE URL QUEUE\n");
+                    "       consumer log FILE URL QUEUE\n"
+                    "       consumer poll FILE URL QUEUE MS\n");
     return 2;
 }

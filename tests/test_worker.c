@@ -45,6 +45,18 @@ static void bad_options_are_refused(void **state)
     evq_worker_opts_init(&o);
     o.prefetch = 0;
     assert_evq_err(evq_worker_start(&w, q, e, &o), EVQ_EINVAL);
+    evq_worker_opts_init(&o);
+    o.touch_ms = -5;
+    assert_evq_err(evq_worker_start(&w, q, e, &o), EVQ_EINVAL);
+    assert_errmsg_has("touch_ms");
+    evq_worker_opts_init(&o);
+    o.handler_timeout_ms = -1;
+    assert_evq_err(evq_worker_start(&w, q, e, &o), EVQ_EINVAL);
+    assert_errmsg_has("handler_timeout_ms");
+    o.handler_timeout_ms = 2147483647;
+    assert_evq_err(evq_worker_start(&w, q, e, &o), EVQ_EINVAL);
+    assert_errmsg_has("handler_timeout_ms");
+    assert_null(w);
     assert_evq_err(evq_worker_start(NULL, q, e, NULL), EVQ_EINVAL);
     assert_evq_err(evq_worker_start(&w, NULL, e, NULL), EVQ_EINVAL);
     assert_evq_err(evq_worker_start(&w, q, NULL, NULL), EVQ_EINVAL);
@@ -332,6 +344,178 @@ static void prometheus_labels_are_escaped(void **state)
     evq_queue_close(q);
 }
 
+
+/* ---- deadlines and reasons ---------------------------------------------- */
+
+static void touch_needs_a_message_and_is_a_no_op_without_leases(void **state)
+{
+    (void)state;
+    evq_queue *q;
+    evq_msg *m;
+    evq_event *ev = evq_event_new("t", NULL);
+    assert_evq_err(evq_msg_touch(NULL), EVQ_EINVAL);
+    assert_errmsg_has("NULL");
+    assert_evq_ok(evq_queue_open(&q, "memory://", "w-touch", NULL));
+    assert_evq_ok(evq_enqueue(q, ev));
+    assert_evq_ok(evq_dequeue(q, &m, 1000));
+    assert_evq_ok(evq_msg_touch(m));
+    assert_evq_ok(evq_msg_touch(m));
+    assert_evq_ok(evq_ack(m));
+    /* Outside a worker's handler there is no deadline. */
+    assert_int_equal(evq_handler_deadline_ns(), 0);
+    assert_int_equal(evq_handler_expired(), 0);
+    evq_event_free(ev);
+    evq_queue_close(q);
+}
+
+struct reasons {
+    atomic_int errors;
+    char reason[256];
+};
+
+static void keep_reason(const evq_event *ev, int code, const char *reason,
+                        int attempt, void *arg)
+{
+    struct reasons *r = arg;
+    (void)attempt;
+    (void)code;
+    if (ev && atomic_fetch_add(&r->errors, 1) == 0)
+        snprintf(r->reason, sizeof r->reason, "%s", reason);
+}
+
+static int declines(const evq_event *ev, void *arg)
+{
+    (void)arg;
+    if (strcmp(evq_event_type(ev), "pay.ok") == 0) {
+        evq_handler_reason("not used: the handler succeeds");
+        return 0;
+    }
+    return evq_handler_reason("payment declined: %s", "E42");
+}
+
+static bool one_error(void *arg)
+{
+    return atomic_load(&((struct reasons *)arg)->errors) >= 1;
+}
+
+static void a_handlers_reason_becomes_the_dead_letters_evqerror(void **state)
+{
+    (void)state;
+    evq_queue *q, *dead;
+    evq_events *e = evq_events_new();
+    struct reasons r = {0};
+    evq_worker_opts o;
+    evq_worker *w;
+    evq_msg *m;
+    evq_event *bad = evq_event_new("pay.bad", NULL);
+    evq_event *good = evq_event_new("pay.ok", NULL);
+
+    evq_register_handler(e, "pay.*", declines, NULL);
+    /* Straight through evq_dispatch, the reason is the error message. */
+    assert_evq_err(evq_dispatch(e, bad), EVQ_EHANDLER);
+    assert_string_equal(evq_errmsg(), "payment declined: E42");
+    assert_evq_ok(evq_dispatch(e, good));
+
+    evq_worker_opts_init(&o);
+    o.max_attempts = 1;
+    o.on_error = keep_reason;
+    o.on_error_arg = &r;
+    assert_evq_ok(evq_queue_open(&q, "memory://", "w-reason", NULL));
+    assert_evq_ok(evq_worker_start(&w, q, e, &o));
+    assert_evq_ok(evq_enqueue(q, good));
+    assert_evq_ok(evq_enqueue(q, bad));
+    assert_true(eventually(one_error, &r, 10000));
+    assert_evq_ok(evq_queue_open_dead(&dead, q));
+    assert_evq_ok(evq_dequeue(dead, &m, 5000));
+    const char *why = evq_event_attr(evq_msg_event(m), "evqerror");
+    assert_non_null(why);
+    if (!strstr(why, "payment declined: E42") || strstr(why, "handler 0"))
+        fail_msg("evqerror is \"%s\"", why);
+    assert_evq_ok(evq_ack(m));
+    assert_evq_ok(evq_worker_stop(w, 5000));
+    if (!strstr(r.reason, "payment declined: E42"))
+        fail_msg("on_error's reason is \"%s\"", r.reason);
+    struct evq_worker_stats st;
+    evq_worker_stats(w, &st);
+    assert_int_equal(st.succeeded, 1);
+    assert_int_equal(st.dead_lettered, 1);
+    evq_queue_close(dead);
+    evq_worker_free(w);
+    evq_events_free(e);
+    evq_event_free(bad);
+    evq_event_free(good);
+    evq_queue_close(q);
+}
+
+struct overrun {
+    atomic_int calls, finished, late_logs;
+};
+
+/* Ignores its deadline: runs 600 ms whatever happens. */
+static int overruns(const evq_event *ev, void *arg)
+{
+    struct overrun *o = arg;
+    (void)ev;
+    atomic_fetch_add(&o->calls, 1);
+    struct timespec pause = {0, 600 * 1000000};
+    nanosleep(&pause, NULL);
+    atomic_fetch_add(&o->finished, 1);
+    return 0;
+}
+
+static void log_late(evq_log_level lvl, const char *line, void *arg)
+{
+    struct overrun *o = arg;
+    (void)lvl;
+    if (strstr(line, "after its deadline"))
+        atomic_fetch_add(&o->late_logs, 1);
+}
+
+static bool timed_out_once(void *arg)
+{
+    struct evq_worker_stats st;
+    evq_worker_stats(arg, &st);
+    return st.timed_out >= 1;
+}
+
+/* The worker cannot kill a handler past its deadline: it settles the event
+ * without it, and stop still waits for the handler to return. */
+static void stop_waits_for_a_handler_past_its_deadline(void **state)
+{
+    (void)state;
+    evq_queue *q;
+    evq_events *e = evq_events_new();
+    struct overrun ov = {0};
+    evq_worker_opts o;
+    evq_worker *w;
+    evq_event *ev = evq_event_new("slow", NULL);
+
+    evq_worker_opts_init(&o);
+    o.handler_timeout_ms = 100;
+    o.max_attempts = 1;
+    o.log = log_late;
+    o.log_arg = &ov;
+    assert_evq_ok(evq_queue_open(&q, "memory://", "w-overrun", NULL));
+    evq_register_handler(e, "slow", overruns, &ov);
+    assert_evq_ok(evq_worker_start(&w, q, e, &o));
+    assert_evq_ok(evq_enqueue(q, ev));
+    assert_true(eventually(timed_out_once, w, 10000));
+    assert_int_equal(atomic_load(&ov.finished), 0);
+    assert_evq_ok(evq_worker_stop(w, 10000));
+    assert_int_equal(atomic_load(&ov.finished), 1);
+    assert_int_equal(atomic_load(&ov.calls), 1);
+    assert_int_equal(atomic_load(&ov.late_logs), 1);
+    struct evq_worker_stats st;
+    evq_worker_stats(w, &st);
+    assert_int_equal(st.timed_out, 1);
+    assert_int_equal(st.dead_lettered, 1);
+    assert_int_equal(st.succeeded, 0);
+    evq_worker_free(w);
+    evq_events_free(e);
+    evq_event_free(ev);
+    evq_queue_close(q);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -342,6 +526,9 @@ int main(void)
         cmocka_unit_test(handlers_may_register_handlers_while_running),
         cmocka_unit_test(callbacks_see_every_failure),
         cmocka_unit_test(prometheus_labels_are_escaped),
+        cmocka_unit_test(touch_needs_a_message_and_is_a_no_op_without_leases),
+        cmocka_unit_test(a_handlers_reason_becomes_the_dead_letters_evqerror),
+        cmocka_unit_test(stop_waits_for_a_handler_past_its_deadline),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

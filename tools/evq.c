@@ -408,6 +408,14 @@ static const char consume_help[] =
     "                    when the command ends\n"
     "  -o KEY=VALUE      queue option (repeatable)\n"
     "\n"
+    "Slow readers: an event is leased to this consumer for the queue's\n"
+    "visibility_timeout_ms (sqlite, redis, nats).  Writing a line blocks\n"
+    "while the reader of the output is not reading; an event held past its\n"
+    "lease is delivered to another consumer too, and its ack here is then\n"
+    "refused (a warning on stderr; the event comes again).  Raise the\n"
+    "timeout (-o visibility_timeout_ms=...) for readers that pause.  With\n"
+    "--no-ack, events held past their lease are delivered again meanwhile.\n"
+    "\n"
     "SIGINT or SIGTERM end it cleanly.  Exit status: 0 ended by --count,\n"
     "--timeout or a signal; 1 queue or output error; 2 usage error.\n";
 
@@ -471,7 +479,17 @@ static int cmd_consume(int argc, char **argv)
         }
         got++;
         if (!no_ack) {
-            if ((rc = evq_ack(m)) != 0) {
+            char id[128];
+            snprintf(id, sizeof id, "%s", evq_event_id(evq_msg_event(m)));
+            if ((rc = evq_ack(m)) == EVQ_ESTATE) {
+                /* The output's reader kept us past the lease: the event is
+                 * another consumer's now, and comes again. */
+                fprintf(stderr,
+                        "%s consume: event %s was printed, but its lease "
+                        "expired before the ack: it will be delivered "
+                        "again\n",
+                        prog, id);
+            } else if (rc != 0) {
                 status = fail("ack", rc);
                 break;
             }

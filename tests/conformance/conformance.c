@@ -27,9 +27,13 @@ enum {
     PROMISE_DEAD_LETTERS = 4,
     PROMISE_NO_LOSS = 8, /* nothing dropped when consumers fall behind */
     PROMISE_BACKLOG = 16, /* kept for a handle that has not read yet */
-    PROMISE_ALL = 31
+    PROMISE_LEASES = 32,  /* a visibility timeout, extended by touch */
+    PROMISE_ALL = 63
 };
-#define N_PROMISES 5
+#define N_PROMISES 6
+#define NO_LEASES_WHY                                                          \
+    "a delivery stays with its consumer for as long as the consumer lives: "  \
+    "there is no visibility timeout to outlast (evq_msg_touch returns 0)"
 static const struct {
     const char *match; /* a substring of the URL; NULL matches any */
     unsigned promises;
@@ -47,8 +51,18 @@ static const struct {
       "(nats.pending_limit)",
       "core NATS delivers only to handles already reading, so the suite "
       "has each fresh handle read once (and find nothing) before it "
-      "enqueues"}},
-    {NULL, PROMISE_ALL, {NULL, NULL, NULL, NULL, NULL}},
+      "enqueues",
+      NO_LEASES_WHY}},
+    {"memory://",
+     PROMISE_ALL & ~PROMISE_LEASES,
+     {NULL, NULL, NULL, NULL, NULL, NO_LEASES_WHY}},
+    {"kafka://",
+     PROMISE_ALL & ~PROMISE_LEASES,
+     {NULL, NULL, NULL, NULL, NULL,
+      "a partition's events stay with the group member that owns it for as "
+      "long as it lives: there is no visibility timeout to outlast "
+      "(evq_msg_touch returns 0)"}},
+    {NULL, PROMISE_ALL, {NULL, NULL, NULL, NULL, NULL, NULL}},
 };
 static unsigned promises;
 static const char *const *why_not;
@@ -746,6 +760,354 @@ static void stats_add_up(void **state)
     evq_queue_close(q);
 }
 
+
+/* ---- leases and deadlines ------------------------------------------------ */
+
+#define LEASE_PARAMS "visibility_timeout_ms=1000"
+
+/* A handler that records each event id it runs and takes `ms`. */
+struct slow {
+    int ms;
+    pthread_mutex_t mu;
+    char ids[16][64];
+    int n;
+    atomic_int running, overlap;
+};
+
+static int slow_handler(const evq_event *ev, void *arg)
+{
+    struct slow *s = arg;
+    if (atomic_fetch_add(&s->running, 1) > 0)
+        atomic_fetch_add(&s->overlap, 1);
+    pthread_mutex_lock(&s->mu);
+    if (s->n < 16)
+        snprintf(s->ids[s->n++], sizeof s->ids[0], "%s", evq_event_id(ev));
+    pthread_mutex_unlock(&s->mu);
+    struct timespec pause = {s->ms / 1000, (long)(s->ms % 1000) * 1000000};
+    nanosleep(&pause, NULL);
+    atomic_fetch_sub(&s->running, 1);
+    return 0;
+}
+
+static bool slow_started(void *arg)
+{
+    struct slow *s = arg;
+    pthread_mutex_lock(&s->mu);
+    bool any = s->n > 0;
+    pthread_mutex_unlock(&s->mu);
+    return any;
+}
+
+/* Runs "consumer poll" on queue `name` for `ms` beside the test, and
+ * returns how many lines (event ids) it wrote into `file`, each kept in
+ * ids (up to 16). */
+static int poll_elsewhere_wait(pid_t pid, const char *file, char ids[][64])
+{
+    int status, n = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        fail_msg("the second consumer failed (status %d)", status);
+    FILE *f = fopen(file, "r");
+    char line[128];
+    while (f && fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\n")] = '\0';
+        if (n < 16)
+            snprintf(ids[n], 64, "%.63s", line);
+        n++;
+    }
+    if (f)
+        fclose(f);
+    unlink(file);
+    return n;
+}
+
+static pid_t poll_elsewhere(const char *name, int ms, char *file, size_t cap)
+{
+    char url[1024], msbuf[16];
+    url_with(url, sizeof url, LEASE_PARAMS);
+    snprintf(file, cap, "/tmp/evq-conf-poll-%d-%s", (int)getpid(), name);
+    unlink(file);
+    snprintf(msbuf, sizeof msbuf, "%d", ms);
+    const char *args[] = {"poll", file, url, name, msbuf, NULL};
+    return spawn_consumer(args);
+}
+
+/* A handler that runs four visibility timeouts keeps its event: the worker
+ * touches it, and a consumer in another process polling all the while
+ * never receives it. */
+static void a_long_handler_keeps_its_event(void **state)
+{
+    (void)state;
+    REQUIRES(PROMISE_LEASES);
+    char name[64], file[256], other[16][64];
+    evq_queue *q = open_fresh(LEASE_PARAMS, name);
+    evq_events *e = evq_events_new();
+    struct slow s = {.ms = 4000, .mu = PTHREAD_MUTEX_INITIALIZER};
+    evq_worker *w;
+    evq_event *ev = numbered(1);
+
+    evq_register_handler(e, "conf.numbered", slow_handler, &s);
+    assert_evq_ok(evq_worker_start(&w, q, e, NULL));
+    assert_evq_ok(evq_enqueue(q, ev));
+    assert_true(eventually(slow_started, &s, 10000));
+    pid_t pid = poll_elsewhere(name, 5000, file, sizeof file);
+    wait_settled(w, 1);
+    int elsewhere = poll_elsewhere_wait(pid, file, other);
+    assert_evq_ok(evq_worker_stop(w, 5000));
+
+    struct evq_worker_stats st;
+    evq_worker_stats(w, &st);
+    if (elsewhere)
+        fail_msg("the other consumer received %s while its handler ran",
+                 other[0]);
+    assert_int_equal(s.n, 1);
+    assert_int_equal(st.received, 1);
+    assert_int_equal(st.succeeded, 1);
+    assert_int_equal(st.lease_lost, 0);
+    /* Acked once, for good: nothing comes back after a visibility timeout. */
+    evq_msg *m;
+    assert_evq_err(evq_dequeue(q, &m, 1500), EVQ_ETIMEDOUT);
+    evq_worker_free(w);
+    evq_events_free(e);
+    evq_event_free(ev);
+    evq_queue_close(q);
+}
+
+/* Events a worker holds without starting them (the backend's read-ahead,
+ * the worker's prefetch) are never run twice: the worker keeps those it
+ * holds, and drops those whose lease went to the other consumer. */
+static void held_events_are_not_run_twice(void **state)
+{
+    (void)state;
+    REQUIRES(PROMISE_LEASES);
+    for (int prefetch = 1; prefetch <= 4; prefetch += 3) {
+        char name[64], file[256], other[16][64];
+        evq_queue *q = open_fresh(LEASE_PARAMS, name);
+        evq_events *e = evq_events_new();
+        struct slow s = {.ms = 1200, .mu = PTHREAD_MUTEX_INITIALIZER};
+        evq_worker_opts o;
+        evq_worker *w;
+        char ids[4][64];
+
+        for (int i = 0; i < 4; i++) {
+            evq_event *ev = numbered(i);
+            snprintf(ids[i], sizeof ids[i], "%s", evq_event_id(ev));
+            assert_evq_ok(evq_enqueue(q, ev));
+            evq_event_free(ev);
+        }
+        evq_worker_opts_init(&o);
+        o.prefetch = prefetch;
+        evq_register_handler(e, "conf.numbered", slow_handler, &s);
+        assert_evq_ok(evq_worker_start(&w, q, e, &o));
+        assert_true(eventually(slow_started, &s, 10000));
+        pid_t pid = poll_elsewhere(name, 6500, file, sizeof file);
+        int elsewhere = poll_elsewhere_wait(pid, file, other);
+        assert_evq_ok(evq_worker_stop(w, 5000));
+
+        /* Each of the four ran exactly once, here or there. */
+        for (int i = 0; i < 4; i++) {
+            int runs = 0;
+            for (int j = 0; j < s.n; j++)
+                runs += strcmp(s.ids[j], ids[i]) == 0;
+            for (int j = 0; j < elsewhere && j < 16; j++)
+                runs += strcmp(other[j], ids[i]) == 0;
+            if (runs != 1)
+                fail_msg("prefetch %d: event %d ran %d times (%d here, %d in "
+                         "the other consumer)",
+                         prefetch, i, runs, s.n, elsewhere);
+        }
+        assert_int_equal(atomic_load(&s.overlap), 0);
+        evq_msg *m;
+        assert_evq_err(evq_dequeue(q, &m, 1500), EVQ_ETIMEDOUT);
+        evq_worker_free(w);
+        evq_events_free(e);
+        evq_queue_close(q);
+    }
+}
+
+/* Consumer A's lease runs out and B takes the events: A can neither touch,
+ * ack, nack nor dead-letter them, and B's acks remove them once. */
+static void an_expired_lease_is_not_settled_by_its_old_owner(void **state)
+{
+    (void)state;
+    REQUIRES(PROMISE_LEASES);
+    char name[64], url[1024];
+    evq_queue *a = open_fresh(LEASE_PARAMS, name), *b;
+    evq_msg *am[3], *bm[3];
+    char ids[3][64];
+
+    url_with(url, sizeof url, LEASE_PARAMS);
+    assert_evq_ok(evq_queue_open(&b, url, name, NULL));
+    for (int i = 0; i < 3; i++) {
+        evq_event *ev = numbered(i);
+        assert_evq_ok(evq_enqueue(a, ev));
+        evq_event_free(ev);
+    }
+    for (int i = 0; i < 3; i++) {
+        assert_evq_ok(evq_dequeue(a, &am[i], 5000));
+        snprintf(ids[i], sizeof ids[i], "%s",
+                 evq_event_id(evq_msg_event(am[i])));
+    }
+    /* Touching again and again is fine while the lease is A's. */
+    assert_evq_ok(evq_msg_touch(am[0]));
+    assert_evq_ok(evq_msg_touch(am[0]));
+    /* B receives the three once A's leases have run out. */
+    for (int i = 0; i < 3; i++) {
+        assert_evq_ok(evq_dequeue(b, &bm[i], 10000));
+        assert_int_equal(evq_event_attempt(evq_msg_event(bm[i])), 2);
+    }
+    for (int i = 0; i < 3; i++) {
+        bool found = false;
+        for (int j = 0; j < 3; j++)
+            found |= strcmp(ids[i], evq_event_id(evq_msg_event(bm[j]))) == 0;
+        assert_true(found);
+    }
+    assert_evq_err(evq_msg_touch(am[0]), EVQ_ESTATE);
+    assert_errmsg_has("lease expired");
+    assert_evq_err(evq_ack(am[0]), EVQ_ESTATE);
+    assert_errmsg_has("lease expired");
+    assert_evq_err(evq_nack(am[1], 0), EVQ_ESTATE);
+    assert_evq_err(evq_msg_dead_letter(am[2], "too late"), EVQ_ESTATE);
+    for (int i = 0; i < 3; i++)
+        assert_evq_ok(evq_ack(bm[i]));
+    /* Gone exactly once: not back after another visibility timeout, and no
+     * dead letter written by A. */
+    evq_msg *m;
+    assert_evq_err(evq_dequeue(b, &m, 1500), EVQ_ETIMEDOUT);
+    assert_evq_err(evq_dequeue(a, &m, 0), EVQ_ETIMEDOUT);
+    evq_queue *dead;
+    assert_evq_ok(evq_queue_open_dead(&dead, a));
+    assert_empty(dead);
+    evq_queue_close(dead);
+    evq_queue_close(b);
+    evq_queue_close(a);
+}
+
+/* A handler that takes its time: on its first attempt it waits past its
+ * deadline (watching evq_handler_expired) and then reports success, too
+ * late; later attempts succeed at once (unless `always`). */
+struct late {
+    bool always;
+    atomic_int calls, saw_deadline, saw_expired, returned;
+};
+
+static int late_handler(const evq_event *ev, void *arg)
+{
+    struct late *l = arg;
+    (void)ev;
+    int n = atomic_fetch_add(&l->calls, 1) + 1;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    int64_t dl = evq_handler_deadline_ns();
+    if (dl > (int64_t)now.tv_sec * 1000000000 + now.tv_nsec)
+        atomic_fetch_add(&l->saw_deadline, 1);
+    if (n == 1 || l->always) {
+        for (int i = 0; i < 1000 && !evq_handler_expired(); i++) {
+            struct timespec pause = {0, 5 * 1000000};
+            nanosleep(&pause, NULL);
+        }
+        if (evq_handler_expired())
+            atomic_fetch_add(&l->saw_expired, 1);
+        struct timespec pause = {0, 50 * 1000000}; /* and a little more */
+        nanosleep(&pause, NULL);
+    }
+    atomic_fetch_add(&l->returned, 1);
+    return 0;
+}
+
+struct errors {
+    atomic_int timeouts;
+    char reason[256];
+};
+
+static void count_timeouts(const evq_event *ev, int code, const char *reason,
+                           int attempt, void *arg)
+{
+    struct errors *x = arg;
+    (void)attempt;
+    if (ev && code == EVQ_ETIMEDOUT && atomic_fetch_add(&x->timeouts, 1) == 0)
+        snprintf(x->reason, sizeof x->reason, "%s", reason);
+}
+
+static void a_handler_past_its_deadline_is_retried(void **state)
+{
+    (void)state;
+    REQUIRES(PROMISE_REDELIVERY);
+    evq_queue *q = open_fresh(NULL, NULL);
+    evq_events *e = evq_events_new();
+    struct late l = {0};
+    struct errors x = {0};
+    evq_worker_opts o = fast_retries();
+    evq_worker *w;
+    evq_event *ev = numbered(7);
+
+    o.handler_timeout_ms = 300;
+    o.on_error = count_timeouts;
+    o.on_error_arg = &x;
+    o.concurrency = 2;
+    evq_register_handler(e, "conf.numbered", late_handler, &l);
+    assert_evq_ok(evq_worker_start(&w, q, e, &o));
+    assert_evq_ok(evq_enqueue(q, ev));
+    wait_settled(w, 1);
+    assert_evq_ok(evq_worker_stop(w, 5000)); /* waits for the late return */
+
+    struct evq_worker_stats st;
+    evq_worker_stats(w, &st);
+    assert_int_equal(atomic_load(&l.calls), 2);
+    assert_int_equal(atomic_load(&l.returned), 2);
+    assert_int_equal(atomic_load(&l.saw_deadline), 2);
+    assert_int_equal(atomic_load(&l.saw_expired), 1);
+    assert_int_equal(st.timed_out, 1);
+    assert_int_equal(st.failed, 1);
+    assert_int_equal(st.retried, 1);
+    assert_int_equal(st.succeeded, 1);
+    assert_int_equal(st.received, 2);
+    assert_int_equal(atomic_load(&x.timeouts), 1);
+    if (!strstr(x.reason, "handler_timeout_ms"))
+        fail_msg("on_error reason \"%s\" does not name the timeout", x.reason);
+    assert_empty(q);
+    evq_worker_free(w);
+    evq_events_free(e);
+    evq_event_free(ev);
+    evq_queue_close(q);
+}
+
+static void a_handler_that_always_times_out_is_dead_lettered(void **state)
+{
+    (void)state;
+    REQUIRES(PROMISE_REDELIVERY | PROMISE_DEAD_LETTERS);
+    evq_queue *q = open_fresh(NULL, NULL);
+    evq_events *e = evq_events_new();
+    struct late l = {.always = true};
+    evq_worker_opts o = fast_retries();
+    evq_worker *w;
+    evq_event *ev = numbered(8);
+
+    o.handler_timeout_ms = 200;
+    o.max_attempts = 2;
+    evq_register_handler(e, "conf.numbered", late_handler, &l);
+    assert_evq_ok(evq_worker_start(&w, q, e, &o));
+    assert_evq_ok(evq_enqueue(q, ev));
+    wait_settled(w, 1);
+    assert_evq_ok(evq_worker_stop(w, 5000));
+
+    struct evq_worker_stats st;
+    evq_worker_stats(w, &st);
+    assert_int_equal(atomic_load(&l.calls), 2);
+    assert_int_equal(atomic_load(&l.saw_expired), 2);
+    assert_int_equal(st.timed_out, 2);
+    assert_int_equal(st.failed, 2);
+    assert_int_equal(st.retried, 1);
+    assert_int_equal(st.dead_lettered, 1);
+    assert_int_equal(st.succeeded, 0);
+    take_dead_letter(q, ev, "handler_timeout_ms=200", "2");
+    assert_empty(q);
+    evq_worker_free(w);
+    evq_events_free(e);
+    evq_event_free(ev);
+    evq_queue_close(q);
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 2) {
@@ -781,6 +1143,11 @@ int main(int argc, char **argv)
         cmocka_unit_test(every_event_is_handled_exactly_once),
         cmocka_unit_test(a_stopped_worker_loses_nothing),
         cmocka_unit_test(stats_add_up),
+        cmocka_unit_test(a_long_handler_keeps_its_event),
+        cmocka_unit_test(held_events_are_not_run_twice),
+        cmocka_unit_test(an_expired_lease_is_not_settled_by_its_old_owner),
+        cmocka_unit_test(a_handler_past_its_deadline_is_retried),
+        cmocka_unit_test(a_handler_that_always_times_out_is_dead_lettered),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
