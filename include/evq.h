@@ -344,7 +344,9 @@ EVQ_API int evq_nack(evq_msg *msg, int64_t redeliver_after_ms);
  *   consumer's clock (the server would take +WPI, ack or nak of an old
  *   delivery as the current one's);
  * - memory://, kafka://, nats core mode: a delivery stays with its consumer
- *   for as long as the consumer lives; touch returns 0 and does nothing.
+ *   for as long as the consumer lives; touch returns 0 and does nothing
+ *   (kafka:// keeps a handle whose threads are all in long handlers in its
+ *   group by polling for it past max.poll.interval.ms).
  * Once a lease has passed to another consumer, evq_msg_touch, evq_ack,
  * evq_nack and evq_msg_dead_letter of the old message fail with EVQ_ESTATE
  * ("the lease expired") and never settle the other consumer's delivery.  A

@@ -676,6 +676,64 @@ static void killed_consumers_skip_nothing(void **state)
     evq_queue_close(q);
 }
 
+
+/* ---- long handlers ------------------------------------------------------ */
+
+static atomic_int long_runs;
+
+static int eight_seconds(const evq_event *ev, void *arg)
+{
+    (void)ev;
+    (void)arg;
+    atomic_fetch_add(&long_runs, 1);
+    struct timespec pause = {8, 0};
+    nanosleep(&pause, NULL);
+    return 0;
+}
+
+static bool long_done(void *arg)
+{
+    struct evq_worker_stats st;
+    evq_worker_stats(arg, &st);
+    return st.succeeded >= 1;
+}
+
+static bool ran_twice(void *arg)
+{
+    (void)arg;
+    return atomic_load(&long_runs) >= 2;
+}
+
+/* A handler longer than max.poll.interval.ms, on the worker's only thread:
+ * librdkafka would take the consumer out of its group, and the event would
+ * be read again.  The keepalive polls meanwhile: it runs once. */
+static void a_handler_past_the_poll_interval_keeps_its_event(void **state)
+{
+    (void)state;
+    char u[1024];
+    evq_queue *q;
+    evq_events *e = evq_events_new();
+    evq_worker *w;
+    url_with(u, sizeof u, "rdkafka.max.poll.interval.ms=6000");
+    assert_evq_ok(evq_queue_open(&q, u, "klong", NULL));
+    enqueue_type(q, "long", "p0");
+    atomic_store(&long_runs, 0);
+    evq_register_handler(e, "long", eight_seconds, NULL);
+    assert_evq_ok(evq_worker_start(&w, q, e, NULL));
+    assert_true(eventually(long_done, w, 60000));
+    /* Were the consumer out of its group, it would rejoin and read the
+     * event again within a session or two. */
+    assert_false(eventually(ran_twice, NULL, 15000));
+    assert_evq_ok(evq_worker_stop(w, 5000));
+    struct evq_worker_stats st;
+    evq_worker_stats(w, &st);
+    assert_int_equal(st.received, 1);
+    assert_int_equal(st.succeeded, 1);
+    evq_worker_free(w);
+    evq_events_free(e);
+    evq_queue_close(q);
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 3) {
@@ -685,6 +743,8 @@ int main(int argc, char **argv)
     boot = argv[1];
     sdir = argv[2];
     url_with(url, sizeof url, NULL);
+    if (getenv("EVQ_TEST_FILTER")) /* run only the tests matching it */
+        cmocka_set_test_filter(getenv("EVQ_TEST_FILTER"));
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(kcat_reads_what_evq_produces),
         cmocka_unit_test(evq_reads_what_kcat_produces),
@@ -697,6 +757,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(a_missing_topic_is_created_or_left_to_the_broker),
         cmocka_unit_test(bad_brokers_and_properties_are_clear_errors),
         cmocka_unit_test(ssl_options_reach_librdkafka),
+        cmocka_unit_test(a_handler_past_the_poll_interval_keeps_its_event),
         cmocka_unit_test(killed_consumers_skip_nothing),
         cmocka_unit_test(a_broker_down_and_up_loses_no_accepted_event),
     };

@@ -27,6 +27,12 @@
  * - On a rebalance, finished offsets of the revoked partitions are
  *   committed synchronously; what was fetched and not handed out is
  *   dropped, and the partition's new owner reads it again.
+ * - Long handlers: librdkafka takes a consumer that has not polled for
+ *   max.poll.interval.ms out of its group, and its unfinished events to
+ *   another member (or back to itself, read again).  So while every thread
+ *   of a handle is busy elsewhere, a keepalive (the flusher helper, as a
+ *   timer) polls for it every third of that interval: events stay with
+ *   their consumer for as long as it lives, and touch has nothing to do.
  */
 #include "../internal.h"
 
@@ -141,6 +147,11 @@ typedef struct khandle {
     char broker_note[300]; /* librdkafka's last error event (TLS, SASL, ...)
                               since the last enqueue that worked */
     bool commit_due;
+    /* keepalive: polls when no dequeue did for keep_every_ns */
+    evq__flusher keep;
+    bool keep_armed;
+    int64_t keep_every_ns;
+    _Atomic int64_t last_poll_ns;
     atomic_bool interrupted;
     char errbuf[512];
 } khandle;
@@ -778,6 +789,8 @@ static evq_event *from_binary(const khandle *h, rd_kafka_message_t *rm,
 static int poll_one(khandle *h, int wait_ms)
 {
     rd_kafka_message_t *rm = rd_kafka_consumer_poll(h->cons, wait_ms);
+    atomic_store_explicit(&h->last_poll_ns, evq__now_mono_ns(),
+                          memory_order_relaxed);
     if (!rm)
         return EVQ_ETIMEDOUT;
     if (rm->err) {
@@ -875,6 +888,40 @@ static void housekeeping(khandle *h)
     pthread_mutex_unlock(&h->trk_mu);
 }
 
+/* The keepalive's round (on the flusher's thread): polls once, taking
+ * what comes into the buffer, when no dequeue has polled for a third of
+ * max.poll.interval.ms and none is polling now; then comes again. */
+static void kafka_keepalive(void *arg)
+{
+    khandle *h = arg;
+    if (atomic_load(&h->interrupted))
+        return;
+    int64_t now = evq__now_mono_ns();
+    if (now - atomic_load(&h->last_poll_ns) >= h->keep_every_ns &&
+        pthread_mutex_trylock(&h->rd_mu) == 0) {
+        poll_one(h, 0);
+        housekeeping(h);
+        pthread_mutex_unlock(&h->rd_mu);
+    }
+    evq__flusher_arm(&h->keep, evq__now_mono_ns() + h->keep_every_ns);
+}
+
+/* Starts the keepalive for a new consumer (rd_mu held). */
+static void keepalive_start(khandle *h)
+{
+    char v[32];
+    size_t sz = sizeof v;
+    int64_t every_ms = 100000; /* librdkafka's default 300000, a third */
+    if (rd_kafka_conf_get(rd_kafka_conf(h->cons), "max.poll.interval.ms", v,
+                          &sz) == RD_KAFKA_CONF_OK)
+        every_ms = strtoll(v, NULL, 10) / 3;
+    h->keep_every_ns = (every_ms > 10 ? every_ms : 10) * 1000000;
+    atomic_store(&h->last_poll_ns, evq__now_mono_ns());
+    evq__flusher_init(&h->keep, kafka_keepalive, h);
+    h->keep_armed = true;
+    evq__flusher_arm(&h->keep, evq__now_mono_ns() + h->keep_every_ns);
+}
+
 static int kafka_dequeue(void *state, evq__delivery *d, int timeout_ms)
 {
     khandle *h = state;
@@ -887,9 +934,12 @@ static int kafka_dequeue(void *state, evq__delivery *d, int timeout_ms)
     } else {
         pthread_mutex_lock(&h->rd_mu);
     }
-    if (!h->cons && (rc = open_consumer(h)) != 0) {
-        pthread_mutex_unlock(&h->rd_mu);
-        return rc;
+    if (!h->cons) {
+        if ((rc = open_consumer(h)) != 0) {
+            pthread_mutex_unlock(&h->rd_mu);
+            return rc;
+        }
+        keepalive_start(h);
     }
     for (;;) {
         if (atomic_load(&h->interrupted)) {
@@ -1100,6 +1150,8 @@ static void kafka_close(void *state)
     khandle *h = state;
     if (!h)
         return;
+    if (h->keep_armed)
+        evq__flusher_destroy(&h->keep);
     if (h->cons) {
         pthread_mutex_lock(&h->trk_mu);
         h->commit_due = true;
