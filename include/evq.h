@@ -569,8 +569,8 @@ struct evq_worker_stats {
      * log-linear histogram (within 1/16 of the true value). */
     uint64_t latency_ns_p50, latency_ns_p90, latency_ns_p99, latency_ns_p999;
     uint64_t latency_count;
-    uint64_t timed_out; /* handler runs past handler_timeout_ms (also in
-                           failed) */
+    uint64_t timed_out;  /* handler runs past handler_timeout_ms (also in
+                            failed) */
     uint64_t lease_lost; /* events whose lease passed to another consumer
                             before this worker settled them (not run, or
                             their ack refused with EVQ_ESTATE) */

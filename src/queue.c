@@ -152,9 +152,9 @@ int evq_queue_open(evq_queue **qp, const char *url, const char *name,
         (size_t)evq__opt_int(&q->opts, ops->opts, "max_event_bytes");
     q->lim.max_depth = (int)evq__opt_int(&q->opts, ops->opts, "max_depth");
     if (ops->touch)
-        q->lease_ns = evq__opt_int(&q->opts, ops->opts,
-                                   "visibility_timeout_ms") *
-                      1000000;
+        q->lease_ns =
+            evq__opt_int(&q->opts, ops->opts, "visibility_timeout_ms") *
+            1000000;
     const char *dl = evq__opt_str(&q->opts, ops->opts, "dead_letter");
     char dbuf[256];
     if (!dl) {
@@ -484,6 +484,19 @@ static bool lease_fresh(evq_queue *q, evq__delivery *d)
     return false;
 }
 
+/* What is left of a dequeue's wait after a message it passed over: the
+ * timeout for the next try, or EVQ_ETIMEDOUT once it is spent. */
+static int time_left(int64_t deadline, int *timeout_ms)
+{
+    if (*timeout_ms <= 0)
+        return 0;
+    int64_t left = deadline - evq__now_mono_ns();
+    if (left <= 0)
+        return evq__err(EVQ_ETIMEDOUT, "dequeue timed out");
+    *timeout_ms = (int)((left + 999999) / 1000000);
+    return 0;
+}
+
 int evq_dequeue(evq_queue *q, evq_msg **msgp, int timeout_ms)
 {
     int64_t deadline;
@@ -503,12 +516,8 @@ int evq_dequeue(evq_queue *q, evq_msg **msgp, int timeout_ms)
         if (rc)
             return rc;
         if (d.lease_ns && !lease_fresh(q, &d)) {
-            if (timeout_ms > 0) {
-                int64_t left = deadline - evq__now_mono_ns();
-                if (left <= 0)
-                    return evq__err(EVQ_ETIMEDOUT, "dequeue timed out");
-                timeout_ms = (int)((left + 999999) / 1000000);
-            }
+            if ((rc = time_left(deadline, &timeout_ms)) != 0)
+                return rc;
             continue;
         }
         if (d.ev) {
@@ -533,12 +542,8 @@ int evq_dequeue(evq_queue *q, evq_msg **msgp, int timeout_ms)
                     return evq__err_prefix(rc, "could not dead-letter an "
                                                "undecodable message");
                 }
-                if (timeout_ms > 0) {
-                    int64_t left = deadline - evq__now_mono_ns();
-                    if (left <= 0)
-                        return evq__err(EVQ_ETIMEDOUT, "dequeue timed out");
-                    timeout_ms = (int)((left + 999999) / 1000000);
-                }
+                if ((rc = time_left(deadline, &timeout_ms)) != 0)
+                    return rc;
                 continue;
             }
             owns = true;

@@ -177,8 +177,8 @@ static bool keep_one(evq_worker *w, evq_msg *m, int64_t now_ns)
     if (rc == EVQ_ESTATE)
         return false;
     if (rc)
-        wlog(w, EVQ_LOG_WARN, "touching a held event: %s: %s",
-             evq_strerror(rc), evq_errmsg());
+        wlog(w, EVQ_LOG_WARN, "touching a held event: %s: %s", evq_strerror(rc),
+             evq_errmsg());
     return true;
 }
 
@@ -193,10 +193,10 @@ static evq_msg *keep_thread(evq_worker *w, wthread *t, int64_t now_ns)
         expired = t->run_msg;
         t->run_msg = NULL;
         t->run_timed_out = true;
-    } else if (t->run_msg && w->touch_ms &&
-               !keep_one(w, t->run_msg, now_ns)) {
-        wlog(w, EVQ_LOG_WARN, "a running handler's event lost its lease: "
-                              "its settle will fail");
+    } else if (t->run_msg && w->touch_ms && !keep_one(w, t->run_msg, now_ns)) {
+        wlog(w, EVQ_LOG_WARN,
+             "a running handler's event lost its lease: "
+             "its settle will fail");
     }
     for (int i = t->next_held; w->touch_ms && i < t->n_held; i++) {
         evq_msg *m = t->held[i];

@@ -676,7 +676,6 @@ static void killed_consumers_skip_nothing(void **state)
     evq_queue_close(q);
 }
 
-
 /* ---- long handlers ------------------------------------------------------ */
 
 static atomic_int long_runs;

@@ -344,7 +344,6 @@ static void prometheus_labels_are_escaped(void **state)
     evq_queue_close(q);
 }
 
-
 /* ---- deadlines and reasons ---------------------------------------------- */
 
 static void touch_needs_a_message_and_is_a_no_op_without_leases(void **state)

@@ -864,9 +864,8 @@ static natsStatus fetch(nhandle *h, int64_t wait_ms)
     natsSubscription_GetPending(h->sub, &waiting, NULL);
     /* Messages already waiting answer an earlier request: their AckWait
      * began after that one was sent. */
-    int64_t lease_ns = (waiting > 0 && h->prev_fetch_ns ? h->prev_fetch_ns
-                                                        : start) +
-                       h->vt_ns;
+    int64_t lease_ns =
+        (waiting > 0 && h->prev_fetch_ns ? h->prev_fetch_ns : start) + h->vt_ns;
     h->prev_fetch_ns = start;
     jsFetchRequest fr;
     jsFetchRequest_Init(&fr);

@@ -1113,9 +1113,10 @@ static int settle(rhandle *h, const char *op, rmsg *m, int64_t delay_ms,
         snprintf(due, sizeof due, "%lld", (long long)(now_ms() + delay_ms));
         evq__uuid7(id);
     }
-    const char *argv[] = {"EVAL", settle_lua, "2",     h->stream,
-                          h->delayed, op,    h->consumer, m->id,
-                          count,  due,        att,   (const char *)m->body,
+    const char *argv[] = {"EVAL",      settle_lua, "2",
+                          h->stream,   h->delayed, op,
+                          h->consumer, m->id,      count,
+                          due,         att,        (const char *)m->body,
                           id};
     size_t lens[13];
     for (int i = 0; i < 13; i++)

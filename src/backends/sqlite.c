@@ -579,8 +579,8 @@ static void sqlite_flush_later(void *arg)
     sqhandle *h = arg;
     pthread_mutex_lock(&h->mu);
     if (flush_acks(h) != 0 && h->n_acks > 0)
-        evq__flusher_arm(&h->flusher,
-                         evq__now_mono_ns() + (h->ack_flush_ms + 10) * 1000000LL);
+        evq__flusher_arm(&h->flusher, evq__now_mono_ns() +
+                                          (h->ack_flush_ms + 10) * 1000000LL);
     pthread_mutex_unlock(&h->mu);
 }
 
@@ -1016,8 +1016,8 @@ static int sqlite_ack(void *state, evq__delivery *d)
                            atomic_load(&h->interrupted)))
             rc = flush_acks(h);
         else if (h->n_acks == 1)
-            evq__flusher_arm(&h->flusher, evq__now_mono_ns() +
-                                              h->ack_flush_ms * 1000000LL);
+            evq__flusher_arm(&h->flusher,
+                             evq__now_mono_ns() + h->ack_flush_ms * 1000000LL);
     }
     pthread_mutex_unlock(&h->mu);
     free(m);
@@ -1052,9 +1052,8 @@ static int sqlite_touch(void *state, evq__delivery *d)
     pthread_mutex_lock(&h->mu);
     if ((rc = tx_begin(h)) == 0) {
         rc = write_acks(h);
-        int trc = rc ? rc
-                     : claimed_step(h, S_TOUCH, m, now_ms() + h->vt_ms,
-                                    "touch");
+        int trc =
+            rc ? rc : claimed_step(h, S_TOUCH, m, now_ms() + h->vt_ms, "touch");
         rc = tx_end(h, trc == EVQ_ESTATE ? 0 : trc);
         if (!rc) {
             h->n_acks = 0;

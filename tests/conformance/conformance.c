@@ -25,14 +25,14 @@ enum {
     PROMISE_REDELIVERY = 1,
     PROMISE_DELAY = 2,
     PROMISE_DEAD_LETTERS = 4,
-    PROMISE_NO_LOSS = 8, /* nothing dropped when consumers fall behind */
+    PROMISE_NO_LOSS = 8,  /* nothing dropped when consumers fall behind */
     PROMISE_BACKLOG = 16, /* kept for a handle that has not read yet */
     PROMISE_LEASES = 32,  /* a visibility timeout, extended by touch */
     PROMISE_ALL = 63
 };
 #define N_PROMISES 6
 #define NO_LEASES_WHY                                                          \
-    "a delivery stays with its consumer for as long as the consumer lives: "  \
+    "a delivery stays with its consumer for as long as the consumer lives: "   \
     "there is no visibility timeout to outlast (evq_msg_touch returns 0)"
 static const struct {
     const char *match; /* a substring of the URL; NULL matches any */
@@ -350,6 +350,22 @@ static void wait_settled(evq_worker *w, uint64_t n)
     wait_settled_as(w, n, false);
 }
 
+/* Starts a worker with `o` on q, enqueues `ev`, waits until it is settled,
+ * stops the worker and fills *st; returns the stopped worker (the caller
+ * frees it). */
+static evq_worker *work_one(evq_queue *q, evq_events *e,
+                            const evq_worker_opts *o, const evq_event *ev,
+                            struct evq_worker_stats *st)
+{
+    evq_worker *w;
+    assert_evq_ok(evq_worker_start(&w, q, e, o));
+    assert_evq_ok(evq_enqueue(q, ev));
+    wait_settled(w, 1);
+    assert_evq_ok(evq_worker_stop(w, 5000)); /* waits for late returns */
+    evq_worker_stats(w, st);
+    return w;
+}
+
 static void failing_twice_then_succeeding_is_processed_three_times(void **state)
 {
     (void)state;
@@ -358,16 +374,11 @@ static void failing_twice_then_succeeding_is_processed_three_times(void **state)
     evq_events *e = evq_events_new();
     struct flaky f = {.fail_first = 2, .code = EVQ_EIO};
     evq_worker_opts o = fast_retries();
-    evq_worker *w;
     evq_event *ev = numbered(4);
+    struct evq_worker_stats st;
 
     evq_register_handler(e, "conf.numbered", flaky_handler, &f);
-    assert_evq_ok(evq_worker_start(&w, q, e, &o));
-    assert_evq_ok(evq_enqueue(q, ev));
-    wait_settled(w, 1);
-    assert_evq_ok(evq_worker_stop(w, 5000));
-    struct evq_worker_stats st;
-    evq_worker_stats(w, &st);
+    evq_worker *w = work_one(q, e, &o, ev, &st);
     assert_int_equal(atomic_load(&f.calls), 3);
     assert_int_equal(st.received, 3);
     assert_int_equal(st.failed, 2);
@@ -760,7 +771,6 @@ static void stats_add_up(void **state)
     evq_queue_close(q);
 }
 
-
 /* ---- leases and deadlines ------------------------------------------------ */
 
 #define LEASE_PARAMS "visibility_timeout_ms=1000"
@@ -1038,21 +1048,15 @@ static void a_handler_past_its_deadline_is_retried(void **state)
     struct late l = {0};
     struct errors x = {0};
     evq_worker_opts o = fast_retries();
-    evq_worker *w;
     evq_event *ev = numbered(7);
+    struct evq_worker_stats st;
 
     o.handler_timeout_ms = 300;
     o.on_error = count_timeouts;
     o.on_error_arg = &x;
     o.concurrency = 2;
     evq_register_handler(e, "conf.numbered", late_handler, &l);
-    assert_evq_ok(evq_worker_start(&w, q, e, &o));
-    assert_evq_ok(evq_enqueue(q, ev));
-    wait_settled(w, 1);
-    assert_evq_ok(evq_worker_stop(w, 5000)); /* waits for the late return */
-
-    struct evq_worker_stats st;
-    evq_worker_stats(w, &st);
+    evq_worker *w = work_one(q, e, &o, ev, &st);
     assert_int_equal(atomic_load(&l.calls), 2);
     assert_int_equal(atomic_load(&l.returned), 2);
     assert_int_equal(atomic_load(&l.saw_deadline), 2);
@@ -1080,19 +1084,13 @@ static void a_handler_that_always_times_out_is_dead_lettered(void **state)
     evq_events *e = evq_events_new();
     struct late l = {.always = true};
     evq_worker_opts o = fast_retries();
-    evq_worker *w;
     evq_event *ev = numbered(8);
+    struct evq_worker_stats st;
 
     o.handler_timeout_ms = 200;
     o.max_attempts = 2;
     evq_register_handler(e, "conf.numbered", late_handler, &l);
-    assert_evq_ok(evq_worker_start(&w, q, e, &o));
-    assert_evq_ok(evq_enqueue(q, ev));
-    wait_settled(w, 1);
-    assert_evq_ok(evq_worker_stop(w, 5000));
-
-    struct evq_worker_stats st;
-    evq_worker_stats(w, &st);
+    evq_worker *w = work_one(q, e, &o, ev, &st);
     assert_int_equal(atomic_load(&l.calls), 2);
     assert_int_equal(atomic_load(&l.saw_expired), 2);
     assert_int_equal(st.timed_out, 2);
