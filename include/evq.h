@@ -529,7 +529,10 @@ typedef struct evq_worker_opts {
      * handler keeps running: its late return is logged and ignored, its
      * thread takes no new event until then, and evq_worker_stop waits for
      * it within its drain deadline.  Handlers should watch
-     * evq_handler_expired() and return promptly. */
+     * evq_handler_expired() and return promptly.  The retry may run while
+     * the late handler still does: on memory:// (events passed by
+     * reference) both see the same event object, and with
+     * kafka.ordering=key the next event of its key may start. */
     int handler_timeout_ms;
 } evq_worker_opts;
 

@@ -92,7 +92,8 @@ typedef struct evq__flusher {
 } evq__flusher;
 void evq__flusher_init(evq__flusher *f, void (*fn)(void *), void *arg);
 /* Has fn run once at about due_ns (monotonic); the earliest arm wins.
- * Starts the thread when needed; if it cannot, runs fn at once. */
+ * Starts the thread when needed (tried again at the next arm if it cannot
+ * be started: never runs fn on the caller's thread). */
 void evq__flusher_arm(evq__flusher *f, int64_t due_ns);
 /* Joins the thread (fn is not running afterwards).  Not from fn. */
 void evq__flusher_destroy(evq__flusher *f);

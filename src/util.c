@@ -409,21 +409,17 @@ void evq__flusher_init(evq__flusher *f, void (*fn)(void *), void *arg)
 
 void evq__flusher_arm(evq__flusher *f, int64_t due_ns)
 {
-    bool now = false;
     pthread_mutex_lock(&f->mu);
-    if (!f->running && !f->stop) {
-        if (pthread_create(&f->tid, NULL, flusher_main, f) == 0)
-            f->running = true;
-        else
-            now = true;
-    }
-    if (!now && due_ns < f->due_ns) {
+    /* A thread that cannot start now is tried again at the next arm; the
+     * handle's own calls flush meanwhile. */
+    if (!f->running && !f->stop &&
+        pthread_create(&f->tid, NULL, flusher_main, f) == 0)
+        f->running = true;
+    if (due_ns < f->due_ns) {
         f->due_ns = due_ns;
         pthread_cond_signal(&f->cv);
     }
     pthread_mutex_unlock(&f->mu);
-    if (now)
-        f->fn(f->arg);
 }
 
 void evq__flusher_destroy(evq__flusher *f)

@@ -164,7 +164,7 @@ static void worker_release(evq_worker *w)
     free(w);
 }
 
-static void time_out(evq_worker *w, evq_msg *m);
+static void time_out(wthread *ct, evq_msg *m);
 
 /* Touches m (hold_mu held) once touch_ms has passed since its lease was
  * last extended; false when its lease is gone (m is freed then). */
@@ -193,6 +193,13 @@ static evq_msg *keep_thread(evq_worker *w, wthread *t, int64_t now_ns)
         expired = t->run_msg;
         t->run_msg = NULL;
         t->run_timed_out = true;
+        /* Its thread is stuck in the handler: what it prefetched goes back
+         * for other threads and consumers rather than wait for it. */
+        for (int i = t->next_held; i < t->n_held; i++)
+            if (t->held[i]) {
+                evq_nack(t->held[i], 0);
+                t->held[i] = NULL;
+            }
     } else if (t->run_msg && w->touch_ms && !keep_one(w, t->run_msg, now_ns)) {
         wlog(w, EVQ_LOG_WARN,
              "a running handler's event lost its lease: "
@@ -220,6 +227,7 @@ static void *keeper_main(void *arg)
 {
     evq_worker *w = arg;
     pthread_setname_np(pthread_self(), "evq-keeper");
+    tls_worker = w; /* its callbacks may not stop the worker either */
     pthread_mutex_lock(&w->mu);
     int64_t wake = evq__now_mono_ns() + w->period_ms * 1000000;
     while (!atomic_load(&w->stopping) || w->live > 0) {
@@ -240,7 +248,7 @@ static void *keeper_main(void *arg)
                 continue;
             evq_msg *expired = keep_thread(w, t, now_ns);
             if (expired)
-                time_out(w, expired);
+                time_out(w->kt, expired);
             pthread_mutex_lock(&t->hold_mu);
             if (t->run_msg && t->run_deadline_ns < wake)
                 wake = t->run_deadline_ns;
@@ -300,9 +308,9 @@ static void dead_letter(wthread *t, evq_msg *m, const evq_event *ev,
 /* A handler ran past its deadline (the keeper's thread): the event counts
  * as failed and is retried with backoff, or dead-lettered once its
  * attempts are spent.  Its handler keeps running; its result is ignored. */
-static void time_out(evq_worker *w, evq_msg *m)
+static void time_out(wthread *kt, evq_msg *m)
 {
-    wthread *kt = w->kt;
+    evq_worker *w = kt->w;
     const evq_event *ev = evq_msg_event(m);
     int attempt = evq_event_attempt(ev);
     char reason[200];
@@ -324,7 +332,9 @@ static void time_out(evq_worker *w, evq_msg *m)
     report(w, ev, EVQ_ETIMEDOUT, reason, attempt);
     int nrc = evq_nack(m, backoff_ms(kt, attempt));
     if (nrc)
-        report(w, NULL, nrc, "nack failed", attempt);
+        report(w, NULL, nrc, evq_errmsg(), attempt);
+    if (nrc == EVQ_ESTATE)
+        bump(&kt->lease_lost, 1);
     else
         bump(&kt->retried, 1);
 }
@@ -386,12 +396,26 @@ static void handle(wthread *t, evq_msg *m)
     while (atomic_load_explicit(&t->inspecting, memory_order_seq_cst))
         ;
     tls_deadline_ns = 0;
-    bool late = false;
+    bool late = false, expired = false;
     if (kept) {
         pthread_mutex_lock(&t->hold_mu);
         late = t->run_timed_out;
+        /* Past the deadline before the keeper's round saw it: a timeout
+         * all the same (the handler may have stopped early because
+         * evq_handler_expired said so, and returned success). */
+        expired = !late && deadline_ns && evq__now_mono_ns() >= deadline_ns;
         t->run_msg = NULL;
         pthread_mutex_unlock(&t->hold_mu);
+    }
+    if (expired) {
+        wlog(w, EVQ_LOG_WARN,
+             "event %.40s (%.64s): its handler returned after its deadline "
+             "(%s); the result is ignored",
+             evq_event_id(ev), evq_event_type(ev),
+             rc ? evq_strerror(rc) : "success");
+        evq_event_free(own);
+        time_out(t, m);
+        return;
     }
     if (late) {
         /* The keeper settled the event at its deadline. */
@@ -611,6 +635,15 @@ int evq_worker_start(evq_worker **wp, evq_queue *q, evq_events *events,
     w->lease_ns = evq__queue_lease_ns(q);
     if (w->lease_ns == 0)
         w->touch_ms = 0; /* the backend has no leases to keep */
+    if (w->touch_ms * 1000000 >= w->lease_ns && w->lease_ns > 0) {
+        int64_t vt = w->lease_ns / 1000000;
+        worker_release(w);
+        return evq__err(EVQ_EINVAL,
+                        "worker option 'touch_ms': %d is not shorter than "
+                        "the queue's visibility_timeout_ms (%lld): leases "
+                        "would run out between touches",
+                        opts->touch_ms, (long long)vt);
+    }
     /* The keeper's round: half the touch interval, and a tenth of the
      * handler timeout so a deadline is seen at most that late. */
     int64_t period = w->touch_ms > 0 ? w->touch_ms / 2 : INT64_MAX;

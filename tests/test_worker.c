@@ -515,6 +515,61 @@ static void stop_waits_for_a_handler_past_its_deadline(void **state)
     evq_queue_close(q);
 }
 
+struct quitter {
+    atomic_int calls;
+};
+
+/* Stops as soon as it is told its time is up, and reports success: the
+ * worker must still count the attempt as timed out, not done. */
+static int quits_at_deadline(const evq_event *ev, void *arg)
+{
+    struct quitter *qt = arg;
+    (void)ev;
+    if (atomic_fetch_add(&qt->calls, 1) == 0)
+        while (!evq_handler_expired())
+            ;
+    return 0;
+}
+
+static bool settled_once(void *arg)
+{
+    struct evq_worker_stats st;
+    evq_worker_stats(arg, &st);
+    return st.succeeded >= 1;
+}
+
+static void a_handler_that_stops_at_its_deadline_is_still_retried(void **state)
+{
+    (void)state;
+    evq_queue *q;
+    evq_events *e = evq_events_new();
+    struct quitter qt = {0};
+    evq_worker_opts o;
+    evq_worker *w;
+    evq_event *ev = evq_event_new("quits", NULL);
+
+    evq_worker_opts_init(&o);
+    o.handler_timeout_ms = 150;
+    o.backoff_initial_ms = 1;
+    o.backoff_max_ms = 1;
+    assert_evq_ok(evq_queue_open(&q, "memory://", "w-quit", NULL));
+    evq_register_handler(e, "quits", quits_at_deadline, &qt);
+    assert_evq_ok(evq_worker_start(&w, q, e, &o));
+    assert_evq_ok(evq_enqueue(q, ev));
+    assert_true(eventually(settled_once, w, 10000));
+    assert_evq_ok(evq_worker_stop(w, 5000));
+    struct evq_worker_stats st;
+    evq_worker_stats(w, &st);
+    assert_int_equal(atomic_load(&qt.calls), 2);
+    assert_int_equal(st.timed_out, 1);
+    assert_int_equal(st.retried, 1);
+    assert_int_equal(st.succeeded, 1);
+    evq_worker_free(w);
+    evq_events_free(e);
+    evq_event_free(ev);
+    evq_queue_close(q);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -528,6 +583,7 @@ int main(void)
         cmocka_unit_test(touch_needs_a_message_and_is_a_no_op_without_leases),
         cmocka_unit_test(a_handlers_reason_becomes_the_dead_letters_evqerror),
         cmocka_unit_test(stop_waits_for_a_handler_past_its_deadline),
+        cmocka_unit_test(a_handler_that_stops_at_its_deadline_is_still_retried),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

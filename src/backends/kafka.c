@@ -894,8 +894,8 @@ static void housekeeping(khandle *h)
 static void kafka_keepalive(void *arg)
 {
     khandle *h = arg;
-    if (atomic_load(&h->interrupted))
-        return;
+    /* Also after an interrupt: a stopping worker may wait a long time for
+     * its handlers, which must keep their events meanwhile. */
     int64_t now = evq__now_mono_ns();
     if (now - atomic_load(&h->last_poll_ns) >= h->keep_every_ns &&
         pthread_mutex_trylock(&h->rd_mu) == 0) {

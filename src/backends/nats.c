@@ -122,7 +122,7 @@ typedef struct nhandle {
     int pending_limit; /* core */
     int64_t timeout_ms;
     int64_t vt_ns;         /* AckWait */
-    int64_t prev_fetch_ns; /* when the fetch before the last one began */
+    int64_t req_ns[2];     /* when the last two pull requests were sent */
     pthread_mutex_t rd_mu; /* one fetch at a time */
     pthread_mutex_t buf_mu;
     nbuffered *buf; /* fetched, not yet handed out */
@@ -860,13 +860,15 @@ static natsStatus fetch(nhandle *h, int64_t wait_ms)
      * server for the rest.  So what waits is taken one message per fetch
      * first, and a full batch is asked for only when nothing waits. */
     int waiting = 0;
-    int64_t start = evq__now_mono_ns();
     natsSubscription_GetPending(h->sub, &waiting, NULL);
-    /* Messages already waiting answer an earlier request: their AckWait
-     * began after that one was sent. */
-    int64_t lease_ns =
-        (waiting > 0 && h->prev_fetch_ns ? h->prev_fetch_ns : start) + h->vt_ns;
-    h->prev_fetch_ns = start;
+    /* A message's AckWait began after the request it answers was sent.
+     * Waiting messages, or late ones arriving during this fetch, may
+     * answer the request before the last: the lease counts from it. */
+    if (waiting == 0) { /* this fetch sends a request */
+        h->req_ns[0] = h->req_ns[1];
+        h->req_ns[1] = evq__now_mono_ns();
+    }
+    int64_t lease_ns = (h->req_ns[0] ? h->req_ns[0] : h->req_ns[1]) + h->vt_ns;
     jsFetchRequest fr;
     jsFetchRequest_Init(&fr);
     fr.Batch = waiting > 0 ? 1 : h->prefetch;
@@ -939,6 +941,19 @@ static bool lease_gone(const nhandle *h, int64_t lease_ns)
     return !h->core && lease_ns && evq__now_mono_ns() >= lease_ns;
 }
 
+/* An ack, nak or +WPI sent while disconnected waits in the reconnect
+ * buffer and may reach the server after AckWait, counting against the
+ * message's next delivery: none is sent then. */
+static int not_connected(nhandle *h, const char *what)
+{
+    if (h->core || natsConnection_Status(h->nc) == NATS_CONN_STATUS_CONNECTED)
+        return 0;
+    return evq__err(EVQ_ECONN,
+                    "nats %s: not connected to the server; the event is "
+                    "delivered again after AckWait",
+                    what);
+}
+
 static int nats_ack(void *state, evq__delivery *d)
 {
     nhandle *h = state;
@@ -946,6 +961,11 @@ static int nats_ack(void *state, evq__delivery *d)
     if (lease_gone(h, d->lease_ns)) {
         natsMsg_Destroy(m);
         return evq__lease_lost("ack");
+    }
+    int rc = not_connected(h, "ack");
+    if (rc) {
+        natsMsg_Destroy(m);
+        return rc;
     }
     natsStatus s = h->core ? NATS_OK : natsMsg_Ack(m, NULL);
     natsMsg_Destroy(m);
@@ -961,6 +981,11 @@ static int nats_nack(void *state, evq__delivery *d, int64_t delay_ms)
         natsMsg_Destroy(m);
         return evq__lease_lost("nack");
     }
+    int rc = not_connected(h, "nack");
+    if (rc) {
+        natsMsg_Destroy(m);
+        return rc;
+    }
     if (!h->core)
         s = delay_ms > 0 ? natsMsg_NakWithDelay(m, delay_ms, NULL)
                          : natsMsg_Nak(m, NULL);
@@ -975,6 +1000,9 @@ static int nats_touch(void *state, evq__delivery *d)
         return 0;
     if (lease_gone(h, d->lease_ns))
         return evq__lease_lost("touch");
+    int rc = not_connected(h, "touch");
+    if (rc)
+        return rc;
     int64_t lease_ns = evq__now_mono_ns() + h->vt_ns;
     natsStatus s = natsMsg_InProgress(d->token, NULL);
     if (s != NATS_OK)
@@ -990,7 +1018,7 @@ static void hand_back(nhandle *h)
     pthread_mutex_lock(&h->buf_mu);
     for (size_t i = 0; i < h->n_buf; i++) {
         nbuffered *b = &h->buf[h->head_buf + i];
-        if (!h->core && !lease_gone(h, b->lease_ns))
+        if (!h->core && !lease_gone(h, b->lease_ns) && !not_connected(h, "nak"))
             natsMsg_Nak(b->m, NULL);
         natsMsg_Destroy(b->m);
     }

@@ -162,6 +162,13 @@ static const char claim_lua[] =
     "end\n"
     "return {cursor, out}\n";
 
+/* An ack waiting to be sent: the entry, and the lease it is sent under. */
+struct rack {
+    char id[48];
+    long long deliveries;
+    int64_t lease_ns;
+};
+
 typedef struct rmsg {
     char id[48];
     long long deliveries; /* the pending list's count when we took it */
@@ -208,7 +215,7 @@ typedef struct rhandle {
     int64_t next_reclaim_ms;
     char reclaim_cursor[48];
     /* acks waiting to be sent (under ack_mu) */
-    char (*acks)[48];
+    struct rack *acks;
     size_t n_acks, cap_acks;
     int64_t oldest_ack_ms;
     int ack_flush_ms;
@@ -383,51 +390,73 @@ static int run_tx(rhandle *h, int n, int *argc, const char ***argv,
     return rc;
 }
 
+static int settle(rhandle *h, const char *op, struct rmsg *m, int64_t delay_ms,
+                  int attempts);
+
 /* Acks wait in the handle and go to the server together: one XACK and one
- * XDEL naming them all, in a transaction so the two never part.  Takes
- * ack_mu only to take the list, so ackers do not wait for the server. */
+ * XDEL naming them all, in a transaction so the two never part.  One whose
+ * lease is near its end by now (a flush that failed before, say) goes
+ * through settle_lua instead, so it never settles another consumer's
+ * delivery.  Takes ack_mu only to take the list, so ackers do not wait for
+ * the server. */
 static int flush_acks(rhandle *h)
 {
     pthread_mutex_lock(&h->ack_mu);
-    char(*ids)[48] = h->acks;
+    struct rack *acks = h->acks;
     size_t n = h->n_acks;
     h->acks = NULL;
     h->n_acks = h->cap_acks = 0;
     pthread_mutex_unlock(&h->ack_mu);
     if (n == 0) {
-        free(ids);
+        free(acks);
         return 0;
     }
     const char **xack = malloc((n + 3) * sizeof *xack);
     const char **xdel = malloc((n + 2) * sizeof *xdel);
-    int rc;
+    int rc = 0;
+    size_t plain = 0;
+    int64_t soon = evq__now_mono_ns() + h->vt_ms * 1000000 / 4;
     if (!xack || !xdel) {
         rc = evq__err(EVQ_ENOMEM, "out of memory");
     } else {
         xack[0] = "XACK", xack[1] = h->stream, xack[2] = "evq";
         xdel[0] = "XDEL", xdel[1] = h->stream;
         for (size_t i = 0; i < n; i++) {
-            xack[3 + i] = ids[i];
-            xdel[2 + i] = ids[i];
+            if (acks[i].lease_ns <= soon) {
+                struct rmsg *m = calloc(1, sizeof *m);
+                if (m) {
+                    memcpy(m->id, acks[i].id, sizeof m->id);
+                    m->deliveries = acks[i].deliveries;
+                    settle(h, "ack", m, 0, 0); /* not ours: nothing to do */
+                    free(m);
+                }
+                continue;
+            }
+            xack[3 + plain] = acks[i].id;
+            xdel[2 + plain] = acks[i].id;
+            plain++;
         }
-        int argc[] = {(int)n + 3, (int)n + 2};
+        int argc[] = {(int)plain + 3, (int)plain + 2};
         const char **argv[] = {xack, xdel};
-        rc = run_tx(h, 2, argc, argv, NULL, "ack");
+        if (plain)
+            rc = run_tx(h, 2, argc, argv, NULL, "ack");
     }
     free(xack);
     free(xdel);
     if (rc) { /* kept for the next try */
         pthread_mutex_lock(&h->ack_mu);
         for (size_t i = 0; i < n; i++) {
+            if (acks[i].lease_ns <= soon)
+                continue; /* sent, checked, above */
             if (evq__grow(&h->acks, &h->cap_acks, h->n_acks, sizeof *h->acks))
                 break; /* out of memory: the server redelivers them */
             if (h->n_acks == 0)
                 h->oldest_ack_ms = now_ms();
-            memcpy(h->acks[h->n_acks++], ids[i], sizeof ids[i]);
+            h->acks[h->n_acks++] = acks[i];
         }
         pthread_mutex_unlock(&h->ack_mu);
     }
-    free(ids);
+    free(acks);
     return rc;
 }
 
@@ -1103,7 +1132,7 @@ static int redis_dequeue(void *state, evq__delivery *d, int timeout_ms)
 /* Runs settle_lua for entry m: `op` is "touch", "ack" or "nack" (with
  * delay_ms and the attempt count to keep).  EVQ_ESTATE when the entry is
  * no longer this consumer's. */
-static int settle(rhandle *h, const char *op, rmsg *m, int64_t delay_ms,
+static int settle(rhandle *h, const char *op, struct rmsg *m, int64_t delay_ms,
                   int attempts)
 {
     char count[24], att[16], due[32] = "", id[40] = "";
@@ -1155,10 +1184,13 @@ static int redis_ack(void *state, evq__delivery *d)
         int64_t now = now_ms();
         if (h->n_acks == 0)
             h->oldest_ack_ms = now;
-        memcpy(h->acks[h->n_acks++], m->id, sizeof m->id);
+        struct rack *a = &h->acks[h->n_acks++];
+        memcpy(a->id, m->id, sizeof m->id);
+        a->deliveries = m->deliveries;
+        a->lease_ns = m->lease_ns;
         due = evq__flush_due(h->n_acks, h->oldest_ack_ms, now, h->ack_flush_ms,
                              atomic_load(&h->interrupted));
-        arm = !due && h->n_acks == 1;
+        arm = !due;
     }
     pthread_mutex_unlock(&h->ack_mu);
     if (due)

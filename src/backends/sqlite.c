@@ -1015,7 +1015,7 @@ static int sqlite_ack(void *state, evq__delivery *d)
         if (evq__flush_due(h->n_acks, h->oldest_ack_ms, now, h->ack_flush_ms,
                            atomic_load(&h->interrupted)))
             rc = flush_acks(h);
-        else if (h->n_acks == 1)
+        else
             evq__flusher_arm(&h->flusher,
                              evq__now_mono_ns() + h->ack_flush_ms * 1000000LL);
     }
