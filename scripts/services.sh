@@ -19,8 +19,9 @@
 # tests that kill and restart it.  kafka runs PROGRAM (tests/kafka_broker.c,
 # librdkafka's mock cluster) with N brokers (default 1); @KAFKA_BOOTSTRAP@
 # becomes its bootstrap list, and commands written to
-# SERVICE_DIR/kafka.ctl take brokers down and up.  The command's exit
-# status is returned.
+# SERVICE_DIR/kafka.ctl take brokers down and up.  Runs nest: COMMAND may
+# be another 'services.sh run' (each replaces only its own placeholders).
+# The command's exit status is returned.
 set -euo pipefail
 
 die() { echo "services.sh: $*" >&2; exit 2; }
@@ -218,13 +219,15 @@ case $service in
   *) die "unknown service '$service'" ;;
 esac
 
+# Only this service's placeholders: a command may be another services.sh
+# run, starting the next server (the outermost names @SERVICE_DIR@).
 args=()
 for a in "$@"; do
-  a=${a//@REDIS_URL@/$url}
-  a=${a//@REDIS_PORT@/$port}
-  a=${a//@NATS_URL@/$url}
-  a=${a//@NATS_PORT@/$port}
-  a=${a//@KAFKA_BOOTSTRAP@/$url}
+  case $service in
+    redis) a=${a//@REDIS_URL@/$url}; a=${a//@REDIS_PORT@/$port} ;;
+    nats) a=${a//@NATS_URL@/$url}; a=${a//@NATS_PORT@/$port} ;;
+    kafka) a=${a//@KAFKA_BOOTSTRAP@/$url} ;;
+  esac
   a=${a//@SERVICE_DIR@/$dir}
   args+=("$a")
 done

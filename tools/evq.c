@@ -4,10 +4,12 @@
  * queue error, or input lines that were rejected), 2 usage error.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <math.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -16,7 +18,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -128,10 +132,18 @@ static int open_queue(const char *url, const char *name, evq_opts *opts,
     return rc ? fail("open", rc) : 0;
 }
 
-/* Interrupts `q` on SIGINT or SIGTERM, from a thread that waits for them, so
- * a consumer ends cleanly: the message being printed is still acked or
- * handed back. */
-static evq_queue *signal_target;
+/* Signals.  SIGINT and SIGTERM are blocked in main, before any command
+ * opens a queue (client libraries start their threads then, and those
+ * inherit the mask, so no thread of theirs can take a signal's default
+ * action), and a thread of the tool's own waits for them.  The first one
+ * interrupts the queue the command registered (catch_signals): the command
+ * ends cleanly, settling or handing back what it holds, and exits 0, as
+ * systemd expects of a stopped service.  A command that registered none,
+ * and a second signal, end the process at once with 128 + the signal's
+ * number.  SIGPIPE is ignored: a closed output is a write error that
+ * commands handle. */
+static pthread_mutex_t signal_mu = PTHREAD_MUTEX_INITIALIZER;
+static evq_queue *signal_target; /* under signal_mu */
 static atomic_bool signalled;
 
 static void *signal_thread(void *arg)
@@ -139,14 +151,16 @@ static void *signal_thread(void *arg)
     sigset_t *set = arg;
     int sig;
     while (sigwait(set, &sig) == 0) {
-        atomic_store(&signalled, true);
-        if (signal_target)
-            evq_queue_interrupt(signal_target);
+        pthread_mutex_lock(&signal_mu);
+        if (!signal_target || atomic_exchange(&signalled, true))
+            _exit(128 + sig);
+        evq_queue_interrupt(signal_target);
+        pthread_mutex_unlock(&signal_mu);
     }
     return NULL;
 }
 
-static void catch_signals(evq_queue *q)
+static void signals_init(void)
 {
     static sigset_t set;
     pthread_t t;
@@ -154,24 +168,46 @@ static void catch_signals(evq_queue *q)
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
-    signal_target = q;
+    signal(SIGPIPE, SIG_IGN);
     if (pthread_create(&t, NULL, signal_thread, &set) == 0)
         pthread_detach(t);
+    else
+        pthread_sigmask(SIG_UNBLOCK, &set, NULL);
 }
 
-static int print_event(FILE *f, const evq_event *ev)
+/* Has the first SIGINT or SIGTERM interrupt `q` (NULL: nothing, so a
+ * signal ends the process).  Interrupts q at once if one came already. */
+static void catch_signals(evq_queue *q)
+{
+    pthread_mutex_lock(&signal_mu);
+    signal_target = q;
+    if (q && atomic_load(&signalled))
+        evq_queue_interrupt(q);
+    pthread_mutex_unlock(&signal_mu);
+}
+
+/* Writes `ev` as one JSON line and flushes it; *bytes (may be NULL) is
+ * the line's length. */
+static int print_event_n(FILE *f, const evq_event *ev, size_t *bytes)
 {
     unsigned char *buf;
     size_t len;
     int rc = evq_event_encode(ev, "json", NULL, &buf, &len);
     if (rc)
         return rc;
+    if (bytes)
+        *bytes = len + 1;
     fwrite(buf, 1, len, f);
     fputc('\n', f);
     free(buf);
     if (fflush(f) != 0 || ferror(f))
-        return EVQ_EIO;
+        return EVQ_EIO; /* errno says why (EPIPE: the reader is gone) */
     return 0;
+}
+
+static int print_event(FILE *f, const evq_event *ev)
+{
+    return print_event_n(f, ev, NULL);
 }
 
 /* ---- produce ------------------------------------------------------------ */
@@ -395,41 +431,171 @@ static int cmd_produce(int argc, char **argv)
 /* ---- consume ------------------------------------------------------------- */
 
 static const char consume_help[] =
-    "usage: evq consume URL QUEUE [--count N] [--timeout S] [--no-ack]\n"
+    "usage: evq consume URL QUEUE [--count N] [--timeout S] [--ack WHEN]\n"
+    "                             [--no-ack]\n"
     "\n"
     "Prints each event as one CloudEvents JSON line and acknowledges it only\n"
-    "after the line is written and flushed, so a consumer killed at any\n"
-    "moment loses nothing (the event in hand is delivered again).\n"
+    "once its line is out of the tool's hands, so a consumer killed at any\n"
+    "moment loses nothing (the events in hand are delivered again).\n"
     "\n"
     "  --count N         stop after N events\n"
     "  --timeout S       stop after S seconds without an event (default: "
     "wait)\n"
+    "  --ack WHEN        read (default): into a pipe, an event is acked once\n"
+    "                    the reader has read its line from the pipe (into a\n"
+    "                    file or terminal, once written);\n"
+    "                    after-read: one line at a time, each written only\n"
+    "                    after the reader read the one before (slower);\n"
+    "                    write: once written and flushed (fastest)\n"
     "  --no-ack          print without acknowledging; events are handed back\n"
     "                    when the command ends\n"
     "  -o KEY=VALUE      queue option (repeatable)\n"
     "\n"
-    "Slow readers: an event is leased to this consumer for the queue's\n"
-    "visibility_timeout_ms (sqlite, redis, nats).  Writing a line blocks\n"
-    "while the reader of the output is not reading; an event held past its\n"
-    "lease is delivered to another consumer too, and its ack here is then\n"
-    "refused (a warning on stderr; the event comes again).  Raise the\n"
-    "timeout (-o visibility_timeout_ms=...) for readers that pause.  With\n"
-    "--no-ack, events held past their lease are delivered again meanwhile.\n"
+    "Closed pipes ('| head -1'): the pipe is shrunk to one page, and when its\n"
+    "reader goes away, the event being written and every event whose line\n"
+    "it had not read are handed back at once (nacked without delay); the\n"
+    "tool says how many on stderr and exits 0.  What costs events is a\n"
+    "reader that reads lines and drops them unused: head reads up to a page\n"
+    "(4 KiB) and prints one line, so with --ack read at most a page of\n"
+    "lines is acked unread; with --ack after-read none is; with --ack write,\n"
+    "up to the pipe's whole buffer.\n"
     "\n"
-    "SIGINT or SIGTERM end it cleanly.  Exit status: 0 ended by --count,\n"
-    "--timeout or a signal; 1 queue or output error; 2 usage error.\n";
+    "Slow readers: an event is leased to this consumer for the queue's\n"
+    "visibility_timeout_ms (sqlite, redis, nats).  An event whose line waits\n"
+    "in the pipe past its lease is delivered to another consumer too, and\n"
+    "its ack here is then refused (a warning on stderr; the event comes\n"
+    "again).  Raise the timeout (-o visibility_timeout_ms=...) for readers\n"
+    "that pause.  With --no-ack, events held past their lease are delivered\n"
+    "again meanwhile.\n"
+    "\n"
+    "SIGINT or SIGTERM end it cleanly: what was printed and read is acked,\n"
+    "the rest handed back; a second signal ends it at once.  Exit status: 0\n"
+    "ended by --count, --timeout, a signal or a closed output; 1 queue or\n"
+    "output error; 2 usage error.\n";
+
+enum ack_when { ACK_READ, ACK_AFTER_READ, ACK_WRITE };
+
+/* Events printed and not yet acked, oldest first, with where their line
+ * ends in the output (bytes written so far). */
+typedef struct printed {
+    evq_msg **m;
+    uint64_t *end;
+    size_t head, n, cap;
+    uint64_t written;
+    bool pipe;
+} printed;
+
+static int printed_push(printed *p, evq_msg *m)
+{
+    if (p->head + p->n == p->cap) {
+        if (p->head) {
+            memmove(p->m, p->m + p->head, p->n * sizeof *p->m);
+            memmove(p->end, p->end + p->head, p->n * sizeof *p->end);
+            p->head = 0;
+        } else {
+            size_t cap = p->cap ? p->cap * 2 : 64;
+            evq_msg **nm = realloc(p->m, cap * sizeof *nm);
+            if (nm)
+                p->m = nm;
+            uint64_t *ne = nm ? realloc(p->end, cap * sizeof *ne) : NULL;
+            if (!ne)
+                return EVQ_ENOMEM;
+            p->end = ne;
+            p->cap = cap;
+        }
+    }
+    p->m[p->head + p->n] = m;
+    p->end[p->head + p->n] = p->written;
+    p->n++;
+    return 0;
+}
+
+/* Bytes of the output its reader has taken: all that was written, less
+ * what still waits in the pipe. */
+static uint64_t printed_taken(const printed *p)
+{
+    int unread = 0;
+    if (!p->pipe || ioctl(STDOUT_FILENO, FIONREAD, &unread) != 0 || unread < 0)
+        return p->written;
+    return p->written - (uint64_t)unread;
+}
+
+/* Acks the events whose line the reader has taken (all, with `all`); 1
+ * when an ack failed otherwise than by a lost lease. */
+static int printed_ack(printed *p, bool all)
+{
+    uint64_t taken = all ? UINT64_MAX : printed_taken(p);
+    while (p->n > 0 && p->end[p->head] <= taken) {
+        evq_msg *m = p->m[p->head++];
+        p->n--;
+        char id[128];
+        snprintf(id, sizeof id, "%s", evq_event_id(evq_msg_event(m)));
+        int rc = evq_ack(m);
+        if (rc == EVQ_ESTATE) {
+            /* The reader kept the line past the lease: the event is
+             * another consumer's now, and comes again. */
+            fprintf(stderr,
+                    "%s consume: event %s was printed, but its lease "
+                    "expired before its line was read: it will be "
+                    "delivered again\n",
+                    prog, id);
+        } else if (rc) {
+            return fail("ack", rc);
+        }
+    }
+    return 0;
+}
+
+/* Hands back every event whose line the reader has not taken. */
+static size_t printed_hand_back(printed *p)
+{
+    size_t n = p->n;
+    while (p->n > 0) {
+        evq_nack(p->m[p->head++], 0);
+        p->n--;
+    }
+    return n;
+}
+
+/* Whether the reader of a pipe (or socket) on standard output is gone. */
+static bool output_closed(void)
+{
+    struct pollfd pfd = {STDOUT_FILENO, 0, 0};
+    return poll(&pfd, 1, 0) == 1 && (pfd.revents & (POLLERR | POLLHUP));
+}
+
+/* Waits until the reader took every printed line (acking them), the
+ * reader went away (true) or a signal came. */
+static bool printed_drain(printed *p, int *status)
+{
+    long pause_us = 200;
+    for (;;) {
+        if ((*status = printed_ack(p, false)) != 0 || p->n == 0)
+            return false;
+        if (output_closed())
+            return true;
+        if (atomic_load(&signalled))
+            return false;
+        struct timespec ts = {0, pause_us * 1000};
+        nanosleep(&ts, NULL);
+        if (pause_us < 20000)
+            pause_us *= 2;
+    }
+}
 
 static int cmd_consume(int argc, char **argv)
 {
     static const struct option longopts[] = {
         {"count", required_argument, NULL, 'n'},
         {"timeout", required_argument, NULL, 'T'},
+        {"ack", required_argument, NULL, 'A'},
         {"no-ack", no_argument, NULL, 'N'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     long count = -1, timeout_s = -1;
     bool no_ack = false;
+    enum ack_when when = ACK_READ;
     evq_opts *opts = NULL;
     int c, rc;
 
@@ -443,6 +609,19 @@ static int cmd_consume(int argc, char **argv)
             if (!parse_long(optarg, 0, 86400L * 365, &timeout_s))
                 return usage_error("consume", "bad --timeout '%s'", optarg);
             break;
+        case 'A':
+            if (strcmp(optarg, "read") == 0)
+                when = ACK_READ;
+            else if (strcmp(optarg, "after-read") == 0)
+                when = ACK_AFTER_READ;
+            else if (strcmp(optarg, "write") == 0)
+                when = ACK_WRITE;
+            else
+                return usage_error("consume",
+                                   "bad --ack '%s' (read, after-read or "
+                                   "write)",
+                                   optarg);
+            break;
         case 'N':
             no_ack = true;
             break;
@@ -451,6 +630,16 @@ static int cmd_consume(int argc, char **argv)
     }
     if (argc - optind != 2)
         return usage_error("consume", "%s", "needs URL and QUEUE");
+
+    /* Into a pipe, one page at a time: what a reader can take and drop
+     * unread is one page, not the default 64 KiB. */
+    printed out = {0};
+    struct stat st;
+    if (fstat(STDOUT_FILENO, &st) == 0 && S_ISFIFO(st.st_mode) &&
+        when != ACK_WRITE) {
+        out.pipe = true;
+        fcntl(STDOUT_FILENO, F_SETPIPE_SZ, 4096);
+    }
 
     evq_queue *q;
     if ((rc = open_queue(argv[optind], argv[optind + 1], opts, &q)))
@@ -461,36 +650,56 @@ static int cmd_consume(int argc, char **argv)
     size_t nheld = 0, capheld = 0;
     long got = 0;
     int status = 0;
-    int wait_ms = timeout_s < 0 ? -1 : (int)(timeout_s * 1000);
+    bool gone = false;
+    size_t in_hand = 0; /* nacked when its write failed */
+    int64_t deadline =
+        timeout_s < 0 ? INT64_MAX : mono_ns() + timeout_s * 1000000000LL;
     while (count < 0 || got < count) {
         evq_msg *m;
-        rc = evq_dequeue(q, &m, wait_ms);
-        if (rc == EVQ_ETIMEDOUT || (rc == EVQ_ECLOSED && signalled))
+        if (!no_ack && (status = printed_ack(&out, !out.pipe)) != 0)
             break;
+        if (!no_ack && when == ACK_AFTER_READ && out.n > 0 &&
+            (gone = printed_drain(&out, &status)))
+            break;
+        if (status)
+            break;
+        /* Short waits: a reader that went away is seen while the queue is
+         * empty, and lines read meanwhile are acked. */
+        int64_t left = (deadline - mono_ns()) / 1000000;
+        int wait_ms = left > 250 ? 250 : left > 0 ? (int)left : 0;
+        rc = evq_dequeue(q, &m, wait_ms);
+        if (rc == EVQ_ECLOSED && atomic_load(&signalled))
+            break;
+        if (rc == EVQ_ETIMEDOUT) {
+            if ((gone = out.pipe && output_closed()))
+                break;
+            if (mono_ns() >= deadline)
+                break;
+            continue;
+        }
         if (rc) {
             status = fail("dequeue", rc);
             break;
         }
-        if ((rc = print_event(stdout, evq_msg_event(m))) != 0) {
+        size_t line = 0;
+        if ((rc = print_event_n(stdout, evq_msg_event(m), &line)) != 0) {
             evq_nack(m, 0);
-            fprintf(stderr, "%s consume: writing the event failed\n", prog);
+            if (errno == EPIPE) {
+                gone = true;
+                in_hand = 1;
+                break;
+            }
+            fprintf(stderr, "%s consume: writing the event failed: %s\n", prog,
+                    strerror(errno));
             status = EXIT_FAILURE;
             break;
         }
         got++;
+        out.written += line;
         if (!no_ack) {
-            char id[128];
-            snprintf(id, sizeof id, "%s", evq_event_id(evq_msg_event(m)));
-            if ((rc = evq_ack(m)) == EVQ_ESTATE) {
-                /* The output's reader kept us past the lease: the event is
-                 * another consumer's now, and comes again. */
-                fprintf(stderr,
-                        "%s consume: event %s was printed, but its lease "
-                        "expired before the ack: it will be delivered "
-                        "again\n",
-                        prog, id);
-            } else if (rc != 0) {
-                status = fail("ack", rc);
+            if ((rc = printed_push(&out, m)) != 0) {
+                evq_nack(m, 0);
+                status = fail("consume", rc);
                 break;
             }
             continue;
@@ -507,10 +716,24 @@ static int cmd_consume(int argc, char **argv)
         }
         held[nheld++] = m;
     }
+    /* Lines the reader may still take: wait for it at the end of a run
+     * (not after a signal), then hand back what it did not. */
+    if (!status && !gone && out.n > 0 && !atomic_load(&signalled))
+        gone = printed_drain(&out, &status);
+    if (!status && out.n > 0) /* a closed pipe still tells what was read */
+        status = printed_ack(&out, false);
+    size_t back = printed_hand_back(&out) + in_hand;
+    if (gone)
+        fprintf(stderr,
+                "%s consume: the output was closed; %zu event%s it had not "
+                "read handed back\n",
+                prog, back, back == 1 ? "" : "s");
     for (size_t i = 0; i < nheld; i++)
         evq_nack(held[i], 0);
     free(held);
-    signal_target = NULL;
+    free(out.m);
+    free(out.end);
+    catch_signals(NULL);
     evq_queue_close(q);
     return status;
 }
@@ -777,7 +1000,8 @@ static const char bench_help[] =
     "and the peak resident memory.  Producers enqueue B events at a time\n"
     "(evq_enqueue_batch when B > 1).  Defaults: N 1000000, BYTES 100, P 1,\n"
     "W 1, B 1, K 0.\n"
-    "--json prints one object: enqueue_per_s, start_ms, drain_per_s, e2e_per_s,\n"
+    "--json prints one object: enqueue_per_s, start_ms, drain_per_s, "
+    "e2e_per_s,\n"
     "latency_us {p50, p99, p999}, peak_rss_kib, stats_overhead_ns and, on\n"
     "memory://, raw_per_s.  A progress line goes to standard error when it\n"
     "is a terminal.\n";
@@ -1079,8 +1303,8 @@ static int cmd_bench(int argc, char **argv)
     else
         snprintf(name, sizeof name, "bench-%d", (int)getpid());
     const char *mode = opts ? evq_opts_get(opts, "nats.mode") : NULL;
-    bool core_nats = strstr(url, "nats.mode=core") ||
-                     (mode && strcmp(mode, "core") == 0);
+    bool core_nats =
+        strstr(url, "nats.mode=core") || (mode && strcmp(mode, "core") == 0);
     if ((rc = open_queue(url, name, opts, &b.q))) { /* frees opts */
         json_decref(b.payload);
         return rc;
@@ -1176,8 +1400,7 @@ static int cmd_bench(int argc, char **argv)
             "\"p999\":%.1f},\"peak_rss_kib\":%ld,\"stats_overhead_ns\":%.1f",
             evq_queue_scheme(b.q), n, size, producers, batch, workers,
             n / enq_s, start_ms, drained / drain_s, n / e2e_s, p50, p99, p999,
-            ru.ru_maxrss,
-            stats_ns);
+            ru.ru_maxrss, stats_ns);
         if (memory)
             printf(",\"raw_per_s\":%.0f", raw);
         printf(",\"ok\":%s}\n",
@@ -1270,6 +1493,7 @@ int main(int argc, char **argv)
         printf("evq %s\n", EVQ_VERSION_STRING);
         return 0;
     }
+    signals_init();
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
         if (strcmp(argv[1], cmds[i].name) == 0)
             return cmds[i].fn(argc - 1, argv + 1);

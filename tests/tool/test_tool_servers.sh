@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# The evq tool against every backend, under signals and closed pipes:
+# SIGTERM during 'evq consume' ends it cleanly (exit 0) and what it had
+# fetched comes back at once; 'evq consume | head -1' acks at most a page
+# of lines unread (none with --ack after-read), and the tool ends when its
+# reader does.
+#   test_tool_servers.sh PATH/TO/evq SQLITE_DB REDIS_URL NATS_URL KAFKA_URL
+set -u
+evq=$1
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+failures=0
+fail() { echo "FAIL: $*" >&2; failures=$((failures + 1)); }
+
+# URL of each backend, with a visibility timeout far longer than the test:
+# events handed back must come back at once, not after it.
+urls=("sqlite://$2?visibility_timeout_ms=600000"
+      "$3?visibility_timeout_ms=600000"
+      "$4?visibility_timeout_ms=600000"
+      "$5?rdkafka.session.timeout.ms=6000&kafka.create_topics=false")
+names=(sqlite redis nats kafka)
+
+# produce URL QUEUE N: N events whose data are 1..N
+produce() {
+  seq 1 "$3" | sed 's/.*/{"type":"tool.n","data":&}/' |
+    "$evq" produce "$1" "$2" >/dev/null 2>"$out/produce.err" ||
+    fail "produce $3 to $1: $(cat "$out/produce.err")"
+}
+
+# drain URL QUEUE FILE: every event left, its data one per line in FILE
+drain() {
+  "$evq" consume "$1" "$2" --timeout "$drain_s" 2>>"$out/drain.err" |
+    grep -o '"data":[0-9]*' | cut -d: -f2 >"$3"
+}
+
+# waits up to 20 s for FILE to have a line
+wait_line() {
+  for _ in $(seq 1 200); do
+    [ -s "$1" ] && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+for i in "${!urls[@]}"; do
+  url=${urls[$i]} name=${names[$i]}
+  drain_s=3
+  [ "$name" = kafka ] && drain_s=15 # a consumer group's join
+
+  # SIGTERM: clean end, exit 0, nothing left in flight.
+  q="sig-$name-$$"
+  produce "$url" "$q" 50
+  "$evq" consume "$url" "$q" >"$out/first" 2>"$out/first.err" &
+  pid=$!
+  wait_line "$out/first" || fail "$name: consume printed nothing"
+  kill -TERM $pid
+  wait $pid
+  status=$?
+  [ $status -eq 0 ] || fail "$name: SIGTERM: exit $status, expected 0 ($(cat "$out/first.err"))"
+  drain "$url" "$q" "$out/rest"
+  total=$(grep -o '"data":[0-9]*' "$out/first" | cut -d: -f2 | cat - "$out/rest" | sort -n | uniq | wc -l)
+  lines=$(($(wc -l <"$out/first") + $(wc -l <"$out/rest")))
+  [ "$total" -eq 50 ] || fail "$name: SIGTERM: $total of 50 events seen after it"
+  [ "$lines" -eq 50 ] || fail "$name: SIGTERM: $lines lines for 50 events (acked events came back)"
+
+  # consume | head -1: the tool ends with its reader; what is acked unread
+  # is bounded (a page: 4096 bytes of lines of at least 150 bytes).
+  for mode in read after-read; do
+    q="head-$mode-$name-$$"
+    produce "$url" "$q" 199
+    timeout 60 bash -c "'$evq' consume '$url' '$q' --ack $mode 2>'$out/head.err' | head -1 >'$out/head'"
+    [ $? -eq 0 ] || fail "$name --ack $mode: consume | head -1 did not end by itself"
+    grep -q 'output was closed' "$out/head.err" || fail "$name --ack $mode: no word of the closed output ($(cat "$out/head.err"))"
+    drain "$url" "$q" "$out/rest"
+    left=$(wc -l <"$out/rest")
+    lost=$((199 - 1 - left))
+    if [ "$mode" = after-read ]; then
+      [ "$lost" -eq 0 ] || fail "$name --ack after-read: $lost events acked unread"
+    else
+      [ "$lost" -ge 0 ] && [ "$lost" -le 27 ] || fail "$name --ack read: $lost events acked unread (bound 27)"
+    fi
+    echo "$name --ack $mode: consume | head -1 acked $lost unread"
+  done
+done
+
+if [ $failures -ne 0 ]; then
+  echo "$failures failure(s)" >&2
+  exit 1
+fi
+echo "evq tool on servers: all checks passed"
