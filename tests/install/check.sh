@@ -18,12 +18,38 @@ test -f "$libdir/cmake/evq/evqConfig.cmake"
 # Only the public header is installed.
 [ "$(find "$root/include" -type f | wc -l)" -eq 1 ]
 
-# pkg-config: the .pc names the install prefix; point it at the stage.
+# pkg-config, as a user runs it: PKG_CONFIG_PATH only.  The .pc finds its
+# prefix from its own place, so the staged copy points into the stage.
 export PKG_CONFIG_PATH="$libdir/pkgconfig"
-cflags=$(pkg-config --define-variable=prefix="$root" --cflags evq)
-libs=$(pkg-config --define-variable=prefix="$root" --libs evq)
+cflags=$(pkg-config --cflags evq)
+libs=$(pkg-config --libs evq)
+set -- $cflags
+[ $# -eq 1 ] && [ "${1#-I}" != "$1" ] &&
+  [ "$(realpath "${1#-I}")" = "$(realpath "$root/include")" ] || {
+  echo "evq.pc Cflags are '$cflags', not just -I$root/include" >&2
+  exit 1
+}
+ldir=$(for f in $libs; do case $f in -L*) echo "${f#-L}" ;; esac; done)
+[ "$(realpath "$ldir")" = "$(realpath "$libdir")" ] || {
+  echo "evq.pc Libs are '$libs', without -L$libdir" >&2
+  exit 1
+}
 cc $cflags "$src/consumer.c" -o "$stage/consumer-pc" $libs -Wl,-rpath,"$libdir"
 "$stage/consumer-pc" | grep -q "installed evq works"
+pkg-config --static --libs evq | grep -q -- -lrdkafka || {
+  echo "evq.pc --static --libs lacks the client libraries" >&2
+  exit 1
+}
+
+# make install PREFIX=... (no DESTDIR) into another folder: the README's
+# compile line works against it as it stands.
+other="$stage/other-prefix"
+cmake --install "$build" --prefix "$other" >/dev/null
+olib=$(dirname "$(find "$other" -name libevq.so | head -n1)")
+PKG_CONFIG_PATH="$olib/pkgconfig" sh -c \
+  'cc "$1" -o "$2" $(pkg-config --cflags --libs evq) -Wl,-rpath,"$3"' _ \
+  "$src/consumer.c" "$stage/consumer-other" "$olib"
+"$stage/consumer-other" | grep -q "installed evq works"
 
 # CMake package.
 cmake -S "$src" -B "$stage/cmake-build" -DCMAKE_PREFIX_PATH="$root" >/dev/null
