@@ -20,7 +20,8 @@
 # librdkafka's mock cluster) with N brokers (default 1); @KAFKA_BOOTSTRAP@
 # becomes its bootstrap list, and commands written to
 # SERVICE_DIR/kafka.ctl take brokers down and up.  Runs nest: COMMAND may
-# be another 'services.sh run' (each replaces only its own placeholders).
+# be another 'services.sh run' (each replaces only its own placeholders;
+# @REDIS_DIR@, @NATS_DIR@ and @KAFKA_DIR@ name each one's folder).
 # The command's exit status is returned.
 set -euo pipefail
 
@@ -224,9 +225,9 @@ esac
 args=()
 for a in "$@"; do
   case $service in
-    redis) a=${a//@REDIS_URL@/$url}; a=${a//@REDIS_PORT@/$port} ;;
-    nats) a=${a//@NATS_URL@/$url}; a=${a//@NATS_PORT@/$port} ;;
-    kafka) a=${a//@KAFKA_BOOTSTRAP@/$url} ;;
+    redis) a=${a//@REDIS_URL@/$url}; a=${a//@REDIS_PORT@/$port}; a=${a//@REDIS_DIR@/$dir} ;;
+    nats) a=${a//@NATS_URL@/$url}; a=${a//@NATS_PORT@/$port}; a=${a//@NATS_DIR@/$dir} ;;
+    kafka) a=${a//@KAFKA_BOOTSTRAP@/$url}; a=${a//@KAFKA_DIR@/$dir} ;;
   esac
   a=${a//@SERVICE_DIR@/$dir}
   args+=("$a")

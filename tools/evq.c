@@ -214,13 +214,16 @@ static int print_event(FILE *f, const evq_event *ev)
 
 static const char produce_help[] =
     "usage: evq produce URL QUEUE --type TYPE [--data JSON] [options]\n"
-    "       evq produce URL QUEUE [options] < events.jsonl\n"
+    "       evq produce URL QUEUE [-] [options] < events.jsonl\n"
     "\n"
     "Enqueues one event built from the flags, or, without --type, one event\n"
     "per line of standard input: a CloudEvents JSON object (with\n"
     "specversion), or {\"type\": ..., \"data\": ...} with optional source,\n"
-    "subject and extension attributes.  Each rejected line is reported with\n"
-    "its number; the valid ones are still enqueued.\n"
+    "subject and extension attributes ('-' names standard input too).  Each\n"
+    "rejected line is reported with its number; the valid ones are still\n"
+    "enqueued.  When the queue fails (a server away), the line is tried\n"
+    "again with growing pauses for up to --retry-ms; if it still fails, the\n"
+    "tool says at which line it stopped and how many lines it did not read.\n"
     "\n"
     "  --type TYPE       event type\n"
     "  --data JSON       payload (any JSON value)\n"
@@ -228,10 +231,14 @@ static const char produce_help[] =
     "  --subject S       subject attribute\n"
     "  --attr K=V        extension attribute (repeatable)\n"
     "  --delay MS        deliver no sooner than MS milliseconds from now\n"
+    "  --retry-ms MS     how long to retry a failing enqueue (default 60000;\n"
+    "                    0: give up at once)\n"
     "  -o KEY=VALUE      queue option (repeatable; see 'evq options SCHEME')\n"
     "\n"
-    "Prints the id of each event enqueued from flags.  Exit status: 0 all\n"
-    "enqueued, 1 a line was rejected or the queue failed, 2 usage error.\n";
+    "Prints the id of each event enqueued from flags.  memory:// queues live\n"
+    "in this process: what is enqueued there is gone when it ends (a\n"
+    "warning says so).  Exit status: 0 all enqueued, 1 a line was rejected\n"
+    "or the queue failed, 2 usage error.\n";
 
 static int set_attrs_from_object(evq_event *ev, json_t *obj, char *why,
                                  size_t whylen)
@@ -294,6 +301,42 @@ static evq_event *event_from_line(const char *line, size_t len, char *why,
     return ev;
 }
 
+/* Failures the queue may recover from (a server away, a lock held). */
+static bool retriable(int rc)
+{
+    return rc == EVQ_ECONN || rc == EVQ_EIO || rc == EVQ_EBUSY ||
+           rc == EVQ_ETIMEDOUT;
+}
+
+/* Enqueues, trying again with growing pauses (0.1 s doubling to 5 s) for
+ * up to retry_ms while the failure is one the queue may recover from; says
+ * so once on stderr. */
+static int enqueue_retrying(evq_queue *q, const evq_event *ev, long delay,
+                            long lineno, long retry_ms)
+{
+    int rc = evq_enqueue_delayed(q, ev, delay);
+    if (!rc || !retriable(rc) || retry_ms == 0)
+        return rc;
+    fprintf(stderr,
+            "%s produce: line %ld: %s: %s; trying again for up to "
+            "%ld ms\n",
+            prog, lineno, evq_strerror(rc), evq_errmsg(), retry_ms);
+    int64_t give_up = mono_ns() + retry_ms * 1000000LL;
+    long pause_ms = 100;
+    while (retriable(rc) && mono_ns() < give_up) {
+        int64_t left = (give_up - mono_ns()) / 1000000;
+        long ms = pause_ms < left ? pause_ms : (long)left;
+        struct timespec ts = {ms / 1000, (ms % 1000) * 1000000};
+        nanosleep(&ts, NULL);
+        pause_ms = pause_ms < 2500 ? pause_ms * 2 : 5000;
+        rc = evq_enqueue_delayed(q, ev, delay);
+    }
+    if (!rc)
+        fprintf(stderr, "%s produce: line %ld: enqueued after all\n", prog,
+                lineno);
+    return rc;
+}
+
 static int cmd_produce(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -303,9 +346,11 @@ static int cmd_produce(int argc, char **argv)
         {"subject", required_argument, NULL, 'S'},
         {"attr", required_argument, NULL, 'a'},
         {"delay", required_argument, NULL, 'D'},
+        {"retry-ms", required_argument, NULL, 'R'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
+    long retry_ms = 60000;
     const char *type = NULL, *data = NULL, *source = NULL, *subject = NULL;
     const char *attrs[64];
     int nattrs = 0, c, rc;
@@ -335,11 +380,22 @@ static int cmd_produce(int argc, char **argv)
             if (!parse_long(optarg, 0, 365L * 86400 * 1000, &delay))
                 return usage_error("produce", "bad --delay '%s'", optarg);
             break;
+        case 'R':
+            if (!parse_long(optarg, 0, 86400L * 1000, &retry_ms))
+                return usage_error("produce", "bad --retry-ms '%s'", optarg);
+            break;
             COMMON_FLAGS("produce", produce_help)
         }
     }
+    /* A last "-" names standard input. */
+    if (argc - optind == 3 && strcmp(argv[optind + 2], "-") == 0 && !type)
+        argc--;
     if (argc - optind != 2)
-        return usage_error("produce", "%s", "needs URL and QUEUE");
+        return usage_error("produce", "%s",
+                           argc - optind == 3 && type
+                               ? "'-' (standard input) and --type exclude "
+                                 "each other"
+                               : "needs URL and QUEUE");
     if (!type && (data || source || subject || nattrs))
         return usage_error(
             "produce", "%s",
@@ -349,6 +405,11 @@ static int cmd_produce(int argc, char **argv)
     if ((rc = open_queue(argv[optind], argv[optind + 1], opts, &q)))
         return rc;
     int status = 0;
+    if (strcmp(evq_queue_scheme(q), "memory") == 0)
+        fprintf(stderr,
+                "%s produce: warning: a memory:// queue lives in this "
+                "process; its events are gone when the tool ends\n",
+                prog);
 
     if (type) {
         json_t *payload = NULL;
@@ -409,14 +470,30 @@ static int cmd_produce(int argc, char **argv)
             bad++;
             continue;
         }
-        rc = evq_enqueue_delayed(q, ev, delay);
+        rc = enqueue_retrying(q, ev, delay, lineno, retry_ms);
         evq_event_free(ev);
+        if (rc && retriable(rc)) {
+            long unread = 0;
+            struct stat st;
+            bool file = fstat(STDIN_FILENO, &st) == 0 && S_ISREG(st.st_mode);
+            while (file && getline(&line, &cap, stdin) != -1)
+                unread++;
+            fprintf(stderr,
+                    "%s produce: stopped at line %ld (not enqueued): %s: "
+                    "%s; ",
+                    prog, lineno, evq_strerror(rc), evq_errmsg());
+            if (file)
+                fprintf(stderr, "%ld line%s after it not read\n", unread,
+                        unread == 1 ? "" : "s");
+            else
+                fprintf(stderr, "the lines after it were not read\n");
+            bad++;
+            break;
+        }
         if (rc) {
             fprintf(stderr, "%s produce: line %ld: %s: %s\n", prog, lineno,
                     evq_strerror(rc), evq_errmsg());
             bad++;
-            if (rc == EVQ_ECLOSED || rc == EVQ_ECONN)
-                break;
             continue;
         }
         ok++;
@@ -467,6 +544,10 @@ static const char consume_help[] =
     "again).  Raise the timeout (-o visibility_timeout_ms=...) for readers\n"
     "that pause.  With --no-ack, events held past their lease are delivered\n"
     "again meanwhile.\n"
+    "\n"
+    "A server that goes away is said on stderr (then every 30 s while the\n"
+    "library reconnects); with --timeout, still failing when it passes ends\n"
+    "the tool with exit 1.\n"
     "\n"
     "SIGINT or SIGTERM end it cleanly: what was printed and read is acked,\n"
     "the rest handed back; a second signal ends it at once.  Exit status: 0\n"
@@ -651,7 +732,8 @@ static int cmd_consume(int argc, char **argv)
     long got = 0;
     int status = 0;
     bool gone = false;
-    size_t in_hand = 0; /* nacked when its write failed */
+    size_t in_hand = 0;                  /* nacked when its write failed */
+    int64_t down_since = 0, said_ns = 0; /* the queue failing, since */
     int64_t deadline =
         timeout_s < 0 ? INT64_MAX : mono_ns() + timeout_s * 1000000000LL;
     while (count < 0 || got < count) {
@@ -670,6 +752,26 @@ static int cmd_consume(int argc, char **argv)
         rc = evq_dequeue(q, &m, wait_ms);
         if (rc == EVQ_ECLOSED && atomic_load(&signalled))
             break;
+        if (rc == EVQ_ECONN || rc == EVQ_EIO || rc == EVQ_EBUSY) {
+            /* The server is away: the library reconnects; say so, once
+             * and then every 30 s, and give up only at --timeout. */
+            int64_t now = mono_ns();
+            if (!down_since || now - said_ns >= 30000000000LL) {
+                fprintf(stderr, "%s consume: %s: %s (%s)\n", prog,
+                        down_since ? "still failing" : "the queue fails",
+                        evq_errmsg(), evq_strerror(rc));
+                said_ns = now;
+            }
+            if (!down_since)
+                down_since = now;
+            if (now >= deadline) {
+                status = fail("dequeue", rc);
+                break;
+            }
+            struct timespec ts = {0, 100 * 1000000};
+            nanosleep(&ts, NULL);
+            continue;
+        }
         if (rc == EVQ_ETIMEDOUT) {
             if ((gone = out.pipe && output_closed()))
                 break;
@@ -681,6 +783,13 @@ static int cmd_consume(int argc, char **argv)
             status = fail("dequeue", rc);
             break;
         }
+        if (down_since) {
+            fprintf(stderr, "%s consume: the queue works again after %.1f s\n",
+                    prog, (double)(mono_ns() - down_since) / 1e9);
+            down_since = 0;
+        }
+        if (timeout_s >= 0) /* --timeout counts from the last event */
+            deadline = mono_ns() + timeout_s * 1000000000LL;
         size_t line = 0;
         if ((rc = print_event_n(stdout, evq_msg_event(m), &line)) != 0) {
             evq_nack(m, 0);

@@ -892,6 +892,7 @@ static int nats_dequeue(void *state, evq__delivery *d, int timeout_ms)
 {
     nhandle *h = state;
     int64_t deadline = evq__deadline_ns(timeout_ms);
+    char away[256] = ""; /* the server is away: why, told at the deadline */
     for (;;) {
         if (atomic_load(&h->interrupted))
             return evq__err(EVQ_ECLOSED, "queue interrupted");
@@ -923,11 +924,21 @@ static int nats_dequeue(void *state, evq__delivery *d, int timeout_ms)
             if (rc != EVQ_ECONN || timeout_ms == 0)
                 return rc;
             /* disconnected: nats.c reconnects; wait a little */
+            snprintf(away, sizeof away, "%s", evq_errmsg());
             struct timespec pause = {0, 50 * 1000000};
             nanosleep(&pause, NULL);
+        } else if (s == NATS_OK) {
+            away[0] = '\0';
+        } else if (natsConnection_Status(h->nc) != NATS_CONN_STATUS_CONNECTED) {
+            /* A fetch while reconnecting only times out: say why. */
+            snprintf(away, sizeof away,
+                     "nats fetch: not connected to the server (the client "
+                     "is reconnecting)");
         }
         if (timeout_ms == 0 || evq__now_mono_ns() >= deadline)
-            return evq__err(EVQ_ETIMEDOUT, "no event within %d ms", timeout_ms);
+            return away[0] ? evq__err(EVQ_ECONN, "%s", away)
+                           : evq__err(EVQ_ETIMEDOUT, "no event within %d ms",
+                                      timeout_ms);
     }
 }
 

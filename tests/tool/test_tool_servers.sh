@@ -3,10 +3,14 @@
 # SIGTERM during 'evq consume' ends it cleanly (exit 0) and what it had
 # fetched comes back at once; 'evq consume | head -1' acks at most a page
 # of lines unread (none with --ack after-read), and the tool ends when its
-# reader does.
-#   test_tool_servers.sh PATH/TO/evq SQLITE_DB REDIS_URL NATS_URL KAFKA_URL
+# reader does; 'evq produce' of 20 000 lines rides out a redis-server
+# killed and restarted mid-stream.
+#   test_tool_servers.sh PATH/TO/evq REDIS_DIR REDIS_PORT NATS_URL KAFKA_URL
+#                        NATS_DIR
+# (the folders of services.sh's redis-server, started with --fsync-always,
+# and nats-server, whose pid files the test uses to kill them)
 set -u
-evq=$1
+evq=$1 rdir=$2 rport=$3 ndir=$6
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 failures=0
@@ -14,11 +18,21 @@ fail() { echo "FAIL: $*" >&2; failures=$((failures + 1)); }
 
 # URL of each backend, with a visibility timeout far longer than the test:
 # events handed back must come back at once, not after it.
-urls=("sqlite://$2?visibility_timeout_ms=600000"
-      "$3?visibility_timeout_ms=600000"
+urls=("sqlite://$rdir/tool.db?visibility_timeout_ms=600000"
+      "redis://127.0.0.1:$rport?visibility_timeout_ms=600000"
       "$4?visibility_timeout_ms=600000"
       "$5?rdkafka.session.timeout.ms=6000&kafka.create_topics=false")
 names=(sqlite redis nats kafka)
+
+restart_redis() {
+  redis-server --port "$rport" --bind 127.0.0.1 --dir "$rdir" --save '' \
+    --appendonly yes --appendfsync always --daemonize yes \
+    --pidfile "$rdir/redis.pid" --logfile "$rdir/redis.log" >/dev/null
+  for _ in $(seq 1 100); do
+    redis-cli -p "$rport" ping 2>/dev/null | grep -q PONG && return 0
+    sleep 0.05
+  done
+}
 
 # produce URL QUEUE N: N events whose data are 1..N
 produce() {
@@ -81,6 +95,61 @@ for i in "${!urls[@]}"; do
     fi
     echo "$name --ack $mode: consume | head -1 acked $lost unread"
   done
+done
+
+# produce from a file while the server is killed and restarted: every line
+# is enqueued (a retried one may be stored twice), the tool exits 0.
+url="redis://127.0.0.1:$rport"
+seq 1 20000 | sed 's/.*/{"type":"tool.n","data":&}/' >"$out/lines"
+"$evq" produce "$url" restart <"$out/lines" >/dev/null 2>"$out/produce.err" &
+pid=$!
+for _ in $(seq 1 200); do
+  [ "$(redis-cli -p "$rport" XLEN evq:restart 2>/dev/null || echo 0)" -ge 2000 ] && break
+  sleep 0.05
+done
+kill -9 "$(cat "$rdir/redis.pid")"
+sleep 1
+restart_redis
+wait $pid
+status=$?
+[ $status -eq 0 ] || fail "produce across a restart: exit $status ($(tail -3 "$out/produce.err"))"
+grep -q 'trying again' "$out/produce.err" || fail "produce across a restart: no word of the retry"
+"$evq" consume "$url" restart --timeout 3 --ack write 2>/dev/null |
+  grep -o '"data":[0-9]*' | cut -d: -f2 | sort -n | uniq >"$out/seen"
+seen=$(wc -l <"$out/seen")
+[ "$seen" -eq 20000 ] || fail "produce across a restart: $seen of 20000 lines enqueued"
+echo "produce across a redis-server restart: $seen of 20000 lines, $(grep -c 'trying again' "$out/produce.err") retried"
+
+# ...and with the server gone for good, it names the line it stopped at.
+"$evq" produce "$url" gone --retry-ms 1500 <"$out/lines" >/dev/null 2>"$out/produce.err" &
+pid=$!
+for _ in $(seq 1 200); do
+  [ "$(redis-cli -p "$rport" XLEN evq:gone 2>/dev/null || echo 0)" -ge 2000 ] && break
+  sleep 0.05
+done
+kill -9 "$(cat "$rdir/redis.pid")"
+wait $pid
+status=$?
+[ $status -eq 1 ] || fail "produce with the server gone: exit $status, expected 1"
+grep -Eq 'stopped at line [0-9]+ \(not enqueued\).*[0-9]+ lines after it not read' "$out/produce.err" ||
+  fail "produce with the server gone: $(tail -2 "$out/produce.err")"
+restart_redis
+
+# consume whose server dies: stderr names the failure, --timeout ends it
+# with exit 1 (not 0, as if the queue were empty).
+for name in redis nats; do
+  if [ $name = redis ]; then url="redis://127.0.0.1:$rport" pidf="$rdir/redis.pid"
+  else url=$4 pidf="$ndir/nats-1.pid"; fi
+  "$evq" consume "$url" "down-$$" --timeout 4 >/dev/null 2>"$out/down.err" &
+  pid=$!
+  sleep 1
+  kill -9 "$(cat "$pidf")"
+  wait $pid
+  status=$?
+  [ $status -eq 1 ] || fail "$name: consume with the server gone: exit $status, expected 1"
+  grep -q 'consume: the queue fails' "$out/down.err" || fail "$name: consume with the server gone said: $(cat "$out/down.err")"
+  echo "$name: consume with the server gone: $(head -1 "$out/down.err")"
+  if [ $name = redis ]; then restart_redis; else sh "$ndir/nats-1.sh"; fi
 done
 
 if [ $failures -ne 0 ]; then
