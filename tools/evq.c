@@ -854,7 +854,8 @@ static const char stats_help[] =
     "usage: evq stats URL QUEUE [--prometheus]\n"
     "\n"
     "Prints the queue's figures as one JSON object (-1: the backend cannot\n"
-    "tell), or in the Prometheus text format.\n";
+    "tell), or in the Prometheus text format (the queue's gauges only: the\n"
+    "counters of a handle are its own, and the tool's is new).\n";
 
 static int cmd_stats(int argc, char **argv)
 {
@@ -885,7 +886,23 @@ static int cmd_stats(int argc, char **argv)
             evq_queue_close(q);
             return fail("stats", EVQ_ENOMEM);
         }
-        fputs(text, stdout);
+        /* The handle's own counters (..._total) would read 0 here: a fresh
+         * handle has counted nothing.  Only the queue's figures are
+         * printed. */
+        printf("# evq stats: the queue's gauges; a handle's counters are "
+               "left out\n");
+        for (char *line = text, *next; *line; line = next) {
+            next = strchr(line, '\n');
+            next = next ? next + 1 : line + strlen(line);
+            const char *name = line;
+            if (strncmp(line, "# HELP ", 7) == 0 ||
+                strncmp(line, "# TYPE ", 7) == 0)
+                name = line + 7;
+            size_t n = strcspn(name, "{ \n");
+            if (n >= 6 && strncmp(name + n - 6, "_total", 6) == 0)
+                continue;
+            fwrite(line, 1, (size_t)(next - line), stdout);
+        }
         free(text);
     } else {
         struct evq_queue_stats s;
@@ -905,7 +922,7 @@ static int cmd_stats(int argc, char **argv)
  */
 
 static const char dead_help[] =
-    "usage: evq dead list|replay|purge URL QUEUE [--count N]\n"
+    "usage: evq dead list|replay|purge URL QUEUE [--count N] [--timeout S]\n"
     "\n"
     "Works on QUEUE's dead-letter queue (option dead_letter, default\n"
     "QUEUE.dead):\n"
@@ -916,17 +933,22 @@ static const char dead_help[] =
     "           then remove it from the dead-letter queue\n"
     "  purge    remove the dead letters\n"
     "  --count N     handle at most N dead letters\n"
+    "  --timeout S   wait at most S seconds (default 10) for the dead\n"
+    "                letters the queue's figures say are there (a Kafka\n"
+    "                consumer group's join takes seconds)\n"
     "  -o KEY=VALUE  queue option (repeatable)\n"
-    "Prints how many were handled on standard error.\n";
+    "Prints how many were handled on standard error; exit 1 when fewer\n"
+    "than the queue's figures promised came within --timeout.\n";
 
 static int cmd_dead(int argc, char **argv)
 {
     static const struct option longopts[] = {
         {"count", required_argument, NULL, 'n'},
+        {"timeout", required_argument, NULL, 'T'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    long count = LONG_MAX;
+    long count = LONG_MAX, timeout_s = 10;
     evq_opts *opts = NULL;
     int c, rc;
     while ((c = getopt_long(argc, argv, "o:h", longopts, NULL)) != -1) {
@@ -934,6 +956,10 @@ static int cmd_dead(int argc, char **argv)
         case 'n':
             if (!parse_long(optarg, 1, LONG_MAX, &count))
                 return usage_error("dead", "bad --count '%s'", optarg);
+            break;
+        case 'T':
+            if (!parse_long(optarg, 0, 86400L, &timeout_s))
+                return usage_error("dead", "bad --timeout '%s'", optarg);
             break;
             COMMON_FLAGS("dead", dead_help)
         }
@@ -953,15 +979,33 @@ static int cmd_dead(int argc, char **argv)
         evq_queue_close(q);
         return fail("open dead-letter queue", rc);
     }
+    /* How many there are, from the queue's figures (which need no
+     * consumer): a dequeue that comes back empty may only mean the
+     * backend is not ready yet (a consumer group's join). */
+    struct evq_queue_stats ds;
+    long expected = -1;
+    if (evq_queue_stats(dead, &ds) == 0 && ds.depth >= 0)
+        expected = (long)ds.depth;
+    int64_t until = mono_ns() + timeout_s * 1000000000LL;
     evq_msg **held = NULL;
     size_t nheld = 0;
     long done = 0;
     int status = 0;
     while (done < count) {
         evq_msg *m;
-        rc = evq_dequeue(dead, &m, 0);
-        if (rc == EVQ_ETIMEDOUT)
+        int64_t left = (until - mono_ns()) / 1000000;
+        int wait = done < expected && left > 0 ? (int)left : 0;
+        rc = evq_dequeue(dead, &m, wait);
+        if (rc == EVQ_ETIMEDOUT) {
+            if (done < expected && done < count) {
+                fprintf(stderr,
+                        "%s dead %s: only %ld of the %ld dead letters the "
+                        "queue holds came within %ld s\n",
+                        prog, action, done, expected, timeout_s);
+                status = EXIT_FAILURE;
+            }
             break;
+        }
         if (rc) {
             status = fail("dequeue", rc);
             break;
@@ -1573,10 +1617,14 @@ static const char main_help[] =
     "  bench URL           throughput, latency and memory figures\n"
     "  options SCHEME      the options a backend accepts\n"
     "\n"
-    "'evq COMMAND --help' tells more.  URLs: memory://, with options as query\n"
-    "parameters (memory://?capacity=1024).  Exit status: 0 success, 1 "
-    "failure,\n"
-    "2 usage error.\n";
+    "'evq COMMAND --help' tells more.  URLs, with options as query\n"
+    "parameters ('evq options SCHEME' lists them):\n"
+    "  memory://                        in this process only\n"
+    "  sqlite:///path/file.db           sqlite://file.db: relative\n"
+    "  redis://[user:pw@]host:port[/db] redis+unix:///path/redis.sock\n"
+    "  nats://[user:pw@]host:port[,host:port...]\n"
+    "  kafka://host:port[,host:port...]\n"
+    "Exit status: 0 success, 1 failure, 2 usage error.\n";
 
 int main(int argc, char **argv)
 {

@@ -23,6 +23,9 @@ lacks() { ! grep -q -- "$2" "$out/$1" || fail "$3: $1 has '$2'"; }
 
 expect 0 "help" -- "$evq" --help
 has stdout "produce URL QUEUE" "help"
+for scheme in memory sqlite redis redis+unix nats kafka; do
+  has stdout "$scheme://" "help names $scheme"
+done
 expect 2 "no command" -- "$evq"
 expect 2 "unknown command" -- "$evq" frobnicate
 has stderr "unknown command 'frobnicate'" "unknown command"
@@ -71,6 +74,7 @@ expect 0 "stats" -- "$evq" stats memory:// q
 has stdout '"depth":0' "stats"
 expect 0 "stats --prometheus" -- "$evq" stats memory:// q --prometheus
 has stdout '# TYPE evq_queue_depth gauge' "stats --prometheus"
+lacks stdout '_total' "stats --prometheus"
 for a in list replay purge; do
   expect 0 "dead $a" -- "$evq" dead $a memory:// q
   has stderr "dead $a: 0 dead letters" "dead $a"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The evq tool against every backend, under signals and closed pipes:
+# 'evq dead list' waits for dead letters the queue's figures promise;
 # SIGTERM during 'evq consume' ends it cleanly (exit 0) and what it had
 # fetched comes back at once; 'evq consume | head -1' acks at most a page
 # of lines unread (none with --ack after-read), and the tool ends when its
@@ -76,6 +77,19 @@ for i in "${!urls[@]}"; do
   lines=$(($(wc -l <"$out/first") + $(wc -l <"$out/rest")))
   [ "$total" -eq 50 ] || fail "$name: SIGTERM: $total of 50 events seen after it"
   [ "$lines" -eq 50 ] || fail "$name: SIGTERM: $lines lines for 50 events (acked events came back)"
+
+  # dead list right after the dead letters arrive: it waits for them (a
+  # Kafka consumer group's join), then replay and purge see them too.
+  q="dead-$name-$$"
+  for k in 1 2 3; do
+    "$evq" produce "$url" "$q.dead" --type tool.dead --data $k --attr evqerror=boom \
+      --attr evqqueue="$q" >/dev/null 2>&1 || fail "$name: produce a dead letter"
+  done
+  "$evq" dead list "$url" "$q" >"$out/dead" 2>"$out/dead.err" || fail "$name: dead list: $(cat "$out/dead.err")"
+  grep -q 'dead list: 3 dead letters' "$out/dead.err" || fail "$name: dead list: $(cat "$out/dead.err")"
+  [ "$(grep -c '"evqerror":"boom"' "$out/dead")" -eq 3 ] || fail "$name: dead list printed $(wc -l <"$out/dead") lines"
+  "$evq" dead purge "$url" "$q" 2>"$out/dead.err" || fail "$name: dead purge: $(cat "$out/dead.err")"
+  grep -q 'dead purge: 3 dead letters' "$out/dead.err" || fail "$name: dead purge: $(cat "$out/dead.err")"
 
   # consume | head -1: the tool ends with its reader; what is acked unread
   # is bounded (a page: 4096 bytes of lines of at least 150 bytes).
