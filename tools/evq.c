@@ -775,8 +775,14 @@ static int cmd_consume(int argc, char **argv)
         if (rc == EVQ_ETIMEDOUT) {
             if ((gone = out.pipe && output_closed()))
                 break;
-            if (mono_ns() >= deadline)
+            if (mono_ns() >= deadline) {
+                if (down_since) { /* never came back */
+                    fprintf(stderr, "%s: dequeue: the queue still fails\n",
+                            prog);
+                    status = EXIT_FAILURE;
+                }
                 break;
+            }
             continue;
         }
         if (rc) {

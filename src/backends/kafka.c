@@ -147,6 +147,10 @@ typedef struct khandle {
     char broker_note[300]; /* librdkafka's last error event (TLS, SASL, ...)
                               since the last enqueue that worked */
     bool commit_due;
+    /* when librdkafka last said every broker was down (0: not since the
+     * last probe found one up), and when a dequeue last probed */
+    _Atomic int64_t down_ms;
+    int64_t probed_ms;
     /* keepalive: polls when no dequeue did for keep_every_ns */
     evq__flusher keep;
     bool keep_armed;
@@ -213,6 +217,8 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
     khandle *h = opaque;
     if (!h)
         return;
+    if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN)
+        atomic_store(&h->down_ms, now_ms());
     pthread_mutex_lock(&h->note_mu);
     snprintf(h->broker_note, sizeof h->broker_note, "%s (%s)", reason,
              rd_kafka_err2name((rd_kafka_resp_err_t)err));
@@ -244,6 +250,35 @@ static int size_failure(khandle *h)
     }
     pthread_mutex_unlock(&h->note_mu);
     return rc;
+}
+
+/* Whether the consumer can reach no broker (rd_mu held): once librdkafka
+ * said all were down, a metadata request (at most once a second, 500 ms)
+ * tells whether one is back.  EVQ_ECONN with the broker's last error
+ * while none is, so a waiting dequeue says so instead of waiting in
+ * silence. */
+static int brokers_down(khandle *h)
+{
+    int64_t now = now_ms();
+    if (!atomic_load(&h->down_ms))
+        return 0;
+    rd_kafka_resp_err_t e = RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN;
+    if (now - h->probed_ms >= 1000) { /* else the last probe's answer */
+        h->probed_ms = now;
+        const struct rd_kafka_metadata *md = NULL;
+        e = rd_kafka_metadata(h->cons, 0, NULL, &md, 500);
+        if (!e) {
+            rd_kafka_metadata_destroy(md);
+            atomic_store(&h->down_ms, 0);
+            return 0;
+        }
+    }
+    char note[300];
+    pthread_mutex_lock(&h->note_mu);
+    snprintf(note, sizeof note, "%s", h->broker_note);
+    pthread_mutex_unlock(&h->note_mu);
+    return evq__err(EVQ_ECONN, "kafka: no broker of %s reachable: %s",
+                    h->brokers, note[0] ? note : rd_kafka_err2str(e));
 }
 
 /* Adds the broker's last error since the last enqueue that worked, if
@@ -990,6 +1025,13 @@ static int kafka_dequeue(void *state, evq__delivery *d, int timeout_ms)
         if (rc == EVQ_ETIMEDOUT && size_failure(h)) {
             rc = EVQ_ETOOBIG;
             break;
+        }
+        if (rc == EVQ_ETIMEDOUT) {
+            int down = brokers_down(h);
+            if (down) {
+                rc = down;
+                break;
+            }
         }
         if (rc == EVQ_ETIMEDOUT &&
             (timeout_ms == 0 || evq__now_mono_ns() >= deadline)) {

@@ -166,6 +166,13 @@ for name in redis nats; do
   if [ $name = redis ]; then restart_redis; else sh "$ndir/nats-1.sh"; fi
 done
 
+# ...and a Kafka consumer that reaches no broker says so, and exits 1.
+"$evq" consume "kafka://127.0.0.1:1" nobroker --timeout 3 >/dev/null 2>"$out/down.err"
+status=$?
+[ $status -eq 1 ] || fail "kafka: consume with no broker: exit $status, expected 1"
+grep -q 'no broker of 127.0.0.1:1 reachable' "$out/down.err" || fail "kafka: consume with no broker said: $(cat "$out/down.err")"
+echo "kafka: consume with no broker: $(head -1 "$out/down.err")"
+
 if [ $failures -ne 0 ]; then
   echo "$failures failure(s)" >&2
   exit 1
