@@ -30,6 +30,10 @@ const evq__opt_spec evq__core_opts[] = {
     {"dead_letter", EVQ__OPT_STRING, NULL, 0, 0, NULL,
      "queue (same backend and URL) that receives what cannot be decoded or "
      "processed; default <name>.dead"},
+    {"create", EVQ__OPT_BOOL, "true", 0, 0, NULL,
+     "create what the queue needs (file, tables, stream, consumer, topic) "
+     "when missing; false: a missing queue is an error (EVQ_ENOENT), and "
+     "nothing is created"},
     {NULL, 0, NULL, 0, 0, NULL, NULL},
 };
 

@@ -122,6 +122,17 @@ static int common_flag(int c, const char *cmd, const char *help,
         break;                                                                 \
     }
 
+/* For commands that only look: nothing is created (create=false), and a
+ * missing queue is an error, unless -o create=... says otherwise. */
+static int read_only(evq_opts **o)
+{
+    if (!*o && !(*o = evq_opts_new()))
+        return fail("options", EVQ_ENOMEM);
+    if (!evq_opts_get(*o, "create"))
+        evq_opts_set(*o, "create", "false");
+    return 0;
+}
+
 /* Opens URL QUEUE with the -o options, which it frees; prints why on
  * failure and returns the exit status (0 on success). */
 static int open_queue(const char *url, const char *name, evq_opts *opts,
@@ -859,6 +870,7 @@ static int cmd_consume(int argc, char **argv)
 static const char stats_help[] =
     "usage: evq stats URL QUEUE [--prometheus]\n"
     "\n"
+    "Creates nothing: a queue that does not exist is an error (exit 1).\n"
     "Prints the queue's figures as one JSON object (-1: the backend cannot\n"
     "tell), or in the Prometheus text format (the queue's gauges only: the\n"
     "counters of a handle are its own, and the tool's is new).\n";
@@ -884,7 +896,8 @@ static int cmd_stats(int argc, char **argv)
     if (argc - optind != 2)
         return usage_error("stats", "%s", "needs URL and QUEUE");
     evq_queue *q;
-    if ((rc = open_queue(argv[optind], argv[optind + 1], opts, &q)))
+    if ((rc = read_only(&opts)) ||
+        (rc = open_queue(argv[optind], argv[optind + 1], opts, &q)))
         return rc;
     if (prom) {
         char *text = evq_stats_prometheus(q, NULL);
@@ -943,6 +956,7 @@ static const char dead_help[] =
     "                letters the queue's figures say are there (a Kafka\n"
     "                consumer group's join takes seconds)\n"
     "  -o KEY=VALUE  queue option (repeatable)\n"
+    "list creates nothing: a queue that does not exist is an error.\n"
     "Prints how many were handled on standard error; exit 1 when fewer\n"
     "than the queue's figures promised came within --timeout.\n";
 
@@ -979,11 +993,17 @@ static int cmd_dead(int argc, char **argv)
         return usage_error("dead", "unknown action '%s'", action);
 
     evq_queue *q, *dead;
+    if (action[0] == 'l' && (rc = read_only(&opts)))
+        return rc;
     if ((rc = open_queue(argv[optind + 1], argv[optind + 2], opts, &q)))
         return rc;
     if ((rc = evq_queue_open_dead(&dead, q))) {
         evq_queue_close(q);
-        return fail("open dead-letter queue", rc);
+        if (rc != EVQ_ENOENT)
+            return fail("open dead-letter queue", rc);
+        /* No dead-letter queue was ever made: none died. */
+        fprintf(stderr, "%s dead %s: 0 dead letters\n", prog, action);
+        return 0;
     }
     /* How many there are, from the queue's figures (which need no
      * consumer): a dequeue that comes back empty may only mean the

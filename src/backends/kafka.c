@@ -1318,8 +1318,31 @@ static int kafka_open(void **state, const evq__url *url, const char *name,
         kafka_close(h);
         return rc;
     }
-    if (evq__opt_bool(opts, kafka_opts, "kafka.create_topics"))
+    if (!evq__opt_bool(opts, evq__core_opts, "create")) {
+        /* Look the topic up among all (asking for it by name could have
+         * the broker create it). */
+        int tmo =
+            (int)evq__opt_int(opts, kafka_opts, "kafka.create_timeout_ms");
+        const struct rd_kafka_metadata *md = NULL;
+        rd_kafka_resp_err_t e = rd_kafka_metadata(h->prod, 1, NULL, &md, tmo);
+        bool found = false;
+        for (int i = 0; !e && i < md->topic_cnt && !found; i++)
+            found = strcmp(md->topics[i].topic, h->topic) == 0 &&
+                    !md->topics[i].err;
+        if (!e)
+            rd_kafka_metadata_destroy(md);
+        if (e || !found) {
+            rc = e ? with_broker_note(h, kerr(e, "metadata"))
+                   : evq__err(EVQ_ENOENT,
+                              "kafka: no queue (topic '%s' does not exist; "
+                              "create=false)",
+                              h->topic);
+            kafka_close(h);
+            return rc;
+        }
+    } else if (evq__opt_bool(opts, kafka_opts, "kafka.create_topics")) {
         create_topic(h, opts);
+    }
     *state = h;
     return 0;
 }

@@ -392,6 +392,12 @@ static int ensure_stream(nhandle *h, const evq__optset *opts)
         return evq__err(EVQ_ENOTSUP,
                         "nats: JetStream is not enabled on the server (start "
                         "nats-server with -js, or use nats.mode=core)");
+    if ((s == NATS_NOT_FOUND || jerr == JSStreamNotFoundErr) &&
+        !evq__opt_bool(opts, evq__core_opts, "create"))
+        return evq__err(EVQ_ENOENT,
+                        "nats: no queue (stream '%s' does not exist; "
+                        "create=false)",
+                        h->stream);
     if (s == NATS_NOT_FOUND || jerr == JSStreamNotFoundErr) {
         jsStreamConfig cfg;
         jsStreamConfig_Init(&cfg);
@@ -449,6 +455,11 @@ static int ensure_consumer(nhandle *h, const evq__optset *opts)
     int64_t max_ack = evq__opt_int(opts, nats_opts, "nats.max_ack_pending");
     natsStatus s =
         js_GetConsumerInfo(&ci, h->js, h->stream, h->durable, NULL, &jerr);
+    if ((s == NATS_NOT_FOUND || jerr == JSConsumerNotFoundErr) &&
+        !evq__opt_bool(opts, evq__core_opts, "create"))
+        return evq__err(EVQ_ENOENT,
+                        "nats: stream '%s' has no consumer '%s' (create=false)",
+                        h->stream, h->durable);
     if (s == NATS_NOT_FOUND || jerr == JSConsumerNotFoundErr) {
         jsConsumerConfig cfg;
         jsConsumerConfig_Init(&cfg);

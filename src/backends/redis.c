@@ -602,15 +602,23 @@ static int redis_open(void **state, const evq__url *url, const char *name,
              atomic_fetch_add(&seq, 1));
 
     /* The group, created with the stream on first use; "BUSYGROUP" means
-     * it exists. */
+     * it exists.  With create=false a missing stream is an error (without
+     * MKSTREAM the server refuses a group on a missing key). */
     redisReply *r;
+    bool create = evq__opt_bool(opts, evq__core_opts, "create");
     const char *argv[] = {"XGROUP", "CREATE", h->stream,
                           "evq",    "0",      "MKSTREAM"};
     rc = connect_one(h, &h->conns[0].c, false);
     if (!rc) {
-        r = command(h->conns[0].c, 6, argv, NULL);
+        r = command(h->conns[0].c, create ? 6 : 5, argv, NULL);
         if (!r)
             rc = conn_err(h, h->conns[0].c, "XGROUP CREATE");
+        else if (!create && r->type == REDIS_REPLY_ERROR &&
+                 strstr(r->str, "key to exist"))
+            rc = evq__err(EVQ_ENOENT,
+                          "redis: no queue '%s' (stream '%s' does not exist; "
+                          "create=false)",
+                          name, h->stream);
         else if (!(r->type == REDIS_REPLY_ERROR &&
                    strncmp(r->str, "BUSYGROUP", 9) == 0))
             rc = reply_err(r, "XGROUP CREATE");

@@ -340,6 +340,20 @@ static const char meta_sql[] =
 
 /* Creates evq's tables if missing and checks that existing ones are evq's.
  * Runs on `db` inside whatever transaction the caller holds. */
+/* Whether the file has evq's tables (looking creates nothing). */
+static bool has_tables(sqlite3 *db)
+{
+    sqlite3_stmt *st = NULL;
+    bool found =
+        sqlite3_prepare_v2(db,
+                           "SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                           "AND name = 'evq_messages'",
+                           -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW;
+    sqlite3_finalize(st);
+    return found;
+}
+
 static int ensure_schema(sqlite3 *db, const char *path)
 {
     char *msg = NULL;
@@ -506,9 +520,18 @@ static int sqlite_open(void **state, const evq__url *url, const char *name,
             return evq__err(EVQ_EIO, "sqlite: folder '%s' does not exist", dir);
         }
     }
-    src = sqlite3_open_v2(
-        path, &h->db,
-        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+    bool create = evq__opt_bool(opts, evq__core_opts, "create");
+    struct stat fb;
+    if (!create && stat(path, &fb) != 0) {
+        sqlite_close(h);
+        return evq__err(EVQ_ENOENT,
+                        "sqlite: '%s' does not exist (create=false)", path);
+    }
+    src = sqlite3_open_v2(path, &h->db,
+                          SQLITE_OPEN_READWRITE |
+                              (create ? SQLITE_OPEN_CREATE : 0) |
+                              SQLITE_OPEN_NOMUTEX,
+                          NULL);
     if (src != SQLITE_OK) {
         rc = db_err(h, src, "open");
         sqlite_close(h);
@@ -531,6 +554,12 @@ static int sqlite_open(void **state, const evq__url *url, const char *name,
         sqlite3_free(msg);
         sqlite_close(h);
         return rc;
+    }
+    if (!create && !has_tables(h->db)) {
+        sqlite_close(h);
+        return evq__err(EVQ_ENOENT,
+                        "sqlite: '%s' holds no evq queues (create=false)",
+                        path);
     }
     if ((rc = ensure_schema(h->db, path)) != 0) {
         sqlite_close(h);

@@ -78,9 +78,27 @@ for i in "${!urls[@]}"; do
   [ "$total" -eq 50 ] || fail "$name: SIGTERM: $total of 50 events seen after it"
   [ "$lines" -eq 50 ] || fail "$name: SIGTERM: $lines lines for 50 events (acked events came back)"
 
+  # read-only commands create nothing: stats and dead list of a missing
+  # queue fail, and fail again (nothing was made the first time)
+  # (sqlite keeps every queue of a file in one table: there, a missing
+  # file is what is missing)
+  ro=$url
+  [ $name = sqlite ] && ro="sqlite://$rdir/no-such.db"
+  for round in 1 2; do
+    "$evq" stats "$ro" "typo-$name-$$" >/dev/null 2>"$out/ro.err"
+    [ $? -eq 1 ] || fail "$name: stats of a missing queue (round $round) should exit 1"
+    grep -Eq 'does not exist|no queue' "$out/ro.err" || fail "$name: stats of a missing queue said: $(cat "$out/ro.err")"
+    "$evq" dead list "$ro" "typo-$name-$$" >/dev/null 2>"$out/ro.err"
+    [ $? -eq 1 ] || fail "$name: dead list of a missing queue (round $round) should exit 1"
+  done
+  [ ! -e "$rdir/no-such.db" ] || fail "sqlite: stats made a file"
+  [ $name = redis ] && [ "$(redis-cli -p "$rport" EXISTS "evq:typo-$name-$$")" = 0 ] ||
+    [ $name != redis ] || fail "redis: stats made a stream"
+
   # dead list right after the dead letters arrive: it waits for them (a
   # Kafka consumer group's join), then replay and purge see them too.
   q="dead-$name-$$"
+  produce "$url" "$q" 1 # the queue the dead letters came from
   for k in 1 2 3; do
     "$evq" produce "$url" "$q.dead" --type tool.dead --data $k --attr evqerror=boom \
       --attr evqqueue="$q" >/dev/null 2>&1 || fail "$name: produce a dead letter"
