@@ -109,6 +109,14 @@ has stdout '"depth":3' "stats after --no-ack"
 expect 0 "consume the rest" -- "$evq" consume "$db" q --timeout 1
 [ "$(wc -l <"$out/stdout")" -eq 3 ] || fail "consume the rest printed $(wc -l <"$out/stdout") lines"
 
+# consume | head -1 with fewer events than head reads ends with its reader
+# (it used to wait for a third event that never came)
+for i in 1 2; do
+  "$evq" produce "$db" two --type tool.two --data $i >/dev/null 2>&1 || fail "produce two"
+done
+timeout 20 bash -c "'$evq' consume '$db' two 2>/dev/null | head -1 >/dev/null"
+[ $? -eq 0 ] || fail "consume | head -1 with two events did not end"
+
 # a consumer killed mid-stream loses nothing
 printf '{"type":"tool.k","data":%s}\n' $(seq 1 300) | "$evq" produce "$db" k 2>/dev/null || fail "produce 300"
 "$evq" consume "$db" k -o visibility_timeout_ms=500 >"$out/killed" 2>/dev/null &
