@@ -398,7 +398,8 @@ static void take_dead_letter(evq_queue *q, const evq_event *orig,
     evq_queue *dead;
     evq_msg *m;
     assert_evq_ok(evq_queue_open_dead(&dead, q));
-    assert_evq_ok(evq_dequeue(dead, &m, 5000));
+    /* a Kafka consumer group joins first: seconds, more under TSan */
+    assert_evq_ok(evq_dequeue(dead, &m, 30000));
     const evq_event *d = evq_msg_event(m);
     if (orig) {
         assert_string_equal(evq_event_id(d), evq_event_id(orig));
@@ -522,7 +523,8 @@ static void undecodable_bytes_reach_the_dead_letter_queue(void **state)
     evq_queue *dead;
     evq_msg *m;
     assert_evq_ok(evq_queue_open_dead(&dead, q));
-    assert_evq_ok(evq_dequeue(dead, &m, 5000));
+    /* a Kafka consumer group joins first: seconds, more under TSan */
+    assert_evq_ok(evq_dequeue(dead, &m, 30000));
     size_t len;
     const void *raw = evq_event_binary(evq_msg_event(m), &len);
     assert_int_equal(len, 13);
