@@ -976,15 +976,20 @@ static int not_connected(nhandle *h, const char *what)
                     what);
 }
 
+/* Whether `d` may be acked, naked or touched now: not once its lease ran
+ * out, nor while disconnected. */
+static int may_settle(nhandle *h, const evq__delivery *d, const char *what)
+{
+    if (lease_gone(h, d->lease_ns))
+        return evq__lease_lost(what);
+    return not_connected(h, what);
+}
+
 static int nats_ack(void *state, evq__delivery *d)
 {
     nhandle *h = state;
     natsMsg *m = d->token;
-    if (lease_gone(h, d->lease_ns)) {
-        natsMsg_Destroy(m);
-        return evq__lease_lost("ack");
-    }
-    int rc = not_connected(h, "ack");
+    int rc = may_settle(h, d, "ack");
     if (rc) {
         natsMsg_Destroy(m);
         return rc;
@@ -999,11 +1004,7 @@ static int nats_nack(void *state, evq__delivery *d, int64_t delay_ms)
     nhandle *h = state;
     natsMsg *m = d->token;
     natsStatus s = NATS_OK;
-    if (lease_gone(h, d->lease_ns)) {
-        natsMsg_Destroy(m);
-        return evq__lease_lost("nack");
-    }
-    int rc = not_connected(h, "nack");
+    int rc = may_settle(h, d, "nack");
     if (rc) {
         natsMsg_Destroy(m);
         return rc;
@@ -1020,9 +1021,7 @@ static int nats_touch(void *state, evq__delivery *d)
     nhandle *h = state;
     if (h->core)
         return 0;
-    if (lease_gone(h, d->lease_ns))
-        return evq__lease_lost("touch");
-    int rc = not_connected(h, "touch");
+    int rc = may_settle(h, d, "touch");
     if (rc)
         return rc;
     int64_t lease_ns = evq__now_mono_ns() + h->vt_ns;

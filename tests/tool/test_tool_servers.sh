@@ -133,13 +133,20 @@ done
 # is enqueued (a retried one may be stored twice), the tool exits 0.
 url="redis://127.0.0.1:$rport"
 seq 1 20000 | sed 's/.*/{"type":"tool.n","data":&}/' >"$out/lines"
-"$evq" produce "$url" restart <"$out/lines" >/dev/null 2>"$out/produce.err" &
-pid=$!
-for _ in $(seq 1 200); do
-  [ "$(redis-cli -p "$rport" XLEN evq:restart 2>/dev/null || echo 0)" -ge 2000 ] && break
-  sleep 0.05
-done
-kill -9 "$(cat "$rdir/redis.pid")"
+# produce_then_kill QUEUE [ARGS]: produce the lines in the background (pid
+# in $pid) and kill the server once 2000 are in
+produce_then_kill() {
+  local q=$1
+  shift
+  "$evq" produce "$url" "$q" "$@" <"$out/lines" >/dev/null 2>"$out/produce.err" &
+  pid=$!
+  for _ in $(seq 1 200); do
+    [ "$(redis-cli -p "$rport" XLEN "evq:$q" 2>/dev/null || echo 0)" -ge 2000 ] && break
+    sleep 0.05
+  done
+  kill -9 "$(cat "$rdir/redis.pid")"
+}
+produce_then_kill restart
 sleep 1
 restart_redis
 wait $pid
@@ -153,13 +160,7 @@ seen=$(wc -l <"$out/seen")
 echo "produce across a redis-server restart: $seen of 20000 lines, $(grep -c 'trying again' "$out/produce.err") retried"
 
 # ...and with the server gone for good, it names the line it stopped at.
-"$evq" produce "$url" gone --retry-ms 1500 <"$out/lines" >/dev/null 2>"$out/produce.err" &
-pid=$!
-for _ in $(seq 1 200); do
-  [ "$(redis-cli -p "$rport" XLEN evq:gone 2>/dev/null || echo 0)" -ge 2000 ] && break
-  sleep 0.05
-done
-kill -9 "$(cat "$rdir/redis.pid")"
+produce_then_kill gone --retry-ms 1500
 wait $pid
 status=$?
 [ $status -eq 1 ] || fail "produce with the server gone: exit $status, expected 1"
