@@ -274,7 +274,11 @@ struct evq_queue_stats {
  * "kafka://").
  * Options every queue accepts: format (codec name; memory:// passes events
  * by reference when unset, the others default to json), max_event_bytes,
- * max_depth, dead_letter; evq_options_help() lists each backend's own.  `opts`
+ * max_depth, dead_letter, create; evq_options_help() lists each backend's
+ * own.  Every server backend (redis, nats, kafka) takes connect_timeout_ms
+ * (default 10000): open reaching no server fails with EVQ_ECONN after it,
+ * and a later call finding none reachable reports EVQ_ECONN within it
+ * (kafka.create_topics=false: a kafka open contacts no broker).  `opts`
  * may be NULL and is copied.  On success *q is a new handle owned by the caller
  * (close it with evq_queue_close); on failure *q is NULL and the code is
  * EVQ_EINVAL (bad or unknown-scheme URL, bad name or option, named in
@@ -371,6 +375,23 @@ EVQ_API int evq_queue_stats(evq_queue *q, struct evq_queue_stats *out);
 /* The backend scheme ("memory") and queue name, borrowed from `q`. */
 EVQ_API const char *evq_queue_scheme(const evq_queue *q);
 EVQ_API const char *evq_queue_name(const evq_queue *q);
+
+/* Deletes the queue `q` names from where it lives: every event it holds
+ * (ready, delayed, out with consumers) and what opening it made:
+ * memory:// takes it out of the process (handles still open keep the old
+ * one until they close); sqlite:// deletes its rows (the file and tables
+ * stay, for the file's other queues); redis:// deletes its stream, with
+ * the consumer group, and its delayed set; nats:// deletes its stream and
+ * consumer (core mode stores nothing: 0); kafka:// deletes
+ * the topic with the Admin API, then the consumer group's offsets (best
+ * effort).  Not its dead-letter queue: open that one (evq_queue_open_dead)
+ * and delete it too if wanted.  Events dequeued from `q` and not settled
+ * can still be settled, to no effect.  Afterwards only evq_queue_close()
+ * may follow; other handles on the queue see it gone (EVQ_ENOENT, or a
+ * new empty queue when their backend recreates it).  0, or the backend's
+ * error (EVQ_ECONN, EVQ_EIO, ...; EVQ_ENOTSUP on a kafka cluster without
+ * the Admin API).  Any thread, with no other call on `q` running. */
+EVQ_API int evq_queue_delete(evq_queue *q);
 
 /* Closes the handle: interrupts it and releases it.  Messages dequeued
  * through it and not yet settled stay valid and must still be acked or

@@ -275,6 +275,18 @@ bool evq__opt_bool(const evq__optset *set, const evq__opt_spec *tab,
                    const char *name);
 extern const evq__opt_spec evq__core_opts[];
 
+/* The connection timeout of every server backend, one entry of each one's
+ * table (redis, nats, kafka), so the name, default and meaning agree. */
+#define EVQ__CONNECT_TIMEOUT_OPT                                               \
+    {"connect_timeout_ms", EVQ__OPT_INT, "10000", 1, 600000, NULL,             \
+     "longest the server is waited for: open fails, and an enqueue or a "      \
+     "waiting dequeue reports EVQ_ECONN, once no server has been reachable "   \
+     "for this long"}
+/* connect_timeout_ms, or the value of `older` (a backend's former name for
+ * it, kept so existing URLs still work) when that is given. */
+int64_t evq__opt_connect_timeout(const evq__optset *set,
+                                 const evq__opt_spec *tab, const char *older);
+
 /* ---- queue core and backends (queue.c) ----------------------------------- */
 
 /* One event handed to a backend's enqueue: either by reference (when the
@@ -347,6 +359,10 @@ struct evq_backend_ops {
     int (*stats)(void *state, struct evq_queue_stats *out);
     /* Releases the state; no call on it runs concurrently.  Required. */
     void (*close)(void *state);
+    /* Removes the queue from where it lives: its events (ready, delayed,
+     * out) and what open made for it; the state then only closes.  NULL
+     * when the backend cannot. */
+    int (*destroy)(void *state);
 };
 
 /* Looks up a backend by scheme; NULL when none. */

@@ -296,6 +296,16 @@ int64_t evq__opt_int(const evq__optset *set, const evq__opt_spec *tab,
     return i;
 }
 
+int64_t evq__opt_connect_timeout(const evq__optset *set,
+                                 const evq__opt_spec *tab, const char *older)
+{
+    for (size_t i = 0; older && i < set->n; i++) {
+        if (strcmp(set->kv[i].key, older) == 0)
+            return evq__opt_int(set, tab, older);
+    }
+    return evq__opt_int(set, tab, "connect_timeout_ms");
+}
+
 bool evq__opt_bool(const evq__optset *set, const evq__opt_spec *tab,
                    const char *name)
 {

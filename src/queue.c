@@ -196,6 +196,16 @@ void evq_queue_close(evq_queue *q)
     queue_release(q);
 }
 
+int evq_queue_delete(evq_queue *q)
+{
+    if (!q)
+        return evq__err(EVQ_EINVAL, "evq_queue_delete: q is NULL");
+    if (!q->ops->destroy)
+        return evq__err(EVQ_ENOTSUP, "%s:// cannot delete a queue",
+                        q->ops->scheme);
+    return q->ops->destroy(q->state);
+}
+
 int evq_queue_interrupt(evq_queue *q)
 {
     if (!q)

@@ -515,15 +515,85 @@ static void bad_brokers_and_properties_are_clear_errors(void **state)
     assert_errmsg_has("acks");
     /* a queue name that is no topic name */
     assert_evq_err(evq_queue_open(&q, url, "two words", NULL), EVQ_EINVAL);
-    /* no broker: enqueue fails within the timeout, not a hang */
-    snprintf(bad, sizeof bad, "kafka://127.0.0.1:1?kafka.timeout_ms=1500");
+    /* no broker: open, which creates the topic, fails after
+     * connect_timeout_ms (not a hang, nor kafka.timeout_ms of 30 s) */
+    snprintf(bad, sizeof bad, "kafka://127.0.0.1:1?connect_timeout_ms=1500");
+    int64_t t0 = now_ms();
+    assert_evq_err(evq_queue_open(&q, bad, "knobroker", NULL), EVQ_ECONN);
+    assert_true(now_ms() - t0 < 20000);
+    assert_errmsg_has("no broker of 127.0.0.1:1 reachable");
+    assert_errmsg_has("Connection refused"); /* the broker's last error */
+    /* a broker that never answers the connection */
+    int fds[2], sp = silent_server(fds);
+    snprintf(bad, sizeof bad, "kafka://127.0.0.1:%d?connect_timeout_ms=2000",
+             sp);
+    assert_open_times_out(bad, 2000);
+    close(fds[0]);
+    close(fds[1]);
+    /* ...and without a topic to create, open needs no broker: the enqueue
+     * fails after connect_timeout_ms */
+    snprintf(bad, sizeof bad,
+             "kafka://127.0.0.1:1?connect_timeout_ms=1500&"
+             "kafka.create_topics=false");
     assert_evq_ok(evq_queue_open(&q, bad, "knobroker", NULL));
     evq_event *ev = evq_event_new("x", NULL);
-    int64_t t0 = now_ms();
+    t0 = now_ms();
     assert_evq_err(evq_enqueue(q, ev), EVQ_ECONN);
-    assert_true(now_ms() - t0 < 10000);
-    assert_errmsg_has("Connection refused"); /* the broker's last error */
+    assert_true(now_ms() - t0 < 20000);
+    assert_errmsg_has("connect_timeout_ms");
+    assert_errmsg_has("Connection refused");
     evq_event_free(ev);
+    evq_queue_close(q);
+}
+
+/* Every broker down for longer than connect_timeout_ms: an enqueue fails
+ * with EVQ_ECONN once that has passed (kafka.timeout_ms is a minute), and
+ * when the brokers are back the same handle enqueues again, and everything
+ * that was accepted is there to read. */
+static void an_enqueue_with_no_broker_fails_after_the_connect_timeout(
+    void **state)
+{
+    (void)state;
+    char u[1024];
+    evq_queue *q;
+    evq_msg *m;
+    url_with(u, sizeof u, "connect_timeout_ms=2000&kafka.timeout_ms=60000");
+    assert_evq_ok(evq_queue_open(&q, u, "kcutoff", NULL));
+    evq_event *ev = evq_event_new("x", json_integer(1));
+    assert_evq_ok(evq_enqueue(q, ev));
+    broker_command("down 1"); /* the three brokers of the test cluster */
+    broker_command("down 2");
+    broker_command("down 3");
+    /* (a broker may take one more on the connection it is closing) */
+    int64_t t0 = now_ms();
+    int rc = 0;
+    for (int i = 0; i < 10 && rc == 0; i++) {
+        t0 = now_ms();
+        rc = evq_enqueue(q, ev);
+    }
+    assert_evq_err(rc, EVQ_ECONN);
+    printf("enqueue with the broker down failed after %lld ms: %s\n",
+           (long long)(now_ms() - t0), evq_errmsg());
+    assert_true(now_ms() - t0 < 45000);
+    assert_errmsg_has("connect_timeout_ms");
+    broker_command("up 1");
+    broker_command("up 2");
+    broker_command("up 3");
+    evq_event *ev2 = evq_event_new("x", json_integer(2));
+    rc = EVQ_ECONN;
+    for (int i = 0; i < 30 && rc == EVQ_ECONN; i++)
+        rc = evq_enqueue(q, ev2);
+    assert_evq_ok(rc);
+    bool one = false, two = false;
+    while (!(one && two) && evq_dequeue(q, &m, 20000) == 0) {
+        json_int_t n = json_integer_value(evq_event_data(evq_msg_event(m)));
+        one |= n == 1;
+        two |= n == 2;
+        assert_evq_ok(evq_ack(m));
+    }
+    assert_true(one && two);
+    evq_event_free(ev);
+    evq_event_free(ev2);
     evq_queue_close(q);
 }
 
@@ -756,6 +826,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(a_missing_topic_is_created_or_left_to_the_broker),
         cmocka_unit_test(bad_brokers_and_properties_are_clear_errors),
         cmocka_unit_test(ssl_options_reach_librdkafka),
+        cmocka_unit_test(
+            an_enqueue_with_no_broker_fails_after_the_connect_timeout),
         cmocka_unit_test(a_handler_past_the_poll_interval_keeps_its_event),
         cmocka_unit_test(killed_consumers_skip_nothing),
         cmocka_unit_test(a_broker_down_and_up_loses_no_accepted_event),

@@ -231,6 +231,34 @@ static void interrupt_wakes_blocked_callers(void **state)
     assert_evq_err(evq_queue_interrupt(NULL), EVQ_EINVAL);
 }
 
+/* A deleted queue: a new open of its name starts empty, while a handle
+ * that was open keeps the old queue until it closes (valgrind and ASan
+ * see the last close free it with what it held). */
+static void a_deleted_queue_stays_with_its_open_handles(void **state)
+{
+    (void)state;
+    evq_queue *a = open_q("memory://", "deleted");
+    evq_queue *b = open_q("memory://", "deleted");
+    evq_event *ev = numbered(1);
+    evq_msg *m;
+    assert_evq_ok(evq_enqueue(a, ev));
+    assert_evq_ok(evq_enqueue(a, ev));
+    assert_evq_ok(evq_queue_delete(a));
+    assert_evq_ok(evq_queue_delete(a)); /* twice: nothing more to do */
+    evq_queue *c = open_q("memory://", "deleted");
+    assert_evq_err(evq_dequeue(c, &m, 0), EVQ_ETIMEDOUT);
+    assert_evq_ok(evq_dequeue(b, &m, 0)); /* the old queue, through b */
+    assert_evq_ok(evq_ack(m));
+    evq_queue_close(a);
+    evq_queue_close(b); /* frees the old queue and the event left in it */
+    assert_evq_ok(evq_enqueue(c, ev));
+    assert_evq_ok(evq_dequeue(c, &m, 0));
+    assert_evq_ok(evq_ack(m));
+    evq_queue_close(c);
+    evq_event_free(ev);
+    assert_evq_err(evq_queue_delete(NULL), EVQ_EINVAL);
+}
+
 static void queues_are_shared_by_name(void **state)
 {
     (void)state;
@@ -490,6 +518,7 @@ int main(void)
         cmocka_unit_test(delayed_enqueue_is_not_early),
         cmocka_unit_test(full_queue_blocks_the_producer),
         cmocka_unit_test(interrupt_wakes_blocked_callers),
+        cmocka_unit_test(a_deleted_queue_stays_with_its_open_handles),
         cmocka_unit_test(queues_are_shared_by_name),
         cmocka_unit_test(closing_keeps_unsettled_messages_valid),
         cmocka_unit_test(encoded_mode_round_trips_and_isolates),

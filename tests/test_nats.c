@@ -401,10 +401,18 @@ static void bad_servers_and_credentials_are_clear_errors(void **state)
 
     /* nobody listening */
     int p = free_port();
-    snprintf(bad, sizeof bad, "nats://127.0.0.1:%d?nats.connect_timeout_ms=500",
+    snprintf(bad, sizeof bad, "nats://127.0.0.1:%d?connect_timeout_ms=500",
              p);
     assert_evq_err(evq_queue_open(&q, bad, "q", NULL), EVQ_ECONN);
     assert_errmsg_has("nats connect");
+
+    /* a server that never answers: connect_timeout_ms bounds the wait */
+    int fds[2], sp = silent_server(fds);
+    snprintf(bad, sizeof bad, "nats://127.0.0.1:%d?connect_timeout_ms=1000",
+             sp);
+    assert_open_times_out(bad, 1000);
+    close(fds[0]);
+    close(fds[1]);
 
     /* a server that wants a password, given the wrong one */
     pid_t pid = spawn_server(p, "evq", "right-secret");

@@ -182,6 +182,20 @@ static void bad_servers_and_credentials_are_clear_errors(void **state)
         EVQ_EINVAL);
     url_with(bad, sizeof bad, "redis.prefetch=0");
     assert_evq_err(evq_queue_open(&q, bad, "q", NULL), EVQ_EINVAL);
+    url_with(bad, sizeof bad, "connect_timeout_ms=0");
+    assert_evq_err(evq_queue_open(&q, bad, "q", NULL), EVQ_EINVAL);
+
+    /* a server that never answers: connect_timeout_ms (or its former
+     * name) bounds the wait */
+    int fds[2], p = silent_server(fds);
+    snprintf(bad, sizeof bad, "redis://127.0.0.1:%d?connect_timeout_ms=1000",
+             p);
+    assert_open_times_out(bad, 1000);
+    snprintf(bad, sizeof bad,
+             "redis://127.0.0.1:%d?redis.connect_timeout_ms=1500", p);
+    assert_open_times_out(bad, 1500);
+    close(fds[0]);
+    close(fds[1]);
 }
 
 static void a_dead_consumers_events_are_taken_over(void **state)

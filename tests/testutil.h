@@ -186,6 +186,39 @@ static inline int free_port(void)
     return ntohs(a.sin_port);
 }
 
+/* A loopback server that never answers a connection: a listening socket
+ * whose backlog (of one) is taken by a connection nobody accepts, so the
+ * kernel drops further handshakes and a client's connect waits out its
+ * own timeout.  Returns the port; close fds[0] and fds[1] when done. */
+static inline int silent_server(int fds[2])
+{
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    fds[0] = socket(AF_INET, SOCK_STREAM, 0);
+    assert_int_equal(bind(fds[0], (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(listen(fds[0], 0), 0);
+    assert_int_equal(getsockname(fds[0], (struct sockaddr *)&a, &len), 0);
+    fds[1] = socket(AF_INET, SOCK_STREAM, 0);
+    assert_int_equal(connect(fds[1], (struct sockaddr *)&a, sizeof a), 0);
+    return ntohs(a.sin_port);
+}
+
+/* Opens `url` (a silent_server's) and checks that it fails with
+ * EVQ_ECONN, after about `ms` (connect_timeout_ms): not at once, not a
+ * hang. */
+static inline void assert_open_times_out(const char *url, int ms)
+{
+    evq_queue *q;
+    int64_t t0 = now_ms();
+    assert_evq_err(evq_queue_open(&q, url, "silent", NULL), EVQ_ECONN);
+    int64_t took = now_ms() - t0;
+    printf("%s: open failed after %lld ms: %s\n", url, (long long)took,
+           evq_errmsg());
+    assert_true(took >= ms / 2);
+    assert_true(took < ms + 15000);
+}
+
 /* Whether something accepts connections on loopback port `p` within 5 s. */
 static inline bool port_open(int p)
 {

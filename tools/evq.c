@@ -1159,7 +1159,7 @@ static int cmd_demo(int argc, char **argv)
 static const char bench_help[] =
     "usage: evq bench URL [--events N] [--size BYTES] [--producers P]\n"
     "                     [--workers W] [--batch B] [--warmup K]\n"
-    "                     [--queue NAME] [--json] [-o KEY=VALUE]\n"
+    "                     [--queue NAME] [--keep] [--json] [-o KEY=VALUE]\n"
     "\n"
     "Measures, on queue NAME (default bench-<pid>), after K events are\n"
     "enqueued untimed (a warm-up: connections, metadata, a topic made on\n"
@@ -1179,11 +1179,57 @@ static const char bench_help[] =
     "and the peak resident memory.  Producers enqueue B events at a time\n"
     "(evq_enqueue_batch when B > 1).  Defaults: N 1000000, BYTES 100, P 1,\n"
     "W 1, B 1, K 0.\n"
+    "At the end the queue is deleted (evq_queue_delete), and on sqlite:// the\n"
+    "file too when bench made it; a queue named with --queue is the\n"
+    "caller's and stays, as does any with --keep.\n"
     "--json prints one object: enqueue_per_s, start_ms, drain_per_s, "
     "e2e_per_s,\n"
     "latency_us {p50, p99, p999}, peak_rss_kib, stats_overhead_ns and, on\n"
     "memory://, raw_per_s.  A progress line goes to standard error when it\n"
     "is a terminal.\n";
+
+/* What bench made, removed at its end: the queue it named itself, and on
+ * sqlite:// the file when there was none before. */
+struct bench_made {
+    bool queue;
+    char file[PATH_MAX]; /* "" when bench did not make it */
+};
+
+/* Notes the sqlite:// file `url` names when it does not exist yet. */
+static void bench_file_before(const char *url, struct bench_made *made)
+{
+    evq__url u;
+    struct stat st;
+    if (evq__url_parse(url, &u) != 0)
+        return; /* open will say what is wrong */
+    if (strcmp(u.scheme, "sqlite") == 0) {
+        int n = snprintf(made->file, sizeof made->file, "%s%s",
+                         u.n_hosts ? u.hosts[0].host : "", u.path);
+        if (n <= 0 || (size_t)n >= sizeof made->file ||
+            stat(made->file, &st) == 0)
+            made->file[0] = '\0';
+    }
+    evq__url_free(&u);
+}
+
+/* Deletes what bench made and closes q; a failure is said, not fatal. */
+static void bench_clean_up(evq_queue *q, const struct bench_made *made)
+{
+    if (made->queue && evq_queue_delete(q) != 0)
+        fprintf(stderr, "%s bench: queue '%s' left in place: %s\n", prog,
+                evq_queue_name(q), evq_errmsg());
+    evq_queue_close(q);
+    if (!made->file[0])
+        return;
+    static const char *const tails[] = {"", "-wal", "-shm", "-journal"};
+    for (size_t i = 0; i < sizeof tails / sizeof *tails; i++) {
+        char path[PATH_MAX + 16];
+        snprintf(path, sizeof path, "%s%s", made->file, tails[i]);
+        if (unlink(path) != 0 && errno != ENOENT)
+            fprintf(stderr, "%s bench: %s left in place: %s\n", prog, path,
+                    strerror(errno));
+    }
+}
 
 struct bench {
     evq_queue *q;
@@ -1400,13 +1446,14 @@ static int cmd_bench(int argc, char **argv)
         {"warmup", required_argument, NULL, 'k'},
         {"queue", required_argument, NULL, 'q'},
         {"json", no_argument, NULL, 'j'},
+        {"keep", no_argument, NULL, 'K'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     long n = 1000000, size = 100, producers = 1, workers = 1, batch = 1,
          warmup = 0;
     const char *qname = NULL;
-    bool json = false;
+    bool json = false, keep = false;
     evq_opts *opts = NULL;
     int c, rc;
     while ((c = getopt_long(argc, argv, "o:h", longopts, NULL)) != -1) {
@@ -1440,6 +1487,9 @@ static int cmd_bench(int argc, char **argv)
             break;
         case 'j':
             json = true;
+            break;
+        case 'K':
+            keep = true;
             break;
             COMMON_FLAGS("bench", bench_help)
         }
@@ -1484,6 +1534,9 @@ static int cmd_bench(int argc, char **argv)
     const char *mode = opts ? evq_opts_get(opts, "nats.mode") : NULL;
     bool core_nats =
         strstr(url, "nats.mode=core") || (mode && strcmp(mode, "core") == 0);
+    struct bench_made made = {.queue = !qname && !keep};
+    if (!keep)
+        bench_file_before(url, &made);
     if ((rc = open_queue(url, name, opts, &b.q))) { /* frees opts */
         json_decref(b.payload);
         return rc;
@@ -1507,7 +1560,7 @@ static int cmd_bench(int argc, char **argv)
             printf("enqueue      %12.0f events/s (core NATS: nothing is kept "
                    "to drain)\n",
                    n / enq_s);
-        evq_queue_close(b.q);
+        bench_clean_up(b.q, &made);
         json_decref(b.payload);
         return atomic_load(&b.errors) ? EXIT_FAILURE : 0;
     }
@@ -1520,8 +1573,11 @@ static int cmd_bench(int argc, char **argv)
     evq_worker *w;
     int64_t t0 = mono_ns();
     if ((rc = evq_worker_start(&w, b.q, events, &wo))) {
-        evq_queue_close(b.q);
-        return fail("worker", rc);
+        rc = fail("worker", rc);
+        bench_clean_up(b.q, &made);
+        evq_events_free(events);
+        json_decref(b.payload);
+        return rc;
     }
     bool ok = wait_handled(&b, n + warmup, "drain");
     /* the backlog's rate from its first event to its last: what came
@@ -1602,7 +1658,7 @@ static int cmd_bench(int argc, char **argv)
     for (int i = 0; i < b.nslots; i++)
         free(b.slots[i]);
     evq_events_free(events);
-    evq_queue_close(b.q);
+    bench_clean_up(b.q, &made);
     json_decref(b.payload);
     if (!ok || atomic_load(&b.errors)) {
         fprintf(stderr, "%s bench: %d enqueue errors%s\n", prog,

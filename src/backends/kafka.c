@@ -67,6 +67,7 @@ static const evq__opt_spec kafka_opts[] = {
      "partition is paused"},
     {"kafka.timeout_ms", EVQ__OPT_INT, "30000", 100, 3600000, NULL,
      "longest an enqueue waits for its delivery reports"},
+    EVQ__CONNECT_TIMEOUT_OPT,
     {"kafka.commit_interval_ms", EVQ__OPT_INT, "200", 0, 60000, NULL,
      "how often finished offsets are committed"},
     {"rdkafka.", EVQ__OPT_PREFIX, NULL, 0, 0, NULL,
@@ -151,6 +152,7 @@ typedef struct khandle {
      * last probe found one up), and when a dequeue last probed */
     _Atomic int64_t down_ms;
     int64_t probed_ms;
+    int64_t connect_ms; /* connect_timeout_ms */
     /* keepalive: polls when no dequeue did for keep_every_ns */
     evq__flusher keep;
     bool keep_armed;
@@ -174,6 +176,8 @@ static int kerr(rd_kafka_resp_err_t e, const char *what)
     case RD_KAFKA_RESP_ERR__MSG_TIMED_OUT:
     case RD_KAFKA_RESP_ERR__TIMED_OUT:
     case RD_KAFKA_RESP_ERR__RESOLVE:
+    case RD_KAFKA_RESP_ERR__PURGE_QUEUE:
+    case RD_KAFKA_RESP_ERR__PURGE_INFLIGHT:
         code = EVQ_ECONN;
         break;
     case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
@@ -217,8 +221,14 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
     khandle *h = opaque;
     if (!h)
         return;
-    if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN)
-        atomic_store(&h->down_ms, now_ms());
+    /* The outage's start: all brokers down, or a connection that failed
+     * (with a single broker behind a bootstrap address librdkafka may
+     * never count all of them down); a metadata answer or a delivery
+     * ends it. */
+    int64_t zero = 0;
+    if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN ||
+        err == RD_KAFKA_RESP_ERR__TRANSPORT)
+        atomic_compare_exchange_strong(&h->down_ms, &zero, now_ms());
     pthread_mutex_lock(&h->note_mu);
     snprintf(h->broker_note, sizeof h->broker_note, "%s (%s)", reason,
              rd_kafka_err2name((rd_kafka_resp_err_t)err));
@@ -297,6 +307,34 @@ static int with_broker_note(khandle *h, int rc)
     return rc;
 }
 
+/* Whether no broker has been reachable for connect_timeout_ms: librdkafka
+ * said all were down that long ago, and the producer's metadata request
+ * (500 ms) still gets no answer.  An answer ends the outage. */
+static bool down_too_long(khandle *h)
+{
+    int64_t down = atomic_load(&h->down_ms);
+    if (!down || now_ms() - down < h->connect_ms)
+        return false;
+    const struct rd_kafka_metadata *md = NULL;
+    if (rd_kafka_metadata(h->prod, 0, NULL, &md, 500) == 0) {
+        rd_kafka_metadata_destroy(md);
+        atomic_compare_exchange_strong(&h->down_ms, &down, 0);
+        return false;
+    }
+    return true;
+}
+
+/* The error of an enqueue cut off by down_too_long. */
+static int cut_off(khandle *h)
+{
+    return with_broker_note(
+        h, evq__err(EVQ_ECONN,
+                    "kafka: no broker of %s reachable for %lld ms "
+                    "(connect_timeout_ms); the enqueue was given up (an "
+                    "event already sent may still have been stored)",
+                    h->brokers, (long long)h->connect_ms));
+}
+
 /* A librdkafka configuration with the brokers, the rdkafka.* properties and
  * `extra` (NULL-ended name, value pairs); NULL with the error set. */
 static rd_kafka_conf_t *make_conf(khandle *h, const char *const *extra, int *rc)
@@ -319,6 +357,10 @@ static rd_kafka_conf_t *make_conf(khandle *h, const char *const *extra, int *rc)
     rd_kafka_conf_set_error_cb(c, on_error);
     rd_kafka_conf_set_opaque(c, h);
     SET("bootstrap.servers", h->brokers);
+    char setup_ms[32]; /* librdkafka takes no less than a second */
+    snprintf(setup_ms, sizeof setup_ms, "%lld",
+             (long long)(h->connect_ms < 1000 ? 1000 : h->connect_ms));
+    SET("socket.connection.setup.timeout.ms", setup_ms);
     for (size_t i = 0; extra && extra[i]; i += 2)
         SET(extra[i], extra[i + 1]);
     for (size_t i = 0; i < h->props.n; i++)
@@ -334,8 +376,10 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m,
                         void *opaque)
 {
     (void)rk;
-    (void)opaque;
+    khandle *h = opaque;
     kbatch *b = m->_private;
+    if (!m->err && h && atomic_load(&h->down_ms)) /* a broker took it */
+        atomic_store(&h->down_ms, 0);
     if (!b)
         return;
     pthread_mutex_lock(&b->mu);
@@ -379,6 +423,25 @@ static int open_producer(khandle *h)
         return evq__err(EVQ_ENOMEM, "cannot start the kafka poll thread");
     }
     return 0;
+}
+
+/* Waits up to connect_timeout_ms for a broker to answer a metadata
+ * request: what open does before it creates or looks up the topic. */
+static int reach_brokers(khandle *h)
+{
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_resp_err_t e =
+        rd_kafka_metadata(h->prod, 0, NULL, &md, (int)h->connect_ms);
+    if (!e) {
+        rd_kafka_metadata_destroy(md);
+        return 0;
+    }
+    return with_broker_note(
+        h, evq__err(EVQ_ECONN,
+                    "kafka: no broker of %s reachable within %lld ms "
+                    "(connect_timeout_ms): %s",
+                    h->brokers, (long long)h->connect_ms,
+                    rd_kafka_err2str(e)));
 }
 
 /* Creates the topic (and its dead-letter twin is made the same way when
@@ -506,14 +569,31 @@ static int kafka_enqueue(void *state, const evq__item *items, size_t n)
         else
             queued++;
     }
-    /* wait for the reports of what was handed to librdkafka */
+    /* Wait for the reports of what was handed to librdkafka, in slices:
+     * once no broker has been reachable for connect_timeout_ms, what is
+     * still queued or sent is purged (its reports then come at once),
+     * rather than waiting out message.timeout.ms (kafka.timeout_ms). */
     pthread_mutex_lock(&b.mu);
     b.left -= n - queued;
-    struct timespec ts =
-        evq__ts_from_ns(evq__now_real_ns() + (h->timeout_ms + 5000) * 1000000);
-    while (b.left > 0)
-        if (pthread_cond_timedwait(&b.cv, &b.mu, &ts) != 0)
+    int64_t end = evq__now_real_ns() + (h->timeout_ms + 5000) * 1000000;
+    bool purged = false;
+    while (b.left > 0) {
+        int64_t t = evq__now_real_ns(), slice = t + 250 * 1000000LL;
+        if (t >= end)
             break;
+        struct timespec ts = evq__ts_from_ns(slice < end ? slice : end);
+        if (pthread_cond_timedwait(&b.cv, &b.mu, &ts) == 0 || purged ||
+            b.left == 0)
+            continue;
+        pthread_mutex_unlock(&b.mu);
+        if (down_too_long(h)) {
+            rd_kafka_purge(h->prod, RD_KAFKA_PURGE_F_QUEUE |
+                                        RD_KAFKA_PURGE_F_INFLIGHT |
+                                        RD_KAFKA_PURGE_F_NON_BLOCKING);
+            purged = true;
+        }
+        pthread_mutex_lock(&b.mu);
+    }
     size_t left = b.left;
     rd_kafka_resp_err_t de = b.err;
     pthread_mutex_unlock(&b.mu);
@@ -525,6 +605,9 @@ static int kafka_enqueue(void *state, const evq__item *items, size_t n)
     pthread_cond_destroy(&b.cv);
     if (e)
         return kerr(e, "produce");
+    if (de == RD_KAFKA_RESP_ERR__PURGE_QUEUE ||
+        de == RD_KAFKA_RESP_ERR__PURGE_INFLIGHT)
+        return cut_off(h);
     if (de) {
         int rc = kerr(de, "delivery");
         if (h->create_note[0]) {
@@ -1301,6 +1384,7 @@ static int kafka_open(void **state, const evq__url *url, const char *name,
     h->max_in_flight =
         (int)evq__opt_int(opts, kafka_opts, "kafka.max_in_flight");
     h->timeout_ms = evq__opt_int(opts, kafka_opts, "kafka.timeout_ms");
+    h->connect_ms = evq__opt_connect_timeout(opts, kafka_opts, NULL);
     h->commit_every_ms =
         evq__opt_int(opts, kafka_opts, "kafka.commit_interval_ms");
     /* the rdkafka.* properties, without their prefix */
@@ -1318,7 +1402,13 @@ static int kafka_open(void **state, const evq__url *url, const char *name,
         kafka_close(h);
         return rc;
     }
-    if (!evq__opt_bool(opts, evq__core_opts, "create")) {
+    bool create = evq__opt_bool(opts, evq__core_opts, "create");
+    if ((!create || evq__opt_bool(opts, kafka_opts, "kafka.create_topics")) &&
+        (rc = reach_brokers(h)) != 0) {
+        kafka_close(h);
+        return rc;
+    }
+    if (!create) {
         /* Look the topic up among all (asking for it by name could have
          * the broker create it). */
         int tmo =
@@ -1347,6 +1437,56 @@ static int kafka_open(void **state, const evq__url *url, const char *name,
     return 0;
 }
 
+/* Deletes the topic with the Admin API, then (best effort: it refuses
+ * while a consumer is still in it) the consumer group's offsets. */
+static int kafka_destroy(void *state)
+{
+    khandle *h = state;
+    char err[256];
+    int tmo = (int)h->timeout_ms;
+    rd_kafka_queue_t *rq = rd_kafka_queue_new(h->prod);
+    rd_kafka_AdminOptions_t *ao =
+        rd_kafka_AdminOptions_new(h->prod, RD_KAFKA_ADMIN_OP_DELETETOPICS);
+    rd_kafka_AdminOptions_set_request_timeout(ao, tmo, err, sizeof err);
+    rd_kafka_AdminOptions_set_operation_timeout(ao, tmo, err, sizeof err);
+    rd_kafka_DeleteTopic_t *dt = rd_kafka_DeleteTopic_new(h->topic);
+    rd_kafka_DeleteTopics(h->prod, &dt, 1, ao, rq);
+    rd_kafka_event_t *ev = rd_kafka_queue_poll(rq, tmo + 2000);
+    rd_kafka_resp_err_t e = RD_KAFKA_RESP_ERR__TIMED_OUT;
+    const char *why = NULL;
+    if (ev && rd_kafka_event_error(ev)) {
+        e = rd_kafka_event_error(ev);
+        why = rd_kafka_event_error_string(ev);
+    } else if (ev) {
+        size_t cnt = 0;
+        const rd_kafka_topic_result_t **tr =
+            rd_kafka_DeleteTopics_result_topics(
+                rd_kafka_event_DeleteTopics_result(ev), &cnt);
+        e = cnt == 1 ? rd_kafka_topic_result_error(tr[0])
+                     : RD_KAFKA_RESP_ERR__FAIL;
+        why = cnt == 1 ? rd_kafka_topic_result_error_string(tr[0]) : NULL;
+    }
+    int rc = 0;
+    if (e && e != RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
+        rc = with_broker_note(
+            h, evq__err(kerr(e, "delete topic"), "kafka: deleting topic '%s' "
+                        "failed: %s", h->topic,
+                        why ? why : rd_kafka_err2str(e)));
+    if (ev)
+        rd_kafka_event_destroy(ev);
+    rd_kafka_DeleteTopic_destroy(dt);
+    rd_kafka_AdminOptions_destroy(ao);
+    if (!rc) {
+        rd_kafka_DeleteGroup_t *dg = rd_kafka_DeleteGroup_new(h->group);
+        rd_kafka_DeleteGroups(h->prod, &dg, 1, NULL, rq);
+        if ((ev = rd_kafka_queue_poll(rq, tmo + 2000)) != NULL)
+            rd_kafka_event_destroy(ev);
+        rd_kafka_DeleteGroup_destroy(dg);
+    }
+    rd_kafka_queue_destroy(rq);
+    return rc;
+}
+
 const struct evq_backend_ops evq__backend_kafka = {
     .scheme = "kafka",
     .flags = 0,
@@ -1359,4 +1499,5 @@ const struct evq_backend_ops evq__backend_kafka = {
     .interrupt = kafka_interrupt,
     .stats = kafka_stats,
     .close = kafka_close,
+    .destroy = kafka_destroy,
 };

@@ -74,6 +74,7 @@ typedef struct mring {
 typedef struct mqueue {
     struct mqueue *next; /* registry list, under registry_lock */
     int handles;         /* under registry_lock */
+    bool deleted; /* out of the registry: freed by its last handle's close */
     char *name;
     char *format; /* NULL: by reference */
     size_t capacity;
@@ -402,9 +403,29 @@ static void memory_close(void *state)
 {
     mhandle *h = state;
     pthread_mutex_lock(&registry_lock);
-    h->q->handles--;
+    bool last = --h->q->handles == 0 && h->q->deleted;
     pthread_mutex_unlock(&registry_lock);
+    if (last)
+        mqueue_destroy(h->q);
     free(h);
+}
+
+/* Takes the queue out of the registry, so the next open of its name finds
+ * none; handles still open keep the old one (as a removed file stays with
+ * whoever has it open) and the last to close frees it with what it holds. */
+static int memory_destroy(void *state)
+{
+    mhandle *h = state;
+    pthread_mutex_lock(&registry_lock);
+    for (mqueue **pp = &registry; *pp; pp = &(*pp)->next) {
+        if (*pp == h->q) {
+            *pp = h->q->next;
+            h->q->deleted = true;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&registry_lock);
+    return 0;
 }
 
 /* ---- operations ---------------------------------------------------------- */
@@ -648,4 +669,5 @@ const struct evq_backend_ops evq__backend_memory = {
     .interrupt = memory_interrupt,
     .stats = memory_stats,
     .close = memory_close,
+    .destroy = memory_destroy,
 };

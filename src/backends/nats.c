@@ -74,8 +74,9 @@ static const evq__opt_spec nats_opts[] = {
     {"nats.pending_limit", EVQ__OPT_INT, "65536", 1, 100000000, NULL,
      "core mode: messages buffered for a consumer before NATS drops more "
      "(a slow consumer)"},
-    {"nats.connect_timeout_ms", EVQ__OPT_INT, "5000", 1, 600000, NULL,
-     "connect timeout"},
+    EVQ__CONNECT_TIMEOUT_OPT,
+    {"nats.connect_timeout_ms", EVQ__OPT_INT, NULL, 1, 600000, NULL,
+     "former name of connect_timeout_ms"},
     {"nats.timeout_ms", EVQ__OPT_INT, "5000", 1, 600000, NULL,
      "wait for a publish ack or a JetStream API answer"},
     {"nats.reconnect_wait_ms", EVQ__OPT_INT, "500", 1, 600000, NULL,
@@ -321,7 +322,8 @@ static int connect(nhandle *h, const evq__url *url, const evq__optset *opts)
         s = natsOptions_SetToken(no, url->user);
     if (s == NATS_OK)
         s = natsOptions_SetTimeout(
-            no, evq__opt_int(opts, nats_opts, "nats.connect_timeout_ms"));
+            no, evq__opt_connect_timeout(opts, nats_opts,
+                                         "nats.connect_timeout_ms"));
     if (s == NATS_OK)
         s = natsOptions_SetMaxReconnect(no, -1);
     if (s == NATS_OK)
@@ -1090,6 +1092,26 @@ static int nats_stats(void *state, struct evq_queue_stats *out)
     return 0;
 }
 
+/* Deletes the queue's stream (its one subject is the queue's: see
+ * ensure_stream) and with it the consumer; what this handle fetched goes
+ * too.  Core mode stores nothing: there is nothing to delete. */
+static int nats_destroy(void *state)
+{
+    nhandle *h = state;
+    jsErrCode jerr = 0;
+    if (h->core)
+        return 0;
+    pthread_mutex_lock(&h->buf_mu);
+    for (size_t i = 0; i < h->n_buf; i++)
+        natsMsg_Destroy(h->buf[h->head_buf + i].m);
+    h->n_buf = h->head_buf = 0;
+    pthread_mutex_unlock(&h->buf_mu);
+    natsStatus s = js_DeleteStream(h->js, h->stream, NULL, &jerr);
+    if (s != NATS_OK && jerr != JSStreamNotFoundErr)
+        return nerr(h, s, jerr, "delete stream");
+    return 0;
+}
+
 const struct evq_backend_ops evq__backend_nats = {
     .scheme = "nats",
     .flags = 0,
@@ -1103,4 +1125,5 @@ const struct evq_backend_ops evq__backend_nats = {
     .interrupt = nats_interrupt,
     .stats = nats_stats,
     .close = nats_close,
+    .destroy = nats_destroy,
 };

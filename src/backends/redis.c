@@ -65,8 +65,9 @@ static const evq__opt_spec redis_opts[] = {
      "ack in parallel"},
     {"redis.ack_flush_ms", EVQ__OPT_INT, "5", 0, 10000, NULL,
      "longest an ack waits to be sent with others (0: each ack at once)"},
-    {"redis.connect_timeout_ms", EVQ__OPT_INT, "5000", 1, 600000, NULL,
-     "connect timeout"},
+    EVQ__CONNECT_TIMEOUT_OPT,
+    {"redis.connect_timeout_ms", EVQ__OPT_INT, NULL, 1, 600000, NULL,
+     "former name of connect_timeout_ms"},
     {"redis.command_timeout_ms", EVQ__OPT_INT, "10000", 1, 600000, NULL,
      "timeout of each command (blocking reads excepted)"},
     {NULL, 0, NULL, 0, 0, NULL, NULL},
@@ -587,7 +588,8 @@ static int redis_open(void **state, const evq__url *url, const char *name,
     h->vt_ms = evq__opt_int(opts, redis_opts, "visibility_timeout_ms");
     h->ack_flush_ms = (int)evq__opt_int(opts, redis_opts, "redis.ack_flush_ms");
     h->connect_tv =
-        tv_ms(evq__opt_int(opts, redis_opts, "redis.connect_timeout_ms"));
+        tv_ms(evq__opt_connect_timeout(opts, redis_opts,
+                                       "redis.connect_timeout_ms"));
     h->command_tv =
         tv_ms(evq__opt_int(opts, redis_opts, "redis.command_timeout_ms"));
     strcpy(h->reclaim_cursor, "0-0");
@@ -1306,6 +1308,20 @@ static int redis_stats(void *state, struct evq_queue_stats *out)
     return 0;
 }
 
+/* Deletes the queue's stream (its entries and consumer group) and its
+ * delayed set. */
+static int redis_destroy(void *state)
+{
+    rhandle *h = state;
+    redisReply *r;
+    const char *del[] = {"DEL", h->stream, h->delayed};
+    flush_acks(h);
+    int rc = run(h, 3, del, NULL, &r, "DEL");
+    if (!rc)
+        freeReplyObject(r);
+    return rc;
+}
+
 const struct evq_backend_ops evq__backend_redis = {
     .scheme = "redis",
     .flags = 0,
@@ -1319,4 +1335,5 @@ const struct evq_backend_ops evq__backend_redis = {
     .interrupt = redis_interrupt,
     .stats = redis_stats,
     .close = redis_close,
+    .destroy = redis_destroy,
 };

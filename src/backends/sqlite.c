@@ -1135,6 +1135,32 @@ static int sqlite_stats(void *state, struct evq_queue_stats *out)
     return rc;
 }
 
+/* Deletes every row of the queue (ready, delayed, claimed) in one
+ * transaction; the file and the tables stay, for the other queues they
+ * may hold. */
+static int sqlite_destroy(void *state)
+{
+    sqhandle *h = state;
+    sqlite3_stmt *st = NULL;
+    pthread_mutex_lock(&h->mu);
+    flush_acks(h);
+    int rc = tx_begin(h);
+    if (!rc) {
+        int src = sqlite3_prepare_v2(
+            h->db, "DELETE FROM evq_messages WHERE queue = ?1", -1, &st, NULL);
+        if (src == SQLITE_OK) {
+            sqlite3_bind_text(st, 1, h->queue, -1, SQLITE_STATIC);
+            src = sqlite3_step(st);
+        }
+        rc = src == SQLITE_OK || src == SQLITE_DONE ? 0
+                                                     : db_err(h, src, "delete");
+        sqlite3_finalize(st);
+        rc = tx_end(h, rc);
+    }
+    pthread_mutex_unlock(&h->mu);
+    return rc;
+}
+
 const struct evq_backend_ops evq__backend_sqlite = {
     .scheme = "sqlite",
     .flags = 0,
@@ -1148,6 +1174,7 @@ const struct evq_backend_ops evq__backend_sqlite = {
     .interrupt = sqlite_interrupt,
     .stats = sqlite_stats,
     .close = sqlite_close,
+    .destroy = sqlite_destroy,
 };
 
 /* ---- the outbox -----------------------------------------------------------

@@ -28,9 +28,10 @@ enum {
     PROMISE_NO_LOSS = 8,  /* nothing dropped when consumers fall behind */
     PROMISE_BACKLOG = 16, /* kept for a handle that has not read yet */
     PROMISE_LEASES = 32,  /* a visibility timeout, extended by touch */
-    PROMISE_ALL = 63
+    PROMISE_DELETE = 64,  /* evq_queue_delete */
+    PROMISE_ALL = 127
 };
-#define N_PROMISES 6
+#define N_PROMISES 7
 #define NO_LEASES_WHY                                                          \
     "a delivery stays with its consumer for as long as the consumer lives: "   \
     "there is no visibility timeout to outlast (evq_msg_touch returns 0)"
@@ -52,17 +53,22 @@ static const struct {
       "core NATS delivers only to handles already reading, so the suite "
       "has each fresh handle read once (and find nothing) before it "
       "enqueues",
-      NO_LEASES_WHY}},
+      NO_LEASES_WHY,
+      "core NATS stores nothing, so evq_queue_delete has nothing to delete "
+      "(it returns 0)"}},
     {"memory://",
      PROMISE_ALL & ~PROMISE_LEASES,
-     {NULL, NULL, NULL, NULL, NULL, NO_LEASES_WHY}},
+     {NULL, NULL, NULL, NULL, NULL, NO_LEASES_WHY, NULL}},
     {"kafka://",
-     PROMISE_ALL & ~PROMISE_LEASES,
+     PROMISE_ALL & ~PROMISE_LEASES & ~PROMISE_DELETE,
      {NULL, NULL, NULL, NULL, NULL,
       "a partition's events stay with the group member that owns it for as "
       "long as it lives: there is no visibility timeout to outlast "
-      "(evq_msg_touch returns 0)"}},
-    {NULL, PROMISE_ALL, {NULL, NULL, NULL, NULL, NULL, NULL}},
+      "(evq_msg_touch returns 0)",
+      "the test broker (librdkafka's mock cluster) has no controller and "
+      "answers no Admin API request; a real cluster deletes the topic with "
+      "DeleteTopics"}},
+    {NULL, PROMISE_ALL, {NULL, NULL, NULL, NULL, NULL, NULL, NULL}},
 };
 static unsigned promises;
 static const char *const *why_not;
@@ -126,6 +132,54 @@ static void assert_empty(evq_queue *q)
 {
     evq_msg *m;
     assert_evq_err(evq_dequeue(q, &m, 0), EVQ_ETIMEDOUT);
+}
+
+/* ---- deleting a queue -------------------------------------------------- */
+
+/* evq_queue_delete takes every event with it (ready, delayed, out with a
+ * consumer): the name opened again is an empty queue, or none at all with
+ * create=false. */
+static void a_deleted_queue_is_gone(void **state)
+{
+    (void)state;
+    REQUIRES(PROMISE_BACKLOG | PROMISE_DELETE);
+    char name[64], url[1024];
+    evq_queue *q = open_fresh(NULL, name);
+    evq_msg *m;
+    for (int i = 0; i < 3; i++) {
+        evq_event *ev = numbered(i);
+        assert_evq_ok(evq_enqueue(q, ev));
+        evq_event_free(ev);
+    }
+    if (promises & PROMISE_DELAY) {
+        evq_event *ev = numbered(9);
+        assert_evq_ok(evq_enqueue_delayed(q, ev, 60000));
+        evq_event_free(ev);
+    }
+    assert_evq_ok(evq_dequeue(q, &m, 10000));
+    int rc = evq_queue_delete(q);
+    if (rc)
+        print_message("evq_queue_delete: %s\n", evq_errmsg());
+    assert_evq_ok(rc);
+    evq_ack(m); /* settles nothing that is left; must not crash */
+    evq_queue_close(q);
+
+    url_with(url, sizeof url, "create=false");
+    rc = evq_queue_open(&q, url, name, NULL);
+    if (rc == 0) { /* memory:// and sqlite:// have nothing to create */
+        assert_evq_err(evq_dequeue(q, &m, 1000), EVQ_ETIMEDOUT);
+        evq_queue_close(q);
+    } else {
+        assert_int_equal(rc, EVQ_ENOENT);
+    }
+    url_with(url, sizeof url, NULL);
+    assert_evq_ok(evq_queue_open(&q, url, name, NULL));
+    assert_evq_err(evq_dequeue(q, &m, 1000), EVQ_ETIMEDOUT);
+    struct evq_queue_stats st;
+    assert_evq_ok(evq_queue_stats(q, &st));
+    assert_true(st.depth <= 0 && st.in_flight <= 0 && st.delayed <= 0);
+    assert_evq_ok(evq_queue_delete(q));
+    evq_queue_close(q);
 }
 
 /* ---- the queue contract ------------------------------------------------ */
@@ -1148,6 +1202,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(an_expired_lease_is_not_settled_by_its_old_owner),
         cmocka_unit_test(a_handler_past_its_deadline_is_retried),
         cmocka_unit_test(a_handler_that_always_times_out_is_dead_lettered),
+        cmocka_unit_test(a_deleted_queue_is_gone),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -93,6 +93,14 @@ for key in enqueue_per_s e2e_per_s '"latency_us":{"p50"' '"p99"' '"p999"' peak_r
   has stdout "$key" "bench --json"
 done
 expect 2 "bench bad --events" -- "$evq" bench memory:// --events -5
+# bench removes what it made: a sqlite file it created goes; in a file
+# that was there, the file and its other queues stay
+expect 0 "bench sqlite" -- "$evq" bench "sqlite://$out/bench.db" --events 2000 --json
+[ ! -e "$out/bench.db" ] && [ ! -e "$out/bench.db-wal" ] || fail "bench left its sqlite file"
+"$evq" produce "sqlite://$out/kept.db" other --type t >/dev/null 2>&1 || fail "produce to kept.db"
+expect 0 "bench sqlite, a file there" -- "$evq" bench "sqlite://$out/kept.db" --events 2000
+"$evq" stats "sqlite://$out/kept.db" other 2>/dev/null | grep -q '"depth":1' ||
+  fail "bench in a file that was there took another queue's event"
 
 # sqlite://: produce and consume as separate processes
 db="sqlite://$out/tool.db"

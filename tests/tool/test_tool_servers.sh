@@ -15,7 +15,17 @@ evq=$1 rdir=$2 rport=$3 ndir=$6
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 failures=0
-fail() { echo "FAIL: $*" >&2; failures=$((failures + 1)); }
+fail() {
+  echo "FAIL: $*" >&2
+  failures=$((failures + 1))
+  if [ ! -d "$out" ]; then # so one stray failure does not hide the rest
+    echo "(the test's folder $out is gone: made again)" >&2
+    mkdir -p "$out"
+  fi
+}
+# A signal meant for the whole process group would end the test here:
+# say so, and go on to the end.
+trap 'echo "test_tool_servers.sh: a SIGTERM reached the test itself" >&2' TERM
 
 # URL of each backend, with a visibility timeout far longer than the test:
 # events handed back must come back at once, not after it.
@@ -129,6 +139,23 @@ for i in "${!urls[@]}"; do
   done
 done
 
+# bench removes the queue it made (--keep leaves it): on redis its stream,
+# on nats its stream and consumer
+for i in 1 2; do
+  url=${urls[$i]} name=${names[$i]}
+  for keep in "" --keep; do
+    "$evq" bench "$url" --events 2000 $keep --json >/dev/null 2>"$out/bench.err" &
+    pid=$!
+    wait $pid || fail "$name: bench $keep: $(cat "$out/bench.err")"
+    if "$evq" stats "$url" "bench-$pid" >/dev/null 2>&1; then left=yes; else left=no; fi
+    if [ -z "$keep" ]; then
+      [ $left = no ] || fail "$name: bench left its queue bench-$pid"
+    else
+      [ $left = yes ] || fail "$name: bench --keep did not keep bench-$pid"
+    fi
+  done
+done
+
 # produce from a file while the server is killed and restarted: every line
 # is enqueued (a retried one may be stored twice), the tool exits 0.
 url="redis://127.0.0.1:$rport"
@@ -186,7 +213,7 @@ for name in redis nats; do
 done
 
 # ...and a Kafka consumer that reaches no broker says so, and exits 1.
-"$evq" consume "kafka://127.0.0.1:1" nobroker --timeout 3 >/dev/null 2>"$out/down.err"
+"$evq" consume "kafka://127.0.0.1:1?connect_timeout_ms=2000" nobroker --timeout 3 >/dev/null 2>"$out/down.err"
 status=$?
 [ $status -eq 1 ] || fail "kafka: consume with no broker: exit $status, expected 1"
 grep -q 'no broker of 127.0.0.1:1 reachable' "$out/down.err" || fail "kafka: consume with no broker said: $(cat "$out/down.err")"
