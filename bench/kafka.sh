@@ -76,4 +76,24 @@ for r in $(seq 1 "$runs"); do
         "kcat -P/s" "kcat -C/s"
     done
   done
+  # One event per call: --async (one thread), 1 or 8 threads waiting (a
+  # round trip and a linger each, so fewer events).
+  q="evq$r-async"
+  topic "$q"
+  printf 'run %s evq bench, json, --async: ' "$r"
+  j=$("$build/evq" bench "$url" --queue "$q" --events "$events" --async \
+    --warmup 1000 --json)
+  echo "$j"
+  rec_evq kafka:// "evq json, --async" "$j" "kcat -P/s" "kcat -C/s"
+  for t in 1 8; do
+    q="evq$r-threads$t"
+    topic "$q"
+    printf 'run %s evq bench, json, --threads %s: ' "$r" "$t"
+    j=$("$build/evq" bench "$url" --queue "$q" --events $(( t * 500 )) \
+      --threads "$t" --json)
+    echo "$j"
+    base="evq json, --threads 1 enqueue/s"
+    [ "$t" = 1 ] && base=""
+    rec kafka:// "evq json, --threads $t enqueue/s" "$(json_field enqueue_per_s <<<"$j")" "$base"
+  done
 done

@@ -36,6 +36,19 @@ for fmt in json msgpack; do
     rec_evq nats:// "evq $fmt, batches of $b" "$j" "$pub" "$fetch"
   done
 done
+# One event per call: --async (one thread), 1 or 8 threads waiting.
+printf 'evq bench, json, --async: '
+j=$("$build/evq" bench "$url" --events "$events" --async --json)
+echo "$j"
+rec_evq nats:// "evq json, --async" "$j" "$pub" "$fetch"
+for t in 1 8; do
+  printf 'evq bench, json, --threads %s: ' "$t"
+  j=$("$build/evq" bench "$url" --events $(( events / 10 )) --threads "$t" --json)
+  echo "$j"
+  base="evq json, --threads 1 enqueue/s"
+  [ "$t" = 1 ] && base=""
+  rec nats:// "evq json, --threads $t enqueue/s" "$(json_field enqueue_per_s <<<"$j")" "$base"
+done
 printf 'evq bench, core, batches of 64: '
 j=$("$build/evq" bench "$url?nats.mode=core" --events $(( events * 5 )) --batch 64 --json)
 echo "$j"

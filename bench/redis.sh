@@ -35,6 +35,20 @@ for fmt in json msgpack; do
       "redis-benchmark XADD -P 64/s" "BullMQ processing/s"
   done
 done
+# One event per call, as a new user writes it: --async (one thread, not
+# waiting), and 1 or 8 threads each waiting for its evq_enqueue.
+printf 'evq bench, json, --async: '
+j=$("$build/evq" bench "redis://127.0.0.1:$port" --events "$events" --async --json)
+echo "$j"
+rec_evq redis:// "evq json, --async" "$j" "redis-benchmark XADD -P 64/s" "BullMQ processing/s"
+for t in 1 8; do
+  printf 'evq bench, json, --threads %s: ' "$t"
+  j=$("$build/evq" bench "redis://127.0.0.1:$port" --events $(( events / 10 )) --threads "$t" --json)
+  echo "$j"
+  base="evq json, --threads 1 enqueue/s"
+  [ "$t" = 1 ] && base=""
+  rec redis:// "evq json, --threads $t enqueue/s" "$(json_field enqueue_per_s <<<"$j")" "$base"
+done
 if command -v node >/dev/null && command -v npm >/dev/null; then
   if [ ! -d "$here/bullmq/node_modules/bullmq" ]; then
     (cd "$here/bullmq" && npm install --no-audit --no-fund --silent >/dev/null 2>&1) ||

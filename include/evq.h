@@ -290,10 +290,45 @@ EVQ_API int evq_queue_open(evq_queue **q, const char *url, const char *name,
 /* Enqueues `ev`; it is ready at once.  Returns 0 only once the backend has
  * accepted it with the durability that backend promises.  The caller keeps
  * its reference to `ev` (in-process queues take one of their own; see the
- * event section about sharing).  May block while the queue is full
- * (memory:// without overflow=error).  EVQ_EFULL, EVQ_ETOOBIG, EVQ_ECLOSED
- * after evq_queue_interrupt(). */
+ * event section about sharing).  On server backends it goes through the
+ * handle's send pipeline (evq_enqueue_async plus a wait), so threads
+ * enqueueing on one handle at once share round trips.  May block while the
+ * queue is full (memory:// without overflow=error) or max_in_flight events
+ * are on their way.  EVQ_EFULL, EVQ_ETOOBIG, EVQ_ECLOSED after
+ * evq_queue_interrupt() or once closing, EVQ_ESTATE from inside a done
+ * callback (use evq_enqueue_async there). */
 EVQ_API int evq_enqueue(evq_queue *q, const evq_event *ev);
+
+/* Called exactly once per event accepted by evq_enqueue_async: rc 0 once
+ * the backend holds it as durably as evq_enqueue promises, else the error
+ * (evq_errmsg() tells why, inside the call).  `id` is the event's id,
+ * borrowed for the call.  Runs on the thread that sent the event's batch:
+ * the handle's sender thread, or a thread inside evq_enqueue, evq_flush or
+ * evq_queue_close on the same handle.  It may call evq_enqueue_async; it
+ * must not call evq_enqueue, evq_flush (EVQ_ESTATE) or evq_queue_close. */
+typedef void (*evq_enqueued_fn)(const char *id, int rc, void *arg);
+
+/* Enqueues `ev` without waiting for the backend: encodes it at once (the
+ * caller may free `ev` on return, but must not change it until `done`
+ * ran), hands it to the handle's send pipeline and returns.  Batches go out
+ * as the backend takes them (one pipeline of commands, one transaction, one
+ * set of delivery reports), so one thread streams at the broker's own rate.
+ * 0: `done` will be called (if not NULL; a failure is then counted and
+ * reported by the next evq_flush).  Non-zero: `done` is never called.
+ * Blocks while max_in_flight (option, default 10000) events are on their
+ * way, or fails with EVQ_EFULL with overflow=error.  delay_ms as in
+ * evq_enqueue_delayed.  EVQ_EINVAL, EVQ_ETOOBIG, EVQ_ECLOSED.  Any thread. */
+EVQ_API int evq_enqueue_async(evq_queue *q, const evq_event *ev,
+                              int64_t delay_ms, evq_enqueued_fn done,
+                              void *arg);
+
+/* Sends what waits and returns once every event accepted so far has had
+ * its `done` called, or after timeout_ms (negative: no limit):
+ * EVQ_ETIMEDOUT.  Then the first failure of events accepted without a
+ * `done` since the last flush (the message counts them), or 0.
+ * evq_queue_close flushes too.  EVQ_ESTATE from inside a done callback.
+ * Any thread. */
+EVQ_API int evq_flush(evq_queue *q, int timeout_ms);
 
 /* Enqueues `n` events as one operation where the backend allows; on failure
  * none or a prefix of them may have been accepted (the backend's

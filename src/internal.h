@@ -324,6 +324,36 @@ typedef struct evq__delivery {
 int evq__lease_lost(const char *what);
 
 #define EVQ__BY_REF 0x1u
+/* enqueue never waits on I/O (memory://): evq_enqueue calls it directly
+ * rather than through the send pipeline. */
+#define EVQ__INSTANT 0x2u
+
+/* ---- the send pipeline (pipe.c) ------------------------------------------
+ * Accepted events of one handle, sent in batches through `send` (the
+ * backend's enqueue) by a sender thread or by a synchronous caller; see
+ * pipe.c. */
+typedef struct evq__pipe evq__pipe;
+evq__pipe *evq__pipe_new(int (*send)(void *ctx, const evq__item *items,
+                                     size_t n),
+                         void *ctx, size_t max_in_flight, bool overflow_error);
+/* Accepts items[0..n) (one user batch, never split: its bytes and event
+ * references become the pipe's, even on failure).  wait: returns once all
+ * were sent, with the first failure; else `done` (NULL: counted for
+ * evq__pipe_flush) is called once per event after it is sent.  EVQ_EFULL
+ * (overflow=error), EVQ_ECLOSED (interrupted or closing), EVQ_ESTATE (a
+ * waiting call from inside a done callback). */
+int evq__pipe_put(evq__pipe *p, evq__item *items, size_t n,
+                  evq_enqueued_fn done, void *arg, bool wait);
+/* Sends what waits and waits until every accepted event is reported;
+ * then the failures of events without a `done` since the last flush. */
+int evq__pipe_flush(evq__pipe *p, int timeout_ms);
+/* Later puts fail with EVQ_ECLOSED; producers waiting for room return. */
+void evq__pipe_interrupt(evq__pipe *p);
+/* Refuses new events, sends and reports the rest, stops the thread. */
+int evq__pipe_close(evq__pipe *p);
+void evq__pipe_free(evq__pipe *p);
+/* Whether the calling thread is inside a done callback. */
+bool evq__pipe_in_done(void);
 
 struct evq_backend_ops {
     const char *scheme;

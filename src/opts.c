@@ -30,6 +30,12 @@ const evq__opt_spec evq__core_opts[] = {
     {"dead_letter", EVQ__OPT_STRING, NULL, 0, 0, NULL,
      "queue (same backend and URL) that receives what cannot be decoded or "
      "processed; default <name>.dead"},
+    {"max_in_flight", EVQ__OPT_INT, "10000", 1, 10000000, NULL,
+     "events accepted by evq_enqueue_async and not yet reported to their "
+     "done callback; a producer past it waits (or fails, overflow=error)"},
+    {"overflow", EVQ__OPT_ENUM, "block", 0, 0, "block|error",
+     "when the queue (memory://) or max_in_flight is full: block the "
+     "producer, or fail with EVQ_EFULL"},
     {"create", EVQ__OPT_BOOL, "true", 0, 0, NULL,
      "create what the queue needs (file, tables, stream, consumer, topic) "
      "when missing; false: a missing queue is an error (EVQ_ENOENT), and "

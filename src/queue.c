@@ -24,6 +24,7 @@ struct evq_queue {
     evq_codec_limits lim;
     char *dead_name;
     int64_t lease_ns; /* visibility timeout in ns; 0 without leases */
+    evq__pipe *pipe;  /* the send pipeline */
     atomic_bool closed;
     pthread_mutex_t dead_lock;
     evq_queue *dead; /* opened on first use */
@@ -35,6 +36,8 @@ struct evq_queue {
                                      message */
     atomic_uint_fast64_t dequeued, acked, nacked, dead_lettered;
 };
+
+static int pipe_send(void *ctx, const evq__item *items, size_t n);
 
 struct evq_msg {
     evq_queue *q;
@@ -94,6 +97,7 @@ static void queue_release(evq_queue *q)
     if (atomic_fetch_sub(&q->refs, 1) != 1)
         return;
     q->ops->close(q->state);
+    evq__pipe_free(q->pipe);
     evq_queue_close(q->dead);
     pthread_mutex_destroy(&q->dead_lock);
     evq__optset_free(&q->opts);
@@ -167,6 +171,14 @@ int evq_queue_open(evq_queue **qp, const char *url, const char *name,
         rc = evq__err(EVQ_ENOMEM, "out of memory");
         goto fail;
     }
+    q->pipe = evq__pipe_new(
+        pipe_send, q,
+        (size_t)evq__opt_int(&q->opts, ops->opts, "max_in_flight"),
+        strcmp(evq__opt_str(&q->opts, ops->opts, "overflow"), "error") == 0);
+    if (!q->pipe) {
+        rc = EVQ_ENOMEM;
+        goto fail;
+    }
     if ((rc = ops->open(&q->state, &u, name, &q->opts)) != 0) {
         evq__err_prefix(rc, "opening queue '%s' on %s", name, u.redacted);
         goto fail;
@@ -175,6 +187,7 @@ int evq_queue_open(evq_queue **qp, const char *url, const char *name,
     *qp = q;
     return 0;
 fail:
+    evq__pipe_free(q->pipe);
     pthread_mutex_destroy(&q->dead_lock);
     evq__optset_free(&q->opts);
     free(q->name);
@@ -191,6 +204,8 @@ void evq_queue_close(evq_queue *q)
 {
     if (!q)
         return;
+    /* what was accepted is sent and reported first */
+    evq__pipe_close(q->pipe);
     atomic_store(&q->closed, true);
     q->ops->interrupt(q->state);
     queue_release(q);
@@ -210,6 +225,7 @@ int evq_queue_interrupt(evq_queue *q)
 {
     if (!q)
         return evq__err(EVQ_EINVAL, "evq_queue_interrupt: q is NULL");
+    evq__pipe_interrupt(q->pipe);
     return q->ops->interrupt(q->state);
 }
 
@@ -290,25 +306,20 @@ static int check_event_by_ref(const evq_queue *q, const evq_event *ev)
     return 0;
 }
 
-static int enqueue_items(evq_queue *q, const evq_event *const *evs, size_t n,
-                         int64_t delay_ms)
+/* Checks and encodes evs[0..n) into items (bytes owned, a reference to
+ * each event held).  On failure frees what it made. */
+static int make_items(evq_queue *q, const evq_event *const *evs, size_t n,
+                      int64_t delay_ms, evq__item *items)
 {
-    evq__item one = {0}, *items = n == 1 ? &one : calloc(n, sizeof *items);
     int rc = 0;
     size_t i;
-
-    if (!items)
-        return evq__err(EVQ_ENOMEM, "out of memory");
-    for (i = 0; i < n; i++) {
+    for (i = 0; i < n && !rc; i++) {
         const evq_event *ev = evs[i];
+        items[i] = (evq__item){.delay_ms = delay_ms};
         if (!ev) {
             rc = evq__err(EVQ_EINVAL, "event %zu of the batch is NULL", i);
             break;
         }
-        items[i].ev = (evq_event *)ev;
-        items[i].bytes = NULL;
-        items[i].len = 0;
-        items[i].delay_ms = delay_ms;
         if (!q->codec) {
             rc = check_event_by_ref(q, ev);
         } else {
@@ -318,18 +329,83 @@ static int enqueue_items(evq_queue *q, const evq_event *const *evs, size_t n,
             items[i].bytes = buf;
             items[i].len = len;
         }
-        if (rc)
-            break;
+        if (!rc) {
+            atomic_fetch_add_explicit(&((evq_event *)ev)->refs, 1,
+                                      memory_order_relaxed);
+            items[i].ev = (evq_event *)ev;
+        }
     }
-    if (!rc) {
-        rc = q->ops->enqueue(q->state, items, n);
-        if (!rc)
-            atomic_fetch_add_explicit(&q->enqueued, n, memory_order_relaxed);
+    if (rc) {
+        for (size_t k = 0; k < n && k <= i; k++) {
+            free((void *)items[k].bytes);
+            evq_event_free(items[k].ev);
+        }
     }
-    for (size_t k = 0; k < n && k <= i; k++)
-        free((void *)items[k].bytes);
+    return rc;
+}
+
+/* The pipeline's way to the backend (pipe.c). */
+static int pipe_send(void *ctx, const evq__item *items, size_t n)
+{
+    evq_queue *q = ctx;
+    int rc = q->ops->enqueue(q->state, items, n);
+    if (!rc)
+        atomic_fetch_add_explicit(&q->enqueued, n, memory_order_relaxed);
+    return rc;
+}
+
+static int enqueue_items(evq_queue *q, const evq_event *const *evs, size_t n,
+                         int64_t delay_ms)
+{
+    if (evq__pipe_in_done()) /* as on every backend, memory:// too */
+        return evq__err(EVQ_ESTATE,
+                        "evq_enqueue from inside a done callback would wait "
+                        "for itself; use evq_enqueue_async there");
+    evq__item one, *items = n == 1 ? &one : malloc(n * sizeof *items);
+    int rc;
+
+    if (!items)
+        return evq__err(EVQ_ENOMEM, "out of memory");
+    if ((rc = make_items(q, evs, n, delay_ms, items)) == 0) {
+        if (q->ops->flags & EVQ__INSTANT) { /* nothing to wait for */
+            rc = pipe_send(q, items, n);
+            for (size_t k = 0; k < n; k++) {
+                free((void *)items[k].bytes);
+                evq_event_free(items[k].ev);
+            }
+        } else {
+            rc = evq__pipe_put(q->pipe, items, n, NULL, NULL, true);
+        }
+    }
     if (items != &one)
         free(items);
+    return rc;
+}
+
+int evq_enqueue_async(evq_queue *q, const evq_event *ev, int64_t delay_ms,
+                      evq_enqueued_fn done, void *arg)
+{
+    evq__item it;
+    int rc;
+    if (!q || !ev)
+        return evq__err(EVQ_EINVAL, "evq_enqueue_async: %s is NULL",
+                        q ? "event" : "queue");
+    if (delay_ms < 0)
+        return evq__err(EVQ_EINVAL, "delay %lld ms is negative",
+                        (long long)delay_ms);
+    if ((rc = make_items(q, &ev, 1, delay_ms, &it)) != 0)
+        return rc;
+    return evq__pipe_put(q->pipe, &it, 1, done, arg, false);
+}
+
+int evq_flush(evq_queue *q, int timeout_ms)
+{
+    if (!q)
+        return evq__err(EVQ_EINVAL, "evq_flush: q is NULL");
+    /* a close in another thread leaves the handle to this call */
+    atomic_fetch_add(&q->refs, 1);
+    int rc = evq__pipe_flush(q->pipe, timeout_ms);
+    queue_release(q);
     return rc;
 }
 

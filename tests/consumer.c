@@ -10,6 +10,10 @@
  *   consumer poll FILE URL QUEUE MS
  *       dequeues for MS milliseconds, appending each event's id as a line
  *       to FILE and acking it (a second consumer beside a test's own).
+ *   consumer produce FILE URL QUEUE
+ *       enqueues events 0, 1, 2, ... (the data) with evq_enqueue_async,
+ *       appending to FILE the number of each one its done callback reports
+ *       stored (rc 0); until it is killed.
  *
  * Exits 1 if it could not start.  A program of its own, started with
  * posix_spawn, so the tests never fork a process that then starts threads
@@ -17,6 +21,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +32,17 @@
 
 static int log_fd = -1;
 static atomic_uint seed;
+
+static void log_stored(const char *id, int rc, void *arg)
+{
+    (void)id;
+    if (rc != 0)
+        return;
+    char line[32];
+    int n = snprintf(line, sizeof line, "%ld\n", (long)(intptr_t)arg);
+    if (write(log_fd, line, (size_t)n) != n)
+        _exit(4);
+}
 
 static int log_handler(const evq_event *ev, void *arg)
 {
@@ -103,8 +119,24 @@ int main(int argc, char **argv)
         evq_queue_close(q);
         return 0;
     }
+    if (argc == 5 && strcmp(argv[1], "produce") == 0) {
+        log_fd = open(argv[2], O_WRONLY | O_APPEND | O_CREAT, 0600);
+        if (log_fd < 0 || evq_queue_open(&q, argv[3], argv[4], NULL)) {
+            fprintf(stderr, "consumer: %s\n", evq_errmsg());
+            return 1;
+        }
+        for (intptr_t i = 0;; i++) {
+            evq_event *ev = evq_event_new("produced", json_integer(i));
+            while (evq_enqueue_async(q, ev, 0, log_stored, (void *)i) != 0) {
+                struct timespec pause = {0, 10 * 1000000};
+                nanosleep(&pause, NULL);
+            }
+            evq_event_free(ev);
+        }
+    }
     fprintf(stderr, "usage: consumer one URL QUEUE\n"
                     "       consumer log FILE URL QUEUE\n"
-                    "       consumer poll FILE URL QUEUE MS\n");
+                    "       consumer poll FILE URL QUEUE MS\n"
+                    "       consumer produce FILE URL QUEUE\n");
     return 2;
 }

@@ -127,4 +127,91 @@ static void run_outage(const char *url, const char *name,
     evq_queue_close(p.q);
 }
 
+/* ---- the same with an asynchronous producer -------------------------- */
+
+/* Reports per event: how many times its `done` ran, and whether with 0. */
+static atomic_int outage_reports[OUTAGE_EVENTS];
+static atomic_int outage_failed;
+
+static void outage_enqueued(const char *id, int rc, void *arg)
+{
+    (void)id;
+    intptr_t i = (intptr_t)arg;
+    atomic_fetch_add(&outage_reports[i], 1);
+    if (rc == 0)
+        atomic_store(&outage_acked[i], 1);
+    else
+        atomic_fetch_add(&outage_failed, 1);
+}
+
+/* Enqueues the events with evq_enqueue_async, paced (about 10 k/s) so the
+ * outage falls mid-stream; a refused call is retried (that event has no
+ * report yet), then the producer flushes. */
+static void *outage_produce_async(void *arg)
+{
+    struct outage_producer *p = arg;
+    for (intptr_t i = 0; i < OUTAGE_EVENTS; i++) {
+        evq_event *ev = evq_event_new("outage", json_integer((json_int_t)i));
+        int rc;
+        while ((rc = evq_enqueue_async(p->q, ev, 0, outage_enqueued,
+                                       (void *)i)) != 0) {
+            atomic_fetch_add(&p->errors, 1);
+            struct timespec pause = {0, 10 * 1000000};
+            nanosleep(&pause, NULL);
+        }
+        evq_event_free(ev);
+        struct timespec pace = {0, 100 * 1000};
+        nanosleep(&pace, NULL);
+    }
+    evq_flush(p->q, -1);
+    atomic_store(&p->done, 1);
+    return NULL;
+}
+
+/* run_outage with an asynchronous producer: every event is reported
+ * exactly once, and every event reported 0 is processed. */
+static void run_outage_async(const char *url, const char *name,
+                             void (*restart)(void *), void *arg)
+{
+    struct outage_producer p = {0};
+    evq_events *e = evq_events_new();
+    evq_worker_opts o;
+    evq_worker *w;
+    pthread_t t;
+
+    memset(outage_seen, 0, sizeof outage_seen);
+    memset(outage_acked, 0, sizeof outage_acked);
+    memset(outage_reports, 0, sizeof outage_reports);
+    atomic_store(&outage_failed, 0);
+    assert_evq_ok(evq_queue_open(&p.q, url, name, NULL));
+    evq_worker_opts_init(&o);
+    o.concurrency = 2;
+    evq_register_handler(e, "outage", outage_handler, NULL);
+    assert_evq_ok(evq_worker_start(&w, p.q, e, &o));
+    pthread_create(&t, NULL, outage_produce_async, &p);
+    struct timespec pause = {0, 300 * 1000000};
+    nanosleep(&pause, NULL);
+    restart(arg);
+    assert_false(atomic_load(&p.done)); /* the outage hit mid-stream */
+    assert_true(eventually(outage_producer_done, &p, 180000));
+    pthread_join(t, NULL);
+    bool ok = eventually(outage_all_acked_seen, NULL, 60000);
+    assert_evq_ok(evq_worker_stop(w, 10000));
+    int accepted = 0, seen = 0, once = 0;
+    for (int i = 0; i < OUTAGE_EVENTS; i++) {
+        accepted += atomic_load(&outage_acked[i]);
+        seen += atomic_load(&outage_seen[i]);
+        once += atomic_load(&outage_reports[i]) == 1;
+    }
+    printf("outage, async: %d of %d events reported stored, %d failed, "
+           "%d refused calls, %d processed\n",
+           accepted, OUTAGE_EVENTS, atomic_load(&outage_failed),
+           atomic_load(&p.errors), seen);
+    assert_int_equal(once, OUTAGE_EVENTS); /* one report each */
+    assert_true(ok); /* none reported stored was lost */
+    evq_worker_free(w);
+    evq_events_free(e);
+    evq_queue_close(p.q);
+}
+
 #endif

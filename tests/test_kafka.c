@@ -659,6 +659,15 @@ static void a_broker_down_and_up_loses_no_accepted_event(void **state)
     run_outage(u, "koutage", broker_down_and_up, NULL, false);
 }
 
+static void an_async_stream_across_an_outage_loses_nothing_reported(
+    void **state)
+{
+    (void)state;
+    char u[1024];
+    url_with(u, sizeof u, "kafka.timeout_ms=30000");
+    run_outage_async(u, "koutage-async", broker_down_and_up, NULL);
+}
+
 /* ---- commits under SIGKILL
  * ---------------------------------------------------- */
 
@@ -831,6 +840,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(a_handler_past_the_poll_interval_keeps_its_event),
         cmocka_unit_test(killed_consumers_skip_nothing),
         cmocka_unit_test(a_broker_down_and_up_loses_no_accepted_event),
+        cmocka_unit_test(
+            an_async_stream_across_an_outage_loses_nothing_reported),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

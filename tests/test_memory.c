@@ -259,6 +259,23 @@ static void a_deleted_queue_stays_with_its_open_handles(void **state)
     assert_evq_err(evq_queue_delete(NULL), EVQ_EINVAL);
 }
 
+/* Events enqueued asynchronously without a done callback: their failures
+ * (a full memory queue with overflow=error) are counted and the next
+ * evq_flush reports them, once. */
+static void flush_reports_failures_nobody_was_told_of(void **state)
+{
+    (void)state;
+    evq_queue *q = open_q("memory://?capacity=1&overflow=error", "silent");
+    evq_event *ev = numbered(1);
+    for (int i = 0; i < 5; i++)
+        assert_evq_ok(evq_enqueue_async(q, ev, 0, NULL, NULL));
+    assert_evq_err(evq_flush(q, 10000), EVQ_EFULL);
+    assert_errmsg_has("without a done callback failed");
+    assert_evq_ok(evq_flush(q, 10000)); /* told once */
+    evq_event_free(ev);
+    evq_queue_close(q);
+}
+
 static void queues_are_shared_by_name(void **state)
 {
     (void)state;
@@ -519,6 +536,7 @@ int main(void)
         cmocka_unit_test(full_queue_blocks_the_producer),
         cmocka_unit_test(interrupt_wakes_blocked_callers),
         cmocka_unit_test(a_deleted_queue_stays_with_its_open_handles),
+        cmocka_unit_test(flush_reports_failures_nobody_was_told_of),
         cmocka_unit_test(queues_are_shared_by_name),
         cmocka_unit_test(closing_keeps_unsettled_messages_valid),
         cmocka_unit_test(encoded_mode_round_trips_and_isolates),

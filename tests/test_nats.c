@@ -554,6 +554,15 @@ static void a_server_restart_loses_no_accepted_event(void **state)
     run_outage(u, "outage", restart_server, NULL, false);
 }
 
+static void an_async_stream_across_a_restart_loses_nothing_reported(
+    void **state)
+{
+    (void)state;
+    char u[512];
+    url_with(u, sizeof u, "visibility_timeout_ms=2000");
+    run_outage_async(u, "outage-async", restart_server, NULL);
+}
+
 /* ---- a three-server cluster --------------------------------------------- */
 
 /* Kills (SIGKILL) the server that leads the stream of queue `arg`. */
@@ -645,6 +654,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(bad_servers_and_credentials_are_clear_errors),
         cmocka_unit_test(core_mode_delivers_when_the_consumer_keeps_up),
         cmocka_unit_test(a_server_restart_loses_no_accepted_event),
+        cmocka_unit_test(
+            an_async_stream_across_a_restart_loses_nothing_reported),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     nats_Close();

@@ -353,6 +353,13 @@ static void a_server_restart_loses_no_accepted_event(void **state)
     run_outage(url, "outage", restart_server, NULL, true);
 }
 
+static void an_async_stream_across_a_restart_loses_nothing_reported(
+    void **state)
+{
+    (void)state;
+    run_outage_async(url, "outage-async", restart_server, NULL);
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 4) {
@@ -371,6 +378,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(close_hands_back_what_was_read_ahead),
         cmocka_unit_test(threads_sharing_a_handle_enqueue_in_parallel),
         cmocka_unit_test(a_server_restart_loses_no_accepted_event),
+        cmocka_unit_test(
+            an_async_stream_across_a_restart_loses_nothing_reported),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -232,9 +232,13 @@ static const char produce_help[] =
     "specversion), or {\"type\": ..., \"data\": ...} with optional source,\n"
     "subject and extension attributes ('-' names standard input too).  Each\n"
     "rejected line is reported with its number; the valid ones are still\n"
-    "enqueued.  When the queue fails (a server away), the line is tried\n"
-    "again with growing pauses for up to --retry-ms; if it still fails, the\n"
-    "tool says at which line it stopped and how many lines it did not read.\n"
+    "enqueued.  Lines stream through evq_enqueue_async: the tool reads on\n"
+    "while earlier lines are on their way, and counts a line enqueued once\n"
+    "the queue reported it stored.  When the queue fails (a server away),\n"
+    "the lines it refused are tried again with growing pauses for up to\n"
+    "--retry-ms (so they may land after later lines); if one still fails,\n"
+    "the tool stops reading, says at which line, and how many lines it did\n"
+    "not read.  Exit status 1 if any line was not enqueued.\n"
     "\n"
     "  --type TYPE       event type\n"
     "  --data JSON       payload (any JSON value)\n"
@@ -319,33 +323,129 @@ static bool retriable(int rc)
            rc == EVQ_ETIMEDOUT;
 }
 
-/* Enqueues, trying again with growing pauses (0.1 s doubling to 5 s) for
- * up to retry_ms while the failure is one the queue may recover from; says
- * so once on stderr. */
-static int enqueue_retrying(evq_queue *q, const evq_event *ev, long delay,
-                            long lineno, long retry_ms)
+/* Lines of standard input stream through evq_enqueue_async.  Each line's
+ * event is kept until its report: a failure the queue may recover from
+ * puts it on the retry list, which the reading thread sends again after a
+ * growing pause (0.1 s doubling to 5 s) for up to --retry-ms from that
+ * line's first failure; then the tool stops reading and names the line. */
+struct producing;
+struct pline {
+    struct producing *p;
+    struct pline *next; /* on the retry list */
+    long lineno;
+    evq_event *ev;
+    int64_t first_fail_ns; /* 0: has not failed */
+};
+
+struct producing {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    struct pline *retry; /* under mu */
+    long in_flight, ok, bad;
+    long retry_ms, delay;
+    bool told;      /* the current outage was reported */
+    long stop_line; /* the first line given up on (0: none) */
+    int stop_rc;
+    char stop_msg[512];
+};
+
+static void line_done(const char *id, int rc, void *arg)
 {
-    int rc = evq_enqueue_delayed(q, ev, delay);
-    if (!rc || !retriable(rc) || retry_ms == 0)
-        return rc;
-    fprintf(stderr,
-            "%s produce: line %ld: %s: %s; trying again for up to "
-            "%ld ms\n",
-            prog, lineno, evq_strerror(rc), evq_errmsg(), retry_ms);
-    int64_t give_up = mono_ns() + retry_ms * 1000000LL;
-    long pause_ms = 100;
-    while (retriable(rc) && mono_ns() < give_up) {
-        int64_t left = (give_up - mono_ns()) / 1000000;
-        long ms = pause_ms < left ? pause_ms : (long)left;
-        struct timespec ts = {ms / 1000, (ms % 1000) * 1000000};
-        nanosleep(&ts, NULL);
-        pause_ms = pause_ms < 2500 ? pause_ms * 2 : 5000;
-        rc = evq_enqueue_delayed(q, ev, delay);
+    (void)id;
+    struct pline *l = arg;
+    struct producing *p = l->p;
+    int64_t now = mono_ns();
+    bool keep = false;
+    pthread_mutex_lock(&p->mu);
+    if (rc == 0) {
+        p->ok++;
+        if (l->first_fail_ns)
+            fprintf(stderr, "%s produce: line %ld: enqueued after all\n",
+                    prog, l->lineno);
+        p->told = false;
+    } else if (retriable(rc) && p->retry_ms > 0 &&
+               (!l->first_fail_ns ||
+                now - l->first_fail_ns < p->retry_ms * 1000000LL)) {
+        if (!p->told)
+            fprintf(stderr,
+                    "%s produce: line %ld: %s: %s; trying again for up to "
+                    "%ld ms\n",
+                    prog, l->lineno, evq_strerror(rc), evq_errmsg(),
+                    p->retry_ms);
+        p->told = true;
+        if (!l->first_fail_ns)
+            l->first_fail_ns = now;
+        l->next = p->retry;
+        p->retry = l;
+        keep = true;
+    } else if (retriable(rc)) { /* the queue did not recover in time */
+        if (!p->stop_line || l->lineno < p->stop_line) {
+            p->stop_line = l->lineno;
+            p->stop_rc = rc;
+            snprintf(p->stop_msg, sizeof p->stop_msg, "%s", evq_errmsg());
+        }
+        p->bad++;
+    } else {
+        fprintf(stderr, "%s produce: line %ld: %s: %s\n", prog, l->lineno,
+                evq_strerror(rc), evq_errmsg());
+        p->bad++;
     }
-    if (!rc)
-        fprintf(stderr, "%s produce: line %ld: enqueued after all\n", prog,
-                lineno);
-    return rc;
+    if (!keep)
+        p->in_flight--;
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    if (!keep) {
+        evq_event_free(l->ev);
+        free(l);
+    }
+}
+
+/* Hands l to the pipeline; a refusal is reported like a failure. */
+static void line_send(evq_queue *q, struct pline *l)
+{
+    int rc = evq_enqueue_async(q, l->ev, l->p->delay, line_done, l);
+    if (rc)
+        line_done(NULL, rc, l);
+}
+
+/* Sends the retry list again after a pause that grows while the queue
+ * fails; `wait`: also waits for a report when there is nothing to retry. */
+static void retry_due(evq_queue *q, struct producing *p, long *pause_ms,
+                      bool wait)
+{
+    pthread_mutex_lock(&p->mu);
+    if (!p->retry && wait && p->in_flight > 0) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 100 * 1000000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+    }
+    struct pline *list = p->retry;
+    p->retry = NULL;
+    if (!p->told)
+        *pause_ms = 100;
+    pthread_mutex_unlock(&p->mu);
+    if (!list)
+        return;
+    struct timespec ts = {*pause_ms / 1000, (*pause_ms % 1000) * 1000000};
+    nanosleep(&ts, NULL);
+    *pause_ms = *pause_ms < 2500 ? *pause_ms * 2 : 5000;
+    /* oldest line first: the list was built newest first */
+    struct pline *rev = NULL;
+    while (list) {
+        struct pline *next = list->next;
+        list->next = rev;
+        rev = list;
+        list = next;
+    }
+    for (struct pline *l = rev, *next; l; l = next) {
+        next = l->next;
+        line_send(q, l);
+    }
 }
 
 static int cmd_produce(int argc, char **argv)
@@ -467,8 +567,18 @@ static int cmd_produce(int argc, char **argv)
     char *line = NULL;
     size_t cap = 0;
     ssize_t len;
-    long lineno = 0, ok = 0, bad = 0;
-    while ((len = getline(&line, &cap, stdin)) != -1) {
+    long lineno = 0, pause_ms = 100;
+    struct producing p = {.mu = PTHREAD_MUTEX_INITIALIZER,
+                          .cv = PTHREAD_COND_INITIALIZER,
+                          .retry_ms = retry_ms,
+                          .delay = delay};
+    for (;;) {
+        retry_due(q, &p, &pause_ms, false);
+        pthread_mutex_lock(&p.mu);
+        bool stop = p.stop_line != 0;
+        pthread_mutex_unlock(&p.mu);
+        if (stop || (len = getline(&line, &cap, stdin)) == -1)
+            break;
         lineno++;
         while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
             line[--len] = '\0';
@@ -476,44 +586,51 @@ static int cmd_produce(int argc, char **argv)
             continue;
         char why[512];
         evq_event *ev = event_from_line(line, (size_t)len, why, sizeof why);
-        if (!ev) {
-            fprintf(stderr, "%s produce: line %ld: %s\n", prog, lineno, why);
-            bad++;
+        struct pline *l = ev ? calloc(1, sizeof *l) : NULL;
+        if (!l) {
+            fprintf(stderr, "%s produce: line %ld: %s\n", prog, lineno,
+                    ev ? "out of memory" : why);
+            evq_event_free(ev);
+            pthread_mutex_lock(&p.mu);
+            p.bad++;
+            pthread_mutex_unlock(&p.mu);
             continue;
         }
-        rc = enqueue_retrying(q, ev, delay, lineno, retry_ms);
-        evq_event_free(ev);
-        if (rc && retriable(rc)) {
-            long unread = 0;
-            struct stat st;
-            bool file = fstat(STDIN_FILENO, &st) == 0 && S_ISREG(st.st_mode);
-            while (file && getline(&line, &cap, stdin) != -1)
-                unread++;
-            fprintf(stderr,
-                    "%s produce: stopped at line %ld (not enqueued): %s: "
-                    "%s; ",
-                    prog, lineno, evq_strerror(rc), evq_errmsg());
-            if (file)
-                fprintf(stderr, "%ld line%s after it not read\n", unread,
-                        unread == 1 ? "" : "s");
-            else
-                fprintf(stderr, "the lines after it were not read\n");
-            bad++;
+        *l = (struct pline){.p = &p, .lineno = lineno, .ev = ev};
+        pthread_mutex_lock(&p.mu);
+        p.in_flight++;
+        pthread_mutex_unlock(&p.mu);
+        line_send(q, l);
+    }
+    /* what is on its way: its reports, and retries until they end */
+    for (;;) {
+        pthread_mutex_lock(&p.mu);
+        bool busy = p.in_flight > 0;
+        pthread_mutex_unlock(&p.mu);
+        if (!busy)
             break;
-        }
-        if (rc) {
-            fprintf(stderr, "%s produce: line %ld: %s: %s\n", prog, lineno,
-                    evq_strerror(rc), evq_errmsg());
-            bad++;
-            continue;
-        }
-        ok++;
+        retry_due(q, &p, &pause_ms, true);
+    }
+    if (p.stop_line) {
+        long unread = 0;
+        struct stat st;
+        bool file = fstat(STDIN_FILENO, &st) == 0 && S_ISREG(st.st_mode);
+        while (file && getline(&line, &cap, stdin) != -1)
+            unread++;
+        fprintf(stderr,
+                "%s produce: stopped at line %ld (not enqueued): %s: %s; ",
+                prog, p.stop_line, evq_strerror(p.stop_rc), p.stop_msg);
+        if (file)
+            fprintf(stderr, "%ld line%s after it not read\n", unread,
+                    unread == 1 ? "" : "s");
+        else
+            fprintf(stderr, "the lines after it were not read\n");
     }
     free(line);
     evq_queue_close(q);
     fprintf(stderr, "%s produce: enqueued %ld event%s, rejected %ld line%s\n",
-            prog, ok, ok == 1 ? "" : "s", bad, bad == 1 ? "" : "s");
-    return bad ? EXIT_FAILURE : 0;
+            prog, p.ok, p.ok == 1 ? "" : "s", p.bad, p.bad == 1 ? "" : "s");
+    return p.bad ? EXIT_FAILURE : 0;
 }
 
 /* ---- consume ------------------------------------------------------------- */
@@ -1159,7 +1276,8 @@ static int cmd_demo(int argc, char **argv)
 static const char bench_help[] =
     "usage: evq bench URL [--events N] [--size BYTES] [--producers P]\n"
     "                     [--workers W] [--batch B] [--warmup K]\n"
-    "                     [--queue NAME] [--keep] [--json] [-o KEY=VALUE]\n"
+    "                     [--async] [--queue NAME] [--keep] [--json]\n"
+    "                     [-o KEY=VALUE]\n"
     "\n"
     "Measures, on queue NAME (default bench-<pid>), after K events are\n"
     "enqueued untimed (a warm-up: connections, metadata, a topic made on\n"
@@ -1177,7 +1295,9 @@ static const char bench_help[] =
     "            one producer thread and one consumer thread\n"
     "  stats     the cost per event of the worker's latency statistics\n"
     "and the peak resident memory.  Producers enqueue B events at a time\n"
-    "(evq_enqueue_batch when B > 1).  Defaults: N 1000000, BYTES 100, P 1,\n"
+    "(evq_enqueue_batch when B > 1), or with --async one event per\n"
+    "evq_enqueue_async call, not waiting (then evq_flush); --threads T is\n"
+    "--producers T.  Defaults: N 1000000, BYTES 100, P 1,\n"
     "W 1, B 1, K 0.\n"
     "At the end the queue is deleted (evq_queue_delete), and on sqlite:// the\n"
     "file too when bench made it; a queue named with --queue is the\n"
@@ -1236,6 +1356,7 @@ struct bench {
     long n;
     int producers;
     int batch;
+    bool async; /* evq_enqueue_async, one event per call */
     json_t *payload;
     atomic_long produced, handled;
     _Atomic int64_t producers_end_ns;
@@ -1281,9 +1402,30 @@ static int bench_handler(const evq_event *ev, void *arg)
 }
 
 /* Enqueues `per` events in batches of b->batch. */
+static void bench_enqueued(const char *id, int rc, void *arg)
+{
+    (void)id;
+    struct bench *b = arg;
+    if (rc)
+        atomic_fetch_add(&b->errors, 1);
+    atomic_fetch_add_explicit(&b->produced, 1, memory_order_relaxed);
+}
+
 static void produce_events(struct bench *b, long per)
 {
     evq_event *evs[1000];
+    if (b->async) { /* one event per call, not waiting */
+        for (long i = 0; i < per; i++) {
+            evq_event *ev =
+                evq_event_new("bench.event", json_deep_copy(b->payload));
+            if (evq_enqueue_async(b->q, ev, 0, bench_enqueued, b) != 0)
+                atomic_fetch_add(&b->errors, 1);
+            evq_event_free(ev);
+        }
+        if (evq_flush(b->q, -1) != 0)
+            atomic_fetch_add(&b->errors, 1);
+        return;
+    }
     for (long i = 0; i < per;) {
         int k = 0;
         for (; k < b->batch && i < per; k++, i++)
@@ -1447,13 +1589,15 @@ static int cmd_bench(int argc, char **argv)
         {"queue", required_argument, NULL, 'q'},
         {"json", no_argument, NULL, 'j'},
         {"keep", no_argument, NULL, 'K'},
+        {"async", no_argument, NULL, 'A'},
+        {"threads", required_argument, NULL, 'p'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     long n = 1000000, size = 100, producers = 1, workers = 1, batch = 1,
          warmup = 0;
     const char *qname = NULL;
-    bool json = false, keep = false;
+    bool json = false, keep = false, async = false;
     evq_opts *opts = NULL;
     int c, rc;
     while ((c = getopt_long(argc, argv, "o:h", longopts, NULL)) != -1) {
@@ -1491,6 +1635,9 @@ static int cmd_bench(int argc, char **argv)
         case 'K':
             keep = true;
             break;
+        case 'A':
+            async = true;
+            break;
             COMMON_FLAGS("bench", bench_help)
         }
     }
@@ -1520,6 +1667,7 @@ static int cmd_bench(int argc, char **argv)
     struct bench b = {.n = n,
                       .producers = (int)producers,
                       .batch = (int)batch,
+                      .async = async,
                       .mu = PTHREAD_MUTEX_INITIALIZER,
                       .progress = isatty(STDERR_FILENO) != 0};
     char name[64], *pad = malloc((size_t)size + 1);

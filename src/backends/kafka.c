@@ -1443,7 +1443,7 @@ static int kafka_destroy(void *state)
 {
     khandle *h = state;
     char err[256];
-    int tmo = (int)h->timeout_ms;
+    int tmo = (int)h->connect_ms; /* an answer, not a delivery, is awaited */
     rd_kafka_queue_t *rq = rd_kafka_queue_new(h->prod);
     rd_kafka_AdminOptions_t *ao =
         rd_kafka_AdminOptions_new(h->prod, RD_KAFKA_ADMIN_OP_DELETETOPICS);

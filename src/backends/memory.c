@@ -107,8 +107,6 @@ static const evq__opt_spec memory_opts[] = {
     {"capacity", EVQ__OPT_INT, "65536", 1, 1 << 24, NULL,
      "most ready events the queue holds (and, separately, most delayed ones); "
      "fixed by the first handle that opens the queue"},
-    {"overflow", EVQ__OPT_ENUM, "block", 0, 0, "block|error",
-     "when the queue is full: block the producer, or fail with EVQ_EFULL"},
     {NULL, 0, NULL, 0, 0, NULL, NULL},
 };
 
@@ -659,7 +657,7 @@ static int memory_stats(void *state, struct evq_queue_stats *out)
 
 const struct evq_backend_ops evq__backend_memory = {
     .scheme = "memory",
-    .flags = EVQ__BY_REF,
+    .flags = EVQ__BY_REF | EVQ__INSTANT,
     .opts = memory_opts,
     .open = memory_open,
     .enqueue = memory_enqueue,

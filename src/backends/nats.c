@@ -727,6 +727,10 @@ static int nats_enqueue(void *state, const evq__item *items, size_t n)
             s = js_PublishMsgAsync(p->js, &m, &po); /* takes m on success */
         natsMsg_Destroy(m);
     }
+    /* libnats leaves what it buffered to its flusher thread, which may
+     * wait a millisecond: send it now, the acks come back meanwhile */
+    if (s == NATS_OK)
+        s = natsConnection_FlushTimeout(h->nc, h->timeout_ms);
     jsPubOptions wait;
     jsPubOptions_Init(&wait);
     wait.MaxWait = h->timeout_ms;

@@ -134,6 +134,261 @@ static void assert_empty(evq_queue *q)
     assert_evq_err(evq_dequeue(q, &m, 0), EVQ_ETIMEDOUT);
 }
 
+/* ---- asynchronous enqueue ---------------------------------------------- */
+
+#define ASYNC_N 500
+
+struct report_slot {
+    atomic_int reports, rc;
+};
+
+static void report_into(const char *id, int rc, void *arg)
+{
+    struct report_slot *s = arg;
+    assert_non_null(id);
+    atomic_store(&s->rc, rc);
+    atomic_fetch_add(&s->reports, 1);
+}
+
+/* Each event enqueued with evq_enqueue_async (and freed at once) gets one
+ * report, 0, by the time evq_flush returns, and is delivered once. */
+static void async_events_are_reported_once_and_delivered(void **state)
+{
+    (void)state;
+    evq_queue *q = open_fresh(NULL, NULL);
+    struct report_slot *slots = calloc(ASYNC_N, sizeof *slots);
+    for (int i = 0; i < ASYNC_N; i++) {
+        evq_event *ev = numbered(i);
+        assert_evq_ok(evq_enqueue_async(q, ev, 0, report_into, &slots[i]));
+        evq_event_free(ev);
+    }
+    assert_evq_ok(evq_flush(q, 60000));
+    for (int i = 0; i < ASYNC_N; i++) {
+        assert_int_equal(atomic_load(&slots[i].reports), 1);
+        assert_int_equal(atomic_load(&slots[i].rc), 0);
+    }
+    unsigned char seen[ASYNC_N] = {0};
+    for (int i = 0; i < ASYNC_N; i++) {
+        evq_msg *m;
+        assert_evq_ok(evq_dequeue(q, &m, 10000));
+        json_int_t n = number_of(evq_msg_event(m));
+        assert_true(n >= 0 && n < ASYNC_N && !seen[n]);
+        seen[n] = 1;
+        assert_evq_ok(evq_ack(m));
+    }
+    assert_empty(q);
+    free(slots);
+    evq_queue_close(q);
+}
+
+/* What a done callback may and may not do, and a full pipeline. */
+struct in_done {
+    evq_queue *q;
+    atomic_int flush_rc, enqueue_rc, again_rc, reports;
+    atomic_int release; /* the blocking callback waits for it */
+};
+
+static void again_done(const char *id, int rc, void *arg)
+{
+    (void)id;
+    struct in_done *c = arg;
+    assert_int_equal(rc, 0);
+    atomic_fetch_add(&c->reports, 1);
+}
+
+static void first_done(const char *id, int rc, void *arg)
+{
+    (void)id;
+    struct in_done *c = arg;
+    evq_event *ev = numbered(2);
+    assert_int_equal(rc, 0);
+    atomic_store(&c->flush_rc, evq_flush(c->q, 0));
+    atomic_store(&c->enqueue_rc, evq_enqueue(c->q, ev));
+    atomic_store(&c->again_rc, evq_enqueue_async(c->q, ev, 0, again_done, c));
+    evq_event_free(ev);
+    atomic_fetch_add(&c->reports, 1);
+}
+
+static void blocking_done(const char *id, int rc, void *arg)
+{
+    (void)id;
+    (void)rc;
+    struct in_done *c = arg;
+    while (!atomic_load(&c->release)) {
+        struct timespec t = {0, 1000000};
+        nanosleep(&t, NULL);
+    }
+    atomic_fetch_add(&c->reports, 1);
+}
+
+static void async_misuse_is_a_clear_error(void **state)
+{
+    (void)state;
+    evq_queue *q = open_fresh(NULL, NULL);
+    evq_event *ev = numbered(1);
+    evq_msg *m;
+    assert_evq_err(evq_enqueue_async(NULL, ev, 0, NULL, NULL), EVQ_EINVAL);
+    assert_evq_err(evq_enqueue_async(q, NULL, 0, NULL, NULL), EVQ_EINVAL);
+    assert_evq_err(evq_enqueue_async(q, ev, -1, NULL, NULL), EVQ_EINVAL);
+    assert_evq_err(evq_flush(NULL, 0), EVQ_EINVAL);
+
+    /* inside done: flushing or a waiting enqueue would wait for itself
+     * (EVQ_ESTATE); enqueueing again asynchronously works */
+    struct in_done c = {.q = q};
+    assert_evq_ok(evq_enqueue_async(q, ev, 0, first_done, &c));
+    assert_evq_ok(evq_flush(q, 60000));
+    assert_int_equal(atomic_load(&c.reports), 2);
+    assert_int_equal(atomic_load(&c.flush_rc), EVQ_ESTATE);
+    assert_int_equal(atomic_load(&c.enqueue_rc), EVQ_ESTATE);
+    assert_int_equal(atomic_load(&c.again_rc), 0);
+    for (int i = 0; i < 2; i++) {
+        assert_evq_ok(evq_dequeue(q, &m, 10000));
+        assert_evq_ok(evq_ack(m));
+    }
+    assert_empty(q);
+    evq_queue_close(q);
+
+    /* max_in_flight=1, overflow=error: while one event waits for its
+     * report, the next is refused with EVQ_EFULL, and `done` never runs
+     * for it */
+    q = open_fresh("max_in_flight=1&overflow=error", NULL);
+    struct in_done b = {.q = q};
+    assert_evq_ok(evq_enqueue_async(q, ev, 0, blocking_done, &b));
+    assert_evq_err(evq_enqueue_async(q, ev, 0, blocking_done, &b), EVQ_EFULL);
+    atomic_store(&b.release, 1);
+    assert_evq_ok(evq_flush(q, 60000));
+    assert_int_equal(atomic_load(&b.reports), 1);
+    assert_evq_ok(evq_dequeue(q, &m, 10000));
+    assert_evq_ok(evq_ack(m));
+    evq_queue_close(q);
+    evq_event_free(ev);
+}
+
+/* evq_queue_close sends and reports everything accepted before it
+ * returns, also while another thread waits in evq_flush. */
+struct flusher_arg {
+    evq_queue *q;
+    atomic_int entering, rc;
+};
+
+static void *flush_thread(void *arg)
+{
+    struct flusher_arg *f = arg;
+    atomic_store(&f->entering, 1);
+    atomic_store(&f->rc, evq_flush(f->q, -1));
+    return NULL;
+}
+
+static void close_reports_everything_in_flight(void **state)
+{
+    (void)state;
+    char name[64], url[1024];
+    evq_queue *q = open_fresh(NULL, name);
+    struct in_done c = {.q = q};
+    struct report_slot *slots = calloc(ASYNC_N, sizeof *slots);
+    /* the first report waits, so the rest pile up behind it */
+    evq_event *ev = numbered(0);
+    assert_evq_ok(evq_enqueue_async(q, ev, 0, blocking_done, &c));
+    evq_event_free(ev);
+    for (int i = 1; i < ASYNC_N; i++) { /* (one id each: nats dedups) */
+        ev = numbered(i);
+        assert_evq_ok(evq_enqueue_async(q, ev, 0, report_into, &slots[i]));
+        evq_event_free(ev);
+    }
+    struct flusher_arg f = {.q = q, .rc = -1};
+    pthread_t t;
+    pthread_create(&t, NULL, flush_thread, &f);
+    while (!atomic_load(&f.entering))
+        nanosleep(&(struct timespec){0, 1000000}, NULL);
+    nanosleep(&(struct timespec){0, 100000000}, NULL); /* inside flush */
+    atomic_store(&c.release, 1);
+    evq_queue_close(q);
+    for (int i = 1; i < ASYNC_N; i++)
+        assert_int_equal(atomic_load(&slots[i].reports), 1);
+    assert_int_equal(atomic_load(&c.reports), 1);
+    pthread_join(t, NULL);
+    assert_int_equal(atomic_load(&f.rc), 0);
+    free(slots);
+    if (promises & PROMISE_BACKLOG) { /* and they are all there */
+        url_with(url, sizeof url, NULL);
+        assert_evq_ok(evq_queue_open(&q, url, name, NULL));
+        for (int i = 0; i < ASYNC_N; i++) {
+            evq_msg *m;
+            assert_evq_ok(evq_dequeue(q, &m, 10000));
+            assert_evq_ok(evq_ack(m));
+        }
+        assert_empty(q);
+        evq_queue_close(q);
+    }
+}
+
+/* An asynchronous producer in another process, SIGKILLed mid-stream:
+ * every event its done callback reported stored is there to consume. */
+static long count_lines(const char *file, long *numbers, long cap)
+{
+    FILE *f = fopen(file, "r");
+    long n = 0, v;
+    while (f && fscanf(f, "%ld", &v) == 1) {
+        if (numbers && n < cap)
+            numbers[n] = v;
+        n++;
+    }
+    if (f)
+        fclose(f);
+    return n;
+}
+
+#define KILLED_MAX (1L << 22)
+
+static void a_killed_async_producer_loses_nothing_reported(void **state)
+{
+    (void)state;
+    REQUIRES(PROMISE_BACKLOG | PROMISE_NO_LOSS);
+    if (strncmp(base_url, "memory://", 9) == 0) {
+        print_message("[  SKIP    ] memory:// lives in one process\n");
+        skip();
+    }
+    char name[64], url[1024], file[256];
+    evq_queue *q = open_fresh(NULL, name);
+    url_with(url, sizeof url, NULL);
+    snprintf(file, sizeof file, "/tmp/evq-conf-produce-%d-%s", (int)getpid(),
+             name);
+    unlink(file);
+    const char *args[] = {"produce", file, url, name, NULL};
+    pid_t pid = spawn_consumer(args);
+    for (int i = 0; i < 3000 && count_lines(file, NULL, 0) < 1000; i++)
+        nanosleep(&(struct timespec){0, 10 * 1000000}, NULL);
+    kill(pid, SIGKILL);
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFSIGNALED(status)); /* killed mid-stream, not ended */
+    long cap = KILLED_MAX, *stored = malloc((size_t)cap * sizeof *stored);
+    long n_stored = count_lines(file, stored, cap);
+    unlink(file);
+    assert_true(n_stored >= 1000 && n_stored <= cap);
+
+    unsigned char *seen = calloc((size_t)KILLED_MAX, 1);
+    long consumed = 0;
+    evq_msg *m;
+    while (evq_dequeue(q, &m, consumed ? 3000 : 20000) == 0) {
+        json_int_t n = json_integer_value(evq_event_data(evq_msg_event(m)));
+        assert_true(n >= 0 && n < KILLED_MAX);
+        seen[n] = 1;
+        consumed++;
+        assert_evq_ok(evq_ack(m));
+    }
+    long missing = 0;
+    for (long i = 0; i < n_stored; i++)
+        missing += !seen[stored[i]];
+    print_message("killed async producer: %ld reported stored, %ld "
+                  "consumed, %ld of the reported missing\n",
+                  n_stored, consumed, missing);
+    assert_int_equal(missing, 0);
+    free(stored);
+    free(seen);
+    evq_queue_close(q);
+}
+
 /* ---- deleting a queue -------------------------------------------------- */
 
 /* evq_queue_delete takes every event with it (ready, delayed, out with a
@@ -1202,6 +1457,10 @@ int main(int argc, char **argv)
         cmocka_unit_test(an_expired_lease_is_not_settled_by_its_old_owner),
         cmocka_unit_test(a_handler_past_its_deadline_is_retried),
         cmocka_unit_test(a_handler_that_always_times_out_is_dead_lettered),
+        cmocka_unit_test(async_events_are_reported_once_and_delivered),
+        cmocka_unit_test(async_misuse_is_a_clear_error),
+        cmocka_unit_test(close_reports_everything_in_flight),
+        cmocka_unit_test(a_killed_async_producer_loses_nothing_reported),
         cmocka_unit_test(a_deleted_queue_is_gone),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,375 @@
+/*
+ * pipe.c - the send pipeline of a queue handle: evq_enqueue_async,
+ * evq_flush, and evq_enqueue as "asynchronous plus a wait".
+ *
+ * Accepted events (already encoded by the caller's thread) wait in one
+ * list per handle.  Whoever finds events waiting and no batch on its way
+ * sends everything waiting as one batch through the backend's enqueue (one
+ * pipeline of XADDs, one transaction, one set of delivery reports): the
+ * handle's sender thread for asynchronous callers, or a synchronous caller
+ * itself.  So threads that enqueue at once share round trips (group
+ * commit), a lone synchronous caller pays no hand-off, and an asynchronous
+ * producer's batches grow to what the backend takes in one round trip.
+ * Then each event's `done` runs on the thread that sent it.
+ *
+ * Memory: `max_in_flight` bounds what is accepted and not yet reported;
+ * producers wait for room (or get EVQ_EFULL with overflow=error).
+ */
+#include "internal.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PIPE_MSG_MAX 512 /* as long as evq_errmsg() gets */
+
+/* One accepted event, from its acceptance to its `done`. */
+typedef struct pitem {
+    struct pitem *next;
+    evq__item it;      /* bytes owned; it.ev a reference held (or NULL) */
+    size_t group_left; /* events after this one of the same user batch */
+    evq_enqueued_fn done;
+    void *arg;
+} pitem;
+
+/* A synchronous caller's events: counted down by their `done`. */
+typedef struct waiter {
+    atomic_size_t left;
+    int rc; /* the first failure, written before `left` reaches 0 */
+    char msg[PIPE_MSG_MAX];
+} waiter;
+
+struct evq__pipe {
+    int (*send)(void *ctx, const evq__item *items, size_t n);
+    void *ctx;
+    size_t max_in_flight;
+    bool overflow_error;
+
+    pthread_mutex_t mu;
+    pthread_cond_t work;    /* the sender thread: events wait, or stop */
+    pthread_cond_t settled; /* a batch was reported */
+    pthread_cond_t room;    /* in_flight fell */
+    pitem *head, **tail;    /* accepted, not yet sent */
+    size_t waiting;         /* events in that list */
+    size_t in_flight;       /* accepted, `done` not yet called */
+    bool sending;           /* a batch is on its way */
+    bool interrupted, closing, stop;
+    bool thread_started;
+    pthread_t thread;
+    /* failures of events accepted without a `done`, since the last flush */
+    uint64_t silent_failures;
+    int first_rc;
+    char first_msg[256];
+};
+
+/* Largest batch handed to the backend at once (a user's batch is never
+ * split, so one may be larger). */
+#define PIPE_BATCH 4096
+
+/* Set while this thread runs `done` callbacks: flushing or waiting from
+ * one would wait for itself. */
+static _Thread_local bool tls_in_done;
+
+bool evq__pipe_in_done(void)
+{
+    return tls_in_done;
+}
+
+evq__pipe *evq__pipe_new(int (*send)(void *, const evq__item *, size_t),
+                         void *ctx, size_t max_in_flight, bool overflow_error)
+{
+    evq__pipe *p = calloc(1, sizeof *p);
+    if (!p) {
+        evq__err(EVQ_ENOMEM, "out of memory");
+        return NULL;
+    }
+    p->send = send;
+    p->ctx = ctx;
+    p->max_in_flight = max_in_flight ? max_in_flight : 1;
+    p->overflow_error = overflow_error;
+    p->tail = &p->head;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->work, NULL);
+    pthread_cond_init(&p->settled, NULL);
+    pthread_cond_init(&p->room, NULL);
+    return p;
+}
+
+static void item_release(pitem *x)
+{
+    free((void *)x->it.bytes);
+    evq_event_free(x->it.ev);
+    free(x);
+}
+
+static void wake_waiter(const char *id, int rc, void *arg)
+{
+    (void)id;
+    waiter *w = arg;
+    if (rc && !w->rc) {
+        w->rc = rc;
+        snprintf(w->msg, sizeof w->msg, "%s", evq_errmsg());
+    }
+    atomic_fetch_sub(&w->left, 1);
+}
+
+/* Sends what waits (whole user batches, up to PIPE_BATCH events) and
+ * reports it.  mu held on entry and on return, released meanwhile; the
+ * caller saw !sending and waiting > 0. */
+static void *sender_main(void *arg);
+static void send_batch(evq__pipe *p)
+{
+    pitem *first = p->head, *last = NULL;
+    size_t n = 0;
+    for (pitem *x = first; x && (n < PIPE_BATCH || last->group_left); x = x->next) {
+        last = x;
+        n++;
+    }
+    p->head = last->next;
+    if (!p->head)
+        p->tail = &p->head;
+    last->next = NULL;
+    p->waiting -= n;
+    p->sending = true;
+    pthread_mutex_unlock(&p->mu);
+
+    evq__item one, *items = n == 1 ? &one : malloc(n * sizeof *items);
+    int rc;
+    char msg[PIPE_MSG_MAX] = "";
+    if (!items) {
+        rc = evq__err(EVQ_ENOMEM, "out of memory sending %zu events", n);
+    } else {
+        size_t i = 0;
+        for (pitem *x = first; x; x = x->next)
+            items[i++] = x->it;
+        rc = p->send(p->ctx, items, n);
+        if (items != &one)
+            free(items);
+    }
+    if (rc)
+        snprintf(msg, sizeof msg, "%s", evq_errmsg());
+
+    uint64_t silent = 0;
+    tls_in_done = true;
+    for (pitem *x = first, *next; x; x = next) {
+        next = x->next;
+        if (rc)
+            evq__err(rc, "%s", msg); /* what evq_errmsg() says in done */
+        if (x->done)
+            x->done(x->it.ev ? evq_event_id(x->it.ev) : "", rc, x->arg);
+        else if (rc)
+            silent++;
+        item_release(x);
+    }
+    tls_in_done = false;
+
+    pthread_mutex_lock(&p->mu);
+    if (silent) {
+        if (!p->silent_failures) {
+            p->first_rc = rc;
+            snprintf(p->first_msg, sizeof p->first_msg, "%s", msg);
+        }
+        p->silent_failures += silent;
+    }
+    p->in_flight -= n;
+    p->sending = false;
+    pthread_cond_broadcast(&p->settled);
+    pthread_cond_broadcast(&p->room);
+    if (p->waiting) { /* more came meanwhile (maybe from a done) */
+        if (!p->thread_started &&
+            pthread_create(&p->thread, NULL, sender_main, p) == 0)
+            p->thread_started = true;
+        pthread_cond_signal(&p->work);
+    }
+}
+
+static void *sender_main(void *arg)
+{
+    evq__pipe *p = arg;
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        if (p->waiting && !p->sending) {
+            send_batch(p);
+            continue;
+        }
+        if (p->stop && !p->waiting)
+            break;
+        pthread_cond_wait(&p->work, &p->mu);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+/* Waits for room for n more (mu held).  0, or EVQ_EFULL / EVQ_ECLOSED. */
+static int wait_room(evq__pipe *p, size_t n)
+{
+    for (;;) {
+        if (p->interrupted || p->closing)
+            return evq__err(EVQ_ECLOSED, "queue %s", p->closing ? "closed"
+                                                               : "interrupted");
+        /* a batch larger than the bound goes alone */
+        if (p->in_flight == 0 || p->in_flight + n <= p->max_in_flight)
+            return 0;
+        if (p->overflow_error)
+            return evq__err(EVQ_EFULL,
+                            "%zu events in flight (max_in_flight=%zu)",
+                            p->in_flight, p->max_in_flight);
+        pthread_cond_wait(&p->room, &p->mu);
+    }
+}
+
+int evq__pipe_put(evq__pipe *p, evq__item *items, size_t n,
+                  evq_enqueued_fn done, void *arg, bool wait)
+{
+    waiter w = {.rc = 0};
+    pitem **xs = n <= 1 ? NULL : malloc(n * sizeof *xs), *x1 = NULL;
+    int rc = 0;
+    if (wait && tls_in_done)
+        rc = evq__err(EVQ_ESTATE,
+                      "evq_enqueue from inside a done callback would wait "
+                      "for itself; use evq_enqueue_async there");
+    if (!rc && n > 1 && !xs)
+        rc = evq__err(EVQ_ENOMEM, "out of memory");
+    for (size_t i = 0; i < n && !rc; i++) {
+        pitem *x = calloc(1, sizeof *x);
+        if (!x) {
+            rc = evq__err(EVQ_ENOMEM, "out of memory");
+            break;
+        }
+        x->it = items[i];
+        items[i].bytes = NULL; /* the pipe's now */
+        items[i].ev = NULL;
+        x->group_left = n - 1 - i;
+        x->done = wait ? wake_waiter : done;
+        x->arg = wait ? &w : arg;
+        if (n > 1)
+            xs[i] = x;
+        else
+            x1 = x;
+    }
+    if (rc) {
+        for (size_t i = 0; i < n; i++) {
+            pitem *x = n > 1 ? (xs ? xs[i] : NULL) : x1;
+            if (x)
+                item_release(x);
+        }
+        free(xs);
+        return rc;
+    }
+    atomic_init(&w.left, n);
+
+    pthread_mutex_lock(&p->mu);
+    if ((rc = wait_room(p, n)) != 0) {
+        pthread_mutex_unlock(&p->mu);
+        for (size_t i = 0; i < n; i++)
+            item_release(n > 1 ? xs[i] : x1);
+        free(xs);
+        return rc;
+    }
+    for (size_t i = 0; i < n; i++) {
+        pitem *x = n > 1 ? xs[i] : x1;
+        *p->tail = x;
+        p->tail = &x->next;
+    }
+    free(xs);
+    p->waiting += n;
+    p->in_flight += n;
+    if (!wait) {
+        if (!p->sending) {
+            if (!p->thread_started) {
+                if (pthread_create(&p->thread, NULL, sender_main, p) == 0)
+                    p->thread_started = true;
+                else /* no thread: send here, as a synchronous call would */
+                    send_batch(p);
+            }
+            pthread_cond_signal(&p->work);
+        }
+        pthread_mutex_unlock(&p->mu);
+        return 0;
+    }
+    while (atomic_load(&w.left) > 0) {
+        if (!p->sending && p->waiting)
+            send_batch(p);
+        else
+            pthread_cond_wait(&p->settled, &p->mu);
+    }
+    pthread_mutex_unlock(&p->mu);
+    if (w.rc)
+        return evq__err(w.rc, "%s", w.msg);
+    return 0;
+}
+
+int evq__pipe_flush(evq__pipe *p, int timeout_ms)
+{
+    if (tls_in_done)
+        return evq__err(EVQ_ESTATE, "evq_flush from inside a done callback "
+                                    "would wait for itself");
+    int64_t deadline = timeout_ms < 0 ? INT64_MAX
+                                      : evq__now_real_ns() +
+                                            (int64_t)timeout_ms * 1000000;
+    int rc = 0;
+    pthread_mutex_lock(&p->mu);
+    while (p->in_flight > 0 && !rc) {
+        if (!p->sending && p->waiting) {
+            send_batch(p);
+            continue;
+        }
+        if (deadline == INT64_MAX) {
+            pthread_cond_wait(&p->settled, &p->mu);
+        } else {
+            struct timespec ts = evq__ts_from_ns(deadline);
+            if (pthread_cond_timedwait(&p->settled, &p->mu, &ts) != 0 &&
+                p->in_flight > 0)
+                rc = evq__err(EVQ_ETIMEDOUT,
+                              "%zu events still in flight after %d ms",
+                              p->in_flight, timeout_ms);
+        }
+    }
+    if (!rc && p->silent_failures) {
+        rc = evq__err(p->first_rc,
+                      "%llu event%s enqueued without a done callback "
+                      "failed since the last flush; the first: %s",
+                      (unsigned long long)p->silent_failures,
+                      p->silent_failures == 1 ? "" : "s", p->first_msg);
+        p->silent_failures = 0;
+    }
+    pthread_mutex_unlock(&p->mu);
+    return rc;
+}
+
+void evq__pipe_interrupt(evq__pipe *p)
+{
+    pthread_mutex_lock(&p->mu);
+    p->interrupted = true;
+    pthread_cond_broadcast(&p->room);
+    pthread_mutex_unlock(&p->mu);
+}
+
+int evq__pipe_close(evq__pipe *p)
+{
+    pthread_mutex_lock(&p->mu);
+    p->closing = true;
+    pthread_cond_broadcast(&p->room);
+    pthread_mutex_unlock(&p->mu);
+    int rc = evq__pipe_flush(p, -1); /* everything is sent and reported */
+    pthread_mutex_lock(&p->mu);
+    p->stop = true;
+    pthread_cond_signal(&p->work);
+    bool joined = p->thread_started;
+    pthread_mutex_unlock(&p->mu);
+    if (joined)
+        pthread_join(p->thread, NULL);
+    return rc;
+}
+
+void evq__pipe_free(evq__pipe *p)
+{
+    if (!p)
+        return;
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->work);
+    pthread_cond_destroy(&p->settled);
+    pthread_cond_destroy(&p->room);
+    free(p);
+}
