@@ -364,6 +364,21 @@ EVQ_API const evq_event *evq_msg_event(const evq_msg *msg);
  * handled again there. */
 EVQ_API int evq_ack(evq_msg *msg);
 
+/* Takes up to `max` events: waits up to timeout_ms (as evq_dequeue) for the
+ * first, then adds what is ready at once.  Returns how many (>= 1), stored
+ * in msgs[0..count), each to settle as evq_dequeue's; or a negative error
+ * code (EVQ_ETIMEDOUT when nothing came, EVQ_EINVAL for a NULL argument or
+ * max 0).  Any thread. */
+EVQ_API int evq_dequeue_batch(evq_queue *q, evq_msg **msgs, size_t max,
+                              int timeout_ms);
+
+/* Acknowledges msgs[0..n), each as evq_ack (all are freed, also after a
+ * failure; a NULL entry counts as a failure with EVQ_EINVAL).  0, or the
+ * first failure's code, the message saying how many failed.  Acks of a
+ * handle are sent together where the backend batches them (sqlite,
+ * redis: *.ack_flush_ms). */
+EVQ_API int evq_ack_batch(evq_msg **msgs, size_t n);
+
 /* Returns the event for redelivery no sooner than `redeliver_after_ms` from
  * now, with its attempt count raised.  Frees `msg` (always).  EVQ_ESTATE,
  * changing nothing, when its lease has passed to another consumer. */

@@ -8,6 +8,7 @@
  */
 #include "internal.h"
 
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -653,6 +654,27 @@ int evq_dequeue(evq_queue *q, evq_msg **msgp, int timeout_ms)
     }
 }
 
+int evq_dequeue_batch(evq_queue *q, evq_msg **msgs, size_t max,
+                      int timeout_ms)
+{
+    if (!q || !msgs || max == 0)
+        return evq__err(EVQ_EINVAL, "evq_dequeue_batch: %s",
+                        !q      ? "q is NULL"
+                        : !msgs ? "msgs is NULL"
+                                : "max is 0");
+    if (max > INT_MAX)
+        max = INT_MAX;
+    int rc = evq_dequeue(q, &msgs[0], timeout_ms);
+    if (rc)
+        return rc;
+    size_t n = 1;
+    /* what is ready now joins it; a failure here is the next call's */
+    while (n < max && evq_dequeue(q, &msgs[n], 0) == 0)
+        n++;
+    evq__err_clear();
+    return (int)n;
+}
+
 const evq_event *evq_msg_event(const evq_msg *m)
 {
     return m ? m->ev : NULL;
@@ -676,6 +698,26 @@ int evq_ack(evq_msg *m)
     atomic_fetch_add_explicit(&m->q->acked, 1, memory_order_relaxed);
     msg_free(m);
     return rc;
+}
+
+int evq_ack_batch(evq_msg **msgs, size_t n)
+{
+    int first = 0;
+    size_t failed = 0;
+    char why[512] = "";
+    if (!msgs && n)
+        return evq__err(EVQ_EINVAL, "evq_ack_batch: msgs is NULL");
+    for (size_t i = 0; i < n; i++) {
+        int rc = evq_ack(msgs[i]); /* NULL: EVQ_EINVAL, the rest go on */
+        if (rc && !failed++) {
+            first = rc;
+            snprintf(why, sizeof why, "%s", evq_errmsg());
+        }
+    }
+    if (failed)
+        return evq__err(first, "%zu of %zu acks failed; the first: %s",
+                        failed, n, why);
+    return 0;
 }
 
 int evq_nack(evq_msg *m, int64_t delay_ms)

@@ -389,6 +389,45 @@ static void a_killed_async_producer_loses_nothing_reported(void **state)
     evq_queue_close(q);
 }
 
+/* ---- batches on the consuming side ------------------------------------- */
+
+/* evq_dequeue_batch takes what is ready, up to max; evq_ack_batch settles
+ * them all; bad arguments are EVQ_EINVAL. */
+static void batches_are_taken_and_acked_together(void **state)
+{
+    (void)state;
+    evq_queue *q = open_fresh(NULL, NULL);
+    evq_msg *msgs[8];
+    unsigned char seen[10] = {0};
+    for (int i = 0; i < 10; i++) {
+        evq_event *ev = numbered(i);
+        assert_evq_ok(evq_enqueue(q, ev));
+        evq_event_free(ev);
+    }
+    int total = 0;
+    while (total < 10) {
+        int n = evq_dequeue_batch(q, msgs, 4, 10000);
+        assert_true(n >= 1 && n <= 4);
+        for (int i = 0; i < n; i++) {
+            json_int_t k = number_of(evq_msg_event(msgs[i]));
+            assert_true(k >= 0 && k < 10 && !seen[k]);
+            seen[k] = 1;
+        }
+        assert_evq_ok(evq_ack_batch(msgs, (size_t)n));
+        total += n;
+    }
+    assert_int_equal(evq_dequeue_batch(q, msgs, 8, 0), EVQ_ETIMEDOUT);
+    assert_evq_err(evq_dequeue_batch(NULL, msgs, 8, 0), EVQ_EINVAL);
+    assert_evq_err(evq_dequeue_batch(q, NULL, 8, 0), EVQ_EINVAL);
+    assert_evq_err(evq_dequeue_batch(q, msgs, 0, 0), EVQ_EINVAL);
+    assert_evq_err(evq_ack_batch(NULL, 1), EVQ_EINVAL);
+    assert_evq_ok(evq_ack_batch(NULL, 0));
+    msgs[0] = NULL;
+    assert_evq_err(evq_ack_batch(msgs, 1), EVQ_EINVAL);
+    assert_errmsg_has("1 of 1 acks failed");
+    evq_queue_close(q);
+}
+
 /* ---- deleting a queue -------------------------------------------------- */
 
 /* evq_queue_delete takes every event with it (ready, delayed, out with a
@@ -1461,6 +1500,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(async_misuse_is_a_clear_error),
         cmocka_unit_test(close_reports_everything_in_flight),
         cmocka_unit_test(a_killed_async_producer_loses_nothing_reported),
+        cmocka_unit_test(batches_are_taken_and_acked_together),
         cmocka_unit_test(a_deleted_queue_is_gone),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
