@@ -114,10 +114,11 @@ static void wake_waiter(const char *id, int rc, void *arg)
     atomic_fetch_sub(&w->left, 1);
 }
 
+static void *sender_main(void *arg);
+
 /* Sends what waits (whole user batches, up to PIPE_BATCH events) and
  * reports it.  mu held on entry and on return, released meanwhile; the
  * caller saw !sending and waiting > 0. */
-static void *sender_main(void *arg);
 static void send_batch(evq__pipe *p)
 {
     pitem *first = p->head, *last = NULL;

@@ -444,6 +444,41 @@ static int reach_brokers(khandle *h)
                     rd_kafka_err2str(e)));
 }
 
+/* Admin API options with both timeouts set to tmo ms. */
+static rd_kafka_AdminOptions_t *admin_options(khandle *h,
+                                              rd_kafka_admin_op_t op, int tmo)
+{
+    char err[256];
+    rd_kafka_AdminOptions_t *ao = rd_kafka_AdminOptions_new(h->prod, op);
+    rd_kafka_AdminOptions_set_request_timeout(ao, tmo, err, sizeof err);
+    rd_kafka_AdminOptions_set_operation_timeout(ao, tmo, err, sizeof err);
+    return ao;
+}
+
+/* The outcome for the one topic of a CreateTopics or DeleteTopics result
+ * (`ev` NULL: the wait timed out), and the broker's words in *why. */
+static rd_kafka_resp_err_t topic_outcome(rd_kafka_event_t *ev,
+                                         const char **why)
+{
+    if (!ev)
+        return RD_KAFKA_RESP_ERR__TIMED_OUT;
+    if (rd_kafka_event_error(ev)) {
+        *why = rd_kafka_event_error_string(ev);
+        return rd_kafka_event_error(ev);
+    }
+    size_t cnt = 0;
+    const rd_kafka_topic_result_t **tr =
+        rd_kafka_event_type(ev) == RD_KAFKA_EVENT_CREATETOPICS_RESULT
+            ? rd_kafka_CreateTopics_result_topics(
+                  rd_kafka_event_CreateTopics_result(ev), &cnt)
+            : rd_kafka_DeleteTopics_result_topics(
+                  rd_kafka_event_DeleteTopics_result(ev), &cnt);
+    if (cnt != 1)
+        return RD_KAFKA_RESP_ERR__FAIL;
+    *why = rd_kafka_topic_result_error_string(tr[0]);
+    return rd_kafka_topic_result_error(tr[0]);
+}
+
 /* Creates the topic (and its dead-letter twin is made the same way when
  * opened) with the Admin API.  A topic that exists is fine.  When the
  * broker cannot create it in time (no Admin API, no controller), the
@@ -462,26 +497,12 @@ static void create_topic(khandle *h, const evq__optset *opts)
         return;
     }
     rd_kafka_AdminOptions_t *ao =
-        rd_kafka_AdminOptions_new(h->prod, RD_KAFKA_ADMIN_OP_CREATETOPICS);
-    rd_kafka_AdminOptions_set_request_timeout(ao, tmo, err, sizeof err);
-    rd_kafka_AdminOptions_set_operation_timeout(ao, tmo, err, sizeof err);
+        admin_options(h, RD_KAFKA_ADMIN_OP_CREATETOPICS, tmo);
     rd_kafka_queue_t *rq = rd_kafka_queue_new(h->prod);
     rd_kafka_CreateTopics(h->prod, &nt, 1, ao, rq);
     rd_kafka_event_t *ev = rd_kafka_queue_poll(rq, tmo + 2000);
-    rd_kafka_resp_err_t e = RD_KAFKA_RESP_ERR__TIMED_OUT;
     const char *why = NULL;
-    if (ev && rd_kafka_event_error(ev)) {
-        e = rd_kafka_event_error(ev);
-        why = rd_kafka_event_error_string(ev);
-    } else if (ev) {
-        size_t cnt = 0;
-        const rd_kafka_topic_result_t **tr =
-            rd_kafka_CreateTopics_result_topics(
-                rd_kafka_event_CreateTopics_result(ev), &cnt);
-        e = cnt == 1 ? rd_kafka_topic_result_error(tr[0])
-                     : RD_KAFKA_RESP_ERR__FAIL;
-        why = cnt == 1 ? rd_kafka_topic_result_error_string(tr[0]) : NULL;
-    }
+    rd_kafka_resp_err_t e = topic_outcome(ev, &why);
     if (e && e != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS)
         snprintf(h->create_note, sizeof h->create_note,
                  "creating topic '%.64s' failed (%s), relying on the "
@@ -1442,30 +1463,15 @@ static int kafka_open(void **state, const evq__url *url, const char *name,
 static int kafka_destroy(void *state)
 {
     khandle *h = state;
-    char err[256];
     int tmo = (int)h->connect_ms; /* an answer, not a delivery, is awaited */
     rd_kafka_queue_t *rq = rd_kafka_queue_new(h->prod);
     rd_kafka_AdminOptions_t *ao =
-        rd_kafka_AdminOptions_new(h->prod, RD_KAFKA_ADMIN_OP_DELETETOPICS);
-    rd_kafka_AdminOptions_set_request_timeout(ao, tmo, err, sizeof err);
-    rd_kafka_AdminOptions_set_operation_timeout(ao, tmo, err, sizeof err);
+        admin_options(h, RD_KAFKA_ADMIN_OP_DELETETOPICS, tmo);
     rd_kafka_DeleteTopic_t *dt = rd_kafka_DeleteTopic_new(h->topic);
     rd_kafka_DeleteTopics(h->prod, &dt, 1, ao, rq);
     rd_kafka_event_t *ev = rd_kafka_queue_poll(rq, tmo + 2000);
-    rd_kafka_resp_err_t e = RD_KAFKA_RESP_ERR__TIMED_OUT;
     const char *why = NULL;
-    if (ev && rd_kafka_event_error(ev)) {
-        e = rd_kafka_event_error(ev);
-        why = rd_kafka_event_error_string(ev);
-    } else if (ev) {
-        size_t cnt = 0;
-        const rd_kafka_topic_result_t **tr =
-            rd_kafka_DeleteTopics_result_topics(
-                rd_kafka_event_DeleteTopics_result(ev), &cnt);
-        e = cnt == 1 ? rd_kafka_topic_result_error(tr[0])
-                     : RD_KAFKA_RESP_ERR__FAIL;
-        why = cnt == 1 ? rd_kafka_topic_result_error_string(tr[0]) : NULL;
-    }
+    rd_kafka_resp_err_t e = topic_outcome(ev, &why);
     int rc = 0;
     if (e && e != RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
         rc = with_broker_note(
