@@ -267,6 +267,7 @@ static void flush_reports_failures_nobody_was_told_of(void **state)
     (void)state;
     evq_queue *q = open_q("memory://?capacity=1&overflow=error", "silent");
     evq_event *ev = numbered(1);
+    assert_evq_ok(evq_enqueue(q, ev)); /* full: what follows cannot fit */
     for (int i = 0; i < 5; i++)
         assert_evq_ok(evq_enqueue_async(q, ev, 0, NULL, NULL));
     assert_evq_err(evq_flush(q, 10000), EVQ_EFULL);
