@@ -317,7 +317,26 @@ typedef struct evq__delivery {
      * timer never runs out later.  Moved on by a successful touch.  0 on
      * backends that keep a delivery with its consumer while it lives. */
     int64_t lease_ns;
+    /* Set by backends whose broker has no delays (nats, kafka): the Unix
+     * time in ms before which the read-ahead does not hand it out (0: due
+     * now); see EVQ__HDR_DUE. */
+    int64_t due_ms;
+    /* An ordering key (borrowed from the token, NULL for none): the
+     * read-ahead hands out one delivery of a key at a time. */
+    const char *key;
 } evq__delivery;
+
+/* The headers that carry a delayed event's due time (Unix ms, decimal)
+ * and the attempts it had before, on brokers without delays of their own.
+ * Spelled one way on every backend; a reader also accepts the spellings
+ * of earlier versions (EVQ__HDR_DUE_OLD). */
+#define EVQ__HDR_DUE     "evq-due"
+#define EVQ__HDR_ATTEMPT "evq-attempt"
+#define EVQ__HDR_DUE_OLD     "Evq-Due", "evq_due"
+#define EVQ__HDR_ATTEMPT_OLD "evq_attempt"
+/* A header value as a non-negative decimal integer; 0 when absent or
+ * not one. */
+int64_t evq__hdr_int(const void *value, size_t len);
 
 /* The failure of a touch or settle whose lease has passed to another
  * consumer (or may have: the local lease clock ran out). */
@@ -355,6 +374,39 @@ void evq__pipe_free(evq__pipe *p);
 /* Whether the calling thread is inside a done callback. */
 bool evq__pipe_in_done(void);
 
+/* ---- the backend kit: reconnect policy and read-ahead (readahead.c) ----- */
+
+/* One backoff for every reconnect: reconnect_initial_ms, doubling up to
+ * reconnect_max_ms (core options). */
+typedef struct evq__reconnect {
+    int64_t initial_ms, max_ms;
+} evq__reconnect;
+void evq__reconnect_init(evq__reconnect *r, const evq__optset *set);
+/* The pause before try number failures + 1 (failures >= 1). */
+int64_t evq__reconnect_pause_ms(const evq__reconnect *r, int failures);
+void evq__sleep_ms(int64_t ms);
+
+/* The read-ahead of one handle on a backend with `fetch`; see
+ * readahead.c. */
+typedef struct evq__ra evq__ra;
+struct evq_backend_ops;
+int evq__ra_new(evq__ra **out, const struct evq_backend_ops *ops, void *state,
+                size_t prefetch, const evq__reconnect *policy);
+/* Up to max deliveries into out, waiting up to timeout_ms (< 0: forever)
+ * for the first: the count, or EVQ_ETIMEDOUT, EVQ_ECLOSED (interrupted),
+ * EVQ_ECONN (the broker was away until the timeout), or the fetch's
+ * error.  Any number of threads. */
+int evq__ra_take(evq__ra *ra, evq__delivery *out, size_t max, int timeout_ms);
+/* A delivery handed out is being settled: the next of its key may go. */
+void evq__ra_settled(evq__ra *ra, const evq__delivery *d);
+/* Deliveries fetched and not handed out (the broker counts them as out;
+ * to the user they are still waiting). */
+size_t evq__ra_buffered(evq__ra *ra);
+/* Later takes fail with EVQ_ECLOSED; what is buffered goes back. */
+void evq__ra_interrupt(evq__ra *ra);
+/* Gives back what is buffered and frees; no call on ra runs. */
+void evq__ra_free(evq__ra *ra);
+
 struct evq_backend_ops {
     const char *scheme;
     unsigned flags;
@@ -366,13 +418,32 @@ struct evq_backend_ops {
     /* Accepts `n` items; returns once they are as durable as the backend
      * promises.  May block (full queue).  Required. */
     int (*enqueue)(void *state, const evq__item *items, size_t n);
-    /* Fills `d` with the next ready delivery, waiting up to timeout_ms.
-     * EVQ_ETIMEDOUT, EVQ_ECLOSED after interrupt.  Required. */
-    int (*dequeue)(void *state, evq__delivery *d, int timeout_ms);
-    /* Settle a delivery `d` (as dequeue filled it); it is invalid
-     * afterwards.  nack makes it deliverable again after delay_ms with the
-     * attempt count kept (the next dequeue raises it).  Required. */
-    int (*ack)(void *state, evq__delivery *d);
+    /* A backend gives either dequeue (it never waits on a broker to hand
+     * out events: memory) or fetch and hand_back (the read-ahead does the
+     * buffering, the waiting, the slices and the reconnect pauses).
+     *
+     * dequeue: fills d[0..max) with ready deliveries, waiting up to
+     * timeout_ms for the first; the count, or EVQ_ETIMEDOUT, or
+     * EVQ_ECLOSED after interrupt. */
+    int (*dequeue)(void *state, evq__delivery *d, size_t max, int timeout_ms);
+    /* fetch: one trip to the broker for up to max deliveries into d,
+     * waiting up to wait_ms (0: what is there now) for the first; the
+     * count (0: none in time), or an error (EVQ_ECONN: the broker is
+     * away; the read-ahead tries again after a pause).  One caller at a
+     * time.  hand_back: deliveries fetched and never handed out go back
+     * to the queue with their attempt counts unchanged (unless no longer
+     * this consumer's), and are freed. */
+    int (*fetch)(void *state, evq__delivery *d, size_t max, int wait_ms);
+    void (*hand_back)(void *state, evq__delivery *d, size_t n);
+    /* The option giving how many deliveries one fetch asks for (64 when
+     * NULL). */
+    const char *prefetch_opt;
+    /* Settle deliveries (as dequeue or fetch filled them); they are
+     * invalid afterwards.  ack takes n of them (the first failure is
+     * returned; every one is freed).  nack makes one deliverable again
+     * after delay_ms with the attempt count kept (the next dequeue raises
+     * it).  Required. */
+    int (*ack)(void *state, evq__delivery **d, size_t n);
     int (*nack)(void *state, evq__delivery *d, int64_t delay_ms);
     /* Tells the server a delivery is still being worked on, so it is not
      * given to another consumer meanwhile, and moves d->lease_ns on.

@@ -36,6 +36,11 @@ const evq__opt_spec evq__core_opts[] = {
     {"overflow", EVQ__OPT_ENUM, "block", 0, 0, "block|error",
      "when the queue (memory://) or max_in_flight is full: block the "
      "producer, or fail with EVQ_EFULL"},
+    {"reconnect_initial_ms", EVQ__OPT_INT, "50", 1, 600000, NULL,
+     "first pause before a connection to the server is tried again; each "
+     "failure doubles it"},
+    {"reconnect_max_ms", EVQ__OPT_INT, "2000", 1, 3600000, NULL,
+     "longest pause between tries to reach the server"},
     {"create", EVQ__OPT_BOOL, "true", 0, 0, NULL,
      "create what the queue needs (file, tables, stream, consumer, topic) "
      "when missing; false: a missing queue is an error (EVQ_ENOENT), and "

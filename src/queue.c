@@ -26,6 +26,7 @@ struct evq_queue {
     char *dead_name;
     int64_t lease_ns; /* visibility timeout in ns; 0 without leases */
     evq__pipe *pipe;  /* the send pipeline */
+    evq__ra *ra;      /* the read-ahead of a backend with fetch, else NULL */
     atomic_bool closed;
     pthread_mutex_t dead_lock;
     evq_queue *dead; /* opened on first use */
@@ -68,8 +69,8 @@ const struct evq_backend_ops *evq__backend_find(const char *scheme)
 
 static bool ops_complete(const struct evq_backend_ops *o)
 {
-    return o->open && o->enqueue && o->dequeue && o->ack && o->nack &&
-           o->interrupt && o->close;
+    return o->open && o->enqueue && (o->dequeue || (o->fetch && o->hand_back)) &&
+           o->ack && o->nack && o->interrupt && o->close;
 }
 
 static int check_name(const char *name)
@@ -97,6 +98,7 @@ static void queue_release(evq_queue *q)
 {
     if (atomic_fetch_sub(&q->refs, 1) != 1)
         return;
+    evq__ra_free(q->ra); /* gives back what it holds: before close */
     q->ops->close(q->state);
     evq__pipe_free(q->pipe);
     evq_queue_close(q->dead);
@@ -184,6 +186,19 @@ int evq_queue_open(evq_queue **qp, const char *url, const char *name,
         evq__err_prefix(rc, "opening queue '%s' on %s", name, u.redacted);
         goto fail;
     }
+    if (ops->fetch) {
+        evq__reconnect policy;
+        evq__reconnect_init(&policy, &q->opts);
+        int64_t prefetch =
+            ops->prefetch_opt
+                ? evq__opt_int(&q->opts, ops->opts, ops->prefetch_opt)
+                : 64;
+        if ((rc = evq__ra_new(&q->ra, ops, q->state, (size_t)prefetch,
+                              &policy)) != 0) {
+            ops->close(q->state);
+            goto fail;
+        }
+    }
     evq__url_free(&u);
     *qp = q;
     return 0;
@@ -201,6 +216,15 @@ out:
     return rc;
 }
 
+/* Wakes what waits on the backend; the read-ahead gives back what it
+ * holds. */
+static int queue_interrupt(evq_queue *q)
+{
+    if (q->ra)
+        evq__ra_interrupt(q->ra);
+    return q->ops->interrupt(q->state);
+}
+
 void evq_queue_close(evq_queue *q)
 {
     if (!q)
@@ -208,7 +232,7 @@ void evq_queue_close(evq_queue *q)
     /* what was accepted is sent and reported first */
     evq__pipe_close(q->pipe);
     atomic_store(&q->closed, true);
-    q->ops->interrupt(q->state);
+    queue_interrupt(q);
     queue_release(q);
 }
 
@@ -227,7 +251,7 @@ int evq_queue_interrupt(evq_queue *q)
     if (!q)
         return evq__err(EVQ_EINVAL, "evq_queue_interrupt: q is NULL");
     evq__pipe_interrupt(q->pipe);
-    return q->ops->interrupt(q->state);
+    return queue_interrupt(q);
 }
 
 const char *evq_queue_scheme(const evq_queue *q)
@@ -480,6 +504,22 @@ int evq_queue_open_dead(evq_queue **dead, evq_queue *q)
     return rc;
 }
 
+/* Settling through the backend; the read-ahead first lets the next
+ * delivery of the same ordering key go. */
+static int backend_ack(evq_queue *q, evq__delivery *d)
+{
+    if (q->ra)
+        evq__ra_settled(q->ra, d);
+    return q->ops->ack(q->state, &d, 1);
+}
+
+static int backend_nack(evq_queue *q, evq__delivery *d, int64_t delay_ms)
+{
+    if (q->ra)
+        evq__ra_settled(q->ra, d);
+    return q->ops->nack(q->state, d, delay_ms);
+}
+
 /* The dead-letter queue of `q`, opened on first use. */
 static int dead_queue(evq_queue *q, evq_queue **dead)
 {
@@ -549,7 +589,7 @@ static int dead_letter_raw(evq_queue *q, evq__delivery *d, const char *reason)
     if (!rc)
         rc = dead_write(q, dl, reason, d->attempt);
     if (!rc)
-        rc = q->ops->ack(q->state, d);
+        rc = backend_ack(q, d);
     evq_event_free(dl);
     return rc;
 }
@@ -567,11 +607,11 @@ static bool lease_fresh(evq_queue *q, evq__delivery *d)
     int rc = q->ops->touch(q->state, d);
     if (rc == 0 || (rc != EVQ_ESTATE && left > 0))
         return true;
-    q->ops->nack(q->state, d, 0); /* frees d; settles nothing not ours */
+    backend_nack(q, d, 0); /* frees d; settles nothing not ours */
     return false;
 }
 
-/* What is left of a dequeue's wait after a message it passed over: the
+/* What is left of a dequeue's wait after messages it passed over: the
  * timeout for the next try, or EVQ_ETIMEDOUT once it is spent. */
 static int time_left(int64_t deadline, int *timeout_ms)
 {
@@ -584,79 +624,88 @@ static int time_left(int64_t deadline, int *timeout_ms)
     return 0;
 }
 
-int evq_dequeue(evq_queue *q, evq_msg **msgp, int timeout_ms)
+/* The event of delivery d: its own (by reference) or decoded; NULL when
+ * it could not be decoded, and then it went to the dead letters (or back
+ * to the queue, with *rc set, when that failed). */
+static evq_event *delivery_event(evq_queue *q, evq__delivery *d, bool *owns,
+                                 int *rc)
 {
-    int64_t deadline;
-    int rc;
+    evq_event *ev = NULL;
+    int drc;
+    *owns = false;
+    if (d->ev)
+        return d->ev;
+    if (d->full_len > d->len)
+        drc = evq__err(EVQ_ETOOBIG,
+                       "stored message of %zu bytes is larger than "
+                       "max_event_bytes=%zu; only its first %zu bytes were "
+                       "read",
+                       d->full_len, q->lim.max_bytes, d->len);
+    else
+        drc = q->codec ? q->codec->decode(d->bytes, d->len, &q->lim, &ev)
+                       : evq__err(EVQ_EDECODE, "no codec for raw bytes");
+    if (drc == 0) {
+        *owns = true;
+        return ev;
+    }
+    char reason[512];
+    snprintf(reason, sizeof reason, "%s: %s", evq_strerror(drc), evq_errmsg());
+    if ((drc = dead_letter_raw(q, d, reason)) != 0) {
+        /* Keep it rather than lose it: redeliver later. */
+        backend_nack(q, d, 1000);
+        *rc = evq__err_prefix(drc, "could not dead-letter an undecodable "
+                                   "message");
+    }
+    return NULL;
+}
 
-    if (!q || !msgp)
-        return evq__err(EVQ_EINVAL, "evq_dequeue: %s is NULL",
-                        q ? "msg" : "queue");
-    *msgp = NULL;
-    deadline = timeout_ms > 0 ? evq__deadline_ns(timeout_ms) : 0;
-    for (;;) {
-        evq__delivery d = {0};
-        evq_event *ev;
-        bool owns = false;
-
-        rc = q->ops->dequeue(q->state, &d, timeout_ms);
-        if (rc)
-            return rc;
-        if (d.lease_ns && !lease_fresh(q, &d)) {
-            if ((rc = time_left(deadline, &timeout_ms)) != 0)
-                return rc;
+/* Turns deliveries d[0..n) into messages at msgs[0..): those whose lease
+ * is gone are passed over, the undecodable dead-lettered.  Returns how many
+ * messages it made; *rc gets the first failure. */
+static size_t make_msgs(evq_queue *q, evq__delivery *d, size_t n,
+                        evq_msg **msgs, int *rc)
+{
+    size_t got = 0;
+    for (size_t i = 0; i < n; i++) {
+        bool owns;
+        if (d[i].lease_ns && !lease_fresh(q, &d[i]))
             continue;
-        }
-        if (d.ev) {
-            ev = d.ev;
-        } else {
-            if (d.full_len > d.len)
-                rc = evq__err(EVQ_ETOOBIG,
-                              "stored message of %zu bytes is larger than "
-                              "max_event_bytes=%zu; only its first %zu "
-                              "bytes were read",
-                              d.full_len, q->lim.max_bytes, d.len);
-            else
-                rc = q->codec ? q->codec->decode(d.bytes, d.len, &q->lim, &ev)
-                              : evq__err(EVQ_EDECODE, "no codec for raw bytes");
-            if (rc) {
-                char reason[512];
-                snprintf(reason, sizeof reason, "%s: %s", evq_strerror(rc),
-                         evq_errmsg());
-                if ((rc = dead_letter_raw(q, &d, reason)) != 0) {
-                    /* Keep it rather than lose it: redeliver later. */
-                    q->ops->nack(q->state, &d, 1000);
-                    return evq__err_prefix(rc, "could not dead-letter an "
-                                               "undecodable message");
-                }
-                if ((rc = time_left(deadline, &timeout_ms)) != 0)
-                    return rc;
-                continue;
-            }
-            owns = true;
-        }
+        evq_event *ev = delivery_event(q, &d[i], &owns, rc);
+        if (!ev)
+            continue;
         evq_msg *m = malloc(sizeof *m);
         if (!m) {
             if (owns)
                 evq_event_free(ev);
-            q->ops->nack(q->state, &d, 0);
-            return evq__err(EVQ_ENOMEM, "out of memory");
+            backend_nack(q, &d[i], 0);
+            *rc = evq__err(EVQ_ENOMEM, "out of memory");
+            continue;
         }
-        atomic_store_explicit(&ev->attempt, d.attempt, memory_order_relaxed);
+        atomic_store_explicit(&ev->attempt, d[i].attempt,
+                              memory_order_relaxed);
         m->q = q;
         m->ev = ev;
         m->owns_ev = owns;
-        m->d = d;
-        atomic_fetch_add_explicit(&q->refs, 1, memory_order_relaxed);
-        atomic_fetch_add_explicit(&q->dequeued, 1, memory_order_relaxed);
-        *msgp = m;
-        return 0;
+        m->d = d[i];
+        msgs[got++] = m;
     }
+    if (got) {
+        atomic_fetch_add_explicit(&q->refs, (int)got, memory_order_relaxed);
+        atomic_fetch_add_explicit(&q->dequeued, got, memory_order_relaxed);
+    }
+    return got;
 }
+
+/* Deliveries taken from the backend at once (a batch decoded together). */
+#define TAKE_MAX 128
 
 int evq_dequeue_batch(evq_queue *q, evq_msg **msgs, size_t max,
                       int timeout_ms)
 {
+    evq__delivery d[TAKE_MAX];
+    size_t got = 0;
+    int rc = 0;
+
     if (!q || !msgs || max == 0)
         return evq__err(EVQ_EINVAL, "evq_dequeue_batch: %s",
                         !q      ? "q is NULL"
@@ -664,15 +713,43 @@ int evq_dequeue_batch(evq_queue *q, evq_msg **msgs, size_t max,
                                 : "max is 0");
     if (max > INT_MAX)
         max = INT_MAX;
-    int rc = evq_dequeue(q, &msgs[0], timeout_ms);
-    if (rc)
-        return rc;
-    size_t n = 1;
-    /* what is ready now joins it; a failure here is the next call's */
-    while (n < max && evq_dequeue(q, &msgs[n], 0) == 0)
-        n++;
+    int64_t deadline = timeout_ms > 0 ? evq__deadline_ns(timeout_ms) : 0;
+    while (got < max) {
+        size_t want = max - got < TAKE_MAX ? max - got : TAKE_MAX;
+        memset(d, 0, want * sizeof *d);
+        int n = q->ra ? evq__ra_take(q->ra, d, want, got ? 0 : timeout_ms)
+                      : q->ops->dequeue(q->state, d, want,
+                                        got ? 0 : timeout_ms);
+        if (n <= 0) {
+            if (got)
+                break; /* a failure here is the next call's */
+            return n ? n : evq__err(EVQ_EIO, "backend gave no event");
+        }
+        int mrc = 0;
+        size_t made = make_msgs(q, d, (size_t)n, msgs + got, &mrc);
+        got += made;
+        if (got == 0) {
+            if (mrc)
+                return mrc;
+            if ((rc = time_left(deadline, &timeout_ms)) != 0)
+                return rc;
+            continue;
+        }
+        if ((size_t)n < want)
+            break; /* that was all that was ready */
+    }
     evq__err_clear();
-    return (int)n;
+    return (int)got;
+}
+
+int evq_dequeue(evq_queue *q, evq_msg **msgp, int timeout_ms)
+{
+    if (!q || !msgp)
+        return evq__err(EVQ_EINVAL, "evq_dequeue: %s is NULL",
+                        q ? "msg" : "queue");
+    *msgp = NULL;
+    int n = evq_dequeue_batch(q, msgp, 1, timeout_ms);
+    return n == 1 ? 0 : n;
 }
 
 const evq_event *evq_msg_event(const evq_msg *m)
@@ -689,15 +766,28 @@ static void msg_free(evq_msg *m)
     queue_release(q);
 }
 
+/* Acks msgs[0..n), all of one queue, in one backend call. */
+static int ack_run(evq_msg **msgs, size_t n)
+{
+    evq_queue *q = msgs[0]->q;
+    evq__delivery *d[TAKE_MAX];
+    for (size_t i = 0; i < n; i++) {
+        d[i] = &msgs[i]->d;
+        if (q->ra)
+            evq__ra_settled(q->ra, d[i]);
+    }
+    int rc = q->ops->ack(q->state, d, n);
+    atomic_fetch_add_explicit(&q->acked, n, memory_order_relaxed);
+    for (size_t i = 0; i < n; i++)
+        msg_free(msgs[i]); /* the last may free q */
+    return rc;
+}
+
 int evq_ack(evq_msg *m)
 {
-    int rc;
     if (!m)
         return evq__err(EVQ_EINVAL, "evq_ack: msg is NULL");
-    rc = m->q->ops->ack(m->q->state, &m->d);
-    atomic_fetch_add_explicit(&m->q->acked, 1, memory_order_relaxed);
-    msg_free(m);
-    return rc;
+    return ack_run(&m, 1);
 }
 
 int evq_ack_batch(evq_msg **msgs, size_t n)
@@ -707,12 +797,26 @@ int evq_ack_batch(evq_msg **msgs, size_t n)
     char why[512] = "";
     if (!msgs && n)
         return evq__err(EVQ_EINVAL, "evq_ack_batch: msgs is NULL");
-    for (size_t i = 0; i < n; i++) {
-        int rc = evq_ack(msgs[i]); /* NULL: EVQ_EINVAL, the rest go on */
-        if (rc && !failed++) {
-            first = rc;
-            snprintf(why, sizeof why, "%s", evq_errmsg());
+    for (size_t i = 0; i < n;) {
+        int rc;
+        size_t k = 1;
+        if (!msgs[i]) {
+            rc = evq__err(EVQ_EINVAL, "a message is NULL");
+        } else {
+            /* a run of messages of one queue goes in one backend call */
+            while (i + k < n && k < TAKE_MAX && msgs[i + k] &&
+                   msgs[i + k]->q == msgs[i]->q)
+                k++;
+            rc = ack_run(msgs + i, k);
         }
+        if (rc) {
+            if (!failed)
+                snprintf(why, sizeof why, "%s", evq_errmsg());
+            if (!first)
+                first = rc;
+            failed += k;
+        }
+        i += k;
     }
     if (failed)
         return evq__err(first, "%zu of %zu acks failed; the first: %s",
@@ -725,7 +829,7 @@ int evq_nack(evq_msg *m, int64_t delay_ms)
     int rc;
     if (!m)
         return evq__err(EVQ_EINVAL, "evq_nack: msg is NULL");
-    rc = m->q->ops->nack(m->q->state, &m->d, delay_ms < 0 ? 0 : delay_ms);
+    rc = backend_nack(m->q, &m->d, delay_ms < 0 ? 0 : delay_ms);
     atomic_fetch_add_explicit(&m->q->nacked, 1, memory_order_relaxed);
     msg_free(m);
     return rc;
@@ -767,7 +871,7 @@ int evq_msg_dead_letter(evq_msg *m, const char *reason)
      * touch proves it is still ours (and keeps it so while writing). */
     if (m->d.lease_ns && (rc = m->q->ops->touch(m->q->state, &m->d)) != 0) {
         if (rc == EVQ_ESTATE) {
-            m->q->ops->nack(m->q->state, &m->d, 0);
+            backend_nack(m->q, &m->d, 0);
             atomic_fetch_add_explicit(&m->q->nacked, 1, memory_order_relaxed);
             msg_free(m);
             return evq__lease_lost("dead-letter");
@@ -775,10 +879,10 @@ int evq_msg_dead_letter(evq_msg *m, const char *reason)
     }
     rc = dead_write(m->q, m->ev, reason, m->d.attempt);
     if (rc) {
-        m->q->ops->nack(m->q->state, &m->d, 0);
+        backend_nack(m->q, &m->d, 0);
         atomic_fetch_add_explicit(&m->q->nacked, 1, memory_order_relaxed);
     } else {
-        rc = m->q->ops->ack(m->q->state, &m->d);
+        rc = backend_ack(m->q, &m->d);
         atomic_fetch_add_explicit(&m->q->acked, 1, memory_order_relaxed);
     }
     msg_free(m);
@@ -794,6 +898,15 @@ int evq_queue_stats(evq_queue *q, struct evq_queue_stats *out)
     out->depth = out->in_flight = out->delayed = out->dead = -1;
     if (q->ops->stats)
         rc = q->ops->stats(q->state, out);
+    if (q->ra && out->depth >= 0 && out->in_flight >= 0) {
+        /* Read ahead but not handed out counts as ready, as it is to the
+         * user. */
+        int64_t b = (int64_t)evq__ra_buffered(q->ra);
+        if (b > out->in_flight)
+            b = out->in_flight;
+        out->depth += b;
+        out->in_flight -= b;
+    }
     out->enqueued = atomic_load(&q->enqueued);
     out->dequeued = atomic_load(&q->dequeued);
     out->acked = atomic_load(&q->acked);

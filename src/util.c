@@ -26,6 +26,20 @@ int64_t evq__now_real_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+int64_t evq__hdr_int(const void *value, size_t len)
+{
+    const char *s = value;
+    int64_t v = 0;
+    if (!s || len == 0 || len > 18)
+        return 0;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return 0;
+        v = v * 10 + (s[i] - '0');
+    }
+    return v;
+}
+
 int64_t evq__deadline_ns(int timeout_ms)
 {
     if (timeout_ms < 0)

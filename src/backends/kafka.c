@@ -19,14 +19,18 @@
  *   partition are out at once (the partition is paused meanwhile).  A
  *   consumer joins the group at its first dequeue, so a handle that only
  *   produces takes no partitions.
- * - Nack, delayed enqueue: the event is produced again with headers
- *   evq_attempt (deliveries so far) and evq_due (Unix ms), and the nacked
- *   offset counts as finished.  A consumer holds an event that is not due
- *   yet in memory, unfinished, so only its own partition's commits wait
- *   for it; other partitions go on.
+ * - Nack, delayed enqueue: the event is produced again with the kit's
+ *   headers evq-attempt (deliveries so far) and evq-due (Unix ms; the
+ *   evq_attempt and evq_due of earlier versions are read too), and the
+ *   nacked offset counts as finished.  The read-ahead holds an event that
+ *   is not due yet in memory, unfinished, so only its own partition's
+ *   commits wait for it; other partitions go on.
+ * - kafka.ordering=key: each message's key is its delivery's ordering
+ *   key, so the read-ahead hands out one event of a key at a time.
  * - On a rebalance, finished offsets of the revoked partitions are
- *   committed synchronously; what was fetched and not handed out is
- *   dropped, and the partition's new owner reads it again.
+ *   committed synchronously; what was polled and not yet fetched is
+ *   dropped, and the partition's new owner reads it again (what the
+ *   read-ahead holds may still be handled here: at least once).
  * - Long handlers: librdkafka takes a consumer that has not polled for
  *   max.poll.interval.ms out of its group, and its unfinished events to
  *   another member (or back to itself, read again).  So while every thread
@@ -62,6 +66,8 @@ static const evq__opt_spec kafka_opts[] = {
      "replication factor of a topic evq creates (-1: the broker's default)"},
     {"kafka.create_timeout_ms", EVQ__OPT_INT, "5000", 100, 600000, NULL,
      "longest open waits for the topic's creation"},
+    {"kafka.prefetch", EVQ__OPT_INT, "256", 1, 100000, NULL,
+     "messages taken from the consumer at once"},
     {"kafka.max_in_flight", EVQ__OPT_INT, "1000", 1, 1000000, NULL,
      "events of one partition handed out and not finished before the "
      "partition is paused"},
@@ -98,7 +104,7 @@ typedef struct kmsg {
     int64_t due; /* Unix ms; 0 when due */
     int attempt;
     evq_event *ev; /* built from ce_* headers (binary mode) */
-    char *key;     /* with kafka.ordering=key: its key, while handed out */
+    char *key;     /* with kafka.ordering=key: its ordering key */
 } kmsg;
 
 typedef struct kbatch {
@@ -114,9 +120,6 @@ typedef struct khandle {
     evq_codec_limits lim;     /* max_event_bytes, max_depth */
     bool binary;
     bool by_key; /* kafka.ordering=key */
-    pthread_mutex_t busy_mu;
-    char **busy; /* keys of events handed out and not settled */
-    size_t n_busy, cap_busy;
     int max_in_flight;
     int64_t timeout_ms, commit_every_ms;
     evq__optset props; /* rdkafka.* given */
@@ -128,12 +131,10 @@ typedef struct khandle {
     rd_kafka_t *meta; /* reads the group's offsets for stats when this
                          handle has no consumer; never joins the group */
     /* consumer, made at the first dequeue */
-    pthread_mutex_t rd_mu; /* consumer polls and the fetched buffer */
+    pthread_mutex_t rd_mu; /* consumer polls and the polled buffer */
     rd_kafka_t *cons;
-    kmsg **buf; /* ready to hand out */
+    kmsg **buf; /* polled, not yet fetched (the keepalive polls too) */
     size_t n_buf, cap_buf;
-    kmsg **held; /* not due yet */
-    size_t n_held, cap_held;
     pthread_mutex_t trk_mu; /* partitions' offsets */
     kpart *parts;
     size_t n_parts;
@@ -581,7 +582,7 @@ static int kafka_enqueue(void *state, const evq__item *items, size_t n)
         if (it->delay_ms > 0) {
             char due[32];
             snprintf(due, sizeof due, "%lld", (long long)(now + it->delay_ms));
-            rd_kafka_header_add(hd, "evq_due", -1, due, -1);
+            rd_kafka_header_add(hd, EVQ__HDR_DUE, -1, due, -1);
         }
         e = produce(h, val, len, key, hd, &b);
         free(owned);
@@ -747,28 +748,6 @@ static void commit(khandle *h, bool sync)
 /* ---- consumer
  * ---------------------------------------------------------------- */
 
-static bool key_busy(khandle *h, const char *key)
-{
-    for (size_t i = 0; key && i < h->n_busy; i++)
-        if (strcmp(h->busy[i], key) == 0)
-            return true;
-    return false;
-}
-
-/* A settled event's key is free again (takes busy_mu). */
-static void key_release(khandle *h, const char *key)
-{
-    if (!key)
-        return;
-    pthread_mutex_lock(&h->busy_mu);
-    for (size_t i = 0; i < h->n_busy; i++)
-        if (h->busy[i] == key) {
-            h->busy[i] = h->busy[--h->n_busy];
-            break;
-        }
-    pthread_mutex_unlock(&h->busy_mu);
-}
-
 static void kmsg_free(kmsg *m)
 {
     if (!m)
@@ -780,26 +759,22 @@ static void kmsg_free(kmsg *m)
     free(m);
 }
 
-/* Drops what was fetched from partitions no longer ours (rd_mu held). */
+/* Drops what was polled from partitions no longer ours (rd_mu held). */
 static void drop_revoked(khandle *h,
                          const rd_kafka_topic_partition_list_t *revoked)
 {
-    kmsg ***lists[2] = {&h->buf, &h->held};
-    size_t *counts[2] = {&h->n_buf, &h->n_held};
-    for (int li = 0; li < 2; li++) {
-        size_t k = 0;
-        for (size_t i = 0; i < *counts[li]; i++) {
-            kmsg *m = (*lists[li])[i];
-            bool gone = false;
-            for (int r = 0; r < revoked->cnt && !gone; r++)
-                gone = revoked->elems[r].partition == m->partition;
-            if (gone)
-                kmsg_free(m);
-            else
-                (*lists[li])[k++] = m;
-        }
-        *counts[li] = k;
+    size_t k = 0;
+    for (size_t i = 0; i < h->n_buf; i++) {
+        kmsg *m = h->buf[i];
+        bool gone = false;
+        for (int r = 0; r < revoked->cnt && !gone; r++)
+            gone = revoked->elems[r].partition == m->partition;
+        if (gone)
+            kmsg_free(m);
+        else
+            h->buf[k++] = m;
     }
+    h->n_buf = k;
 }
 
 static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
@@ -886,16 +861,16 @@ static const char *hdr(rd_kafka_headers_t *hd, const char *name, size_t *len)
     return v;
 }
 
-static int64_t hdr_int(rd_kafka_headers_t *hd, const char *name)
+/* The integer in header `name`, or else in one of the spellings `old`
+ * of earlier versions; 0 when none is there. */
+static int64_t hdr_int(rd_kafka_headers_t *hd, const char *name,
+                       const char *const *old, size_t n_old)
 {
     size_t l = 0;
     const char *v = hdr(hd, name, &l);
-    char tmp[32];
-    if (!v || l == 0 || l >= sizeof tmp)
-        return 0;
-    memcpy(tmp, v, l);
-    tmp[l] = '\0';
-    return strtoll(tmp, NULL, 10);
+    for (size_t i = 0; !v && i < n_old; i++)
+        v = hdr(hd, old[i], &l);
+    return v ? evq__hdr_int(v, l) : 0;
 }
 
 /* A binary-mode message (ce_* headers) as an event; NULL when it is not
@@ -923,8 +898,8 @@ static evq_event *from_binary(const khandle *h, rd_kafka_message_t *rm,
     return ev;
 }
 
-/* Takes one message from the consumer into the buffer (rd_mu held);
- * EVQ_ETIMEDOUT when none came within wait_ms. */
+/* Takes one message from the consumer into the polled buffer (rd_mu
+ * held); EVQ_ETIMEDOUT when none came within wait_ms. */
 static int poll_one(khandle *h, int wait_ms)
 {
     rd_kafka_message_t *rm = rd_kafka_consumer_poll(h->cons, wait_ms);
@@ -949,8 +924,13 @@ static int poll_one(khandle *h, int wait_ms)
     m->offset = rm->offset;
     rd_kafka_headers_t *hd = NULL;
     rd_kafka_message_headers(rm, &hd);
-    m->due = hdr_int(hd, "evq_due");
-    m->attempt = (int)hdr_int(hd, "evq_attempt") + 1;
+    static const char *const old_due[] = {EVQ__HDR_DUE_OLD},
+                             *const old_att[] = {EVQ__HDR_ATTEMPT_OLD};
+    m->due = hdr_int(hd, EVQ__HDR_DUE, old_due, 2);
+    m->attempt =
+        (int)hdr_int(hd, EVQ__HDR_ATTEMPT, old_att,
+                     sizeof old_att / sizeof *old_att) +
+        1;
     m->ev = from_binary(h, rm, hd);
     if (h->by_key && rm->key && rm->key_len > 0 &&
         !(m->key = strndup(rm->key, rm->key_len))) {
@@ -973,37 +953,12 @@ static int poll_one(khandle *h, int wait_ms)
         kmsg_free(m);
         return evq__err(EVQ_ENOMEM, "out of memory");
     }
-    bool hold = m->due > now_ms();
-    kmsg ***list = hold ? &h->held : &h->buf;
-    size_t *n = hold ? &h->n_held : &h->n_buf;
-    size_t *cap = hold ? &h->cap_held : &h->cap_buf;
-    if (evq__grow(list, cap, *n, sizeof **list)) {
+    if (evq__grow(&h->buf, &h->cap_buf, h->n_buf, sizeof *h->buf)) {
         kmsg_free(m);
         return EVQ_ENOMEM;
     }
-    (*list)[(*n)++] = m;
+    h->buf[h->n_buf++] = m;
     return 0;
-}
-
-/* Moves held events that came due to the buffer (rd_mu held); returns
- * when the next is due (INT64_MAX when none). */
-static int64_t release_due(khandle *h)
-{
-    int64_t now = now_ms(), next = INT64_MAX;
-    size_t k = 0;
-    for (size_t i = 0; i < h->n_held; i++) {
-        kmsg *m = h->held[i];
-        if (m->due <= now &&
-            evq__grow(&h->buf, &h->cap_buf, h->n_buf, sizeof *h->buf) == 0) {
-            h->buf[h->n_buf++] = m;
-        } else {
-            h->held[k++] = m;
-            if (m->due < next)
-                next = m->due;
-        }
-    }
-    h->n_held = k;
-    return next;
 }
 
 /* Resumes paused partitions with room again, and commits when due (rd_mu
@@ -1061,18 +1016,14 @@ static void keepalive_start(khandle *h)
     evq__flusher_arm(&h->keep, evq__now_mono_ns() + h->keep_every_ns);
 }
 
-static int kafka_dequeue(void *state, evq__delivery *d, int timeout_ms)
+/* Polls up to max messages, waiting up to wait_ms for the first; the
+ * first of them may be there already (the keepalive's). */
+static int kafka_fetch(void *state, evq__delivery *d, size_t max, int wait_ms)
 {
     khandle *h = state;
-    int64_t deadline = evq__deadline_ns(timeout_ms);
     int rc = 0;
 
-    if (timeout_ms == 0) {
-        if (pthread_mutex_trylock(&h->rd_mu) != 0)
-            return evq__err(EVQ_ETIMEDOUT, "another thread is reading");
-    } else {
-        pthread_mutex_lock(&h->rd_mu);
-    }
+    pthread_mutex_lock(&h->rd_mu);
     if (!h->cons) {
         if ((rc = open_consumer(h)) != 0) {
             pthread_mutex_unlock(&h->rd_mu);
@@ -1080,88 +1031,71 @@ static int kafka_dequeue(void *state, evq__delivery *d, int timeout_ms)
         }
         keepalive_start(h);
     }
-    for (;;) {
-        if (atomic_load(&h->interrupted)) {
-            rc = evq__err(EVQ_ECLOSED, "queue interrupted");
-            break;
-        }
-        int64_t next_due = release_due(h);
-        /* the first buffered event whose key is not being handled (with
-         * kafka.ordering=key; else simply the first) */
-        size_t pick = h->n_buf;
-        pthread_mutex_lock(&h->busy_mu);
-        for (size_t i = 0; i < h->n_buf && pick == h->n_buf; i++)
-            if (!h->by_key || !key_busy(h, h->buf[i]->key))
-                pick = i;
-        if (pick < h->n_buf && h->buf[pick]->key &&
-            evq__grow(&h->busy, &h->cap_busy, h->n_busy, sizeof *h->busy) == 0)
-            h->busy[h->n_busy++] = h->buf[pick]->key;
-        else if (pick < h->n_buf && h->buf[pick]->key)
-            pick = h->n_buf; /* no memory to note it: wait */
-        pthread_mutex_unlock(&h->busy_mu);
-        if (pick < h->n_buf) {
-            kmsg *m = h->buf[pick];
-            memmove(h->buf + pick, h->buf + pick + 1,
-                    (--h->n_buf - pick) * sizeof *h->buf);
-            d->ev = m->ev;
-            m->ev = NULL;
-            d->bytes = m->rm->payload;
-            d->len = m->rm->len;
-            d->attempt = m->attempt;
-            d->token = m;
-            rc = 0;
-            break;
-        }
-        housekeeping(h);
-        int64_t left = deadline == INT64_MAX
-                           ? INT64_MAX
-                           : (deadline - evq__now_mono_ns()) / 1000000;
-        /* short waits while buffered events wait for their key */
-        int64_t cap_ms = h->n_buf > 0 ? 5 : 200; /* interrupts seen */
-        int64_t wait = left < cap_ms ? left : cap_ms;
-        if (next_due != INT64_MAX && next_due - now_ms() < wait)
-            wait = next_due - now_ms();
-        if (wait < 0)
-            wait = 0;
-        rc = poll_one(h, (int)wait);
-        if (rc && rc != EVQ_ETIMEDOUT)
-            break;
-        if (rc == EVQ_ETIMEDOUT && size_failure(h)) {
-            rc = EVQ_ETOOBIG;
-            break;
-        }
-        if (rc == EVQ_ETIMEDOUT) {
-            int down = brokers_down(h);
-            if (down) {
-                rc = down;
-                break;
-            }
-        }
-        if (rc == EVQ_ETIMEDOUT &&
-            (timeout_ms == 0 || evq__now_mono_ns() >= deadline)) {
-            rc = evq__err(EVQ_ETIMEDOUT, "no event within %d ms", timeout_ms);
-            break;
-        }
+    if (atomic_load(&h->interrupted)) {
+        pthread_mutex_unlock(&h->rd_mu);
+        return 0;
+    }
+    housekeeping(h);
+    if (h->n_buf == 0)
+        rc = poll_one(h, wait_ms);
+    while (rc == 0 && h->n_buf < max)
+        rc = poll_one(h, 0);
+    size_t n = h->n_buf < max ? h->n_buf : max;
+    for (size_t i = 0; i < n; i++) {
+        kmsg *m = h->buf[i];
+        d[i] = (evq__delivery){.ev = m->ev,
+                               .bytes = m->rm->payload,
+                               .len = m->rm->len,
+                               .attempt = m->attempt,
+                               .token = m,
+                               .due_ms = m->due,
+                               .key = m->key};
+        m->ev = NULL;
+    }
+    memmove(h->buf, h->buf + n, (h->n_buf - n) * sizeof *h->buf);
+    h->n_buf -= n;
+    if (n == 0 && rc == EVQ_ETIMEDOUT) {
+        rc = size_failure(h);
+        if (!rc)
+            rc = brokers_down(h);
     }
     pthread_mutex_unlock(&h->rd_mu);
-    return rc;
+    if (n)
+        return (int)n;
+    return rc == EVQ_ETIMEDOUT ? 0 : rc;
 }
 
 /* ---- settle ----------------------------------------------------------------
  */
 
-static int kafka_ack(void *state, evq__delivery *d)
+static int kafka_ack(void *state, evq__delivery **d, size_t n)
 {
     khandle *h = state;
-    kmsg *m = d->token;
-    if (d->ev)
-        evq_event_free(d->ev);
     pthread_mutex_lock(&h->trk_mu);
-    finish(h, m->partition, m->offset);
+    for (size_t i = 0; i < n; i++) {
+        kmsg *m = d[i]->token;
+        finish(h, m->partition, m->offset);
+    }
     pthread_mutex_unlock(&h->trk_mu);
-    key_release(h, m->key);
-    kmsg_free(m);
+    for (size_t i = 0; i < n; i++) {
+        if (d[i]->ev)
+            evq_event_free(d[i]->ev);
+        kmsg_free(d[i]->token);
+    }
     return 0;
+}
+
+/* What was fetched and not handed out is freed unfinished: the commit
+ * point stays before it, and it is read again after a restart or a
+ * rebalance. */
+static void kafka_hand_back(void *state, evq__delivery *d, size_t n)
+{
+    (void)state;
+    for (size_t i = 0; i < n; i++) {
+        if (d[i].ev)
+            evq_event_free(d[i].ev);
+        kmsg_free(d[i].token);
+    }
 }
 
 /* Produces the event again, due in delay_ms with its attempt count, then
@@ -1178,14 +1112,18 @@ static int kafka_nack(void *state, evq__delivery *d, int64_t delay_ms)
         hd = rd_kafka_headers_copy(src);
     else
         hd = rd_kafka_headers_new(3);
-    rd_kafka_header_remove(hd, "evq_due");
-    rd_kafka_header_remove(hd, "evq_attempt");
+    static const char *const old[] = {EVQ__HDR_DUE_OLD,
+                                      EVQ__HDR_ATTEMPT_OLD};
+    rd_kafka_header_remove(hd, EVQ__HDR_DUE);
+    rd_kafka_header_remove(hd, EVQ__HDR_ATTEMPT);
+    for (size_t i = 0; i < sizeof old / sizeof *old; i++)
+        rd_kafka_header_remove(hd, old[i]);
     char num[32];
     snprintf(num, sizeof num, "%d", m->attempt);
-    rd_kafka_header_add(hd, "evq_attempt", -1, num, -1);
+    rd_kafka_header_add(hd, EVQ__HDR_ATTEMPT, -1, num, -1);
     if (delay_ms > 0) {
         snprintf(num, sizeof num, "%lld", (long long)(now_ms() + delay_ms));
-        rd_kafka_header_add(hd, "evq_due", -1, num, -1);
+        rd_kafka_header_add(hd, EVQ__HDR_DUE, -1, num, -1);
     }
     char *key = m->rm->key ? strndup(m->rm->key, m->rm->key_len) : NULL;
     rd_kafka_resp_err_t e = produce(h, m->rm->payload, m->rm->len, key, hd, &b);
@@ -1214,7 +1152,6 @@ static int kafka_nack(void *state, evq__delivery *d, int64_t delay_ms)
         finish(h, m->partition, m->offset);
         pthread_mutex_unlock(&h->trk_mu);
     }
-    key_release(h, m->key);
     kmsg_free(m);
     return rc;
 }
@@ -1306,8 +1243,6 @@ static void kafka_close(void *state)
         rd_kafka_consumer_close(h->cons);
         for (size_t i = 0; i < h->n_buf; i++)
             kmsg_free(h->buf[i]);
-        for (size_t i = 0; i < h->n_held; i++)
-            kmsg_free(h->held[i]);
         rd_kafka_destroy(h->cons);
     }
     if (h->meta)
@@ -1322,16 +1257,13 @@ static void kafka_close(void *state)
         free(h->parts[i].q);
     free(h->parts);
     free(h->buf);
-    free(h->held);
     free(h->topic);
     free(h->group);
     free(h->brokers);
     free(h->props.kv);
     pthread_mutex_destroy(&h->rd_mu);
     pthread_mutex_destroy(&h->trk_mu);
-    pthread_mutex_destroy(&h->busy_mu);
     pthread_mutex_destroy(&h->note_mu);
-    free(h->busy);
     free(h);
 }
 
@@ -1344,7 +1276,6 @@ static int kafka_open(void **state, const evq__url *url, const char *name,
         return evq__err(EVQ_ENOMEM, "out of memory");
     pthread_mutex_init(&h->rd_mu, NULL);
     pthread_mutex_init(&h->trk_mu, NULL);
-    pthread_mutex_init(&h->busy_mu, NULL);
     pthread_mutex_init(&h->note_mu, NULL);
     atomic_init(&h->interrupted, false);
     if (url->path[0] && strcmp(url->path, "/") != 0) {
@@ -1499,7 +1430,9 @@ const struct evq_backend_ops evq__backend_kafka = {
     .opts = kafka_opts,
     .open = kafka_open,
     .enqueue = kafka_enqueue,
-    .dequeue = kafka_dequeue,
+    .fetch = kafka_fetch,
+    .hand_back = kafka_hand_back,
+    .prefetch_opt = "kafka.prefetch",
     .ack = kafka_ack,
     .nack = kafka_nack,
     .interrupt = kafka_interrupt,

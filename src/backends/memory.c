@@ -547,7 +547,8 @@ static bool take(mqueue *q, evq__delivery *d)
     return true;
 }
 
-static int memory_dequeue(void *state, evq__delivery *d, int timeout_ms)
+static int memory_dequeue(void *state, evq__delivery *d, size_t max,
+                          int timeout_ms)
 {
     mhandle *h = state;
     mqueue *q = h->q;
@@ -560,8 +561,12 @@ static int memory_dequeue(void *state, evq__delivery *d, int timeout_ms)
                 evc_notify(&q->readable);
             return closed_err();
         }
-        if (take(q, d))
-            return 0;
+        if (take(q, d)) {
+            size_t n = 1;
+            while (n < max && take(q, &d[n]))
+                n++;
+            return (int)n;
+        }
         if (timeout_ms == 0)
             return evq__err(EVQ_ETIMEDOUT, "queue is empty");
         if (spins < SPIN_LIMIT) { /* a producer is often a moment away */
@@ -595,19 +600,22 @@ static int memory_dequeue(void *state, evq__delivery *d, int timeout_ms)
  * locked slow path per allocation).  When the graveyard is full the
  * consumer frees as usual, and a consumer about to sleep (nothing produced
  * for a while) empties it, so idle queues hold no finished events. */
-static int memory_ack(void *state, evq__delivery *d)
+static int memory_ack(void *state, evq__delivery **d, size_t n)
 {
     mqueue *q = ((mhandle *)state)->q;
-    mitem it = {.p = d->token, .blob = d->ev == NULL};
-    atomic_fetch_sub_explicit(&q->in_flight, 1, memory_order_relaxed);
-    /* Only an event nobody else references goes to the graveyard; one the
-     * application still holds just loses the queue's reference now, so it
-     * stops counting as shared the moment it is acked. */
-    if ((it.blob ||
-         atomic_load_explicit(&d->ev->refs, memory_order_acquire) == 1) &&
-        ring_push(&q->grave, it))
-        return 0;
-    item_free(it);
+    atomic_fetch_sub_explicit(&q->in_flight, (int64_t)n, memory_order_relaxed);
+    for (size_t i = 0; i < n; i++) {
+        mitem it = {.p = d[i]->token, .blob = d[i]->ev == NULL};
+        /* Only an event nobody else references goes to the graveyard; one
+         * the application still holds just loses the queue's reference
+         * now, so it stops counting as shared the moment it is acked. */
+        if ((it.blob ||
+             atomic_load_explicit(&d[i]->ev->refs, memory_order_acquire) ==
+                 1) &&
+            ring_push(&q->grave, it))
+            continue;
+        item_free(it);
+    }
     return 0;
 }
 

@@ -15,8 +15,9 @@
  *   batch is published asynchronously and waits for every ack.
  * - Dequeue: fetches up to nats.prefetch messages; the attempt count is the
  *   message's NumDelivered.  Ack: natsMsg_Ack.  Nack: NakWithDelay.
- * - Delayed enqueue: the message carries an Evq-Due header (Unix ms); a
- *   consumer that fetches it early holds it back with NakWithDelay until
+ * - Delayed enqueue: the message carries an evq-due header (Unix ms, the
+ *   kit's spelling; the Evq-Due of earlier versions is read too); the
+ *   read-ahead gives one fetched early back with NakWithDelay until
  *   due.  The held message counts against MaxAckPending meanwhile, and the
  *   hold is one delivery, which the attempt count leaves out.
  * - Touch (a long handler): natsMsg_InProgress (+WPI) restarts AckWait.
@@ -106,28 +107,17 @@ typedef struct npub {
     char err[256];
 } npub;
 
-/* A fetched message and the attempt it is, worked out once. */
-typedef struct nbuffered {
-    natsMsg *m;
-    int attempt;
-    int64_t lease_ns; /* evq__delivery's lease_ns; 0 in core mode */
-} nbuffered;
-
 typedef struct nhandle {
     natsConnection *nc;
     jsCtx *js; /* API calls and fetches */
     natsSubscription *sub;
     bool core;
     char *subject, *stream, *durable, *content_type;
-    int prefetch;
     int pending_limit; /* core */
     int64_t timeout_ms;
     int64_t vt_ns;         /* AckWait */
     int64_t req_ns[2];     /* when the last two pull requests were sent */
-    pthread_mutex_t rd_mu; /* one fetch at a time */
-    pthread_mutex_t buf_mu;
-    nbuffered *buf; /* fetched, not yet handed out */
-    size_t n_buf, head_buf, cap_buf;
+    pthread_mutex_t rd_mu; /* the subscription, between fetch and stats */
     npub pubs[NPUB_MAX];
     atomic_bool interrupted;
 } nhandle;
@@ -248,15 +238,11 @@ static void pub_ack_handler(jsCtx *js, natsMsg *msg, jsPubAck *pa,
     natsMsg_Destroy(msg);
 }
 
-static void hand_back(nhandle *h);
-
 static void nats_close(void *state)
 {
     nhandle *h = state;
     if (!h)
         return;
-    hand_back(h);
-    free(h->buf);
     if (h->sub)
         natsSubscription_Destroy(h->sub);
     for (int i = 0; i < NPUB_MAX; i++) {
@@ -273,7 +259,6 @@ static void nats_close(void *state)
     free(h->stream);
     free(h->durable);
     pthread_mutex_destroy(&h->rd_mu);
-    pthread_mutex_destroy(&h->buf_mu);
     free(h);
 }
 
@@ -515,14 +500,12 @@ static int nats_open(void **state, const evq__url *url, const char *name,
     if (!h)
         return evq__err(EVQ_ENOMEM, "out of memory");
     pthread_mutex_init(&h->rd_mu, NULL);
-    pthread_mutex_init(&h->buf_mu, NULL);
     for (int i = 0; i < NPUB_MAX; i++) {
         pthread_mutex_init(&h->pubs[i].mu, NULL);
         pthread_mutex_init(&h->pubs[i].err_mu, NULL);
     }
     atomic_init(&h->interrupted, false);
     h->core = strcmp(evq__opt_str(opts, nats_opts, "nats.mode"), "core") == 0;
-    h->prefetch = (int)evq__opt_int(opts, nats_opts, "nats.prefetch");
     h->vt_ns = evq__opt_int(opts, nats_opts, "visibility_timeout_ms") * 1000000;
     h->timeout_ms = evq__opt_int(opts, nats_opts, "nats.timeout_ms");
     const char *fmt = evq__opt_str(opts, evq__core_opts, "format");
@@ -633,7 +616,7 @@ static natsStatus make_msg(nhandle *h, const evq__item *it, int64_t now,
     if (s == NATS_OK && it->delay_ms > 0) {
         char due[32];
         snprintf(due, sizeof due, "%lld", (long long)(now + it->delay_ms));
-        s = natsMsgHeader_Set(*out, "Evq-Due", due);
+        s = natsMsgHeader_Set(*out, EVQ__HDR_DUE, due);
     }
     return s;
 }
@@ -761,10 +744,14 @@ static int nats_enqueue(void *state, const evq__item *items, size_t n)
 
 static int64_t due_of(natsMsg *m)
 {
+    static const char *const old[] = {EVQ__HDR_DUE_OLD};
     const char *v = NULL;
-    if (natsMsgHeader_Get(m, "Evq-Due", &v) != NATS_OK || !v)
-        return 0;
-    return strtoll(v, NULL, 10);
+    if (natsMsgHeader_Get(m, EVQ__HDR_DUE, &v) == NATS_OK && v)
+        return evq__hdr_int(v, strlen(v));
+    for (size_t i = 0; i < sizeof old / sizeof *old; i++)
+        if (natsMsgHeader_Get(m, old[i], &v) == NATS_OK && v)
+            return evq__hdr_int(v, strlen(v));
+    return 0;
 }
 
 /* The attempt a delivery is: NumDelivered, less the hold of a delayed
@@ -782,62 +769,37 @@ static int attempt_of(natsMsg *m, int64_t due)
     return a < 1 ? 1 : a;
 }
 
-/* Keeps what the fetch returned that is due; holds the rest back (buf_mu
- * taken). */
-static void buffer_list(nhandle *h, natsMsgList *list, int64_t lease_ns)
+/* Turns what a fetch returned into deliveries at d[*n..max); a delayed
+ * event not yet due goes with its due time, for the read-ahead to give
+ * back with the rest of its delay. */
+static void take_list(nhandle *h, natsMsgList *list, int64_t lease_ns,
+                      evq__delivery *d, size_t *n, size_t max)
 {
-    int64_t now = now_ms();
-    pthread_mutex_lock(&h->buf_mu);
-    if (h->head_buf) {
-        memmove(h->buf, h->buf + h->head_buf, h->n_buf * sizeof *h->buf);
-        h->head_buf = 0;
-    }
     for (int i = 0; i < list->Count; i++) {
         natsMsg *m = list->Msgs[i];
         list->Msgs[i] = NULL;
-        int64_t due = h->core ? 0 : due_of(m);
-        if (due > now) {
-            natsMsg_NakWithDelay(m, due - now, NULL);
-            natsMsg_Destroy(m);
-            continue;
-        }
-        if (evq__grow(&h->buf, &h->cap_buf, h->n_buf, sizeof *h->buf)) {
+        if (*n == max) { /* more than asked for: the server keeps it */
             if (!h->core)
                 natsMsg_Nak(m, NULL);
             natsMsg_Destroy(m);
             continue;
         }
-        h->buf[h->n_buf++] = (nbuffered){m, h->core ? 1 : attempt_of(m, due),
-                                         h->core ? 0 : lease_ns};
+        int64_t due = h->core ? 0 : due_of(m);
+        d[(*n)++] = (evq__delivery){
+            .bytes = (const unsigned char *)natsMsg_GetData(m),
+            .len = (size_t)natsMsg_GetDataLength(m),
+            .attempt = h->core ? 1 : attempt_of(m, due),
+            .token = m,
+            .lease_ns = h->core ? 0 : lease_ns,
+            .due_ms = due};
     }
-    pthread_mutex_unlock(&h->buf_mu);
     natsMsgList_Destroy(list);
 }
 
-static bool take_buffered(nhandle *h, evq__delivery *d)
-{
-    bool got = false;
-    pthread_mutex_lock(&h->buf_mu);
-    if (h->n_buf > 0) {
-        nbuffered b = h->buf[h->head_buf++];
-        natsMsg *m = b.m;
-        if (--h->n_buf == 0)
-            h->head_buf = 0;
-        d->ev = NULL;
-        d->bytes = (const unsigned char *)natsMsg_GetData(m);
-        d->len = (size_t)natsMsg_GetDataLength(m);
-        d->attempt = b.attempt;
-        d->token = m;
-        d->lease_ns = b.lease_ns;
-        got = true;
-    }
-    pthread_mutex_unlock(&h->buf_mu);
-    return got;
-}
-
-/* One fetch of up to prefetch messages, waiting up to wait_ms (0: only
- * what is there now).  rd_mu held. */
-static natsStatus fetch(nhandle *h, int64_t wait_ms)
+/* One fetch of up to max messages into d (*n of them), waiting up to
+ * wait_ms (0: only what is there now). */
+static natsStatus fetch(nhandle *h, int64_t wait_ms, evq__delivery *d,
+                        size_t *n, size_t max)
 {
     natsMsgList list = {0};
     natsStatus s;
@@ -867,7 +829,7 @@ static natsStatus fetch(nhandle *h, int64_t wait_ms)
             }
             list.Msgs[0] = m;
             list.Count = 1;
-            buffer_list(h, &list, 0);
+            take_list(h, &list, 0, d, n, max);
         }
         return s;
     }
@@ -888,7 +850,7 @@ static natsStatus fetch(nhandle *h, int64_t wait_ms)
     int64_t lease_ns = (h->req_ns[0] ? h->req_ns[0] : h->req_ns[1]) + h->vt_ns;
     jsFetchRequest fr;
     jsFetchRequest_Init(&fr);
-    fr.Batch = waiting > 0 ? 1 : h->prefetch;
+    fr.Batch = waiting > 0 ? 1 : (int)max;
     if (wait_ms <= 0 || waiting > 0) {
         fr.NoWait = true;
         fr.Expires = 200 * 1000000LL; /* bound on the reply's wait */
@@ -897,7 +859,7 @@ static natsStatus fetch(nhandle *h, int64_t wait_ms)
     }
     s = natsSubscription_FetchRequest(&list, h->sub, &fr);
     if (list.Count > 0) {
-        buffer_list(h, &list, lease_ns);
+        take_list(h, &list, lease_ns, d, n, max);
         return NATS_OK;
     }
     natsMsgList_Destroy(&list);
@@ -905,58 +867,24 @@ static natsStatus fetch(nhandle *h, int64_t wait_ms)
     return s == NATS_OK || s == NATS_NOT_FOUND ? NATS_TIMEOUT : s;
 }
 
-static int nats_dequeue(void *state, evq__delivery *d, int timeout_ms)
+static int nats_fetch(void *state, evq__delivery *d, size_t max, int wait_ms)
 {
     nhandle *h = state;
-    int64_t deadline = evq__deadline_ns(timeout_ms);
-    char away[256] = ""; /* the server is away: why, told at the deadline */
-    for (;;) {
-        if (atomic_load(&h->interrupted))
-            return evq__err(EVQ_ECLOSED, "queue interrupted");
-        if (take_buffered(h, d))
-            return 0;
-        if (timeout_ms == 0) {
-            if (pthread_mutex_trylock(&h->rd_mu) != 0)
-                return evq__err(EVQ_ETIMEDOUT, "another thread is reading");
-        } else {
-            pthread_mutex_lock(&h->rd_mu);
-        }
-        if (take_buffered(h, d)) {
-            pthread_mutex_unlock(&h->rd_mu);
-            return 0;
-        }
-        int64_t left = deadline == INT64_MAX
-                           ? INT64_MAX
-                           : (deadline - evq__now_mono_ns()) / 1000000;
-        /* Slices, so an interrupt is seen within one. */
-        int64_t wait = timeout_ms == 0 ? 0 : left > 250 ? 250 : left;
-        natsStatus s = NATS_TIMEOUT;
-        if (!atomic_load(&h->interrupted))
-            s = fetch(h, wait);
-        pthread_mutex_unlock(&h->rd_mu);
-        if (take_buffered(h, d))
-            return 0;
-        if (s != NATS_OK && s != NATS_TIMEOUT) {
-            int rc = nerr(h, s, 0, "fetch");
-            if (rc != EVQ_ECONN || timeout_ms == 0)
-                return rc;
-            /* disconnected: nats.c reconnects; wait a little */
-            snprintf(away, sizeof away, "%s", evq_errmsg());
-            struct timespec pause = {0, 50 * 1000000};
-            nanosleep(&pause, NULL);
-        } else if (s == NATS_OK) {
-            away[0] = '\0';
-        } else if (natsConnection_Status(h->nc) != NATS_CONN_STATUS_CONNECTED) {
-            /* A fetch while reconnecting only times out: say why. */
-            snprintf(away, sizeof away,
-                     "nats fetch: not connected to the server (the client "
-                     "is reconnecting)");
-        }
-        if (timeout_ms == 0 || evq__now_mono_ns() >= deadline)
-            return away[0] ? evq__err(EVQ_ECONN, "%s", away)
-                           : evq__err(EVQ_ETIMEDOUT, "no event within %d ms",
-                                      timeout_ms);
-    }
+    size_t n = 0;
+    if (atomic_load(&h->interrupted))
+        return 0;
+    pthread_mutex_lock(&h->rd_mu);
+    natsStatus s = fetch(h, wait_ms, d, &n, max);
+    pthread_mutex_unlock(&h->rd_mu);
+    if (n)
+        return (int)n;
+    if (s != NATS_OK && s != NATS_TIMEOUT)
+        return nerr(h, s, 0, "fetch");
+    if (natsConnection_Status(h->nc) != NATS_CONN_STATUS_CONNECTED)
+        /* a fetch while reconnecting only times out: say why */
+        return evq__err(EVQ_ECONN, "nats fetch: not connected to the server "
+                                   "(the client is reconnecting)");
+    return 0;
 }
 
 /* ---- settle -------------------------------------------------------------- */
@@ -991,18 +919,26 @@ static int may_settle(nhandle *h, const evq__delivery *d, const char *what)
     return not_connected(h, what);
 }
 
-static int nats_ack(void *state, evq__delivery *d)
+static int nats_ack(void *state, evq__delivery **d, size_t n)
 {
     nhandle *h = state;
-    natsMsg *m = d->token;
-    int rc = may_settle(h, d, "ack");
-    if (rc) {
+    int first = 0;
+    char why[512];
+    for (size_t i = 0; i < n; i++) {
+        natsMsg *m = d[i]->token;
+        int rc = may_settle(h, d[i], "ack");
+        if (!rc && !h->core) {
+            natsStatus s = natsMsg_Ack(m, NULL);
+            if (s != NATS_OK)
+                rc = nerr(h, s, 0, "ack");
+        }
         natsMsg_Destroy(m);
-        return rc;
+        if (rc && !first) {
+            first = rc;
+            snprintf(why, sizeof why, "%s", evq_errmsg());
+        }
     }
-    natsStatus s = h->core ? NATS_OK : natsMsg_Ack(m, NULL);
-    natsMsg_Destroy(m);
-    return s == NATS_OK ? 0 : nerr(h, s, 0, "ack");
+    return first ? evq__err(first, "%s", why) : 0;
 }
 
 static int nats_nack(void *state, evq__delivery *d, int64_t delay_ms)
@@ -1040,24 +976,21 @@ static int nats_touch(void *state, evq__delivery *d)
 
 /* What was fetched and never handed out goes back at once (what is no
  * longer ours is left alone). */
-static void hand_back(nhandle *h)
+static void nats_hand_back(void *state, evq__delivery *d, size_t n)
 {
-    pthread_mutex_lock(&h->buf_mu);
-    for (size_t i = 0; i < h->n_buf; i++) {
-        nbuffered *b = &h->buf[h->head_buf + i];
-        if (!h->core && !lease_gone(h, b->lease_ns) && !not_connected(h, "nak"))
-            natsMsg_Nak(b->m, NULL);
-        natsMsg_Destroy(b->m);
+    nhandle *h = state;
+    for (size_t i = 0; i < n; i++) {
+        if (!h->core && !lease_gone(h, d[i].lease_ns) &&
+            !not_connected(h, "nak"))
+            natsMsg_Nak(d[i].token, NULL);
+        natsMsg_Destroy(d[i].token);
     }
-    h->n_buf = h->head_buf = 0;
-    pthread_mutex_unlock(&h->buf_mu);
 }
 
 static int nats_interrupt(void *state)
 {
     nhandle *h = state;
     atomic_store(&h->interrupted, true);
-    hand_back(h);
     return 0;
 }
 
@@ -1083,14 +1016,8 @@ static int nats_stats(void *state, struct evq_queue_stats *out)
         js_GetConsumerInfo(&ci, h->js, h->stream, h->durable, NULL, &jerr);
     if (s != NATS_OK)
         return nerr(h, s, jerr, "consumer info");
-    pthread_mutex_lock(&h->buf_mu);
-    int64_t buffered = (int64_t)h->n_buf;
-    pthread_mutex_unlock(&h->buf_mu);
-    /* Fetched but not handed out counts as ready, as it is to the user. */
-    out->depth = (int64_t)ci->NumPending + buffered;
-    out->in_flight = ci->NumAckPending - buffered;
-    if (out->in_flight < 0)
-        out->in_flight = 0;
+    out->depth = (int64_t)ci->NumPending;
+    out->in_flight = ci->NumAckPending;
     out->delayed = -1; /* held delayed events count as in flight */
     jsConsumerInfo_Destroy(ci);
     return 0;
@@ -1105,11 +1032,6 @@ static int nats_destroy(void *state)
     jsErrCode jerr = 0;
     if (h->core)
         return 0;
-    pthread_mutex_lock(&h->buf_mu);
-    for (size_t i = 0; i < h->n_buf; i++)
-        natsMsg_Destroy(h->buf[h->head_buf + i].m);
-    h->n_buf = h->head_buf = 0;
-    pthread_mutex_unlock(&h->buf_mu);
     natsStatus s = js_DeleteStream(h->js, h->stream, NULL, &jerr);
     if (s != NATS_OK && jerr != JSStreamNotFoundErr)
         return nerr(h, s, jerr, "delete stream");
@@ -1122,7 +1044,9 @@ const struct evq_backend_ops evq__backend_nats = {
     .opts = nats_opts,
     .open = nats_open,
     .enqueue = nats_enqueue,
-    .dequeue = nats_dequeue,
+    .fetch = nats_fetch,
+    .hand_back = nats_hand_back,
+    .prefetch_opt = "nats.prefetch",
     .ack = nats_ack,
     .nack = nats_nack,
     .touch = nats_touch,

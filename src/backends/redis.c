@@ -180,6 +180,12 @@ typedef struct rmsg {
     unsigned char body[];
 } rmsg;
 
+/* Where a fetch puts the entries it reads: d[0..max). */
+typedef struct rsink {
+    evq__delivery *d;
+    size_t n, max;
+} rsink;
+
 /* A command connection and the lock of its user. */
 typedef struct rconn {
     pthread_mutex_t mu;
@@ -190,9 +196,8 @@ typedef struct rhandle {
     rconn conns[RCONN_MAX]; /* command connections, opened on first use */
     int n_conns;
     pthread_mutex_t ack_mu; /* guards the acks waiting */
-    /* Lock order: rd_mu, then buf_mu, then ack_mu, then a connection's. */
-    pthread_mutex_t rd_mu;  /* guards rd and the reclaim state: the reader */
-    pthread_mutex_t buf_mu; /* guards the buffer of read entries */
+    /* Lock order: rd_mu, then ack_mu, then a connection's. */
+    pthread_mutex_t rd_mu; /* guards rd and the reclaim state: the reader */
     redisContext *rd;
     long long rd_client_id;
     bool rd_ahead; /* an XREADGROUP is sent, its answer not yet read */
@@ -210,8 +215,6 @@ typedef struct rhandle {
     bool atomic_batches;
     char maxlen_s[24];
     int64_t vt_ms;
-    rmsg **buf;
-    size_t n_buf, head_buf, cap_buf;
     _Atomic int64_t next_promote_ms;
     int64_t next_reclaim_ms;
     char reclaim_cursor[48];
@@ -463,8 +466,8 @@ static int flush_acks(rhandle *h)
 
 /* ---- open and close ---------------------------------------------------- */
 
-static void hand_back(rhandle *h);
-static int take_reply(rhandle *h, size_t *got);
+static void redis_hand_back(void *state, evq__delivery *d, size_t n);
+static int take_reply(rhandle *h, rsink *sink);
 
 /* The flusher's work: acks deferred for a group commit go within
  * ack_flush_ms even when the handle sees no other call meanwhile. */
@@ -484,23 +487,22 @@ static void redis_close(void *state)
     if (h->flusher_init)
         evq__flusher_destroy(&h->flusher);
     if (h->opened && h->rd && h->rd_ahead && !h->rd->err) {
-        size_t got; /* entries read ahead: buffered, then handed back */
+        /* entries read ahead: taken, then handed back */
+        evq__delivery *d = calloc((size_t)h->prefetch, sizeof *d);
+        rsink sink = {d, 0, d ? (size_t)h->prefetch : 0};
         redisSetTimeout(h->rd, h->command_tv);
-        take_reply(h, &got);
+        if (d && take_reply(h, &sink) == 0)
+            redis_hand_back(h, d, sink.n);
+        free(d);
     }
     if (h->opened && h->n_acks)
         flush_acks(h);
-    if (h->opened && h->n_buf)
-        hand_back(h);
     free(h->acks);
     for (int i = 0; i < RCONN_MAX; i++) {
         redisFree(h->conns[i].c);
         pthread_mutex_destroy(&h->conns[i].mu);
     }
     redisFree(h->rd);
-    for (size_t i = 0; i < h->n_buf; i++)
-        free(h->buf[h->head_buf + i]);
-    free(h->buf);
     free(h->host);
     free(h->user);
     free(h->password);
@@ -509,7 +511,6 @@ static void redis_close(void *state)
     free(h->delayed);
     pthread_mutex_destroy(&h->ack_mu);
     pthread_mutex_destroy(&h->rd_mu);
-    pthread_mutex_destroy(&h->buf_mu);
     free(h);
 }
 
@@ -532,7 +533,6 @@ static int redis_open(void **state, const evq__url *url, const char *name,
     h->n_conns = 1;
     pthread_mutex_init(&h->ack_mu, NULL);
     pthread_mutex_init(&h->rd_mu, NULL);
-    pthread_mutex_init(&h->buf_mu, NULL);
     atomic_init(&h->interrupted, false);
     evq__flusher_init(&h->flusher, redis_flush_later, h);
     h->flusher_init = true;
@@ -748,24 +748,13 @@ static const char *field(redisReply *fields, const char *name, size_t *len)
     return NULL;
 }
 
-/* Takes buf_mu, keeping the buffer a plain array from index 0. */
-static void buffer_lock(rhandle *h)
+/* Adds an entry to the sink; one that finds it full is handed back. */
+static int sink_add(rhandle *h, rsink *sink, const char *id, int attempt,
+                    long long deliveries, int64_t lease_ns, const void *body,
+                    size_t blen, size_t full_len)
 {
-    pthread_mutex_lock(&h->buf_mu);
-    if (h->head_buf) {
-        memmove(h->buf, h->buf + h->head_buf, h->n_buf * sizeof *h->buf);
-        h->head_buf = 0;
-    }
-}
-
-/* Appends an entry to the buffer (taken with buffer_lock). */
-static int buffer_add(rhandle *h, const char *id, int attempt,
-                      long long deliveries, int64_t lease_ns, const void *body,
-                      size_t blen, size_t full_len)
-{
-    rmsg *m = NULL;
-    if (evq__grow(&h->buf, &h->cap_buf, h->n_buf, sizeof *h->buf) ||
-        !(m = malloc(sizeof *m + blen)))
+    rmsg *m = malloc(sizeof *m + blen);
+    if (!m)
         return evq__err(EVQ_ENOMEM, "out of memory");
     snprintf(m->id, sizeof m->id, "%s", id);
     m->attempt = attempt;
@@ -774,16 +763,24 @@ static int buffer_add(rhandle *h, const char *id, int attempt,
     m->len = blen;
     m->full_len = full_len;
     memcpy(m->body, body, blen);
-    h->buf[h->n_buf++] = m;
+    evq__delivery d = {.bytes = m->body,
+                       .len = blen,
+                       .full_len = full_len,
+                       .attempt = attempt,
+                       .token = m,
+                       .lease_ns = lease_ns};
+    if (sink->n == sink->max)
+        redis_hand_back(h, &d, 1);
+    else
+        sink->d[sink->n++] = d;
     return 0;
 }
 
 /* Adds stream entries [id, [f, v, ...]], delivered for the first time,
- * to the buffer (rd_mu held; takes buf_mu). */
-static int buffer_entries(rhandle *h, redisReply *entries)
+ * to the sink (rd_mu held). */
+static int sink_entries(rhandle *h, rsink *sink, redisReply *entries)
 {
     int rc = 0;
-    buffer_lock(h);
     for (size_t i = 0; !rc && i < entries->elements; i++) {
         redisReply *e = entries->element[i];
         if (e->type != REDIS_REPLY_ARRAY || e->elements < 2 ||
@@ -794,22 +791,23 @@ static int buffer_entries(rhandle *h, redisReply *entries)
         const char *a = field(e->element[1], "a", &alen);
         if (!body)
             body = "", blen = 0;
-        rc = buffer_add(h, e->element[0]->str, (a ? atoi(a) : 0) + 1, 1,
-                        h->read_sent_ns + h->vt_ms * 1000000, body, blen, 0);
+        rc = sink_add(h, sink, e->element[0]->str, (a ? atoi(a) : 0) + 1, 1,
+                      h->read_sent_ns + h->vt_ms * 1000000, body, blen, 0);
     }
-    pthread_mutex_unlock(&h->buf_mu);
     return rc;
 }
 
-/* Runs claim_lua (rd_mu held) and buffers what it gives: with `takeover`,
+/* Runs claim_lua (rd_mu held) and sinks what it gives: with `takeover`,
  * the entries idle past the visibility timeout, from reclaim_cursor on
  * (which it moves); else the entries a cut-off read gave this consumer,
  * past last_new (which it moves past them, as they stay pending once
  * delivered).  Its answer is bounded by the script. */
-static int claim_entries(rhandle *h, bool takeover, size_t *got)
+static int claim_entries(rhandle *h, bool takeover, rsink *sink)
 {
-    char count[16], max[24], idle[32];
-    snprintf(count, sizeof count, "%d", h->prefetch);
+    char count[24], max[24], idle[32];
+    if (sink->n == sink->max)
+        return 0;
+    snprintf(count, sizeof count, "%zu", sink->max - sink->n);
     snprintf(max, sizeof max, "%zu", h->max_bytes);
     snprintf(idle, sizeof idle, "%lld", (long long)h->vt_ms);
     const char *argv[] = {"EVAL",
@@ -828,7 +826,6 @@ static int claim_entries(rhandle *h, bool takeover, size_t *got)
     int64_t lease_ns =
         (takeover ? evq__now_mono_ns() : h->read_sent_ns) + h->vt_ms * 1000000;
     int rc = run(h, 10, argv, NULL, &r, "claim");
-    *got = 0;
     if (rc)
         return rc;
     if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
@@ -840,7 +837,6 @@ static int claim_entries(rhandle *h, bool takeover, size_t *got)
         snprintf(h->reclaim_cursor, sizeof h->reclaim_cursor, "%s",
                  r->element[0]->str);
     redisReply *list = r->element[1];
-    buffer_lock(h);
     for (size_t i = 0; !rc && i < list->elements; i++) {
         redisReply *e = list->element[i];
         if (e->type != REDIS_REPLY_ARRAY || e->elements != 5 ||
@@ -849,14 +845,12 @@ static int claim_entries(rhandle *h, bool takeover, size_t *got)
             continue;
         const char *id = e->element[0]->str, *a = e->element[1]->str;
         long long n = e->element[2]->integer;
-        rc = buffer_add(h, id, (a ? atoi(a) : 0) + (int)n, n, lease_ns,
-                        e->element[4]->str, e->element[4]->len,
-                        (size_t)e->element[3]->integer);
+        rc = sink_add(h, sink, id, (a ? atoi(a) : 0) + (int)n, n, lease_ns,
+                      e->element[4]->str, e->element[4]->len,
+                      (size_t)e->element[3]->integer);
         if (!rc && !takeover)
             snprintf(h->last_new, sizeof h->last_new, "%s", id);
-        *got += !rc;
     }
-    pthread_mutex_unlock(&h->buf_mu);
     freeReplyObject(r);
     return rc;
 }
@@ -882,10 +876,9 @@ static int64_t promote(rhandle *h)
 
 /* Takes over entries other consumers left unacked past the visibility
  * timeout (rd_mu held). */
-static int reclaim(rhandle *h)
+static int reclaim(rhandle *h, rsink *sink)
 {
-    size_t got;
-    return claim_entries(h, true, &got);
+    return claim_entries(h, true, sink);
 }
 
 /* Reads one answer on c like redisGetReply, but stops once more than
@@ -913,12 +906,11 @@ static int get_reply_bounded(redisContext *c, size_t bound, redisReply **out)
     return REDIS_OK;
 }
 
-/* Reads the answer to an XREADGROUP sent before into the buffer; returns
- * how many entries it held through *got (rd_mu held). */
-static int take_reply(rhandle *h, size_t *got)
+/* Reads the answer to an XREADGROUP sent before into the sink (rd_mu
+ * held). */
+static int take_reply(rhandle *h, rsink *sink)
 {
     redisReply *r = NULL;
-    *got = 0;
     int grc = get_reply_bounded(h->rd, h->read_bound, &r);
     if (grc == 1) {
         /* Some entry is far too large: the server gave this read's entries
@@ -927,7 +919,7 @@ static int take_reply(rhandle *h, size_t *got)
         redisFree(h->rd);
         h->rd = NULL;
         h->rd_ahead = false;
-        return claim_entries(h, false, got);
+        return claim_entries(h, false, sink);
     }
     if (grc != REDIS_OK)
         return conn_err(h, h->rd, "XREADGROUP");
@@ -935,9 +927,9 @@ static int take_reply(rhandle *h, size_t *got)
     if (!rc && r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
         r->element[0]->elements >= 2) {
         redisReply *entries = r->element[0]->element[1];
-        *got = entries->elements;
-        rc = buffer_entries(h, entries);
-        redisReply *last = *got ? entries->element[*got - 1] : NULL;
+        size_t got = entries->elements;
+        rc = sink_entries(h, sink, entries);
+        redisReply *last = got ? entries->element[got - 1] : NULL;
         if (!rc && last && last->type == REDIS_REPLY_ARRAY &&
             last->elements >= 1 && last->element[0]->type == REDIS_REPLY_STRING)
             snprintf(h->last_new, sizeof h->last_new, "%s",
@@ -973,14 +965,14 @@ static int send_read(rhandle *h, int block_ms)
     return 0;
 }
 
-/* Reads new entries into the buffer, blocking up to block_ms (rd_mu held).
+/* Reads new entries into the sink, blocking up to block_ms (rd_mu held).
  * When a read comes back full, the next one is sent at once and its answer
  * taken on the following call: the server prepares the next batch while
  * this one is handled. */
-static int read_new(rhandle *h, int block_ms)
+static int read_new(rhandle *h, rsink *sink, int block_ms)
 {
     int rc;
-    size_t got = 0;
+    size_t before = sink->n;
     if (h->rd && h->rd->err) {
         redisFree(h->rd);
         h->rd = NULL;
@@ -998,142 +990,60 @@ static int read_new(rhandle *h, int block_ms)
     }
     if (h->rd_ahead) {
         h->rd_ahead = false;
-        if ((rc = take_reply(h, &got)) != 0 || got == 0)
+        if ((rc = take_reply(h, sink)) != 0 || sink->n == before)
             return rc;
     } else {
         if ((rc = send_read(h, block_ms)) != 0 ||
-            (rc = take_reply(h, &got)) != 0)
+            (rc = take_reply(h, sink)) != 0)
             return rc;
     }
-    if (got == (size_t)h->prefetch && h->rd && !atomic_load(&h->interrupted) &&
-        send_read(h, -1) == 0)
+    if (sink->n - before == (size_t)h->prefetch && h->rd &&
+        !atomic_load(&h->interrupted) && send_read(h, -1) == 0)
         h->rd_ahead = true;
     return 0;
 }
 
-/* (buf_mu held) */
-static void deliver(rhandle *h, evq__delivery *d)
-{
-    rmsg *m = h->buf[h->head_buf++];
-    h->n_buf--;
-    if (h->n_buf == 0)
-        h->head_buf = 0;
-    d->ev = NULL;
-    d->bytes = m->body;
-    d->len = m->len;
-    d->full_len = m->full_len;
-    d->attempt = m->attempt;
-    d->token = m;
-    d->lease_ns = m->lease_ns;
-}
-
-/* Whether the buffer holds entries (takes buf_mu). */
-static bool take_buffered_peek(rhandle *h)
-{
-    pthread_mutex_lock(&h->buf_mu);
-    bool any = h->n_buf > 0;
-    pthread_mutex_unlock(&h->buf_mu);
-    return any;
-}
-
-/* Takes a buffered entry if there is one (takes buf_mu). */
-static bool take_buffered(rhandle *h, evq__delivery *d)
-{
-    bool got = false;
-    pthread_mutex_lock(&h->buf_mu);
-    if (h->n_buf > 0) {
-        deliver(h, d);
-        got = true;
-    }
-    pthread_mutex_unlock(&h->buf_mu);
-    return got;
-}
-
-/* One thread at a time reads from the server (rd_mu) while the others take
- * what it buffered; a dequeue that may not wait does not queue behind a
- * blocking read. */
-static int redis_dequeue(void *state, evq__delivery *d, int timeout_ms)
+/* One trip for new entries: due delayed events are moved to the stream
+ * first, and entries idle past the visibility timeout (a consumer that
+ * died) are taken over every half timeout (at most every second). */
+static int redis_fetch(void *state, evq__delivery *d, size_t max, int wait_ms)
 {
     rhandle *h = state;
-    int64_t deadline = evq__deadline_ns(timeout_ms);
-    int rc = 0, away = 0;
+    rsink sink = {d, 0, max};
+    int rc = 0;
 
-    for (;;) {
-        if (atomic_load(&h->interrupted))
-            return evq__err(EVQ_ECLOSED, "queue interrupted");
-        if (take_buffered(h, d))
-            return 0;
-        if (timeout_ms == 0) {
-            if (pthread_mutex_trylock(&h->rd_mu) != 0)
-                return evq__err(EVQ_ETIMEDOUT, "another thread is reading");
-        } else {
-            pthread_mutex_lock(&h->rd_mu);
-        }
-        if (atomic_load(&h->interrupted)) {
-            pthread_mutex_unlock(&h->rd_mu);
-            return evq__err(EVQ_ECLOSED, "queue interrupted");
-        }
-        if (take_buffered(h, d)) { /* filled by the previous reader */
-            pthread_mutex_unlock(&h->rd_mu);
-            return 0;
-        }
-        int64_t now = now_ms();
-        if (now >= atomic_load(&h->next_promote_ms)) {
-            int64_t next = promote(h);
-            /* Look again within a second even when nothing waits: other
-             * processes add delayed events too. */
-            atomic_store(&h->next_promote_ms,
-                         next < now + 1000 ? next : now + 1000);
-        }
-        int64_t wake = atomic_load(&h->next_promote_ms);
-        rc = 0;
-        if (now >= h->next_reclaim_ms) {
-            h->next_reclaim_ms = now + (h->vt_ms < 2000 ? h->vt_ms / 2 : 1000);
-            rc = reclaim(h);
-        }
-        if (wake > h->next_reclaim_ms)
-            wake = h->next_reclaim_ms;
-        if (!rc) {
-            int64_t left_ms = deadline == INT64_MAX
-                                  ? INT64_MAX
-                                  : (deadline - evq__now_mono_ns()) / 1000000;
-            int block = -1; /* -1: do not block */
-            if (timeout_ms != 0) {
-                int64_t until = wake - now;
-                if (left_ms < until)
-                    until = left_ms;
-                /* Short slices: an interrupt that misses the blocking read
-                 * is seen within one. */
-                block = until <= 0 ? 1 : until > 500 ? 500 : (int)until;
-            }
-            flush_acks(h);
-            if (!take_buffered_peek(h))
-                rc = read_new(h, block);
-        }
+    pthread_mutex_lock(&h->rd_mu);
+    if (atomic_load(&h->interrupted)) {
         pthread_mutex_unlock(&h->rd_mu);
-        if (take_buffered(h, d))
-            return 0;
-        if (rc == EVQ_ECONN && timeout_ms != 0) {
-            /* Server away: retry with backoff (50 ms doubling to 2 s, never
-             * past the deadline) until it is back or time is up. */
-            int64_t pause_ms = 50LL << (away < 5 ? away : 5);
-            away++;
-            if (pause_ms > 2000)
-                pause_ms = 2000;
-            int64_t left = (deadline - evq__now_mono_ns()) / 1000000;
-            if (deadline != INT64_MAX && left < pause_ms)
-                pause_ms = left > 0 ? left : 0;
-            struct timespec pause = {(time_t)(pause_ms / 1000),
-                                     (long)(pause_ms % 1000) * 1000000};
-            nanosleep(&pause, NULL);
-        } else if (rc) {
-            return rc;
-        }
-        if (timeout_ms == 0 || evq__now_mono_ns() >= deadline)
-            return rc ? rc
-                      : evq__err(EVQ_ETIMEDOUT, "no event within %d ms",
-                                 timeout_ms);
+        return 0;
     }
+    int64_t now = now_ms();
+    if (now >= atomic_load(&h->next_promote_ms)) {
+        int64_t next = promote(h);
+        /* Look again within a second even when nothing waits: other
+         * processes add delayed events too. */
+        atomic_store(&h->next_promote_ms, next < now + 1000 ? next : now + 1000);
+    }
+    int64_t wake = atomic_load(&h->next_promote_ms);
+    if (now >= h->next_reclaim_ms) {
+        h->next_reclaim_ms = now + (h->vt_ms < 2000 ? h->vt_ms / 2 : 1000);
+        rc = reclaim(h, &sink);
+    }
+    if (wake > h->next_reclaim_ms)
+        wake = h->next_reclaim_ms;
+    if (!rc && sink.n == 0) {
+        int block = -1; /* -1: do not block */
+        if (wait_ms > 0) {
+            int64_t until = wake - now;
+            if (wait_ms < until)
+                until = wait_ms;
+            block = until <= 0 ? 1 : (int)until;
+        }
+        flush_acks(h);
+        rc = read_new(h, &sink, block);
+    }
+    pthread_mutex_unlock(&h->rd_mu);
+    return sink.n ? (int)sink.n : rc;
 }
 
 /* ---- settle
@@ -1173,42 +1083,63 @@ static int settle(rhandle *h, const char *op, struct rmsg *m, int64_t delay_ms,
  * together (ack_flush_ms; the flusher sees to it): no other consumer can
  * take the entry over before its lease ends.  An ack near or past the end
  * of its lease goes at once, checked against the pending list. */
-static int redis_ack(void *state, evq__delivery *d)
+static int redis_ack(void *state, evq__delivery **d, size_t n)
 {
     rhandle *h = state;
-    rmsg *m = d->token;
-    int rc = 0;
-    bool due = false, arm = false;
+    int rc = 0, lost = 0;
+    bool due = false, queued = false, flushed = false;
     int64_t margin = h->vt_ms * 1000000 / 2 + h->ack_flush_ms * 1000000LL;
+    int64_t now_ns = evq__now_mono_ns();
 
-    if (m->lease_ns - evq__now_mono_ns() <= margin) {
-        flush_acks(h);
-        rc = settle(h, "ack", m, 0, 0);
+    for (size_t i = 0; i < n; i++) {
+        rmsg *m = d[i]->token;
+        if (m->lease_ns - now_ns > margin)
+            continue;
+        if (!flushed) { /* what waits goes first, in order */
+            flush_acks(h);
+            flushed = true;
+        }
+        int src = settle(h, "ack", m, 0, 0);
+        if (src == EVQ_ESTATE)
+            lost++;
+        else if (src && !rc)
+            rc = src;
         free(m);
-        return rc;
+        d[i]->token = NULL;
     }
     pthread_mutex_lock(&h->ack_mu);
-    if (evq__grow(&h->acks, &h->cap_acks, h->n_acks, sizeof *h->acks)) {
-        rc = EVQ_ENOMEM;
-    } else {
-        int64_t now = now_ms();
-        if (h->n_acks == 0)
-            h->oldest_ack_ms = now;
-        struct rack *a = &h->acks[h->n_acks++];
-        memcpy(a->id, m->id, sizeof m->id);
-        a->deliveries = m->deliveries;
-        a->lease_ns = m->lease_ns;
-        due = evq__flush_due(h->n_acks, h->oldest_ack_ms, now, h->ack_flush_ms,
-                             atomic_load(&h->interrupted));
-        arm = !due;
+    for (size_t i = 0; i < n; i++) {
+        rmsg *m = d[i]->token;
+        if (!m)
+            continue;
+        if (evq__grow(&h->acks, &h->cap_acks, h->n_acks, sizeof *h->acks)) {
+            if (!rc)
+                rc = evq__err(EVQ_ENOMEM, "out of memory");
+        } else { /* else its lease runs out: it is delivered again */
+            if (h->n_acks == 0)
+                h->oldest_ack_ms = now_ms();
+            struct rack *a = &h->acks[h->n_acks++];
+            memcpy(a->id, m->id, sizeof m->id);
+            a->deliveries = m->deliveries;
+            a->lease_ns = m->lease_ns;
+            queued = true;
+        }
+        free(m);
     }
+    if (queued)
+        due = evq__flush_due(h->n_acks, h->oldest_ack_ms, now_ms(),
+                             h->ack_flush_ms, atomic_load(&h->interrupted));
     pthread_mutex_unlock(&h->ack_mu);
-    if (due)
-        rc = flush_acks(h);
-    else if (arm)
+    if (due) {
+        int frc = flush_acks(h);
+        if (!rc)
+            rc = frc;
+    } else if (queued) {
         evq__flusher_arm(&h->flusher,
                          evq__now_mono_ns() + h->ack_flush_ms * 1000000LL);
-    free(m);
+    }
+    if (!rc && lost)
+        rc = evq__lease_lost("ack");
     return rc;
 }
 
@@ -1247,19 +1178,16 @@ static int redis_touch(void *state, evq__delivery *d)
 
 /* Returns to the stream what was read but never delivered, with its
  * attempt count unchanged, unless another consumer has taken it over
- * meanwhile (takes buf_mu, then a connection). */
-static void hand_back(rhandle *h)
+ * meanwhile. */
+static void redis_hand_back(void *state, evq__delivery *d, size_t n)
 {
-    pthread_mutex_lock(&h->buf_mu);
-    for (size_t i = 0; i < h->n_buf; i++) {
-        rmsg *m = h->buf[h->head_buf + i];
+    rhandle *h = state;
+    for (size_t i = 0; i < n; i++) {
+        rmsg *m = d[i].token;
         if (!m->full_len) /* else left pending, as stored: see redis_nack */
             settle(h, "nack", m, 0, m->attempt - 1);
         free(m);
     }
-    h->n_buf = 0;
-    h->head_buf = 0;
-    pthread_mutex_unlock(&h->buf_mu);
 }
 
 static int redis_interrupt(void *state)
@@ -1275,7 +1203,6 @@ static int redis_interrupt(void *state)
             freeReplyObject(r);
     }
     flush_acks(h);
-    hand_back(h);
     return 0;
 }
 
@@ -1328,7 +1255,9 @@ const struct evq_backend_ops evq__backend_redis = {
     .opts = redis_opts,
     .open = redis_open,
     .enqueue = redis_enqueue,
-    .dequeue = redis_dequeue,
+    .fetch = redis_fetch,
+    .hand_back = redis_hand_back,
+    .prefetch_opt = "redis.prefetch",
     .ack = redis_ack,
     .nack = redis_nack,
     .touch = redis_touch,

@@ -211,12 +211,10 @@ typedef struct sqhandle {
     sqshared *file; /* this file: its mu is the writers' gate */
     int64_t vt_ms;
     int poll_ms;
-    int claim_batch;
     size_t max_bytes; /* max_event_bytes: larger rows are never loaded */
     int ack_flush_ms;
-    /* claimed, not yet handed out */
-    sqmsg **ready;
-    size_t n_ready, head_ready, cap_ready;
+    sqmsg **ready; /* a claim's rows, before they go to the read-ahead */
+    size_t cap_ready;
     /* acks waiting to be committed */
     struct {
         int64_t id, claim;
@@ -491,7 +489,6 @@ static int sqlite_open(void **state, const evq__url *url, const char *name,
     atomic_init(&h->interrupted, false);
     h->vt_ms = evq__opt_int(opts, sqlite_opts, "visibility_timeout_ms");
     h->poll_ms = (int)evq__opt_int(opts, sqlite_opts, "poll_ms");
-    h->claim_batch = (int)evq__opt_int(opts, sqlite_opts, "sqlite.claim_batch");
     h->max_bytes =
         (size_t)evq__opt_int(opts, evq__core_opts, "max_event_bytes");
     h->ack_flush_ms =
@@ -613,29 +610,31 @@ static void sqlite_flush_later(void *arg)
     pthread_mutex_unlock(&h->mu);
 }
 
-/* Hands back claimed messages nobody was given (mu held): visible again at
- * once, their claim not counted as a delivery. */
-static void release_ready(sqhandle *h)
+/* Hands back claimed messages nobody was given: visible again at once,
+ * their claim not counted as a delivery; freed. */
+static void sqlite_hand_back(void *state, evq__delivery *d, size_t n)
 {
-    if (h->n_ready == 0)
+    sqhandle *h = state;
+    if (n == 0)
         return;
     int64_t now = now_ms();
+    pthread_mutex_lock(&h->mu);
     if (tx_begin(h) == 0) {
-        int rc = 0;
-        for (size_t i = 0; i < h->n_ready && !rc; i++) {
-            sqmsg *m = h->ready[(h->head_ready + i) % h->cap_ready];
+        int rc = write_acks(h);
+        for (size_t i = 0; i < n && !rc; i++) {
+            sqmsg *m = d[i].token;
             sqlite3_bind_int64(h->st[S_RELEASE], 1, now);
             sqlite3_bind_int64(h->st[S_RELEASE], 2, m->id);
             sqlite3_bind_int64(h->st[S_RELEASE], 3, m->claim);
             rc = step_done(h, S_RELEASE, "release");
         }
-        tx_end(h, rc);
+        if (tx_end(h, rc) == 0)
+            h->n_acks = 0;
     }
+    pthread_mutex_unlock(&h->mu);
     /* On failure they stay claimed and come back after the timeout. */
-    for (size_t i = 0; i < h->n_ready; i++)
-        free(h->ready[(h->head_ready + i) % h->cap_ready]);
-    h->n_ready = 0;
-    h->head_ready = 0;
+    for (size_t i = 0; i < n; i++)
+        free(d[i].token);
     wake_all(h->wake);
 }
 
@@ -647,16 +646,12 @@ static void sqlite_close(void *state)
     if (h->flusher_init)
         evq__flusher_destroy(&h->flusher);
     if (h->db) {
-        if (h->st[S_COUNT - 1] && h->file) {
+        if (h->st[S_COUNT - 1] && h->file)
             flush_acks(h);
-            release_ready(h);
-        }
         for (int i = 0; i < S_COUNT; i++)
             sqlite3_finalize(h->st[i]);
         sqlite3_close(h->db);
     }
-    for (size_t i = 0; i < h->n_ready; i++)
-        free(h->ready[(h->head_ready + i) % h->cap_ready]);
     shared_put(h->wake);
     shared_put(h->file);
     free(h->ready);
@@ -766,18 +761,19 @@ static int64_t next_visible(sqhandle *h)
 }
 
 /* Claims visible rows larger than max_bytes (mu held, inside the claim's
- * transaction, h->ready with room for claim_batch) without loading them:
+ * transaction, h->ready with room for `limit`) without loading them:
  * each is replaced by a row holding its first max_bytes bytes, claimed
  * with `token`, and delivered with its stored length, so the queue
  * dead-letters it.  Should the process die first, the shortened row comes
  * back after the visibility timeout, still undecodable: the bytes kept are
  * dead-lettered then. */
-static int claim_big(sqhandle *h, int64_t token, int64_t now, size_t *got)
+static int claim_big(sqhandle *h, int64_t token, int64_t now, size_t limit,
+                     size_t *got)
 {
     enum { MAX_BIG = 16 };
     int64_t ids[MAX_BIG], enq[MAX_BIG];
     int att[MAX_BIG], src = SQLITE_DONE;
-    size_t n = 0, room = (size_t)h->claim_batch - *got;
+    size_t n = 0, room = limit - *got;
     sqlite3_stmt *st = h->st[S_BIG];
 
     if (room > MAX_BIG)
@@ -845,10 +841,10 @@ static int claim_big(sqhandle *h, int64_t token, int64_t now, size_t *got)
     return rc;
 }
 
-/* Claims up to claim_batch visible messages into h->ready (mu held).
- * Returns 0 (maybe with nothing claimed) or an error; *next is the earliest
+/* Claims up to `limit` visible messages into h->ready (mu held).
+ * Returns how many (maybe none) or an error; *next is the earliest
  * visible_at seen (INT64_MAX: the queue is empty). */
-static int claim(sqhandle *h, int64_t *next)
+static int claim(sqhandle *h, size_t limit, int64_t *next)
 {
     int64_t lease_ns = evq__now_mono_ns() + h->vt_ms * 1000000;
     int64_t now = now_ms();
@@ -873,10 +869,9 @@ static int claim(sqhandle *h, int64_t *next)
         sqlite3_bind_int64(st, 2, token);
         sqlite3_bind_text(st, 3, h->queue, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 4, now);
-        sqlite3_bind_int(st, 5, h->claim_batch);
+        sqlite3_bind_int64(st, 5, (int64_t)limit);
         sqlite3_bind_int64(st, 6, (int64_t)h->max_bytes);
-        if (evq__grow(&h->ready, &h->cap_ready, (size_t)h->claim_batch - 1,
-                      sizeof *h->ready))
+        if (evq__grow(&h->ready, &h->cap_ready, limit - 1, sizeof *h->ready))
             rc = EVQ_ENOMEM;
         while (!rc && (src = sqlite3_step(st)) == SQLITE_ROW) {
             const void *body = sqlite3_column_blob(st, 1);
@@ -899,8 +894,8 @@ static int claim(sqhandle *h, int64_t *next)
             rc = db_err(h, src, "claim");
         sqlite3_reset(st);
         sqlite3_clear_bindings(st);
-        if (!rc && got < (size_t)h->claim_batch)
-            rc = claim_big(h, token, now, &got);
+        if (!rc && got < limit)
+            rc = claim_big(h, token, now, limit, &got);
     }
     if ((rc = tx_end(h, rc)) != 0) {
         for (size_t i = 0; i < got; i++)
@@ -912,29 +907,16 @@ static int claim(sqhandle *h, int64_t *next)
         h->ready[i]->lease_ns = lease_ns;
     /* RETURNING gives no order; hand them out oldest first. */
     qsort(h->ready, got, sizeof *h->ready, by_id);
-    h->head_ready = 0;
-    h->n_ready = got;
-    return 0;
+    return (int)got;
 }
 
-static void deliver(sqhandle *h, evq__delivery *d)
-{
-    sqmsg *m = h->ready[h->head_ready++];
-    h->n_ready--;
-    d->ev = NULL;
-    d->bytes = m->body;
-    d->len = m->len;
-    d->full_len = m->full_len;
-    d->attempt = m->attempt;
-    d->token = m;
-    d->lease_ns = m->lease_ns;
-}
-
-static int sqlite_dequeue(void *state, evq__delivery *d, int timeout_ms)
+/* Claims up to max messages into d, waiting up to wait_ms for one: until
+ * woken by an enqueue in this process, the next poll (sqlite.poll_ms), the
+ * next delayed event, or the wait's end. */
+static int sqlite_fetch(void *state, evq__delivery *d, size_t max, int wait_ms)
 {
     sqhandle *h = state;
-    int64_t deadline = evq__deadline_ns(timeout_ms);
-    int rc = 0;
+    int64_t deadline = evq__now_mono_ns() + (int64_t)wait_ms * 1000000;
 
     for (;;) {
         uint64_t gen;
@@ -942,30 +924,25 @@ static int sqlite_dequeue(void *state, evq__delivery *d, int timeout_ms)
         gen = h->wake->gen;
         pthread_mutex_unlock(&h->wake->mu);
 
-        pthread_mutex_lock(&h->mu);
-        if (atomic_load(&h->interrupted)) {
-            release_ready(h);
-            flush_acks(h);
-            pthread_mutex_unlock(&h->mu);
-            return evq__err(EVQ_ECLOSED, "queue interrupted");
-        }
         int64_t visible = INT64_MAX;
-        if (h->n_ready == 0)
-            rc = claim(h, &visible);
-        if (rc == 0 && h->n_ready > 0) {
-            deliver(h, d);
-            pthread_mutex_unlock(&h->mu);
-            return 0;
+        pthread_mutex_lock(&h->mu);
+        int got = atomic_load(&h->interrupted) ? 0 : claim(h, max, &visible);
+        for (int i = 0; i < got; i++) {
+            sqmsg *m = h->ready[i];
+            d[i] = (evq__delivery){.bytes = m->body,
+                                   .len = m->len,
+                                   .full_len = m->full_len,
+                                   .attempt = m->attempt,
+                                   .token = m,
+                                   .lease_ns = m->lease_ns};
         }
         pthread_mutex_unlock(&h->mu);
-        if (rc && rc != EVQ_EBUSY)
-            return rc;
+        if (got != 0 && got != EVQ_EBUSY)
+            return got;
 
         int64_t now = evq__now_mono_ns();
-        if (timeout_ms == 0 || now >= deadline)
-            return evq__err(EVQ_ETIMEDOUT, "no event within %d ms", timeout_ms);
-        /* Sleep until woken by this process, the next poll, the next
-         * delayed event, or the deadline. */
+        if (now >= deadline || atomic_load(&h->interrupted))
+            return 0;
         int64_t wake = now + (int64_t)h->poll_ms * 1000000;
         if (visible != INT64_MAX) {
             int64_t until = (visible - now_ms()) * 1000000;
@@ -984,7 +961,6 @@ static int sqlite_dequeue(void *state, evq__delivery *d, int timeout_ms)
                 break;
         }
         pthread_mutex_unlock(&h->wake->mu);
-        rc = 0;
     }
 }
 
@@ -1012,35 +988,48 @@ static int claimed_step(sqhandle *h, int which, sqmsg *m, int64_t visible_at,
  * together (ack_flush_ms; the flusher sees to it): nobody else can claim
  * the row before its lease ends.  An ack near or past the end of its lease
  * is committed at once, checked against the claim. */
-static int sqlite_ack(void *state, evq__delivery *d)
+static int sqlite_ack(void *state, evq__delivery **d, size_t n)
 {
     sqhandle *h = state;
-    sqmsg *m = d->token;
-    int rc = 0;
+    int rc = 0, lost = 0;
     int64_t margin = h->vt_ms * 1000000 / 2 + h->ack_flush_ms * 1000000LL;
+    int64_t now_ns = evq__now_mono_ns(), now = now_ms();
+    size_t urgent = 0;
 
     pthread_mutex_lock(&h->mu);
-    if (m->lease_ns - evq__now_mono_ns() <= margin) {
-        if ((rc = tx_begin(h)) == 0) {
-            int arc = write_acks(h);
-            if (!arc)
-                arc = claimed_step(h, S_ACK, m, 0, "ack");
-            rc = tx_end(h, arc == EVQ_ESTATE ? 0 : arc);
-            if (!rc) {
-                h->n_acks = 0;
-                if (arc == EVQ_ESTATE)
-                    rc = evq__lease_lost("ack");
-            }
+    for (size_t i = 0; i < n; i++) {
+        sqmsg *m = d[i]->token;
+        if (m->lease_ns - now_ns <= margin) {
+            urgent++; /* checked below, in this call */
+            continue;
         }
-    } else if (evq__grow(&h->acks, &h->cap_acks, h->n_acks, sizeof *h->acks)) {
-        rc = evq__err(EVQ_ENOMEM, "out of memory");
-    } else {
-        int64_t now = now_ms();
-        if (h->n_acks == 0)
-            h->oldest_ack_ms = now;
-        h->acks[h->n_acks].id = m->id;
-        h->acks[h->n_acks].claim = m->claim;
-        h->n_acks++;
+        if (evq__grow(&h->acks, &h->cap_acks, h->n_acks, sizeof *h->acks)) {
+            rc = evq__err(EVQ_ENOMEM, "out of memory");
+        } else { /* else its lease runs out: it is delivered again */
+            if (h->n_acks == 0)
+                h->oldest_ack_ms = now;
+            h->acks[h->n_acks].id = m->id;
+            h->acks[h->n_acks].claim = m->claim;
+            h->n_acks++;
+        }
+        free(m);
+        d[i]->token = NULL;
+    }
+    if (urgent && (rc = tx_begin(h)) == 0) {
+        int arc = write_acks(h);
+        for (size_t i = 0; i < n && !arc; i++) {
+            if (!d[i]->token)
+                continue;
+            int src = claimed_step(h, S_ACK, d[i]->token, 0, "ack");
+            if (src == EVQ_ESTATE)
+                lost++;
+            else
+                arc = src;
+        }
+        rc = tx_end(h, arc);
+        if (!rc)
+            h->n_acks = 0;
+    } else if (h->n_acks && !rc) {
         if (evq__flush_due(h->n_acks, h->oldest_ack_ms, now, h->ack_flush_ms,
                            atomic_load(&h->interrupted)))
             rc = flush_acks(h);
@@ -1049,7 +1038,10 @@ static int sqlite_ack(void *state, evq__delivery *d)
                              evq__now_mono_ns() + h->ack_flush_ms * 1000000LL);
     }
     pthread_mutex_unlock(&h->mu);
-    free(m);
+    for (size_t i = 0; i < n; i++)
+        free(d[i]->token);
+    if (!rc && lost)
+        rc = evq__lease_lost("ack");
     return rc;
 }
 
@@ -1096,16 +1088,13 @@ static int sqlite_touch(void *state, evq__delivery *d)
     return rc;
 }
 
-/* Also hands back what the handle claimed but never delivered, at once:
- * a stopped worker's leftovers must not stay hidden for a visibility
- * timeout while another consumer could take them.  Blocks for at most one
- * transaction. */
+/* Commits the acks waiting and wakes a waiting fetch.  Blocks for at most
+ * one transaction. */
 static int sqlite_interrupt(void *state)
 {
     sqhandle *h = state;
     atomic_store(&h->interrupted, true);
     pthread_mutex_lock(&h->mu);
-    release_ready(h);
     flush_acks(h);
     pthread_mutex_unlock(&h->mu);
     wake_all(h->wake);
@@ -1167,7 +1156,9 @@ const struct evq_backend_ops evq__backend_sqlite = {
     .opts = sqlite_opts,
     .open = sqlite_open,
     .enqueue = sqlite_enqueue,
-    .dequeue = sqlite_dequeue,
+    .fetch = sqlite_fetch,
+    .hand_back = sqlite_hand_back,
+    .prefetch_opt = "sqlite.claim_batch",
     .ack = sqlite_ack,
     .nack = sqlite_nack,
     .touch = sqlite_touch,
