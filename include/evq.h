@@ -501,9 +501,41 @@ EVQ_API void evq_events_free(evq_events *events);
 EVQ_API int evq_register_handler(evq_events *events, const char *pattern,
                                  evq_process_fn fn, void *arg);
 
+/* A batch handler: handles evs[0..n) (borrowed for the call, n >= 1, all
+ * of types its pattern matches) at once, say one INSERT for all of them.
+ * rcs[0..n) start at 0: set rcs[i] to a failure code (as a handler
+ * returns) for each event that failed, and return 0; a non-zero return
+ * fails every event of the batch with that code.  Each failed event is
+ * retried alone (backoff, dead letters after max_attempts), as if a
+ * per-event handler had failed; evq_handler_reason gives the reason for
+ * all of the batch's failures.  Called on a worker thread (or by
+ * evq_dispatch, with one event); may register handlers; must not free the
+ * evq_events. */
+typedef int (*evq_batch_fn)(const evq_event *const *evs, size_t n, int *rcs,
+                            void *arg);
+
+/* Most events one batch handler call may get. */
+#define EVQ_MAX_BATCH 1024
+
+/* Registers a batch handler for events whose type matches `pattern` (as
+ * evq_register_handler).  A worker gathers such events into batches of up
+ * to `max_batch` (1 to EVQ_MAX_BATCH), waiting at most `max_wait_ms` (0 to
+ * 3600000; 0: only what was fetched together) for a batch to fill before
+ * it calls `fn`.  An event type belongs to its first matching batch
+ * handler, which runs before the per-event handlers matching the same
+ * events (those run for each event the batch handler did not fail).
+ * Events waiting for their batch count as fetched: on backends with
+ * leases the worker touches them meanwhile.  EVQ_EINVAL for a NULL
+ * argument, a malformed pattern or a bound out of range.  Thread safety as
+ * evq_register_handler. */
+EVQ_API int evq_register_batch_handler(evq_events *events, const char *pattern,
+                                       evq_batch_fn fn, void *arg,
+                                       size_t max_batch, int max_wait_ms);
+
 /* Runs every handler matching the event's type, in registration order,
  * stopping at the first that fails, and returns that handler's code
- * (EVQ_EHANDLER when a handler returned a positive value).
+ * (EVQ_EHANDLER when a handler returned a positive value).  A matching
+ * batch handler (the first) is called with a batch of one.
  * EVQ_ENOHANDLER when no handler matched.  Any number of threads at once. */
 EVQ_API int evq_dispatch(evq_events *events, const evq_event *ev);
 

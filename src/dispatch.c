@@ -8,6 +8,11 @@
  * evq_events_free, because a dispatch may still be walking it.  So a handler
  * may register more handlers without deadlock, and many threads dispatch at
  * once without contending.
+ *
+ * Batch handlers live in the same table.  An event type's first matching
+ * batch handler takes it: a worker gathers such events into batches for it
+ * (evq__batch_handler, evq__dispatch_batch); evq_dispatch calls it with a
+ * batch of one.
  */
 #include "internal.h"
 
@@ -23,6 +28,9 @@ typedef struct handler {
     size_t plen;
     enum match_kind kind;
     evq_process_fn fn;
+    evq_batch_fn batch_fn; /* a batch handler: fn is NULL */
+    size_t max_batch;
+    int max_wait_ms;
     void *arg;
 } handler;
 
@@ -110,20 +118,9 @@ static int parse_pattern(const char *p, handler *h)
     return 0;
 }
 
-int evq_register_handler(evq_events *e, const char *pattern, evq_process_fn fn,
-                         void *arg)
+/* Appends h (its pattern now the registry's) to the table. */
+static int add_handler(evq_events *e, handler *h)
 {
-    handler h;
-    int rc;
-
-    if (!e || !fn)
-        return evq__err(EVQ_EINVAL, "evq_register_handler: %s is NULL",
-                        e ? "handler function" : "registry");
-    if ((rc = parse_pattern(pattern, &h)) != 0)
-        return rc;
-    h.fn = fn;
-    h.arg = arg;
-
     pthread_mutex_lock(&e->mu);
     table *t = atomic_load_explicit(&e->cur, memory_order_relaxed);
     size_t n = atomic_load_explicit(&t->n, memory_order_relaxed);
@@ -131,7 +128,7 @@ int evq_register_handler(evq_events *e, const char *pattern, evq_process_fn fn,
         table *nt = malloc(sizeof *nt + 2 * t->cap * sizeof(handler));
         if (!nt) {
             pthread_mutex_unlock(&e->mu);
-            free(h.pattern);
+            free(h->pattern);
             return evq__err(EVQ_ENOMEM, "out of memory");
         }
         nt->cap = 2 * t->cap;
@@ -141,10 +138,55 @@ int evq_register_handler(evq_events *e, const char *pattern, evq_process_fn fn,
         atomic_store_explicit(&e->cur, nt, memory_order_release);
         t = nt;
     }
-    t->h[n] = h;
+    t->h[n] = *h;
     atomic_store_explicit(&t->n, n + 1, memory_order_release);
     pthread_mutex_unlock(&e->mu);
     return 0;
+}
+
+int evq_register_handler(evq_events *e, const char *pattern, evq_process_fn fn,
+                         void *arg)
+{
+    handler h = {0};
+    int rc;
+
+    if (!e || !fn)
+        return evq__err(EVQ_EINVAL, "evq_register_handler: %s is NULL",
+                        e ? "handler function" : "registry");
+    if ((rc = parse_pattern(pattern, &h)) != 0)
+        return rc;
+    h.fn = fn;
+    h.arg = arg;
+    return add_handler(e, &h);
+}
+
+int evq_register_batch_handler(evq_events *e, const char *pattern,
+                               evq_batch_fn fn, void *arg, size_t max_batch,
+                               int max_wait_ms)
+{
+    handler h = {0};
+    int rc;
+
+    if (!e || !fn)
+        return evq__err(EVQ_EINVAL, "evq_register_batch_handler: %s is NULL",
+                        e ? "handler function" : "registry");
+    if (max_batch < 1 || max_batch > EVQ_MAX_BATCH)
+        return evq__err(EVQ_EINVAL,
+                        "batch handler max_batch: %zu is out of range (1 to "
+                        "%d)",
+                        max_batch, EVQ_MAX_BATCH);
+    if (max_wait_ms < 0 || max_wait_ms > 3600000)
+        return evq__err(EVQ_EINVAL,
+                        "batch handler max_wait_ms: %d is out of range (0 to "
+                        "3600000)",
+                        max_wait_ms);
+    if ((rc = parse_pattern(pattern, &h)) != 0)
+        return rc;
+    h.batch_fn = fn;
+    h.max_batch = max_batch;
+    h.max_wait_ms = max_wait_ms;
+    h.arg = arg;
+    return add_handler(e, &h);
 }
 
 static bool match(const handler *h, const char *type, size_t tlen)
@@ -176,43 +218,134 @@ int evq_handler_reason(const char *fmt, ...)
     return EVQ_EHANDLER;
 }
 
-int evq_dispatch(evq_events *e, const evq_event *ev)
+/* A handler's failure as the code and message evq_dispatch gives. */
+static int handler_failed(int rc, const char *what, size_t i, const char *type)
 {
-    bool matched = false;
+    if (tls_reason_set) {
+        tls_reason_set = false;
+        return evq__err(rc < 0 ? rc : EVQ_EHANDLER, "%s", tls_reason);
+    }
+    if (rc < 0 && evq_errmsg()[0])
+        return evq__err_prefix(rc, "%s %zu for '%.64s' failed (%s)", what, i,
+                               type, evq_strerror(rc));
+    if (rc < 0)
+        return evq__err(rc, "%s %zu for '%.64s' failed: %s", what, i, type,
+                        evq_strerror(rc));
+    return evq__err(EVQ_EHANDLER, "%s %zu for '%.64s' returned %d", what, i,
+                    type, rc);
+}
 
-    if (!e || !ev)
-        return evq__err(EVQ_EINVAL, "evq_dispatch: %s is NULL",
-                        e ? "event" : "registry");
+/* Runs the handlers matching ev: the per-event ones, and (with `batch`)
+ * the first batch handler with a batch of one.  EVQ_ENOHANDLER (no
+ * message) when none matched. */
+static int dispatch(evq_events *e, const evq_event *ev, bool batch)
+{
+    bool matched = false, batched = false;
     const char *type = evq_event_type(ev);
     size_t tlen = strlen(type);
     table *t = atomic_load_explicit(&e->cur, memory_order_acquire);
     size_t n = atomic_load_explicit(&t->n, memory_order_acquire);
     for (size_t i = 0; i < n; i++) {
         const handler *h = &t->h[i];
-        if (!match(h, type, tlen))
+        if (!match(h, type, tlen) || (h->batch_fn && (!batch || batched)))
             continue;
         matched = true;
         evq__err_clear(); /* so a detail the handler leaves is its own */
         tls_reason_set = false;
-        int rc = h->fn(ev, h->arg);
-        if (rc != 0 && tls_reason_set) {
-            tls_reason_set = false;
-            return evq__err(rc < 0 ? rc : EVQ_EHANDLER, "%s", tls_reason);
+        int rc;
+        if (h->batch_fn) {
+            batched = true;
+            int one = 0;
+            rc = h->batch_fn(&ev, 1, &one, h->arg);
+            if (rc == 0)
+                rc = one;
+        } else {
+            rc = h->fn(ev, h->arg);
         }
-        if (rc < 0 && evq_errmsg()[0])
-            return evq__err_prefix(rc, "handler %zu for '%.64s' failed (%s)", i,
-                                   type, evq_strerror(rc));
-        if (rc < 0)
-            return evq__err(rc, "handler %zu for '%.64s' failed: %s", i, type,
-                            evq_strerror(rc));
-        if (rc > 0)
-            return evq__err(EVQ_EHANDLER, "handler %zu for '%.64s' returned %d",
-                            i, type, rc);
+        if (rc != 0)
+            return handler_failed(rc, h->batch_fn ? "batch handler" : "handler",
+                                  i, type);
     }
-    if (!matched)
+    return matched ? 0 : EVQ_ENOHANDLER;
+}
+
+int evq_dispatch(evq_events *e, const evq_event *ev)
+{
+    if (!e || !ev)
+        return evq__err(EVQ_EINVAL, "evq_dispatch: %s is NULL",
+                        e ? "event" : "registry");
+    int rc = dispatch(e, ev, true);
+    if (rc == EVQ_ENOHANDLER)
         return evq__err(EVQ_ENOHANDLER, "no handler for event type '%.64s'",
-                        type);
-    return 0;
+                        evq_event_type(ev));
+    return rc;
+}
+
+const void *evq__batch_handler(evq_events *e, const evq_event *ev,
+                               size_t *max_batch, int *max_wait_ms)
+{
+    const char *type = evq_event_type(ev);
+    size_t tlen = strlen(type);
+    table *t = atomic_load_explicit(&e->cur, memory_order_acquire);
+    size_t n = atomic_load_explicit(&t->n, memory_order_acquire);
+    for (size_t i = 0; i < n; i++) {
+        const handler *h = &t->h[i];
+        if (h->batch_fn && match(h, type, tlen)) {
+            *max_batch = h->max_batch;
+            *max_wait_ms = h->max_wait_ms;
+            return h;
+        }
+    }
+    return NULL;
+}
+
+size_t evq__events_max_batch(evq_events *e)
+{
+    size_t most = 0;
+    table *t = atomic_load_explicit(&e->cur, memory_order_acquire);
+    size_t n = atomic_load_explicit(&t->n, memory_order_acquire);
+    for (size_t i = 0; i < n; i++)
+        if (t->h[i].batch_fn && t->h[i].max_batch > most)
+            most = t->h[i].max_batch;
+    return most;
+}
+
+void evq__dispatch_batch(evq_events *e, const void *bh,
+                         const evq_event *const *evs, size_t n, int *rcs,
+                         char *reason, size_t reason_cap)
+{
+    const handler *h = bh;
+    const char *type = evq_event_type(evs[0]);
+    memset(rcs, 0, n * sizeof *rcs);
+    evq__err_clear();
+    tls_reason_set = false;
+    int rc = h->batch_fn(evs, n, rcs, h->arg);
+    bool failed = rc != 0;
+    for (size_t i = 0; i < n && !failed; i++)
+        failed = rcs[i] != 0;
+    if (failed) {
+        /* one reason for the batch: the handler's, or its code's */
+        int code = rc;
+        for (size_t i = 0; i < n && !code; i++)
+            code = rcs[i];
+        handler_failed(code, "batch handler", 0, type);
+        snprintf(reason, reason_cap, "%s", evq_errmsg());
+        for (size_t i = 0; rc && i < n; i++)
+            rcs[i] = rc;
+        for (size_t i = 0; i < n; i++)
+            if (rcs[i] > 0)
+                rcs[i] = EVQ_EHANDLER;
+    }
+    /* the per-event handlers of what the batch handler did */
+    for (size_t i = 0; i < n; i++) {
+        if (rcs[i])
+            continue;
+        int prc = dispatch(e, evs[i], false);
+        if (prc && prc != EVQ_ENOHANDLER) {
+            rcs[i] = prc;
+            snprintf(reason, reason_cap, "%s", evq_errmsg());
+        }
+    }
 }
 
 size_t evq_events_count(evq_events *e)

@@ -482,10 +482,24 @@ int evq__queue_clone(evq_queue *q, evq_queue **out);
 /* How often a worker should touch a running handler's delivery on `q`: a
  * third of its visibility timeout, or 0 when the backend cannot touch. */
 int64_t evq__queue_touch_ms(const evq_queue *q);
+/* The reconnect policy of `q` (reconnect_initial_ms, reconnect_max_ms). */
+void evq__queue_reconnect(const evq_queue *q, evq__reconnect *out);
 /* The visibility timeout of `q` in ns; 0 when it has no leases. */
 int64_t evq__queue_lease_ns(const evq_queue *q);
 /* When the lease of a dequeued message ends (evq__delivery.lease_ns). */
 int64_t evq__msg_lease_ns(const evq_msg *m);
+/* The batch handler an event goes to (the first matching), with its
+ * bounds; NULL when none matches. */
+const void *evq__batch_handler(evq_events *e, const evq_event *ev,
+                               size_t *max_batch, int *max_wait_ms);
+/* The largest max_batch of the registry's batch handlers (0: none). */
+size_t evq__events_max_batch(evq_events *e);
+/* Runs batch handler bh on evs[0..n), then the per-event handlers of
+ * each event it did not fail; rcs[i] gets each event's result, and
+ * reason a failure's message. */
+void evq__dispatch_batch(evq_events *e, const void *bh,
+                         const evq_event *const *evs, size_t n, int *rcs,
+                         char *reason, size_t reason_cap);
 /* The name of the queue a worker consumes. */
 const char *evq__worker_queue_name(const evq_worker *w);
 /* Empties the calling thread's evq_errmsg(). */

@@ -843,6 +843,11 @@ int64_t evq__queue_touch_ms(const evq_queue *q)
     return vt / 3 > 10 ? vt / 3 : 10;
 }
 
+void evq__queue_reconnect(const evq_queue *q, evq__reconnect *out)
+{
+    evq__reconnect_init(out, &q->opts);
+}
+
 int64_t evq__queue_lease_ns(const evq_queue *q)
 {
     return q->lease_ns;

@@ -3,8 +3,12 @@
  *
  * Each thread fetches through the worker's own handle on the queue (so
  * stopping interrupts only that handle), takes up to `prefetch` events at
- * once, and settles each one itself: ack on success, nack with backoff for a
- * retry, or the dead-letter queue.  Counters and the latency histogram are
+ * once (or a batch handler's max_batch), and settles each one itself: ack
+ * on success, nack with backoff for a retry, or the dead-letter queue.
+ * Events for a batch handler are gathered from what was fetched, and more
+ * are fetched for up to its max_wait_ms, then handled in one call.  On a
+ * queue without leases the acks of a fetched batch go to the backend
+ * together.  Counters and the latency histogram are
  * per thread with a single writer, so the hot path has no shared writes; the
  * stats call sums them.
  *
@@ -28,6 +32,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+/* Most messages a thread holds: a prefetch, and what comes while a batch
+ * handler's batch fills. */
+#define HOLD_MAX (1024 + EVQ_MAX_BATCH)
+/* Acks a thread gathers before sending them (queues without leases). */
+#define ACKS_MAX 256
 
 typedef struct wcounter {
     _Atomic uint64_t v;
@@ -56,16 +66,21 @@ typedef struct wthread {
     _Atomic uint64_t cur_start; /* ticks */
     atomic_int inspecting;
     /* What the keeper looks after, under hold_mu (used only when the
-     * worker has a keeper): the running handler's message until it is
-     * settled, or taken by the keeper at its deadline; and the messages
-     * fetched but not started, held[next_held .. n_held), an entry NULL
-     * once the keeper found its lease gone. */
+     * worker has a keeper): the messages of the running handler (a batch
+     * handler's, or one) until they are settled, or taken by the keeper at
+     * their deadline; and the messages fetched but not started,
+     * held[next_held .. n_held), an entry NULL once the keeper found its
+     * lease gone. */
     pthread_mutex_t hold_mu;
-    evq_msg *run_msg;
+    evq_msg **run;
+    int n_run;
     int64_t run_deadline_ns; /* monotonic; INT64_MAX: none */
     bool run_timed_out;
     evq_msg **held;
     int n_held, next_held;
+    /* acks of a queue without leases, sent together (the thread's own) */
+    evq_msg **acks;
+    int n_acks;
     wcounter received, succeeded, failed, retried, dead, unhandled, in_flight,
         timed_out, lease_lost;
     evq__hist hist;
@@ -152,6 +167,8 @@ static void worker_release(evq_worker *w)
         if (w->t[i]) {
             pthread_mutex_destroy(&w->t[i]->hold_mu);
             free(w->t[i]->held);
+            free(w->t[i]->run);
+            free(w->t[i]->acks);
             free(w->t[i]);
         }
     free(w->t);
@@ -182,16 +199,19 @@ static bool keep_one(evq_worker *w, evq_msg *m, int64_t now_ns)
     return true;
 }
 
-/* One round of the keeper over thread t: the running handler's event is
- * taken at its deadline (returned, for time_out) or else touched; the
- * prefetched ones are touched, or dropped when their lease is gone. */
-static evq_msg *keep_thread(evq_worker *w, wthread *t, int64_t now_ns)
+/* One round of the keeper over thread t: the running handler's events
+ * are taken at their deadline (into expired, for time_out; the count is
+ * returned) or else touched; the prefetched ones are touched, or dropped
+ * when their lease is gone. */
+static int keep_thread(evq_worker *w, wthread *t, int64_t now_ns,
+                       evq_msg **expired)
 {
-    evq_msg *expired = NULL;
+    int n_expired = 0;
     pthread_mutex_lock(&t->hold_mu);
-    if (t->run_msg && now_ns >= t->run_deadline_ns) {
-        expired = t->run_msg;
-        t->run_msg = NULL;
+    if (t->n_run && now_ns >= t->run_deadline_ns) {
+        n_expired = t->n_run;
+        memcpy(expired, t->run, (size_t)t->n_run * sizeof *expired);
+        t->n_run = 0;
         t->run_timed_out = true;
         /* Its thread is stuck in the handler: what it prefetched goes back
          * for other threads and consumers rather than wait for it. */
@@ -200,10 +220,12 @@ static evq_msg *keep_thread(evq_worker *w, wthread *t, int64_t now_ns)
                 evq_nack(t->held[i], 0);
                 t->held[i] = NULL;
             }
-    } else if (t->run_msg && w->touch_ms && !keep_one(w, t->run_msg, now_ns)) {
-        wlog(w, EVQ_LOG_WARN,
-             "a running handler's event lost its lease: "
-             "its settle will fail");
+    } else {
+        for (int i = 0; w->touch_ms && i < t->n_run; i++)
+            if (!keep_one(w, t->run[i], now_ns))
+                wlog(w, EVQ_LOG_WARN,
+                     "a running handler's event lost its lease: its settle "
+                     "will fail");
     }
     for (int i = t->next_held; w->touch_ms && i < t->n_held; i++) {
         evq_msg *m = t->held[i];
@@ -214,7 +236,7 @@ static evq_msg *keep_thread(evq_worker *w, wthread *t, int64_t now_ns)
         }
     }
     pthread_mutex_unlock(&t->hold_mu);
-    return expired;
+    return n_expired;
 }
 
 /* The keeper: every period_ms (or at the next deadline, if sooner) it
@@ -228,6 +250,7 @@ static void *keeper_main(void *arg)
     evq_worker *w = arg;
     pthread_setname_np(pthread_self(), "evq-keeper");
     tls_worker = w; /* its callbacks may not stop the worker either */
+    evq_msg **expired = malloc(EVQ_MAX_BATCH * sizeof *expired);
     pthread_mutex_lock(&w->mu);
     int64_t wake = evq__now_mono_ns() + w->period_ms * 1000000;
     while (!atomic_load(&w->stopping) || w->live > 0) {
@@ -246,17 +269,18 @@ static void *keeper_main(void *arg)
             wthread *t = w->t[i];
             if (!t)
                 continue;
-            evq_msg *expired = keep_thread(w, t, now_ns);
-            if (expired)
-                time_out(w->kt, expired);
+            int n_expired = expired ? keep_thread(w, t, now_ns, expired) : 0;
+            for (int k = 0; k < n_expired; k++)
+                time_out(w->kt, expired[k]);
             pthread_mutex_lock(&t->hold_mu);
-            if (t->run_msg && t->run_deadline_ns < wake)
+            if (t->n_run && t->run_deadline_ns < wake)
                 wake = t->run_deadline_ns;
             pthread_mutex_unlock(&t->hold_mu);
         }
         pthread_mutex_lock(&w->mu);
     }
     pthread_mutex_unlock(&w->mu);
+    free(expired);
     worker_release(w);
     return NULL;
 }
@@ -342,9 +366,33 @@ static void time_out(wthread *kt, evq_msg *m)
 /* Acks m after its handlers succeeded.  An ack refused because the lease
  * went to another consumer meanwhile is not a success: the event runs
  * there again. */
+static void flush_acks(wthread *t);
+
+/* Sends the acks gathered (a queue without leases: no ack is refused for
+ * a lease, so they count as succeeded when gathered). */
+static void flush_acks(wthread *t)
+{
+    if (!t->n_acks)
+        return;
+    int rc = evq_ack_batch(t->acks, (size_t)t->n_acks);
+    t->n_acks = 0;
+    if (rc) {
+        report(t->w, NULL, rc, evq_errmsg(), 0);
+        wlog(t->w, EVQ_LOG_ERROR, "ack failed: %s: %s", evq_strerror(rc),
+             evq_errmsg());
+    }
+}
+
 static void succeed(wthread *t, evq_msg *m, int attempt)
 {
     evq_worker *w = t->w;
+    if (t->acks) {
+        t->acks[t->n_acks++] = m;
+        bump(&t->succeeded, 1);
+        if (t->n_acks == ACKS_MAX)
+            flush_acks(t);
+        return;
+    }
     int arc = evq_ack(m);
     if (arc == 0) {
         bump(&t->succeeded, 1);
@@ -360,75 +408,14 @@ static void succeed(wthread *t, evq_msg *m, int attempt)
                                    it if the ack was lost */
 }
 
-static void handle(wthread *t, evq_msg *m)
+/* Settles m after its handlers returned rc (reason: the failure's
+ * message). */
+static void settle(wthread *t, evq_msg *m, int rc, const char *reason)
 {
     evq_worker *w = t->w;
     const evq_event *ev = evq_msg_event(m);
     int attempt = evq_event_attempt(ev);
-    bool kept = w->period_ms > 0;
-    int timeout = w->o.handler_timeout_ms;
-    char reason[600];
-
-    /* With a deadline the keeper may settle m (and free its event) while
-     * the handler still runs: the handler's event is kept alive here. */
-    evq_event *own = timeout > 0 ? evq__event_ref(ev) : NULL;
-    uint64_t start = evq__ticks();
-    int64_t deadline_ns =
-        timeout > 0 ? evq__now_mono_ns() + (int64_t)timeout * 1000000 : 0;
-    tls_deadline_ns = deadline_ns;
-    if (kept) {
-        pthread_mutex_lock(&t->hold_mu);
-        t->run_msg = m;
-        t->run_timed_out = false;
-        t->run_deadline_ns = timeout > 0 ? deadline_ns : INT64_MAX;
-        pthread_mutex_unlock(&t->hold_mu);
-    }
-    atomic_store_explicit(&t->cur_start, start, memory_order_relaxed);
-    atomic_store_explicit(&t->cur, ev, memory_order_release);
-
-    int rc = evq_dispatch(w->events, ev);
-
-    /* Ticks go into the histogram; quantiles convert to nanoseconds. */
-    evq__hist_record(&t->hist, evq__ticks() - start);
-    if (rc)
-        snprintf(reason, sizeof reason, "%s", evq_errmsg());
-    atomic_store_explicit(&t->cur, NULL, memory_order_seq_cst);
-    while (atomic_load_explicit(&t->inspecting, memory_order_seq_cst))
-        ;
-    tls_deadline_ns = 0;
-    bool late = false, expired = false;
-    if (kept) {
-        pthread_mutex_lock(&t->hold_mu);
-        late = t->run_timed_out;
-        /* Past the deadline before the keeper's round saw it: a timeout
-         * all the same (the handler may have stopped early because
-         * evq_handler_expired said so, and returned success). */
-        expired = !late && deadline_ns && evq__now_mono_ns() >= deadline_ns;
-        t->run_msg = NULL;
-        pthread_mutex_unlock(&t->hold_mu);
-    }
-    if (expired) {
-        wlog(w, EVQ_LOG_WARN,
-             "event %.40s (%.64s): its handler returned after its deadline "
-             "(%s); the result is ignored",
-             evq_event_id(ev), evq_event_type(ev),
-             rc ? evq_strerror(rc) : "success");
-        evq_event_free(own);
-        time_out(t, m);
-        return;
-    }
-    if (late) {
-        /* The keeper settled the event at its deadline. */
-        wlog(w, EVQ_LOG_WARN,
-             "event %.40s (%.64s): its handler returned %d ms after its "
-             "deadline (%s); the result is ignored",
-             evq_event_id(own), evq_event_type(own),
-             (int)((evq__now_mono_ns() - deadline_ns) / 1000000),
-             rc ? evq_strerror(rc) : "success");
-        evq_event_free(own);
-        return;
-    }
-    evq_event_free(own); /* m still holds the event */
+    char why[700];
 
     if (rc == 0) {
         succeed(t, m, attempt);
@@ -440,18 +427,17 @@ static void handle(wthread *t, evq_msg *m)
             evq_ack(m);
             return;
         }
-        snprintf(reason, sizeof reason, "no handler for type '%.200s'",
+        snprintf(why, sizeof why, "no handler for type '%.200s'",
                  evq_event_type(ev));
-        dead_letter(t, m, ev, attempt, rc, reason);
+        dead_letter(t, m, ev, attempt, rc, why);
         return;
     }
     bump(&t->failed, 1);
     if (rc == EVQ_EPERMANENT || attempt >= w->o.max_attempts) {
-        char full[700];
-        snprintf(full, sizeof full, "%s after %d attempt%s: %s",
+        snprintf(why, sizeof why, "%s after %d attempt%s: %.600s",
                  rc == EVQ_EPERMANENT ? "permanent failure" : "failed", attempt,
                  attempt == 1 ? "" : "s", reason);
-        dead_letter(t, m, ev, attempt, rc, full);
+        dead_letter(t, m, ev, attempt, rc, why);
         return;
     }
     report(w, ev, rc, reason, attempt);
@@ -466,6 +452,92 @@ static void handle(wthread *t, evq_msg *m)
         bump(&t->lease_lost, 1);
     else
         bump(&t->retried, 1);
+}
+
+/* Runs the handlers of ms[0..k): batch handler bh on all of them, or
+ * (bh NULL, k 1) the event's handlers; then settles each, unless the
+ * keeper took them at their deadline meanwhile. */
+static void run_handlers(wthread *t, evq_msg **ms, int k, const void *bh)
+{
+    evq_worker *w = t->w;
+    bool kept = w->period_ms > 0;
+    int timeout = w->o.handler_timeout_ms;
+    const evq_event *evs[EVQ_MAX_BATCH];
+    evq_event *own[EVQ_MAX_BATCH];
+    int rcs[EVQ_MAX_BATCH];
+    char reason[600] = "";
+
+    /* With a deadline the keeper may settle the messages (and free their
+     * events) while the handler still runs: the events are kept alive
+     * here. */
+    for (int i = 0; i < k; i++) {
+        evs[i] = evq_msg_event(ms[i]);
+        own[i] = timeout > 0 ? evq__event_ref(evs[i]) : NULL;
+    }
+    uint64_t start = evq__ticks();
+    int64_t deadline_ns =
+        timeout > 0 ? evq__now_mono_ns() + (int64_t)timeout * 1000000 : 0;
+    tls_deadline_ns = deadline_ns;
+    if (kept) {
+        pthread_mutex_lock(&t->hold_mu);
+        memcpy(t->run, ms, (size_t)k * sizeof *ms);
+        t->n_run = k;
+        t->run_timed_out = false;
+        t->run_deadline_ns = timeout > 0 ? deadline_ns : INT64_MAX;
+        pthread_mutex_unlock(&t->hold_mu);
+    }
+    atomic_store_explicit(&t->cur_start, start, memory_order_relaxed);
+    atomic_store_explicit(&t->cur, evs[0], memory_order_release);
+
+    if (bh) {
+        evq__dispatch_batch(w->events, bh, evs, (size_t)k, rcs, reason,
+                            sizeof reason);
+    } else {
+        rcs[0] = evq_dispatch(w->events, evs[0]);
+        if (rcs[0])
+            snprintf(reason, sizeof reason, "%s", evq_errmsg());
+    }
+
+    /* Ticks go into the histogram; quantiles convert to nanoseconds.  A
+     * batch's time counts for each of its events. */
+    uint64_t took = evq__ticks() - start;
+    for (int i = 0; i < k; i++)
+        evq__hist_record(&t->hist, took);
+    atomic_store_explicit(&t->cur, NULL, memory_order_seq_cst);
+    while (atomic_load_explicit(&t->inspecting, memory_order_seq_cst))
+        ;
+    tls_deadline_ns = 0;
+    bool late = false, expired = false;
+    if (kept) {
+        pthread_mutex_lock(&t->hold_mu);
+        late = t->run_timed_out;
+        /* Past the deadline before the keeper's round saw it: a timeout
+         * all the same (the handler may have stopped early because
+         * evq_handler_expired said so, and returned success). */
+        expired = !late && deadline_ns && evq__now_mono_ns() >= deadline_ns;
+        t->n_run = 0;
+        pthread_mutex_unlock(&t->hold_mu);
+    }
+    if (expired || late) {
+        /* late: the keeper settled the events at their deadline */
+        wlog(w, EVQ_LOG_WARN,
+             "event %.40s (%.64s)%s: its handler returned %d ms after its "
+             "deadline (%s); the result is ignored",
+             evq_event_id(own[0]), evq_event_type(own[0]),
+             k > 1 ? " and the rest of its batch" : "",
+             (int)((evq__now_mono_ns() - deadline_ns) / 1000000),
+             rcs[0] ? evq_strerror(rcs[0]) : "success");
+        for (int i = 0; i < k; i++) {
+            if (expired)
+                time_out(t, ms[i]);
+            evq_event_free(own[i]);
+        }
+        return;
+    }
+    for (int i = 0; i < k; i++) {
+        evq_event_free(own[i]); /* ms[i] still holds the event */
+        settle(t, ms[i], rcs[i], reason);
+    }
 }
 
 /* The next fetched message to start, or NULL when none is left; entries
@@ -490,39 +562,130 @@ static evq_msg *next_held(wthread *t, evq_msg **batch, int *next, int n,
     return NULL;
 }
 
+/* Adds m to what thread t holds (the keeper's view when kept): at
+ * batch[*n].  False when there is no room (m is then handed back). */
+static bool hold_more(wthread *t, evq_msg **batch, int *n, bool kept,
+                      evq_msg *m)
+{
+    if (*n >= HOLD_MAX) {
+        evq_nack(m, 0);
+        bump(&t->in_flight, -1);
+        return false;
+    }
+    if (kept)
+        pthread_mutex_lock(&t->hold_mu);
+    batch[(*n)++] = m;
+    if (kept) {
+        t->n_held = *n;
+        pthread_mutex_unlock(&t->hold_mu);
+    }
+    return true;
+}
+
+/* Makes group[0..*k) (the first already there) a batch for handler bh:
+ * what thread t holds for bh joins it, then what more comes within the
+ * handler's max_wait_ms; the rest fetched meanwhile is held for later.
+ * When kept, the group is the keeper's run set while it fills. */
+static void gather(wthread *t, evq_msg **batch, int next, int *n, bool kept,
+                   const void *bh, size_t max_batch, int max_wait_ms,
+                   evq_msg **group, int *k)
+{
+    evq_worker *w = t->w;
+    size_t mb;
+    int mw;
+    if (kept) {
+        pthread_mutex_lock(&t->hold_mu);
+        t->run[0] = group[0];
+        t->n_run = 1;
+        t->run_deadline_ns = INT64_MAX;
+        t->run_timed_out = false;
+    }
+    int keep = next;
+    for (int i = next; i < *n; i++) {
+        evq_msg *m = batch[i];
+        if (m && (size_t)*k < max_batch &&
+            evq__batch_handler(w->events, evq_msg_event(m), &mb, &mw) == bh) {
+            group[(*k)++] = m;
+            if (kept)
+                t->run[t->n_run++] = m;
+        } else {
+            batch[keep++] = m;
+        }
+    }
+    *n = keep;
+    if (kept) {
+        t->n_held = *n;
+        pthread_mutex_unlock(&t->hold_mu);
+    }
+    int64_t end = evq__now_mono_ns() + (int64_t)max_wait_ms * 1000000;
+    size_t fetched = 0; /* bounds what waits in batch */
+    while ((size_t)*k < max_batch && fetched < max_batch &&
+           !atomic_load_explicit(&w->stopping, memory_order_acquire)) {
+        int64_t left = (end - evq__now_mono_ns()) / 1000000;
+        if (left <= 0)
+            break;
+        evq_msg *more[EVQ_MAX_BATCH];
+        int got = evq_dequeue_batch(w->fetch, more, max_batch - (size_t)*k,
+                                    (int)left);
+        if (got <= 0)
+            break;
+        fetched += (size_t)got;
+        bump(&t->received, got);
+        bump(&t->in_flight, got);
+        for (int i = 0; i < got; i++) {
+            evq_msg *m = more[i];
+            if (evq__batch_handler(w->events, evq_msg_event(m), &mb, &mw) !=
+                bh) {
+                hold_more(t, batch, n, kept, m);
+                continue;
+            }
+            group[(*k)++] = m;
+            if (kept) {
+                pthread_mutex_lock(&t->hold_mu);
+                t->run[t->n_run++] = m;
+                pthread_mutex_unlock(&t->hold_mu);
+            }
+        }
+    }
+}
+
 static void *worker_main(void *arg)
 {
     wthread *t = arg;
     evq_worker *w = t->w;
-    int prefetch = w->o.prefetch;
     bool kept = w->period_ms > 0;
-    evq_msg *more[1024], **batch = kept ? t->held : more;
+    evq_msg *more[HOLD_MAX], **batch = kept ? t->held : more;
+    evq_msg *group[EVQ_MAX_BATCH];
+    evq__reconnect policy;
+    evq__queue_reconnect(w->fetch, &policy);
+    int failures = 0;
 
     char tname[16];
     snprintf(tname, sizeof tname, "evq-worker-%d", t->index % 1000);
     pthread_setname_np(pthread_self(), tname);
     tls_worker = w;
     while (!atomic_load_explicit(&w->stopping, memory_order_acquire)) {
-        evq_msg *first;
-        int n = 0, rc = evq_dequeue(w->fetch, &first, -1);
-        if (rc == EVQ_ECLOSED)
+        size_t take = (size_t)w->o.prefetch, mb = 0;
+        int mw = 0;
+        size_t most = evq__events_max_batch(w->events);
+        if (most > take)
+            take = most;
+        int n = evq_dequeue_batch(w->fetch, more, take, -1);
+        if (n == EVQ_ECLOSED)
             break;
-        if (rc == EVQ_ETIMEDOUT)
+        if (n == EVQ_ETIMEDOUT)
             continue;
-        if (rc) {
-            /* The backend is failing (a broker away, say): report, pause a
-             * little and try again rather than spin. */
-            report(w, NULL, rc, evq_errmsg(), 0);
-            wlog(w, EVQ_LOG_ERROR, "dequeue failed: %s: %s", evq_strerror(rc),
+        if (n < 0) {
+            /* The backend is failing (a broker away, say): report, pause
+             * (reconnect_initial_ms, doubling up to reconnect_max_ms) and
+             * try again rather than spin. */
+            report(w, NULL, n, evq_errmsg(), 0);
+            wlog(w, EVQ_LOG_ERROR, "dequeue failed: %s: %s", evq_strerror(n),
                  evq_errmsg());
-            struct timespec pause = {0, 100 * 1000000};
-            nanosleep(&pause, NULL);
+            evq__sleep_ms(evq__reconnect_pause_ms(&policy, ++failures));
             continue;
         }
-        more[0] = first;
-        n = 1;
-        while (n < prefetch && evq_dequeue(w->fetch, &more[n], 0) == 0)
-            n++;
+        failures = 0;
         if (kept) {
             pthread_mutex_lock(&t->hold_mu);
             for (int i = 0; i < n; i++)
@@ -536,18 +699,32 @@ static void *worker_main(void *arg)
         int next = 0;
         evq_msg *m;
         while ((m = next_held(t, batch, &next, n, kept)) != NULL) {
-            if (atomic_load_explicit(&w->stopping, memory_order_acquire))
+            if (atomic_load_explicit(&w->stopping, memory_order_acquire)) {
                 evq_nack(m, 0); /* fetched, never started: hand back */
-            else
-                handle(t, m);
-            bump(&t->in_flight, -1);
+                bump(&t->in_flight, -1);
+                continue;
+            }
+            const void *bh =
+                evq__batch_handler(w->events, evq_msg_event(m), &mb, &mw);
+            if (!bh) {
+                run_handlers(t, &m, 1, NULL);
+                bump(&t->in_flight, -1);
+                continue;
+            }
+            int k = 1;
+            group[0] = m;
+            gather(t, batch, next, &n, kept, bh, mb, mw, group, &k);
+            run_handlers(t, group, k, bh);
+            bump(&t->in_flight, -k);
         }
+        flush_acks(t);
         if (kept) {
             pthread_mutex_lock(&t->hold_mu);
             t->n_held = t->next_held = 0;
             pthread_mutex_unlock(&t->hold_mu);
         }
     }
+    flush_acks(t);
     tls_worker = NULL;
     pthread_mutex_lock(&w->mu);
     w->live--;
@@ -681,8 +858,11 @@ int evq_worker_start(evq_worker **wp, evq_queue *q, evq_events *events,
         t->w = w;
         t->index = i;
         w->t[i] = t;
-        if (w->period_ms > 0 &&
-            !(t->held = calloc((size_t)w->o.prefetch, sizeof *t->held))) {
+        if ((w->period_ms > 0 &&
+             (!(t->held = calloc(HOLD_MAX, sizeof *t->held)) ||
+              !(t->run = calloc(EVQ_MAX_BATCH, sizeof *t->run)))) ||
+            (w->lease_ns == 0 &&
+             !(t->acks = calloc(ACKS_MAX, sizeof *t->acks)))) {
             rc = evq__err(EVQ_ENOMEM, "out of memory");
             break;
         }
