@@ -219,20 +219,20 @@ int evq_handler_reason(const char *fmt, ...)
 }
 
 /* A handler's failure as the code and message evq_dispatch gives. */
-static int handler_failed(int rc, const char *what, size_t i, const char *type)
+static int handler_failed(int rc, const char *who, const char *type)
 {
     if (tls_reason_set) {
         tls_reason_set = false;
         return evq__err(rc < 0 ? rc : EVQ_EHANDLER, "%s", tls_reason);
     }
     if (rc < 0 && evq_errmsg()[0])
-        return evq__err_prefix(rc, "%s %zu for '%.64s' failed (%s)", what, i,
-                               type, evq_strerror(rc));
+        return evq__err_prefix(rc, "%s for '%.64s' failed (%s)", who, type,
+                               evq_strerror(rc));
     if (rc < 0)
-        return evq__err(rc, "%s %zu for '%.64s' failed: %s", what, i, type,
+        return evq__err(rc, "%s for '%.64s' failed: %s", who, type,
                         evq_strerror(rc));
-    return evq__err(EVQ_EHANDLER, "%s %zu for '%.64s' returned %d", what, i,
-                    type, rc);
+    return evq__err(EVQ_EHANDLER, "%s for '%.64s' returned %d", who, type,
+                    rc);
 }
 
 /* Runs the handlers matching ev: the per-event ones, and (with `batch`)
@@ -262,9 +262,12 @@ static int dispatch(evq_events *e, const evq_event *ev, bool batch)
         } else {
             rc = h->fn(ev, h->arg);
         }
-        if (rc != 0)
-            return handler_failed(rc, h->batch_fn ? "batch handler" : "handler",
-                                  i, type);
+        if (rc != 0) {
+            char who[48];
+            snprintf(who, sizeof who, "%s %zu",
+                     h->batch_fn ? "batch handler" : "handler", i);
+            return handler_failed(rc, who, type);
+        }
     }
     return matched ? 0 : EVQ_ENOHANDLER;
 }
@@ -328,7 +331,7 @@ void evq__dispatch_batch(evq_events *e, const void *bh,
         int code = rc;
         for (size_t i = 0; i < n && !code; i++)
             code = rcs[i];
-        handler_failed(code, "batch handler", 0, type);
+        handler_failed(code, "the batch handler", type);
         snprintf(reason, reason_cap, "%s", evq_errmsg());
         for (size_t i = 0; rc && i < n; i++)
             rcs[i] = rc;

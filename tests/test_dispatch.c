@@ -231,6 +231,59 @@ static void registration_is_safe_while_dispatching(void **state)
     evq_events_free(r.e);
 }
 
+/* A batch handler, recording the size of each batch and failing with its
+ * tag's code (through rcs, or its return when rc is set). */
+struct batched {
+    struct log *log;
+    int rc_each, rc_all;
+};
+
+static int record_batch(const evq_event *const *evs, size_t n, int *rcs,
+                        void *arg)
+{
+    struct batched *b = arg;
+    (void)evs;
+    if (b->log->n < 64)
+        snprintf(b->log->entries[b->log->n++], 32, "batch%zu", n);
+    for (size_t i = 0; i < n; i++)
+        rcs[i] = b->rc_each;
+    if (b->rc_each)
+        evq_handler_reason("refused %zu", n);
+    return b->rc_all;
+}
+
+static void dispatch_gives_a_batch_handler_a_batch_of_one(void **state)
+{
+    (void)state;
+    struct log log = {0};
+    struct batched b = {&log, 0, 0};
+    struct tagged per = {&log, "per", 0};
+    evq_events *e = evq_events_new();
+    evq_event *ev = typed("row.added");
+
+    assert_evq_ok(evq_register_handler(e, "row.*", record, &per));
+    assert_evq_ok(evq_register_batch_handler(e, "row.added", record_batch, &b,
+                                             10, 50));
+    /* a second batch handler of the same type never gets it */
+    assert_evq_ok(evq_register_batch_handler(e, "*", record_batch, &b, 10, 50));
+    assert_evq_ok(evq_dispatch(e, ev));
+    assert_log(&log, "per,batch1");
+
+    log.n = 0;
+    b.rc_each = EVQ_EIO;
+    assert_evq_err(evq_dispatch(e, ev), EVQ_EIO);
+    assert_errmsg_has("refused 1");
+    assert_log(&log, "per,batch1");
+
+    log.n = 0;
+    b.rc_each = 0;
+    b.rc_all = 7; /* positive: a handler failure */
+    assert_evq_err(evq_dispatch(e, ev), EVQ_EHANDLER);
+    assert_errmsg_has("batch handler 1 for 'row.added' returned 7");
+    evq_events_free(e);
+    evq_event_free(ev);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -240,6 +293,7 @@ int main(void)
         cmocka_unit_test(bad_patterns_and_arguments_are_refused),
         cmocka_unit_test(a_handler_may_register_handlers),
         cmocka_unit_test(registration_is_safe_while_dispatching),
+        cmocka_unit_test(dispatch_gives_a_batch_handler_a_batch_of_one),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1456,6 +1456,177 @@ static void a_handler_that_always_times_out_is_dead_lettered(void **state)
     evq_queue_close(q);
 }
 
+/* ---- batch handlers ------------------------------------------------------ */
+
+#define BATCH_N 60
+
+struct batches {
+    pthread_mutex_t mu;
+    int runs[BATCH_N]; /* times each number was in a batch */
+    int ok[BATCH_N];   /* times the batch handler did it */
+    int calls, biggest;
+    atomic_int others; /* the per-event handler's runs */
+    atomic_int after;  /* per-event handler of batch-handled events */
+};
+
+/* Refuses numbers 3, 10, 17, ... on their first attempt (retried) and
+ * number 5 always (dead-lettered, with its reason). */
+static int batch_fn(const evq_event *const *evs, size_t n, int *rcs,
+                    void *arg)
+{
+    struct batches *b = arg;
+    bool refused = false;
+    pthread_mutex_lock(&b->mu);
+    b->calls++;
+    if ((int)n > b->biggest)
+        b->biggest = (int)n;
+    for (size_t i = 0; i < n; i++) {
+        int k = (int)number_of(evs[i]);
+        b->runs[k]++;
+        if (k == 5)
+            rcs[i] = EVQ_EPERMANENT;
+        else if (k % 7 == 3 && evq_event_attempt(evs[i]) == 1)
+            rcs[i] = EVQ_EHANDLER;
+        else
+            b->ok[k]++;
+        refused |= rcs[i] != 0;
+    }
+    pthread_mutex_unlock(&b->mu);
+    if (refused)
+        evq_handler_reason("row refused by the batch handler");
+    return 0;
+}
+
+static int other_fn(const evq_event *ev, void *arg)
+{
+    (void)ev;
+    atomic_fetch_add(&((struct batches *)arg)->others, 1);
+    return 0;
+}
+
+static int after_fn(const evq_event *ev, void *arg)
+{
+    (void)ev;
+    atomic_fetch_add(&((struct batches *)arg)->after, 1);
+    return 0;
+}
+
+static void a_batch_handler_gets_batches_and_failures_retry_alone(void **state)
+{
+    (void)state;
+    REQUIRES(PROMISE_REDELIVERY | PROMISE_DEAD_LETTERS);
+    evq_queue *q = open_fresh(NULL, NULL);
+    evq_events *e = evq_events_new();
+    struct batches b = {.mu = PTHREAD_MUTEX_INITIALIZER};
+    evq_worker_opts o = fast_retries();
+    evq_event *evs[BATCH_N + 5];
+    struct evq_worker_stats st;
+    evq_worker *w;
+
+    /* bad input first */
+    assert_evq_err(evq_register_batch_handler(NULL, "x", batch_fn, &b, 4, 0),
+                   EVQ_EINVAL);
+    assert_evq_err(evq_register_batch_handler(e, "x", NULL, &b, 4, 0),
+                   EVQ_EINVAL);
+    assert_evq_err(evq_register_batch_handler(e, "x", batch_fn, &b, 0, 0),
+                   EVQ_EINVAL);
+    assert_errmsg_has("max_batch");
+    assert_evq_err(evq_register_batch_handler(e, "x", batch_fn, &b,
+                                              EVQ_MAX_BATCH + 1, 0),
+                   EVQ_EINVAL);
+    assert_evq_err(evq_register_batch_handler(e, "x", batch_fn, &b, 4, -1),
+                   EVQ_EINVAL);
+    assert_errmsg_has("max_wait_ms");
+    assert_evq_err(evq_register_batch_handler(e, "a*b", batch_fn, &b, 4, 0),
+                   EVQ_EINVAL);
+    assert_int_equal(evq_events_count(e), 0);
+
+    assert_evq_ok(
+        evq_register_batch_handler(e, "conf.numbered", batch_fn, &b, 16, 300));
+    assert_evq_ok(evq_register_handler(e, "conf.numbered", after_fn, &b));
+    assert_evq_ok(evq_register_handler(e, "conf.other", other_fn, &b));
+    o.concurrency = 2;
+    o.prefetch = 4;
+    o.max_attempts = 3;
+    assert_evq_ok(evq_worker_start(&w, q, e, &o));
+    for (int i = 0; i < BATCH_N; i++)
+        evs[i] = numbered(i);
+    for (int i = 0; i < 5; i++)
+        assert_non_null(evs[BATCH_N + i] = evq_event_new("conf.other", NULL));
+    assert_evq_ok(
+        evq_enqueue_batch(q, (const evq_event *const *)evs, BATCH_N + 5));
+    wait_settled(w, BATCH_N + 5);
+    assert_evq_ok(evq_worker_stop(w, 5000));
+    evq_worker_stats(w, &st);
+
+    int retried = 0;
+    for (int k = 0; k < BATCH_N; k++) {
+        int again = k != 5 && k % 7 == 3;
+        retried += again;
+        if (b.runs[k] != 1 + again || b.ok[k] != (k != 5))
+            fail_msg("number %d ran %d times, done %d times", k, b.runs[k],
+                     b.ok[k]);
+    }
+    /* batches, not one call per event, and never past max_batch */
+    if (b.biggest < 2 || b.biggest > 16 || b.calls >= BATCH_N)
+        fail_msg("%d calls, the biggest batch %d", b.calls, b.biggest);
+    assert_int_equal(atomic_load(&b.others), 5);
+    assert_int_equal(atomic_load(&b.after), BATCH_N - 1);
+    assert_int_equal(st.succeeded, BATCH_N - 1 + 5);
+    assert_int_equal(st.failed, retried + 1);
+    assert_int_equal(st.retried, retried);
+    assert_int_equal(st.dead_lettered, 1);
+    take_dead_letter(q, evs[5], "row refused by the batch handler", "1");
+    assert_empty(q);
+    evq_worker_free(w);
+    evq_events_free(e);
+    for (int i = 0; i < BATCH_N + 5; i++)
+        evq_event_free(evs[i]);
+    evq_queue_close(q);
+}
+
+/* Events waiting for their batch to fill are kept like running ones: a
+ * batch that fills for 2.5 s on a 1 s lease, while a consumer in another
+ * process polls, is handled once, whole. */
+static void a_batch_waiting_to_fill_keeps_its_events(void **state)
+{
+    (void)state;
+    REQUIRES(PROMISE_LEASES);
+    char name[64], file[256], other[16][64];
+    evq_queue *q = open_fresh(LEASE_PARAMS, name);
+    evq_events *e = evq_events_new();
+    struct batches b = {.mu = PTHREAD_MUTEX_INITIALIZER};
+    evq_worker *w;
+    evq_event *evs[3] = {numbered(0), numbered(1), numbered(2)};
+
+    assert_evq_ok(
+        evq_register_batch_handler(e, "conf.numbered", batch_fn, &b, 100, 2500));
+    assert_evq_ok(evq_worker_start(&w, q, e, NULL));
+    assert_evq_ok(evq_enqueue_batch(q, (const evq_event *const *)evs, 3));
+    pid_t pid = poll_elsewhere(name, 3500, file, sizeof file);
+    wait_settled(w, 3);
+    int elsewhere = poll_elsewhere_wait(pid, file, other);
+    assert_evq_ok(evq_worker_stop(w, 5000));
+    struct evq_worker_stats st;
+    evq_worker_stats(w, &st);
+    if (elsewhere)
+        fail_msg("the other consumer received %s while the batch filled",
+                 other[0]);
+    assert_int_equal(b.calls, 1);
+    assert_int_equal(b.biggest, 3);
+    for (int k = 0; k < 3; k++)
+        assert_int_equal(b.runs[k], 1);
+    assert_int_equal(st.succeeded, 3);
+    assert_int_equal(st.lease_lost, 0);
+    evq_msg *m;
+    assert_evq_err(evq_dequeue(q, &m, 1500), EVQ_ETIMEDOUT);
+    evq_worker_free(w);
+    evq_events_free(e);
+    for (int k = 0; k < 3; k++)
+        evq_event_free(evs[k]);
+    evq_queue_close(q);
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 2) {
@@ -1496,6 +1667,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(an_expired_lease_is_not_settled_by_its_old_owner),
         cmocka_unit_test(a_handler_past_its_deadline_is_retried),
         cmocka_unit_test(a_handler_that_always_times_out_is_dead_lettered),
+        cmocka_unit_test(a_batch_handler_gets_batches_and_failures_retry_alone),
+        cmocka_unit_test(a_batch_waiting_to_fill_keeps_its_events),
         cmocka_unit_test(async_events_are_reported_once_and_delivered),
         cmocka_unit_test(async_misuse_is_a_clear_error),
         cmocka_unit_test(close_reports_everything_in_flight),
