@@ -594,8 +594,18 @@ typedef enum evq_log_level {
 typedef void (*evq_error_fn)(const evq_event *ev, int code, const char *reason,
                              int attempt, void *arg);
 /* Called on any worker thread (or the one calling start/stop) with one
- * line of text, borrowed for the call. */
+ * line of text, borrowed for the call.  Lines about a broker (below) come
+ * on the client library's threads too. */
 typedef void (*evq_log_fn)(evq_log_level level, const char *line, void *arg);
+
+/* Where the library says what a user needs to see of a broker: a lost
+ * connection, a reconnect, a client library's warning or error (each line
+ * names the queue's URL, password hidden, and name).  A line repeated
+ * within 30 s is said once, then counted.  A worker's handle says them to
+ * the worker's `log`; every other handle to the function set here (NULL,
+ * the default: nowhere; the library never prints).  Any thread; the
+ * function must be safe to call from any thread. */
+EVQ_API void evq_set_log(evq_log_fn fn, void *arg);
 
 typedef enum evq_unhandled {
     EVQ_UNHANDLED_DEAD_LETTER, /* default: dead-letter with "no handler" */

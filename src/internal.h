@@ -374,6 +374,18 @@ void evq__pipe_free(evq__pipe *p);
 /* Whether the calling thread is inside a done callback. */
 bool evq__pipe_in_done(void);
 
+/* ---- the backend kit: the log (log.c) -------------------------------------
+ * A queue handle's broker events; see log.c. */
+typedef struct evq__logger evq__logger;
+evq__logger *evq__logger_new(const char *where);
+void evq__logger_free(evq__logger *lg);
+/* The handle's own log function (NULL: the process's, evq_set_log). */
+void evq__logger_set(evq__logger *lg, evq_log_fn fn, void *arg);
+/* Says a line (printf-style); a repeat within 30 s is only counted.  Any
+ * thread; lg may be NULL (nothing is said). */
+void evq__logf(evq__logger *lg, evq_log_level level, const char *fmt, ...)
+    EVQ__PRINTF(3, 4);
+
 /* ---- the backend kit: reconnect policy and read-ahead (readahead.c) ----- */
 
 /* One backoff for every reconnect: reconnect_initial_ms, doubling up to
@@ -412,9 +424,10 @@ struct evq_backend_ops {
     unsigned flags;
     const evq__opt_spec *opts; /* the backend's own options; NULL-named end */
     /* Opens the backend state for queue `name`.  `url` and `opts` are
-     * borrowed for the call.  Required. */
+     * borrowed for the call; `log` (the handle's, for broker events)
+     * lives as long as the state.  Required. */
     int (*open)(void **state, const evq__url *url, const char *name,
-                const evq__optset *opts);
+                const evq__optset *opts, evq__logger *log);
     /* Accepts `n` items; returns once they are as durable as the backend
      * promises.  May block (full queue).  Required. */
     int (*enqueue)(void *state, const evq__item *items, size_t n);
@@ -482,6 +495,8 @@ int evq__queue_clone(evq_queue *q, evq_queue **out);
 /* How often a worker should touch a running handler's delivery on `q`: a
  * third of its visibility timeout, or 0 when the backend cannot touch. */
 int64_t evq__queue_touch_ms(const evq_queue *q);
+/* Sends the broker events of `q` to fn (a worker's log). */
+void evq__queue_set_log(evq_queue *q, evq_log_fn fn, void *arg);
 /* The reconnect policy of `q` (reconnect_initial_ms, reconnect_max_ms). */
 void evq__queue_reconnect(const evq_queue *q, evq__reconnect *out);
 /* The visibility timeout of `q` in ns; 0 when it has no leases. */

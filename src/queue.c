@@ -27,6 +27,7 @@ struct evq_queue {
     int64_t lease_ns; /* visibility timeout in ns; 0 without leases */
     evq__pipe *pipe;  /* the send pipeline */
     evq__ra *ra;      /* the read-ahead of a backend with fetch, else NULL */
+    evq__logger *log; /* broker events */
     atomic_bool closed;
     pthread_mutex_t dead_lock;
     evq_queue *dead; /* opened on first use */
@@ -100,6 +101,7 @@ static void queue_release(evq_queue *q)
         return;
     evq__ra_free(q->ra); /* gives back what it holds: before close */
     q->ops->close(q->state);
+    evq__logger_free(q->log);
     evq__pipe_free(q->pipe);
     evq_queue_close(q->dead);
     pthread_mutex_destroy(&q->dead_lock);
@@ -182,7 +184,13 @@ int evq_queue_open(evq_queue **qp, const char *url, const char *name,
         rc = EVQ_ENOMEM;
         goto fail;
     }
-    if ((rc = ops->open(&q->state, &u, name, &q->opts)) != 0) {
+    char where[160];
+    snprintf(where, sizeof where, "%.120s '%.32s'", u.redacted, name);
+    if (!(q->log = evq__logger_new(where))) {
+        rc = evq__err(EVQ_ENOMEM, "out of memory");
+        goto fail;
+    }
+    if ((rc = ops->open(&q->state, &u, name, &q->opts, q->log)) != 0) {
         evq__err_prefix(rc, "opening queue '%s' on %s", name, u.redacted);
         goto fail;
     }
@@ -203,6 +211,7 @@ int evq_queue_open(evq_queue **qp, const char *url, const char *name,
     *qp = q;
     return 0;
 fail:
+    evq__logger_free(q->log);
     evq__pipe_free(q->pipe);
     pthread_mutex_destroy(&q->dead_lock);
     evq__optset_free(&q->opts);
@@ -841,6 +850,11 @@ int64_t evq__queue_touch_ms(const evq_queue *q)
         return 0;
     int64_t vt = evq__opt_int(&q->opts, q->ops->opts, "visibility_timeout_ms");
     return vt / 3 > 10 ? vt / 3 : 10;
+}
+
+void evq__queue_set_log(evq_queue *q, evq_log_fn fn, void *arg)
+{
+    evq__logger_set(q->log, fn, arg);
 }
 
 void evq__queue_reconnect(const evq_queue *q, evq__reconnect *out)

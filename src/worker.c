@@ -846,6 +846,8 @@ int evq_worker_start(evq_worker **wp, evq_queue *q, evq_events *events,
         worker_release(w);
         return evq__err_prefix(rc, "worker: opening its queue handle");
     }
+    if (opts->log)
+        evq__queue_set_log(w->fetch, opts->log, opts->log_arg);
     uint64_t seed = (uint64_t)evq__now_real_ns() ^ (uint64_t)(uintptr_t)w;
     for (int i = 0; i < w->n; i++) {
         wthread *t = aligned_alloc(64, (sizeof *t + 63) / 64 * 64);

@@ -168,8 +168,28 @@ static void *outage_produce_async(void *arg)
     return NULL;
 }
 
+/* What the library said of the broker during the outage (the worker's
+ * log and the process's). */
+static atomic_int outage_lines, outage_lost, outage_back;
+
+static void outage_log(evq_log_level level, const char *line, void *arg)
+{
+    (void)level;
+    (void)arg;
+    if (strstr(line, "worker st")) /* the worker's own "started", "stopped" */
+        return;
+    atomic_fetch_add(&outage_lines, 1);
+    if (strstr(line, "lost the connection"))
+        atomic_fetch_add(&outage_lost, 1);
+    if (strstr(line, "again"))
+        atomic_fetch_add(&outage_back, 1);
+    if (atomic_load(&outage_lines) <= 12)
+        printf("outage log: %s\n", line);
+}
+
 /* run_outage with an asynchronous producer: every event is reported
- * exactly once, and every event reported 0 is processed. */
+ * exactly once, and every event reported 0 is processed; the outage and
+ * its end were told to the log, a few lines, not one per event. */
 static void run_outage_async(const char *url, const char *name,
                              void (*restart)(void *), void *arg)
 {
@@ -183,9 +203,11 @@ static void run_outage_async(const char *url, const char *name,
     memset(outage_acked, 0, sizeof outage_acked);
     memset(outage_reports, 0, sizeof outage_reports);
     atomic_store(&outage_failed, 0);
+    evq_set_log(outage_log, NULL);
     assert_evq_ok(evq_queue_open(&p.q, url, name, NULL));
     evq_worker_opts_init(&o);
     o.concurrency = 2;
+    o.log = outage_log;
     evq_register_handler(e, "outage", outage_handler, NULL);
     assert_evq_ok(evq_worker_start(&w, p.q, e, &o));
     pthread_create(&t, NULL, outage_produce_async, &p);
@@ -209,6 +231,14 @@ static void run_outage_async(const char *url, const char *name,
            atomic_load(&p.errors), seen);
     assert_int_equal(once, OUTAGE_EVENTS); /* one report each */
     assert_true(ok); /* none reported stored was lost */
+    printf("outage, async: %d log lines (%d of a lost connection, %d of "
+           "one back)\n",
+           atomic_load(&outage_lines), atomic_load(&outage_lost),
+           atomic_load(&outage_back));
+    assert_true(atomic_load(&outage_lost) >= 1);
+    assert_true(atomic_load(&outage_back) >= 1);
+    assert_true(atomic_load(&outage_lines) <= 200);
+    evq_set_log(NULL, NULL);
     evq_worker_free(w);
     evq_events_free(e);
     evq_queue_close(p.q);

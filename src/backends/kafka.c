@@ -154,6 +154,8 @@ typedef struct khandle {
     _Atomic int64_t down_ms;
     int64_t probed_ms;
     int64_t connect_ms; /* connect_timeout_ms */
+    evq__reconnect reconnect;
+    evq__logger *log;
     /* keepalive: polls when no dequeue did for keep_every_ns */
     evq__flusher keep;
     bool keep_armed;
@@ -204,13 +206,26 @@ static int kerr(rd_kafka_resp_err_t e, const char *what)
 
 /* librdkafka logs to stderr unless told otherwise; the library never
  * prints, and what matters reaches the caller as an error. */
-static void quiet(const rd_kafka_t *rk, int level, const char *fac,
-                  const char *buf)
+/* librdkafka's warnings and errors (syslog levels 0 to 4) go to the
+ * handle's log; its notices and debug lines nowhere. */
+static void kafka_log(const rd_kafka_t *rk, int level, const char *fac,
+                      const char *buf)
 {
-    (void)rk;
-    (void)level;
-    (void)fac;
-    (void)buf;
+    khandle *h = rd_kafka_opaque(rk);
+    /* rdkafka.* options go to the producer and the consumer alike: that
+     * each ignores the other's is no news */
+    if (strcmp(fac, "CONFWARN") == 0 && strstr(buf, "will be ignored by this"))
+        return;
+    if (h && level <= 4)
+        evq__logf(h->log, level <= 3 ? EVQ_LOG_ERROR : EVQ_LOG_WARN,
+                  "librdkafka %s: %s", fac, buf);
+}
+
+/* The end of an outage (delivery or metadata from a broker). */
+static void broker_back(khandle *h)
+{
+    if (atomic_exchange(&h->down_ms, 0))
+        evq__logf(h->log, EVQ_LOG_INFO, "a broker is reachable again");
 }
 
 /* librdkafka reports connection trouble (a TLS handshake, SASL, a refused
@@ -227,9 +242,15 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
      * never count all of them down); a metadata answer or a delivery
      * ends it. */
     int64_t zero = 0;
-    if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN ||
-        err == RD_KAFKA_RESP_ERR__TRANSPORT)
-        atomic_compare_exchange_strong(&h->down_ms, &zero, now_ms());
+    if ((err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN ||
+         err == RD_KAFKA_RESP_ERR__TRANSPORT) &&
+        atomic_compare_exchange_strong(&h->down_ms, &zero, now_ms()))
+        evq__logf(h->log, EVQ_LOG_WARN,
+                  "lost the connection to a broker (%s); reconnecting",
+                  reason);
+    else
+        evq__logf(h->log, EVQ_LOG_WARN, "librdkafka: %s (%s)", reason,
+                  rd_kafka_err2name((rd_kafka_resp_err_t)err));
     pthread_mutex_lock(&h->note_mu);
     snprintf(h->broker_note, sizeof h->broker_note, "%s (%s)", reason,
              rd_kafka_err2name((rd_kafka_resp_err_t)err));
@@ -280,7 +301,7 @@ static int brokers_down(khandle *h)
         e = rd_kafka_metadata(h->cons, 0, NULL, &md, 500);
         if (!e) {
             rd_kafka_metadata_destroy(md);
-            atomic_store(&h->down_ms, 0);
+            broker_back(h);
             return 0;
         }
     }
@@ -319,7 +340,8 @@ static bool down_too_long(khandle *h)
     const struct rd_kafka_metadata *md = NULL;
     if (rd_kafka_metadata(h->prod, 0, NULL, &md, 500) == 0) {
         rd_kafka_metadata_destroy(md);
-        atomic_compare_exchange_strong(&h->down_ms, &down, 0);
+        if (atomic_compare_exchange_strong(&h->down_ms, &down, 0))
+            evq__logf(h->log, EVQ_LOG_INFO, "a broker is reachable again");
         return false;
     }
     return true;
@@ -354,7 +376,7 @@ static rd_kafka_conf_t *make_conf(khandle *h, const char *const *extra, int *rc)
             return NULL;                                                       \
         }                                                                      \
     } while (0)
-    rd_kafka_conf_set_log_cb(c, quiet);
+    rd_kafka_conf_set_log_cb(c, kafka_log);
     rd_kafka_conf_set_error_cb(c, on_error);
     rd_kafka_conf_set_opaque(c, h);
     SET("bootstrap.servers", h->brokers);
@@ -362,6 +384,13 @@ static rd_kafka_conf_t *make_conf(khandle *h, const char *const *extra, int *rc)
     snprintf(setup_ms, sizeof setup_ms, "%lld",
              (long long)(h->connect_ms < 1000 ? 1000 : h->connect_ms));
     SET("socket.connection.setup.timeout.ms", setup_ms);
+    char backoff[32], backoff_max[32]; /* the kit's reconnect policy */
+    snprintf(backoff, sizeof backoff, "%lld",
+             (long long)h->reconnect.initial_ms);
+    snprintf(backoff_max, sizeof backoff_max, "%lld",
+             (long long)h->reconnect.max_ms);
+    SET("reconnect.backoff.ms", backoff);
+    SET("reconnect.backoff.max.ms", backoff_max);
     for (size_t i = 0; extra && extra[i]; i += 2)
         SET(extra[i], extra[i + 1]);
     for (size_t i = 0; i < h->props.n; i++)
@@ -380,7 +409,7 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m,
     khandle *h = opaque;
     kbatch *b = m->_private;
     if (!m->err && h && atomic_load(&h->down_ms)) /* a broker took it */
-        atomic_store(&h->down_ms, 0);
+        broker_back(h);
     if (!b)
         return;
     pthread_mutex_lock(&b->mu);
@@ -1268,12 +1297,13 @@ static void kafka_close(void *state)
 }
 
 static int kafka_open(void **state, const evq__url *url, const char *name,
-                      const evq__optset *opts)
+                      const evq__optset *opts, evq__logger *log)
 {
     khandle *h = calloc(1, sizeof *h);
     int rc;
     if (!h)
         return evq__err(EVQ_ENOMEM, "out of memory");
+    h->log = log;
     pthread_mutex_init(&h->rd_mu, NULL);
     pthread_mutex_init(&h->trk_mu, NULL);
     pthread_mutex_init(&h->note_mu, NULL);
@@ -1337,6 +1367,7 @@ static int kafka_open(void **state, const evq__url *url, const char *name,
         (int)evq__opt_int(opts, kafka_opts, "kafka.max_in_flight");
     h->timeout_ms = evq__opt_int(opts, kafka_opts, "kafka.timeout_ms");
     h->connect_ms = evq__opt_connect_timeout(opts, kafka_opts, NULL);
+    evq__reconnect_init(&h->reconnect, opts);
     h->commit_every_ms =
         evq__opt_int(opts, kafka_opts, "kafka.commit_interval_ms");
     /* the rdkafka.* properties, without their prefix */

@@ -340,8 +340,9 @@ static mqueue *mqueue_new(const char *name, const char *format, size_t capacity)
 }
 
 static int memory_open(void **state, const evq__url *url, const char *name,
-                       const evq__optset *opts)
+                       const evq__optset *opts, evq__logger *log)
 {
+    EVQ__UNUSED(log); /* no broker to speak of */
     const char *format = evq__opt_str(opts, memory_opts, "format");
     size_t capacity = (size_t)evq__opt_int(opts, memory_opts, "capacity");
     bool cap_given = false;

@@ -80,8 +80,9 @@ static const evq__opt_spec nats_opts[] = {
      "former name of connect_timeout_ms"},
     {"nats.timeout_ms", EVQ__OPT_INT, "5000", 1, 600000, NULL,
      "wait for a publish ack or a JetStream API answer"},
-    {"nats.reconnect_wait_ms", EVQ__OPT_INT, "500", 1, 600000, NULL,
-     "pause between reconnect attempts (nats.c reconnects forever)"},
+    {"nats.reconnect_wait_ms", EVQ__OPT_INT, NULL, 1, 600000, NULL,
+     "former fixed pause between reconnect attempts: reconnect_initial_ms "
+     "and reconnect_max_ms both"},
     {"nats.tls_ca", EVQ__OPT_STRING, NULL, 0, 0, NULL,
      "CA certificates file (PEM) to verify the server: turns TLS on"},
     {"nats.tls_cert", EVQ__OPT_STRING, NULL, 0, 0, NULL,
@@ -119,6 +120,12 @@ typedef struct nhandle {
     int64_t req_ns[2];     /* when the last two pull requests were sent */
     pthread_mutex_t rd_mu; /* the subscription, between fetch and stats */
     npub pubs[NPUB_MAX];
+    evq__reconnect reconnect;
+    evq__logger *log;
+    atomic_bool closing; /* the disconnection is ours */
+    pthread_mutex_t closed_mu;
+    pthread_cond_t closed_cv;
+    bool closed; /* on_closed ran */
     atomic_bool interrupted;
 } nhandle;
 
@@ -253,13 +260,73 @@ static void nats_close(void *state)
     jsCtx_Destroy(h->js);
     if (h->nc) {
         natsConnection_FlushTimeout(h->nc, 1000); /* acks sent last */
+        atomic_store(&h->closing, true);
+        natsConnection_Close(h->nc);
+        /* callbacks run on nats.c's thread: wait for the last (bounded,
+         * should nats.c never call it) before freeing what they use */
+        struct timespec until = evq__ts_from_ns(evq__now_real_ns() +
+                                                2000000000LL);
+        pthread_mutex_lock(&h->closed_mu);
+        while (!h->closed &&
+               pthread_cond_timedwait(&h->closed_cv, &h->closed_mu, &until) ==
+                   0)
+            ;
+        pthread_mutex_unlock(&h->closed_mu);
         natsConnection_Destroy(h->nc);
     }
     free(h->subject);
     free(h->stream);
     free(h->durable);
     pthread_mutex_destroy(&h->rd_mu);
+    pthread_mutex_destroy(&h->closed_mu);
+    pthread_cond_destroy(&h->closed_cv);
     free(h);
+}
+
+/* Connection events, from nats.c's threads, to the handle's log. */
+static void on_disconnected(natsConnection *nc, void *arg)
+{
+    (void)nc;
+    nhandle *h = arg;
+    if (!atomic_load(&h->closing))
+        evq__logf(h->log, EVQ_LOG_WARN,
+                  "lost the connection to the server; reconnecting");
+}
+
+static void on_reconnected(natsConnection *nc, void *arg)
+{
+    nhandle *h = arg;
+    char url[256] = "";
+    natsConnection_GetConnectedUrl(nc, url, sizeof url);
+    evq__logf(h->log, EVQ_LOG_INFO, "connected to the server again (%s)",
+              url);
+}
+
+/* The last event nats.c gives: after it no callback uses the handle. */
+static void on_closed(natsConnection *nc, void *arg)
+{
+    (void)nc;
+    nhandle *h = arg;
+    pthread_mutex_lock(&h->closed_mu);
+    h->closed = true;
+    pthread_cond_broadcast(&h->closed_cv);
+    pthread_mutex_unlock(&h->closed_mu);
+}
+
+static void on_async_error(natsConnection *nc, natsSubscription *sub,
+                           natsStatus err, void *arg)
+{
+    (void)nc;
+    (void)sub;
+    nhandle *h = arg;
+    evq__logf(h->log, EVQ_LOG_WARN, "nats: %s", natsStatus_GetText(err));
+}
+
+/* nats.c's pause before its next round of reconnect attempts. */
+static int64_t reconnect_delay(natsConnection *nc, int attempts, void *arg)
+{
+    (void)nc;
+    return evq__reconnect_pause_ms(arg, attempts > 0 ? attempts : 1);
 }
 
 static int connect(nhandle *h, const evq__url *url, const evq__optset *opts)
@@ -311,9 +378,22 @@ static int connect(nhandle *h, const evq__url *url, const evq__optset *opts)
                                          "nats.connect_timeout_ms"));
     if (s == NATS_OK)
         s = natsOptions_SetMaxReconnect(no, -1);
+    /* nats.c reconnects forever, with the kit's backoff */
+    evq__reconnect_init(&h->reconnect, opts);
+    if (evq__opt_str(opts, nats_opts, "nats.reconnect_wait_ms"))
+        h->reconnect.initial_ms = h->reconnect.max_ms =
+            evq__opt_int(opts, nats_opts, "nats.reconnect_wait_ms");
     if (s == NATS_OK)
-        s = natsOptions_SetReconnectWait(
-            no, evq__opt_int(opts, nats_opts, "nats.reconnect_wait_ms"));
+        s = natsOptions_SetCustomReconnectDelay(no, reconnect_delay,
+                                                &h->reconnect);
+    if (s == NATS_OK)
+        s = natsOptions_SetDisconnectedCB(no, on_disconnected, h);
+    if (s == NATS_OK)
+        s = natsOptions_SetReconnectedCB(no, on_reconnected, h);
+    if (s == NATS_OK)
+        s = natsOptions_SetErrorHandler(no, on_async_error, h);
+    if (s == NATS_OK)
+        s = natsOptions_SetClosedCB(no, on_closed, h);
     if (s == NATS_OK)
         s = natsOptions_SetName(no, "evq");
     const char *ca = evq__opt_str(opts, nats_opts, "nats.tls_ca");
@@ -491,9 +571,14 @@ static int ensure_consumer(nhandle *h, const evq__optset *opts)
 }
 
 static int nats_open(void **state, const evq__url *url, const char *name,
-                     const evq__optset *opts)
+                     const evq__optset *opts, evq__logger *log)
 {
     nhandle *h = calloc(1, sizeof *h);
+    if (h) {
+        h->log = log;
+        pthread_mutex_init(&h->closed_mu, NULL);
+        pthread_cond_init(&h->closed_cv, NULL);
+    }
     int rc = 0;
     natsStatus s;
 

@@ -226,6 +226,8 @@ typedef struct rhandle {
     int64_t read_sent_ns; /* when the XREADGROUP now answered was sent */
     evq__flusher flusher; /* sends deferred acks in time */
     bool flusher_init;
+    evq__logger *log;
+    atomic_bool down; /* a connection failed since the last that worked */
     atomic_bool interrupted;
 } rhandle;
 
@@ -239,10 +241,16 @@ static int64_t now_ms(void)
 
 static int conn_err(rhandle *h, redisContext *c, const char *what)
 {
-    return evq__err(EVQ_ECONN, "redis %s to %s%s%s:%d: %s", what,
-                    h->unix_path ? "unix:" : "",
-                    h->unix_path ? h->unix_path : h->host, "", h->port,
-                    c ? c->errstr : "cannot allocate a connection");
+    int rc = evq__err(EVQ_ECONN, "redis %s to %s%s%s:%d: %s", what,
+                      h->unix_path ? "unix:" : "",
+                      h->unix_path ? h->unix_path : h->host, "", h->port,
+                      c ? c->errstr : "cannot allocate a connection");
+    /* Said once an outage starts (after open), and when it ends. */
+    if (h->opened && !atomic_exchange(&h->down, true))
+        evq__logf(h->log, EVQ_LOG_WARN,
+                  "lost the connection to the server (%s); reconnecting",
+                  evq_errmsg());
+    return rc;
 }
 
 static redisReply *command(redisContext *c, int argc, const char **argv,
@@ -299,6 +307,8 @@ static int connect_one(rhandle *h, redisContext **out, bool blocking_reads)
         redisFree(c);
         return rc;
     }
+    if (atomic_exchange(&h->down, false))
+        evq__logf(h->log, EVQ_LOG_INFO, "connected to the server again");
     *out = c;
     return 0;
 }
@@ -521,9 +531,11 @@ static struct timeval tv_ms(int64_t ms)
 }
 
 static int redis_open(void **state, const evq__url *url, const char *name,
-                      const evq__optset *opts)
+                      const evq__optset *opts, evq__logger *log)
 {
     rhandle *h = calloc(1, sizeof *h);
+    if (h)
+        h->log = log;
     int rc;
 
     if (!h)

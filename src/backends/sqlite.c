@@ -471,8 +471,9 @@ static int set_wal(sqhandle *h)
 }
 
 static int sqlite_open(void **state, const evq__url *url, const char *name,
-                       const evq__optset *opts)
+                       const evq__optset *opts, evq__logger *log)
 {
+    EVQ__UNUSED(log); /* no broker to speak of */
     char path[PATH_MAX];
     sqhandle *h;
     int rc, src;
