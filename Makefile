@@ -25,6 +25,10 @@ SOAK_SECONDS ?= 360
 BENCH_RUNS ?= 3
 SOAK_EVENTS ?= 100000000
 CTEST_FLAGS := --output-on-failure --timeout 600 -j $(JOBS)
+# make's builds have every backend (cmake/backends.cmake): a missing client
+# library is an error here, not a backend quietly left out.
+WITH_ALL := -DEVQ_WITH_SQLITE=ON -DEVQ_WITH_REDIS=ON -DEVQ_WITH_NATS=ON \
+            -DEVQ_WITH_KAFKA=ON
 
 .PHONY: bench all deps build demo check check-normal check-asan check-tsan check-install \
         check-fuzz check-valgrind fuzz soak format install clean
@@ -35,7 +39,8 @@ deps:
 	@scripts/deps.sh
 
 build: deps
-	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DEVQ_BUILD_TESTS=ON >/dev/null
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DEVQ_BUILD_TESTS=ON \
+	  $(WITH_ALL) >/dev/null
 	cmake --build $(BUILD) -j $(JOBS)
 
 demo: build
@@ -49,14 +54,14 @@ check-normal: build
 
 check-asan: deps
 	CC=clang cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug \
-	  -DEVQ_SANITIZE=address,undefined >/dev/null
+	  -DEVQ_SANITIZE=address,undefined $(WITH_ALL) >/dev/null
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
 	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest $(CTEST_FLAGS)
 
 check-tsan: deps
 	CC=clang cmake -S . -B $(TSAN_BUILD) -DCMAKE_BUILD_TYPE=Debug \
-	  -DEVQ_SANITIZE=thread >/dev/null
+	  -DEVQ_SANITIZE=thread $(WITH_ALL) >/dev/null
 	cmake --build $(TSAN_BUILD) -j $(JOBS)
 	cd $(TSAN_BUILD) && \
 	  TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:suppressions=$(CURDIR)/tests/tsan.supp \
@@ -64,7 +69,8 @@ check-tsan: deps
 
 fuzz: deps
 	CC=clang cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=Debug \
-	  -DEVQ_SANITIZE=address,undefined -DEVQ_FUZZ=ON -DEVQ_BUILD_TESTS=OFF >/dev/null
+	  -DEVQ_SANITIZE=address,undefined -DEVQ_FUZZ=ON -DEVQ_BUILD_TESTS=OFF \
+	  $(WITH_ALL) >/dev/null
 	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_json fuzz_msgpack \
 	  fuzz_url fuzz_ce_binary
 	scripts/fuzz.sh $(FUZZ_BUILD) $(FUZZ_SECONDS)
@@ -80,9 +86,11 @@ soak: build
 	scripts/soak.sh $(BUILD) $(SOAK_SECONDS) $(SOAK_EVENTS)
 
 # Installs into a staging folder and builds a program against the result
-# with pkg-config and with CMake's find_package.
+# with pkg-config and with CMake's find_package; then builds evq with only
+# memory:// and sqlite:// and checks what the others say.
 check-install: build
 	tests/install/check.sh $(BUILD)
+	tests/install/minimal.sh
 
 # Every backend's figures beside its baselines: bench/results.md, .png.
 bench: build

@@ -443,6 +443,12 @@ EVQ_API const char *evq_queue_name(const evq_queue *q);
  * the Admin API).  Any thread, with no other call on `q` running. */
 EVQ_API int evq_queue_delete(evq_queue *q);
 
+/* The URL schemes this build of evq serves ("memory", "sqlite", ...; a
+ * backend can be left out at build time, cmake -DEVQ_WITH_<NAME>=OFF):
+ * up to `max` of them into schemes[] (static strings; schemes may be NULL
+ * to count).  Returns how many there are.  Any thread. */
+EVQ_API size_t evq_backends(const char **schemes, size_t max);
+
 /* Closes the handle: interrupts it and releases it.  Messages dequeued
  * through it and not yet settled stay valid and must still be acked or
  * nacked; the handle's resources go when the last of them is settled.  NULL
@@ -566,7 +572,7 @@ struct sqlite3;
  * transaction commits, after `delay_ms`.  `format` names the codec ("json"
  * when NULL) and must match the queue's.  Creates evq's tables in the file
  * if missing.  Does not begin or commit anything.  Same threading rules as
- * the connection. */
+ * the connection.  EVQ_ENOTSUP in a build without sqlite://. */
 EVQ_API int evq_sqlite_enqueue_in(struct sqlite3 *db, const char *queue,
                                   const evq_event *ev, int64_t delay_ms,
                                   const char *format);

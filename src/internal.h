@@ -481,11 +481,8 @@ struct evq_backend_ops {
 
 /* Looks up a backend by scheme; NULL when none. */
 const struct evq_backend_ops *evq__backend_find(const char *scheme);
-extern const struct evq_backend_ops evq__backend_memory;
-extern const struct evq_backend_ops evq__backend_sqlite;
-extern const struct evq_backend_ops evq__backend_redis;
-extern const struct evq_backend_ops evq__backend_nats;
-extern const struct evq_backend_ops evq__backend_kafka;
+/* Each backend's ops are evq__backend_<name>, one per file of
+ * src/backends/; the table of those built is in queue.c. */
 /* Enqueues bytes as they are, bypassing the codec (tests and tools that need
  * to put foreign or broken messages on a queue opened with a format). */
 int evq__enqueue_raw(evq_queue *q, const void *bytes, size_t len);

@@ -8,6 +8,8 @@
  */
 #include "internal.h"
 
+#include "evq_backends.h" /* written by cmake/backends.cmake */
+
 #include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -49,15 +51,64 @@ struct evq_msg {
     evq__delivery d;
 };
 
-/* URL schemes and the backend each selects. */
+/* URL schemes and the backend each selects: those this build has. */
+#define EVQ__DECLARE(name, scheme)                                             \
+    extern const struct evq_backend_ops evq__backend_##name;
+EVQ__BACKEND_SCHEMES(EVQ__DECLARE)
+#undef EVQ__DECLARE
+#define EVQ__ENTRY(name, scheme) {scheme, &evq__backend_##name},
 static const struct {
     const char *scheme;
     const struct evq_backend_ops *ops;
-} backends[] = {
-    {"memory", &evq__backend_memory}, {"sqlite", &evq__backend_sqlite},
-    {"redis", &evq__backend_redis},   {"redis+unix", &evq__backend_redis},
-    {"nats", &evq__backend_nats},     {"kafka", &evq__backend_kafka},
-};
+} backends[] = {EVQ__BACKEND_SCHEMES(EVQ__ENTRY)};
+#undef EVQ__ENTRY
+
+/* Schemes this build left out: the option that would build each, and its
+ * client library. */
+#define EVQ__ENTRY(name, scheme, option, module) {scheme, option, module},
+static const struct {
+    const char *scheme, *option, *module;
+} omitted[] = {EVQ__BACKEND_OMITTED(EVQ__ENTRY){NULL, NULL, NULL}};
+#undef EVQ__ENTRY
+
+/* An open of a scheme no backend of this build serves. */
+static int unknown_scheme(const char *scheme)
+{
+    for (size_t i = 0; omitted[i].scheme; i++)
+        if (strcmp(omitted[i].scheme, scheme) == 0)
+            return evq__err(EVQ_ENOTSUP,
+                            "this evq was built without the %s:// backend "
+                            "(build it with cmake -DEVQ_WITH_%s=ON, which "
+                            "needs %s)",
+                            scheme, omitted[i].option, omitted[i].module);
+    char built[256] = "";
+    size_t len = 0;
+    for (size_t i = 0; i < sizeof backends / sizeof *backends; i++)
+        len += (size_t)snprintf(built + len, sizeof built - len, "%s%s",
+                                i ? ", " : "", backends[i].scheme);
+    return evq__err(EVQ_EINVAL, "unknown URL scheme '%.32s' (this evq has: %s)",
+                    scheme, built);
+}
+
+#if !EVQ__HAVE_SQLITE
+/* The outbox is sqlite's: without it, the call says so. */
+int evq_sqlite_enqueue_in(struct sqlite3 *db, const char *queue,
+                          const evq_event *ev, int64_t delay_ms,
+                          const char *format)
+{
+    EVQ__UNUSED(db), EVQ__UNUSED(queue), EVQ__UNUSED(ev);
+    EVQ__UNUSED(delay_ms), EVQ__UNUSED(format);
+    return unknown_scheme("sqlite");
+}
+#endif
+
+size_t evq_backends(const char **schemes, size_t max)
+{
+    size_t n = sizeof backends / sizeof *backends;
+    for (size_t i = 0; schemes && i < n && i < max; i++)
+        schemes[i] = backends[i].scheme;
+    return n;
+}
 
 const struct evq_backend_ops *evq__backend_find(const char *scheme)
 {
@@ -130,10 +181,7 @@ int evq_queue_open(evq_queue **qp, const char *url, const char *name,
         return rc;
     const struct evq_backend_ops *ops = evq__backend_find(u.scheme);
     if (!ops) {
-        rc = evq__err(EVQ_EINVAL,
-                      "unknown URL scheme '%.32s' (known: memory, sqlite, "
-                      "redis, redis+unix, nats, kafka)",
-                      u.scheme);
+        rc = unknown_scheme(u.scheme);
         goto out;
     }
     if (!ops_complete(ops)) {

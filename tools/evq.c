@@ -1863,6 +1863,17 @@ static const char main_help[] =
     "  kafka://host:port[,host:port...]\n"
     "Exit status: 0 success, 1 failure, 2 usage error.\n";
 
+/* The schemes this build serves (a backend can be left out). */
+static void print_built(FILE *f)
+{
+    const char *schemes[16];
+    size_t n = evq_backends(schemes, 16);
+    fputs("Built with:", f);
+    for (size_t i = 0; i < n && i < 16; i++)
+        fprintf(f, " %s://", schemes[i]);
+    fputc('\n', f);
+}
+
 int main(int argc, char **argv)
 {
     struct {
@@ -1881,10 +1892,12 @@ int main(int argc, char **argv)
     if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
         strcmp(argv[1], "help") == 0) {
         fputs(main_help, stdout);
+        print_built(stdout);
         return 0;
     }
     if (strcmp(argv[1], "--version") == 0) {
         printf("evq %s\n", EVQ_VERSION_STRING);
+        print_built(stdout);
         return 0;
     }
     signals_init();

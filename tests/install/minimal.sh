@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Builds evq with only memory:// and sqlite:// (every other backend OFF) and
+# checks that the build has none of the other client libraries, and that the
+# tool, asked for a backend left out, says which build option would bring it.
+set -euo pipefail
+src=$(cd "$(dirname "$0")/../.." && pwd)
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+
+fail() {
+  echo "minimal build: $*" >&2
+  exit 1
+}
+
+cmake -S "$src" -B "$dir" -DEVQ_BUILD_TESTS=OFF -DEVQ_WITH_SQLITE=ON \
+  -DEVQ_WITH_REDIS=OFF -DEVQ_WITH_NATS=OFF -DEVQ_WITH_KAFKA=OFF >"$dir/cmake.log"
+grep -q "evq backends: memory, sqlite$" "$dir/cmake.log" ||
+  fail "cmake did not say 'evq backends: memory, sqlite'"
+cmake --build "$dir" -j "$(nproc)" --target evq evq_tool >/dev/null
+
+# No client library of a backend left out is linked or named.
+libs=$(ldd "$dir/libevq.so")
+for lib in hiredis nats rdkafka; do
+  if grep -q "lib$lib" <<<"$libs"; then fail "libevq.so links lib$lib"; fi
+done
+grep -q sqlite3 <<<"$libs" || fail "libevq.so lacks libsqlite3"
+grep "Libs.private" "$dir/evq.pc" | grep -q -- "-lrdkafka\|-lhiredis\|-lnats" &&
+  fail "evq.pc names a library of a backend left out"
+
+tool="$dir/evq"
+"$tool" --help | grep -q "^Built with: memory:// sqlite://$" ||
+  fail "evq --help does not say what it was built with"
+# memory:// and sqlite:// work
+"$tool" demo >/dev/null || fail "evq demo failed"
+echo '{"type":"t","source":"s","id":"1","specversion":"1.0"}' |
+  "$tool" produce "sqlite://$dir/q.db" q >/dev/null 2>&1 ||
+  fail "produce on sqlite:// failed"
+# a backend left out: a clear error naming the option
+for url in kafka://127.0.0.1:9092 redis://127.0.0.1:6379 nats://127.0.0.1:4222; do
+  scheme=${url%%://*}
+  upper=$(tr a-z A-Z <<<"$scheme")
+  set +e
+  err=$("$tool" stats "$url" q 2>&1 >/dev/null)
+  rc=$?
+  set -e
+  [ $rc -eq 1 ] || fail "stats $url exited $rc, not 1"
+  grep -q "built without the $scheme:// backend" <<<"$err" &&
+    grep -q -- "-DEVQ_WITH_$upper=ON" <<<"$err" ||
+    fail "stats $url said: $err"
+done
+# an unknown scheme names what this build has
+set +e
+err=$("$tool" stats foo://x q 2>&1 >/dev/null)
+set -e
+grep -q "unknown URL scheme 'foo' (this evq has: memory, sqlite)" <<<"$err" ||
+  fail "stats foo:// said: $err"
+# a bad value of an option is refused at configure time
+if cmake -S "$src" -B "$dir/bad" -DEVQ_BUILD_TESTS=OFF -DEVQ_WITH_KAFKA=maybe \
+  >"$dir/bad.log" 2>&1; then
+  fail "cmake took EVQ_WITH_KAFKA=maybe"
+fi
+grep -q "EVQ_WITH_KAFKA is 'maybe': AUTO, ON or OFF" "$dir/bad.log" ||
+  fail "cmake's error for EVQ_WITH_KAFKA=maybe is unclear"
+echo "minimal build: memory and sqlite only, the others say how to build them"
