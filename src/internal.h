@@ -368,8 +368,12 @@ int evq__pipe_put(evq__pipe *p, evq__item *items, size_t n,
 int evq__pipe_flush(evq__pipe *p, int timeout_ms);
 /* Later puts fail with EVQ_ECLOSED; producers waiting for room return. */
 void evq__pipe_interrupt(evq__pipe *p);
-/* Refuses new events, sends and reports the rest, stops the thread. */
-int evq__pipe_close(evq__pipe *p);
+/* Refuses new events, sends and reports the rest, stops the thread.  When
+ * that takes longer than grace_ms (< 0: no limit), stuck(arg) is called
+ * to have the backend fail what it cannot take, and the rest is
+ * reported. */
+int evq__pipe_close(evq__pipe *p, int grace_ms, void (*stuck)(void *),
+                    void *arg);
 void evq__pipe_free(evq__pipe *p);
 /* Whether the calling thread is inside a done callback. */
 bool evq__pipe_in_done(void);

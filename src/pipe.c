@@ -301,20 +301,30 @@ int evq__pipe_put(evq__pipe *p, evq__item *items, size_t n,
     return 0;
 }
 
-int evq__pipe_flush(evq__pipe *p, int timeout_ms)
+/* Waits until every accepted event is reported, sending what waits on
+ * this thread (inline) or leaving it to the sender thread, so the wait
+ * can end at its timeout even while the backend blocks. */
+static int flush_wait(evq__pipe *p, int timeout_ms, bool send_inline)
 {
-    if (tls_in_done)
-        return evq__err(EVQ_ESTATE, "evq_flush from inside a done callback "
-                                    "would wait for itself");
     int64_t deadline = timeout_ms < 0 ? INT64_MAX
                                       : evq__now_real_ns() +
                                             (int64_t)timeout_ms * 1000000;
     int rc = 0;
     pthread_mutex_lock(&p->mu);
     while (p->in_flight > 0 && !rc) {
-        if (!p->sending && p->waiting) {
+        if (!p->sending && p->waiting && send_inline) {
             send_batch(p);
             continue;
+        }
+        if (!p->sending && p->waiting) {
+            if (!p->thread_started &&
+                pthread_create(&p->thread, NULL, sender_main, p) == 0)
+                p->thread_started = true;
+            if (!p->thread_started) { /* no thread: send here after all */
+                send_batch(p);
+                continue;
+            }
+            pthread_cond_signal(&p->work);
         }
         if (deadline == INT64_MAX) {
             pthread_cond_wait(&p->settled, &p->mu);
@@ -339,6 +349,14 @@ int evq__pipe_flush(evq__pipe *p, int timeout_ms)
     return rc;
 }
 
+int evq__pipe_flush(evq__pipe *p, int timeout_ms)
+{
+    if (tls_in_done)
+        return evq__err(EVQ_ESTATE, "evq_flush from inside a done callback "
+                                    "would wait for itself");
+    return flush_wait(p, timeout_ms, true);
+}
+
 void evq__pipe_interrupt(evq__pipe *p)
 {
     pthread_mutex_lock(&p->mu);
@@ -347,13 +365,21 @@ void evq__pipe_interrupt(evq__pipe *p)
     pthread_mutex_unlock(&p->mu);
 }
 
-int evq__pipe_close(evq__pipe *p)
+int evq__pipe_close(evq__pipe *p, int grace_ms, void (*stuck)(void *),
+                    void *arg)
 {
     pthread_mutex_lock(&p->mu);
     p->closing = true;
     pthread_cond_broadcast(&p->room);
     pthread_mutex_unlock(&p->mu);
-    int rc = evq__pipe_flush(p, -1); /* everything is sent and reported */
+    /* everything sent and reported; with a grace, by the sender thread */
+    int rc = flush_wait(p, grace_ms, grace_ms < 0);
+    if (rc == EVQ_ETIMEDOUT) {
+        /* the backend cannot take them (a full memory queue nobody
+         * reads): it fails the rest, each reported EVQ_ECLOSED */
+        stuck(arg);
+        rc = flush_wait(p, -1, true);
+    }
     pthread_mutex_lock(&p->mu);
     p->stop = true;
     pthread_cond_signal(&p->work);

@@ -282,12 +282,22 @@ static int queue_interrupt(evq_queue *q)
     return q->ops->interrupt(q->state);
 }
 
+static void backend_stuck(void *arg)
+{
+    evq_queue *q = arg;
+    q->ops->interrupt(q->state);
+}
+
 void evq_queue_close(evq_queue *q)
 {
     if (!q)
         return;
-    /* what was accepted is sent and reported first */
-    evq__pipe_close(q->pipe);
+    /* What was accepted is sent and reported first.  A server backend
+     * gives up by itself (connect_timeout_ms); memory:// would wait for a
+     * reader of a full queue forever, so after a second it is told to
+     * refuse the rest (reported EVQ_ECLOSED). */
+    evq__pipe_close(q->pipe, (q->ops->flags & EVQ__INSTANT) ? 1000 : -1,
+                    backend_stuck, q);
     atomic_store(&q->closed, true);
     queue_interrupt(q);
     queue_release(q);

@@ -277,6 +277,42 @@ static void flush_reports_failures_nobody_was_told_of(void **state)
     evq_queue_close(q);
 }
 
+static atomic_int closed_reports, other_reports;
+
+static void count_closed(const char *id, int rc, void *arg)
+{
+    (void)id;
+    (void)arg;
+    atomic_fetch_add(rc == EVQ_ECLOSED ? &closed_reports : &other_reports, 1);
+}
+
+/* A full queue nobody reads (overflow=block) and async events waiting for
+ * room: close does not wait forever; after its grace second each event is
+ * reported EVQ_ECLOSED. */
+static void closing_a_full_queue_reports_what_cannot_fit(void **state)
+{
+    (void)state;
+    evq_queue *q = open_q("memory://?capacity=1", "full-close");
+    evq_event *ev = numbered(1);
+    assert_evq_ok(evq_enqueue(q, ev)); /* full */
+    for (int i = 0; i < 5; i++)
+        assert_evq_ok(evq_enqueue_async(q, ev, 0, count_closed, NULL));
+    int64_t t0 = now_ms();
+    evq_queue_close(q);
+    int64_t took = now_ms() - t0;
+    assert_int_equal(atomic_load(&closed_reports), 5);
+    assert_int_equal(atomic_load(&other_reports), 0);
+    if (took < 900 || took > 10000)
+        fail_msg("close took %lld ms, not about a second", (long long)took);
+    /* the event that fitted is still there for the next handle */
+    q = open_q("memory://?capacity=1", "full-close");
+    evq_msg *m;
+    assert_evq_ok(evq_dequeue(q, &m, 0));
+    assert_evq_ok(evq_ack(m));
+    evq_event_free(ev);
+    evq_queue_close(q);
+}
+
 static void queues_are_shared_by_name(void **state)
 {
     (void)state;
@@ -538,6 +574,7 @@ int main(void)
         cmocka_unit_test(interrupt_wakes_blocked_callers),
         cmocka_unit_test(a_deleted_queue_stays_with_its_open_handles),
         cmocka_unit_test(flush_reports_failures_nobody_was_told_of),
+        cmocka_unit_test(closing_a_full_queue_reports_what_cannot_fit),
         cmocka_unit_test(queues_are_shared_by_name),
         cmocka_unit_test(closing_keeps_unsettled_messages_valid),
         cmocka_unit_test(encoded_mode_round_trips_and_isolates),

@@ -66,7 +66,8 @@ typedef struct mdelayed {
 /* A bounded array queue of items (Vyukov). */
 typedef struct mring {
     mslot *slots;
-    size_t cap;
+    size_t cap;   /* slots; at least 2 (one slot cannot tell full from empty) */
+    bool one;     /* holds at most one event: a capacity of 1 */
     _Alignas(CACHELINE) atomic_size_t tail; /* producers */
     _Alignas(CACHELINE) atomic_size_t head; /* consumers */
 } mring;
@@ -128,6 +129,9 @@ static inline void cpu_relax(void)
 
 static int ring_init(mring *r, size_t cap)
 {
+    r->one = cap == 1;
+    if (cap < 2)
+        cap = 2;
     r->slots = malloc(cap * sizeof *r->slots);
     if (!r->slots)
         return -1;
@@ -147,6 +151,9 @@ static bool ring_push(mring *r, mitem it)
         size_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
         intptr_t dif = (intptr_t)seq - (intptr_t)pos;
         if (dif == 0) {
+            /* a capacity of 1 in a ring of 2: full when one is in */
+            if (r->one && pos != atomic_load(&r->head))
+                return false;
             if (atomic_compare_exchange_weak_explicit(&r->tail, &pos, pos + 1,
                                                       memory_order_seq_cst,
                                                       memory_order_relaxed)) {
