@@ -24,6 +24,13 @@ for i in $(seq "$runs"); do
   rec memory:// "evq raw queue/s" "$(json_field raw_per_s <<<"$j")" "mutex ring buffer, pointers/s"
   rec_evq memory:// "evq" "$j"
   rec memory:// "evq peak RSS KiB" "$(json_field peak_rss_kib <<<"$j")"
+  rec memory:// "evq peak RSS bytes per queued event" \
+    "$(json_field peak_rss_kib <<<"$j" | awk -v n="$events" '{printf "%.0f", $1 * 1024 / n}')"
+  # the raw queue with batch calls: evq_enqueue_batch, evq_dequeue_batch,
+  # evq_ack_batch, 64 at a time
+  "$evq" bench memory:// --events "$events" --size 100 --batch 64 --json >>"$tmp/evq-batch"
+  rec memory:// "evq raw queue, batch calls of 64/s" \
+    "$(tail -1 "$tmp/evq-batch" | json_field raw_per_s)" "mutex ring buffer, pointers/s"
 done
 
 ring_m=$(field baseline_ring_per_s <"$tmp/ring" | median)
@@ -38,7 +45,9 @@ for q in p50 p99 p999; do
   printf '%-34s %14s\n' "evq e2e latency $q (us)" "$(grep -o "\"$q\":[0-9.]*" "$tmp/evq" | cut -d: -f2 | median)"
 done
 raw_m=$(field raw_per_s <"$tmp/evq" | median)
+rawb_m=$(field raw_per_s <"$tmp/evq-batch" | median)
 awk -v r="$raw_m" -v b="$ring_m" 'BEGIN {printf "\nraw queue / baseline ring: %.2fx\n", r / b}'
+awk -v r="$rawb_m" -v b="$ring_m" 'BEGIN {printf "raw queue, batch calls of 64 / baseline ring: %.2fx\n", r / b}'
 
 # sqlite://: a file in a temporary folder on the disk /tmp is on, producers
 # enqueueing batches of 100, for each synchronous setting.
@@ -59,3 +68,15 @@ for sync in FULL NORMAL; do
     printf '%-34s %14s\n' "sqlite $sync $f" "$(field $f <"$tmp/sq-$sync" | median)"
   done
 done
+# One event per call, as a new user writes it: --async (one thread, not
+# waiting) beside the batches of 100 above, synchronous=FULL.
+: >"$tmp/sq-async"
+for i in $(seq "$runs"); do
+  rm -f "$tmp"/b.db*
+  "$evq" bench "sqlite://$tmp/b.db?sqlite.synchronous=FULL" --events "$sq_events" \
+    --async --json >>"$tmp/sq-async"
+  rec sqlite:// "synchronous=FULL, --async enqueue/s" \
+    "$(tail -1 "$tmp/sq-async" | json_field enqueue_per_s)" \
+    "synchronous=FULL, batches of 100 enqueue/s"
+done
+printf '%-34s %14s\n' "sqlite FULL --async enqueue_per_s" "$(field enqueue_per_s <"$tmp/sq-async" | median)"

@@ -231,12 +231,15 @@ void evq__ra_settled(evq__ra *ra, const evq__delivery *d)
     pthread_mutex_unlock(&ra->mu);
 }
 
+/* Hands out what pop gives; *waiting: deliveries stay buffered (for
+ * their keys), *full: as many as a fetch brings. */
 static size_t take(evq__ra *ra, evq__delivery *out, size_t max,
-                   bool *waiting)
+                   bool *waiting, bool *full)
 {
     pthread_mutex_lock(&ra->mu);
     size_t n = pop(ra, out, max);
     *waiting = ra->n > 0;
+    *full = ra->n >= ra->prefetch;
     pthread_mutex_unlock(&ra->mu);
     return n;
 }
@@ -271,12 +274,12 @@ int evq__ra_take(evq__ra *ra, evq__delivery *out, size_t max, int timeout_ms)
     int failures = 0;
     char away[512] = ""; /* why the broker is away, told at the deadline */
     int away_rc = 0;
-    bool waiting;
+    bool waiting, full;
 
     for (;;) {
         if (atomic_load(&ra->interrupted))
             return evq__err(EVQ_ECLOSED, "queue interrupted");
-        size_t n = take(ra, out, max, &waiting);
+        size_t n = take(ra, out, max, &waiting, &full);
         if (n)
             return (int)n;
         if (timeout_ms == 0) {
@@ -289,7 +292,7 @@ int evq__ra_take(evq__ra *ra, evq__delivery *out, size_t max, int timeout_ms)
             pthread_mutex_unlock(&ra->rd_mu);
             return evq__err(EVQ_ECLOSED, "queue interrupted");
         }
-        if ((n = take(ra, out, max, &waiting)) != 0) {
+        if ((n = take(ra, out, max, &waiting, &full)) != 0) {
             pthread_mutex_unlock(&ra->rd_mu);
             return (int)n;
         }
@@ -307,7 +310,7 @@ int evq__ra_take(evq__ra *ra, evq__delivery *out, size_t max, int timeout_ms)
         /* Buffered events all wait for their keys: fetch more only while
          * the buffer has room. */
         int got = 0;
-        if (!waiting || ra->n < ra->prefetch)
+        if (!full)
             got = ra->ops->fetch(ra->state, ra->got, ra->prefetch, (int)wait);
         else
             evq__sleep_ms(wait);
@@ -317,7 +320,7 @@ int evq__ra_take(evq__ra *ra, evq__delivery *out, size_t max, int timeout_ms)
             pthread_mutex_unlock(&ra->mu);
         }
         pthread_mutex_unlock(&ra->rd_mu);
-        if ((n = take(ra, out, max, &waiting)) != 0)
+        if ((n = take(ra, out, max, &waiting, &full)) != 0)
             return (int)n;
         if (got < 0 && (got != EVQ_ECONN || timeout_ms == 0))
             return got;

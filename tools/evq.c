@@ -1292,7 +1292,8 @@ static const char bench_help[] =
     "            event, enqueue, dequeue, dispatch, ack, free; latency is\n"
     "            from the event's creation to its handler\n"
     "  raw       memory:// only: enqueue + dequeue + ack of pre-built events,\n"
-    "            one producer thread and one consumer thread\n"
+    "            one producer thread and one consumer thread (B at a time:\n"
+    "            evq_enqueue_batch, evq_dequeue_batch, evq_ack_batch)\n"
     "  stats     the cost per event of the worker's latency statistics\n"
     "and the peak resident memory.  Producers enqueue B events at a time\n"
     "(evq_enqueue_batch when B > 1), or with --async one event per\n"
@@ -1514,21 +1515,35 @@ static bool wait_handled(struct bench *b, long want, const char *phase)
 struct raw_bench {
     evq_queue *q;
     evq_event **evs;
-    long n, k;
+    long n, k, batch;
 };
 
 static void *raw_producer(void *arg)
 {
     struct raw_bench *r = arg;
-    for (long i = 0; i < r->n; i++)
-        evq_enqueue(r->q, r->evs[i % r->k]);
+    if (r->batch <= 1) {
+        for (long i = 0; i < r->n; i++)
+            evq_enqueue(r->q, r->evs[i % r->k]);
+        return NULL;
+    }
+    /* k is a multiple of the batch: batches never wrap */
+    for (long i = 0; i < r->n; i += r->batch) {
+        long b = r->n - i < r->batch ? r->n - i : r->batch;
+        evq_enqueue_batch(r->q, (const evq_event *const *)&r->evs[i % r->k],
+                          (size_t)b);
+    }
     return NULL;
 }
 
-/* enqueue + dequeue + ack of pre-built events, one thread each side. */
-static double bench_raw(const char *url, long n)
+/* enqueue + dequeue + ack of pre-built events, one thread each side,
+ * `batch` at a time. */
+static double bench_raw(const char *url, long n, long batch)
 {
-    struct raw_bench r = {.n = n, .k = n < 65536 ? n : 65536};
+    if (batch > 1024)
+        batch = 1024;
+    struct raw_bench r = {.n = n, .k = n < 65536 ? n : 65536, .batch = batch};
+    if (batch > 1)
+        r.k = (r.k + batch - 1) / batch * batch;
     char name[64];
     snprintf(name, sizeof name, "bench-raw-%d", (int)getpid());
     if (evq_queue_open(&r.q, url, name, NULL))
@@ -1539,11 +1554,18 @@ static double bench_raw(const char *url, long n)
     pthread_t t;
     int64_t t0 = mono_ns();
     pthread_create(&t, NULL, raw_producer, &r);
-    for (long i = 0; i < n; i++) {
-        evq_msg *m;
-        if (evq_dequeue(r.q, &m, 10000) != 0)
+    evq_msg *ms[1024];
+    for (long i = 0; i < n;) {
+        int got = batch > 1 ? evq_dequeue_batch(r.q, ms, (size_t)batch, 10000)
+                  : evq_dequeue(r.q, &ms[0], 10000) == 0 ? 1
+                                                          : -1;
+        if (got <= 0)
             break;
-        evq_ack(m);
+        if (batch > 1)
+            evq_ack_batch(ms, (size_t)got);
+        else
+            evq_ack(ms[0]);
+        i += got;
     }
     pthread_join(t, NULL);
     double s = (double)(mono_ns() - t0) / 1e9;
@@ -1773,7 +1795,7 @@ static int cmd_bench(int argc, char **argv)
     if (b.progress)
         fprintf(stderr, "\r%-40s\r", "");
 
-    double raw = memory && ok ? bench_raw(url, n) : 0;
+    double raw = memory && ok ? bench_raw(url, n, batch) : 0;
     double stats_ns = bench_stats_overhead();
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
