@@ -526,33 +526,39 @@ static int memory_enqueue(void *state, const evq__item *items, size_t n)
     return 0;
 }
 
-static bool take(mqueue *q, evq__delivery *d)
+/* Takes up to max ready events into d; how many.  The counters and the
+ * producers' wake-up are seen to once per call, not per event. */
+static size_t take(mqueue *q, evq__delivery *d, size_t max)
 {
-    mitem it;
     if (atomic_load_explicit(&q->next_due, memory_order_relaxed) != INT64_MAX) {
         int64_t now = evq__now_mono_ns();
         if (atomic_load_explicit(&q->next_due, memory_order_relaxed) <= now)
             promote_due(q, now);
     }
-    if (!ring_pop(&q->ready, &it))
-        return false;
-    atomic_fetch_add_explicit(&q->in_flight, 1, memory_order_relaxed);
-    if (ring_depth(&q->ready) <= q->low_water)
-        evc_notify(&q->writable);
-    it.attempt++;
-    if (it.blob) {
-        mblob *b = it.p;
-        d->ev = NULL;
-        d->bytes = b->data;
-        d->len = b->len;
-    } else {
-        d->ev = it.p;
-        d->bytes = NULL;
-        d->len = 0;
+    size_t n = 0;
+    mitem it;
+    while (n < max && ring_pop(&q->ready, &it)) {
+        it.attempt++;
+        evq__delivery *x = &d[n++];
+        if (it.blob) {
+            mblob *b = it.p;
+            x->ev = NULL;
+            x->bytes = b->data;
+            x->len = b->len;
+        } else {
+            x->ev = it.p;
+            x->bytes = NULL;
+            x->len = 0;
+        }
+        x->attempt = it.attempt;
+        x->token = it.p;
     }
-    d->attempt = it.attempt;
-    d->token = it.p;
-    return true;
+    if (n) {
+        atomic_fetch_add_explicit(&q->in_flight, (long)n, memory_order_relaxed);
+        if (ring_depth(&q->ready) <= q->low_water)
+            evc_notify(&q->writable);
+    }
+    return n;
 }
 
 static int memory_dequeue(void *state, evq__delivery *d, size_t max,
@@ -569,12 +575,9 @@ static int memory_dequeue(void *state, evq__delivery *d, size_t max,
                 evc_notify(&q->readable);
             return closed_err();
         }
-        if (take(q, d)) {
-            size_t n = 1;
-            while (n < max && take(q, &d[n]))
-                n++;
+        size_t n = take(q, d, max);
+        if (n)
             return (int)n;
-        }
         if (timeout_ms == 0)
             return evq__err(EVQ_ETIMEDOUT, "queue is empty");
         if (spins < SPIN_LIMIT) { /* a producer is often a moment away */
