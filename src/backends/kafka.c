@@ -1081,8 +1081,10 @@ static int kafka_fetch(void *state, evq__delivery *d, size_t max, int wait_ms)
                                .key = m->key};
         m->ev = NULL;
     }
-    memmove(h->buf, h->buf + n, (h->n_buf - n) * sizeof *h->buf);
-    h->n_buf -= n;
+    if (n) { /* (h->buf is NULL until the first message) */
+        memmove(h->buf, h->buf + n, (h->n_buf - n) * sizeof *h->buf);
+        h->n_buf -= n;
+    }
     if (n == 0 && rc == EVQ_ETIMEDOUT) {
         rc = size_failure(h);
         if (!rc)
