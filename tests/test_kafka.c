@@ -558,6 +558,8 @@ static void an_enqueue_with_no_broker_fails_after_the_connect_timeout(
     evq_queue *q;
     evq_msg *m;
     url_with(u, sizeof u, "connect_timeout_ms=2000&kafka.timeout_ms=60000");
+    outage_log_reset();
+    evq_set_log(outage_log, NULL); /* the outage is told, once, and its end */
     assert_evq_ok(evq_queue_open(&q, u, "kcutoff", NULL));
     evq_event *ev = evq_event_new("x", json_integer(1));
     assert_evq_ok(evq_enqueue(q, ev));
@@ -584,6 +586,14 @@ static void an_enqueue_with_no_broker_fails_after_the_connect_timeout(
     for (int i = 0; i < 30 && rc == EVQ_ECONN; i++)
         rc = evq_enqueue(q, ev2);
     assert_evq_ok(rc);
+    evq_set_log(NULL, NULL);
+    printf("kafka outage: %d log lines (%d of a lost connection, %d of one "
+           "back)\n",
+           atomic_load(&outage_lines), atomic_load(&outage_lost),
+           atomic_load(&outage_back));
+    assert_true(atomic_load(&outage_lost) >= 1);
+    assert_true(atomic_load(&outage_back) >= 1);
+    assert_true(atomic_load(&outage_lines) <= 100);
     bool one = false, two = false;
     while (!(one && two) && evq_dequeue(q, &m, 20000) == 0) {
         json_int_t n = json_integer_value(evq_event_data(evq_msg_event(m)));
@@ -665,7 +675,7 @@ static void an_async_stream_across_an_outage_loses_nothing_reported(
     (void)state;
     char u[1024];
     url_with(u, sizeof u, "kafka.timeout_ms=30000");
-    run_outage_async(u, "koutage-async", broker_down_and_up, NULL);
+    run_outage_async(u, "koutage-async", broker_down_and_up, NULL, false);
 }
 
 /* ---- commits under SIGKILL

@@ -560,7 +560,7 @@ static void an_async_stream_across_a_restart_loses_nothing_reported(
     (void)state;
     char u[512];
     url_with(u, sizeof u, "visibility_timeout_ms=2000");
-    run_outage_async(u, "outage-async", restart_server, NULL);
+    run_outage_async(u, "outage-async", restart_server, NULL, true);
 }
 
 /* ---- a three-server cluster --------------------------------------------- */

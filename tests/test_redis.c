@@ -357,7 +357,7 @@ static void an_async_stream_across_a_restart_loses_nothing_reported(
     void **state)
 {
     (void)state;
-    run_outage_async(url, "outage-async", restart_server, NULL);
+    run_outage_async(url, "outage-async", restart_server, NULL, true);
 }
 
 int main(int argc, char **argv)
