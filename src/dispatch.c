@@ -44,6 +44,9 @@ typedef struct table {
 struct evq_events {
     pthread_mutex_t mu;
     _Atomic(table *) cur;
+    /* the largest max_batch of the batch handlers, 0 while there are none:
+     * a worker with no batch handler asks nothing per event */
+    atomic_size_t batch_max;
 };
 
 evq_events *evq_events_new(void)
@@ -61,6 +64,7 @@ evq_events *evq_events_new(void)
     atomic_init(&t->n, 0);
     pthread_mutex_init(&e->mu, NULL);
     atomic_init(&e->cur, t);
+    atomic_init(&e->batch_max, 0);
     return e;
 }
 
@@ -140,6 +144,9 @@ static int add_handler(evq_events *e, handler *h)
     }
     t->h[n] = *h;
     atomic_store_explicit(&t->n, n + 1, memory_order_release);
+    if (h->batch_fn && h->max_batch > atomic_load(&e->batch_max))
+        atomic_store_explicit(&e->batch_max, h->max_batch,
+                              memory_order_release);
     pthread_mutex_unlock(&e->mu);
     return 0;
 }
@@ -187,6 +194,14 @@ int evq_register_batch_handler(evq_events *e, const char *pattern,
     h.max_wait_ms = max_wait_ms;
     h.arg = arg;
     return add_handler(e, &h);
+}
+
+/* The published handlers: a walk reads the table and its count once. */
+static const handler *handlers(evq_events *e, size_t *n)
+{
+    table *t = atomic_load_explicit(&e->cur, memory_order_acquire);
+    *n = atomic_load_explicit(&t->n, memory_order_acquire);
+    return t->h;
 }
 
 static bool match(const handler *h, const char *type, size_t tlen)
@@ -242,11 +257,10 @@ static int dispatch(evq_events *e, const evq_event *ev, bool batch)
 {
     bool matched = false, batched = false;
     const char *type = evq_event_type(ev);
-    size_t tlen = strlen(type);
-    table *t = atomic_load_explicit(&e->cur, memory_order_acquire);
-    size_t n = atomic_load_explicit(&t->n, memory_order_acquire);
+    size_t tlen = strlen(type), n;
+    const handler *hs = handlers(e, &n);
     for (size_t i = 0; i < n; i++) {
-        const handler *h = &t->h[i];
+        const handler *h = &hs[i];
         if (!match(h, type, tlen) || (h->batch_fn && (!batch || batched)))
             continue;
         matched = true;
@@ -287,12 +301,13 @@ int evq_dispatch(evq_events *e, const evq_event *ev)
 const void *evq__batch_handler(evq_events *e, const evq_event *ev,
                                size_t *max_batch, int *max_wait_ms)
 {
+    if (atomic_load_explicit(&e->batch_max, memory_order_acquire) == 0)
+        return NULL;
     const char *type = evq_event_type(ev);
-    size_t tlen = strlen(type);
-    table *t = atomic_load_explicit(&e->cur, memory_order_acquire);
-    size_t n = atomic_load_explicit(&t->n, memory_order_acquire);
+    size_t tlen = strlen(type), n;
+    const handler *hs = handlers(e, &n);
     for (size_t i = 0; i < n; i++) {
-        const handler *h = &t->h[i];
+        const handler *h = &hs[i];
         if (h->batch_fn && match(h, type, tlen)) {
             *max_batch = h->max_batch;
             *max_wait_ms = h->max_wait_ms;
@@ -304,13 +319,7 @@ const void *evq__batch_handler(evq_events *e, const evq_event *ev,
 
 size_t evq__events_max_batch(evq_events *e)
 {
-    size_t most = 0;
-    table *t = atomic_load_explicit(&e->cur, memory_order_acquire);
-    size_t n = atomic_load_explicit(&t->n, memory_order_acquire);
-    for (size_t i = 0; i < n; i++)
-        if (t->h[i].batch_fn && t->h[i].max_batch > most)
-            most = t->h[i].max_batch;
-    return most;
+    return atomic_load_explicit(&e->batch_max, memory_order_acquire);
 }
 
 void evq__dispatch_batch(evq_events *e, const void *bh,
@@ -355,6 +364,7 @@ size_t evq_events_count(evq_events *e)
 {
     if (!e)
         return 0;
-    table *t = atomic_load_explicit(&e->cur, memory_order_acquire);
-    return atomic_load_explicit(&t->n, memory_order_acquire);
+    size_t n;
+    handlers(e, &n);
+    return n;
 }

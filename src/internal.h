@@ -439,6 +439,9 @@ struct evq_backend_ops {
      * out events: memory) or fetch and hand_back (the read-ahead does the
      * buffering, the waiting, the slices and the reconnect pauses).
      *
+     * Both set every field of each delivery they return (the ones they
+     * have no use for to 0): the core does not clear them first.
+     *
      * dequeue: fills d[0..max) with ready deliveries, waiting up to
      * timeout_ms for the first; the count, or EVQ_ETIMEDOUT, or
      * EVQ_ECLOSED after interrupt. */

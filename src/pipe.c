@@ -116,6 +116,19 @@ static void wake_waiter(const char *id, int rc, void *arg)
 
 static void *sender_main(void *arg);
 
+/* Hands what waits to the sender thread, starting it on first use; false
+ * when no thread could be started (the caller then sends itself).  Under
+ * p->mu. */
+static bool wake_sender(evq__pipe *p)
+{
+    if (!p->thread_started &&
+        pthread_create(&p->thread, NULL, sender_main, p) == 0)
+        p->thread_started = true;
+    if (p->thread_started)
+        pthread_cond_signal(&p->work);
+    return p->thread_started;
+}
+
 /* Sends what waits (whole user batches, up to PIPE_BATCH events) and
  * reports it.  mu held on entry and on return, released meanwhile; the
  * caller saw !sending and waiting > 0. */
@@ -177,12 +190,8 @@ static void send_batch(evq__pipe *p)
     p->sending = false;
     pthread_cond_broadcast(&p->settled);
     pthread_cond_broadcast(&p->room);
-    if (p->waiting) { /* more came meanwhile (maybe from a done) */
-        if (!p->thread_started &&
-            pthread_create(&p->thread, NULL, sender_main, p) == 0)
-            p->thread_started = true;
-        pthread_cond_signal(&p->work);
-    }
+    if (p->waiting) /* more came meanwhile (maybe from a done) */
+        wake_sender(p);
 }
 
 static void *sender_main(void *arg)
@@ -277,15 +286,9 @@ int evq__pipe_put(evq__pipe *p, evq__item *items, size_t n,
     p->waiting += n;
     p->in_flight += n;
     if (!wait) {
-        if (!p->sending) {
-            if (!p->thread_started) {
-                if (pthread_create(&p->thread, NULL, sender_main, p) == 0)
-                    p->thread_started = true;
-                else /* no thread: send here, as a synchronous call would */
-                    send_batch(p);
-            }
-            pthread_cond_signal(&p->work);
-        }
+        /* no thread: send here, as a synchronous call would */
+        if (!p->sending && !wake_sender(p))
+            send_batch(p);
         pthread_mutex_unlock(&p->mu);
         return 0;
     }
@@ -316,15 +319,9 @@ static int flush_wait(evq__pipe *p, int timeout_ms, bool send_inline)
             send_batch(p);
             continue;
         }
-        if (!p->sending && p->waiting) {
-            if (!p->thread_started &&
-                pthread_create(&p->thread, NULL, sender_main, p) == 0)
-                p->thread_started = true;
-            if (!p->thread_started) { /* no thread: send here after all */
-                send_batch(p);
-                continue;
-            }
-            pthread_cond_signal(&p->work);
+        if (!p->sending && p->waiting && !wake_sender(p)) {
+            send_batch(p); /* no thread: send here after all */
+            continue;
         }
         if (deadline == INT64_MAX) {
             pthread_cond_wait(&p->settled, &p->mu);

@@ -783,7 +783,6 @@ int evq_dequeue_batch(evq_queue *q, evq_msg **msgs, size_t max,
     int64_t deadline = timeout_ms > 0 ? evq__deadline_ns(timeout_ms) : 0;
     while (got < max) {
         size_t want = max - got < TAKE_MAX ? max - got : TAKE_MAX;
-        memset(d, 0, want * sizeof *d);
         int n = q->ra ? evq__ra_take(q->ra, d, want, got ? 0 : timeout_ms)
                       : q->ops->dequeue(q->state, d, want,
                                         got ? 0 : timeout_ms);

@@ -1099,6 +1099,14 @@ static int kafka_fetch(void *state, evq__delivery *d, size_t max, int wait_ms)
 /* ---- settle ----------------------------------------------------------------
  */
 
+/* A delivery's event and message, once they are done with. */
+static void delivery_free(evq__delivery *d)
+{
+    if (d->ev)
+        evq_event_free(d->ev);
+    kmsg_free(d->token);
+}
+
 static int kafka_ack(void *state, evq__delivery **d, size_t n)
 {
     khandle *h = state;
@@ -1108,11 +1116,8 @@ static int kafka_ack(void *state, evq__delivery **d, size_t n)
         finish(h, m->partition, m->offset);
     }
     pthread_mutex_unlock(&h->trk_mu);
-    for (size_t i = 0; i < n; i++) {
-        if (d[i]->ev)
-            evq_event_free(d[i]->ev);
-        kmsg_free(d[i]->token);
-    }
+    for (size_t i = 0; i < n; i++)
+        delivery_free(d[i]);
     return 0;
 }
 
@@ -1122,11 +1127,8 @@ static int kafka_ack(void *state, evq__delivery **d, size_t n)
 static void kafka_hand_back(void *state, evq__delivery *d, size_t n)
 {
     (void)state;
-    for (size_t i = 0; i < n; i++) {
-        if (d[i].ev)
-            evq_event_free(d[i].ev);
-        kmsg_free(d[i].token);
-    }
+    for (size_t i = 0; i < n; i++)
+        delivery_free(&d[i]);
 }
 
 /* Produces the event again, due in delay_ms with its attempt count, then

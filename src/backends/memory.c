@@ -539,19 +539,12 @@ static size_t take(mqueue *q, evq__delivery *d, size_t max)
     mitem it;
     while (n < max && ring_pop(&q->ready, &it)) {
         it.attempt++;
-        evq__delivery *x = &d[n++];
-        if (it.blob) {
-            mblob *b = it.p;
-            x->ev = NULL;
-            x->bytes = b->data;
-            x->len = b->len;
-        } else {
-            x->ev = it.p;
-            x->bytes = NULL;
-            x->len = 0;
-        }
-        x->attempt = it.attempt;
-        x->token = it.p;
+        mblob *b = it.blob ? it.p : NULL;
+        d[n++] = (evq__delivery){.ev = b ? NULL : it.p,
+                                 .bytes = b ? b->data : NULL,
+                                 .len = b ? b->len : 0,
+                                 .attempt = it.attempt,
+                                 .token = it.p};
     }
     if (n) {
         atomic_fetch_add_explicit(&q->in_flight, (long)n, memory_order_relaxed);
