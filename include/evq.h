@@ -419,7 +419,11 @@ EVQ_API int evq_msg_touch(evq_msg *msg);
  * signal-free context inside a handler; never blocks for long. */
 EVQ_API int evq_queue_interrupt(evq_queue *q);
 
-/* Fills `out` with the queue's counters (see evq_queue_stats). */
+/* Fills `out` with the queue's counters (see evq_queue_stats).  Asks the
+ * server through the handle's own connection, the dead-letter count
+ * included: it opens nothing (`dead` is -1 where that queue cannot be told
+ * apart: core NATS, or an explicit nats.stream).  Any thread; the
+ * backend's error (EVQ_ECONN...) when the server cannot answer. */
 EVQ_API int evq_queue_stats(evq_queue *q, struct evq_queue_stats *out);
 
 /* The backend scheme ("memory") and queue name, borrowed from `q`. */

@@ -478,6 +478,12 @@ struct evq_backend_ops {
     int (*interrupt)(void *state);
     /* May be NULL (every figure then reads -1). */
     int (*stats)(void *state, struct evq_queue_stats *out);
+    /* The events stored in another queue `name` of the same server,
+     * opened with this handle's options (ready, delayed and in flight
+     * alike; 0 when it does not exist), read through this handle's
+     * connection: evq_queue_stats counts the dead-letter queue with it,
+     * opening nothing.  May be NULL (the dead count then reads -1). */
+    int (*count)(void *state, const char *name, int64_t *n);
     /* Releases the state; no call on it runs concurrently.  Required. */
     void (*close)(void *state);
     /* Removes the queue from where it lives: its events (ready, delayed,

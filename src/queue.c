@@ -987,14 +987,9 @@ int evq_queue_stats(evq_queue *q, struct evq_queue_stats *out)
     out->dequeued = atomic_load(&q->dequeued);
     out->acked = atomic_load(&q->acked);
     out->nacked = atomic_load(&q->nacked);
-    evq_queue *dead;
-    if (dead_queue(q, &dead) == 0 && dead->ops->stats) {
-        struct evq_queue_stats ds;
-        ds.depth = ds.in_flight = ds.delayed = -1;
-        if (dead->ops->stats(dead->state, &ds) == 0 && ds.depth >= 0)
-            out->dead = ds.depth + (ds.delayed > 0 ? ds.delayed : 0) +
-                        (ds.in_flight > 0 ? ds.in_flight : 0);
-    }
+    /* the dead-letter queue, counted through this handle's connection */
+    if (q->ops->count && q->ops->count(q->state, q->dead_name, &out->dead))
+        out->dead = -1;
     out->dead_lettered = atomic_load(&q->dead_lettered);
     return rc;
 }

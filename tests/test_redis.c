@@ -155,6 +155,45 @@ static void junk_goes_to_the_dead_letter_stream(void **state)
     evq_queue_close(q);
 }
 
+/* The server's count of connected clients. */
+static int clients(void)
+{
+    char cmd[256], line[256];
+    int n = -1;
+    snprintf(cmd, sizeof cmd, "redis-cli -p %s INFO clients", port);
+    FILE *f = popen(cmd, "r");
+    assert_non_null(f);
+    while (fgets(line, sizeof line, f))
+        sscanf(line, "connected_clients:%d", &n);
+    pclose(f);
+    assert_true(n > 0);
+    return n;
+}
+
+/* evq_queue_stats counts the dead-letter queue through the handle's own
+ * connection: the server sees no new client. */
+static void stats_open_no_connection(void **state)
+{
+    (void)state;
+    evq_queue *q;
+    struct evq_queue_stats st;
+    assert_evq_ok(evq_queue_open(&q, url, "statsconn", NULL));
+    enqueue_type(q, "stats.one", NULL); /* the handle is connected */
+    cli("XADD evq:statsconn.dead '*' b junk-1 a 0");
+    cli("XADD evq:statsconn.dead '*' b junk-2 a 0");
+    cli("ZADD evq:statsconn.dead:delayed 1 x");
+    int before = clients();
+    assert_evq_ok(evq_queue_stats(q, &st));
+    assert_int_equal(clients(), before);
+    assert_int_equal(st.dead, 3);
+    assert_int_equal(st.depth, 1);
+    cli("DEL evq:statsconn.dead evq:statsconn.dead:delayed");
+    assert_evq_ok(evq_queue_stats(q, &st));
+    assert_int_equal(st.dead, 0);
+    assert_evq_ok(evq_queue_delete(q));
+    evq_queue_close(q);
+}
+
 static void bad_servers_and_credentials_are_clear_errors(void **state)
 {
     (void)state;
@@ -373,6 +412,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(an_oversize_entry_is_dead_lettered_unread),
         cmocka_unit_test(events_written_by_redis_cli_are_read),
         cmocka_unit_test(junk_goes_to_the_dead_letter_stream),
+        cmocka_unit_test(stats_open_no_connection),
         cmocka_unit_test(bad_servers_and_credentials_are_clear_errors),
         cmocka_unit_test(a_dead_consumers_events_are_taken_over),
         cmocka_unit_test(close_hands_back_what_was_read_ahead),

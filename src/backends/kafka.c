@@ -116,6 +116,7 @@ typedef struct kbatch {
 
 typedef struct khandle {
     char *topic, *group, *brokers;
+    bool group_given; /* by kafka.group, not derived from the name */
     const char *content_type; /* structured mode's, by the queue's format */
     evq_codec_limits lim;     /* max_event_bytes, max_depth */
     bool binary;
@@ -128,8 +129,6 @@ typedef struct khandle {
     rd_kafka_t *prod;
     pthread_t prod_thread;
     atomic_bool prod_stop;
-    rd_kafka_t *meta; /* reads the group's offsets for stats when this
-                         handle has no consumer; never joins the group */
     /* consumer, made at the first dequeue */
     pthread_mutex_t rd_mu; /* consumer polls and the polled buffer */
     rd_kafka_t *cons;
@@ -1196,55 +1195,89 @@ static int kafka_interrupt(void *state)
     return 0;
 }
 
+/* What `group` has not yet committed of `topic`: over its partitions, the
+ * high watermark less the committed offset (the low watermark where none
+ * is).  Through rk's own connections: the admin API reads any group's
+ * offsets, so no consumer of that group is made.  0 for a topic that does
+ * not exist. */
+static int group_lag(rd_kafka_t *rk, const char *topic, const char *group,
+                     int64_t *lag)
+{
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_topic_t *t = rd_kafka_topic_new(rk, topic, NULL);
+    rd_kafka_resp_err_t e = rd_kafka_metadata(rk, 0, t, &md, 5000);
+    rd_kafka_topic_destroy(t);
+    *lag = 0;
+    if (e)
+        return kerr(e, "metadata");
+    int np = md->topic_cnt == 1 && !md->topics[0].err
+                 ? md->topics[0].partition_cnt
+                 : 0;
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(np);
+    for (int i = 0; i < np; i++)
+        rd_kafka_topic_partition_list_add(l, topic,
+                                          md->topics[0].partitions[i].id);
+    rd_kafka_metadata_destroy(md);
+    if (np == 0) {
+        rd_kafka_topic_partition_list_destroy(l);
+        return 0;
+    }
+    rd_kafka_queue_t *rq = rd_kafka_queue_new(rk);
+    rd_kafka_AdminOptions_t *ao =
+        rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_LISTCONSUMERGROUPOFFSETS);
+    rd_kafka_AdminOptions_set_request_timeout(ao, 5000, NULL, 0);
+    rd_kafka_ListConsumerGroupOffsets_t *req =
+        rd_kafka_ListConsumerGroupOffsets_new(group, l);
+    rd_kafka_topic_partition_list_destroy(l);
+    rd_kafka_ListConsumerGroupOffsets(rk, &req, 1, ao, rq);
+    rd_kafka_ListConsumerGroupOffsets_destroy(req);
+    rd_kafka_AdminOptions_destroy(ao);
+    rd_kafka_event_t *ev = rd_kafka_queue_poll(rq, 10000);
+    rd_kafka_queue_destroy(rq);
+    if (!ev)
+        return evq__err(EVQ_ETIMEDOUT,
+                        "kafka: no answer listing group '%s' offsets", group);
+    const rd_kafka_ListConsumerGroupOffsets_result_t *res =
+        rd_kafka_event_ListConsumerGroupOffsets_result(ev);
+    size_t ng = 0;
+    const rd_kafka_group_result_t **g =
+        res ? rd_kafka_ListConsumerGroupOffsets_result_groups(res, &ng) : NULL;
+    const rd_kafka_error_t *ge = ng == 1 ? rd_kafka_group_result_error(g[0])
+                                         : NULL;
+    const rd_kafka_topic_partition_list_t *got =
+        ng == 1 ? rd_kafka_group_result_partitions(g[0]) : NULL;
+    int rc = 0;
+    if ((e = rd_kafka_event_error(ev)) != 0)
+        rc = kerr(e, "listing group offsets");
+    else if (ge)
+        rc = kerr(rd_kafka_error_code(ge), "listing group offsets");
+    else if (!got)
+        rc = evq__err(EVQ_EIO, "kafka: no offsets for group '%s'", group);
+    for (int i = 0; !rc && i < got->cnt; i++) {
+        int64_t lo = 0, hi = 0;
+        e = rd_kafka_query_watermark_offsets(rk, topic, got->elems[i].partition,
+                                             &lo, &hi, 5000);
+        if (e) {
+            rc = kerr(e, "watermarks");
+            break;
+        }
+        int64_t at = got->elems[i].offset >= 0 ? got->elems[i].offset : lo;
+        *lag += hi > at ? hi - at : 0;
+    }
+    rd_kafka_event_destroy(ev);
+    return rc;
+}
+
 static int kafka_stats(void *state, struct evq_queue_stats *out)
 {
     khandle *h = state;
-    rd_kafka_t *rk = h->cons ? h->cons : h->prod;
-    const struct rd_kafka_metadata *md = NULL;
-    rd_kafka_topic_t *t = rd_kafka_topic_new(rk, h->topic, NULL);
-    rd_kafka_resp_err_t e = rd_kafka_metadata(rk, 0, t, &md, 5000);
-    rd_kafka_topic_destroy(t);
-    if (e)
-        return kerr(e, "metadata");
-    int np = md->topic_cnt == 1 ? md->topics[0].partition_cnt : 0;
-    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(np);
-    for (int i = 0; i < np; i++)
-        rd_kafka_topic_partition_list_add(l, h->topic,
-                                          md->topics[0].partitions[i].id);
-    rd_kafka_metadata_destroy(md);
-    /* committed offsets of the group, read through a consumer: this
-     * handle's, or one that only asks */
     int64_t depth = 0;
     pthread_mutex_lock(&h->trk_mu);
-    commit(h, true);
-    rd_kafka_t *cq = h->cons;
-    if (!cq && !h->meta) {
-        int rc = 0;
-        const char *extra[] = {"group.id", h->group, "enable.auto.commit",
-                               "false", NULL};
-        rd_kafka_conf_t *c = make_conf(h, extra, &rc);
-        char err[512];
-        if (c &&
-            !(h->meta = rd_kafka_new(RD_KAFKA_CONSUMER, c, err, sizeof err)))
-            rd_kafka_conf_destroy(c);
-    }
-    cq = cq ? cq : h->meta;
+    commit(h, true); /* this handle's progress first */
     pthread_mutex_unlock(&h->trk_mu);
-    if (!cq) {
-        rd_kafka_topic_partition_list_destroy(l);
-        return evq__err(EVQ_ENOMEM, "kafka: no consumer to read offsets");
-    }
-    e = rd_kafka_committed(cq, l, 5000);
-    for (int i = 0; !e && i < l->cnt; i++) {
-        int64_t lo = 0, hi = 0;
-        e = rd_kafka_query_watermark_offsets(
-            rk, h->topic, l->elems[i].partition, &lo, &hi, 5000);
-        int64_t at = l->elems[i].offset >= 0 ? l->elems[i].offset : lo;
-        depth += hi > at ? hi - at : 0;
-    }
-    rd_kafka_topic_partition_list_destroy(l);
-    if (e)
-        return kerr(e, "watermarks");
+    int rc = group_lag(h->cons ? h->cons : h->prod, h->topic, h->group, &depth);
+    if (rc)
+        return rc;
     int64_t out_now = 0;
     pthread_mutex_lock(&h->trk_mu);
     for (size_t i = 0; i < h->n_parts; i++)
@@ -1256,6 +1289,24 @@ static int kafka_stats(void *state, struct evq_queue_stats *out)
     out->depth = depth > out_now ? depth - out_now : 0;
     out->delayed = -1;
     return 0;
+}
+
+/* Queue `name` is a topic read by the group its handle would use. */
+static int kafka_count(void *state, const char *name, int64_t *n)
+{
+    khandle *h = state;
+    size_t gl = strlen(name) + 8;
+    char *group = h->group_given ? h->group : malloc(gl);
+    if (!group)
+        return evq__err(EVQ_ENOMEM, "out of memory");
+    if (!h->group_given)
+        snprintf(group, gl, "evq.%s", name);
+    int rc = group_lag(h->cons ? h->cons : h->prod, name, group, n);
+    if (group != h->group)
+        free(group);
+    if (rc)
+        *n = -1;
+    return rc;
 }
 
 /* ---- open and close --------------------------------------------------------
@@ -1278,8 +1329,6 @@ static void kafka_close(void *state)
             kmsg_free(h->buf[i]);
         rd_kafka_destroy(h->cons);
     }
-    if (h->meta)
-        rd_kafka_destroy(h->meta);
     if (h->prod) {
         rd_kafka_flush(h->prod, (int)h->timeout_ms);
         atomic_store(&h->prod_stop, true);
@@ -1343,6 +1392,7 @@ static int kafka_open(void **state, const evq__url *url, const char *name,
     }
     if (!group)
         snprintf(h->group, gl, "evq.%s", name);
+    h->group_given = group != NULL;
     size_t off = 0;
     h->brokers[0] = '\0';
     for (size_t i = 0; i < url->n_hosts; i++) {
@@ -1472,6 +1522,7 @@ const struct evq_backend_ops evq__backend_kafka = {
     .nack = kafka_nack,
     .interrupt = kafka_interrupt,
     .stats = kafka_stats,
+    .count = kafka_count,
     .close = kafka_close,
     .destroy = kafka_destroy,
 };

@@ -658,6 +658,21 @@ static int memory_interrupt(void *state)
     return 0;
 }
 
+static int memory_count(void *state, const char *name, int64_t *n)
+{
+    (void)state;
+    *n = 0;
+    pthread_mutex_lock(&registry_lock);
+    for (mqueue *q = registry; q; q = q->next)
+        if (strcmp(q->name, name) == 0) {
+            *n = (int64_t)ring_depth(&q->ready) + atomic_load(&q->in_flight) +
+                 (int64_t)atomic_load(&q->delayed);
+            break;
+        }
+    pthread_mutex_unlock(&registry_lock);
+    return 0;
+}
+
 static int memory_stats(void *state, struct evq_queue_stats *out)
 {
     mqueue *q = ((mhandle *)state)->q;
@@ -678,6 +693,7 @@ const struct evq_backend_ops evq__backend_memory = {
     .nack = memory_nack,
     .interrupt = memory_interrupt,
     .stats = memory_stats,
+    .count = memory_count,
     .close = memory_close,
     .destroy = memory_destroy,
 };

@@ -114,6 +114,7 @@ typedef struct nhandle {
     natsSubscription *sub;
     bool core;
     char *subject, *stream, *durable, *content_type;
+    bool stream_given; /* by nats.stream, not derived from the name */
     int pending_limit; /* core */
     int64_t timeout_ms;
     int64_t vt_ns;         /* AckWait */
@@ -612,6 +613,7 @@ static int nats_open(void **state, const evq__url *url, const char *name,
     const char *durable = evq__opt_str(opts, nats_opts, "nats.durable");
     h->subject = evq__strdup(name);
     h->stream = stream ? evq__strdup(stream) : derived_name("EVQ_", name);
+    h->stream_given = stream != NULL;
     h->durable = durable ? evq__strdup(durable) : derived_name("evq_", name);
     if (!h->subject || !h->stream || !h->durable) {
         nats_close(h);
@@ -1108,6 +1110,35 @@ static int nats_stats(void *state, struct evq_queue_stats *out)
     return 0;
 }
 
+/* Queue `name`'s stream holds what is not yet acked (work-queue
+ * retention): ready, delayed and in flight alike.  Core mode stores
+ * nothing to count, and a stream named by nats.stream is not the other
+ * queue's alone. */
+static int nats_count(void *state, const char *name, int64_t *n)
+{
+    nhandle *h = state;
+    *n = -1;
+    if (h->core || h->stream_given)
+        return 0;
+    char *stream = derived_name("EVQ_", name);
+    if (!stream)
+        return evq__err(EVQ_ENOMEM, "out of memory");
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = js_GetStreamInfo(&si, h->js, stream, NULL, &jerr);
+    free(stream);
+    if (s == NATS_OK) {
+        *n = (int64_t)si->State.Msgs;
+        jsStreamInfo_Destroy(si);
+        return 0;
+    }
+    if (jerr == JSStreamNotFoundErr) {
+        *n = 0;
+        return 0;
+    }
+    return nerr(h, s, jerr, "stream info");
+}
+
 /* Deletes the queue's stream (its one subject is the queue's: see
  * ensure_stream) and with it the consumer; what this handle fetched goes
  * too.  Core mode stores nothing: there is nothing to delete. */
@@ -1137,6 +1168,7 @@ const struct evq_backend_ops evq__backend_nats = {
     .touch = nats_touch,
     .interrupt = nats_interrupt,
     .stats = nats_stats,
+    .count = nats_count,
     .close = nats_close,
     .destroy = nats_destroy,
 };

@@ -206,6 +206,7 @@ typedef struct rhandle {
     int port, db;
     struct timeval connect_tv, command_tv;
     char *stream, *delayed;
+    char *prefix; /* the keys' */
     char consumer[128];
     int prefetch;
     size_t max_bytes;  /* max_event_bytes */
@@ -519,6 +520,7 @@ static void redis_close(void *state)
     free(h->unix_path);
     free(h->stream);
     free(h->delayed);
+    free(h->prefix);
     pthread_mutex_destroy(&h->ack_mu);
     pthread_mutex_destroy(&h->rd_mu);
     free(h);
@@ -583,10 +585,12 @@ static int redis_open(void **state, const evq__url *url, const char *name,
     if (url->user && url->user[0])
         h->user = evq__strdup(url->user);
     const char *prefix = evq__opt_str(opts, redis_opts, "redis.prefix");
+    h->prefix = evq__strdup(prefix);
     size_t sl = strlen(prefix) + strlen(name) + 1;
     h->stream = malloc(sl);
     h->delayed = malloc(sl + 8);
-    if (!h->stream || !h->delayed || (!h->host && !h->unix_path)) {
+    if (!h->stream || !h->delayed || !h->prefix ||
+        (!h->host && !h->unix_path)) {
         redis_close(h);
         return evq__err(EVQ_ENOMEM, "out of memory");
     }
@@ -1247,6 +1251,37 @@ static int redis_stats(void *state, struct evq_queue_stats *out)
     return 0;
 }
 
+/* Queue `name` holds its stream's entries (ready and pending: acked ones
+ * are deleted) and its delayed set's. */
+static int redis_count(void *state, const char *name, int64_t *n)
+{
+    rhandle *h = state;
+    size_t kl = strlen(h->prefix) + strlen(name) + 9;
+    char *stream = malloc(kl), *delayed = malloc(kl);
+    redisReply *r;
+    int rc = EVQ_ENOMEM;
+    *n = -1;
+    if (stream && delayed) {
+        snprintf(stream, kl, "%s%s", h->prefix, name);
+        snprintf(delayed, kl, "%s%s:delayed", h->prefix, name);
+        const char *xlen[] = {"XLEN", stream};
+        const char *zcard[] = {"ZCARD", delayed};
+        if ((rc = run(h, 2, xlen, NULL, &r, "XLEN")) == 0) {
+            long long len = r->integer;
+            freeReplyObject(r);
+            if ((rc = run(h, 2, zcard, NULL, &r, "ZCARD")) == 0) {
+                *n = len + r->integer;
+                freeReplyObject(r);
+            }
+        }
+    } else {
+        evq__err(EVQ_ENOMEM, "out of memory");
+    }
+    free(stream);
+    free(delayed);
+    return rc;
+}
+
 /* Deletes the queue's stream (its entries and consumer group) and its
  * delayed set. */
 static int redis_destroy(void *state)
@@ -1275,6 +1310,7 @@ const struct evq_backend_ops evq__backend_redis = {
     .touch = redis_touch,
     .interrupt = redis_interrupt,
     .stats = redis_stats,
+    .count = redis_count,
     .close = redis_close,
     .destroy = redis_destroy,
 };

@@ -1102,15 +1102,15 @@ static int sqlite_interrupt(void *state)
     return 0;
 }
 
-static int sqlite_stats(void *state, struct evq_queue_stats *out)
+/* The figures of queue `name` in this database. */
+static int stats_of(sqhandle *h, const char *name, struct evq_queue_stats *out)
 {
-    sqhandle *h = state;
     sqlite3_stmt *st = h->st[S_STATS];
     int rc = 0;
 
     pthread_mutex_lock(&h->mu);
     flush_acks(h);
-    sqlite3_bind_text(st, 1, h->queue, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, now_ms());
     int src = sqlite3_step(st);
     if (src == SQLITE_ROW) {
@@ -1122,6 +1122,20 @@ static int sqlite_stats(void *state, struct evq_queue_stats *out)
     }
     sqlite3_reset(st);
     pthread_mutex_unlock(&h->mu);
+    return rc;
+}
+
+static int sqlite_stats(void *state, struct evq_queue_stats *out)
+{
+    sqhandle *h = state;
+    return stats_of(h, h->queue, out);
+}
+
+static int sqlite_count(void *state, const char *name, int64_t *n)
+{
+    struct evq_queue_stats s;
+    int rc = stats_of(state, name, &s);
+    *n = rc ? -1 : s.depth + s.in_flight + s.delayed;
     return rc;
 }
 
@@ -1165,6 +1179,7 @@ const struct evq_backend_ops evq__backend_sqlite = {
     .touch = sqlite_touch,
     .interrupt = sqlite_interrupt,
     .stats = sqlite_stats,
+    .count = sqlite_count,
     .close = sqlite_close,
     .destroy = sqlite_destroy,
 };
