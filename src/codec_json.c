@@ -2,8 +2,8 @@
  * codec_json.c - the CloudEvents 1.0 JSON event format (structured mode).
  * https://github.com/cloudevents/spec/blob/v1.0.2/cloudevents/formats/json-format.md
  *
- * Encoding builds the envelope as a jansson object that borrows the payload
- * (a reference, not a copy); decoding parses with jansson and then checks
+ * Encoding writes the envelope and the payload's tree straight into one
+ * buffer (see put_json); decoding parses with jansson and then checks
  * every member against the CloudEvents rules.
  */
 #include "internal.h"
@@ -14,63 +14,75 @@
 #include <string.h>
 
 /* The envelope is written directly: attribute values are already checked
- * UTF-8, so writing them needs only JSON string escaping, and the payload is
- * serialised by jansson straight into the same buffer.  No intermediate
- * jansson object per event. */
+ * UTF-8, so writing them needs only JSON string escaping, and the payload's
+ * tree is walked into the same buffer.  No intermediate jansson object per
+ * event. */
 
-/* Appends s as a JSON string (quotes included), escaped as jansson
- * escapes: the quote, the backslash and control characters. */
-static int put_string(evq__buf *b, const char *s)
+/* Appends s[0..n) as a JSON string (quotes included), escaped as jansson
+ * escapes: the quote, the backslash and control characters (NUL as
+ * \u0000).  Room is made once; runs of plain bytes are copied whole. */
+static int put_string_n(evq__buf *b, const char *s, size_t n)
 {
-    static const char hex[] = "0123456789abcdef";
-    size_t n = strlen(s);
-    if (evq__buf_reserve(b, n + 2))
+    static const char hex[] = "0123456789ABCDEF";
+    const unsigned char *p = (const unsigned char *)s, *end = p + n;
+    /* short strings: room for the worst; long ones: counted, so a large
+     * payload does not hold six times its size */
+    size_t room = 6 * n + 2;
+    if (n > 256) {
+        room = n + 2;
+        for (const unsigned char *q = p; q < end; q++)
+            if (*q < 0x20 || *q == '"' || *q == '\\')
+                room += 5;
+    }
+    if (evq__buf_reserve(b, room))
         return EVQ_ENOMEM;
-    b->p[b->len++] = '"';
-    const char *run = s;
-    for (const char *p = s;; p++) {
-        unsigned char c = (unsigned char)*p;
-        if (c >= 0x20 && c != '"' && c != '\\')
-            continue;
-        if (evq__buf_append(b, run, (size_t)(p - run)))
-            return EVQ_ENOMEM;
-        if (c == '\0')
+    unsigned char *o = b->p + b->len;
+    *o++ = '"';
+    while (p < end) {
+        const unsigned char *run = p;
+        while (p < end && *p >= 0x20 && *p != '"' && *p != '\\')
+            p++;
+        memcpy(o, run, (size_t)(p - run));
+        o += p - run;
+        if (p == end)
             break;
-        char esc[7] = {'\\', 0};
-        size_t elen = 2;
+        unsigned char c = *p++;
+        *o++ = '\\';
         switch (c) {
         case '"':
-            esc[1] = '"';
-            break;
         case '\\':
-            esc[1] = '\\';
+            *o++ = c;
             break;
         case '\b':
-            esc[1] = 'b';
+            *o++ = 'b';
             break;
         case '\f':
-            esc[1] = 'f';
+            *o++ = 'f';
             break;
         case '\n':
-            esc[1] = 'n';
+            *o++ = 'n';
             break;
         case '\r':
-            esc[1] = 'r';
+            *o++ = 'r';
             break;
         case '\t':
-            esc[1] = 't';
+            *o++ = 't';
             break;
         default:
-            memcpy(esc + 1, "u00", 3);
-            esc[4] = hex[c >> 4];
-            esc[5] = hex[c & 15];
-            elen = 6;
+            memcpy(o, "u00", 3);
+            o[3] = (unsigned char)hex[c >> 4];
+            o[4] = (unsigned char)hex[c & 15];
+            o += 5;
         }
-        if (evq__buf_append(b, esc, elen))
-            return EVQ_ENOMEM;
-        run = p + 1;
     }
-    return evq__buf_append(b, "\"", 1);
+    *o++ = '"';
+    b->len = (size_t)(o - b->p);
+    return 0;
+}
+
+static int put_string(evq__buf *b, const char *s)
+{
+    return put_string_n(b, s, strlen(s));
 }
 
 /* Appends ,"name":"value" (or the opening member when first). */
@@ -79,16 +91,86 @@ static int put_member(evq__buf *b, const char *name, const char *value,
 {
     if (!value)
         return 0;
-    if (evq__buf_append(b, b->len > 1 ? ",\"" : "\"", b->len > 1 ? 2 : 1) ||
-        evq__buf_append(b, name, strlen(name)) || evq__buf_append(b, "\":", 2))
+    size_t nl = strlen(name), vl = strlen(value);
+    if (evq__buf_reserve(b, nl + vl + 5))
         return EVQ_ENOMEM;
-    return quoted ? put_string(b, value)
-                  : evq__buf_append(b, value, strlen(value));
+    unsigned char *o = b->p + b->len;
+    if (b->len > 1)
+        *o++ = ',';
+    *o++ = '"';
+    memcpy(o, name, nl);
+    o += nl;
+    *o++ = '"';
+    *o++ = ':';
+    b->len = (size_t)(o - b->p);
+    return quoted ? put_string_n(b, value, vl) : evq__buf_append(b, value, vl);
 }
 
 static int dump_cb(const char *buffer, size_t size, void *data)
 {
     return evq__buf_append(data, buffer, size) ? -1 : 0;
+}
+
+/* Appends the payload v as jansson's compact dump would write it: objects
+ * in their order, strings escaped alike, integers in decimal; a real (its
+ * shortest form is jansson's to choose) and a string jansson would refuse
+ * or escape otherwise (not UTF-8, or holding NUL) are dumped by jansson
+ * itself.  The tree was checked against max_depth.  A dump through
+ * jansson's callbacks costs about ten times this per event. */
+static int put_json(evq__buf *b, json_t *v)
+{
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: {
+        const char *key;
+        json_t *m;
+        bool first = true;
+        if (evq__buf_append(b, "{", 1))
+            return EVQ_ENOMEM;
+        json_object_foreach(v, key, m)
+        {
+            if ((!first && evq__buf_append(b, ",", 1)) || put_string(b, key) ||
+                evq__buf_append(b, ":", 1) || put_json(b, m))
+                return EVQ_ENOMEM;
+            first = false;
+        }
+        return evq__buf_append(b, "}", 1);
+    }
+    case JSON_ARRAY: {
+        size_t n = json_array_size(v);
+        if (evq__buf_append(b, "[", 1))
+            return EVQ_ENOMEM;
+        for (size_t i = 0; i < n; i++)
+            if ((i && evq__buf_append(b, ",", 1)) ||
+                put_json(b, json_array_get(v, i)))
+                return EVQ_ENOMEM;
+        return evq__buf_append(b, "]", 1);
+    }
+    case JSON_STRING: {
+        const char *str = json_string_value(v);
+        size_t n = json_string_length(v);
+        if (evq__utf8_valid(str, n))
+            return put_string_n(b, str, n);
+        break;
+    }
+    case JSON_INTEGER: {
+        char num[32];
+        int n = snprintf(num, sizeof num, "%" JSON_INTEGER_FORMAT,
+                         json_integer_value(v));
+        return evq__buf_append(b, num, (size_t)n);
+    }
+    case JSON_TRUE:
+        return evq__buf_append(b, "true", 4);
+    case JSON_FALSE:
+        return evq__buf_append(b, "false", 5);
+    case JSON_NULL:
+        return evq__buf_append(b, "null", 4);
+    default:
+        break;
+    }
+    return json_dump_callback(v, dump_cb, b,
+                              JSON_COMPACT | JSON_ENCODE_ANY) != 0
+               ? EVQ_ENOMEM
+               : 0;
 }
 
 static int json_encode(const evq_event *ev, const evq_codec_limits *lim,
@@ -105,7 +187,7 @@ static int json_encode(const evq_event *ev, const evq_codec_limits *lim,
     if (ev->has_time)
         evq__time_format(ev->time_ns, time_buf);
     /* One allocation for the common case: attributes plus a small payload. */
-    if (evq__buf_reserve(&b, 512))
+    if (evq__buf_reserve(&b, 1024))
         goto oom;
     if (evq__buf_append(&b, "{", 1) ||
         put_member(&b, "specversion", "1.0", true) ||
@@ -131,9 +213,7 @@ static int json_encode(const evq_event *ev, const evq_codec_limits *lim,
         }
         free(b64);
     } else if (ev->data) {
-        if (evq__buf_append(&b, ",\"data\":", 8) ||
-            json_dump_callback(ev->data, dump_cb, &b,
-                               JSON_COMPACT | JSON_ENCODE_ANY) != 0)
+        if (evq__buf_append(&b, ",\"data\":", 8) || put_json(&b, ev->data))
             goto oom;
     }
     if (evq__buf_append(&b, "}", 1))

@@ -252,47 +252,72 @@ typedef struct evq__opt_spec {
     int64_t min, max;
     const char *choices;
     const char *help;
+    /* EVQ__AT(struct, field): the field of the table's typed struct that
+     * evq__opts_read fills (0: none).  The field's type follows the
+     * option's: int64_t for INT, bool for BOOL, const char * for STRING
+     * (NULL when unset without a default), int for ENUM (the index of
+     * the value in `choices`).  A former name of an option names the same
+     * field, and fills it when given. */
+    size_t at;
 } evq__opt_spec;
+
+#define EVQ__AT(type, field) (offsetof(type, field) + 1)
+
+/* The options of every queue, typed (evq__core_opts fills it). */
+typedef struct evq__core_cfg {
+    const char *format, *dead_letter;
+    int64_t max_event_bytes, max_depth, max_in_flight;
+    int overflow; /* EVQ__OVERFLOW_BLOCK or _ERROR */
+    int64_t reconnect_initial_ms, reconnect_max_ms;
+    bool create;
+} evq__core_cfg;
+
+enum { EVQ__OVERFLOW_BLOCK, EVQ__OVERFLOW_ERROR };
 
 /* Options resolved for one queue: the URL's parameters overridden by the
  * caller's evq_opts, each checked against the core's and the backend's
- * tables. */
+ * tables; `core` holds the core's, typed. */
 typedef struct evq__optset {
     evq__param *kv;
     size_t n;
+    evq__core_cfg core;
 } evq__optset;
+
+/* Fills the typed struct `cfg` from the rows of `tab` that name a field:
+ * each default first, then each value given, in table order.  Strings
+ * point into the set or the table: valid while the set lives. */
+void evq__opts_read(const evq__optset *set, const evq__opt_spec *tab,
+                    void *cfg);
 
 int evq__optset_build(evq__optset *set, const evq__url *url,
                       const evq_opts *opts, const evq__opt_spec *backend);
 void evq__optset_free(evq__optset *set);
-/* Typed getters: the value given, or the spec's default. Values were
- * validated when the set was built. */
-const char *evq__opt_str(const evq__optset *set, const evq__opt_spec *tab,
-                         const char *name);
+/* An integer option by name: the value given, or the spec's default.
+ * For the core reading what every leasing backend's table has
+ * (visibility_timeout_ms, its prefetch option); backends read their
+ * typed struct (evq__opts_read). */
 int64_t evq__opt_int(const evq__optset *set, const evq__opt_spec *tab,
                      const char *name);
-bool evq__opt_bool(const evq__optset *set, const evq__opt_spec *tab,
-                   const char *name);
 extern const evq__opt_spec evq__core_opts[];
 
 /* The connection timeout of every server backend, one entry of each one's
  * table (redis, nats, kafka), so the name, default and meaning agree. */
-#define EVQ__CONNECT_TIMEOUT_OPT                                               \
+#define EVQ__CONNECT_TIMEOUT_OPT(type)                                         \
     {"connect_timeout_ms", EVQ__OPT_INT, "10000", 1, 600000, NULL,             \
      "longest the server is waited for: open fails, and an enqueue or a "      \
      "waiting dequeue reports EVQ_ECONN, once no server has been reachable "   \
-     "for this long"}
-/* connect_timeout_ms, or the value of `older` (a backend's former name for
- * it, kept so existing URLs still work) when that is given. */
-int64_t evq__opt_connect_timeout(const evq__optset *set,
-                                 const evq__opt_spec *tab, const char *older);
+     "for this long",                                                          \
+     EVQ__AT(type, connect_timeout_ms)}
 
 /* ---- queue core and backends (queue.c) ----------------------------------- */
 
 /* One event handed to a backend's enqueue: either by reference (when the
  * backend declares EVQ__BY_REF and no format was chosen) or encoded. */
 typedef struct evq__item {
-    evq_event *ev;              /* borrowed; take a reference to keep it */
+    /* borrowed; take a reference to keep it.  Encoded items carry it only
+     * to backends that declare EVQ__ITEM_EVENT (NULL for the others) */
+    evq_event *ev;
+    const char *id;             /* the event's id, borrowed */
     const unsigned char *bytes; /* borrowed encoded form, or NULL */
     size_t len;
     int64_t delay_ms; /* >= 0 */
@@ -346,6 +371,10 @@ int evq__lease_lost(const char *what);
 /* enqueue never waits on I/O (memory://): evq_enqueue calls it directly
  * rather than through the send pipeline. */
 #define EVQ__INSTANT 0x2u
+/* enqueue reads an encoded item's event besides its bytes (attributes
+ * for headers or keys): the pipeline keeps a reference until it is sent.
+ * Without it the event is let go once encoded, on the caller's thread. */
+#define EVQ__ITEM_EVENT 0x4u
 
 /* ---- the send pipeline (pipe.c) ------------------------------------------
  * Accepted events of one handle, sent in batches through `send` (the

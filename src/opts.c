@@ -22,30 +22,39 @@ struct evq_opts {
 const evq__opt_spec evq__core_opts[] = {
     {"format", EVQ__OPT_STRING, NULL, 0, 0, NULL,
      "wire format: json (CloudEvents JSON) or msgpack, or a registered codec; "
-     "memory:// passes events by reference when unset"},
+     "memory:// passes events by reference when unset",
+     EVQ__AT(evq__core_cfg, format)},
     {"max_event_bytes", EVQ__OPT_INT, "1048576", 64, 256 * 1024 * 1024, NULL,
-     "largest encoded event accepted or decoded, in bytes"},
+     "largest encoded event accepted or decoded, in bytes",
+     EVQ__AT(evq__core_cfg, max_event_bytes)},
     {"max_depth", EVQ__OPT_INT, "32", 2, 1000, NULL,
-     "deepest nesting of a message's JSON or MessagePack structure"},
+     "deepest nesting of a message's JSON or MessagePack structure",
+     EVQ__AT(evq__core_cfg, max_depth)},
     {"dead_letter", EVQ__OPT_STRING, NULL, 0, 0, NULL,
      "queue (same backend and URL) that receives what cannot be decoded or "
-     "processed; default <name>.dead"},
+     "processed; default <name>.dead",
+     EVQ__AT(evq__core_cfg, dead_letter)},
     {"max_in_flight", EVQ__OPT_INT, "10000", 1, 10000000, NULL,
      "events accepted by evq_enqueue_async and not yet reported to their "
-     "done callback; a producer past it waits (or fails, overflow=error)"},
+     "done callback; a producer past it waits (or fails, overflow=error)",
+     EVQ__AT(evq__core_cfg, max_in_flight)},
     {"overflow", EVQ__OPT_ENUM, "block", 0, 0, "block|error",
      "when the queue (memory://) or max_in_flight is full: block the "
-     "producer, or fail with EVQ_EFULL"},
+     "producer, or fail with EVQ_EFULL",
+     EVQ__AT(evq__core_cfg, overflow)},
     {"reconnect_initial_ms", EVQ__OPT_INT, "50", 1, 600000, NULL,
      "first pause before a connection to the server is tried again; each "
-     "failure doubles it"},
+     "failure doubles it",
+     EVQ__AT(evq__core_cfg, reconnect_initial_ms)},
     {"reconnect_max_ms", EVQ__OPT_INT, "2000", 1, 3600000, NULL,
-     "longest pause between tries to reach the server"},
+     "longest pause between tries to reach the server",
+     EVQ__AT(evq__core_cfg, reconnect_max_ms)},
     {"create", EVQ__OPT_BOOL, "true", 0, 0, NULL,
      "create what the queue needs (file, tables, stream, consumer, topic) "
      "when missing; false: a missing queue is an error (EVQ_ENOENT), and "
-     "nothing is created"},
-    {NULL, 0, NULL, 0, 0, NULL, NULL},
+     "nothing is created",
+     EVQ__AT(evq__core_cfg, create)},
+    {0},
 };
 
 evq_opts *evq_opts_new(void)
@@ -265,6 +274,8 @@ int evq__optset_build(evq__optset *set, const evq__url *url,
                          opts->kv[i].value);
     if (rc)
         evq__optset_free(set);
+    else
+        evq__opts_read(set, evq__core_opts, &set->core);
     return rc;
 }
 
@@ -291,12 +302,6 @@ static const char *lookup(const evq__optset *set, const evq__opt_spec *tab,
     return sp ? sp->def : NULL;
 }
 
-const char *evq__opt_str(const evq__optset *set, const evq__opt_spec *tab,
-                         const char *name)
-{
-    return lookup(set, tab, name);
-}
-
 int64_t evq__opt_int(const evq__optset *set, const evq__opt_spec *tab,
                      const char *name)
 {
@@ -307,24 +312,78 @@ int64_t evq__opt_int(const evq__optset *set, const evq__opt_spec *tab,
     return i;
 }
 
-int64_t evq__opt_connect_timeout(const evq__optset *set,
-                                 const evq__opt_spec *tab, const char *older)
+/* The index of v among choices ("a|b|c"); values were checked. */
+static int choice_index(const char *choices, const char *v)
 {
-    for (size_t i = 0; older && i < set->n; i++) {
-        if (strcmp(set->kv[i].key, older) == 0)
-            return evq__opt_int(set, tab, older);
+    size_t n = strlen(v);
+    int i = 0;
+    for (const char *c = choices; *c; i++) {
+        const char *bar = strchr(c, '|');
+        size_t len = bar ? (size_t)(bar - c) : strlen(c);
+        if (len == n && strncmp(c, v, n) == 0)
+            return i;
+        if (!bar)
+            break;
+        c = bar + 1;
     }
-    return evq__opt_int(set, tab, "connect_timeout_ms");
+    return 0;
 }
 
-bool evq__opt_bool(const evq__optset *set, const evq__opt_spec *tab,
-                   const char *name)
+static void put_field(const evq__opt_spec *sp, const char *v, void *cfg)
 {
-    const char *v = lookup(set, tab, name);
-    bool b = false;
-    if (v)
-        parse_bool(v, &b);
-    return b;
+    char *f = (char *)cfg + sp->at - 1;
+    switch (sp->type) {
+    case EVQ__OPT_INT: {
+        int64_t i = 0;
+        if (v)
+            parse_int(v, &i);
+        memcpy(f, &i, sizeof i);
+        break;
+    }
+    case EVQ__OPT_BOOL: {
+        bool b = false;
+        if (v)
+            parse_bool(v, &b);
+        memcpy(f, &b, sizeof b);
+        break;
+    }
+    case EVQ__OPT_ENUM: {
+        int i = v ? choice_index(sp->choices, v) : 0;
+        memcpy(f, &i, sizeof i);
+        break;
+    }
+    case EVQ__OPT_STRING:
+        memcpy(f, &v, sizeof v);
+        break;
+    case EVQ__OPT_PREFIX:
+        break;
+    }
+}
+
+/* A row naming a field an earlier row already names. */
+static bool former_name(const evq__opt_spec *tab, const evq__opt_spec *sp)
+{
+    for (const evq__opt_spec *o = tab; o != sp; o++)
+        if (o->at == sp->at)
+            return true;
+    return false;
+}
+
+void evq__opts_read(const evq__optset *set, const evq__opt_spec *tab,
+                    void *cfg)
+{
+    /* defaults first (a former name's row leaves the field to the current
+     * name's), then what was given, later rows winning */
+    for (const evq__opt_spec *sp = tab; sp->name; sp++)
+        if (sp->at && !former_name(tab, sp))
+            put_field(sp, sp->def, cfg);
+    for (const evq__opt_spec *sp = tab; sp->name; sp++) {
+        if (!sp->at)
+            continue;
+        for (size_t i = 0; i < set->n; i++)
+            if (strcmp(set->kv[i].key, sp->name) == 0)
+                put_field(sp, set->kv[i].value, cfg);
+    }
 }
 
 static int help_lines(evq__buf *b, const evq__opt_spec *tab)

@@ -27,7 +27,10 @@
 /* One accepted event, from its acceptance to its `done`. */
 typedef struct pitem {
     struct pitem *next;
-    evq__item it;      /* bytes owned; it.ev a reference held (or NULL) */
+    evq__item it; /* bytes owned; it.ev a reference held (or NULL); it.id
+                     the copy below */
+    char *id_heap;   /* an id too long for idbuf */
+    char idbuf[40];
     size_t group_left; /* events after this one of the same user batch */
     evq_enqueued_fn done;
     void *arg;
@@ -100,6 +103,7 @@ static void item_release(pitem *x)
 {
     free((void *)x->it.bytes);
     evq_event_free(x->it.ev);
+    free(x->id_heap);
     free(x);
 }
 
@@ -171,7 +175,7 @@ static void send_batch(evq__pipe *p)
         if (rc)
             evq__err(rc, "%s", msg); /* what evq_errmsg() says in done */
         if (x->done)
-            x->done(x->it.ev ? evq_event_id(x->it.ev) : "", rc, x->arg);
+            x->done(x->it.id, rc, x->arg);
         else if (rc)
             silent++;
         item_release(x);
@@ -242,12 +246,23 @@ int evq__pipe_put(evq__pipe *p, evq__item *items, size_t n,
     if (!rc && n > 1 && !xs)
         rc = evq__err(EVQ_ENOMEM, "out of memory");
     for (size_t i = 0; i < n && !rc; i++) {
-        pitem *x = calloc(1, sizeof *x);
+        pitem *x = malloc(sizeof *x);
+        const char *id = items[i].id ? items[i].id : "";
+        size_t idn = strlen(id);
+        if (x) {
+            *x = (pitem){.it = items[i]};
+            if (idn >= sizeof x->idbuf && !(x->id_heap = evq__strdup(id))) {
+                free(x);
+                x = NULL;
+            }
+        }
         if (!x) {
             rc = evq__err(EVQ_ENOMEM, "out of memory");
             break;
         }
-        x->it = items[i];
+        if (!x->id_heap)
+            memcpy(x->idbuf, id, idn + 1);
+        x->it.id = x->id_heap ? x->id_heap : x->idbuf;
         items[i].bytes = NULL; /* the pipe's now */
         items[i].ev = NULL;
         x->group_left = n - 1 - i;

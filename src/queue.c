@@ -200,19 +200,19 @@ int evq_queue_open(evq_queue **qp, const char *url, const char *name,
     pthread_mutex_init(&q->dead_lock, NULL);
     if ((rc = evq__optset_build(&q->opts, &u, opts, ops->opts)) != 0)
         goto fail;
-    fmt = evq__opt_str(&q->opts, ops->opts, "format");
+    const evq__core_cfg *core = &q->opts.core;
+    fmt = core->format;
     if (fmt)
         q->codec = evq_codec_find(fmt);
     else if (!(ops->flags & EVQ__BY_REF))
         q->codec = &evq__codec_json;
-    q->lim.max_bytes =
-        (size_t)evq__opt_int(&q->opts, ops->opts, "max_event_bytes");
-    q->lim.max_depth = (int)evq__opt_int(&q->opts, ops->opts, "max_depth");
+    q->lim.max_bytes = (size_t)core->max_event_bytes;
+    q->lim.max_depth = (int)core->max_depth;
     if (ops->touch)
         q->lease_ns =
             evq__opt_int(&q->opts, ops->opts, "visibility_timeout_ms") *
             1000000;
-    const char *dl = evq__opt_str(&q->opts, ops->opts, "dead_letter");
+    const char *dl = core->dead_letter;
     char dbuf[256];
     if (!dl) {
         snprintf(dbuf, sizeof dbuf, "%s.dead", name);
@@ -226,8 +226,7 @@ int evq_queue_open(evq_queue **qp, const char *url, const char *name,
     }
     q->pipe = evq__pipe_new(
         pipe_send, q,
-        (size_t)evq__opt_int(&q->opts, ops->opts, "max_in_flight"),
-        strcmp(evq__opt_str(&q->opts, ops->opts, "overflow"), "error") == 0);
+        (size_t)core->max_in_flight, core->overflow == EVQ__OVERFLOW_ERROR);
     if (!q->pipe) {
         rc = EVQ_ENOMEM;
         goto fail;
@@ -421,7 +420,8 @@ static int make_items(evq_queue *q, const evq_event *const *evs, size_t n,
             items[i].bytes = buf;
             items[i].len = len;
         }
-        if (!rc) {
+        items[i].id = evq_event_id(ev);
+        if (!rc && (!q->codec || (q->ops->flags & EVQ__ITEM_EVENT))) {
             atomic_fetch_add_explicit(&((evq_event *)ev)->refs, 1,
                                       memory_order_relaxed);
             items[i].ev = (evq_event *)ev;

@@ -246,8 +246,8 @@ static size_t take(evq__ra *ra, evq__delivery *out, size_t max,
 
 void evq__reconnect_init(evq__reconnect *r, const evq__optset *set)
 {
-    r->initial_ms = evq__opt_int(set, evq__core_opts, "reconnect_initial_ms");
-    r->max_ms = evq__opt_int(set, evq__core_opts, "reconnect_max_ms");
+    r->initial_ms = set->core.reconnect_initial_ms;
+    r->max_ms = set->core.reconnect_max_ms;
     if (r->max_ms < r->initial_ms)
         r->max_ms = r->initial_ms;
 }

@@ -112,6 +112,60 @@ static void every_attribute_and_payload_round_trips(void **state)
     }
 }
 
+/* Encodes an event holding `data` (taken) and checks that its payload is
+ * byte for byte jansson's compact dump of it. */
+static void payload_written_as_jansson(json_t *data)
+{
+    evq_codec_limits lim = {.max_bytes = 1 << 20, .max_depth = 32};
+    assert_non_null(data);
+    char *want = json_dumps(data, JSON_COMPACT | JSON_ENCODE_ANY);
+    assert_non_null(want);
+    evq_event *ev = evq_event_new("t.payload", data);
+    unsigned char *out;
+    size_t len;
+    assert_evq_ok(evq__codec_json.encode(ev, &lim, &out, &len));
+    /* the payload is the last member: ,"data":<payload>} */
+    size_t wl = strlen(want);
+    assert_true(len > wl + 9);
+    if (memcmp(out + len - wl - 1, want, wl) != 0 ||
+        memcmp(out + len - wl - 9, ",\"data\":", 8) != 0)
+        fail_msg("'%.*s' does not end with '%s'", (int)len, out, want);
+    free(out);
+    free(want);
+    evq_event_free(ev);
+}
+
+/* The encoder writes payloads itself: byte for byte what jansson's
+ * compact dump writes, for every kind of value. */
+static void payloads_are_written_as_jansson_writes_them(void **state)
+{
+    (void)state;
+    const char *texts[] = {
+        "{\"p\":\"plain\"}",
+        "{\"z\":1,\"a\":-9223372036854775807,\"m\":[true,false,null,[],{}]}",
+        "{\"s\":\"q\\\"b\\\\ c\\u0001\\u001f\\n\\r\\t\\b\\f / \\u00e9\\u20ac "
+        "\\ud83d\\ude00\"}",
+        "{\"nul\":\"a\\u0000b\",\"real\":1.5,\"tiny\":1e-300,\"n\":0.1}",
+        "[1,2.0,\"x\",{\"k\\u00e9\\t\":[[[]]]}]",
+        "\"just a string\"",
+        "-12",
+        "{}",
+    };
+    for (size_t i = 0; i < sizeof texts / sizeof *texts; i++) {
+        json_error_t jerr;
+        json_t *data =
+            json_loads(texts[i], JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
+        if (!data)
+            fail_msg("text %zu: %s", i, jerr.text);
+        payload_written_as_jansson(data);
+    }
+    /* a long string (room counted, not guessed), escapes throughout */
+    char big[3000];
+    for (size_t i = 0; i < sizeof big; i++)
+        big[i] = i % 7 == 0 ? '"' : i % 11 == 0 ? '\n' : (char)('a' + i % 26);
+    payload_written_as_jansson(json_pack("{s:s#}", "big", big, sizeof big));
+}
+
 static void scalar_and_absent_payloads_round_trip(void **state)
 {
     (void)state;
@@ -561,6 +615,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(every_attribute_and_payload_round_trips),
         cmocka_unit_test(scalar_and_absent_payloads_round_trip),
+        cmocka_unit_test(payloads_are_written_as_jansson_writes_them),
         cmocka_unit_test(binary_payloads_round_trip),
         cmocka_unit_test(decodes_events_written_by_other_programs),
         cmocka_unit_test(malformed_json_is_refused),

@@ -1,5 +1,6 @@
 /* Options: the evq_opts container, validation at open against the tables,
  * URL parameters and evq_opts together, help text from the same tables. */
+#include "internal.h"
 #include "testutil.h"
 
 static void opts_hold_copies_and_replace(void **state)
@@ -20,6 +21,78 @@ static void opts_hold_copies_and_replace(void **state)
     assert_null(evq_opts_get(NULL, "k"));
     evq_opts_free(o);
     evq_opts_free(NULL);
+}
+
+/* A backend's table fills its typed struct: defaults, values given,
+ * an enum as its index, a former name winning when given, and the core's
+ * options in the set's own struct. */
+typedef struct tcfg {
+    int64_t n, timeout_ms;
+    bool flag;
+    const char *name, *unset;
+    int mode;
+} tcfg;
+
+static const evq__opt_spec test_tab[] = {
+    {"t.n", EVQ__OPT_INT, "7", 0, 100, NULL, "a number", EVQ__AT(tcfg, n)},
+    {"t.flag", EVQ__OPT_BOOL, "true", 0, 0, NULL, "a flag",
+     EVQ__AT(tcfg, flag)},
+    {"t.name", EVQ__OPT_STRING, "dflt", 0, 0, NULL, "a name",
+     EVQ__AT(tcfg, name)},
+    {"t.unset", EVQ__OPT_STRING, NULL, 0, 0, NULL, "no default",
+     EVQ__AT(tcfg, unset)},
+    {"t.mode", EVQ__OPT_ENUM, "a", 0, 0, "a|bb|c", "a choice",
+     EVQ__AT(tcfg, mode)},
+    {"timeout_ms", EVQ__OPT_INT, "10", 1, 1000, NULL, "the current name",
+     EVQ__AT(tcfg, timeout_ms)},
+    {"t.timeout_ms", EVQ__OPT_INT, NULL, 1, 1000, NULL, "its former name",
+     EVQ__AT(tcfg, timeout_ms)},
+    {0},
+};
+
+static void typed_structs_are_filled_from_the_tables(void **state)
+{
+    (void)state;
+    const char *urls[] = {
+        "memory://",
+        "memory://?t.n=42&t.flag=false&t.name=given&t.mode=c&timeout_ms=99"
+        "&format=msgpack&overflow=error&create=false",
+        "memory://?timeout_ms=99&t.timeout_ms=5&t.mode=bb"};
+    for (int i = 0; i < 3; i++) {
+        evq__url u;
+        evq__optset set;
+        tcfg c;
+        memset(&c, 0xab, sizeof c);
+        assert_evq_ok(evq__url_parse(urls[i], &u));
+        assert_evq_ok(evq__optset_build(&set, &u, NULL, test_tab));
+        evq__opts_read(&set, test_tab, &c);
+        assert_null(c.unset);
+        if (i == 0) {
+            assert_int_equal(c.n, 7);
+            assert_true(c.flag);
+            assert_string_equal(c.name, "dflt");
+            assert_int_equal(c.mode, 0);
+            assert_int_equal(c.timeout_ms, 10);
+            assert_null(set.core.format);
+            assert_int_equal(set.core.max_event_bytes, 1048576);
+            assert_int_equal(set.core.overflow, EVQ__OVERFLOW_BLOCK);
+            assert_true(set.core.create);
+        } else if (i == 1) {
+            assert_int_equal(c.n, 42);
+            assert_false(c.flag);
+            assert_string_equal(c.name, "given");
+            assert_int_equal(c.mode, 2);
+            assert_int_equal(c.timeout_ms, 99);
+            assert_string_equal(set.core.format, "msgpack");
+            assert_int_equal(set.core.overflow, EVQ__OVERFLOW_ERROR);
+            assert_false(set.core.create);
+        } else {
+            assert_int_equal(c.mode, 1);
+            assert_int_equal(c.timeout_ms, 5); /* the former name, given */
+        }
+        evq__optset_free(&set);
+        evq__url_free(&u);
+    }
 }
 
 static void assert_open_fails(const char *url, const evq_opts *o, int code,
@@ -110,6 +183,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(opts_hold_copies_and_replace),
+        cmocka_unit_test(typed_structs_are_filled_from_the_tables),
         cmocka_unit_test(bad_options_are_named),
         cmocka_unit_test(opts_override_url_parameters),
         cmocka_unit_test(help_text_comes_from_the_tables),

@@ -47,38 +47,60 @@
 #include <stdlib.h>
 #include <string.h>
 
+typedef struct kcfg {
+    const char *group;
+    int ce_mode;  /* CE_STRUCTURED or CE_BINARY */
+    int ordering; /* ORDER_NONE or ORDER_KEY */
+    bool create_topics;
+    int64_t partitions, replication, create_timeout_ms, max_in_flight,
+        timeout_ms, connect_timeout_ms, commit_interval_ms;
+} kcfg;
+
+enum { CE_STRUCTURED, CE_BINARY };
+enum { ORDER_NONE, ORDER_KEY };
+
 static const evq__opt_spec kafka_opts[] = {
     {"kafka.group", EVQ__OPT_STRING, NULL, 0, 0, NULL,
-     "consumer group (default: evq.<queue>)"},
+     "consumer group (default: evq.<queue>)",
+     EVQ__AT(kcfg, group)},
     {"kafka.ce_mode", EVQ__OPT_ENUM, "structured", 0, 0, "structured|binary",
      "CloudEvents on Kafka: the whole event as the value (structured) or "
-     "attributes as ce_* headers and the data as the value (binary)"},
+     "attributes as ce_* headers and the data as the value (binary)",
+     EVQ__AT(kcfg, ce_mode)},
     {"kafka.ordering", EVQ__OPT_ENUM, "none", 0, 0, "none|key",
      "key: events with the same partitionkey are never handled at once (the "
-     "next waits until the one before is settled)"},
+     "next waits until the one before is settled)",
+     EVQ__AT(kcfg, ordering)},
     {"kafka.create_topics", EVQ__OPT_BOOL, "true", 0, 0, NULL,
      "create a missing topic with the Admin API at open (kafka.partitions, "
      "kafka.replication); when the broker cannot, the broker's own "
-     "auto-creation on first use is relied on"},
+     "auto-creation on first use is relied on",
+     EVQ__AT(kcfg, create_topics)},
     {"kafka.partitions", EVQ__OPT_INT, "4", 1, 100000, NULL,
-     "partitions of a topic evq creates"},
+     "partitions of a topic evq creates",
+     EVQ__AT(kcfg, partitions)},
     {"kafka.replication", EVQ__OPT_INT, "-1", -1, 32767, NULL,
-     "replication factor of a topic evq creates (-1: the broker's default)"},
+     "replication factor of a topic evq creates (-1: the broker's default)",
+     EVQ__AT(kcfg, replication)},
     {"kafka.create_timeout_ms", EVQ__OPT_INT, "5000", 100, 600000, NULL,
-     "longest open waits for the topic's creation"},
+     "longest open waits for the topic's creation",
+     EVQ__AT(kcfg, create_timeout_ms)},
     {"kafka.prefetch", EVQ__OPT_INT, "256", 1, 100000, NULL,
-     "messages taken from the consumer at once"},
+     "messages taken from the consumer at once", 0},
     {"kafka.max_in_flight", EVQ__OPT_INT, "1000", 1, 1000000, NULL,
      "events of one partition handed out and not finished before the "
-     "partition is paused"},
+     "partition is paused",
+     EVQ__AT(kcfg, max_in_flight)},
     {"kafka.timeout_ms", EVQ__OPT_INT, "30000", 100, 3600000, NULL,
-     "longest an enqueue waits for its delivery reports"},
-    EVQ__CONNECT_TIMEOUT_OPT,
+     "longest an enqueue waits for its delivery reports",
+     EVQ__AT(kcfg, timeout_ms)},
+    EVQ__CONNECT_TIMEOUT_OPT(kcfg),
     {"kafka.commit_interval_ms", EVQ__OPT_INT, "200", 0, 60000, NULL,
-     "how often finished offsets are committed"},
+     "how often finished offsets are committed",
+     EVQ__AT(kcfg, commit_interval_ms)},
     {"rdkafka.", EVQ__OPT_PREFIX, NULL, 0, 0, NULL,
-     "any librdkafka property, e.g. rdkafka.security.protocol=ssl"},
-    {NULL, 0, NULL, 0, 0, NULL, NULL},
+     "any librdkafka property, e.g. rdkafka.security.protocol=ssl", 0},
+    {0},
 };
 
 /* ---- offsets in flight, per partition ------------------------------------ */
@@ -513,12 +535,12 @@ static rd_kafka_resp_err_t topic_outcome(rd_kafka_event_t *ev,
  * broker cannot create it in time (no Admin API, no controller), the
  * reason is kept for the errors of later calls and the broker's own
  * auto-creation on first use is relied on. */
-static void create_topic(khandle *h, const evq__optset *opts)
+static void create_topic(khandle *h, const kcfg *cfg)
 {
     char err[512];
-    int partitions = (int)evq__opt_int(opts, kafka_opts, "kafka.partitions");
-    int replication = (int)evq__opt_int(opts, kafka_opts, "kafka.replication");
-    int tmo = (int)evq__opt_int(opts, kafka_opts, "kafka.create_timeout_ms");
+    int partitions = (int)cfg->partitions;
+    int replication = (int)cfg->replication;
+    int tmo = (int)cfg->create_timeout_ms;
     rd_kafka_NewTopic_t *nt = rd_kafka_NewTopic_new(
         h->topic, partitions, replication, err, sizeof err);
     if (!nt) {
@@ -1383,7 +1405,9 @@ static int kafka_open(void **state, const evq__url *url, const char *name,
         cap += strlen(url->hosts[i].host) + 24;
     h->brokers = malloc(cap);
     h->topic = evq__strdup(name);
-    const char *group = evq__opt_str(opts, kafka_opts, "kafka.group");
+    kcfg cfg;
+    evq__opts_read(opts, kafka_opts, &cfg);
+    const char *group = cfg.group;
     size_t gl = strlen(name) + 8;
     h->group = group ? evq__strdup(group) : malloc(gl);
     if (!h->brokers || !h->topic || !h->group) {
@@ -1407,23 +1431,23 @@ static int kafka_open(void **state, const evq__url *url, const char *name,
     if (url->n_hosts == 0)
         snprintf(h->brokers, cap, "127.0.0.1:9092");
     h->binary =
-        strcmp(evq__opt_str(opts, kafka_opts, "kafka.ce_mode"), "binary") == 0;
+        cfg.ce_mode == CE_BINARY;
     h->lim.max_bytes =
-        (size_t)evq__opt_int(opts, evq__core_opts, "max_event_bytes");
-    h->lim.max_depth = (int)evq__opt_int(opts, evq__core_opts, "max_depth");
-    const char *fmt = evq__opt_str(opts, evq__core_opts, "format");
+        (size_t)opts->core.max_event_bytes;
+    h->lim.max_depth = (int)opts->core.max_depth;
+    const char *fmt = opts->core.format;
     h->content_type = fmt && strcmp(fmt, "msgpack") == 0
                           ? "application/cloudevents+msgpack"
                           : "application/cloudevents+json";
     h->by_key =
-        strcmp(evq__opt_str(opts, kafka_opts, "kafka.ordering"), "key") == 0;
+        cfg.ordering == ORDER_KEY;
     h->max_in_flight =
-        (int)evq__opt_int(opts, kafka_opts, "kafka.max_in_flight");
-    h->timeout_ms = evq__opt_int(opts, kafka_opts, "kafka.timeout_ms");
-    h->connect_ms = evq__opt_connect_timeout(opts, kafka_opts, NULL);
+        (int)cfg.max_in_flight;
+    h->timeout_ms = cfg.timeout_ms;
+    h->connect_ms = cfg.connect_timeout_ms;
     evq__reconnect_init(&h->reconnect, opts);
     h->commit_every_ms =
-        evq__opt_int(opts, kafka_opts, "kafka.commit_interval_ms");
+        cfg.commit_interval_ms;
     /* the rdkafka.* properties, without their prefix */
     h->props.kv = calloc(opts->n + 1, sizeof *h->props.kv);
     if (!h->props.kv) {
@@ -1439,8 +1463,8 @@ static int kafka_open(void **state, const evq__url *url, const char *name,
         kafka_close(h);
         return rc;
     }
-    bool create = evq__opt_bool(opts, evq__core_opts, "create");
-    if ((!create || evq__opt_bool(opts, kafka_opts, "kafka.create_topics")) &&
+    bool create = opts->core.create;
+    if ((!create || cfg.create_topics) &&
         (rc = reach_brokers(h)) != 0) {
         kafka_close(h);
         return rc;
@@ -1448,8 +1472,7 @@ static int kafka_open(void **state, const evq__url *url, const char *name,
     if (!create) {
         /* Look the topic up among all (asking for it by name could have
          * the broker create it). */
-        int tmo =
-            (int)evq__opt_int(opts, kafka_opts, "kafka.create_timeout_ms");
+        int tmo = (int)cfg.create_timeout_ms;
         const struct rd_kafka_metadata *md = NULL;
         rd_kafka_resp_err_t e = rd_kafka_metadata(h->prod, 1, NULL, &md, tmo);
         bool found = false;
@@ -1467,8 +1490,8 @@ static int kafka_open(void **state, const evq__url *url, const char *name,
             kafka_close(h);
             return rc;
         }
-    } else if (evq__opt_bool(opts, kafka_opts, "kafka.create_topics")) {
-        create_topic(h, opts);
+    } else if (cfg.create_topics) {
+        create_topic(h, &cfg);
     }
     *state = h;
     return 0;
@@ -1511,7 +1534,7 @@ static int kafka_destroy(void *state)
 
 const struct evq_backend_ops evq__backend_kafka = {
     .scheme = "kafka",
-    .flags = 0,
+    .flags = EVQ__ITEM_EVENT,
     .opts = kafka_opts,
     .open = kafka_open,
     .enqueue = kafka_enqueue,

@@ -104,11 +104,16 @@ typedef struct mhandle {
     atomic_bool interrupted;
 } mhandle;
 
+typedef struct mcfg {
+    int64_t capacity;
+} mcfg;
+
 static const evq__opt_spec memory_opts[] = {
     {"capacity", EVQ__OPT_INT, "65536", 1, 1 << 24, NULL,
      "most ready events the queue holds (and, separately, most delayed ones); "
-     "fixed by the first handle that opens the queue"},
-    {NULL, 0, NULL, 0, 0, NULL, NULL},
+     "fixed by the first handle that opens the queue",
+     EVQ__AT(mcfg, capacity)},
+    {0},
 };
 
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -350,8 +355,10 @@ static int memory_open(void **state, const evq__url *url, const char *name,
                        const evq__optset *opts, evq__logger *log)
 {
     EVQ__UNUSED(log); /* no broker to speak of */
-    const char *format = evq__opt_str(opts, memory_opts, "format");
-    size_t capacity = (size_t)evq__opt_int(opts, memory_opts, "capacity");
+    mcfg cfg;
+    evq__opts_read(opts, memory_opts, &cfg);
+    const char *format = opts->core.format;
+    size_t capacity = (size_t)cfg.capacity;
     bool cap_given = false;
     mhandle *h;
     mqueue *q;
@@ -366,8 +373,7 @@ static int memory_open(void **state, const evq__url *url, const char *name,
     h = calloc(1, sizeof *h);
     if (!h)
         return evq__err(EVQ_ENOMEM, "out of memory");
-    h->overflow_error =
-        strcmp(evq__opt_str(opts, memory_opts, "overflow"), "error") == 0;
+    h->overflow_error = opts->core.overflow == EVQ__OVERFLOW_ERROR;
     atomic_init(&h->interrupted, false);
 
     pthread_mutex_lock(&registry_lock);

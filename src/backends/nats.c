@@ -52,50 +52,78 @@
  * past max_event_bytes. */
 #define NATS_HEADER_ROOM 4096
 
+typedef struct ncfg {
+    int64_t visibility_timeout_ms, replicas, max_ack_pending,
+        dedup_window_ms, pending_limit, connect_timeout_ms, timeout_ms,
+        reconnect_wait_ms;
+    int mode; /* MODE_JETSTREAM or MODE_CORE */
+    const char *stream, *durable, *tls_ca, *tls_cert, *tls_key, *creds, *nkey,
+        *nkey_seed;
+} ncfg;
+
+enum { MODE_JETSTREAM, MODE_CORE };
+
 static const evq__opt_spec nats_opts[] = {
     {"visibility_timeout_ms", EVQ__OPT_INT, "30000", 100, 86400000, NULL,
      "AckWait: how long a delivered, unacked event waits before it is "
-     "delivered again"},
+     "delivered again",
+     EVQ__AT(ncfg, visibility_timeout_ms)},
     {"nats.mode", EVQ__OPT_ENUM, "jetstream", 0, 0, "jetstream|core",
-     "jetstream (at least once) or core (plain NATS, at most once)"},
+     "jetstream (at least once) or core (plain NATS, at most once)",
+     EVQ__AT(ncfg, mode)},
     {"nats.stream", EVQ__OPT_STRING, NULL, 0, 0, NULL,
      "JetStream stream (default: EVQ_ and the queue name, '.' and other "
-     "characters streams may not hold as '_')"},
+     "characters streams may not hold as '_')",
+     EVQ__AT(ncfg, stream)},
     {"nats.durable", EVQ__OPT_STRING, NULL, 0, 0, NULL,
-     "durable pull consumer (default: evq_ and the queue name, likewise)"},
+     "durable pull consumer (default: evq_ and the queue name, likewise)",
+     EVQ__AT(ncfg, durable)},
     {"nats.replicas", EVQ__OPT_INT, "1", 1, 5, NULL,
-     "stream replicas when evq creates the stream"},
+     "stream replicas when evq creates the stream",
+     EVQ__AT(ncfg, replicas)},
     {"nats.prefetch", EVQ__OPT_INT, "64", 1, 4096, NULL,
-     "messages fetched per pull request"},
+     "messages fetched per pull request", 0},
     {"nats.max_ack_pending", EVQ__OPT_INT, "20000", 1, 10000000, NULL,
      "MaxAckPending of the consumer: events delivered and not yet acked, "
-     "delayed events held back included"},
+     "delayed events held back included",
+     EVQ__AT(ncfg, max_ack_pending)},
     {"nats.dedup_window_ms", EVQ__OPT_INT, "120000", 1000, 86400000, NULL,
-     "the stream's duplicate window for Nats-Msg-Id"},
+     "the stream's duplicate window for Nats-Msg-Id",
+     EVQ__AT(ncfg, dedup_window_ms)},
     {"nats.pending_limit", EVQ__OPT_INT, "65536", 1, 100000000, NULL,
      "core mode: messages buffered for a consumer before NATS drops more "
-     "(a slow consumer)"},
-    EVQ__CONNECT_TIMEOUT_OPT,
+     "(a slow consumer)",
+     EVQ__AT(ncfg, pending_limit)},
+    EVQ__CONNECT_TIMEOUT_OPT(ncfg),
     {"nats.connect_timeout_ms", EVQ__OPT_INT, NULL, 1, 600000, NULL,
-     "former name of connect_timeout_ms"},
+     "former name of connect_timeout_ms",
+     EVQ__AT(ncfg, connect_timeout_ms)},
     {"nats.timeout_ms", EVQ__OPT_INT, "5000", 1, 600000, NULL,
-     "wait for a publish ack or a JetStream API answer"},
+     "wait for a publish ack or a JetStream API answer",
+     EVQ__AT(ncfg, timeout_ms)},
     {"nats.reconnect_wait_ms", EVQ__OPT_INT, NULL, 1, 600000, NULL,
      "former fixed pause between reconnect attempts: reconnect_initial_ms "
-     "and reconnect_max_ms both"},
+     "and reconnect_max_ms both",
+     EVQ__AT(ncfg, reconnect_wait_ms)},
     {"nats.tls_ca", EVQ__OPT_STRING, NULL, 0, 0, NULL,
-     "CA certificates file (PEM) to verify the server: turns TLS on"},
+     "CA certificates file (PEM) to verify the server: turns TLS on",
+     EVQ__AT(ncfg, tls_ca)},
     {"nats.tls_cert", EVQ__OPT_STRING, NULL, 0, 0, NULL,
-     "client certificate chain file (PEM), with nats.tls_key"},
+     "client certificate chain file (PEM), with nats.tls_key",
+     EVQ__AT(ncfg, tls_cert)},
     {"nats.tls_key", EVQ__OPT_STRING, NULL, 0, 0, NULL,
-     "client private key file (PEM)"},
+     "client private key file (PEM)",
+     EVQ__AT(ncfg, tls_key)},
     {"nats.creds", EVQ__OPT_STRING, NULL, 0, 0, NULL,
-     "user credentials file (JWT and nkey seed)"},
+     "user credentials file (JWT and nkey seed)",
+     EVQ__AT(ncfg, creds)},
     {"nats.nkey", EVQ__OPT_STRING, NULL, 0, 0, NULL,
-     "public nkey (U...) to authenticate as, with nats.nkey_seed"},
+     "public nkey (U...) to authenticate as, with nats.nkey_seed",
+     EVQ__AT(ncfg, nkey)},
     {"nats.nkey_seed", EVQ__OPT_STRING, NULL, 0, 0, NULL,
-     "file holding the seed of nats.nkey, to sign the server's nonce"},
-    {NULL, 0, NULL, 0, 0, NULL, NULL},
+     "file holding the seed of nats.nkey, to sign the server's nonce",
+     EVQ__AT(ncfg, nkey_seed)},
+    {0},
 };
 
 /* A JetStream context for publishing, used by one thread at a time so its
@@ -330,7 +358,8 @@ static int64_t reconnect_delay(natsConnection *nc, int attempts, void *arg)
     return evq__reconnect_pause_ms(arg, attempts > 0 ? attempts : 1);
 }
 
-static int connect(nhandle *h, const evq__url *url, const evq__optset *opts)
+static int connect(nhandle *h, const evq__url *url, const evq__optset *opts,
+                   const ncfg *conf)
 {
     natsOptions *no = NULL;
     natsStatus s = natsOptions_Create(&no);
@@ -375,15 +404,13 @@ static int connect(nhandle *h, const evq__url *url, const evq__optset *opts)
         s = natsOptions_SetToken(no, url->user);
     if (s == NATS_OK)
         s = natsOptions_SetTimeout(
-            no, evq__opt_connect_timeout(opts, nats_opts,
-                                         "nats.connect_timeout_ms"));
+            no, conf->connect_timeout_ms);
     if (s == NATS_OK)
         s = natsOptions_SetMaxReconnect(no, -1);
     /* nats.c reconnects forever, with the kit's backoff */
     evq__reconnect_init(&h->reconnect, opts);
-    if (evq__opt_str(opts, nats_opts, "nats.reconnect_wait_ms"))
-        h->reconnect.initial_ms = h->reconnect.max_ms =
-            evq__opt_int(opts, nats_opts, "nats.reconnect_wait_ms");
+    if (conf->reconnect_wait_ms)
+        h->reconnect.initial_ms = h->reconnect.max_ms = conf->reconnect_wait_ms;
     if (s == NATS_OK)
         s = natsOptions_SetCustomReconnectDelay(no, reconnect_delay,
                                                 &h->reconnect);
@@ -397,12 +424,8 @@ static int connect(nhandle *h, const evq__url *url, const evq__optset *opts)
         s = natsOptions_SetClosedCB(no, on_closed, h);
     if (s == NATS_OK)
         s = natsOptions_SetName(no, "evq");
-    const char *ca = evq__opt_str(opts, nats_opts, "nats.tls_ca");
-    const char *cert = evq__opt_str(opts, nats_opts, "nats.tls_cert");
-    const char *key = evq__opt_str(opts, nats_opts, "nats.tls_key");
-    const char *creds = evq__opt_str(opts, nats_opts, "nats.creds");
-    const char *seed = evq__opt_str(opts, nats_opts, "nats.nkey_seed");
-    const char *nkey = evq__opt_str(opts, nats_opts, "nats.nkey");
+    const char *ca = conf->tls_ca, *cert = conf->tls_cert, *key = conf->tls_key;
+    const char *creds = conf->creds, *seed = conf->nkey_seed, *nkey = conf->nkey;
     if (s == NATS_OK && (ca || cert))
         s = natsOptions_SetSecure(no, true);
     if (s == NATS_OK && ca)
@@ -448,12 +471,13 @@ static int connect(nhandle *h, const evq__url *url, const evq__optset *opts)
 }
 
 /* Creates the stream, or checks the one there. */
-static int ensure_stream(nhandle *h, const evq__optset *opts)
+static int ensure_stream(nhandle *h, const evq__optset *opts,
+                         const ncfg *conf)
 {
     jsStreamInfo *si = NULL;
     jsErrCode jerr = 0;
-    int64_t replicas = evq__opt_int(opts, nats_opts, "nats.replicas");
-    int64_t dup_ms = evq__opt_int(opts, nats_opts, "nats.dedup_window_ms");
+    int64_t replicas = conf->replicas;
+    int64_t dup_ms = conf->dedup_window_ms;
     natsStatus s = js_GetStreamInfo(&si, h->js, h->stream, NULL, &jerr);
     if (s == NATS_NO_RESPONDERS || jerr == JSNotEnabledErr ||
         jerr == JSNotEnabledForAccountErr)
@@ -461,7 +485,7 @@ static int ensure_stream(nhandle *h, const evq__optset *opts)
                         "nats: JetStream is not enabled on the server (start "
                         "nats-server with -js, or use nats.mode=core)");
     if ((s == NATS_NOT_FOUND || jerr == JSStreamNotFoundErr) &&
-        !evq__opt_bool(opts, evq__core_opts, "create"))
+        !opts->core.create)
         return evq__err(EVQ_ENOENT,
                         "nats: no queue (stream '%s' does not exist; "
                         "create=false)",
@@ -480,7 +504,7 @@ static int ensure_stream(nhandle *h, const evq__optset *opts)
         /* The server refuses larger messages from any publisher, so no
          * consumer ever receives one: max_event_bytes and room for the
          * headers. */
-        int64_t max = evq__opt_int(opts, evq__core_opts, "max_event_bytes");
+        int64_t max = opts->core.max_event_bytes;
         cfg.MaxMsgSize = (int32_t)(max + NATS_HEADER_ROOM);
         jerr = 0;
         s = js_AddStream(&si, h->js, &cfg, NULL, &jerr);
@@ -514,17 +538,18 @@ static int ensure_stream(nhandle *h, const evq__optset *opts)
 }
 
 /* Creates the durable consumer, or checks the one there. */
-static int ensure_consumer(nhandle *h, const evq__optset *opts)
+static int ensure_consumer(nhandle *h, const evq__optset *opts,
+                           const ncfg *conf)
 {
     jsConsumerInfo *ci = NULL;
     jsErrCode jerr = 0;
     int64_t ack_wait =
-        evq__opt_int(opts, nats_opts, "visibility_timeout_ms") * 1000000;
-    int64_t max_ack = evq__opt_int(opts, nats_opts, "nats.max_ack_pending");
+        conf->visibility_timeout_ms * 1000000;
+    int64_t max_ack = conf->max_ack_pending;
     natsStatus s =
         js_GetConsumerInfo(&ci, h->js, h->stream, h->durable, NULL, &jerr);
     if ((s == NATS_NOT_FOUND || jerr == JSConsumerNotFoundErr) &&
-        !evq__opt_bool(opts, evq__core_opts, "create"))
+        !opts->core.create)
         return evq__err(EVQ_ENOENT,
                         "nats: stream '%s' has no consumer '%s' (create=false)",
                         h->stream, h->durable);
@@ -591,10 +616,12 @@ static int nats_open(void **state, const evq__url *url, const char *name,
         pthread_mutex_init(&h->pubs[i].err_mu, NULL);
     }
     atomic_init(&h->interrupted, false);
-    h->core = strcmp(evq__opt_str(opts, nats_opts, "nats.mode"), "core") == 0;
-    h->vt_ns = evq__opt_int(opts, nats_opts, "visibility_timeout_ms") * 1000000;
-    h->timeout_ms = evq__opt_int(opts, nats_opts, "nats.timeout_ms");
-    const char *fmt = evq__opt_str(opts, evq__core_opts, "format");
+    ncfg cfg;
+    evq__opts_read(opts, nats_opts, &cfg);
+    h->core = cfg.mode == MODE_CORE;
+    h->vt_ns = cfg.visibility_timeout_ms * 1000000;
+    h->timeout_ms = cfg.timeout_ms;
+    const char *fmt = opts->core.format;
     h->content_type = fmt && strcmp(fmt, "msgpack") == 0
                           ? "application/cloudevents+msgpack"
                           : "application/cloudevents+json";
@@ -609,8 +636,7 @@ static int nats_open(void **state, const evq__url *url, const char *name,
                         "wildcards or empty tokens)",
                         name);
     }
-    const char *stream = evq__opt_str(opts, nats_opts, "nats.stream");
-    const char *durable = evq__opt_str(opts, nats_opts, "nats.durable");
+    const char *stream = cfg.stream, *durable = cfg.durable;
     h->subject = evq__strdup(name);
     h->stream = stream ? evq__strdup(stream) : derived_name("EVQ_", name);
     h->stream_given = stream != NULL;
@@ -626,13 +652,13 @@ static int nats_open(void **state, const evq__url *url, const char *name,
         nats_close(h);
         return rc;
     }
-    if ((rc = connect(h, url, opts)) != 0) {
+    if ((rc = connect(h, url, opts, &cfg)) != 0) {
         nats_close(h);
         return rc;
     }
     if (h->core) { /* subscribes at the first dequeue */
         h->pending_limit =
-            (int)evq__opt_int(opts, nats_opts, "nats.pending_limit");
+            (int)cfg.pending_limit;
         *state = h;
         return 0;
     }
@@ -644,8 +670,8 @@ static int nats_open(void **state, const evq__url *url, const char *name,
         nats_close(h);
         return rc;
     }
-    if ((rc = ensure_stream(h, opts)) != 0 ||
-        (rc = ensure_consumer(h, opts)) != 0) {
+    if ((rc = ensure_stream(h, opts, &cfg)) != 0 ||
+        (rc = ensure_consumer(h, opts, &cfg)) != 0) {
         nats_close(h);
         return rc;
     }
@@ -1156,7 +1182,7 @@ static int nats_destroy(void *state)
 
 const struct evq_backend_ops evq__backend_nats = {
     .scheme = "nats",
-    .flags = 0,
+    .flags = EVQ__ITEM_EVENT,
     .opts = nats_opts,
     .open = nats_open,
     .enqueue = nats_enqueue,

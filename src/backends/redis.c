@@ -45,32 +45,48 @@
 
 #define RCONN_MAX 64
 
+typedef struct rcfg {
+    int64_t visibility_timeout_ms, prefetch, maxlen, connections,
+        ack_flush_ms, connect_timeout_ms, command_timeout_ms;
+    const char *prefix;
+    bool atomic_batches;
+} rcfg;
+
 static const evq__opt_spec redis_opts[] = {
     {"visibility_timeout_ms", EVQ__OPT_INT, "30000", 100, 86400000, NULL,
      "how long a delivered, unacked event waits before another consumer "
-     "takes it over (a consumer that died)"},
+     "takes it over (a consumer that died)",
+     EVQ__AT(rcfg, visibility_timeout_ms)},
     {"redis.prefix", EVQ__OPT_STRING, "evq:", 0, 0, NULL,
-     "prefix of every key evq uses"},
+     "prefix of every key evq uses",
+     EVQ__AT(rcfg, prefix)},
     {"redis.prefetch", EVQ__OPT_INT, "64", 1, 10000, NULL,
-     "entries read per XREADGROUP"},
+     "entries read per XREADGROUP",
+     EVQ__AT(rcfg, prefetch)},
     {"redis.maxlen", EVQ__OPT_INT, "0", 0, INT64_MAX, NULL,
      "trim each stream to about this many entries (0: never); trimming can "
-     "drop entries that were never delivered"},
+     "drop entries that were never delivered",
+     EVQ__AT(rcfg, maxlen)},
     {"redis.atomic_batches", EVQ__OPT_BOOL, "false", 0, 0, NULL,
      "send a batch as one MULTI/EXEC transaction: all of it stored or none "
      "(about half the throughput of the plain pipeline, which on failure "
-     "may store a prefix)"},
+     "may store a prefix)",
+     EVQ__AT(rcfg, atomic_batches)},
     {"redis.connections", EVQ__OPT_INT, "4", 1, RCONN_MAX, NULL,
      "command connections per handle, so threads sharing it enqueue and "
-     "ack in parallel"},
+     "ack in parallel",
+     EVQ__AT(rcfg, connections)},
     {"redis.ack_flush_ms", EVQ__OPT_INT, "5", 0, 10000, NULL,
-     "longest an ack waits to be sent with others (0: each ack at once)"},
-    EVQ__CONNECT_TIMEOUT_OPT,
+     "longest an ack waits to be sent with others (0: each ack at once)",
+     EVQ__AT(rcfg, ack_flush_ms)},
+    EVQ__CONNECT_TIMEOUT_OPT(rcfg),
     {"redis.connect_timeout_ms", EVQ__OPT_INT, NULL, 1, 600000, NULL,
-     "former name of connect_timeout_ms"},
+     "former name of connect_timeout_ms",
+     EVQ__AT(rcfg, connect_timeout_ms)},
     {"redis.command_timeout_ms", EVQ__OPT_INT, "10000", 1, 600000, NULL,
-     "timeout of each command (blocking reads excepted)"},
-    {NULL, 0, NULL, 0, 0, NULL, NULL},
+     "timeout of each command (blocking reads excepted)",
+     EVQ__AT(rcfg, command_timeout_ms)},
+    {0},
 };
 
 /* Moves up to ARGV[2] events due by ARGV[1] from the delayed set to the
@@ -584,7 +600,9 @@ static int redis_open(void **state, const evq__url *url, const char *name,
         h->password = evq__strdup(url->password);
     if (url->user && url->user[0])
         h->user = evq__strdup(url->user);
-    const char *prefix = evq__opt_str(opts, redis_opts, "redis.prefix");
+    rcfg cfg;
+    evq__opts_read(opts, redis_opts, &cfg);
+    const char *prefix = cfg.prefix;
     h->prefix = evq__strdup(prefix);
     size_t sl = strlen(prefix) + strlen(name) + 1;
     h->stream = malloc(sl);
@@ -596,22 +614,18 @@ static int redis_open(void **state, const evq__url *url, const char *name,
     }
     snprintf(h->stream, sl, "%s%s", prefix, name);
     snprintf(h->delayed, sl + 8, "%s%s:delayed", prefix, name);
-    h->prefetch = (int)evq__opt_int(opts, redis_opts, "redis.prefetch");
-    h->maxlen = evq__opt_int(opts, redis_opts, "redis.maxlen");
+    h->prefetch = (int)cfg.prefetch;
+    h->maxlen = cfg.maxlen;
     snprintf(h->maxlen_s, sizeof h->maxlen_s, "%lld", h->maxlen);
-    h->atomic_batches = evq__opt_bool(opts, redis_opts, "redis.atomic_batches");
-    h->n_conns = (int)evq__opt_int(opts, redis_opts, "redis.connections");
-    h->vt_ms = evq__opt_int(opts, redis_opts, "visibility_timeout_ms");
-    h->ack_flush_ms = (int)evq__opt_int(opts, redis_opts, "redis.ack_flush_ms");
-    h->connect_tv =
-        tv_ms(evq__opt_connect_timeout(opts, redis_opts,
-                                       "redis.connect_timeout_ms"));
-    h->command_tv =
-        tv_ms(evq__opt_int(opts, redis_opts, "redis.command_timeout_ms"));
+    h->atomic_batches = cfg.atomic_batches;
+    h->n_conns = (int)cfg.connections;
+    h->vt_ms = cfg.visibility_timeout_ms;
+    h->ack_flush_ms = (int)cfg.ack_flush_ms;
+    h->connect_tv = tv_ms(cfg.connect_timeout_ms);
+    h->command_tv = tv_ms(cfg.command_timeout_ms);
     strcpy(h->reclaim_cursor, "0-0");
     strcpy(h->last_new, "0-0");
-    h->max_bytes =
-        (size_t)evq__opt_int(opts, evq__core_opts, "max_event_bytes");
+    h->max_bytes = (size_t)opts->core.max_event_bytes;
     h->read_bound = (size_t)h->prefetch * (h->max_bytes + 2048) + 65536;
     char host[64] = "host";
     gethostname(host, sizeof host - 1);
@@ -623,7 +637,7 @@ static int redis_open(void **state, const evq__url *url, const char *name,
      * it exists.  With create=false a missing stream is an error (without
      * MKSTREAM the server refuses a group on a missing key). */
     redisReply *r;
-    bool create = evq__opt_bool(opts, evq__core_opts, "create");
+    bool create = opts->core.create;
     const char *argv[] = {"XGROUP", "CREATE", h->stream,
                           "evq",    "0",      "MKSTREAM"};
     rc = connect_one(h, &h->conns[0].c, false);
@@ -663,6 +677,46 @@ static int redis_open(void **state, const evq__url *url, const char *name,
 /* ---- enqueue ----------------------------------------------------------------
  */
 
+/* Appends `n` as decimal digits. */
+static char *put_num(char *o, size_t n)
+{
+    char tmp[24];
+    int k = 0;
+    do
+        tmp[k++] = (char)('0' + n % 10);
+    while ((n /= 10) != 0);
+    while (k)
+        *o++ = tmp[--k];
+    return o;
+}
+
+/* Appends one command to `b` in the protocol's request form (an array of
+ * bulk strings), for hiredis's redisAppendFormattedCommand: a batch is
+ * formatted in one buffer, without hiredis's per-argument formatting. */
+static int put_command(evq__buf *b, int argc, const char **argv,
+                       const size_t *lens)
+{
+    size_t need = 16;
+    for (int i = 0; i < argc; i++)
+        need += lens[i] + 24;
+    if (evq__buf_reserve(b, need))
+        return EVQ_ENOMEM;
+    char *o = (char *)b->p + b->len;
+    *o++ = '*';
+    o = put_num(o, (size_t)argc);
+    *o++ = '\r', *o++ = '\n';
+    for (int i = 0; i < argc; i++) {
+        *o++ = '$';
+        o = put_num(o, lens[i]);
+        *o++ = '\r', *o++ = '\n';
+        memcpy(o, argv[i], lens[i]);
+        o += lens[i];
+        *o++ = '\r', *o++ = '\n';
+    }
+    b->len = (size_t)(o - (char *)b->p);
+    return 0;
+}
+
 static int redis_enqueue(void *state, const evq__item *items, size_t n)
 {
     rhandle *h = state;
@@ -679,8 +733,10 @@ static int redis_enqueue(void *state, const evq__item *items, size_t n)
      * MULTI/EXEC (redis.atomic_batches) they are all stored or none. */
     bool tx = h->atomic_batches && n > 1;
     const char *multi[1] = {"MULTI"}, *exec[1] = {"EXEC"};
-    if (tx)
-        redisAppendCommandArgv(k->c, 1, multi, NULL);
+    const size_t five = 5, four = 4;
+    evq__buf cmds = {0};
+    if (tx && put_command(&cmds, 1, multi, &five))
+        rc = evq__err(EVQ_ENOMEM, "out of memory");
     int64_t now = now_ms();
     size_t sent = 0;
     for (; sent < n && !rc; sent++) {
@@ -719,22 +775,23 @@ static int redis_enqueue(void *state, const evq__item *items, size_t n)
             argv[argc] = "a", lens[argc++] = 1;
             argv[argc] = "0", lens[argc++] = 1;
         }
-        if (redisAppendCommandArgv(k->c, argc, argv, lens) != REDIS_OK)
+        if (put_command(&cmds, argc, argv, lens))
             rc = evq__err(EVQ_ENOMEM, "out of memory");
         free(member);
     }
+    if (!rc && tx && put_command(&cmds, 1, exec, &four))
+        rc = evq__err(EVQ_ENOMEM, "out of memory");
+    if (!rc && redisAppendFormattedCommand(k->c, (const char *)cmds.p,
+                                           cmds.len) != REDIS_OK)
+        rc = evq__err(EVQ_ENOMEM, "out of memory");
+    free(cmds.p);
     if (rc) {
         /* Nothing was written yet: drop the half-built pipeline with the
          * connection rather than send part of the batch. */
         redisFree(k->c);
         k->c = NULL;
-    } else if (tx) {
-        if (redisAppendCommandArgv(k->c, 1, exec, NULL) != REDIS_OK)
-            rc = evq__err(EVQ_ENOMEM, "out of memory");
-        else
-            rc = read_replies(h, k, n + 2, true, "enqueue");
     } else {
-        rc = read_replies(h, k, n, false, "enqueue");
+        rc = read_replies(h, k, tx ? n + 2 : n, tx, "enqueue");
     }
     conn_put(k);
     if (!rc) /* a delayed event may be due before the next look */

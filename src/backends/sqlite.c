@@ -38,24 +38,37 @@
 
 #define SCHEMA_VERSION "1"
 
+typedef struct sqcfg {
+    int64_t visibility_timeout_ms, poll_ms, busy_timeout_ms, ack_flush_ms;
+    int synchronous; /* SYNC_FULL or SYNC_NORMAL */
+} sqcfg;
+
+enum { SYNC_FULL, SYNC_NORMAL };
+
 static const evq__opt_spec sqlite_opts[] = {
     {"visibility_timeout_ms", EVQ__OPT_INT, "30000", 100, 86400000, NULL,
      "how long a dequeued event stays hidden before it is delivered again "
-     "(a consumer that died without acking)"},
+     "(a consumer that died without acking)",
+     EVQ__AT(sqcfg, visibility_timeout_ms)},
     {"poll_ms", EVQ__OPT_INT, "25", 1, 1000, NULL,
      "how often a waiting dequeue looks for events enqueued by other "
-     "processes"},
+     "processes",
+     EVQ__AT(sqcfg, poll_ms)},
     {"sqlite.synchronous", EVQ__OPT_ENUM, "FULL", 0, 0, "FULL|NORMAL",
      "FULL: every commit survives power loss; NORMAL: the last commits may be "
-     "lost on power loss (never on a process crash), several times faster"},
+     "lost on power loss (never on a process crash), several times faster",
+     EVQ__AT(sqcfg, synchronous)},
     {"sqlite.busy_timeout_ms", EVQ__OPT_INT, "10000", 0, 600000, NULL,
-     "how long to wait for another connection's write lock"},
+     "how long to wait for another connection's write lock",
+     EVQ__AT(sqcfg, busy_timeout_ms)},
     {"sqlite.claim_batch", EVQ__OPT_INT, "64", 1, 1000, NULL,
      "events claimed per transaction by a dequeue (the rest wait in the "
-     "handle, hidden from others, until dequeued)"},
+     "handle, hidden from others, until dequeued); read by the core as "
+     "the read-ahead's size", 0},
     {"sqlite.ack_flush_ms", EVQ__OPT_INT, "20", 0, 10000, NULL,
-     "longest an ack waits to be committed with others (0: commit each ack)"},
-    {NULL, 0, NULL, 0, 0, NULL, NULL},
+     "longest an ack waits to be committed with others (0: commit each ack)",
+     EVQ__AT(sqcfg, ack_flush_ms)},
+    {0},
 };
 
 /* A claimed message, handed to the core as the delivery's token. */
@@ -488,12 +501,12 @@ static int sqlite_open(void **state, const evq__url *url, const char *name,
     pthread_cond_init(&h->gc_cv, NULL);
     h->gc_tail = &h->gc_head;
     atomic_init(&h->interrupted, false);
-    h->vt_ms = evq__opt_int(opts, sqlite_opts, "visibility_timeout_ms");
-    h->poll_ms = (int)evq__opt_int(opts, sqlite_opts, "poll_ms");
-    h->max_bytes =
-        (size_t)evq__opt_int(opts, evq__core_opts, "max_event_bytes");
-    h->ack_flush_ms =
-        (int)evq__opt_int(opts, sqlite_opts, "sqlite.ack_flush_ms");
+    sqcfg cfg;
+    evq__opts_read(opts, sqlite_opts, &cfg);
+    h->vt_ms = cfg.visibility_timeout_ms;
+    h->poll_ms = (int)cfg.poll_ms;
+    h->max_bytes = (size_t)opts->core.max_event_bytes;
+    h->ack_flush_ms = (int)cfg.ack_flush_ms;
     /* Claim tokens tell this handle's claims from every other's: each
      * handle counts up from a start no other handle shares. */
     static atomic_uint handles;
@@ -518,7 +531,7 @@ static int sqlite_open(void **state, const evq__url *url, const char *name,
             return evq__err(EVQ_EIO, "sqlite: folder '%s' does not exist", dir);
         }
     }
-    bool create = evq__opt_bool(opts, evq__core_opts, "create");
+    bool create = opts->core.create;
     struct stat fb;
     if (!create && stat(path, &fb) != 0) {
         sqlite_close(h);
@@ -536,12 +549,11 @@ static int sqlite_open(void **state, const evq__url *url, const char *name,
         return rc;
     }
     sqlite3_extended_result_codes(h->db, 0);
-    h->busy_timeout_ms =
-        (int)evq__opt_int(opts, sqlite_opts, "sqlite.busy_timeout_ms");
+    h->busy_timeout_ms = (int)cfg.busy_timeout_ms;
     sqlite3_busy_handler(h->db, busy_wait, h);
     char pragmas[160];
     snprintf(pragmas, sizeof pragmas, "PRAGMA synchronous=%s;",
-             evq__opt_str(opts, sqlite_opts, "sqlite.synchronous"));
+             cfg.synchronous == SYNC_NORMAL ? "NORMAL" : "FULL");
     char *msg = NULL;
     src = set_wal(h);
     if (src == SQLITE_OK)
