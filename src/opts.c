@@ -158,19 +158,26 @@ static int parse_bool(const char *s, bool *out)
     return -1;
 }
 
-static bool enum_has(const char *choices, const char *v)
+/* The index of v among choices ("a|b|c"), or -1. */
+static int choice_index(const char *choices, const char *v)
 {
     size_t n = strlen(v);
-    for (const char *c = choices; *c;) {
+    int i = 0;
+    for (const char *c = choices; *c; i++) {
         const char *bar = strchr(c, '|');
         size_t len = bar ? (size_t)(bar - c) : strlen(c);
         if (len == n && strncmp(c, v, n) == 0)
-            return true;
+            return i;
         if (!bar)
             break;
         c = bar + 1;
     }
-    return false;
+    return -1;
+}
+
+static bool enum_has(const char *choices, const char *v)
+{
+    return choice_index(choices, v) >= 0;
 }
 
 static int check_value(const evq__opt_spec *sp, const char *key, const char *v)
@@ -312,22 +319,6 @@ int64_t evq__opt_int(const evq__optset *set, const evq__opt_spec *tab,
     return i;
 }
 
-/* The index of v among choices ("a|b|c"); values were checked. */
-static int choice_index(const char *choices, const char *v)
-{
-    size_t n = strlen(v);
-    int i = 0;
-    for (const char *c = choices; *c; i++) {
-        const char *bar = strchr(c, '|');
-        size_t len = bar ? (size_t)(bar - c) : strlen(c);
-        if (len == n && strncmp(c, v, n) == 0)
-            return i;
-        if (!bar)
-            break;
-        c = bar + 1;
-    }
-    return 0;
-}
 
 static void put_field(const evq__opt_spec *sp, const char *v, void *cfg)
 {
@@ -349,6 +340,7 @@ static void put_field(const evq__opt_spec *sp, const char *v, void *cfg)
     }
     case EVQ__OPT_ENUM: {
         int i = v ? choice_index(sp->choices, v) : 0;
+        i = i < 0 ? 0 : i; /* values were checked */
         memcpy(f, &i, sizeof i);
         break;
     }

@@ -143,8 +143,8 @@ static void payloads_are_written_as_jansson_writes_them(void **state)
     const char *texts[] = {
         "{\"p\":\"plain\"}",
         "{\"z\":1,\"a\":-9223372036854775807,\"m\":[true,false,null,[],{}]}",
-        "{\"s\":\"q\\\"b\\\\ c\\u0001\\u001f\\n\\r\\t\\b\\f / \\u00e9\\u20ac "
-        "\\ud83d\\ude00\"}",
+        ("{\"s\":\"q\\\"b\\\\ c\\u0001\\u001f\\n\\r\\t\\b\\f / \\u00e9\\u20ac "
+         "\\ud83d\\ude00\"}"),
         "{\"nul\":\"a\\u0000b\",\"real\":1.5,\"tiny\":1e-300,\"n\":0.1}",
         "[1,2.0,\"x\",{\"k\\u00e9\\t\":[[[]]]}]",
         "\"just a string\"",

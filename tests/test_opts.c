@@ -55,8 +55,8 @@ static void typed_structs_are_filled_from_the_tables(void **state)
     (void)state;
     const char *urls[] = {
         "memory://",
-        "memory://?t.n=42&t.flag=false&t.name=given&t.mode=c&timeout_ms=99"
-        "&format=msgpack&overflow=error&create=false",
+        ("memory://?t.n=42&t.flag=false&t.name=given&t.mode=c&timeout_ms=99"
+         "&format=msgpack&overflow=error&create=false"),
         "memory://?timeout_ms=99&t.timeout_ms=5&t.mode=bb"};
     for (int i = 0; i < 3; i++) {
         evq__url u;
