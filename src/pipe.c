@@ -28,8 +28,7 @@
 typedef struct pitem {
     struct pitem *next;
     evq__item it; /* bytes owned; it.ev a reference held (or NULL); it.id
-                     the copy below */
-    char *id_heap;   /* an id too long for idbuf */
+                     a copy: in idbuf, or on the heap when longer */
     char idbuf[40];
     size_t group_left; /* events after this one of the same user batch */
     evq_enqueued_fn done;
@@ -103,7 +102,8 @@ static void item_release(pitem *x)
 {
     free((void *)x->it.bytes);
     evq_event_free(x->it.ev);
-    free(x->id_heap);
+    if (x->it.id != x->idbuf)
+        free((char *)x->it.id);
     free(x);
 }
 
@@ -251,7 +251,9 @@ int evq__pipe_put(evq__pipe *p, evq__item *items, size_t n,
         size_t idn = strlen(id);
         if (x) {
             *x = (pitem){.it = items[i]};
-            if (idn >= sizeof x->idbuf && !(x->id_heap = evq__strdup(id))) {
+            if (idn < sizeof x->idbuf) {
+                x->it.id = memcpy(x->idbuf, id, idn + 1);
+            } else if (!(x->it.id = evq__strdup(id))) {
                 free(x);
                 x = NULL;
             }
@@ -260,9 +262,6 @@ int evq__pipe_put(evq__pipe *p, evq__item *items, size_t n,
             rc = evq__err(EVQ_ENOMEM, "out of memory");
             break;
         }
-        if (!x->id_heap)
-            memcpy(x->idbuf, id, idn + 1);
-        x->it.id = x->id_heap ? x->id_heap : x->idbuf;
         items[i].bytes = NULL; /* the pipe's now */
         items[i].ev = NULL;
         x->group_left = n - 1 - i;

@@ -1313,19 +1313,29 @@ static int kafka_stats(void *state, struct evq_queue_stats *out)
     return 0;
 }
 
+/* The consumer group of queue `name`: kafka.group when given, else
+ * evq.<name>.  Allocated; NULL when out of memory. */
+static char *group_name(const char *given, const char *name)
+{
+    if (given)
+        return evq__strdup(given);
+    size_t gl = strlen(name) + 8;
+    char *g = malloc(gl);
+    if (g)
+        snprintf(g, gl, "evq.%s", name);
+    return g;
+}
+
 /* Queue `name` is a topic read by the group its handle would use. */
 static int kafka_count(void *state, const char *name, int64_t *n)
 {
     khandle *h = state;
-    size_t gl = strlen(name) + 8;
-    char *group = h->group_given ? h->group : malloc(gl);
+    char *group = group_name(h->group_given ? h->group : NULL, name);
+    *n = -1;
     if (!group)
         return evq__err(EVQ_ENOMEM, "out of memory");
-    if (!h->group_given)
-        snprintf(group, gl, "evq.%s", name);
     int rc = group_lag(h->cons ? h->cons : h->prod, name, group, n);
-    if (group != h->group)
-        free(group);
+    free(group);
     if (rc)
         *n = -1;
     return rc;
@@ -1408,14 +1418,11 @@ static int kafka_open(void **state, const evq__url *url, const char *name,
     kcfg cfg;
     evq__opts_read(opts, kafka_opts, &cfg);
     const char *group = cfg.group;
-    size_t gl = strlen(name) + 8;
-    h->group = group ? evq__strdup(group) : malloc(gl);
+    h->group = group_name(group, name);
     if (!h->brokers || !h->topic || !h->group) {
         kafka_close(h);
         return evq__err(EVQ_ENOMEM, "out of memory");
     }
-    if (!group)
-        snprintf(h->group, gl, "evq.%s", name);
     h->group_given = group != NULL;
     size_t off = 0;
     h->brokers[0] = '\0';

@@ -548,6 +548,22 @@ static struct timeval tv_ms(int64_t ms)
     return tv;
 }
 
+/* The keys of queue `name`: its stream <prefix><name> and its delayed
+ * set <prefix><name>:delayed.  Both allocated (either NULL when out of
+ * memory, then EVQ_ENOMEM). */
+static int queue_keys(const char *prefix, const char *name, char **stream,
+                      char **delayed)
+{
+    size_t sl = strlen(prefix) + strlen(name) + 1;
+    *stream = malloc(sl);
+    *delayed = malloc(sl + 8);
+    if (!*stream || !*delayed)
+        return EVQ_ENOMEM;
+    snprintf(*stream, sl, "%s%s", prefix, name);
+    snprintf(*delayed, sl + 8, "%s%s:delayed", prefix, name);
+    return 0;
+}
+
 static int redis_open(void **state, const evq__url *url, const char *name,
                       const evq__optset *opts, evq__logger *log)
 {
@@ -604,16 +620,11 @@ static int redis_open(void **state, const evq__url *url, const char *name,
     evq__opts_read(opts, redis_opts, &cfg);
     const char *prefix = cfg.prefix;
     h->prefix = evq__strdup(prefix);
-    size_t sl = strlen(prefix) + strlen(name) + 1;
-    h->stream = malloc(sl);
-    h->delayed = malloc(sl + 8);
-    if (!h->stream || !h->delayed || !h->prefix ||
+    if (queue_keys(prefix, name, &h->stream, &h->delayed) || !h->prefix ||
         (!h->host && !h->unix_path)) {
         redis_close(h);
         return evq__err(EVQ_ENOMEM, "out of memory");
     }
-    snprintf(h->stream, sl, "%s%s", prefix, name);
-    snprintf(h->delayed, sl + 8, "%s%s:delayed", prefix, name);
     h->prefetch = (int)cfg.prefetch;
     h->maxlen = cfg.maxlen;
     snprintf(h->maxlen_s, sizeof h->maxlen_s, "%lld", h->maxlen);
@@ -1313,14 +1324,11 @@ static int redis_stats(void *state, struct evq_queue_stats *out)
 static int redis_count(void *state, const char *name, int64_t *n)
 {
     rhandle *h = state;
-    size_t kl = strlen(h->prefix) + strlen(name) + 9;
-    char *stream = malloc(kl), *delayed = malloc(kl);
+    char *stream, *delayed;
     redisReply *r;
     int rc = EVQ_ENOMEM;
     *n = -1;
-    if (stream && delayed) {
-        snprintf(stream, kl, "%s%s", h->prefix, name);
-        snprintf(delayed, kl, "%s%s:delayed", h->prefix, name);
+    if (queue_keys(h->prefix, name, &stream, &delayed) == 0) {
         const char *xlen[] = {"XLEN", stream};
         const char *zcard[] = {"ZCARD", delayed};
         if ((rc = run(h, 2, xlen, NULL, &r, "XLEN")) == 0) {
