@@ -302,10 +302,14 @@ EVQ_API int evq_enqueue(evq_queue *q, const evq_event *ev);
 /* Called exactly once per event accepted by evq_enqueue_async: rc 0 once
  * the backend holds it as durably as evq_enqueue promises, else the error
  * (evq_errmsg() tells why, inside the call).  `id` is the event's id,
- * borrowed for the call.  Runs on the thread that sent the event's batch:
- * the handle's sender thread, or a thread inside evq_enqueue, evq_flush or
- * evq_queue_close on the same handle.  It may call evq_enqueue_async; it
- * must not call evq_enqueue, evq_flush (EVQ_ESTATE) or evq_queue_close. */
+ * borrowed for the call.  Calls come one at a time, in the order the
+ * events were accepted (nats:// and kafka:// keep several batches on their
+ * way at once, and still report in that order).  Runs on the thread that
+ * sent the event's batch: one of the handle's sender threads, or a thread
+ * inside evq_enqueue, evq_flush or evq_queue_close on the same handle.  It
+ * may call evq_enqueue_async (which then never waits for max_in_flight);
+ * it must not call evq_enqueue, evq_flush (EVQ_ESTATE) or
+ * evq_queue_close. */
 typedef void (*evq_enqueued_fn)(const char *id, int rc, void *arg);
 
 /* Enqueues `ev` without waiting for the backend: encodes it at once (the

@@ -381,9 +381,17 @@ int evq__lease_lost(const char *what);
  * backend's enqueue) by a sender thread or by a synchronous caller; see
  * pipe.c. */
 typedef struct evq__pipe evq__pipe;
-evq__pipe *evq__pipe_new(int (*send)(void *ctx, const evq__item *items,
-                                     size_t n),
-                         void *ctx, size_t max_in_flight, bool overflow_error);
+/* The way to the backend: send (its enqueue), or, where the backend gives
+ * them, start (hands the batch to the broker's client and returns; 0:
+ * finish is called once with *ticket, else the batch failed) and finish
+ * (waits for the batch's acknowledgements: what enqueue would return). */
+typedef struct evq__pipe_ops {
+    int (*send)(void *ctx, const evq__item *items, size_t n);
+    int (*start)(void *ctx, const evq__item *items, size_t n, void **ticket);
+    int (*finish)(void *ctx, void *ticket);
+} evq__pipe_ops;
+evq__pipe *evq__pipe_new(const evq__pipe_ops *ops, void *ctx,
+                         size_t max_in_flight, bool overflow_error);
 /* Accepts items[0..n) (one user batch, never split: its bytes and event
  * references become the pipe's, even on failure).  wait: returns once all
  * were sent, with the first failure; else `done` (NULL: counted for
@@ -462,8 +470,19 @@ struct evq_backend_ops {
     int (*open)(void **state, const evq__url *url, const char *name,
                 const evq__optset *opts, evq__logger *log);
     /* Accepts `n` items; returns once they are as durable as the backend
-     * promises.  May block (full queue).  Required. */
+     * promises.  May block (full queue).  Required unless the two halves
+     * below are given. */
     int (*enqueue)(void *state, const evq__item *items, size_t n);
+    /* Both or neither: enqueue in two halves, so the pipeline
+     * keeps several batches out at once.  enqueue_start hands the items to
+     * the broker's client in order and returns without waiting; on 0,
+     * enqueue_finish is called exactly once with *ticket, on the same
+     * thread (later batches may start meanwhile, on other threads), and
+     * returns what enqueue would have.  Non-zero from start: nothing of
+     * the batch is pending. */
+    int (*enqueue_start)(void *state, const evq__item *items, size_t n,
+                         void **ticket);
+    int (*enqueue_finish)(void *state, void *ticket);
     /* A backend gives either dequeue (it never waits on a broker to hand
      * out events: memory) or fetch and hand_back (the read-ahead does the
      * buffering, the waiting, the slices and the reconnect pauses).

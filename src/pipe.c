@@ -3,14 +3,21 @@
  * evq_flush, and evq_enqueue as "asynchronous plus a wait".
  *
  * Accepted events (already encoded by the caller's thread) wait in one
- * list per handle.  Whoever finds events waiting and no batch on its way
- * sends everything waiting as one batch through the backend's enqueue (one
- * pipeline of XADDs, one transaction, one set of delivery reports): the
- * handle's sender thread for asynchronous callers, or a synchronous caller
- * itself.  So threads that enqueue at once share round trips (group
- * commit), a lone synchronous caller pays no hand-off, and an asynchronous
- * producer's batches grow to what the backend takes in one round trip.
- * Then each event's `done` runs on the thread that sent it.
+ * list per handle.  Whoever finds events waiting and room for another
+ * batch on its way sends everything waiting as one batch through the
+ * backend's enqueue (one pipeline of XADDs, one transaction, one set of
+ * delivery reports): one of the handle's sender threads for asynchronous
+ * callers, or a synchronous caller itself.  So threads that enqueue at
+ * once share round trips (group commit), a lone synchronous caller pays no
+ * hand-off, and an asynchronous producer's batches grow to what the
+ * backend takes in one round trip.
+ *
+ * A backend whose enqueue comes in two halves (start: hand the batch to
+ * the broker's client; finish: wait for its acknowledgements) has up to
+ * PIPE_OUT batches out at once: batches start one at a time, in the order
+ * they were accepted, and their waits overlap.  Batches are reported in
+ * that order too: each event's `done` runs on the thread that sent its
+ * batch, after every earlier batch was reported.
  *
  * Memory: `max_in_flight` bounds what is accepted and not yet reported;
  * producers wait for room (or get EVQ_EFULL with overflow=error).
@@ -42,10 +49,21 @@ typedef struct waiter {
     char msg[PIPE_MSG_MAX];
 } waiter;
 
+/* A batch on its way, on the stack of the thread sending it; in the
+ * order batches were taken. */
+typedef struct pbatch {
+    struct pbatch *next;
+} pbatch;
+
+/* Most batches out at once (backends with start and finish), and so most
+ * sender threads. */
+#define PIPE_OUT 4
+
 struct evq__pipe {
-    int (*send)(void *ctx, const evq__item *items, size_t n);
+    evq__pipe_ops ops;
     void *ctx;
     size_t max_in_flight;
+    size_t max_out; /* PIPE_OUT with start and finish, else 1 */
     bool overflow_error;
 
     pthread_mutex_t mu;
@@ -55,10 +73,12 @@ struct evq__pipe {
     pitem *head, **tail;    /* accepted, not yet sent */
     size_t waiting;         /* events in that list */
     size_t in_flight;       /* accepted, `done` not yet called */
-    bool sending;           /* a batch is on its way */
+    bool starting;          /* a batch is being taken and started */
+    pbatch *out, **out_tail; /* batches taken, not yet reported */
+    size_t n_out;
     bool interrupted, closing, stop;
-    bool thread_started;
-    pthread_t thread;
+    pthread_t threads[PIPE_OUT];
+    size_t n_threads, idle_threads;
     /* failures of events accepted without a `done`, since the last flush */
     uint64_t silent_failures;
     int first_rc;
@@ -78,19 +98,21 @@ bool evq__pipe_in_done(void)
     return tls_in_done;
 }
 
-evq__pipe *evq__pipe_new(int (*send)(void *, const evq__item *, size_t),
-                         void *ctx, size_t max_in_flight, bool overflow_error)
+evq__pipe *evq__pipe_new(const evq__pipe_ops *ops, void *ctx,
+                         size_t max_in_flight, bool overflow_error)
 {
     evq__pipe *p = calloc(1, sizeof *p);
     if (!p) {
         evq__err(EVQ_ENOMEM, "out of memory");
         return NULL;
     }
-    p->send = send;
+    p->ops = *ops;
     p->ctx = ctx;
     p->max_in_flight = max_in_flight ? max_in_flight : 1;
+    p->max_out = ops->start && ops->finish ? PIPE_OUT : 1;
     p->overflow_error = overflow_error;
     p->tail = &p->head;
+    p->out_tail = &p->out;
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->work, NULL);
     pthread_cond_init(&p->settled, NULL);
@@ -120,22 +142,57 @@ static void wake_waiter(const char *id, int rc, void *arg)
 
 static void *sender_main(void *arg);
 
-/* Hands what waits to the sender thread, starting it on first use; false
- * when no thread could be started (the caller then sends itself).  Under
- * p->mu. */
+/* Whether another batch may start now.  Under p->mu. */
+static bool may_send(const evq__pipe *p)
+{
+    return p->waiting && !p->starting && p->n_out < p->max_out;
+}
+
+/* Hands what waits to an idle sender thread, starting one when all are
+ * busy (up to one per batch out); false when there is no thread at all
+ * (the caller then sends itself).  Under p->mu. */
 static bool wake_sender(evq__pipe *p)
 {
-    if (!p->thread_started &&
-        pthread_create(&p->thread, NULL, sender_main, p) == 0)
-        p->thread_started = true;
-    if (p->thread_started)
+    if (!p->idle_threads && p->n_threads < p->max_out &&
+        pthread_create(&p->threads[p->n_threads], NULL, sender_main, p) == 0)
+        p->n_threads++;
+    if (p->n_threads)
         pthread_cond_signal(&p->work);
-    return p->thread_started;
+    return p->n_threads > 0;
+}
+
+/* One batch through the backend: its enqueue, or its start then (without
+ * holding up the next batch's start) its finish.  mu held on entry and on
+ * return, released meanwhile. */
+static int send_items(evq__pipe *p, const evq__item *items, size_t n)
+{
+    int rc;
+    pthread_mutex_unlock(&p->mu);
+    if (p->max_out == 1) {
+        rc = p->ops.send(p->ctx, items, n);
+        pthread_mutex_lock(&p->mu);
+        p->starting = false;
+        return rc;
+    }
+    void *ticket = NULL;
+    rc = p->ops.start(p->ctx, items, n, &ticket);
+    pthread_mutex_lock(&p->mu);
+    p->starting = false;
+    if (may_send(p)) { /* the next batch may start while this one waits */
+        wake_sender(p);
+        pthread_cond_broadcast(&p->settled);
+    }
+    if (rc == 0) {
+        pthread_mutex_unlock(&p->mu);
+        rc = p->ops.finish(p->ctx, ticket);
+        pthread_mutex_lock(&p->mu);
+    }
+    return rc;
 }
 
 /* Sends what waits (whole user batches, up to PIPE_BATCH events) and
  * reports it.  mu held on entry and on return, released meanwhile; the
- * caller saw !sending and waiting > 0. */
+ * caller saw may_send(). */
 static void send_batch(evq__pipe *p)
 {
     pitem *first = p->head, *last = NULL;
@@ -149,24 +206,32 @@ static void send_batch(evq__pipe *p)
         p->tail = &p->head;
     last->next = NULL;
     p->waiting -= n;
-    p->sending = true;
-    pthread_mutex_unlock(&p->mu);
+    p->starting = true;
+    pbatch self = {NULL};
+    *p->out_tail = &self;
+    p->out_tail = &self.next;
+    p->n_out++;
 
     evq__item one, *items = n == 1 ? &one : malloc(n * sizeof *items);
     int rc;
     char msg[PIPE_MSG_MAX] = "";
     if (!items) {
+        p->starting = false;
         rc = evq__err(EVQ_ENOMEM, "out of memory sending %zu events", n);
     } else {
         size_t i = 0;
         for (pitem *x = first; x; x = x->next)
             items[i++] = x->it;
-        rc = p->send(p->ctx, items, n);
+        rc = send_items(p, items, n);
         if (items != &one)
             free(items);
     }
     if (rc)
         snprintf(msg, sizeof msg, "%s", evq_errmsg());
+    /* reported in the order taken: after the earlier batches' reports */
+    while (p->out != &self)
+        pthread_cond_wait(&p->settled, &p->mu);
+    pthread_mutex_unlock(&p->mu);
 
     uint64_t silent = 0;
     tls_in_done = true;
@@ -191,10 +256,13 @@ static void send_batch(evq__pipe *p)
         p->silent_failures += silent;
     }
     p->in_flight -= n;
-    p->sending = false;
+    p->out = self.next;
+    if (!p->out)
+        p->out_tail = &p->out;
+    p->n_out--;
     pthread_cond_broadcast(&p->settled);
     pthread_cond_broadcast(&p->room);
-    if (p->waiting) /* more came meanwhile (maybe from a done) */
+    if (may_send(p)) /* more came meanwhile (maybe from a done) */
         wake_sender(p);
 }
 
@@ -203,13 +271,15 @@ static void *sender_main(void *arg)
     evq__pipe *p = arg;
     pthread_mutex_lock(&p->mu);
     for (;;) {
-        if (p->waiting && !p->sending) {
+        if (may_send(p)) {
             send_batch(p);
             continue;
         }
         if (p->stop && !p->waiting)
             break;
+        p->idle_threads++;
         pthread_cond_wait(&p->work, &p->mu);
+        p->idle_threads--;
     }
     pthread_mutex_unlock(&p->mu);
     return NULL;
@@ -222,6 +292,10 @@ static int wait_room(evq__pipe *p, size_t n)
         if (p->interrupted || p->closing)
             return evq__err(EVQ_ECLOSED, "queue %s", p->closing ? "closed"
                                                                : "interrupted");
+        /* a done that enqueues again: its own batch holds the room it
+         * would wait for */
+        if (tls_in_done)
+            return 0;
         /* a batch larger than the bound goes alone */
         if (p->in_flight == 0 || p->in_flight + n <= p->max_in_flight)
             return 0;
@@ -300,14 +374,16 @@ int evq__pipe_put(evq__pipe *p, evq__item *items, size_t n,
     p->waiting += n;
     p->in_flight += n;
     if (!wait) {
-        /* no thread: send here, as a synchronous call would */
-        if (!p->sending && !wake_sender(p))
+        /* no thread: send here, as a synchronous call would (not from
+         * inside a done: this batch would wait for the one reporting;
+         * that thread sends it when done) */
+        if (may_send(p) && !wake_sender(p) && !tls_in_done)
             send_batch(p);
         pthread_mutex_unlock(&p->mu);
         return 0;
     }
     while (atomic_load(&w.left) > 0) {
-        if (!p->sending && p->waiting)
+        if (may_send(p))
             send_batch(p);
         else
             pthread_cond_wait(&p->settled, &p->mu);
@@ -329,11 +405,11 @@ static int flush_wait(evq__pipe *p, int timeout_ms, bool send_inline)
     int rc = 0;
     pthread_mutex_lock(&p->mu);
     while (p->in_flight > 0 && !rc) {
-        if (!p->sending && p->waiting && send_inline) {
+        if (may_send(p) && send_inline) {
             send_batch(p);
             continue;
         }
-        if (!p->sending && p->waiting && !wake_sender(p)) {
+        if (may_send(p) && !wake_sender(p)) {
             send_batch(p); /* no thread: send here after all */
             continue;
         }
@@ -393,11 +469,11 @@ int evq__pipe_close(evq__pipe *p, int grace_ms, void (*stuck)(void *),
     }
     pthread_mutex_lock(&p->mu);
     p->stop = true;
-    pthread_cond_signal(&p->work);
-    bool joined = p->thread_started;
+    pthread_cond_broadcast(&p->work);
+    size_t n_threads = p->n_threads;
     pthread_mutex_unlock(&p->mu);
-    if (joined)
-        pthread_join(p->thread, NULL);
+    for (size_t i = 0; i < n_threads; i++)
+        pthread_join(p->threads[i], NULL);
     return rc;
 }
 

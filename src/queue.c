@@ -42,7 +42,11 @@ struct evq_queue {
     atomic_uint_fast64_t dequeued, acked, nacked, dead_lettered;
 };
 
+static int backend_enqueue(evq_queue *q, const evq__item *items, size_t n);
 static int pipe_send(void *ctx, const evq__item *items, size_t n);
+static int pipe_start(void *ctx, const evq__item *items, size_t n,
+                      void **ticket);
+static int pipe_finish(void *ctx, void *ticket);
 
 struct evq_msg {
     evq_queue *q;
@@ -121,8 +125,10 @@ const struct evq_backend_ops *evq__backend_find(const char *scheme)
 
 static bool ops_complete(const struct evq_backend_ops *o)
 {
-    return o->open && o->enqueue && (o->dequeue || (o->fetch && o->hand_back)) &&
-           o->ack && o->nack && o->interrupt && o->close;
+    bool halves = o->enqueue_start && o->enqueue_finish;
+    return o->open && (o->enqueue || halves) &&
+           (o->dequeue || (o->fetch && o->hand_back)) && o->ack && o->nack &&
+           o->interrupt && o->close;
 }
 
 static int check_name(const char *name)
@@ -224,9 +230,13 @@ int evq_queue_open(evq_queue **qp, const char *url, const char *name,
         rc = evq__err(EVQ_ENOMEM, "out of memory");
         goto fail;
     }
-    q->pipe = evq__pipe_new(
-        pipe_send, q,
-        (size_t)core->max_in_flight, core->overflow == EVQ__OVERFLOW_ERROR);
+    evq__pipe_ops pops = {.send = pipe_send};
+    if (ops->enqueue_start && ops->enqueue_finish) {
+        pops.start = pipe_start;
+        pops.finish = pipe_finish;
+    }
+    q->pipe = evq__pipe_new(&pops, q, (size_t)core->max_in_flight,
+                            core->overflow == EVQ__OVERFLOW_ERROR);
     if (!q->pipe) {
         rc = EVQ_ENOMEM;
         goto fail;
@@ -436,13 +446,57 @@ static int make_items(evq_queue *q, const evq_event *const *evs, size_t n,
     return rc;
 }
 
+/* The backend's enqueue, or its two halves one after the other. */
+static int backend_enqueue(evq_queue *q, const evq__item *items, size_t n)
+{
+    if (q->ops->enqueue)
+        return q->ops->enqueue(q->state, items, n);
+    void *ticket;
+    int rc = q->ops->enqueue_start(q->state, items, n, &ticket);
+    return rc ? rc : q->ops->enqueue_finish(q->state, ticket);
+}
+
 /* The pipeline's way to the backend (pipe.c). */
 static int pipe_send(void *ctx, const evq__item *items, size_t n)
 {
     evq_queue *q = ctx;
-    int rc = q->ops->enqueue(q->state, items, n);
+    int rc = backend_enqueue(q, items, n);
     if (!rc)
         atomic_fetch_add_explicit(&q->enqueued, n, memory_order_relaxed);
+    return rc;
+}
+
+/* A batch started, and its size, so finish can count it. */
+typedef struct started {
+    void *ticket;
+    size_t n;
+} started;
+
+static int pipe_start(void *ctx, const evq__item *items, size_t n,
+                      void **ticket)
+{
+    evq_queue *q = ctx;
+    started *s = malloc(sizeof *s);
+    if (!s)
+        return evq__err(EVQ_ENOMEM, "out of memory");
+    int rc = q->ops->enqueue_start(q->state, items, n, &s->ticket);
+    if (rc) {
+        free(s);
+        return rc;
+    }
+    s->n = n;
+    *ticket = s;
+    return 0;
+}
+
+static int pipe_finish(void *ctx, void *ticket)
+{
+    evq_queue *q = ctx;
+    started *s = ticket;
+    int rc = q->ops->enqueue_finish(q->state, s->ticket);
+    if (!rc)
+        atomic_fetch_add_explicit(&q->enqueued, s->n, memory_order_relaxed);
+    free(s);
     return rc;
 }
 
@@ -1002,5 +1056,5 @@ int evq__enqueue_raw(evq_queue *q, const void *bytes, size_t len)
     if (!q->codec)
         return evq__err(EVQ_EINVAL,
                         "raw bytes need a queue opened with a format");
-    return q->ops->enqueue(q->state, &it, 1);
+    return backend_enqueue(q, &it, 1);
 }

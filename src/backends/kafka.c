@@ -129,11 +129,13 @@ typedef struct kmsg {
     char *key;     /* with kafka.ordering=key: its ordering key */
 } kmsg;
 
+/* A batch handed to librdkafka, waiting for its delivery reports. */
 typedef struct kbatch {
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    size_t left;
-    rd_kafka_resp_err_t err;
+    size_t left; /* reports still to come */
+    rd_kafka_resp_err_t err;  /* the first report's error */
+    rd_kafka_resp_err_t fail; /* why producing stopped short, or 0 */
 } kbatch;
 
 typedef struct khandle {
@@ -600,18 +602,31 @@ static rd_kafka_headers_t *binary_headers(const evq_event *ev, char **owned,
     return hd;
 }
 
-static int kafka_enqueue(void *state, const evq__item *items, size_t n)
+static void kbatch_free(kbatch *b)
+{
+    pthread_mutex_destroy(&b->mu);
+    pthread_cond_destroy(&b->cv);
+    free(b);
+}
+
+/* Hands the items to librdkafka, in order; kafka_finish waits for their
+ * delivery reports. */
+static int kafka_start(void *state, const evq__item *items, size_t n,
+                       void **ticket)
 {
     khandle *h = state;
-    kbatch b = {.left = n};
-    pthread_mutex_init(&b.mu, NULL);
-    pthread_cond_init(&b.cv, NULL);
+    if (atomic_load(&h->interrupted))
+        return evq__err(EVQ_ECLOSED, "queue interrupted");
+    kbatch *b = malloc(sizeof *b);
+    if (!b)
+        return evq__err(EVQ_ENOMEM, "out of memory");
+    *b = (kbatch){.left = n};
+    pthread_mutex_init(&b->mu, NULL);
+    pthread_cond_init(&b->cv, NULL);
     int64_t now = now_ms();
     size_t queued = 0;
     rd_kafka_resp_err_t e = RD_KAFKA_RESP_ERR_NO_ERROR;
 
-    if (atomic_load(&h->interrupted))
-        return evq__err(EVQ_ECLOSED, "queue interrupted");
     for (size_t i = 0; i < n && !e; i++) {
         const evq__item *it = &items[i];
         const char *key =
@@ -634,47 +649,54 @@ static int kafka_enqueue(void *state, const evq__item *items, size_t n)
             snprintf(due, sizeof due, "%lld", (long long)(now + it->delay_ms));
             rd_kafka_header_add(hd, EVQ__HDR_DUE, -1, due, -1);
         }
-        e = produce(h, val, len, key, hd, &b);
+        e = produce(h, val, len, key, hd, b);
         free(owned);
         if (e)
             rd_kafka_headers_destroy(hd); /* kept by librdkafka otherwise */
         else
             queued++;
     }
-    /* Wait for the reports of what was handed to librdkafka, in slices:
-     * once no broker has been reachable for connect_timeout_ms, what is
-     * still queued or sent is purged (its reports then come at once),
-     * rather than waiting out message.timeout.ms (kafka.timeout_ms). */
-    pthread_mutex_lock(&b.mu);
-    b.left -= n - queued;
+    pthread_mutex_lock(&b->mu);
+    b->left -= n - queued;
+    b->fail = e;
+    pthread_mutex_unlock(&b->mu);
+    *ticket = b;
+    return 0;
+}
+
+static int kafka_finish(void *state, void *ticket)
+{
+    khandle *h = state;
+    kbatch *b = ticket;
+    pthread_mutex_lock(&b->mu);
     int64_t end = evq__now_real_ns() + (h->timeout_ms + 5000) * 1000000;
     bool purged = false;
-    while (b.left > 0) {
+    while (b->left > 0) {
         int64_t t = evq__now_real_ns(), slice = t + 250 * 1000000LL;
         if (t >= end)
             break;
         struct timespec ts = evq__ts_from_ns(slice < end ? slice : end);
-        if (pthread_cond_timedwait(&b.cv, &b.mu, &ts) == 0 || purged ||
-            b.left == 0)
+        if (pthread_cond_timedwait(&b->cv, &b->mu, &ts) == 0 || purged ||
+            b->left == 0)
             continue;
-        pthread_mutex_unlock(&b.mu);
+        pthread_mutex_unlock(&b->mu);
         if (down_too_long(h)) {
             rd_kafka_purge(h->prod, RD_KAFKA_PURGE_F_QUEUE |
                                         RD_KAFKA_PURGE_F_INFLIGHT |
                                         RD_KAFKA_PURGE_F_NON_BLOCKING);
             purged = true;
         }
-        pthread_mutex_lock(&b.mu);
+        pthread_mutex_lock(&b->mu);
     }
-    size_t left = b.left;
-    rd_kafka_resp_err_t de = b.err;
-    pthread_mutex_unlock(&b.mu);
+    size_t left = b->left;
+    rd_kafka_resp_err_t de = b->err;
+    pthread_mutex_unlock(&b->mu);
     if (left > 0) {
         /* librdkafka still holds reports pointing at b: wait them out */
         rd_kafka_flush(h->prod, -1);
     }
-    pthread_mutex_destroy(&b.mu);
-    pthread_cond_destroy(&b.cv);
+    rd_kafka_resp_err_t e = b->fail;
+    kbatch_free(b);
     if (e)
         return kerr(e, "produce");
     if (de == RD_KAFKA_RESP_ERR__PURGE_QUEUE ||
@@ -1544,7 +1566,8 @@ const struct evq_backend_ops evq__backend_kafka = {
     .flags = EVQ__ITEM_EVENT,
     .opts = kafka_opts,
     .open = kafka_open,
-    .enqueue = kafka_enqueue,
+    .enqueue_start = kafka_start,
+    .enqueue_finish = kafka_finish,
     .fetch = kafka_fetch,
     .hand_back = kafka_hand_back,
     .prefetch_opt = "kafka.prefetch",

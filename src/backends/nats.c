@@ -134,6 +134,8 @@ typedef struct npub {
     pthread_mutex_t err_mu; /* the ack handler runs on a nats.c thread */
     int failed;
     char err[256];
+    natsStatus sent; /* how the publishing of the batch out went */
+    size_t n;        /* its size */
 } npub;
 
 typedef struct nhandle {
@@ -781,12 +783,17 @@ static int core_enqueue(nhandle *h, const evq__item *items, size_t n)
     return s == NATS_OK ? 0 : nerr(h, s, 0, "publish");
 }
 
-static int nats_enqueue(void *state, const evq__item *items, size_t n)
+/* Publishes the items asynchronously on a publisher context of its own,
+ * which stays this batch's until nats_finish has its acks.  Core NATS
+ * has no acks: its batch is done here (ticket NULL). */
+static int nats_start(void *state, const evq__item *items, size_t n,
+                      void **ticket)
 {
     nhandle *h = state;
     int rc = 0;
     if (atomic_load(&h->interrupted))
         return evq__err(EVQ_ECLOSED, "queue interrupted");
+    *ticket = NULL;
     if (h->core)
         return core_enqueue(h, items, n);
     npub *p = pub_take(h, &rc);
@@ -797,22 +804,8 @@ static int nats_enqueue(void *state, const evq__item *items, size_t n)
     jsPubOptions po;
     jsPubOptions_Init(&po);
     po.MaxWait = h->timeout_ms;
-    po.MsgId = id;
-    if (n == 1) {
-        natsMsg *m = NULL;
-        jsPubAck *pa = NULL;
-        jsErrCode jerr = 0;
-        msg_id(&items[0], id, sizeof id);
-        po.MsgId = id[0] ? id : NULL;
-        natsStatus s = make_msg(h, &items[0], now, &m);
-        if (s == NATS_OK)
-            s = js_PublishMsg(&pa, p->js, m, &po, &jerr);
-        natsMsg_Destroy(m);
-        jsPubAck_Destroy(pa);
-        pthread_mutex_unlock(&p->mu);
-        return s == NATS_OK ? 0 : pub_err(h, s, jerr);
-    }
     p->failed = 0;
+    p->n = n;
     natsStatus s = NATS_OK;
     for (size_t i = 0; i < n && s == NATS_OK; i++) {
         natsMsg *m = NULL;
@@ -823,8 +816,22 @@ static int nats_enqueue(void *state, const evq__item *items, size_t n)
             s = js_PublishMsgAsync(p->js, &m, &po); /* takes m on success */
         natsMsg_Destroy(m);
     }
+    p->sent = s;
+    *ticket = p;
+    return 0;
+}
+
+static int nats_finish(void *state, void *ticket)
+{
+    nhandle *h = state;
+    npub *p = ticket;
+    int rc = 0;
+    if (!p)
+        return 0;
+    natsStatus s = p->sent;
     /* libnats leaves what it buffered to its flusher thread, which may
-     * wait a millisecond: send it now, the acks come back meanwhile */
+     * wait a millisecond: send it now (the next batch may start
+     * meanwhile), the acks come back with the flush's answer */
     if (s == NATS_OK)
         s = natsConnection_FlushTimeout(h->nc, h->timeout_ms);
     jsPubOptions wait;
@@ -846,7 +853,7 @@ static int nats_enqueue(void *state, const evq__item *items, size_t n)
         pthread_mutex_lock(&p->err_mu);
         if (p->failed)
             rc = evq__err(EVQ_EIO, "nats publish: %d of %zu not stored: %s",
-                          p->failed, n, p->err);
+                          p->failed, p->n, p->err);
         pthread_mutex_unlock(&p->err_mu);
     }
     pthread_mutex_unlock(&p->mu);
@@ -1185,7 +1192,8 @@ const struct evq_backend_ops evq__backend_nats = {
     .flags = EVQ__ITEM_EVENT,
     .opts = nats_opts,
     .open = nats_open,
-    .enqueue = nats_enqueue,
+    .enqueue_start = nats_start,
+    .enqueue_finish = nats_finish,
     .fetch = nats_fetch,
     .hand_back = nats_hand_back,
     .prefetch_opt = "nats.prefetch",

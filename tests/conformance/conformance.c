@@ -181,6 +181,99 @@ static void async_events_are_reported_once_and_delivered(void **state)
     evq_queue_close(q);
 }
 
+/* Reports come in the order the events were accepted, also when the
+ * backend keeps several batches out at once (nats, kafka): 5000 events
+ * from one thread, then 100 more from each of four threads at once, with
+ * each thread's own events in its order. */
+#define ORDER_N 5000
+
+struct order_log {
+    pthread_mutex_t mu;
+    long *seen;
+    size_t n;
+    atomic_int failed;
+};
+
+static void log_order(const char *id, int rc, void *arg)
+{
+    (void)id;
+    struct order_log *o = arg;
+    if (rc)
+        atomic_fetch_add(&o->failed, 1);
+    long v = strtol(id + strlen(id) - 8, NULL, 16);
+    pthread_mutex_lock(&o->mu);
+    o->seen[o->n++] = v;
+    pthread_mutex_unlock(&o->mu);
+}
+
+struct order_producer {
+    evq_queue *q;
+    struct order_log *log;
+    long base;
+    int rc;
+};
+
+/* Each event's id ends with its number (8 hex digits), so `done` can
+ * tell them apart without a slot per event. */
+static void *order_produce(void *arg)
+{
+    struct order_producer *p = arg;
+    for (long i = 0; i < 100 && !p->rc; i++) {
+        char id[40];
+        evq_event *ev = numbered(0);
+        snprintf(id, sizeof id, "order-%08lx", (unsigned long)(p->base + i));
+        evq_event_set_attr(ev, "id", id);
+        p->rc = evq_enqueue_async(p->q, ev, 0, log_order, p->log);
+        evq_event_free(ev);
+    }
+    return NULL;
+}
+
+static void async_reports_keep_the_order_of_acceptance(void **state)
+{
+    (void)state;
+    evq_queue *q = open_fresh(NULL, NULL);
+    struct order_log o = {.seen = calloc(ORDER_N + 400, sizeof(long))};
+    pthread_mutex_init(&o.mu, NULL);
+    for (long i = 0; i < ORDER_N; i++) {
+        char id[40];
+        evq_event *ev = numbered(i);
+        snprintf(id, sizeof id, "order-%08lx", (unsigned long)i);
+        assert_evq_ok(evq_event_set_attr(ev, "id", id));
+        assert_evq_ok(evq_enqueue_async(q, ev, 0, log_order, &o));
+        evq_event_free(ev);
+    }
+    assert_evq_ok(evq_flush(q, 60000));
+    assert_int_equal(o.n, ORDER_N);
+    for (long i = 0; i < ORDER_N; i++)
+        assert_int_equal(o.seen[i], i);
+
+    struct order_producer ps[4];
+    pthread_t ts[4];
+    for (int t = 0; t < 4; t++) {
+        ps[t] = (struct order_producer){.q = q, .log = &o,
+                                        .base = 0x100000L * (t + 1)};
+        pthread_create(&ts[t], NULL, order_produce, &ps[t]);
+    }
+    for (int t = 0; t < 4; t++) {
+        pthread_join(ts[t], NULL);
+        assert_evq_ok(ps[t].rc);
+    }
+    assert_evq_ok(evq_flush(q, 60000));
+    assert_int_equal(o.n, ORDER_N + 400);
+    long next[4] = {0};
+    for (size_t k = ORDER_N; k < o.n; k++) {
+        int t = (int)(o.seen[k] / 0x100000L) - 1;
+        assert_true(t >= 0 && t < 4);
+        assert_int_equal(o.seen[k], 0x100000L * (t + 1) + next[t]);
+        next[t]++;
+    }
+    assert_int_equal(atomic_load(&o.failed), 0);
+    evq_queue_close(q);
+    pthread_mutex_destroy(&o.mu);
+    free(o.seen);
+}
+
 /* What a done callback may and may not do, and a full pipeline. */
 struct in_done {
     evq_queue *q;
@@ -1673,6 +1766,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(a_batch_handler_gets_batches_and_failures_retry_alone),
         cmocka_unit_test(a_batch_waiting_to_fill_keeps_its_events),
         cmocka_unit_test(async_events_are_reported_once_and_delivered),
+        cmocka_unit_test(async_reports_keep_the_order_of_acceptance),
         cmocka_unit_test(async_misuse_is_a_clear_error),
         cmocka_unit_test(close_reports_everything_in_flight),
         cmocka_unit_test(a_killed_async_producer_loses_nothing_reported),
