@@ -281,8 +281,18 @@ static void nats_close(void *state)
     nhandle *h = state;
     if (!h)
         return;
-    if (h->sub)
+    if (h->sub) {
+        /* libnats 3.4.1's reader can still be handing a message to a
+         * subscription being destroyed (it looks the subscription up, then
+         * locks it): unsubscribe, and once the server answered a ping sent
+         * after that, nothing more is on its way to it.  (Core only: a
+         * JetStream pull subscription gets messages only while a fetch
+         * asks, and unsubscribing it could touch the durable consumer.) */
+        if (h->core && h->nc &&
+            natsSubscription_Unsubscribe(h->sub) == NATS_OK)
+            natsConnection_FlushTimeout(h->nc, 1000);
         natsSubscription_Destroy(h->sub);
+    }
     for (int i = 0; i < NPUB_MAX; i++) {
         jsCtx_Destroy(h->pubs[i].js);
         pthread_mutex_destroy(&h->pubs[i].mu);
