@@ -53,14 +53,14 @@ check-normal: build
 	cd $(BUILD) && ctest $(CTEST_FLAGS)
 
 check-asan: deps
-	CC=clang cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug \
+	CC=clang CXX=clang++ cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug \
 	  -DEVQ_SANITIZE=address,undefined $(WITH_ALL) >/dev/null
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
 	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest $(CTEST_FLAGS)
 
 check-tsan: deps
-	CC=clang cmake -S . -B $(TSAN_BUILD) -DCMAKE_BUILD_TYPE=Debug \
+	CC=clang CXX=clang++ cmake -S . -B $(TSAN_BUILD) -DCMAKE_BUILD_TYPE=Debug \
 	  -DEVQ_SANITIZE=thread $(WITH_ALL) >/dev/null
 	cmake --build $(TSAN_BUILD) -j $(JOBS)
 	cd $(TSAN_BUILD) && \
@@ -68,7 +68,7 @@ check-tsan: deps
 	  ctest $(CTEST_FLAGS)
 
 fuzz: deps
-	CC=clang cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=Debug \
+	CC=clang CXX=clang++ cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=Debug \
 	  -DEVQ_SANITIZE=address,undefined -DEVQ_FUZZ=ON -DEVQ_BUILD_TESTS=OFF \
 	  $(WITH_ALL) >/dev/null
 	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_json fuzz_msgpack \

@@ -4,10 +4,10 @@
 set -euo pipefail
 
 packages=(
-  gcc make cmake pkg-config
+  gcc g++ make cmake pkg-config
   clang libclang-rt-14-dev   # the sanitizer and libFuzzer builds in `make check`
   valgrind openssl
-  libjansson-dev libmsgpack-dev libcmocka-dev libsqlite3-dev
+  libjansson-dev libsimdjson-dev libmsgpack-dev libcmocka-dev libsqlite3-dev
   libhiredis-dev redis-server libnats-dev nats-server librdkafka-dev kcat
 )
 

@@ -3,8 +3,9 @@
  * https://github.com/cloudevents/spec/blob/v1.0.2/cloudevents/formats/json-format.md
  *
  * Encoding writes the envelope and the payload's tree straight into one
- * buffer (see put_json); decoding parses with jansson and then checks
- * every member against the CloudEvents rules.
+ * buffer (see put_json); decoding parses with simdjson into a jansson tree
+ * (json_parse.cpp) and then checks every member against the CloudEvents
+ * rules.
  */
 #include "internal.h"
 
@@ -338,8 +339,11 @@ static int json_decode(const void *buf, size_t len, const evq_codec_limits *lim,
                         "message of %zu bytes is larger than "
                         "max_event_bytes=%zu",
                         len, lim->max_bytes);
-    env = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
-    if (!env)
+    /* simdjson first; what it refuses goes through jansson, whose message
+     * names the line and column (and which has the last word) */
+    char why[128];
+    env = evq__json_parse(buf, len, why, sizeof why);
+    if (!env && !(env = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr)))
         return evq__err(EVQ_EDECODE, "invalid JSON at line %d column %d: %s",
                         jerr.line, jerr.column, jerr.text);
     if (!json_is_object(env)) {

@@ -137,6 +137,54 @@ static void payload_written_as_jansson(json_t *data)
 
 /* The encoder writes payloads itself: byte for byte what jansson's
  * compact dump writes, for every kind of value. */
+/* The simdjson parse (evq__json_parse) takes and refuses what json_loadb
+ * with JSON_REJECT_DUPLICATES does, and builds equal trees: the edges
+ * where two JSON parsers tend to differ. */
+static void both_json_parsers_agree_on_the_edges(void **state)
+{
+    (void)state;
+    static const char *const texts[] = {
+        "{}", "[]", "  {\"a\" : [1, 2.5, -0, -0.0, 1e2, 1E-2, true, false, null]} \n",
+        "[-9223372036854775808]", "[9223372036854775807]",
+        "[9223372036854775808]", "[18446744073709551616]",
+        "[123456789012345678901234567890]", "[1e400]", "[-1e400]",
+        "[1e-400]", "[01]", "[1.]", "[.5]", "[+1]", "[0x10]",
+        "[\"\\u0000\"]", "{\"a\\u0000b\":1}", "{\"a\":1,\"a\":2}",
+        "{\"a\":1,\"b\":{\"a\":2}}", "[\"\\ud800\"]", "[\"\\udc00\"]",
+        "[\"\\ud83d\\ude00\"]", "[\"\\u00e9\\n\\t\\\"\\\\\\/\"]",
+        "[\"\xc3\xa9\"]", "[\"\xff\"]", "[\"\xc3\"]", "[\"\xed\xa0\x80\"]",
+        "\xef\xbb\xbf[1]", "[1] x", "[1],", "", " ", "1", "\"x\"", "null",
+        "[\"a\tb\"]", "[\"a\nb\"]", "{\"a\":}", "{,}", "[1,]", "{\"a\" 1}",
+        "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]",
+        "{\"\":\"\"}", "[true,false,nul]", "[tru]", "[\"\\x\"]",
+        "[\"\\u12\"]", "[1.5e+3,-2E-3]",
+        NULL};
+    for (size_t i = 0; texts[i]; i++) {
+        char why[128];
+        json_error_t jerr;
+        size_t n = strlen(texts[i]);
+        json_t *fast = evq__json_parse(texts[i], n, why, sizeof why);
+        json_t *slow = json_loadb(texts[i], n, JSON_REJECT_DUPLICATES, &jerr);
+        if ((fast == NULL) != (slow == NULL) ||
+            (fast && !json_equal(fast, slow)))
+            fail_msg("'%s': simdjson %s, jansson %s", texts[i],
+                     fast ? "took it" : why, slow ? "took it" : jerr.text);
+        json_decref(fast);
+        json_decref(slow);
+    }
+    /* NUL inside the length (not a terminator): refused by both */
+    char why[128];
+    assert_null(evq__json_parse("[\"a\0b\"]", 7, why, sizeof why));
+    /* deeper than simdjson's own limit: refused by simdjson, which the
+     * codec then leaves to jansson */
+    size_t deep = 3000;
+    char *d = malloc(2 * deep);
+    memset(d, '[', deep);
+    memset(d + deep, ']', deep);
+    assert_null(evq__json_parse(d, 2 * deep, why, sizeof why));
+    free(d);
+}
+
 static void payloads_are_written_as_jansson_writes_them(void **state)
 {
     (void)state;
@@ -616,6 +664,7 @@ int main(void)
         cmocka_unit_test(every_attribute_and_payload_round_trips),
         cmocka_unit_test(scalar_and_absent_payloads_round_trip),
         cmocka_unit_test(payloads_are_written_as_jansson_writes_them),
+        cmocka_unit_test(both_json_parsers_agree_on_the_edges),
         cmocka_unit_test(binary_payloads_round_trip),
         cmocka_unit_test(decodes_events_written_by_other_programs),
         cmocka_unit_test(malformed_json_is_refused),

@@ -21,9 +21,31 @@ static void same(const char *what, const char *a, const char *b)
     }
 }
 
+/* simdjson's parse agrees with json_loadb's (JSON_REJECT_DUPLICATES). */
+static void parsers_agree(const uint8_t *data, size_t size)
+{
+    char why[128];
+    json_error_t jerr;
+    json_t *fast = evq__json_parse(data, size, why, sizeof why);
+    json_t *slow = json_loadb((const char *)data, size, JSON_REJECT_DUPLICATES,
+                              &jerr);
+    /* simdjson may refuse more (nesting past 1024): the codec then asks
+     * jansson, so only taking what jansson refuses, or another tree, is
+     * a finding */
+    if (fast && (!slow || !json_equal(fast, slow))) {
+        fprintf(stderr, "the JSON parsers disagree: simdjson %s, jansson %s\n",
+                fast ? "took it" : why, slow ? "took it" : jerr.text);
+        abort();
+    }
+    json_decref(fast);
+    json_decref(slow);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     evq_event *ev = NULL, *back = NULL;
+    if (strcmp(EVQ_FUZZ_FORMAT, "json") == 0)
+        parsers_agree(data, size);
     if (evq_event_decode(&ev, EVQ_FUZZ_FORMAT, data, size, NULL) != 0)
         return 0;
     unsigned char *buf = NULL;
