@@ -664,6 +664,10 @@ static int kafka_start(void *state, const evq__item *items, size_t n,
     return 0;
 }
 
+/* Waits for the reports of what kafka_start handed to librdkafka, in
+ * slices: once no broker has been reachable for connect_timeout_ms, what
+ * is still queued or sent is purged (its reports then come at once),
+ * rather than waiting out message.timeout.ms (kafka.timeout_ms). */
 static int kafka_finish(void *state, void *ticket)
 {
     khandle *h = state;
