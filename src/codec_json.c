@@ -342,7 +342,7 @@ static int json_decode(const void *buf, size_t len, const evq_codec_limits *lim,
     /* simdjson first; what it refuses goes through jansson, whose message
      * names the line and column (and which has the last word) */
     char why[128];
-    env = evq__json_parse(buf, len, why, sizeof why);
+    env = evq__json_parse(buf, len, false, why, sizeof why);
     if (!env && !(env = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr)))
         return evq__err(EVQ_EDECODE, "invalid JSON at line %d column %d: %s",
                         jerr.line, jerr.column, jerr.text);

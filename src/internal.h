@@ -31,10 +31,10 @@ int evq__err_prefix(int code, const char *fmt, ...) EVQ__PRINTF(2, 3);
 /* ---- JSON text (json_parse.cpp) ------------------------------------------ */
 
 /* Parses JSON text into a new jansson tree, accepting and refusing exactly
- * what json_loadb(text, len, JSON_REJECT_DUPLICATES, ...) does, several
- * times faster (simdjson).  NULL on failure, with why in err[0..errcap).
- * Any thread. */
-json_t *evq__json_parse(const void *text, size_t len, char *err,
+ * what json_loadb(text, len, JSON_REJECT_DUPLICATES, ...) does (with `any`:
+ * and JSON_DECODE_ANY), several times faster (simdjson).  NULL on failure,
+ * with why in err[0..errcap).  Any thread. */
+json_t *evq__json_parse(const void *text, size_t len, bool any, char *err,
                         size_t errcap);
 
 /* ---- small helpers (util.c) ---------------------------------------------- */

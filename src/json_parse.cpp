@@ -9,8 +9,9 @@
  * after the parse sees what json_loadb would have given.
  *
  * Accepted and refused exactly as json_loadb(..., JSON_REJECT_DUPLICATES)
- * accepts and refuses (tests/fuzz/fuzz_codec.c compares the two on every
- * input): an object or an array at the top, no duplicate keys, no NUL in a
+ * accepts and refuses, and with `any` as it does with JSON_DECODE_ANY too
+ * (tests/fuzz/fuzz_codec.c compares the two on every input): an object or
+ * an array at the top (any value with `any`), no duplicate keys, no NUL in a
  * string or key (\u0000), integers that fit json_int_t (larger ones are an
  * error, as in jansson), everything UTF-8, nothing after the value.
  */
@@ -22,8 +23,8 @@
 #include <cstring>
 
 /* Declared for C in internal.h (which C++ cannot include: C11 atomics). */
-extern "C" json_t *evq__json_parse(const void *text, size_t len, char *err,
-                                   size_t errcap);
+extern "C" json_t *evq__json_parse(const void *text, size_t len, bool any,
+                                   char *err, size_t errcap);
 
 namespace {
 
@@ -169,8 +170,8 @@ struct scratch {
 
 thread_local scratch tls_scratch;
 
-json_t *parse_with(scratch &s, const char *text, size_t len, char *err,
-                   size_t errcap)
+json_t *parse_with(scratch &s, const char *text, size_t len, bool any,
+                   char *err, size_t errcap)
 {
     size_t need = len + simdjson::SIMDJSON_PADDING;
     if (s.cap < need) {
@@ -190,7 +191,7 @@ json_t *parse_with(scratch &s, const char *text, size_t len, char *err,
         std::snprintf(err, errcap, "%s", simdjson::error_message(e));
         return nullptr;
     }
-    if (root.type() != element_type::OBJECT &&
+    if (!any && root.type() != element_type::OBJECT &&
         root.type() != element_type::ARRAY) {
         std::snprintf(err, errcap, "'[' or '{' expected");
         return nullptr;
@@ -204,12 +205,12 @@ json_t *parse_with(scratch &s, const char *text, size_t len, char *err,
 
 } // namespace
 
-extern "C" json_t *evq__json_parse(const void *text, size_t len, char *err,
-                                   size_t errcap)
+extern "C" json_t *evq__json_parse(const void *text, size_t len, bool any,
+                                   char *err, size_t errcap)
 {
     const char *t = static_cast<const char *>(text);
     if (len <= KEEP_BYTES)
-        return parse_with(tls_scratch, t, len, err, errcap);
+        return parse_with(tls_scratch, t, len, any, err, errcap);
     scratch once;
-    return parse_with(once, t, len, err, errcap);
+    return parse_with(once, t, len, any, err, errcap);
 }

@@ -138,7 +138,8 @@ static void payload_written_as_jansson(json_t *data)
 /* The encoder writes payloads itself: byte for byte what jansson's
  * compact dump writes, for every kind of value. */
 /* The simdjson parse (evq__json_parse) takes and refuses what json_loadb
- * with JSON_REJECT_DUPLICATES does, and builds equal trees: the edges
+ * with JSON_REJECT_DUPLICATES does (with and without JSON_DECODE_ANY),
+ * and builds equal trees: the edges
  * where two JSON parsers tend to differ. */
 static void both_json_parsers_agree_on_the_edges(void **state)
 {
@@ -163,25 +164,30 @@ static void both_json_parsers_agree_on_the_edges(void **state)
         char why[128];
         json_error_t jerr;
         size_t n = strlen(texts[i]);
-        json_t *fast = evq__json_parse(texts[i], n, why, sizeof why);
-        json_t *slow = json_loadb(texts[i], n, JSON_REJECT_DUPLICATES, &jerr);
-        if ((fast == NULL) != (slow == NULL) ||
-            (fast && !json_equal(fast, slow)))
-            fail_msg("'%s': simdjson %s, jansson %s", texts[i],
-                     fast ? "took it" : why, slow ? "took it" : jerr.text);
-        json_decref(fast);
-        json_decref(slow);
+        for (int any = 0; any < 2; any++) {
+            json_t *fast = evq__json_parse(texts[i], n, any, why, sizeof why);
+            json_t *slow = json_loadb(
+                texts[i], n,
+                JSON_REJECT_DUPLICATES | (any ? JSON_DECODE_ANY : 0), &jerr);
+            if ((fast == NULL) != (slow == NULL) ||
+                (fast && !json_equal(fast, slow)))
+                fail_msg("'%s' (any=%d): simdjson %s, jansson %s", texts[i],
+                         any, fast ? "took it" : why,
+                         slow ? "took it" : jerr.text);
+            json_decref(fast);
+            json_decref(slow);
+        }
     }
     /* NUL inside the length (not a terminator): refused by both */
     char why[128];
-    assert_null(evq__json_parse("[\"a\0b\"]", 7, why, sizeof why));
+    assert_null(evq__json_parse("[\"a\0b\"]", 7, true, why, sizeof why));
     /* deeper than simdjson's own limit: refused by simdjson, which the
      * codec then leaves to jansson */
     size_t deep = 3000;
     char *d = malloc(2 * deep);
     memset(d, '[', deep);
     memset(d + deep, ']', deep);
-    assert_null(evq__json_parse(d, 2 * deep, why, sizeof why));
+    assert_null(evq__json_parse(d, 2 * deep, true, why, sizeof why));
     free(d);
 }
 

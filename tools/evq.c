@@ -286,7 +286,8 @@ static evq_event *event_from_line(const char *line, size_t len, char *why,
     json_error_t jerr;
     char fast_why[128];
     /* the library's fast parse; jansson's again for the column of an error */
-    json_t *obj = evq__json_parse(line, len, fast_why, sizeof fast_why);
+    json_t *obj =
+        evq__json_parse(line, len, false, fast_why, sizeof fast_why);
     evq_event *ev = NULL;
 
     if (!obj)
