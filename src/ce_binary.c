@@ -93,13 +93,7 @@ int evq__ce_from_binary(const evq__header *h, size_t n, const void *val,
     bool json = is_json_type(ct);
     if (!rc && len > 0 && json) {
         json_error_t jerr;
-        char why[128];
-        /* simdjson; what it refuses, jansson again (the last word, and the
-         * line and column of the error) */
-        data = evq__json_parse(val, len, true, why, sizeof why);
-        if (!data)
-            data = json_loadb(val, len,
-                              JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, &jerr);
+        data = evq__json_load(val, len, true, &jerr);
         if (!data)
             rc = evq__err(EVQ_EDECODE,
                           "data is not JSON (line %d column %d: %s)", jerr.line,

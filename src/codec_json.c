@@ -339,11 +339,8 @@ static int json_decode(const void *buf, size_t len, const evq_codec_limits *lim,
                         "message of %zu bytes is larger than "
                         "max_event_bytes=%zu",
                         len, lim->max_bytes);
-    /* simdjson first; what it refuses goes through jansson, whose message
-     * names the line and column (and which has the last word) */
-    char why[128];
-    env = evq__json_parse(buf, len, false, why, sizeof why);
-    if (!env && !(env = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr)))
+    env = evq__json_load(buf, len, false, &jerr);
+    if (!env)
         return evq__err(EVQ_EDECODE, "invalid JSON at line %d column %d: %s",
                         jerr.line, jerr.column, jerr.text);
     if (!json_is_object(env)) {

@@ -36,6 +36,12 @@ int evq__err_prefix(int code, const char *fmt, ...) EVQ__PRINTF(2, 3);
  * with why in err[0..errcap).  Any thread. */
 json_t *evq__json_parse(const void *text, size_t len, bool any, char *err,
                         size_t errcap);
+/* What the library parses JSON text with: evq__json_parse, and what that
+ * refuses json_loadb again, which has the last word and fills *jerr (the
+ * line and column of the error).  JSON_REJECT_DUPLICATES, and with `any`
+ * JSON_DECODE_ANY. */
+json_t *evq__json_load(const void *text, size_t len, bool any,
+                       json_error_t *jerr);
 
 /* ---- small helpers (util.c) ---------------------------------------------- */
 
@@ -392,12 +398,13 @@ int evq__lease_lost(const char *what);
 typedef struct evq__pipe evq__pipe;
 /* The way to the backend: send (its enqueue), or, where the backend gives
  * them, start (hands the batch to the broker's client and returns; 0:
- * finish is called once with *ticket, else the batch failed) and finish
- * (waits for the batch's acknowledgements: what enqueue would return). */
+ * finish is called once with *ticket and the batch's size, else the batch
+ * failed) and finish (waits for the batch's acknowledgements: what enqueue
+ * would return). */
 typedef struct evq__pipe_ops {
     int (*send)(void *ctx, const evq__item *items, size_t n);
     int (*start)(void *ctx, const evq__item *items, size_t n, void **ticket);
-    int (*finish)(void *ctx, void *ticket);
+    int (*finish)(void *ctx, void *ticket, size_t n);
 } evq__pipe_ops;
 evq__pipe *evq__pipe_new(const evq__pipe_ops *ops, void *ctx,
                          size_t max_in_flight, bool overflow_error);

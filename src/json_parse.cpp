@@ -25,50 +25,47 @@
 /* Declared for C in internal.h (which C++ cannot include: C11 atomics). */
 extern "C" json_t *evq__json_parse(const void *text, size_t len, bool any,
                                    char *err, size_t errcap);
+extern "C" json_t *evq__json_load(const void *text, size_t len, bool any,
+                                  json_error_t *jerr);
 
 namespace {
 
 using simdjson::dom::element;
 using simdjson::dom::element_type;
 
-/* What building the tree stopped at: the first thing jansson refuses and
- * simdjson takes, or memory. */
-struct build_error {
-    char text[128];
-};
-
-json_t *build(element v, build_error *err);
+/* Building the tree stops at the first thing jansson refuses and simdjson
+ * takes, or at memory: *why says which. */
+json_t *build(element v, const char **why);
 
 bool has_nul(std::string_view s)
 {
     return std::memchr(s.data(), 0, s.size()) != nullptr;
 }
 
-json_t *build_object(simdjson::dom::object o, build_error *err)
+json_t *build_object(simdjson::dom::object o, const char **why)
 {
     json_t *obj = json_object();
     if (!obj) {
-        std::snprintf(err->text, sizeof err->text, "out of memory");
+        *why = "out of memory";
         return nullptr;
     }
     for (simdjson::dom::key_value_pair kv : o) {
         if (has_nul(kv.key)) {
-            std::snprintf(err->text, sizeof err->text,
-                          "NUL byte in object key not supported");
+            *why = "NUL byte in object key not supported";
             json_decref(obj);
             return nullptr;
         }
         if (json_object_getn(obj, kv.key.data(), kv.key.size())) {
-            std::snprintf(err->text, sizeof err->text, "duplicate object key");
+            *why = "duplicate object key";
             json_decref(obj);
             return nullptr;
         }
-        json_t *m = build(kv.value, err);
+        json_t *m = build(kv.value, why);
         if (!m ||
             json_object_setn_new_nocheck(obj, kv.key.data(), kv.key.size(),
                                          m) != 0) {
             if (m)
-                std::snprintf(err->text, sizeof err->text, "out of memory");
+                *why = "out of memory";
             json_decref(obj);
             return nullptr;
         }
@@ -76,18 +73,18 @@ json_t *build_object(simdjson::dom::object o, build_error *err)
     return obj;
 }
 
-json_t *build_array(simdjson::dom::array a, build_error *err)
+json_t *build_array(simdjson::dom::array a, const char **why)
 {
     json_t *arr = json_array();
     if (!arr) {
-        std::snprintf(err->text, sizeof err->text, "out of memory");
+        *why = "out of memory";
         return nullptr;
     }
     for (element e : a) {
-        json_t *m = build(e, err);
+        json_t *m = build(e, why);
         if (!m || json_array_append_new(arr, m) != 0) {
             if (m)
-                std::snprintf(err->text, sizeof err->text, "out of memory");
+                *why = "out of memory";
             json_decref(arr);
             return nullptr;
         }
@@ -95,7 +92,7 @@ json_t *build_array(simdjson::dom::array a, build_error *err)
     return arr;
 }
 
-json_t *build(element v, build_error *err)
+json_t *build(element v, const char **why)
 {
     json_t *out = nullptr;
     bool typed = false; /* the element read as its own type */
@@ -103,21 +100,20 @@ json_t *build(element v, build_error *err)
     case element_type::OBJECT: {
         simdjson::dom::object o;
         if (!v.get_object().get(o))
-            return build_object(o, err);
+            return build_object(o, why);
         break;
     }
     case element_type::ARRAY: {
         simdjson::dom::array a;
         if (!v.get_array().get(a))
-            return build_array(a, err);
+            return build_array(a, why);
         break;
     }
     case element_type::STRING: {
         std::string_view s;
         if ((typed = !v.get_string().get(s))) {
             if (has_nul(s)) {
-                std::snprintf(err->text, sizeof err->text,
-                              "\\u0000 is not allowed without JSON_ALLOW_NUL");
+                *why = "\\u0000 is not allowed without JSON_ALLOW_NUL";
                 return nullptr;
             }
             out = json_stringn_nocheck(s.data(), s.size()); /* UTF-8 checked */
@@ -131,7 +127,7 @@ json_t *build(element v, build_error *err)
         break;
     }
     case element_type::UINT64: /* past json_int_t: jansson refuses it */
-        std::snprintf(err->text, sizeof err->text, "too big integer");
+        *why = "too big integer";
         return nullptr;
     case element_type::DOUBLE: {
         double d = 0;
@@ -151,8 +147,7 @@ json_t *build(element v, build_error *err)
         break;
     }
     if (!out)
-        std::snprintf(err->text, sizeof err->text, "%s",
-                      typed ? "out of memory" : "unreadable value");
+        *why = typed ? "out of memory" : "unreadable value";
     return out;
 }
 
@@ -196,10 +191,10 @@ json_t *parse_with(scratch &s, const char *text, size_t len, bool any,
         std::snprintf(err, errcap, "'[' or '{' expected");
         return nullptr;
     }
-    build_error be = {""};
-    json_t *tree = build(root, &be);
+    const char *why = "";
+    json_t *tree = build(root, &why);
     if (!tree)
-        std::snprintf(err, errcap, "%s", be.text);
+        std::snprintf(err, errcap, "%s", why);
     return tree;
 }
 
@@ -213,4 +208,16 @@ extern "C" json_t *evq__json_parse(const void *text, size_t len, bool any,
         return parse_with(tls_scratch, t, len, any, err, errcap);
     scratch once;
     return parse_with(once, t, len, any, err, errcap);
+}
+
+extern "C" json_t *evq__json_load(const void *text, size_t len, bool any,
+                                  json_error_t *jerr)
+{
+    char why[128];
+    json_t *tree = evq__json_parse(text, len, any, why, sizeof why);
+    if (tree)
+        return tree;
+    return json_loadb(static_cast<const char *>(text), len,
+                      JSON_REJECT_DUPLICATES | (any ? JSON_DECODE_ANY : 0),
+                      jerr);
 }

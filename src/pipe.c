@@ -184,7 +184,7 @@ static int send_items(evq__pipe *p, const evq__item *items, size_t n)
     }
     if (rc == 0) {
         pthread_mutex_unlock(&p->mu);
-        rc = p->ops.finish(p->ctx, ticket);
+        rc = p->ops.finish(p->ctx, ticket, n);
         pthread_mutex_lock(&p->mu);
     }
     return rc;

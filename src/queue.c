@@ -46,7 +46,7 @@ static int backend_enqueue(evq_queue *q, const evq__item *items, size_t n);
 static int pipe_send(void *ctx, const evq__item *items, size_t n);
 static int pipe_start(void *ctx, const evq__item *items, size_t n,
                       void **ticket);
-static int pipe_finish(void *ctx, void *ticket);
+static int pipe_finish(void *ctx, void *ticket, size_t n);
 
 struct evq_msg {
     evq_queue *q;
@@ -466,37 +466,19 @@ static int pipe_send(void *ctx, const evq__item *items, size_t n)
     return rc;
 }
 
-/* A batch started, and its size, so finish can count it. */
-typedef struct started {
-    void *ticket;
-    size_t n;
-} started;
-
 static int pipe_start(void *ctx, const evq__item *items, size_t n,
                       void **ticket)
 {
     evq_queue *q = ctx;
-    started *s = malloc(sizeof *s);
-    if (!s)
-        return evq__err(EVQ_ENOMEM, "out of memory");
-    int rc = q->ops->enqueue_start(q->state, items, n, &s->ticket);
-    if (rc) {
-        free(s);
-        return rc;
-    }
-    s->n = n;
-    *ticket = s;
-    return 0;
+    return q->ops->enqueue_start(q->state, items, n, ticket);
 }
 
-static int pipe_finish(void *ctx, void *ticket)
+static int pipe_finish(void *ctx, void *ticket, size_t n)
 {
     evq_queue *q = ctx;
-    started *s = ticket;
-    int rc = q->ops->enqueue_finish(q->state, s->ticket);
+    int rc = q->ops->enqueue_finish(q->state, ticket);
     if (!rc)
-        atomic_fetch_add_explicit(&q->enqueued, s->n, memory_order_relaxed);
-    free(s);
+        atomic_fetch_add_explicit(&q->enqueued, n, memory_order_relaxed);
     return rc;
 }
 

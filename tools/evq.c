@@ -26,7 +26,7 @@
 
 #include <evq.h>
 
-#include "../src/internal.h" /* evq__json_parse; the bench's clock */
+#include "../src/internal.h" /* evq__json_load; the bench's clock */
 
 #define EXIT_USAGE  2
 #define DEFAULT_URL "sqlite://evq.db"
@@ -284,14 +284,9 @@ static evq_event *event_from_line(const char *line, size_t len, char *why,
                                   size_t whylen)
 {
     json_error_t jerr;
-    char fast_why[128];
-    /* the library's fast parse; jansson's again for the column of an error */
-    json_t *obj =
-        evq__json_parse(line, len, false, fast_why, sizeof fast_why);
+    json_t *obj = evq__json_load(line, len, false, &jerr); /* the library's */
     evq_event *ev = NULL;
 
-    if (!obj)
-        obj = json_loadb(line, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!obj) {
         snprintf(why, whylen, "invalid JSON at column %d: %s", jerr.column,
                  jerr.text);
