@@ -814,7 +814,11 @@ static int nats_start(void *state, const evq__item *items, size_t n,
     jsPubOptions po;
     jsPubOptions_Init(&po);
     po.MaxWait = h->timeout_ms;
+    /* an ack handler of this context's last batch may still be running
+     * (its wait timed out and its pending list was dropped) */
+    pthread_mutex_lock(&p->err_mu);
     p->failed = 0;
+    pthread_mutex_unlock(&p->err_mu);
     p->n = n;
     natsStatus s = NATS_OK;
     for (size_t i = 0; i < n && s == NATS_OK; i++) {
