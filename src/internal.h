@@ -390,6 +390,10 @@ int evq__lease_lost(const char *what);
  * for headers or keys): the pipeline keeps a reference until it is sent.
  * Without it the event is let go once encoded, on the caller's thread. */
 #define EVQ__ITEM_EVENT 0x4u
+/* enqueue_finish mostly waits out a timer (a producer's linger), not the
+ * broker's work: the pipeline overlaps batches as soon as it can, rather
+ * than letting a few waiting events gather behind the batch out. */
+#define EVQ__LINGERS 0x8u
 
 /* ---- the send pipeline (pipe.c) ------------------------------------------
  * Accepted events of one handle, sent in batches through `send` (the
@@ -405,6 +409,7 @@ typedef struct evq__pipe_ops {
     int (*send)(void *ctx, const evq__item *items, size_t n);
     int (*start)(void *ctx, const evq__item *items, size_t n, void **ticket);
     int (*finish)(void *ctx, void *ticket, size_t n);
+    bool lingers; /* the backend's EVQ__LINGERS */
 } evq__pipe_ops;
 evq__pipe *evq__pipe_new(const evq__pipe_ops *ops, void *ctx,
                          size_t max_in_flight, bool overflow_error);

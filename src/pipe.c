@@ -15,7 +15,9 @@
  * A backend whose enqueue comes in two halves (start: hand the batch to
  * the broker's client; finish: wait for its acknowledgements) has up to
  * PIPE_OUT batches out at once: batches start one at a time, in the order
- * they were accepted, and their waits overlap.  Batches are reported in
+ * they were accepted, and their waits overlap (another starts while some
+ * are out once PIPE_EAGER events wait, or at once when the backend's
+ * batches wait out a linger).  Batches are reported in
  * that order too: each event's `done` runs on the thread that sent its
  * batch, after every earlier batch was reported.
  *
@@ -142,10 +144,19 @@ static void wake_waiter(const char *id, int rc, void *arg)
 
 static void *sender_main(void *arg);
 
+/* Fewest events waiting for a batch to start while others are out
+ * (unless the backend lingers): a handful of synchronous callers wait for
+ * the batch out and then go together, since fewer, larger batches cost
+ * the broker and this machine less; a stream keeps several batches out. */
+#define PIPE_EAGER 16
+
 /* Whether another batch may start now.  Under p->mu. */
 static bool may_send(const evq__pipe *p)
 {
-    return p->waiting && !p->starting && p->n_out < p->max_out;
+    return p->waiting && !p->starting &&
+           (p->n_out == 0 ||
+            (p->n_out < p->max_out &&
+             (p->ops.lingers || p->waiting >= PIPE_EAGER)));
 }
 
 /* Hands what waits to an idle sender thread, starting one when all are

@@ -234,6 +234,7 @@ int evq_queue_open(evq_queue **qp, const char *url, const char *name,
     if (ops->enqueue_start && ops->enqueue_finish) {
         pops.start = pipe_start;
         pops.finish = pipe_finish;
+        pops.lingers = (ops->flags & EVQ__LINGERS) != 0;
     }
     q->pipe = evq__pipe_new(&pops, q, (size_t)core->max_in_flight,
                             core->overflow == EVQ__OVERFLOW_ERROR);

@@ -1567,7 +1567,7 @@ static int kafka_destroy(void *state)
 
 const struct evq_backend_ops evq__backend_kafka = {
     .scheme = "kafka",
-    .flags = EVQ__ITEM_EVENT,
+    .flags = EVQ__ITEM_EVENT | EVQ__LINGERS,
     .opts = kafka_opts,
     .open = kafka_open,
     .enqueue_start = kafka_start,

@@ -9,8 +9,9 @@
  * (deliveries before this entry was written: 0 for a new event, the attempt
  * count for a nacked one).
  *
- * - Enqueue: XADD (a batch in MULTI/EXEC, one round trip); a delayed event
- *   is a ZADD.
+ * - Enqueue: XADD (with redis.atomic_batches, a batch in MULTI/EXEC); a
+ *   delayed event is a ZADD.  Batches go out on a connection of their own,
+ *   several at once, their replies read back in order (struct rprod).
  * - Dequeue: XREADGROUP ... COUNT prefetch BLOCK on a connection of its own,
  *   so enqueues and acks never wait behind a blocking read; interrupt sends
  *   CLIENT UNBLOCK for it.  Due delayed events are moved to the stream by a
@@ -40,6 +41,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
 
@@ -208,8 +210,34 @@ typedef struct rconn {
     redisContext *c;
 } rconn;
 
+/* The producers' connection.  Batches are written on it one after
+ * another and their replies read back in the same order, so several
+ * batches are out at once and the stream keeps the order the pipeline
+ * accepted them in (batches on separate connections could overtake each
+ * other).  Writing (under mu) and reading (by the batch whose turn it is)
+ * overlap: the reader touches only hiredis's reply side, the writer only
+ * the socket. */
+typedef struct rprod {
+    pthread_mutex_t mu;
+    pthread_cond_t turn;
+    redisContext *c;
+    uint64_t written; /* batches written whole */
+    uint64_t read;    /* of those, batches whose replies were read */
+    bool broken;      /* a write or a read failed: replaced once all out
+                         are reported */
+} rprod;
+
+/* A batch out on the producers' connection. */
+typedef struct rticket {
+    uint64_t seq;
+    size_t replies;
+    bool tx;
+    int64_t first_due_ms; /* of its delayed events, or INT64_MAX */
+} rticket;
+
 typedef struct rhandle {
     rconn conns[RCONN_MAX]; /* command connections, opened on first use */
+    rprod prod;
     int n_conns;
     pthread_mutex_t ack_mu; /* guards the acks waiting */
     /* Lock order: rd_mu, then ack_mu, then a connection's. */
@@ -256,18 +284,24 @@ static int64_t now_ms(void)
 /* ---- connections -----------------------------------------------------------
  */
 
-static int conn_err(rhandle *h, redisContext *c, const char *what)
+static int conn_err_text(rhandle *h, const char *what, const char *text)
 {
     int rc = evq__err(EVQ_ECONN, "redis %s to %s%s%s:%d: %s", what,
                       h->unix_path ? "unix:" : "",
                       h->unix_path ? h->unix_path : h->host, "", h->port,
-                      c ? c->errstr : "cannot allocate a connection");
+                      text);
     /* Said once an outage starts (after open), and when it ends. */
     if (h->opened && !atomic_exchange(&h->down, true))
         evq__logf(h->log, EVQ_LOG_WARN,
                   "lost the connection to the server (%s); reconnecting",
                   evq_errmsg());
     return rc;
+}
+
+static int conn_err(rhandle *h, redisContext *c, const char *what)
+{
+    return conn_err_text(h, what,
+                         c ? c->errstr : "cannot allocate a connection");
 }
 
 static redisReply *command(redisContext *c, int argc, const char **argv,
@@ -378,14 +412,14 @@ static int run(rhandle *h, int argc, const char **argv, const size_t *lens,
 /* Reads the replies to n commands sent on k: the first failure is the
  * result, and every reply is read so the connection stays in step.  A
  * connection that breaks is marked and reconnected on its next use. */
-static int read_replies(rhandle *h, rconn *k, size_t n, bool exec_last,
-                        const char *what)
+static int read_replies(rhandle *h, redisContext *c, size_t n,
+                        bool exec_last, const char *what)
 {
     int rc = 0;
     for (size_t i = 0; i < n; i++) {
         redisReply *r = NULL;
-        if (redisGetReply(k->c, (void **)&r) != REDIS_OK) {
-            int crc = conn_err(h, k->c, what);
+        if (redisGetReply(c, (void **)&r) != REDIS_OK) {
+            int crc = conn_err(h, c, what);
             return rc ? rc : crc;
         }
         if (!rc)
@@ -416,7 +450,7 @@ static int run_tx(rhandle *h, int n, int *argc, const char ***argv,
     for (int i = 0; i < n; i++)
         redisAppendCommandArgv(k->c, argc[i], argv[i], lens ? lens[i] : NULL);
     redisAppendCommandArgv(k->c, 1, exec, NULL);
-    rc = read_replies(h, k, (size_t)n + 2, true, what);
+    rc = read_replies(h, k->c, (size_t)n + 2, true, what);
     conn_put(k);
     return rc;
 }
@@ -530,6 +564,9 @@ static void redis_close(void *state)
         pthread_mutex_destroy(&h->conns[i].mu);
     }
     redisFree(h->rd);
+    redisFree(h->prod.c);
+    pthread_mutex_destroy(&h->prod.mu);
+    pthread_cond_destroy(&h->prod.turn);
     free(h->host);
     free(h->user);
     free(h->password);
@@ -579,6 +616,8 @@ static int redis_open(void **state, const evq__url *url, const char *name,
     h->n_conns = 1;
     pthread_mutex_init(&h->ack_mu, NULL);
     pthread_mutex_init(&h->rd_mu, NULL);
+    pthread_mutex_init(&h->prod.mu, NULL);
+    pthread_cond_init(&h->prod.turn, NULL);
     atomic_init(&h->interrupted, false);
     evq__flusher_init(&h->flusher, redis_flush_later, h);
     h->flusher_init = true;
@@ -728,30 +767,56 @@ static int put_command(evq__buf *b, int argc, const char **argv,
     return 0;
 }
 
-static int redis_enqueue(void *state, const evq__item *items, size_t n)
+/* Writes len bytes on the producers' connection's socket, bypassing
+ * hiredis's output buffer (which a reader of replies may be using, and
+ * which copies a large batch once more on every partial write). */
+static int write_all(rhandle *h, redisContext *c, const char *p, size_t len)
+{
+    while (len > 0) {
+        ssize_t w = send(c->fd, p, len, MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return conn_err_text(h, "enqueue",
+                                 w == 0 || errno == EAGAIN ||
+                                         errno == EWOULDBLOCK
+                                     ? "timed out writing"
+                                     : strerror(errno));
+        p += w;
+        len -= (size_t)w;
+    }
+    return 0;
+}
+
+/* Formats the batch's commands (outside any lock), then writes them on
+ * the producers' connection: its replies are read by redis_finish, in
+ * the order batches were written.  Redis runs them in order, so when the
+ * connection fails part way the events stored are a prefix of the batch;
+ * inside MULTI/EXEC (redis.atomic_batches) they are all stored or none. */
+static int redis_start(void *state, const evq__item *items, size_t n,
+                       void **ticket)
 {
     rhandle *h = state;
+    rprod *pr = &h->prod;
     int rc = 0;
 
+    *ticket = NULL;
     if (atomic_load(&h->interrupted))
         return evq__err(EVQ_ECLOSED, "queue interrupted");
-    rconn *k = conn_take(h, &rc);
-    if (!k)
-        return rc;
-    /* All commands go out in one write and the replies are read after:
-     * one round trip.  Redis runs them in order, so when the connection
-     * fails part way the events stored are a prefix of the batch; inside
-     * MULTI/EXEC (redis.atomic_batches) they are all stored or none. */
-    bool tx = h->atomic_batches && n > 1;
+    rticket *t = malloc(sizeof *t);
+    if (!t)
+        return evq__err(EVQ_ENOMEM, "out of memory");
+    t->tx = h->atomic_batches && n > 1;
+    t->replies = t->tx ? n + 2 : n;
+    t->first_due_ms = INT64_MAX;
     const char *multi[1] = {"MULTI"}, *exec[1] = {"EXEC"};
     const size_t five = 5, four = 4;
     evq__buf cmds = {0};
-    if (tx && put_command(&cmds, 1, multi, &five))
+    if (t->tx && put_command(&cmds, 1, multi, &five))
         rc = evq__err(EVQ_ENOMEM, "out of memory");
     int64_t now = now_ms();
-    size_t sent = 0;
-    for (; sent < n && !rc; sent++) {
-        const evq__item *it = &items[sent];
+    for (size_t i = 0; i < n && !rc; i++) {
+        const evq__item *it = &items[i];
         const char *argv[10];
         size_t lens[10];
         int argc = 0;
@@ -768,6 +833,8 @@ static int redis_enqueue(void *state, const evq__item *items, size_t n)
             int hl = snprintf(member, 48, "%s:0:", id);
             memcpy(member + hl, it->bytes, it->len);
             snprintf(due, sizeof due, "%lld", (long long)(now + it->delay_ms));
+            if (now + it->delay_ms < t->first_due_ms)
+                t->first_due_ms = now + it->delay_ms;
             argv[argc] = "ZADD", lens[argc++] = 4;
             argv[argc] = h->delayed, lens[argc++] = strlen(h->delayed);
             argv[argc] = due, lens[argc++] = strlen(due);
@@ -790,30 +857,79 @@ static int redis_enqueue(void *state, const evq__item *items, size_t n)
             rc = evq__err(EVQ_ENOMEM, "out of memory");
         free(member);
     }
-    if (!rc && tx && put_command(&cmds, 1, exec, &four))
+    if (!rc && t->tx && put_command(&cmds, 1, exec, &four))
         rc = evq__err(EVQ_ENOMEM, "out of memory");
-    if (!rc && redisAppendFormattedCommand(k->c, (const char *)cmds.p,
-                                           cmds.len) != REDIS_OK)
-        rc = evq__err(EVQ_ENOMEM, "out of memory");
+    if (rc) {
+        free(cmds.p);
+        free(t);
+        return rc;
+    }
+
+    pthread_mutex_lock(&pr->mu);
+    /* a connection that failed is replaced once every batch written on
+     * it is reported */
+    while (pr->broken && pr->read != pr->written)
+        pthread_cond_wait(&pr->turn, &pr->mu);
+    if (pr->broken) {
+        redisFree(pr->c);
+        pr->c = NULL;
+        pr->broken = false;
+    }
+    if (!pr->c)
+        rc = connect_one(h, &pr->c, false);
+    if (!rc) {
+        rc = write_all(h, pr->c, (const char *)cmds.p, cmds.len);
+        if (rc)
+            pr->broken = true; /* part of a batch may be on its way */
+        else
+            t->seq = pr->written++;
+    }
+    pthread_mutex_unlock(&pr->mu);
     free(cmds.p);
     if (rc) {
-        /* Nothing was written yet: drop the half-built pipeline with the
-         * connection rather than send part of the batch. */
-        redisFree(k->c);
-        k->c = NULL;
-    } else {
-        rc = read_replies(h, k, tx ? n + 2 : n, tx, "enqueue");
+        free(t);
+        return rc;
     }
-    conn_put(k);
-    if (!rc) /* a delayed event may be due before the next look */
-        for (size_t i = 0; i < n; i++)
-            if (items[i].delay_ms > 0) {
-                int64_t due_ms = now + items[i].delay_ms;
-                int64_t cur = atomic_load(&h->next_promote_ms);
-                while (cur > due_ms && !atomic_compare_exchange_weak(
-                                           &h->next_promote_ms, &cur, due_ms))
-                    ;
-            }
+    *ticket = t;
+    return 0;
+}
+
+/* Reads a batch's replies once every batch written before it has read
+ * its own. */
+static int redis_finish(void *state, void *ticket)
+{
+    rhandle *h = state;
+    rprod *pr = &h->prod;
+    rticket *t = ticket;
+    int rc;
+
+    pthread_mutex_lock(&pr->mu);
+    while (pr->read != t->seq)
+        pthread_cond_wait(&pr->turn, &pr->mu);
+    bool broken = pr->broken;
+    redisContext *c = pr->c;
+    pthread_mutex_unlock(&pr->mu);
+    if (broken)
+        rc = evq__err(EVQ_ECONN,
+                      "redis enqueue: the connection failed before this "
+                      "batch's replies came (some of its events may be "
+                      "stored)");
+    else
+        rc = read_replies(h, c, t->replies, t->tx, "enqueue");
+    pthread_mutex_lock(&pr->mu);
+    if (!broken && c->err) /* replies left unread: out of step */
+        pr->broken = true;
+    pr->read++;
+    pthread_cond_broadcast(&pr->turn);
+    pthread_mutex_unlock(&pr->mu);
+
+    /* a delayed event may be due before the next look */
+    int64_t cur = atomic_load(&h->next_promote_ms);
+    while (!rc && cur > t->first_due_ms &&
+           !atomic_compare_exchange_weak(&h->next_promote_ms, &cur,
+                                         t->first_due_ms))
+        ;
+    free(t);
     return rc;
 }
 
@@ -1366,7 +1482,8 @@ const struct evq_backend_ops evq__backend_redis = {
     .flags = 0,
     .opts = redis_opts,
     .open = redis_open,
-    .enqueue = redis_enqueue,
+    .enqueue_start = redis_start,
+    .enqueue_finish = redis_finish,
     .fetch = redis_fetch,
     .hand_back = redis_hand_back,
     .prefetch_opt = "redis.prefetch",
