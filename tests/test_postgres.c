@@ -5,13 +5,19 @@
  * printed), and junk is dead-lettered; an idle consumer is woken by the
  * enqueue's notification.
  *
- *   test_postgres URL (services.sh run postgres gives it) */
+ * And the server stopped as a crash would (pg_ctl stop -m immediate) and
+ * started again under a stream of synchronous or asynchronous enqueues
+ * loses nothing accepted.
+ *
+ *   test_postgres URL SERVICE_DIR (services.sh run postgres gives both) */
 #include "internal.h"
+#include "outage.h"
 #include "testutil.h"
 
 #include <libpq-fe.h>
 
 static const char *url;
+static const char *sdir; /* the service's folder: pg-stop.sh, pg-start.sh */
 
 /* url with the password, the database or options replaced. */
 static void url_with(char *out, size_t cap, const char *password,
@@ -242,13 +248,38 @@ static void an_idle_consumer_is_woken_by_a_notification(void **state)
     evq_queue_close(q);
 }
 
+/* ---- the server stopped as a crash would, and started again ------------ */
+
+static void restart_server(void *arg)
+{
+    (void)arg;
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "sh %s/pg-stop.sh && sleep 0.3 && sh %s/pg-start.sh",
+             sdir, sdir);
+    assert_int_equal(system(cmd), 0);
+}
+
+static void a_server_restart_loses_no_accepted_event(void **state)
+{
+    (void)state;
+    run_outage(url, "outage", restart_server, NULL, true);
+}
+
+static void an_async_stream_across_a_restart_loses_nothing_reported(
+    void **state)
+{
+    (void)state;
+    run_outage_async(url, "outage-async", restart_server, NULL, true);
+}
+
 int main(int argc, char **argv)
 {
-    if (argc < 2) {
-        fprintf(stderr, "usage: %s POSTGRES_URL\n", argv[0]);
+    if (argc < 3) {
+        fprintf(stderr, "usage: %s POSTGRES_URL SERVICE_DIR\n", argv[0]);
         return 2;
     }
     url = argv[1];
+    sdir = argv[2];
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(the_outbox_commits_with_the_transaction),
         cmocka_unit_test(the_outbox_refuses_what_it_cannot_do),
@@ -256,6 +287,9 @@ int main(int argc, char **argv)
         cmocka_unit_test(junk_rows_are_dead_lettered),
         cmocka_unit_test(a_dropped_table_is_a_clear_error),
         cmocka_unit_test(an_idle_consumer_is_woken_by_a_notification),
+        cmocka_unit_test(a_server_restart_loses_no_accepted_event),
+        cmocka_unit_test(
+            an_async_stream_across_a_restart_loses_nothing_reported),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

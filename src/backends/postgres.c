@@ -152,6 +152,25 @@ typedef struct pghandle {
 
 /* ---- errors and connections ---------------------------------------------- */
 
+/* libpq's message as one line: its line breaks and indents become single
+ * spaces, and the trailing ones go. */
+static void one_line(char *out, size_t cap, const char *msg)
+{
+    size_t n = 0;
+    bool space = false;
+    for (const char *p = msg; *p && n + 1 < cap; p++) {
+        if (*p == '\n' || *p == '\t' || *p == ' ') {
+            space = n > 0;
+            continue;
+        }
+        if (space && n + 2 < cap)
+            out[n++] = ' ';
+        space = false;
+        out[n++] = *p;
+    }
+    out[n] = '\0';
+}
+
 /* An error from libpq on `c` (and `res`, when a statement failed): what
  * kind, and the server's words. */
 static int pg_err(pghandle *h, PGconn *c, const PGresult *res,
@@ -162,10 +181,7 @@ static int pg_err(pghandle *h, PGconn *c, const PGresult *res,
     if (!msg || !*msg)
         msg = c ? PQerrorMessage(c) : "out of memory";
     char text[512];
-    snprintf(text, sizeof text, "%s", msg);
-    size_t n = strlen(text);
-    while (n && (text[n - 1] == '\n' || text[n - 1] == ' '))
-        text[--n] = '\0';
+    one_line(text, sizeof text, msg);
     int code = EVQ_EIO;
     if (!c || PQstatus(c) != CONNECTION_OK || (state && !strncmp(state, "08", 2)) ||
         (state && (!strcmp(state, "57P01") || !strcmp(state, "57P02") ||
@@ -205,10 +221,7 @@ static int pg_connect(pghandle *h, PGconn **c, bool async_commit)
         else if (strstr(m, "does not exist"))
             code = EVQ_ENOENT;
         char text[512];
-        snprintf(text, sizeof text, "%s", m);
-        size_t n = strlen(text);
-        while (n && (text[n - 1] == '\n' || text[n - 1] == ' '))
-            text[--n] = '\0';
+        one_line(text, sizeof text, m);
         int rc = evq__err(code, "postgres connect: %s", text);
         if (code == EVQ_ECONN && !atomic_exchange(&h->down, true))
             evq__logf(h->log, EVQ_LOG_WARN,
@@ -887,8 +900,12 @@ static int pg_fetch(void *state, evq__delivery *d, size_t max, int wait_ms)
             wake = deadline;
         /* libpq may have read a notification while it read the claim's
          * answer: then the socket stays quiet, and poll would miss it */
-        if (!PQconsumeInput(h->rd))
-            continue; /* lost: made again above */
+        if (!PQconsumeInput(h->rd)) { /* lost: made again above */
+            PQfinish(h->rd);
+            h->rd = NULL;
+            h->rd_listening = false;
+            continue;
+        }
         if (drain_notifies(h))
             continue;
         for (;;) {
@@ -903,8 +920,12 @@ static int pg_fetch(void *state, evq__delivery *d, size_t max, int wait_ms)
             if (pr <= 0 || atomic_load(&h->interrupted))
                 break;
             if (p[0].revents) {
-                if (!PQconsumeInput(h->rd)) /* lost: made again above */
+                if (!PQconsumeInput(h->rd)) { /* lost: made again above */
+                    PQfinish(h->rd);
+                    h->rd = NULL;
+                    h->rd_listening = false;
                     break;
+                }
                 if (drain_notifies(h))
                     break;
             }
