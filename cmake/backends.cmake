@@ -9,7 +9,8 @@ set(EVQ_BACKENDS
   "sqlite|sqlite3>=3.35|sqlite"
   "redis|hiredis>=0.14|redis,redis+unix"
   "nats|libnats>=3.4|nats"
-  "kafka|rdkafka>=2.0|kafka")
+  "kafka|rdkafka>=2.0|kafka"
+  "postgres|libpq>=14|postgres,postgresql")
 
 # For each backend with a client library, EVQ_WITH_<NAME> = AUTO (built when
 # the library is found), ON (the library is required) or OFF.  Sets

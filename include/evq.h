@@ -585,6 +585,27 @@ EVQ_API int evq_sqlite_enqueue_in(struct sqlite3 *db, const char *queue,
                                   const evq_event *ev, int64_t delay_ms,
                                   const char *format);
 
+/*
+ * PostgreSQL: the transactional outbox
+ */
+struct pg_conn; /* libpq's PGconn */
+
+/* Enqueues `ev` on queue `queue` of the evq tables (schema `evq`) of the
+ * database `conn` (the application's own libpq connection, borrowed) is
+ * connected to, inside whatever transaction the application holds there,
+ * so its own writes and the event commit or roll back together; consumers
+ * see the event, and are woken by a notification, once that transaction
+ * commits, after `delay_ms`.  `format` names the codec ("json" when NULL)
+ * and must match the queue's.  The tables must exist (opening any
+ * postgres:// queue of the database makes them).  Does not begin or
+ * commit anything; in a transaction already failed it fails too.  Same
+ * threading rules as the connection.  EVQ_ESTATE in a read-only
+ * transaction, EVQ_ECONN when the connection is not open, EVQ_ENOTSUP in
+ * a build without postgres://. */
+EVQ_API int evq_pg_enqueue_in(struct pg_conn *conn, const char *queue,
+                              const evq_event *ev, int64_t delay_ms,
+                              const char *format);
+
 /* --------------------------------------------------------------------------
  * Background processing: the worker pool
  *

@@ -9,6 +9,7 @@ packages=(
   valgrind openssl
   libjansson-dev libsimdjson-dev libmsgpack-dev libcmocka-dev libsqlite3-dev
   libhiredis-dev redis-server libnats-dev nats-server librdkafka-dev kcat
+  libpq-dev postgresql
 )
 
 # `deps.sh bench`: also what make bench uses (gnuplot for the chart,

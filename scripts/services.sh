@@ -5,6 +5,7 @@
 #   scripts/services.sh run redis [--fsync-always] -- COMMAND [ARGS...]
 #   scripts/services.sh run nats [--no-js] [--cluster] [--tls] -- COMMAND...
 #   scripts/services.sh run kafka --broker PROGRAM [--brokers N] [--tls] -- ...
+#   scripts/services.sh run postgres -- COMMAND...
 #
 # In COMMAND's arguments @REDIS_URL@ becomes redis://127.0.0.1:PORT and
 # @REDIS_PORT@ the port; @NATS_URL@ becomes nats://127.0.0.1:PORT (every
@@ -21,7 +22,14 @@
 # becomes its bootstrap list, and commands written to
 # SERVICE_DIR/kafka.ctl take brokers down and up.  Runs nest: COMMAND may
 # be another 'services.sh run' (each replaces only its own placeholders;
-# @REDIS_DIR@, @NATS_DIR@ and @KAFKA_DIR@ name each one's folder).
+# @REDIS_DIR@, @NATS_DIR@, @KAFKA_DIR@ and @PG_DIR@ name each one's folder).
+# postgres runs PostgreSQL's initdb and pg_ctl (as the user postgres when
+# run as root: the server refuses root) with its data in SERVICE_DIR/pg
+# and its socket in SERVICE_DIR; @PG_URL@ becomes
+# postgres://evq:evq-secret@127.0.0.1:PORT/evq (password auth over TCP,
+# trust over the socket), @PG_PORT@ the port, @PG_SOCKET_DIR@ the socket's
+# folder; SERVICE_DIR/pg-start.sh and pg-stop.sh start it again and stop it
+# (pg_ctl stop -m immediate: as a crash would), for tests.
 # The command's exit status is returned.
 set -euo pipefail
 
@@ -108,6 +116,63 @@ make_certs() {
   [ -s "$dir/server.pem" ] || die "openssl made no server certificate"
 }
 
+# The folder of PostgreSQL's programs (initdb, pg_ctl, postgres).
+pg_bindir() {
+  local d
+  for d in /usr/lib/postgresql/*/bin; do
+    [ -x "$d/initdb" ] && { echo "$d"; return; }
+  done
+  command -v initdb >/dev/null && { dirname "$(command -v initdb)"; return; }
+  die "PostgreSQL is not installed (scripts/deps.sh installs it)"
+}
+
+# Starts PostgreSQL in $1/pg on port $2; returns 1 when the port was taken.
+start_postgres() {
+  local dir=$1 port=$2 bin as=()
+  bin=$(pg_bindir)
+  if [ "$(id -u)" = 0 ]; then
+    id postgres >/dev/null 2>&1 || die "no user 'postgres' to run the server as (the postgresql package makes it)"
+    as=(runuser -u postgres --)
+    chown postgres "$dir"
+    chmod 755 "$dir"
+  fi
+  if [ ! -d "$dir/pg" ]; then
+    printf 'evq-secret\n' >"$dir/pg.pw"
+    [ ${#as[@]} -eq 0 ] || chown postgres "$dir/pg.pw"
+    "${as[@]}" "$bin/initdb" -D "$dir/pg" -U evq --pwfile="$dir/pg.pw" \
+      --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --locale=C \
+      >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; die "initdb failed"; }
+  fi
+  local opts="-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=200"
+  printf '#!/bin/sh\nexec %s %s/pg_ctl -D %s/pg -l %s/pg.log -o "%s" -w -t 60 start >/dev/null\n' \
+    "${as[*]}" "$bin" "$dir" "$dir" "$opts" >"$dir/pg-start.sh"
+  printf '#!/bin/sh\nexec %s %s/pg_ctl -D %s/pg -m immediate -w stop >/dev/null\n' \
+    "${as[*]}" "$bin" "$dir" >"$dir/pg-stop.sh"
+  rm -f "$dir/pg.log"
+  if ! sh "$dir/pg-start.sh"; then
+    if grep -qi "could not bind\|address already in use" "$dir/pg.log" 2>/dev/null; then
+      return 1
+    fi
+    cat "$dir/pg.log" >&2 || true
+    die "PostgreSQL did not start on port $port"
+  fi
+  "${as[@]}" "$bin/psql" -h "$dir" -p "$port" -U evq -d postgres -qAt \
+    -c 'CREATE DATABASE evq' >/dev/null || die "could not create the database evq"
+}
+
+stop_postgres() {
+  local dir=$1
+  [ -f "$dir/pg/postmaster.pid" ] || return 0
+  local pid
+  pid=$(head -1 "$dir/pg/postmaster.pid")
+  kill -INT "$pid" 2>/dev/null || return 0 # fast shutdown
+  for _ in $(seq 1 200); do
+    kill -0 "$pid" 2>/dev/null || return 0
+    sleep 0.05
+  done
+  kill -9 "$pid" 2>/dev/null || true
+}
+
 stop_by_pidfile() {
   local pidfile=$1 pid
   [ -f "$pidfile" ] || return 0
@@ -120,7 +185,7 @@ stop_by_pidfile() {
   kill -9 "$pid" 2>/dev/null || true
 }
 
-[ "${1:-}" = run ] || die "usage: services.sh run redis|nats [OPTIONS] -- COMMAND..."
+[ "${1:-}" = run ] || die "usage: services.sh run redis|nats|kafka|postgres [OPTIONS] -- COMMAND..."
 shift
 service=${1:-}
 shift || true
@@ -149,6 +214,7 @@ dir=$(mktemp -d /tmp/evq-services-XXXXXX)
 cleanup() {
   stop_by_pidfile "$dir/redis.pid"
   stop_by_pidfile "$dir/kafka.pid"
+  stop_postgres "$dir"
   for f in "$dir"/nats-*.pid; do
     [ -e "$f" ] && stop_by_pidfile "$f"
   done
@@ -217,6 +283,14 @@ case $service in
     url=$(cat "$dir/kafka.bootstrap")
     port=${url##*:}
     ;;
+  postgres)
+    for attempt in 1 2 3 4 5; do
+      port=$(free_port)
+      start_postgres "$dir" "$port" && break
+      [ "$attempt" -lt 5 ] || die "PostgreSQL found no free port"
+    done
+    url="postgres://evq:evq-secret@127.0.0.1:$port/evq"
+    ;;
   *) die "unknown service '$service'" ;;
 esac
 
@@ -228,6 +302,7 @@ for a in "$@"; do
     redis) a=${a//@REDIS_URL@/$url}; a=${a//@REDIS_PORT@/$port}; a=${a//@REDIS_DIR@/$dir} ;;
     nats) a=${a//@NATS_URL@/$url}; a=${a//@NATS_PORT@/$port}; a=${a//@NATS_DIR@/$dir} ;;
     kafka) a=${a//@KAFKA_BOOTSTRAP@/$url}; a=${a//@KAFKA_DIR@/$dir} ;;
+    postgres) a=${a//@PG_URL@/$url}; a=${a//@PG_PORT@/$port}; a=${a//@PG_SOCKET_DIR@/$dir}; a=${a//@PG_DIR@/$dir} ;;
   esac
   a=${a//@SERVICE_DIR@/$dir}
   args+=("$a")

@@ -106,6 +106,17 @@ int evq_sqlite_enqueue_in(struct sqlite3 *db, const char *queue,
 }
 #endif
 
+#if !EVQ__HAVE_POSTGRES
+int evq_pg_enqueue_in(struct pg_conn *conn, const char *queue,
+                      const evq_event *ev, int64_t delay_ms,
+                      const char *format)
+{
+    EVQ__UNUSED(conn), EVQ__UNUSED(queue), EVQ__UNUSED(ev);
+    EVQ__UNUSED(delay_ms), EVQ__UNUSED(format);
+    return unknown_scheme("postgres");
+}
+#endif
+
 size_t evq_backends(const char **schemes, size_t max)
 {
     size_t n = sizeof backends / sizeof *backends;
