@@ -24,6 +24,7 @@
  */
 #include "internal.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -268,6 +269,33 @@ void evq__sleep_ms(int64_t ms)
     nanosleep(&ts, NULL);
 }
 
+/* Takes the reader's lock by the caller's deadline: false when another
+ * thread reads until then.  The reader gives the lock up and takes it
+ * again every slice, and a mutex is not fair: a waiter without a deadline
+ * here could wait past its own while the reader waits for events this
+ * waiter's thread holds (a worker gathering a batch). */
+static bool lock_reader(evq__ra *ra, int timeout_ms, int64_t deadline)
+{
+    if (timeout_ms == 0)
+        return pthread_mutex_trylock(&ra->rd_mu) == 0;
+    if (deadline == INT64_MAX) {
+        pthread_mutex_lock(&ra->rd_mu);
+        return true;
+    }
+    for (;;) {
+        /* timedlock waits on the realtime clock: convert the deadline */
+        int64_t left = deadline - evq__now_mono_ns();
+        if (left < 0)
+            left = 0;
+        struct timespec ts = evq__ts_from_ns(evq__now_real_ns() + left);
+        int rc = pthread_mutex_timedlock(&ra->rd_mu, &ts);
+        if (rc == 0)
+            return true;
+        if (rc != EINTR)
+            return false;
+    }
+}
+
 int evq__ra_take(evq__ra *ra, evq__delivery *out, size_t max, int timeout_ms)
 {
     int64_t deadline = evq__deadline_ns(timeout_ms);
@@ -282,11 +310,13 @@ int evq__ra_take(evq__ra *ra, evq__delivery *out, size_t max, int timeout_ms)
         size_t n = take(ra, out, max, &waiting, &full);
         if (n)
             return (int)n;
-        if (timeout_ms == 0) {
-            if (pthread_mutex_trylock(&ra->rd_mu) != 0)
+        if (!lock_reader(ra, timeout_ms, deadline)) {
+            if ((n = take(ra, out, max, &waiting, &full)) != 0)
+                return (int)n;
+            if (timeout_ms == 0)
                 return evq__err(EVQ_ETIMEDOUT, "another thread is reading");
-        } else {
-            pthread_mutex_lock(&ra->rd_mu);
+            return evq__err(EVQ_ETIMEDOUT, "no event within %d ms",
+                            timeout_ms);
         }
         if (atomic_load(&ra->interrupted)) {
             pthread_mutex_unlock(&ra->rd_mu);

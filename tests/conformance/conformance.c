@@ -722,6 +722,19 @@ static void *blocked_dequeue(void *arg)
     return (void *)(intptr_t)evq_dequeue(arg, &m, -1);
 }
 
+struct blocked {
+    evq_queue *q;
+    evq_msg *m;
+    int rc;
+};
+
+static void *blocked_take(void *arg)
+{
+    struct blocked *b = arg;
+    b->rc = evq_dequeue(b->q, &b->m, -1);
+    return NULL;
+}
+
 static void interrupt_wakes_a_blocked_dequeue(void **state)
 {
     (void)state;
@@ -732,6 +745,34 @@ static void interrupt_wakes_a_blocked_dequeue(void **state)
     assert_evq_ok(evq_queue_interrupt(q));
     pthread_join(t, &rc);
     assert_int_equal((int)(intptr_t)rc, EVQ_ECLOSED);
+    evq_queue_close(q);
+}
+
+/* A dequeue with a timeout beside one waiting without: it keeps its own
+ * deadline, though the other holds the reading side in turns (a worker
+ * gathering a batch waits so while another thread reads). */
+static void a_timed_dequeue_beside_a_blocked_one_keeps_its_deadline(
+    void **state)
+{
+    (void)state;
+    evq_queue *q = open_fresh(NULL, NULL);
+    struct blocked b = {.q = q};
+    pthread_t t;
+    pthread_create(&t, NULL, blocked_take, &b);
+    for (int i = 0; i < 8; i++) {
+        evq_msg *m = NULL;
+        assert_int_equal(evq_dequeue(q, &m, 100), EVQ_ETIMEDOUT);
+        assert_null(m);
+    }
+    evq_event *ev = numbered(7);
+    assert_evq_ok(evq_enqueue(q, ev));
+    pthread_join(t, NULL);
+    assert_evq_ok(b.rc);
+    assert_non_null(b.m);
+    assert_int_equal(number_of(evq_msg_event(b.m)), 7);
+    assert_evq_ok(evq_ack(b.m));
+    evq_event_free(ev);
+    assert_empty(q);
     evq_queue_close(q);
 }
 
@@ -1749,6 +1790,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(delayed_enqueue_is_not_delivered_early),
         cmocka_unit_test(batch_enqueue_delivers_all),
         cmocka_unit_test(interrupt_wakes_a_blocked_dequeue),
+        cmocka_unit_test(
+            a_timed_dequeue_beside_a_blocked_one_keeps_its_deadline),
         cmocka_unit_test(
             failing_twice_then_succeeding_is_processed_three_times),
         cmocka_unit_test(exhausted_attempts_go_to_the_dead_letter_queue),
