@@ -736,6 +736,62 @@ EVQ_API int evq_worker_stats(const evq_worker *w, struct evq_worker_stats *out);
  * NULL on allocation failure. */
 EVQ_API char *evq_stats_prometheus(evq_queue *q, const evq_worker *w);
 
+/* --------------------------------------------------------------------------
+ * The outbox relay
+ *
+ * Moves events from one queue (an outbox on sqlite:// or postgres://, or
+ * any queue) to another (any backend), keeping each event's id, so
+ * consumers can deduplicate.  A source event is acked only once the
+ * destination reported it stored (its evq_enqueue_async `done` with rc 0).
+ */
+typedef struct evq_relay_opts {
+    /* Events sent and not yet reported stored, 1..100000; 1000.  Their
+     * leases at the source are kept (touched) while they are out, so other
+     * relays on the same source take other events.  A relay killed
+     * mid-stream leaves at most this many to be sent again. */
+    int window;
+    /* Non-zero: return once the source has nothing ready and everything
+     * sent was reported (a drain), rather than wait for more; 0. */
+    int once;
+    /* A source event whose send failed (the destination away, say) is
+     * handed back to the source for a retry after this many ms; 1000. */
+    int retry_ms;
+    evq_log_fn log; /* may be NULL: what fails and recovers, as lines */
+    void *log_arg;
+} evq_relay_opts;
+
+struct evq_relay_stats {
+    uint64_t taken;         /* dequeued from the source */
+    uint64_t moved;         /* stored at the destination, acked at the source */
+    uint64_t failed;        /* sends that failed: handed back for a retry */
+    uint64_t dead_lettered; /* refused for good by the destination
+                               (EVQ_ETOOBIG, EVQ_EINVAL): moved to the
+                               source's dead-letter queue */
+    uint64_t unacked;       /* stored, but the ack at the source failed (its
+                               lease passed on): they are sent again */
+};
+
+/* Fills `o` with the defaults above. */
+EVQ_API void evq_relay_opts_init(evq_relay_opts *o);
+
+/* Relays events from `from` to `to` (both borrowed; distinct handles; `to`
+ * may be on any backend) on the calling thread until evq_queue_interrupt
+ * is called on `from` (from any thread, or a signal handler's thread), or,
+ * with opts->once, until the source is drained.  Then it sends nothing
+ * more, waits for every event out to be reported (evq_flush of `to`) and
+ * settles it at the source, and returns.  `opts` NULL: the defaults.
+ * `stats` (may be NULL) gets the counts.  Sends that fail are handed back
+ * to the source and come again: nothing taken is lost.  Returns 0; with
+ * once, the first send failure's code when some failed (they stay in the
+ * source, evq_errmsg() counts them); EVQ_EINVAL for a bad option; or the
+ * source's error when taking from it fails otherwise than by a server
+ * away (then reconnects are waited for, and said to opts->log).  The
+ * handles may not be used by other threads for dequeueing (`from`) or
+ * flushing (`to`) meanwhile. */
+EVQ_API int evq_relay(evq_queue *from, evq_queue *to,
+                      const evq_relay_opts *opts,
+                      struct evq_relay_stats *stats);
+
 #ifdef __cplusplus
 }
 #endif

@@ -983,6 +983,131 @@ static int cmd_consume(int argc, char **argv)
     return status;
 }
 
+/* ---- relay ----------------------------------------------------------------- */
+
+static const char relay_help[] =
+    "usage: evq relay FROM_URL QUEUE TO_URL [TO_QUEUE] [--once] [--window N]\n"
+    "                 [--retry-ms MS] [-o KEY=VALUE]... [-O KEY=VALUE]...\n"
+    "\n"
+    "Moves the events of QUEUE at FROM_URL (an outbox on sqlite:// or\n"
+    "postgres://, or any queue) to TO_QUEUE (QUEUE when not given) at\n"
+    "TO_URL, keeping each event's id so consumers can deduplicate.  A\n"
+    "source event is acked only once the destination reported it stored.\n"
+    "\n"
+    "  --once        drain what is ready, then exit\n"
+    "  --window N    events sent and not yet reported stored (1000); a relay\n"
+    "                killed mid-stream leaves at most N to be sent again\n"
+    "  --retry-ms MS a failed send is handed back to the source for MS (1000)\n"
+    "  -o KEY=VALUE  an option of the source queue (-O: of the destination)\n"
+    "\n"
+    "Several relays may share one source: each takes other events (their\n"
+    "leases are kept while the events are out).  The destination away: the\n"
+    "events are handed back and come again; said on stderr (then every 30 s).\n"
+    "SIGINT or SIGTERM: stops taking, waits for what is out to be reported,\n"
+    "settles it and exits 0; a second signal ends it at once.  The counts go\n"
+    "to stderr at the end.  Exit status: 0 done; 1 a queue failed (with\n"
+    "--once: some events could not be sent, and stay in the source); 2 usage\n"
+    "error.\n";
+
+static void relay_log(evq_log_level level, const char *line, void *arg)
+{
+    (void)level;
+    (void)arg;
+    fprintf(stderr, "%s %s\n", prog, line);
+}
+
+static int cmd_relay(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"once", no_argument, NULL, '1'},
+        {"window", required_argument, NULL, 'w'},
+        {"retry-ms", required_argument, NULL, 'r'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    evq_relay_opts ro;
+    evq_relay_opts_init(&ro);
+    ro.log = relay_log;
+    evq_opts *opts = NULL, *to_opts = NULL;
+    long v;
+    int c, rc;
+    while ((c = getopt_long(argc, argv, "o:O:h", longopts, NULL)) != -1) {
+        switch (c) {
+        case '1':
+            ro.once = 1;
+            break;
+        case 'w':
+            if (!parse_long(optarg, 1, 100000, &v)) {
+                evq_opts_free(opts);
+                evq_opts_free(to_opts);
+                return usage_error("relay", "bad --window '%s' (1..100000)",
+                                   optarg);
+            }
+            ro.window = (int)v;
+            break;
+        case 'r':
+            if (!parse_long(optarg, 0, 86400000L, &v)) {
+                evq_opts_free(opts);
+                evq_opts_free(to_opts);
+                return usage_error("relay", "bad --retry-ms '%s'", optarg);
+            }
+            ro.retry_ms = (int)v;
+            break;
+        case 'O':
+            if ((rc = add_opt(&to_opts, "relay", optarg)) != 0) {
+                evq_opts_free(opts);
+                evq_opts_free(to_opts);
+                return rc;
+            }
+            break;
+        default: {
+            bool done_;
+            int r_ = common_flag(c, "relay", relay_help, &opts, &done_);
+            if (done_) {
+                evq_opts_free(opts);
+                evq_opts_free(to_opts);
+                return r_;
+            }
+            break;
+        }
+        }
+    }
+    int nargs = argc - optind;
+    if (nargs != 3 && nargs != 4) {
+        evq_opts_free(opts);
+        evq_opts_free(to_opts);
+        return usage_error("relay", "%s",
+                           "needs FROM_URL QUEUE TO_URL [TO_QUEUE]");
+    }
+    const char *from_url = argv[optind], *queue = argv[optind + 1];
+    const char *to_url = argv[optind + 2];
+    const char *to_queue = nargs == 4 ? argv[optind + 3] : queue;
+
+    evq_queue *from, *to;
+    if ((rc = open_queue(from_url, queue, opts, &from))) {
+        evq_opts_free(to_opts);
+        return rc;
+    }
+    if ((rc = open_queue(to_url, to_queue, to_opts, &to))) {
+        evq_queue_close(from);
+        return rc;
+    }
+    catch_signals(from);
+    struct evq_relay_stats st;
+    rc = evq_relay(from, to, &ro, &st);
+    int status = rc ? fail("relay", rc) : 0;
+    catch_signals(NULL);
+    fprintf(stderr,
+            "%s relay: %llu moved, %llu failed and handed back, %llu "
+            "dead-lettered, %llu to be sent again\n",
+            prog, (unsigned long long)st.moved, (unsigned long long)st.failed,
+            (unsigned long long)st.dead_lettered,
+            (unsigned long long)st.unacked);
+    evq_queue_close(to);
+    evq_queue_close(from);
+    return status;
+}
+
 /* ---- stats ------------------------------------------------------------------
  */
 
@@ -1874,6 +1999,8 @@ static const char main_help[] =
     "  dead list|replay|purge URL QUEUE\n"
     "                      show, re-enqueue or drop dead letters\n"
     "  demo [URL]          the seed's example end to end\n"
+    "  relay FROM_URL QUEUE TO_URL [TO_QUEUE]\n"
+    "                      move an outbox's events on to another queue\n"
     "  bench URL           throughput, latency and memory figures\n"
     "  options SCHEME      the options a backend accepts\n"
     "\n"
@@ -1906,7 +2033,7 @@ int main(int argc, char **argv)
         {"produce", cmd_produce}, {"consume", cmd_consume},
         {"stats", cmd_stats},     {"dead", cmd_dead},
         {"demo", cmd_demo},       {"bench", cmd_bench},
-        {"options", cmd_options},
+        {"options", cmd_options}, {"relay", cmd_relay},
     };
     if (argc < 2) {
         fputs(main_help, stderr);
