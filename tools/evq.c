@@ -1082,6 +1082,12 @@ static int cmd_relay(int argc, char **argv)
     const char *from_url = argv[optind], *queue = argv[optind + 1];
     const char *to_url = argv[optind + 2];
     const char *to_queue = nargs == 4 ? argv[optind + 3] : queue;
+    if (strcmp(from_url, to_url) == 0 && strcmp(queue, to_queue) == 0) {
+        evq_opts_free(opts);
+        evq_opts_free(to_opts);
+        return usage_error("relay", "relaying queue '%s' onto itself",
+                           queue);
+    }
 
     evq_queue *from, *to;
     if ((rc = open_queue(from_url, queue, opts, &from))) {
