@@ -196,6 +196,46 @@ static void junk_rows_are_dead_lettered(void **state)
     evq_queue_close(q);
 }
 
+/* A 64 MiB row written by hand, between two events: both delivered, the
+ * row dead-lettered cut to max_event_bytes with its stored size, and this
+ * process never holds it (the claim asks the server for a prefix). */
+static void an_oversize_row_is_dead_lettered_unread(void **state)
+{
+    (void)state;
+    enum { BIG = 64 << 20 };
+    char u[400];
+    url_with(u, sizeof u, "evq-secret", "evq", "max_event_bytes=65536");
+    evq_queue *q;
+    evq_msg *m;
+    assert_evq_ok(evq_queue_open(&q, u, "big", NULL));
+    evq_event *ev = evq_event_new("pg.before", json_integer(1));
+    assert_evq_ok(evq_enqueue(q, ev));
+    evq_event_free(ev);
+    PGconn *c = app_conn();
+    /* visible after the first event, before the second */
+    sql(c, "INSERT INTO evq.messages (queue, body, visible_at, enqueued_at) "
+           "VALUES ('big', convert_to(repeat('x', 67108864), 'UTF8'), 0, 0)");
+    PQfinish(c);
+    ev = evq_event_new("pg.after", json_integer(2));
+    assert_evq_ok(evq_enqueue(q, ev));
+    evq_event_free(ev);
+
+    long before = peak_rss_kib();
+    const char *want[] = {"pg.before", "pg.after"};
+    for (int i = 0; i < 2; i++) {
+        assert_evq_ok(evq_dequeue(q, &m, 20000));
+        assert_string_equal(evq_event_type(evq_msg_event(m)), want[i]);
+        assert_evq_ok(evq_ack(m));
+    }
+    assert_evq_err(evq_dequeue(q, &m, 200), EVQ_ETIMEDOUT);
+    assert_peak_rss_within(before, BIG / 1024 / 4);
+    assert_oversize_dead_letter(q, BIG);
+    struct evq_queue_stats st;
+    assert_evq_ok(evq_queue_stats(q, &st));
+    assert_int_equal(st.depth + st.in_flight + st.delayed, 0);
+    evq_queue_close(q);
+}
+
 /* The table dropped under a handle: its calls fail with the server's
  * words, nothing crashes, and it works again once the table is back. */
 static void a_dropped_table_is_a_clear_error(void **state)
@@ -285,6 +325,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(the_outbox_refuses_what_it_cannot_do),
         cmocka_unit_test(bad_credentials_and_databases_are_clear_errors),
         cmocka_unit_test(junk_rows_are_dead_lettered),
+        cmocka_unit_test(an_oversize_row_is_dead_lettered_unread),
         cmocka_unit_test(a_dropped_table_is_a_clear_error),
         cmocka_unit_test(an_idle_consumer_is_woken_by_a_notification),
         cmocka_unit_test(a_server_restart_loses_no_accepted_event),
