@@ -236,6 +236,63 @@ static void an_oversize_row_is_dead_lettered_unread(void **state)
     evq_queue_close(q);
 }
 
+/* A consumer process SIGKILLed holding a claim: its events come back
+ * after the visibility timeout, with their attempt counted. */
+static void a_dead_consumers_events_come_back(void **state)
+{
+    (void)state;
+    char u[400];
+    url_with(u, sizeof u, "evq-secret", "evq", "visibility_timeout_ms=300");
+    evq_queue *q;
+    evq_msg *m;
+    assert_evq_ok(evq_queue_open(&q, u, "crash", NULL));
+    for (int i = 0; i < 3; i++) {
+        evq_event *ev = evq_event_new("pg.crash", json_integer(i));
+        assert_evq_ok(evq_enqueue(q, ev));
+        evq_event_free(ev);
+    }
+    consume_one_and_die(u, "crash");
+    int seen = 0, redelivered = 0;
+    while (seen < 3) {
+        assert_evq_ok(evq_dequeue(q, &m, 5000));
+        if (evq_event_attempt(evq_msg_event(m)) == 2)
+            redelivered++;
+        seen++;
+        assert_evq_ok(evq_ack(m));
+    }
+    assert_true(redelivered >= 1);
+    assert_evq_err(evq_dequeue(q, &m, 500), EVQ_ETIMEDOUT);
+    evq_queue_close(q);
+}
+
+/* Oldest visible first: events enqueued one by one come out in order,
+ * and a delayed one after those ready before it was due. */
+static void events_come_out_oldest_first(void **state)
+{
+    (void)state;
+    evq_queue *q;
+    evq_msg *m;
+    assert_evq_ok(evq_queue_open(&q, url, "order", NULL));
+    evq_event *late = evq_event_new("pg.late", json_integer(-1));
+    assert_evq_ok(evq_enqueue_delayed(q, late, 300));
+    evq_event_free(late);
+    for (int i = 0; i < 200; i++) {
+        evq_event *ev = evq_event_new("pg.order", json_integer(i));
+        assert_evq_ok(evq_enqueue(q, ev));
+        evq_event_free(ev);
+    }
+    for (int i = 0; i < 200; i++) {
+        assert_evq_ok(evq_dequeue(q, &m, 5000));
+        assert_int_equal(json_integer_value(evq_event_data(evq_msg_event(m))),
+                         i);
+        assert_evq_ok(evq_ack(m));
+    }
+    assert_evq_ok(evq_dequeue(q, &m, 5000));
+    assert_string_equal(evq_event_type(evq_msg_event(m)), "pg.late");
+    assert_evq_ok(evq_ack(m));
+    evq_queue_close(q);
+}
+
 /* The table dropped under a handle: its calls fail with the server's
  * words, nothing crashes, and it works again once the table is back. */
 static void a_dropped_table_is_a_clear_error(void **state)
@@ -326,6 +383,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(bad_credentials_and_databases_are_clear_errors),
         cmocka_unit_test(junk_rows_are_dead_lettered),
         cmocka_unit_test(an_oversize_row_is_dead_lettered_unread),
+        cmocka_unit_test(a_dead_consumers_events_come_back),
+        cmocka_unit_test(events_come_out_oldest_first),
         cmocka_unit_test(a_dropped_table_is_a_clear_error),
         cmocka_unit_test(an_idle_consumer_is_woken_by_a_notification),
         cmocka_unit_test(a_server_restart_loses_no_accepted_event),
