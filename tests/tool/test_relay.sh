@@ -20,15 +20,7 @@ fail() {
 redis="redis://127.0.0.1:$rport"
 n_outbox=0
 
-restart_redis() {
-  redis-server --port "$rport" --bind 127.0.0.1 --dir "$rdir" --save '' \
-    --appendonly yes --appendfsync always --daemonize yes \
-    --pidfile "$rdir/redis.pid" --logfile "$rdir/redis.log" >/dev/null
-  for _ in $(seq 1 100); do
-    redis-cli -p "$rport" ping 2>/dev/null | grep -q PONG && return 0
-    sleep 0.05
-  done
-}
+. "$(dirname "$0")/lib.sh" # restart_redis
 
 # fill URL QUEUE N: N events into the outbox, ids QUEUE-1..QUEUE-N (in
 # $out/ids.QUEUE, sorted)

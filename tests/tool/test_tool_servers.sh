@@ -35,15 +35,7 @@ urls=("sqlite://$rdir/tool.db?visibility_timeout_ms=600000"
       "$5?rdkafka.session.timeout.ms=6000&kafka.create_topics=false")
 names=(sqlite redis nats kafka)
 
-restart_redis() {
-  redis-server --port "$rport" --bind 127.0.0.1 --dir "$rdir" --save '' \
-    --appendonly yes --appendfsync always --daemonize yes \
-    --pidfile "$rdir/redis.pid" --logfile "$rdir/redis.log" >/dev/null
-  for _ in $(seq 1 100); do
-    redis-cli -p "$rport" ping 2>/dev/null | grep -q PONG && return 0
-    sleep 0.05
-  done
-}
+. "$(dirname "$0")/lib.sh" # restart_redis
 
 # produce URL QUEUE N: N events whose data are 1..N
 produce() {
