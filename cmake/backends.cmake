@@ -7,7 +7,7 @@
 set(EVQ_BACKENDS
   "memory||memory"
   "sqlite|sqlite3>=3.35|sqlite"
-  "redis|hiredis>=0.14|redis,redis+unix"
+  "redis|hiredis>=0.14|redis,redis+unix,redis+sentinel"
   "nats|libnats>=3.4|nats"
   "kafka|rdkafka>=2.0|kafka"
   "postgres|libpq>=14|postgres,postgresql")

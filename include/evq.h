@@ -270,8 +270,8 @@ struct evq_queue_stats {
 };
 
 /* Opens queue `name` on the backend chosen by the scheme of `url`
- * ("memory://", "sqlite://", "redis://", "redis+unix://", "nats://",
- * "kafka://").
+ * ("memory://", "sqlite://", "postgres://", "redis://", "redis+unix://",
+ * "redis+sentinel://", "nats://", "kafka://").
  * Options every queue accepts: format (codec name; memory:// passes events
  * by reference when unset, the others default to json), max_event_bytes,
  * max_depth, dead_letter, create; evq_options_help() lists each backend's

@@ -8,7 +8,8 @@ packages=(
   clang libclang-rt-14-dev   # the sanitizer and libFuzzer builds in `make check`
   valgrind openssl
   libjansson-dev libsimdjson-dev libmsgpack-dev libcmocka-dev libsqlite3-dev
-  libhiredis-dev redis-server libnats-dev nats-server librdkafka-dev kcat
+  libhiredis-dev redis-server redis-sentinel libnats-dev nats-server
+  librdkafka-dev kcat
   libpq-dev postgresql
 )
 

@@ -30,6 +30,13 @@
 # trust over the socket), @PG_PORT@ the port, @PG_SOCKET_DIR@ the socket's
 # folder; SERVICE_DIR/pg-start.sh and pg-stop.sh start it again and stop it
 # (pg_ctl stop -m immediate: as a crash would), for tests.
+# sentinel starts a redis-server master and a replica and three
+# redis-sentinel watching the master as "evqmaster" (down after 1 s,
+# quorum 2); @SENTINEL_URL@ becomes
+# redis+sentinel://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3/evqmaster and
+# @SENTINEL_DIR@ the folder: the master's pid is in master/redis.pid, its
+# port in master/port, and master-start.sh starts it again (as a replica
+# of whichever server the sentinels made master meanwhile).
 # The command's exit status is returned.
 set -euo pipefail
 
@@ -160,6 +167,64 @@ start_postgres() {
     -c 'CREATE DATABASE evq' >/dev/null || die "could not create the database evq"
 }
 
+# Sentinel: a master and a replica (redis-server, append-only, fsync
+# always) in $1/master and $1/replica, and three redis-sentinel watching
+# the master as "evqmaster" (down after 1 s, quorum 2) in $1/sentinel-i.
+# Returns 1 when a port was taken.
+start_sentinel() {
+  local dir=$1 mport rport i
+  command -v redis-sentinel >/dev/null || die "redis-sentinel is not installed (scripts/deps.sh installs it)"
+  mport=$(free_port) rport=$(free_port)
+  mkdir -p "$dir/master" "$dir/replica"
+  start_redis "$dir/master" "$mport" always || return 1
+  echo "$mport" >"$dir/master/port"
+  # starts the old master's process again (a test kills it): the
+  # sentinels make it a replica of the new master
+  printf '#!/bin/sh\nredis-server --port %s --bind 127.0.0.1 --dir %s --save "" --appendonly yes --appendfsync always --daemonize yes --pidfile %s/redis.pid --logfile %s/redis.log >/dev/null\n' \
+    "$mport" "$dir/master" "$dir/master" "$dir/master" >"$dir/master-start.sh"
+  start_redis "$dir/replica" "$rport" always || return 1
+  redis-cli -p "$rport" REPLICAOF 127.0.0.1 "$mport" >/dev/null
+  for _ in $(seq 1 200); do
+    redis-cli -p "$rport" INFO replication 2>/dev/null | grep -q 'master_link_status:up' && break
+    sleep 0.05
+  done
+  sentinels=()
+  for i in 1 2 3; do
+    local sport
+    sport=$(free_port)
+    mkdir -p "$dir/sentinel-$i"
+    cat >"$dir/sentinel-$i/sentinel.conf" <<CONF
+port $sport
+bind 127.0.0.1
+dir $dir/sentinel-$i
+pidfile $dir/sentinel-$i/redis.pid
+logfile $dir/sentinel-$i/sentinel.log
+daemonize yes
+sentinel monitor evqmaster 127.0.0.1 $mport 2
+sentinel down-after-milliseconds evqmaster 1000
+sentinel failover-timeout evqmaster 10000
+sentinel parallel-syncs evqmaster 1
+CONF
+    redis-sentinel "$dir/sentinel-$i/sentinel.conf" >/dev/null || return 1
+    sentinels+=("127.0.0.1:$sport")
+  done
+  # ready once each sentinel knows the replica and the other two
+  local ready=0
+  for _ in $(seq 1 600); do
+    ready=0
+    for a in "${sentinels[@]}"; do
+      info=$(redis-cli -p "${a##*:}" SENTINEL master evqmaster 2>/dev/null | tr '\n' ' ')
+      case $info in *"num-slaves 1 "*"num-other-sentinels 2 "*) ready=$((ready + 1)) ;; esac
+    done
+    [ "$ready" = 3 ] && break
+    sleep 0.05
+  done
+  [ "$ready" = 3 ] || die "the sentinels did not find the replica and each other"
+  local IFS=,
+  url="redis+sentinel://${sentinels[*]}/evqmaster"
+  port=$mport
+}
+
 stop_postgres() {
   local dir=$1
   [ -f "$dir/pg/postmaster.pid" ] || return 0
@@ -185,7 +250,7 @@ stop_by_pidfile() {
   kill -9 "$pid" 2>/dev/null || true
 }
 
-[ "${1:-}" = run ] || die "usage: services.sh run redis|nats|kafka|postgres [OPTIONS] -- COMMAND..."
+[ "${1:-}" = run ] || die "usage: services.sh run redis|sentinel|nats|kafka|postgres [OPTIONS] -- COMMAND..."
 shift
 service=${1:-}
 shift || true
@@ -213,6 +278,9 @@ shift
 dir=$(mktemp -d /tmp/evq-services-XXXXXX)
 cleanup() {
   stop_by_pidfile "$dir/redis.pid"
+  for f in "$dir"/sentinel-*/redis.pid "$dir"/master/redis.pid "$dir"/replica/redis.pid; do
+    [ -e "$f" ] && stop_by_pidfile "$f"
+  done
   stop_by_pidfile "$dir/kafka.pid"
   stop_postgres "$dir"
   for f in "$dir"/nats-*.pid; do
@@ -283,6 +351,16 @@ case $service in
     url=$(cat "$dir/kafka.bootstrap")
     port=${url##*:}
     ;;
+  sentinel)
+    for attempt in 1 2 3 4 5; do
+      start_sentinel "$dir" && break
+      for f in "$dir"/sentinel-*/redis.pid "$dir"/master/redis.pid "$dir"/replica/redis.pid; do
+        [ -e "$f" ] && stop_by_pidfile "$f"
+      done
+      rm -rf "$dir"/master "$dir"/replica "$dir"/sentinel-*
+      [ "$attempt" -lt 5 ] || die "redis-sentinel found no free ports"
+    done
+    ;;
   postgres)
     for attempt in 1 2 3 4 5; do
       port=$(free_port)
@@ -302,6 +380,7 @@ for a in "$@"; do
     redis) a=${a//@REDIS_URL@/$url}; a=${a//@REDIS_PORT@/$port}; a=${a//@REDIS_DIR@/$dir} ;;
     nats) a=${a//@NATS_URL@/$url}; a=${a//@NATS_PORT@/$port}; a=${a//@NATS_DIR@/$dir} ;;
     kafka) a=${a//@KAFKA_BOOTSTRAP@/$url}; a=${a//@KAFKA_DIR@/$dir} ;;
+    sentinel) a=${a//@SENTINEL_URL@/$url}; a=${a//@SENTINEL_DIR@/$dir} ;;
     postgres) a=${a//@PG_URL@/$url}; a=${a//@PG_PORT@/$port}; a=${a//@PG_SOCKET_DIR@/$dir}; a=${a//@PG_DIR@/$dir} ;;
   esac
   a=${a//@SERVICE_DIR@/$dir}

@@ -82,7 +82,7 @@ static bool outage_producer_done(void *arg)
  * (SIGKILL) and starts it again, returning once it answers, or takes one
  * node of a cluster down.  `calls_fail`: whether the producer must have
  * seen the outage (a cluster may hide it). */
-static void run_outage(const char *url, const char *name,
+static inline void run_outage(const char *url, const char *name,
                        void (*restart)(void *), void *arg, bool calls_fail)
 {
     struct outage_producer p = {0};
@@ -198,7 +198,7 @@ static void outage_log_reset(void)
  * exactly once, and every event reported 0 is processed; the log got a few
  * lines, not one per event, and (must_tell: a client that cannot ride the
  * outage out silently) they told of the outage and its end. */
-static void run_outage_async(const char *url, const char *name,
+static inline void run_outage_async(const char *url, const char *name,
                              void (*restart)(void *), void *arg,
                              bool must_tell)
 {

@@ -2015,6 +2015,8 @@ static const char main_help[] =
     "  memory://                        in this process only\n"
     "  sqlite:///path/file.db           sqlite://file.db: relative\n"
     "  redis://[user:pw@]host:port[/db] redis+unix:///path/redis.sock\n"
+    "  redis+sentinel://host:26379[,host:26379...]/master[/db]\n"
+    "  postgres://[user:pw@]host[:port]/dbname\n"
     "  nats://[user:pw@]host:port[,host:port...]\n"
     "  kafka://host:port[,host:port...]\n"
     "Exit status: 0 success, 1 failure, 2 usage error.\n";

@@ -1,6 +1,12 @@
 /*
- * redis.c - queues on Redis Streams: redis://[user:password@]host:port[/db]
- * and redis+unix:///path/redis.sock.
+ * redis.c - queues on Redis Streams: redis://[user:password@]host:port[/db],
+ * redis+unix:///path/redis.sock, and
+ * redis+sentinel://[user:password@]s1:26379,s2:26379/master[/db]: the
+ * master of that name, asked of the sentinels (SENTINEL
+ * get-master-addr-by-name) whenever a connection is made, and checked
+ * with ROLE; a connection that fails, or that gets -READONLY (its server
+ * was made a replica), is made again, so producers and consumers follow a
+ * failover.
  *
  * Keys (all under redis.prefix, default "evq:"): the stream <prefix><name>,
  * read through the consumer group "evq"; the sorted set
@@ -49,8 +55,9 @@
 
 typedef struct rcfg {
     int64_t visibility_timeout_ms, prefetch, maxlen, connections,
-        ack_flush_ms, connect_timeout_ms, command_timeout_ms;
-    const char *prefix;
+        ack_flush_ms, connect_timeout_ms, command_timeout_ms, wait_replicas,
+        wait_timeout_ms;
+    const char *prefix, *sentinel_password;
     bool atomic_batches;
 } rcfg;
 
@@ -88,6 +95,19 @@ static const evq__opt_spec redis_opts[] = {
     {"redis.command_timeout_ms", EVQ__OPT_INT, "10000", 1, 600000, NULL,
      "timeout of each command (blocking reads excepted)",
      EVQ__AT(rcfg, command_timeout_ms)},
+    {"redis.wait_replicas", EVQ__OPT_INT, "0", 0, 100, NULL,
+     "an enqueue is reported stored only once this many replicas have it "
+     "(WAIT after each batch); 0: once the server has it (a failover can "
+     "lose the last writes)",
+     EVQ__AT(rcfg, wait_replicas)},
+    {"redis.wait_timeout_ms", EVQ__OPT_INT, "5000", 1, 600000, NULL,
+     "how long a batch waits for redis.wait_replicas; fewer by then fails "
+     "it (its events may be stored)",
+     EVQ__AT(rcfg, wait_timeout_ms)},
+    {"redis.sentinel_password", EVQ__OPT_STRING, NULL, 0, 0, NULL,
+     "redis+sentinel://: the sentinels' password (the URL's is the "
+     "master's)",
+     EVQ__AT(rcfg, sentinel_password)},
     {0},
 };
 
@@ -230,8 +250,8 @@ typedef struct rprod {
 /* A batch out on the producers' connection. */
 typedef struct rticket {
     uint64_t seq;
-    size_t replies;
-    bool tx;
+    size_t replies; /* the batch's, the WAIT's not counted */
+    bool tx, wait;
     int64_t first_due_ms; /* of its delayed events, or INT64_MAX */
 } rticket;
 
@@ -248,6 +268,14 @@ typedef struct rhandle {
     bool opened;   /* open succeeded: close has acks and entries to settle */
     char *host, *user, *password, *unix_path;
     int port, db;
+    /* redis+sentinel://: the master's name and the sentinels; host and
+     * port are then the master's last known address (under addr_mu) */
+    char *master_name, *sentinel_password;
+    evq__host *sentinels;
+    size_t n_sentinels, sentinel_next; /* the next to ask first (addr_mu) */
+    pthread_mutex_t addr_mu;
+    int wait_replicas;
+    char wait_replicas_s[16], wait_timeout_s[24];
     struct timeval connect_tv, command_tv;
     char *stream, *delayed;
     char *prefix; /* the keys' */
@@ -286,10 +314,15 @@ static int64_t now_ms(void)
 
 static int conn_err_text(rhandle *h, const char *what, const char *text)
 {
-    int rc = evq__err(EVQ_ECONN, "redis %s to %s%s%s:%d: %s", what,
+    pthread_mutex_lock(&h->addr_mu);
+    int rc = evq__err(EVQ_ECONN, "redis %s to %s%s%s:%d%s%s: %s", what,
                       h->unix_path ? "unix:" : "",
-                      h->unix_path ? h->unix_path : h->host, "", h->port,
-                      text);
+                      h->unix_path ? h->unix_path
+                      : h->host    ? h->host
+                                   : "?",
+                      "", h->port, h->master_name ? ", master of " : "",
+                      h->master_name ? h->master_name : "", text);
+    pthread_mutex_unlock(&h->addr_mu);
     /* Said once an outage starts (after open), and when it ends. */
     if (h->opened && !atomic_exchange(&h->down, true))
         evq__logf(h->log, EVQ_LOG_WARN,
@@ -310,11 +343,38 @@ static redisReply *command(redisContext *c, int argc, const char **argv,
     return redisCommandArgv(c, argc, argv, lens);
 }
 
+static int reply_err(redisReply *r, const char *what);
+
+/* Whether r says its server is a replica now (after a failover). */
+static bool is_readonly(const redisReply *r)
+{
+    return r && r->type == REDIS_REPLY_ERROR &&
+           strncmp(r->str, "READONLY", 8) == 0;
+}
+
+/* A reply that is an error becomes EVQ_EIO with the server's text;
+ * -READONLY (the server is a replica now) EVQ_ECONN, and c (when given)
+ * is marked failed, so it is made again, to the master. */
+static int reply_err_on(redisContext *c, redisReply *r, const char *what)
+{
+    if (is_readonly(r)) {
+        if (c && !c->err) {
+            c->err = REDIS_ERR_OTHER;
+            snprintf(c->errstr, sizeof c->errstr,
+                     "the server is a replica now (READONLY)");
+        }
+        return evq__err(EVQ_ECONN, "redis %s: %s", what, r->str);
+    }
+    return reply_err(r, what);
+}
+
 /* A reply that is an error becomes EVQ_EIO with the server's text. */
 static int reply_err(redisReply *r, const char *what)
 {
     if (!r)
         return evq__err(EVQ_ECONN, "redis %s: connection lost", what);
+    if (is_readonly(r))
+        return evq__err(EVQ_ECONN, "redis %s: %s", what, r->str);
     if (r->type == REDIS_REPLY_ERROR)
         return evq__err(strncmp(r->str, "WRONGPASS", 9) == 0 ||
                                 strncmp(r->str, "NOAUTH", 6) == 0 ||
@@ -325,11 +385,121 @@ static int reply_err(redisReply *r, const char *what)
     return 0;
 }
 
+/* Asks the sentinels, in turn from the last that answered, for the
+ * master's address: h->host and h->port (under addr_mu) and host/port. */
+static int find_master(rhandle *h, char *host, size_t cap, int *port)
+{
+    char why[256] = "";
+    pthread_mutex_lock(&h->addr_mu);
+    size_t first = h->sentinel_next;
+    pthread_mutex_unlock(&h->addr_mu);
+    for (size_t k = 0; k < h->n_sentinels; k++) {
+        size_t i = (first + k) % h->n_sentinels;
+        const evq__host *s = &h->sentinels[i];
+        redisContext *c = redisConnectWithTimeout(s->host, s->port,
+                                                  h->connect_tv);
+        if (!c || c->err) {
+            snprintf(why, sizeof why, "sentinel %s:%d: %s", s->host, s->port,
+                     c ? c->errstr : "cannot allocate a connection");
+            redisFree(c);
+            continue;
+        }
+        redisSetTimeout(c, h->command_tv);
+        redisReply *r = NULL;
+        if (h->sentinel_password) {
+            const char *a[2] = {"AUTH", h->sentinel_password};
+            r = redisCommandArgv(c, 2, a, NULL);
+            if (!r || r->type == REDIS_REPLY_ERROR) {
+                snprintf(why, sizeof why, "sentinel %s:%d: AUTH: %s",
+                         s->host, s->port,
+                         r ? r->str : c->errstr);
+                freeReplyObject(r);
+                redisFree(c);
+                continue;
+            }
+            freeReplyObject(r);
+        }
+        const char *a[3] = {"SENTINEL", "get-master-addr-by-name",
+                            h->master_name};
+        r = redisCommandArgv(c, 3, a, NULL);
+        if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+            r->element[0]->type == REDIS_REPLY_STRING &&
+            r->element[1]->type == REDIS_REPLY_STRING) {
+            snprintf(host, cap, "%s", r->element[0]->str);
+            *port = atoi(r->element[1]->str);
+            freeReplyObject(r);
+            redisFree(c);
+            pthread_mutex_lock(&h->addr_mu);
+            bool moved = h->host && (strcmp(h->host, host) != 0 ||
+                                     h->port != *port);
+            if (!h->host || moved) {
+                char *old = h->host;
+                h->host = evq__strdup(host);
+                if (!h->host)
+                    h->host = old;
+                else
+                    free(old);
+            }
+            h->port = *port;
+            h->sentinel_next = i;
+            pthread_mutex_unlock(&h->addr_mu);
+            if (moved)
+                evq__logf(h->log, EVQ_LOG_WARN,
+                          "the master of %s is now %s:%d (a failover)",
+                          h->master_name, host, *port);
+            return 0;
+        }
+        snprintf(why, sizeof why, "sentinel %s:%d: %s", s->host, s->port,
+                 !r                              ? c->errstr
+                 : r->type == REDIS_REPLY_ERROR  ? r->str
+                 : r->type == REDIS_REPLY_NIL    ? "no master of that name"
+                                                 : "an unexpected answer");
+        freeReplyObject(r);
+        redisFree(c);
+    }
+    return evq__err(EVQ_ECONN,
+                    "redis+sentinel: no sentinel gave the master of '%s' "
+                    "(last: %s)",
+                    h->master_name, why);
+}
+
+/* Whether the server on c says it is a master (ROLE). */
+static int check_master(rhandle *h, redisContext *c)
+{
+    const char *a[1] = {"ROLE"};
+    redisReply *r = redisCommandArgv(c, 1, a, NULL);
+    if (!r)
+        return conn_err(h, c, "ROLE");
+    bool master = r->type == REDIS_REPLY_ARRAY && r->elements > 0 &&
+                  r->element[0]->type == REDIS_REPLY_STRING &&
+                  strcmp(r->element[0]->str, "master") == 0;
+    freeReplyObject(r);
+    if (!master)
+        return conn_err_text(h, "connect",
+                             "the sentinels' master is not a master yet (a "
+                             "failover under way)");
+    return 0;
+}
+
 static int connect_one(rhandle *h, redisContext **out, bool blocking_reads)
 {
-    redisContext *c =
-        h->unix_path ? redisConnectUnixWithTimeout(h->unix_path, h->connect_tv)
-                     : redisConnectWithTimeout(h->host, h->port, h->connect_tv);
+    char host[256];
+    int port = 0;
+    redisContext *c;
+    if (h->master_name) {
+        int rc = find_master(h, host, sizeof host, &port);
+        if (rc) {
+            if (h->opened && !atomic_exchange(&h->down, true))
+                evq__logf(h->log, EVQ_LOG_WARN, "%s; trying again",
+                          evq_errmsg());
+            return rc;
+        }
+        c = redisConnectWithTimeout(host, port, h->connect_tv);
+    } else {
+        c = h->unix_path
+                ? redisConnectUnixWithTimeout(h->unix_path, h->connect_tv)
+                : redisConnectWithTimeout(h->host, h->port, h->connect_tv);
+    }
     if (!c || c->err) {
         int rc = conn_err(h, c, "connect");
         redisFree(c);
@@ -354,6 +524,8 @@ static int connect_one(rhandle *h, redisContext **out, bool blocking_reads)
         rc = reply_err(r, "SELECT");
         freeReplyObject(r);
     }
+    if (!rc && h->master_name)
+        rc = check_master(h, c);
     if (rc) {
         redisFree(c);
         return rc;
@@ -399,7 +571,7 @@ static int run(rhandle *h, int argc, const char **argv, const size_t *lens,
         if (!*reply)
             rc = conn_err(h, k->c, what);
         else
-            rc = reply_err(*reply, what);
+            rc = reply_err_on(k->c, *reply, what);
         conn_put(k);
     }
     if (rc) {
@@ -423,14 +595,14 @@ static int read_replies(rhandle *h, redisContext *c, size_t n,
             return rc ? rc : crc;
         }
         if (!rc)
-            rc = reply_err(r, what);
+            rc = reply_err_on(c, r, what);
         /* EXEC answers with the array of results; any error inside fails
          * the call (the others ran: Redis has no rollback). */
         if (!rc && exec_last && i == n - 1) {
             if (r->type != REDIS_REPLY_ARRAY)
                 rc = evq__err(EVQ_EIO, "redis %s: transaction aborted", what);
             for (size_t j = 0; !rc && j < r->elements; j++)
-                rc = reply_err(r->element[j], what);
+                rc = reply_err_on(c, r->element[j], what);
         }
         freeReplyObject(r);
     }
@@ -568,6 +740,12 @@ static void redis_close(void *state)
     pthread_mutex_destroy(&h->prod.mu);
     pthread_cond_destroy(&h->prod.turn);
     free(h->host);
+    free(h->master_name);
+    free(h->sentinel_password);
+    for (size_t i = 0; i < h->n_sentinels; i++)
+        free(h->sentinels[i].host);
+    free(h->sentinels);
+    pthread_mutex_destroy(&h->addr_mu);
     free(h->user);
     free(h->password);
     free(h->unix_path);
@@ -616,6 +794,7 @@ static int redis_open(void **state, const evq__url *url, const char *name,
     h->n_conns = 1;
     pthread_mutex_init(&h->ack_mu, NULL);
     pthread_mutex_init(&h->rd_mu, NULL);
+    pthread_mutex_init(&h->addr_mu, NULL);
     pthread_mutex_init(&h->prod.mu, NULL);
     pthread_cond_init(&h->prod.turn, NULL);
     atomic_init(&h->interrupted, false);
@@ -628,6 +807,47 @@ static int redis_open(void **state, const evq__url *url, const char *name,
                                         "redis+unix:///path/redis.sock");
         }
         h->unix_path = evq__strdup(url->path);
+    } else if (strcmp(url->scheme, "redis+sentinel") == 0) {
+        /* /master[/db] */
+        const char *mname = url->path[0] == '/' ? url->path + 1 : "";
+        const char *slash = strchr(mname, '/');
+        size_t nl = slash ? (size_t)(slash - mname) : strlen(mname);
+        if (!url->n_hosts || nl == 0) {
+            redis_close(h);
+            return evq__err(EVQ_EINVAL,
+                            "redis+sentinel:// URLs name the sentinels and "
+                            "the master: redis+sentinel://host:26379[,host:"
+                            "26379...]/master[/db]");
+        }
+        if (slash) {
+            char *end;
+            long db = strtol(slash + 1, &end, 10);
+            if (!slash[1] || *end || db < 0 || db > 1000000) {
+                redis_close(h);
+                return evq__err(EVQ_EINVAL,
+                                "redis+sentinel:// URL: '%.32s' after the "
+                                "master's name is not a database number",
+                                slash + 1);
+            }
+            h->db = (int)db;
+        }
+        h->master_name = evq__strndup(mname, nl);
+        h->sentinels = calloc(url->n_hosts, sizeof *h->sentinels);
+        if (!h->master_name || !h->sentinels) {
+            redis_close(h);
+            return evq__err(EVQ_ENOMEM, "out of memory");
+        }
+        for (size_t i = 0; i < url->n_hosts; i++) {
+            h->sentinels[i].host = evq__strdup(
+                url->hosts[i].host[0] ? url->hosts[i].host : "127.0.0.1");
+            h->sentinels[i].port =
+                url->hosts[i].port ? url->hosts[i].port : 26379;
+            h->n_sentinels++;
+            if (!h->sentinels[i].host) {
+                redis_close(h);
+                return evq__err(EVQ_ENOMEM, "out of memory");
+            }
+        }
     } else {
         if (url->n_hosts > 1) {
             redis_close(h);
@@ -659,8 +879,16 @@ static int redis_open(void **state, const evq__url *url, const char *name,
     evq__opts_read(opts, redis_opts, &cfg);
     const char *prefix = cfg.prefix;
     h->prefix = evq__strdup(prefix);
+    h->wait_replicas = (int)cfg.wait_replicas;
+    snprintf(h->wait_replicas_s, sizeof h->wait_replicas_s, "%d",
+             h->wait_replicas);
+    snprintf(h->wait_timeout_s, sizeof h->wait_timeout_s, "%lld",
+             (long long)cfg.wait_timeout_ms);
+    if (cfg.sentinel_password)
+        h->sentinel_password = evq__strdup(cfg.sentinel_password);
     if (queue_keys(prefix, name, &h->stream, &h->delayed) || !h->prefix ||
-        (!h->host && !h->unix_path)) {
+        (!h->host && !h->unix_path && !h->master_name) ||
+        (cfg.sentinel_password && !h->sentinel_password)) {
         redis_close(h);
         return evq__err(EVQ_ENOMEM, "out of memory");
     }
@@ -859,6 +1087,14 @@ static int redis_start(void *state, const evq__item *items, size_t n,
     }
     if (!rc && t->tx && put_command(&cmds, 1, exec, &four))
         rc = evq__err(EVQ_ENOMEM, "out of memory");
+    t->wait = h->wait_replicas > 0;
+    if (!rc && t->wait) {
+        const char *argv[3] = {"WAIT", h->wait_replicas_s, h->wait_timeout_s};
+        size_t lens[3] = {4, strlen(h->wait_replicas_s),
+                          strlen(h->wait_timeout_s)};
+        if (put_command(&cmds, 3, argv, lens))
+            rc = evq__err(EVQ_ENOMEM, "out of memory");
+    }
     if (rc) {
         free(cmds.p);
         free(t);
@@ -894,6 +1130,27 @@ static int redis_start(void *state, const evq__item *items, size_t n,
     return 0;
 }
 
+/* Reads the answer to a batch's WAIT: how many replicas have it. */
+static int wait_reply(rhandle *h, redisContext *c)
+{
+    redisReply *r = NULL;
+    if (c->err || redisGetReply(c, (void **)&r) != REDIS_OK)
+        return conn_err(h, c, "WAIT");
+    int rc = reply_err_on(c, r, "WAIT");
+    if (!rc && r->type != REDIS_REPLY_INTEGER)
+        rc = evq__err(EVQ_EIO, "redis WAIT: an unexpected answer");
+    if (!rc && r->integer < h->wait_replicas)
+        rc = evq__err(EVQ_ETIMEDOUT,
+                      "redis enqueue: %lld of redis.wait_replicas=%d "
+                      "replicas had the batch within redis.wait_timeout_ms=%s "
+                      "(its events are on the master, and may be lost in a "
+                      "failover)",
+                      (long long)r->integer, h->wait_replicas,
+                      h->wait_timeout_s);
+    freeReplyObject(r);
+    return rc;
+}
+
 /* Reads a batch's replies once every batch written before it has read
  * its own. */
 static int redis_finish(void *state, void *ticket)
@@ -916,6 +1173,11 @@ static int redis_finish(void *state, void *ticket)
                       "stored)");
     else
         rc = read_replies(h, c, t->replies, t->tx, "enqueue");
+    if (!broken && t->wait) {
+        int wrc = wait_reply(h, c);
+        if (!rc)
+            rc = wrc;
+    }
     pthread_mutex_lock(&pr->mu);
     if (!broken && c->err) /* replies left unread: out of step */
         pr->broken = true;
@@ -1123,7 +1385,7 @@ static int take_reply(rhandle *h, rsink *sink)
     }
     if (grc != REDIS_OK)
         return conn_err(h, h->rd, "XREADGROUP");
-    int rc = reply_err(r, "XREADGROUP");
+    int rc = reply_err_on(h->rd, r, "XREADGROUP");
     if (!rc && r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
         r->element[0]->elements >= 2) {
         redisReply *entries = r->element[0]->element[1];

@@ -23,13 +23,13 @@ lacks() { ! grep -q -- "$2" "$out/$1" || fail "$3: $1 has '$2'"; }
 
 expect 0 "help" -- "$evq" --help
 has stdout "produce URL QUEUE" "help"
-for scheme in memory sqlite redis redis+unix nats kafka; do
+for scheme in memory sqlite postgres redis redis+unix redis+sentinel nats kafka; do
   has stdout "$scheme://" "help names $scheme"
 done
 expect 2 "no command" -- "$evq"
 expect 2 "unknown command" -- "$evq" frobnicate
 has stderr "unknown command 'frobnicate'" "unknown command"
-for cmd in produce consume stats dead demo bench options; do
+for cmd in produce consume stats dead demo bench options relay; do
   expect 0 "$cmd --help" -- "$evq" $cmd --help
   has stdout "usage: evq $cmd" "$cmd --help"
 done
