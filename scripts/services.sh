@@ -183,11 +183,14 @@ start_sentinel() {
   printf '#!/bin/sh\nredis-server --port %s --bind 127.0.0.1 --dir %s --save "" --appendonly yes --appendfsync always --daemonize yes --pidfile %s/redis.pid --logfile %s/redis.log >/dev/null\n' \
     "$mport" "$dir/master" "$dir/master" "$dir/master" >"$dir/master-start.sh"
   start_redis "$dir/replica" "$rport" always || return 1
-  redis-cli -p "$rport" REPLICAOF 127.0.0.1 "$mport" >/dev/null
+  redis-cli -p "$rport" REPLICAOF 127.0.0.1 "$mport" | grep -q OK ||
+    die "REPLICAOF failed on the replica (port $rport)"
+  local linked=no
   for _ in $(seq 1 200); do
-    redis-cli -p "$rport" INFO replication 2>/dev/null | grep -q 'master_link_status:up' && break
+    redis-cli -p "$rport" INFO replication 2>/dev/null | grep -q 'master_link_status:up' && { linked=yes; break; }
     sleep 0.05
   done
+  [ "$linked" = yes ] || die "the replica (port $rport) did not link to the master"
   sentinels=()
   for i in 1 2 3; do
     local sport
@@ -206,6 +209,14 @@ sentinel failover-timeout evqmaster 10000
 sentinel parallel-syncs evqmaster 1
 CONF
     redis-sentinel "$dir/sentinel-$i/sentinel.conf" >/dev/null || return 1
+    # daemonized before it binds: a taken port shows in its log
+    local up=no
+    for _ in $(seq 1 100); do
+      redis-cli -p "$sport" ping 2>/dev/null | grep -q PONG && { up=yes; break; }
+      grep -q "Address already in use\|Failed listening" "$dir/sentinel-$i/sentinel.log" 2>/dev/null && return 1
+      sleep 0.05
+    done
+    [ "$up" = yes ] || { cat "$dir/sentinel-$i/sentinel.log" >&2; die "redis-sentinel did not start on port $sport"; }
     sentinels+=("127.0.0.1:$sport")
   done
   # ready once each sentinel knows the replica and the other two

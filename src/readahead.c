@@ -313,6 +313,10 @@ int evq__ra_take(evq__ra *ra, evq__delivery *out, size_t max, int timeout_ms)
         if (!lock_reader(ra, timeout_ms, deadline)) {
             if ((n = take(ra, out, max, &waiting, &full)) != 0)
                 return (int)n;
+            if (atomic_load(&ra->interrupted))
+                return evq__err(EVQ_ECLOSED, "queue interrupted");
+            if (away[0])
+                return evq__err(away_rc, "%s", away);
             if (timeout_ms == 0)
                 return evq__err(EVQ_ETIMEDOUT, "another thread is reading");
             return evq__err(EVQ_ETIMEDOUT, "no event within %d ms",

@@ -288,6 +288,10 @@ int evq_relay(evq_queue *from, evq_queue *to, const evq_relay_opts *opts,
     for (;;) {
         settle_reported(&r);
         keep_leases(&r);
+        /* A drain stops taking at the first failed send: what failed
+         * stays in the source, and the call says so. */
+        if (opts->once && r.first_failure)
+            break;
         size_t room = window - r.out;
         if (room == 0) {
             wait_reported(&r, 100);
@@ -337,8 +341,12 @@ int evq_relay(evq_queue *from, evq_queue *to, const evq_relay_opts *opts,
         snprintf(status_why, sizeof status_why, "%s", evq_errmsg());
         break;
     }
-    /* Everything out gets its report, and is settled. */
-    evq_flush(to, -1);
+    /* Everything out gets its report, and is settled; leases are kept
+     * while the destination takes its time. */
+    while (evq_flush(to, 100) == EVQ_ETIMEDOUT) {
+        settle_reported(&r);
+        keep_leases(&r);
+    }
     while (r.out) {
         settle_reported(&r);
         keep_leases(&r);

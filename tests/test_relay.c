@@ -173,6 +173,36 @@ static void refusals_are_dead_lettered_at_the_source(void **state)
     evq_queue_close(to);
 }
 
+/* A drain whose destination fails returns (with retry_ms 0 too) with the
+ * first failure's code, what failed still in the source. */
+static void a_drain_to_a_failing_destination_returns(void **state)
+{
+    (void)state;
+    static char ids[20][64];
+    evq_queue *from = open_q(db_url, "relay-fail");
+    evq_queue *to = open_q("memory://?format=json&capacity=5&overflow=error",
+                           "relay-fail");
+    fill(from, 20, ids);
+    evq_relay_opts o;
+    evq_relay_opts_init(&o);
+    o.once = 1;
+    o.retry_ms = 0;
+    o.window = 4;
+    struct evq_relay_stats st;
+    assert_evq_err(evq_relay(from, to, &o, &st), EVQ_EFULL);
+    assert_non_null(strstr(evq_errmsg(), "stay in the source"));
+    assert_true(st.moved >= 1 && st.moved <= 5); /* batches: all or none */
+    assert_true(st.failed >= 1);
+    struct evq_queue_stats qs;
+    assert_evq_ok(evq_queue_stats(from, &qs));
+    assert_int_equal(qs.in_flight, 0);
+    assert_int_equal((uint64_t)(qs.depth + qs.delayed) + st.moved, 20);
+    assert_evq_ok(evq_queue_stats(to, &qs));
+    assert_int_equal((uint64_t)qs.depth, st.moved);
+    evq_queue_close(from);
+    evq_queue_close(to);
+}
+
 int main(void)
 {
     char dir[] = "/tmp/evq-relay-XXXXXX";
@@ -184,6 +214,7 @@ int main(void)
         cmocka_unit_test(a_drain_moves_every_event_with_its_id),
         cmocka_unit_test(an_interrupt_ends_it_with_nothing_out),
         cmocka_unit_test(refusals_are_dead_lettered_at_the_source),
+        cmocka_unit_test(a_drain_to_a_failing_destination_returns),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     char cmd[300];

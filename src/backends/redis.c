@@ -345,11 +345,15 @@ static redisReply *command(redisContext *c, int argc, const char **argv,
 
 static int reply_err(redisReply *r, const char *what);
 
-/* Whether r says its server is a replica now (after a failover). */
+/* Whether r says its server is a replica now (after a failover): a
+ * write refused (-READONLY, also inside a script's error), or a blocked
+ * read ended by the change of role. */
 static bool is_readonly(const redisReply *r)
 {
     return r && r->type == REDIS_REPLY_ERROR &&
-           strncmp(r->str, "READONLY", 8) == 0;
+           (strstr(r->str, "READONLY") ||
+            (strncmp(r->str, "UNBLOCKED", 9) == 0 &&
+             strstr(r->str, "instance state changed")));
 }
 
 /* A reply that is an error becomes EVQ_EIO with the server's text;
@@ -470,6 +474,11 @@ static int check_master(rhandle *h, redisContext *c)
     redisReply *r = redisCommandArgv(c, 1, a, NULL);
     if (!r)
         return conn_err(h, c, "ROLE");
+    if (r->type == REDIS_REPLY_ERROR) {
+        int rc = reply_err(r, "ROLE");
+        freeReplyObject(r);
+        return rc;
+    }
     bool master = r->type == REDIS_REPLY_ARRAY && r->elements > 0 &&
                   r->element[0]->type == REDIS_REPLY_STRING &&
                   strcmp(r->element[0]->str, "master") == 0;
@@ -879,6 +888,16 @@ static int redis_open(void **state, const evq__url *url, const char *name,
     evq__opts_read(opts, redis_opts, &cfg);
     const char *prefix = cfg.prefix;
     h->prefix = evq__strdup(prefix);
+    if (cfg.wait_replicas > 0 &&
+        cfg.wait_timeout_ms >= cfg.command_timeout_ms) {
+        redis_close(h);
+        return evq__err(EVQ_EINVAL,
+                        "redis.wait_timeout_ms (%lld) must be shorter than "
+                        "redis.command_timeout_ms (%lld): a WAIT is read "
+                        "within the command timeout",
+                        (long long)cfg.wait_timeout_ms,
+                        (long long)cfg.command_timeout_ms);
+    }
     h->wait_replicas = (int)cfg.wait_replicas;
     snprintf(h->wait_replicas_s, sizeof h->wait_replicas_s, "%d",
              h->wait_replicas);
