@@ -331,8 +331,9 @@ case $service in
           port=${ports[0]}
           url="nats://127.0.0.1:${ports[0]},127.0.0.1:${ports[1]},127.0.0.1:${ports[2]}"
           # JetStream can place a stream on three servers once every
-          # one of them knows the elected meta leader.
-          for _ in $(seq 1 400); do
+          # one of them knows the elected meta leader (a minute at most:
+          # under a loaded TSan run it took more than 20 s once).
+          for _ in $(seq 1 1200); do
             known=0
             for i in 1 2 3; do
               grep -qi "JetStream cluster new metadata leader\|Self is new JetStream cluster metadata leader" \
