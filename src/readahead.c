@@ -24,7 +24,6 @@
  */
 #include "internal.h"
 
-#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -282,18 +281,11 @@ static bool lock_reader(evq__ra *ra, int timeout_ms, int64_t deadline)
         pthread_mutex_lock(&ra->rd_mu);
         return true;
     }
-    for (;;) {
-        /* timedlock waits on the realtime clock: convert the deadline */
-        int64_t left = deadline - evq__now_mono_ns();
-        if (left < 0)
-            left = 0;
-        struct timespec ts = evq__ts_from_ns(evq__now_real_ns() + left);
-        int rc = pthread_mutex_timedlock(&ra->rd_mu, &ts);
-        if (rc == 0)
-            return true;
-        if (rc != EINTR)
-            return false;
-    }
+    /* timedlock waits on the realtime clock: convert the deadline */
+    int64_t left = deadline - evq__now_mono_ns();
+    struct timespec ts =
+        evq__ts_from_ns(evq__now_real_ns() + (left > 0 ? left : 0));
+    return pthread_mutex_timedlock(&ra->rd_mu, &ts) == 0;
 }
 
 int evq__ra_take(evq__ra *ra, evq__delivery *out, size_t max, int timeout_ms)

@@ -23,6 +23,7 @@
 #define RELAY_TAKE 256        /* most events taken from the source at once */
 #define RELAY_WINDOW_MAX 100000
 #define RELAY_SAY_EVERY_NS (30 * 1000000000LL) /* a failure said again */
+#define RELAY_KEEP_EVERY_NS (10 * 1000000LL)    /* leases looked at */
 
 typedef struct relay relay;
 
@@ -50,6 +51,7 @@ struct relay {
     int first_failure; /* with once: the first send that failed */
     char first_why[256];
     int64_t said_ns; /* when the destination's failure was last said */
+    int64_t next_keep_ns; /* when keep_leases looks again */
     uint64_t failed_since_said;
 };
 
@@ -183,6 +185,11 @@ static void settle_reported(relay *r)
 static void keep_leases(relay *r)
 {
     int64_t now = evq__now_mono_ns();
+    /* leases last at least 100 ms (visibility_timeout_ms): a look every
+     * 10 ms is enough, not one per batch taken */
+    if (now < r->next_keep_ns)
+        return;
+    r->next_keep_ns = now + RELAY_KEEP_EVERY_NS;
     size_t window = (size_t)r->o->window;
     for (size_t i = 0; i < window; i++) {
         rslot *s = &r->slots[i];
