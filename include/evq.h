@@ -748,7 +748,9 @@ typedef struct evq_relay_opts {
     /* Events sent and not yet reported stored, 1..100000; 1000.  Their
      * leases at the source are kept (touched) while they are out, so other
      * relays on the same source take other events.  A relay killed
-     * mid-stream leaves at most this many to be sent again. */
+     * mid-stream leaves at most this many to be sent again, plus the acks
+     * the source had not yet sent (sqlite.ack_flush_ms,
+     * postgres.ack_flush_ms, redis.ack_flush_ms: 0 sends each at once). */
     int window;
     /* Non-zero: return once the source has nothing ready and everything
      * sent was reported (a drain), rather than wait for more; 0. */

@@ -97,7 +97,7 @@ empty "$sq" two "two relays"
 
 # ---- a relay SIGKILLed mid-stream: the next one sends the rest -----------
 fill "$sq" killed 20000
-"$evq" relay "$sq" killed "$redis" --window 200 2>"$out/killed.err" &
+"$evq" relay "$sq" killed "$redis" --window 200 -o sqlite.ack_flush_ms=0 2>"$out/killed.err" &
 pid=$!
 for _ in $(seq 1 400); do
   [ "$(redis-cli -p "$rport" XLEN evq:killed 2>/dev/null || echo 0)" -ge 3000 ] && break
