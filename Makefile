@@ -28,7 +28,7 @@ CTEST_FLAGS := --output-on-failure --timeout 600 -j $(JOBS)
 # make's builds have every backend (cmake/backends.cmake): a missing client
 # library is an error here, not a backend quietly left out.
 WITH_ALL := -DEVQ_WITH_SQLITE=ON -DEVQ_WITH_REDIS=ON -DEVQ_WITH_NATS=ON \
-            -DEVQ_WITH_KAFKA=ON -DEVQ_WITH_POSTGRES=ON
+            -DEVQ_WITH_KAFKA=ON -DEVQ_WITH_POSTGRES=ON -DEVQ_WITH_AMQP=ON
 
 .PHONY: bench all deps build demo check check-normal check-asan check-tsan check-install \
         check-fuzz check-valgrind fuzz soak format install clean

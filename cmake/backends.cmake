@@ -10,7 +10,8 @@ set(EVQ_BACKENDS
   "redis|hiredis>=0.14|redis,redis+unix,redis+sentinel"
   "nats|libnats>=3.4|nats"
   "kafka|rdkafka>=2.0|kafka"
-  "postgres|libpq>=14|postgres,postgresql")
+  "postgres|libpq>=14|postgres,postgresql"
+  "amqp|librabbitmq>=0.11|amqp,amqps")
 
 # For each backend with a client library, EVQ_WITH_<NAME> = AUTO (built when
 # the library is found), ON (the library is required) or OFF.  Sets

@@ -11,6 +11,7 @@ packages=(
   libhiredis-dev redis-server redis-sentinel libnats-dev nats-server
   librdkafka-dev kcat
   libpq-dev postgresql
+  librabbitmq-dev rabbitmq-server amqp-tools
 )
 
 # `deps.sh bench`: also what make bench uses (gnuplot for the chart,

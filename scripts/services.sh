@@ -6,6 +6,7 @@
 #   scripts/services.sh run nats [--no-js] [--cluster] [--tls] -- COMMAND...
 #   scripts/services.sh run kafka --broker PROGRAM [--brokers N] [--tls] -- ...
 #   scripts/services.sh run postgres -- COMMAND...
+#   scripts/services.sh run rabbitmq -- COMMAND...
 #
 # In COMMAND's arguments @REDIS_URL@ becomes redis://127.0.0.1:PORT and
 # @REDIS_PORT@ the port; @NATS_URL@ becomes nats://127.0.0.1:PORT (every
@@ -37,6 +38,13 @@
 # @SENTINEL_DIR@ the folder: the master's pid is in master/redis.pid, its
 # port in master/port, and master-start.sh starts it again (as a replica
 # of whichever server the sentinels made master meanwhile).
+# rabbitmq runs Debian's rabbitmq-server (its scripts in
+# /usr/lib/rabbitmq/bin, as the calling user) with an epmd of its own, its
+# node's name, ports and data in SERVICE_DIR/rabbit; @AMQP_URL@ becomes
+# amqp://guest:guest@127.0.0.1:PORT/%2f, @AMQP_PORT@ the port, @AMQP_DIR@
+# the folder.  The node's pid is in SERVICE_DIR/rabbit/node.pid and
+# SERVICE_DIR/rabbit/start.sh starts it again (same ports, same data) for
+# tests that kill it.
 # The command's exit status is returned.
 set -euo pipefail
 
@@ -236,6 +244,73 @@ CONF
   port=$mport
 }
 
+# RabbitMQ in $1/rabbit, AMQP on port $2: an epmd of its own first (so
+# nothing is left behind and no system epmd is needed).  Returns 1 when a
+# port was taken.
+start_rabbitmq() {
+  local dir=$1/rabbit port=$2 dport eport bin=/usr/lib/rabbitmq/bin
+  [ -x "$bin/rabbitmq-server" ] || die "rabbitmq-server is not installed (scripts/deps.sh installs it)"
+  command -v epmd >/dev/null || die "epmd is not installed (it comes with rabbitmq-server)"
+  dport=$(free_port) eport=$(free_port)
+  rm -rf "$dir"
+  mkdir -p "$dir/home" "$dir/log" "$dir/mnesia"
+  setsid epmd -port "$eport" -address 127.0.0.1 </dev/null >"$dir/epmd.log" 2>&1 &
+  echo $! >"$dir/epmd.pid"
+  cat >"$dir/rabbitmq.conf" <<CONF
+listeners.tcp.default = 127.0.0.1:$port
+distribution.listener.interface = 127.0.0.1
+distribution.listener.port_range.min = $dport
+distribution.listener.port_range.max = $dport
+disk_free_limit.absolute = 1MB
+log.file.level = info
+log.console = false
+CONF
+  : >"$dir/enabled_plugins"
+  cat >"$dir/env" <<ENV
+export HOME=$dir/home
+export ERL_EPMD_PORT=$eport
+export ERL_EPMD_ADDRESS=127.0.0.1
+export RABBITMQ_NODENAME=evq-$port@localhost
+export RABBITMQ_USE_LONGNAME=false
+export RABBITMQ_CONFIG_FILE=$dir/rabbitmq.conf
+export RABBITMQ_CONF_ENV_FILE=$dir/none.conf
+export RABBITMQ_ENABLED_PLUGINS_FILE=$dir/enabled_plugins
+export RABBITMQ_MNESIA_BASE=$dir/mnesia
+export RABBITMQ_LOG_BASE=$dir/log
+export RABBITMQ_PID_FILE=$dir/node.pid
+export RABBITMQ_DIST_PORT=$dport
+ENV
+  printf '#!/bin/sh\n. %s/env\nrm -f %s/node.pid\nsetsid %s/rabbitmq-server </dev/null >>%s/server.out 2>&1 &\necho $! >%s/server.pid\n' \
+    "$dir" "$dir" "$bin" "$dir" "$dir" >"$dir/start.sh"
+  sh "$dir/start.sh"
+  for _ in $(seq 1 1200); do
+    if [ -s "$dir/node.pid" ] && (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null &&
+       grep -q "Server startup complete" "$dir"/log/*.log 2>/dev/null; then
+      return 0
+    fi
+    if grep -qi "eaddrinuse\|address already in use" "$dir"/log/*.log "$dir/server.out" 2>/dev/null; then
+      stop_rabbitmq "$1"
+      return 1
+    fi
+    if ! kill -0 "$(cat "$dir/server.pid")" 2>/dev/null; then
+      grep -qi "eaddrinuse" "$dir/server.out" && { stop_rabbitmq "$1"; return 1; }
+      cat "$dir/server.out" >&2; tail -20 "$dir"/log/*.log >&2 2>/dev/null || true
+      die "rabbitmq-server exited before it started"
+    fi
+    sleep 0.05
+  done
+  cat "$dir/server.out" >&2; tail -20 "$dir"/log/*.log >&2 2>/dev/null || true
+  die "rabbitmq-server did not start on port $port"
+}
+
+stop_rabbitmq() {
+  local dir=$1/rabbit
+  [ -d "$dir" ] || return 0
+  stop_by_pidfile "$dir/node.pid"
+  stop_by_pidfile "$dir/server.pid"
+  stop_by_pidfile "$dir/epmd.pid"
+}
+
 stop_postgres() {
   local dir=$1
   [ -f "$dir/pg/postmaster.pid" ] || return 0
@@ -261,7 +336,7 @@ stop_by_pidfile() {
   kill -9 "$pid" 2>/dev/null || true
 }
 
-[ "${1:-}" = run ] || die "usage: services.sh run redis|sentinel|nats|kafka|postgres [OPTIONS] -- COMMAND..."
+[ "${1:-}" = run ] || die "usage: services.sh run redis|sentinel|nats|kafka|postgres|rabbitmq [OPTIONS] -- COMMAND..."
 shift
 service=${1:-}
 shift || true
@@ -294,6 +369,7 @@ cleanup() {
   done
   stop_by_pidfile "$dir/kafka.pid"
   stop_postgres "$dir"
+  stop_rabbitmq "$dir"
   for f in "$dir"/nats-*.pid; do
     [ -e "$f" ] && stop_by_pidfile "$f"
   done
@@ -381,6 +457,14 @@ case $service in
     done
     url="postgres://evq:evq-secret@127.0.0.1:$port/evq"
     ;;
+  rabbitmq)
+    for attempt in 1 2 3 4 5; do
+      port=$(free_port)
+      start_rabbitmq "$dir" "$port" && break
+      [ "$attempt" -lt 5 ] || die "rabbitmq-server found no free port"
+    done
+    url="amqp://guest:guest@127.0.0.1:$port/%2f"
+    ;;
   *) die "unknown service '$service'" ;;
 esac
 
@@ -393,6 +477,7 @@ for a in "$@"; do
     nats) a=${a//@NATS_URL@/$url}; a=${a//@NATS_PORT@/$port}; a=${a//@NATS_DIR@/$dir} ;;
     kafka) a=${a//@KAFKA_BOOTSTRAP@/$url}; a=${a//@KAFKA_DIR@/$dir} ;;
     sentinel) a=${a//@SENTINEL_URL@/$url}; a=${a//@SENTINEL_DIR@/$dir} ;;
+    rabbitmq) a=${a//@AMQP_URL@/$url}; a=${a//@AMQP_PORT@/$port}; a=${a//@AMQP_DIR@/$dir} ;;
     postgres) a=${a//@PG_URL@/$url}; a=${a//@PG_PORT@/$port}; a=${a//@PG_SOCKET_DIR@/$dir}; a=${a//@PG_DIR@/$dir} ;;
   esac
   a=${a//@SERVICE_DIR@/$dir}
