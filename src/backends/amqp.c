@@ -252,7 +252,7 @@ static int rpc_fail(ahandle *h, aconn *c, amqp_channel_t ch,
             amqp_send_method(c->st, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok);
         }
         if (c->up)
-            evq__logf(h->log, EVQ_LOG_WARN, "lost the broker (%s)", t);
+            evq__logf(h->log, EVQ_LOG_WARN, "lost the connection to the broker (%s)", t);
         conn_drop(c);
     }
     return rc;
@@ -508,7 +508,7 @@ static int pub_read(ahandle *h, int64_t wait_ms)
     if (st != AMQP_STATUS_OK) {
         int rc = evq__err(EVQ_ECONN, "amqp publish: %s",
                           amqp_error_string2(st));
-        evq__logf(h->log, EVQ_LOG_WARN, "lost the broker (%s)",
+        evq__logf(h->log, EVQ_LOG_WARN, "lost the connection to the broker (%s)",
                   amqp_error_string2(st));
         pub_lost(h, rc);
         conn_drop(&h->pub);
@@ -656,7 +656,7 @@ static int publish_one(ahandle *h, const char *target, amqp_basic_properties_t *
     if (st != AMQP_STATUS_OK) {
         int rc = evq__err(EVQ_ECONN, "amqp publish: %s",
                           amqp_error_string2(st));
-        evq__logf(h->log, EVQ_LOG_WARN, "lost the broker (%s)",
+        evq__logf(h->log, EVQ_LOG_WARN, "lost the connection to the broker (%s)",
                   amqp_error_string2(st));
         pub_lost(h, rc);
         conn_drop(&h->pub);
@@ -948,6 +948,7 @@ static int con_ready(ahandle *h)
     if (h->con.up && h->con.consuming)
         return 0;
     int rc;
+    bool again = h->con.gen > 0;
     if (!h->con.up && (rc = conn_open(h, &h->con, false)) != 0)
         return rc;
     amqp_basic_qos(h->con.st, CH, 0, (uint16_t)h->cfg.prefetch, 0);
@@ -960,6 +961,8 @@ static int con_ready(ahandle *h)
     if (r.reply_type != AMQP_RESPONSE_NORMAL)
         return rpc_fail(h, &h->con, CH, r, "basic.consume");
     h->con.consuming = true;
+    if (again)
+        evq__logf(h->log, EVQ_LOG_INFO, "consuming again");
     return 0;
 }
 
@@ -970,7 +973,7 @@ static int con_other_frame(ahandle *h)
     struct timeval tv = tv_ms(h->cfg.timeout_ms);
     int st = amqp_simple_wait_frame_noblock(h->con.st, &f, &tv);
     if (st != AMQP_STATUS_OK) {
-        evq__logf(h->log, EVQ_LOG_WARN, "lost the broker (%s)",
+        evq__logf(h->log, EVQ_LOG_WARN, "lost the connection to the broker (%s)",
                   amqp_error_string2(st));
         conn_drop(&h->con);
         return evq__err(EVQ_ECONN, "amqp consume: %s", amqp_error_string2(st));
@@ -1102,7 +1105,7 @@ static int amqp_fetch(void *state, evq__delivery *d, size_t max, int wait_ms)
                 continue;
             }
             char t[256];
-            evq__logf(h->log, EVQ_LOG_WARN, "lost the broker (%s)",
+            evq__logf(h->log, EVQ_LOG_WARN, "lost the connection to the broker (%s)",
                       reply_text(r, t, sizeof t));
             rc = evq__err(EVQ_ECONN, "amqp consume: %s", t);
             conn_drop(&h->con);
@@ -1150,7 +1153,7 @@ static int settle(ahandle *h, amsg *m, bool ack, const char *what)
     int st = ack ? amqp_basic_ack(h->con.st, CH, m->env.delivery_tag, 0)
                  : amqp_basic_reject(h->con.st, CH, m->env.delivery_tag, 1);
     if (st != AMQP_STATUS_OK) {
-        evq__logf(h->log, EVQ_LOG_WARN, "lost the broker (%s)",
+        evq__logf(h->log, EVQ_LOG_WARN, "lost the connection to the broker (%s)",
                   amqp_error_string2(st));
         conn_drop(&h->con);
         return evq__err(EVQ_ECONN, "amqp %s: %s", what, amqp_error_string2(st));
