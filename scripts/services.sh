@@ -6,7 +6,7 @@
 #   scripts/services.sh run nats [--no-js] [--cluster] [--tls] -- COMMAND...
 #   scripts/services.sh run kafka --broker PROGRAM [--brokers N] [--tls] -- ...
 #   scripts/services.sh run postgres -- COMMAND...
-#   scripts/services.sh run rabbitmq -- COMMAND...
+#   scripts/services.sh run rabbitmq [--tls] -- COMMAND...
 #
 # In COMMAND's arguments @REDIS_URL@ becomes redis://127.0.0.1:PORT and
 # @REDIS_PORT@ the port; @NATS_URL@ becomes nats://127.0.0.1:PORT (every
@@ -42,7 +42,9 @@
 # /usr/lib/rabbitmq/bin, as the calling user) with an epmd of its own, its
 # node's name, ports and data in SERVICE_DIR/rabbit; @AMQP_URL@ becomes
 # amqp://guest:guest@127.0.0.1:PORT/%2f, @AMQP_PORT@ the port, @AMQP_DIR@
-# the folder.  The node's pid is in SERVICE_DIR/rabbit/node.pid and
+# the folder; with --tls it takes TLS connections too (the test CA's
+# server certificate), on @AMQPS_PORT@.  The node's pid is in
+# SERVICE_DIR/rabbit/node.pid and
 # SERVICE_DIR/rabbit/start.sh starts it again (same ports, same data) for
 # tests that kill it.
 # The command's exit status is returned.
@@ -265,6 +267,17 @@ disk_free_limit.absolute = 1MB
 log.file.level = info
 log.console = false
 CONF
+  if [ "$tls" = yes ]; then
+    tport=$(free_port)
+    cat >>"$dir/rabbitmq.conf" <<CONF
+listeners.ssl.default = 127.0.0.1:$tport
+ssl_options.cacertfile = $1/ca.pem
+ssl_options.certfile = $1/server.pem
+ssl_options.keyfile = $1/server.key
+ssl_options.verify = verify_none
+ssl_options.fail_if_no_peer_cert = false
+CONF
+  fi
   : >"$dir/enabled_plugins"
   cat >"$dir/env" <<ENV
 export HOME=$dir/home
@@ -477,7 +490,7 @@ for a in "$@"; do
     nats) a=${a//@NATS_URL@/$url}; a=${a//@NATS_PORT@/$port}; a=${a//@NATS_DIR@/$dir} ;;
     kafka) a=${a//@KAFKA_BOOTSTRAP@/$url}; a=${a//@KAFKA_DIR@/$dir} ;;
     sentinel) a=${a//@SENTINEL_URL@/$url}; a=${a//@SENTINEL_DIR@/$dir} ;;
-    rabbitmq) a=${a//@AMQP_URL@/$url}; a=${a//@AMQP_PORT@/$port}; a=${a//@AMQP_DIR@/$dir} ;;
+    rabbitmq) a=${a//@AMQP_URL@/$url}; a=${a//@AMQP_PORT@/$port}; a=${a//@AMQPS_PORT@/${tport:-}}; a=${a//@AMQP_DIR@/$dir} ;;
     postgres) a=${a//@PG_URL@/$url}; a=${a//@PG_PORT@/$port}; a=${a//@PG_SOCKET_DIR@/$dir}; a=${a//@PG_DIR@/$dir} ;;
   esac
   a=${a//@SERVICE_DIR@/$dir}

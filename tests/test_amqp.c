@@ -9,7 +9,10 @@
  * and started again under synchronous and asynchronous producers loses
  * nothing confirmed.
  *
- *   test_amqp AMQP_URL SERVICE_DIR (services.sh run rabbitmq gives both) */
+ * amqps:// reaches the broker's TLS listener only with the right CA.
+ *
+ *   test_amqp AMQP_URL SERVICE_DIR AMQPS_PORT (services.sh run rabbitmq
+ *   --tls gives them) */
 #include "internal.h"
 #include "outage.h"
 #include "testutil.h"
@@ -20,9 +23,12 @@
 static const char *url;
 static const char *sdir; /* the service's folder: rabbit/start.sh, node.pid */
 static int port;
+static int tls_port; /* the broker's TLS listener */
 
-/* Runs a shell command with @URL@ replaced by the broker's URL; its
- * standard output into out (NUL-terminated). */
+/* Runs a shell command (printf-style) with $URL set to the broker's
+ * URL; its standard output into out (NUL-terminated). */
+static int sh(char *out, size_t cap, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static int sh(char *out, size_t cap, const char *fmt, ...)
 {
     char cmd[4096], line[8192];
@@ -352,6 +358,35 @@ static void a_dead_consumers_events_come_back(void **state)
     evq_queue_close(q);
 }
 
+/* amqps://: a broker whose certificate the test CA signed is reached
+ * and used; the same broker checked against an unrelated CA is refused
+ * with a clear error. */
+static void amqps_verifies_the_broker(void **state)
+{
+    (void)state;
+    char u[1024];
+    evq_queue *q;
+    evq_msg *m;
+    snprintf(u, sizeof u,
+             "amqps://guest:guest@localhost:%d/%%2f?amqp.tls_ca=%s/ca.pem",
+             tls_port, sdir);
+    assert_evq_ok(evq_queue_open(&q, u, "over-tls", NULL));
+    evq_event *ev = evq_event_new("tls.hello", json_integer(1));
+    assert_evq_ok(evq_enqueue(q, ev));
+    assert_evq_ok(evq_dequeue(q, &m, 10000));
+    assert_string_equal(evq_event_id(evq_msg_event(m)), evq_event_id(ev));
+    assert_evq_ok(evq_ack(m));
+    evq_event_free(ev);
+    evq_queue_close(q);
+
+    snprintf(u, sizeof u,
+             "amqps://guest:guest@localhost:%d/%%2f?amqp.tls_ca=%s/"
+             "other-ca.pem&connect_timeout_ms=2000",
+             tls_port, sdir);
+    assert_evq_err(evq_queue_open(&q, u, "over-tls", NULL), EVQ_ECONN);
+    assert_errmsg_has("cannot connect");
+}
+
 /* ---- the broker killed and started again --------------------------------- */
 
 static void restart_broker(void *arg)
@@ -413,12 +448,14 @@ static void an_async_stream_across_a_restart_loses_nothing_reported(
 
 int main(int argc, char **argv)
 {
-    if (argc < 3) {
-        fprintf(stderr, "usage: %s AMQP_URL SERVICE_DIR\n", argv[0]);
+    if (argc < 4) {
+        fprintf(stderr, "usage: %s AMQP_URL SERVICE_DIR AMQPS_PORT\n",
+                argv[0]);
         return 2;
     }
     url = argv[1];
     sdir = argv[2];
+    tls_port = atoi(argv[3]);
     const char *colon = strrchr(url, ':');
     port = colon ? atoi(colon + 1) : 5672;
     if (getenv("EVQ_TEST_FILTER")) /* run only the tests matching it */
@@ -430,6 +467,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(bad_credentials_and_places_are_clear_errors),
         cmocka_unit_test(delays_use_levels_and_due_headers_hold),
         cmocka_unit_test(a_dead_consumers_events_come_back),
+        cmocka_unit_test(amqps_verifies_the_broker),
         cmocka_unit_test(a_broker_restart_loses_no_accepted_event),
         cmocka_unit_test(
             an_async_stream_across_a_restart_loses_nothing_reported),
