@@ -17,6 +17,7 @@ export BENCH_RESULTS=$here/results.tsv
   "$here/nats.sh" "$build" 200000 "$runs"
   "$here/kafka.sh" "$build" 100000 "$runs"
   "$here/postgres.sh" "$build" 100000 "$runs"
+  "$here/amqp.sh" "$build" 100000 "$runs"
   "$here/relay.sh" "$build" 100000 "$runs"
 } 2>&1 | tee "$here/results.log"
 "$here/report.sh" "$BENCH_RESULTS" "$here/results.md" "$here/results.png"

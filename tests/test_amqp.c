@@ -238,6 +238,37 @@ static void junk_from_another_client_is_dead_lettered(void **state)
     evq_queue_close(q);
 }
 
+/* A 2 MiB body from another client on a queue with a 64 KiB
+ * max_event_bytes, between two events: both delivered, the big one
+ * dead-lettered as a prefix with its stored size. */
+static void an_oversize_message_is_dead_lettered(void **state)
+{
+    (void)state;
+    char u[512];
+    url_with(u, sizeof u, "guest:guest", "%2f", "max_event_bytes=65536");
+    evq_queue *q;
+    evq_msg *m;
+    assert_evq_ok(evq_queue_open(&q, u, "big", NULL));
+    evq_event *ev = evq_event_new("amqp.before", json_integer(1));
+    assert_evq_ok(evq_enqueue(q, ev));
+    evq_event_free(ev);
+    assert_int_equal(sh(NULL, 0,
+                        "head -c 2097152 /dev/zero | tr '\\0' x | "
+                        "amqp-publish -u \"$URL\" -r big -p"),
+                     0);
+    ev = evq_event_new("amqp.after", json_integer(2));
+    assert_evq_ok(evq_enqueue(q, ev));
+    evq_event_free(ev);
+    const char *want[] = {"amqp.before", "amqp.after"};
+    for (int i = 0; i < 2; i++) {
+        assert_evq_ok(evq_dequeue(q, &m, 20000));
+        assert_string_equal(evq_event_type(evq_msg_event(m)), want[i]);
+        assert_evq_ok(evq_ack(m));
+    }
+    assert_oversize_dead_letter(q, 2097152);
+    evq_queue_close(q);
+}
+
 static void bad_credentials_and_places_are_clear_errors(void **state)
 {
     (void)state;
@@ -464,6 +495,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(amqp_tools_read_and_write_structured_events),
         cmocka_unit_test(binary_mode_events_cross_both_ways),
         cmocka_unit_test(junk_from_another_client_is_dead_lettered),
+        cmocka_unit_test(an_oversize_message_is_dead_lettered),
         cmocka_unit_test(bad_credentials_and_places_are_clear_errors),
         cmocka_unit_test(delays_use_levels_and_due_headers_hold),
         cmocka_unit_test(a_dead_consumers_events_come_back),

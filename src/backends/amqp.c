@@ -1044,6 +1044,11 @@ static void fill(ahandle *h, evq__delivery *d, amsg *m)
     if (d->ev) {
         d->bytes = NULL;
         d->len = 0;
+    } else if (d->len > h->lim.max_bytes) {
+        /* read whole (AMQP has no partial read): dead-lettered as a
+         * prefix with its stored size, as on the other backends */
+        d->full_len = d->len;
+        d->len = h->lim.max_bytes;
     }
 }
 
