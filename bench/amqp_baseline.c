@@ -158,7 +158,7 @@ int main(int argc, char **argv)
         return 2;
     }
     amqp_connection_state_t c = connect_to(argv[1], atoi(argv[2]));
-    int rc;
+    int rc = 0;
     if (strcmp(argv[3], "publish") == 0 && argc >= 7)
         rc = publish(c, atol(argv[4]), atoi(argv[5]), atol(argv[6]));
     else if (strcmp(argv[3], "consume") == 0)

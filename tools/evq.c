@@ -928,14 +928,15 @@ static int cmd_consume(int argc, char **argv)
             deadline = mono_ns() + timeout_s * 1000000000LL;
         size_t line = 0;
         if ((rc = print_event_n(stdout, evq_msg_event(m), &line)) != 0) {
+            int werr = errno; /* the nack's own I/O may set errno */
             evq_nack(m, 0);
-            if (errno == EPIPE) {
+            if (werr == EPIPE) {
                 gone = true;
                 in_hand = 1;
                 break;
             }
             fprintf(stderr, "%s consume: writing the event failed: %s\n", prog,
-                    strerror(errno));
+                    strerror(werr));
             status = EXIT_FAILURE;
             break;
         }

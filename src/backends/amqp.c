@@ -788,10 +788,10 @@ static int amqp_start(void *state, const evq__item *items, size_t n,
             pthread_mutex_unlock(&h->pub_mu);
             return rc;
         }
-        /* the rest never went: fail the batch, keep what went counted */
+        /* the rest never went: the batch fails (confirms of what went
+         * may still come, and find no batch) */
         batch_fail(b, rc, evq_errmsg());
-        b->last = b->first + sent - 1;
-        b->left -= n - sent;
+        b->left = 0;
     }
     pthread_mutex_unlock(&h->pub_mu);
     *ticket = b;
@@ -1081,7 +1081,7 @@ static int amqp_fetch(void *state, evq__delivery *d, size_t max, int wait_ms)
     size_t n_later = 0;
     pthread_mutex_lock(&h->con_mu);
     int64_t now_ms = evq__now_real_ns() / 1000000;
-    while (n < max && h->con.up) {
+    while (n < max && h->con.up && n_later < sizeof later / sizeof *later) {
         if (n > 0 && !amqp_data_in_buffer(h->con.st) &&
             !amqp_frames_enqueued(h->con.st)) {
             struct pollfd p = {.fd = amqp_get_sockfd(h->con.st),
@@ -1119,7 +1119,7 @@ static int amqp_fetch(void *state, evq__delivery *d, size_t max, int wait_ms)
         m->gen = h->con.gen;
         int64_t due = hdr_int(&m->env.message.properties, EVQ__HDR_DUE, NULL,
                               0);
-        if (due > now_ms + 5 && n_later < sizeof later / sizeof *later) {
+        if (due > now_ms + 5) {
             later[n_later++] = m; /* past the last level: round again */
             continue;
         }

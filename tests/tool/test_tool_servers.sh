@@ -7,7 +7,7 @@
 # reader does; 'evq produce' of 20 000 lines rides out a redis-server
 # killed and restarted mid-stream.
 #   test_tool_servers.sh PATH/TO/evq REDIS_DIR REDIS_PORT NATS_URL KAFKA_URL
-#                        NATS_DIR
+#                        NATS_DIR [AMQP_URL]
 # (the folders of services.sh's redis-server, started with --fsync-always,
 # and nats-server, whose pid files the test uses to kill them)
 set -u
@@ -34,6 +34,10 @@ urls=("sqlite://$rdir/tool.db?visibility_timeout_ms=600000"
       "$4?visibility_timeout_ms=600000"
       "$5?rdkafka.session.timeout.ms=6000&kafka.create_topics=false")
 names=(sqlite redis nats kafka)
+if [ -n "${7:-}" ]; then # amqp://, when built
+  urls+=("$7")
+  names+=(amqp)
+fi
 
 . "$(dirname "$0")/lib.sh" # restart_redis
 
