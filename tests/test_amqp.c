@@ -269,6 +269,25 @@ static void an_oversize_message_is_dead_lettered(void **state)
     evq_queue_close(q);
 }
 
+/* The queue deleted behind the handle's back: a publish comes back
+ * unroutable (basic.return), and the enqueue fails saying so, rather
+ * than reporting an event stored that went nowhere. */
+static void a_publish_to_a_deleted_queue_fails(void **state)
+{
+    (void)state;
+    evq_queue *q;
+    assert_evq_ok(evq_queue_open(&q, url, "vanishing", NULL));
+    amqp_connection_state_t c = raw_conn();
+    amqp_queue_delete(c, 1, amqp_cstring_bytes("vanishing"), 0, 0);
+    assert_int_equal(amqp_get_rpc_reply(c).reply_type, AMQP_RESPONSE_NORMAL);
+    raw_close(c);
+    evq_event *ev = evq_event_new("nowhere", json_integer(1));
+    assert_evq_err(evq_enqueue(q, ev), EVQ_ENOENT);
+    assert_errmsg_has("unroutable");
+    evq_event_free(ev);
+    evq_queue_close(q);
+}
+
 static void bad_credentials_and_places_are_clear_errors(void **state)
 {
     (void)state;
@@ -496,6 +515,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(binary_mode_events_cross_both_ways),
         cmocka_unit_test(junk_from_another_client_is_dead_lettered),
         cmocka_unit_test(an_oversize_message_is_dead_lettered),
+        cmocka_unit_test(a_publish_to_a_deleted_queue_fails),
         cmocka_unit_test(bad_credentials_and_places_are_clear_errors),
         cmocka_unit_test(delays_use_levels_and_due_headers_hold),
         cmocka_unit_test(a_dead_consumers_events_come_back),
