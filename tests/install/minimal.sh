@@ -14,18 +14,18 @@ fail() {
 
 cmake -S "$src" -B "$dir" -DEVQ_BUILD_TESTS=OFF -DEVQ_WITH_SQLITE=ON \
   -DEVQ_WITH_REDIS=OFF -DEVQ_WITH_NATS=OFF -DEVQ_WITH_KAFKA=OFF \
-  -DEVQ_WITH_POSTGRES=OFF >"$dir/cmake.log"
+  -DEVQ_WITH_POSTGRES=OFF -DEVQ_WITH_AMQP=OFF >"$dir/cmake.log"
 grep -q "evq backends: memory, sqlite$" "$dir/cmake.log" ||
   fail "cmake did not say 'evq backends: memory, sqlite'"
 cmake --build "$dir" -j "$(nproc)" --target evq evq_tool >/dev/null
 
 # No client library of a backend left out is linked or named.
 libs=$(ldd "$dir/libevq.so")
-for lib in hiredis nats rdkafka pq; do
+for lib in hiredis nats rdkafka pq rabbitmq; do
   if grep -q "lib$lib" <<<"$libs"; then fail "libevq.so links lib$lib"; fi
 done
 grep -q sqlite3 <<<"$libs" || fail "libevq.so lacks libsqlite3"
-grep "Libs.private" "$dir/evq.pc" | grep -q -- "-lrdkafka\|-lhiredis\|-lnats\|-lpq" &&
+grep "Libs.private" "$dir/evq.pc" | grep -q -- "-lrdkafka\|-lhiredis\|-lnats\|-lpq\|-lrabbitmq" &&
   fail "evq.pc names a library of a backend left out"
 
 tool="$dir/evq"
@@ -38,7 +38,7 @@ echo '{"type":"t","source":"s","id":"1","specversion":"1.0"}' |
   fail "produce on sqlite:// failed"
 # a backend left out: a clear error naming the option
 for url in kafka://127.0.0.1:9092 redis://127.0.0.1:6379 nats://127.0.0.1:4222 \
-  postgres://127.0.0.1/evq; do
+  postgres://127.0.0.1/evq amqp://127.0.0.1/%2f; do
   scheme=${url%%://*}
   upper=$(tr a-z A-Z <<<"$scheme")
   set +e
