@@ -25,22 +25,6 @@ b=$("$build/amqp_baseline" 127.0.0.1 "$port" publish "$events" "$size" 10000); e
 rec amqp:// "librabbitmq publish, confirms/s" "$(json_field amqp_publish_per_s <<<"$b")"
 b=$("$build/amqp_baseline" 127.0.0.1 "$port" consume "$events" 256); echo "librabbitmq consume, prefetch 256: $b"
 rec amqp:// "librabbitmq consume, prefetch 256/s" "$(json_field amqp_consume_per_s <<<"$b")"
-printf 'evq bench, json, --async: '
-j=$("$build/evq" bench "$url" --events "$events" --async --json)
-echo "$j"
-rec_evq amqp:// "evq json, --async" "$j" "librabbitmq publish, confirms/s" \
+evq_bench_rows amqp:// "$url" "$events" "librabbitmq publish, confirms/s" \
   "librabbitmq consume, prefetch 256/s"
-printf 'evq bench, json, batches of 64: '
-j=$("$build/evq" bench "$url" --events "$events" --batch 64 --json)
-echo "$j"
-rec_evq amqp:// "evq json, batches of 64" "$j" "librabbitmq publish, confirms/s" \
-  "librabbitmq consume, prefetch 256/s"
-for t in 1 8; do
-  printf 'evq bench, json, --threads %s: ' "$t"
-  j=$("$build/evq" bench "$url" --events $(( events / 20 )) --threads "$t" --json)
-  echo "$j"
-  base="evq json, --threads 1 enqueue/s"
-  [ "$t" = 1 ] && base=""
-  rec amqp:// "evq json, --threads $t enqueue/s" "$(json_field enqueue_per_s <<<"$j")" "$base"
-done
 done

@@ -23,3 +23,26 @@ rec_evq() {
   rec "$g" "$l drain/s" "$(json_field drain_per_s <<<"$j")" "${5:-}"
   rec "$g" "$l end to end/s" "$(json_field e2e_per_s <<<"$j")"
 }
+
+# evq_bench_rows GROUP URL EVENTS ENQ_BASE DRAIN_BASE: the evq bench rows
+# every server backend's script prints and records beside its baselines:
+# --async, batches of 64, and one event per call from 1 and 8 threads
+evq_bench_rows() {
+  local g=$1 url=$2 events=$3 enq=$4 drain=$5 j t base
+  printf 'evq bench, json, --async: '
+  j=$("$build/evq" bench "$url" --events "$events" --async --json)
+  echo "$j"
+  rec_evq "$g" "evq json, --async" "$j" "$enq" "$drain"
+  printf 'evq bench, json, batches of 64: '
+  j=$("$build/evq" bench "$url" --events "$events" --batch 64 --json)
+  echo "$j"
+  rec_evq "$g" "evq json, batches of 64" "$j" "$enq" "$drain"
+  for t in 1 8; do
+    printf 'evq bench, json, --threads %s: ' "$t"
+    j=$("$build/evq" bench "$url" --events $(( events / 20 )) --threads "$t" --json)
+    echo "$j"
+    base="evq json, --threads 1 enqueue/s"
+    [ "$t" = 1 ] && base=""
+    rec "$g" "evq json, --threads $t enqueue/s" "$(json_field enqueue_per_s <<<"$j")" "$base"
+  done
+}

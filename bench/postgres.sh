@@ -22,22 +22,6 @@ b=$("$build/pg_baseline" "$url" insert "$events" "$size" 256); echo "libpq inser
 rec postgres:// "libpq insert, 256 rows a transaction/s" "$(json_field pg_insert_per_s <<<"$b")"
 b=$("$build/pg_baseline" "$url" drain "$events" 64); echo "libpq claim 64 and delete:     $b"
 rec postgres:// "libpq claim 64 + delete/s" "$(json_field pg_drain_per_s <<<"$b")"
-printf 'evq bench, json, --async: '
-j=$("$build/evq" bench "$url" --events "$events" --async --json)
-echo "$j"
-rec_evq postgres:// "evq json, --async" "$j" "libpq insert, 256 rows a transaction/s" \
+evq_bench_rows postgres:// "$url" "$events" "libpq insert, 256 rows a transaction/s" \
   "libpq claim 64 + delete/s"
-printf 'evq bench, json, batches of 64: '
-j=$("$build/evq" bench "$url" --events "$events" --batch 64 --json)
-echo "$j"
-rec_evq postgres:// "evq json, batches of 64" "$j" "libpq insert, 256 rows a transaction/s" \
-  "libpq claim 64 + delete/s"
-for t in 1 8; do
-  printf 'evq bench, json, --threads %s: ' "$t"
-  j=$("$build/evq" bench "$url" --events $(( events / 20 )) --threads "$t" --json)
-  echo "$j"
-  base="evq json, --threads 1 enqueue/s"
-  [ "$t" = 1 ] && base=""
-  rec postgres:// "evq json, --threads $t enqueue/s" "$(json_field enqueue_per_s <<<"$j")" "$base"
-done
 done

@@ -495,6 +495,18 @@ static void pub_lost(ahandle *h, int rc)
         h->down_since = evq__now_mono_ns();
 }
 
+/* The publisher's connection failed with librabbitmq status st: its open
+ * batches fail, and the next call connects again. */
+static int pub_broke(ahandle *h, int st)
+{
+    int rc = evq__err(EVQ_ECONN, "amqp publish: %s", amqp_error_string2(st));
+    evq__logf(h->log, EVQ_LOG_WARN, "lost the connection to the broker (%s)",
+              amqp_error_string2(st));
+    pub_lost(h, rc);
+    conn_drop(&h->pub);
+    return rc;
+}
+
 /* Reads one frame from the publisher's connection, waiting up to
  * wait_ms, and acts on it (pub_mu held).  0, EVQ_ETIMEDOUT, or a
  * connection failure. */
@@ -506,13 +518,7 @@ static int pub_read(ahandle *h, int64_t wait_ms)
     if (st == AMQP_STATUS_TIMEOUT)
         return EVQ_ETIMEDOUT;
     if (st != AMQP_STATUS_OK) {
-        int rc = evq__err(EVQ_ECONN, "amqp publish: %s",
-                          amqp_error_string2(st));
-        evq__logf(h->log, EVQ_LOG_WARN, "lost the connection to the broker (%s)",
-                  amqp_error_string2(st));
-        pub_lost(h, rc);
-        conn_drop(&h->pub);
-        return rc;
+        return pub_broke(h, st);
     }
     if (f.frame_type != AMQP_FRAME_METHOD)
         return 0;
@@ -654,13 +660,7 @@ static int publish_one(ahandle *h, const char *target, amqp_basic_properties_t *
     int st = amqp_basic_publish(h->pub.st, CH, amqp_cstring_bytes(""),
                                 amqp_cstring_bytes(target), 1, 0, p, b);
     if (st != AMQP_STATUS_OK) {
-        int rc = evq__err(EVQ_ECONN, "amqp publish: %s",
-                          amqp_error_string2(st));
-        evq__logf(h->log, EVQ_LOG_WARN, "lost the connection to the broker (%s)",
-                  amqp_error_string2(st));
-        pub_lost(h, rc);
-        conn_drop(&h->pub);
-        return rc;
+        return pub_broke(h, st);
     }
     h->next_tag++;
     return 0;
