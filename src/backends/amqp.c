@@ -27,8 +27,9 @@
  * - No leases: a delivery stays with its channel until it is settled or
  *   the channel closes (then the broker redelivers it).  RabbitMQ's own
  *   consumer_timeout (30 min by default) closes a channel that holds a
- *   delivery longer; evq then opens the channel again and the delivery's
- *   late ack fails with EVQ_ESTATE.
+ *   delivery longer; once the consumer has read that close it opens the
+ *   channel again, and the delivery's late ack fails with EVQ_ESTATE
+ *   (one sent before is lost with the channel: the event comes again).
  *
  * Content modes (amqp.ce_mode): structured (the encoded event is the body,
  * content_type application/cloudevents+json or +msgpack) or binary (the
@@ -47,6 +48,8 @@
 #include <amqp_ssl_socket.h>
 #include <amqp_tcp_socket.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -60,7 +63,7 @@
 
 typedef struct acfg {
     int queue_type, ce_mode;
-    int64_t prefetch, connect_timeout_ms, timeout_ms, heartbeat_s;
+    int64_t prefetch, connect_timeout_ms, timeout_ms;
     const char *tls_ca, *tls_cert, *tls_key;
     bool tls_verify;
 } acfg;
@@ -85,10 +88,6 @@ static const evq__opt_spec amqp_opts[] = {
     {"amqp.timeout_ms", EVQ__OPT_INT, "10000", 1, 600000, NULL,
      "wait for a publisher confirm or a method's answer",
      EVQ__AT(acfg, timeout_ms)},
-    {"amqp.heartbeat_s", EVQ__OPT_INT, "0", 0, 3600, NULL,
-     "AMQP heartbeat interval asked for (0: none; a dead peer is then found "
-     "by TCP)",
-     EVQ__AT(acfg, heartbeat_s)},
     {"amqp.tls_ca", EVQ__OPT_STRING, NULL, 0, 0, NULL,
      "amqps://: CA certificates file (PEM) to verify the server with",
      EVQ__AT(acfg, tls_ca)},
@@ -145,7 +144,6 @@ typedef struct ahandle {
     aconn pub;
     uint64_t next_tag;   /* the tag of the next publish on pub */
     abatch *open;        /* batches waiting for confirms */
-    int returned;        /* basic.return seen, its ack not yet */
     uint32_t declared;   /* delay levels declared (a bit each) */
     int64_t down_since;  /* monotonic ns the publisher lost the broker */
 
@@ -264,6 +262,22 @@ static struct timeval tv_ms(int64_t ms)
                             .tv_usec = (suseconds_t)(ms % 1000) * 1000};
 }
 
+/* TCP keepalive on c's socket, probing after 30 s idle, every 10 s, 3
+ * times: a broker gone without a word (a dead host, a cut network) fails
+ * a read or write within about a minute.  AMQP heartbeats would do it
+ * too, but librabbitmq sends them only from inside its calls, so an idle
+ * connection would be closed by the broker. */
+static void keepalive(aconn *c)
+{
+    int fd = amqp_get_sockfd(c->st), on = 1, idle = 30, intvl = 10, cnt = 3;
+    if (fd < 0)
+        return;
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl);
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
+}
+
 /* Opens c: TCP (or TLS), login, channel CH; confirm mode when `confirm`. */
 static int conn_open(ahandle *h, aconn *c, bool confirm)
 {
@@ -307,11 +321,12 @@ static int conn_open(ahandle *h, aconn *c, bool confirm)
         return evq__err(EVQ_ECONN, "amqp: cannot connect to %s:%d: %s", h->host, h->port,
                         amqp_error_string2(st));
     }
+    keepalive(c);
     struct timeval rt = tv_ms(h->cfg.timeout_ms);
     amqp_set_handshake_timeout(c->st, &ct);
     amqp_set_rpc_timeout(c->st, &rt);
     amqp_rpc_reply_t r = amqp_login(c->st, h->vhost, 0, 131072,
-                                    (int)h->cfg.heartbeat_s,
+                                    0 /* heartbeats: see keepalive() */,
                                     AMQP_SASL_METHOD_PLAIN, h->user,
                                     h->password);
     if (r.reply_type != AMQP_RESPONSE_NORMAL) {
@@ -319,11 +334,11 @@ static int conn_open(ahandle *h, aconn *c, bool confirm)
         reply_text(r, t, sizeof t);
         int code = reply_code(r);
         conn_drop(c);
-        /* RabbitMQ answers bad credentials by closing the socket */
-        if (code == 403 || code == 530 ||
-            (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
-             (r.library_error == AMQP_STATUS_CONNECTION_CLOSED ||
-              r.library_error == AMQP_STATUS_SOCKET_CLOSED)))
+        /* RabbitMQ refuses bad credentials (librabbitmq asks for
+         * authentication_failure_close) and a vhost with a
+         * connection.close: 403 or 530.  A socket closed without a word
+         * is a broker starting or stopping: try again. */
+        if (code == 403 || code == 530)
             return evq__err(EVQ_EINVAL,
                             "amqp login to %s:%d vhost '%.100s' refused (%s): "
                             "check the user, password and vhost",
@@ -472,14 +487,23 @@ static void on_confirm(ahandle *h, uint64_t tag, bool multiple, bool nack)
             batch_mark(b, t);
         if (nack)
             batch_fail(b, EVQ_EIO, "the broker refused the message (nack)");
-        /* a basic.return comes just before the ack of its message */
-        if (h->returned > 0 && !nack && tag <= b->last)
-            batch_fail(b, EVQ_ENOENT,
-                       "the message was returned unroutable: the queue is "
-                       "gone");
     }
-    if (h->returned > 0)
-        h->returned--;
+}
+
+/* A basic.return: one message went nowhere (its queue is gone).  It
+ * names no delivery tag, only that its message's confirm is still to
+ * come, so every batch still waiting fails: a batch reported failed may
+ * have been stored (sent again, twice), but none that went nowhere is
+ * reported stored.  The delay queues are declared again at their next
+ * use, in case one of them was what went. */
+static void on_return(ahandle *h)
+{
+    for (abatch *b = h->open; b; b = b->next)
+        if (b->gen == h->pub.gen && b->left)
+            batch_fail(b, EVQ_ENOENT,
+                       "a message was returned unroutable: its queue is "
+                       "gone");
+    h->declared = 0;
 }
 
 /* The connection under the publisher failed: every open batch of it
@@ -542,7 +566,7 @@ static int pub_read(ahandle *h, int64_t wait_ms)
             return rc;
         }
         amqp_destroy_message(&m);
-        h->returned++;
+        on_return(h);
         break;
     }
     case AMQP_CHANNEL_CLOSE_METHOD: {
@@ -594,7 +618,6 @@ static int pub_ready(ahandle *h)
             h->down_since = 0;
             h->next_tag = 1;
             h->declared = 0;
-            h->returned = 0;
             return 0;
         }
         if (rc != EVQ_ECONN)
@@ -788,10 +811,13 @@ static int amqp_start(void *state, const evq__item *items, size_t n,
             pthread_mutex_unlock(&h->pub_mu);
             return rc;
         }
-        /* the rest never went: the batch fails (confirms of what went
-         * may still come, and find no batch) */
+        /* the rest never went: the batch fails, once what went is
+         * confirmed (or its connection lost: then left is 0 already) */
         batch_fail(b, rc, evq_errmsg());
-        b->left = 0;
+        if (b->gen == h->pub.gen) {
+            b->last = b->first + sent - 1;
+            b->left = sent;
+        }
     }
     pthread_mutex_unlock(&h->pub_mu);
     *ticket = b;
@@ -825,12 +851,23 @@ static int amqp_finish(void *state, void *ticket)
             h->down_since = 0;
             break;
         }
-        int rc = pub_read(h, left < 100 ? left : 100);
+        if (!amqp_data_in_buffer(h->pub.st) &&
+            !amqp_frames_enqueued(h->pub.st)) {
+            /* wait for the socket outside the lock, so other batches
+             * start (and other finishes read) meanwhile */
+            struct pollfd p = {.fd = amqp_get_sockfd(h->pub.st),
+                               .events = POLLIN};
+            uint64_t gen = h->pub.gen;
+            pthread_mutex_unlock(&h->pub_mu);
+            int r = poll(&p, 1, (int)(left < 100 ? left : 100));
+            pthread_mutex_lock(&h->pub_mu);
+            if (r == 0 || gen != h->pub.gen || !h->pub.up || b->left == 0)
+                continue;
+        }
+        /* data is there (another finish may have read it meanwhile) */
+        int rc = pub_read(h, 10);
         if (rc && rc != EVQ_ETIMEDOUT)
             batch_fail(b, rc, evq_errmsg());
-        if (atomic_load(&h->interrupted) && b->left) {
-            /* keep waiting: what was published may be stored */
-        }
     }
     int rc = b->rc;
     char why[200];
@@ -1133,8 +1170,13 @@ static int amqp_fetch(void *state, evq__delivery *d, size_t max, int wait_ms)
                                   old_att, 1);
         int64_t due = hdr_int(&m->env.message.properties, EVQ__HDR_DUE, NULL,
                               0);
-        if (repost(h, m, before, due - now_ms, due) != 0) {
-            /* back to the queue as it is, to be tried again */
+        int prc = repost(h, m, before, due - now_ms, due);
+        if (prc != 0) {
+            /* back to the queue as it is, to be tried again; with
+             * nothing else fetched the failure is the fetch's, so the
+             * read-ahead pauses before it comes round again */
+            if (!rc)
+                rc = prc;
             pthread_mutex_lock(&h->con_mu);
             if (h->con.up && m->gen == h->con.gen)
                 amqp_basic_reject(h->con.st, CH, m->env.delivery_tag, 1);
@@ -1477,10 +1519,11 @@ static int amqp_open(void **state, const evq__url *url, const char *name,
         amqp_close(h);
         return evq__err(EVQ_ENOMEM, "out of memory");
     }
-    if ((rc = conn_open(h, &h->pub, true)) == 0) {
-        h->next_tag = 1;
+    /* a broker away is waited for up to connect_timeout_ms */
+    pthread_mutex_lock(&h->pub_mu);
+    if ((rc = pub_ready(h)) == 0)
         rc = declare(h, &h->pub, -1, opts->core.create);
-    }
+    pthread_mutex_unlock(&h->pub_mu);
     if (rc) {
         amqp_close(h);
         return rc;
