@@ -116,6 +116,7 @@ typedef struct aconn {
 typedef struct abatch {
     struct abatch *next;
     uint64_t first, last, gen;
+    uint64_t lo;         /* every tag below it is confirmed */
     size_t left;
     unsigned char *seen; /* a bit per tag confirmed */
     int rc;              /* the first failure */
@@ -215,6 +216,14 @@ static void close_ok(aconn *c, amqp_channel_t ch)
     amqp_send_method(c->st, ch, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok);
 }
 
+/* After a connection.close from the server: answer it (the connection
+ * is then to be dropped). */
+static void conn_close_ok(aconn *c)
+{
+    amqp_connection_close_ok_t ok = {0};
+    amqp_send_method(c->st, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok);
+}
+
 /* A failed reply on c: a closed channel is answered (the connection
  * stays up, the channel is to be opened again), anything else drops the
  * connection.  Returns the evq code. */
@@ -239,16 +248,12 @@ static int rpc_fail(ahandle *h, aconn *c, amqp_channel_t ch,
         close_ok(c, ch);
         if (ch == CH_ADMIN)
             c->admin = false;
-        else {
-            c->up = false; /* the main channel: start again */
-            conn_drop(c);
-        }
+        else
+            conn_drop(c); /* the main channel: start again */
     } else {
         if (r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION &&
-            r.reply.id == AMQP_CONNECTION_CLOSE_METHOD) {
-            amqp_connection_close_ok_t ok = {0};
-            amqp_send_method(c->st, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok);
-        }
+            r.reply.id == AMQP_CONNECTION_CLOSE_METHOD)
+            conn_close_ok(c);
         if (c->up)
             evq__logf(h->log, EVQ_LOG_WARN, "lost the connection to the broker (%s)", t);
         conn_drop(c);
@@ -479,12 +484,16 @@ static void on_confirm(ahandle *h, uint64_t tag, bool multiple, bool nack)
     for (abatch *b = h->open; b; b = b->next) {
         if (b->gen != h->pub.gen || b->first > tag)
             continue;
-        uint64_t lo = multiple ? b->first : tag,
+        /* a multiple confirm covers what earlier ones did: start past
+         * them, so a batch of N costs N marks, not N per confirm */
+        uint64_t lo = multiple ? b->lo : tag,
                  hi = tag < b->last ? tag : b->last;
         if (!multiple && tag > b->last)
             continue;
         for (uint64_t t = lo; t <= hi; t++)
             batch_mark(b, t);
+        if (multiple && hi + 1 > b->lo)
+            b->lo = hi + 1;
         if (nack)
             batch_fail(b, EVQ_EIO, "the broker refused the message (nack)");
     }
@@ -586,8 +595,7 @@ static int pub_read(ahandle *h, int64_t wait_ms)
         return rc;
     }
     case AMQP_CONNECTION_CLOSE_METHOD: {
-        amqp_connection_close_ok_t ok = {0};
-        amqp_send_method(h->pub.st, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok);
+        conn_close_ok(&h->pub);
         int rc = evq__err(EVQ_ECONN, "amqp: the broker closed the "
                                      "connection");
         evq__logf(h->log, EVQ_LOG_WARN, "the broker closed the connection");
@@ -715,7 +723,7 @@ static abatch *batch_new(ahandle *h, size_t n)
         free(b);
         return NULL;
     }
-    b->first = h->next_tag;
+    b->first = b->lo = h->next_tag;
     b->last = h->next_tag + n - 1;
     b->left = n;
     b->gen = h->pub.gen;
@@ -1029,8 +1037,7 @@ static int con_other_frame(ahandle *h)
         return evq__err(EVQ_ECONN, "amqp: the broker closed the channel");
     }
     case AMQP_CONNECTION_CLOSE_METHOD: {
-        amqp_connection_close_ok_t ok = {0};
-        amqp_send_method(h->con.st, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok);
+        conn_close_ok(&h->con);
         evq__logf(h->log, EVQ_LOG_WARN, "the broker closed the connection");
         conn_drop(&h->con);
         return evq__err(EVQ_ECONN, "amqp: the broker closed the connection");
@@ -1064,18 +1071,23 @@ static bool con_wait(ahandle *h, int fd, int64_t wait_ms)
     }
 }
 
+/* The deliveries m had before it was last published (evq-attempt). */
+static int attempts_before(const amsg *m)
+{
+    static const char *const old_att[] = {EVQ__HDR_ATTEMPT_OLD};
+    int64_t n = hdr_int(&m->env.message.properties, EVQ__HDR_ATTEMPT, old_att,
+                        sizeof old_att / sizeof *old_att);
+    return n < 0 || n > 1000000 ? 0 : (int)n;
+}
+
 static void fill(ahandle *h, evq__delivery *d, amsg *m)
 {
-    const amqp_basic_properties_t *p = &m->env.message.properties;
-    static const char *const old_att[] = {EVQ__HDR_ATTEMPT_OLD};
-    int64_t before = hdr_int(p, EVQ__HDR_ATTEMPT, old_att, 1);
-    if (before < 0 || before > 1000000)
-        before = 0;
+    int before = attempts_before(m);
     *d = (evq__delivery){
         .ev = from_binary(h, &m->env.message),
         .bytes = m->env.message.body.bytes,
         .len = m->env.message.body.len,
-        .attempt = (int)before + 1 + (m->env.redelivered ? 1 : 0),
+        .attempt = before + 1 + (m->env.redelivered ? 1 : 0),
         .token = m,
     };
     if (d->ev) {
@@ -1165,9 +1177,7 @@ static int amqp_fetch(void *state, evq__delivery *d, size_t max, int wait_ms)
     pthread_mutex_unlock(&h->con_mu);
     for (size_t i = 0; i < n_later; i++) {
         amsg *m = later[i];
-        static const char *const old_att[] = {EVQ__HDR_ATTEMPT_OLD};
-        int before = (int)hdr_int(&m->env.message.properties, EVQ__HDR_ATTEMPT,
-                                  old_att, 1);
+        int before = attempts_before(m);
         int64_t due = hdr_int(&m->env.message.properties, EVQ__HDR_DUE, NULL,
                               0);
         int prc = repost(h, m, before, due - now_ms, due);
