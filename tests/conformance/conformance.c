@@ -826,6 +826,15 @@ static bool all_settled(void *arg)
            s->n;
 }
 
+/* The worker has received (holds, or held) at least s->n events. */
+static bool all_received(void *arg)
+{
+    struct settled *s = arg;
+    struct evq_worker_stats st;
+    evq_worker_stats(s->w, &st);
+    return st.received >= s->n;
+}
+
 static void wait_settled_as(evq_worker *w, uint64_t n, bool unhandled_acked)
 {
     struct settled s = {w, n, unhandled_acked};
@@ -1747,6 +1756,11 @@ static void a_batch_waiting_to_fill_keeps_its_events(void **state)
         evq_register_batch_handler(e, "conf.numbered", batch_fn, &b, 100, 2500));
     assert_evq_ok(evq_worker_start(&w, q, e, NULL));
     assert_evq_ok(evq_enqueue_batch(q, (const evq_event *const *)evs, 3));
+    /* The other consumer starts once the worker holds all three: started
+     * before, it may claim them first (the worker's thread still
+     * connecting), and the worker never gets them to settle. */
+    struct settled got = {w, 3, false};
+    assert_true(eventually(all_received, &got, 10000));
     pid_t pid = poll_elsewhere(name, 3500, file, sizeof file);
     wait_settled(w, 3);
     int elsewhere = poll_elsewhere_wait(pid, file, other);
