@@ -430,6 +430,27 @@ EVQ_API int evq_queue_interrupt(evq_queue *q);
  * backend's error (EVQ_ECONN...) when the server cannot answer. */
 EVQ_API int evq_queue_stats(evq_queue *q, struct evq_queue_stats *out);
 
+/* Pauses and resumes the queue `q` names, for every consumer of it: every
+ * handle in every process (workers, evq_dequeue, `evq consume`, relays)
+ * stops taking events within a second of the pause (each handle reads
+ * the state every 250 ms while it waits; a dequeue waiting on a paused
+ * queue returns EVQ_ETIMEDOUT at its timeout as on an empty one, and
+ * EVQ_ECLOSED when interrupted).  Events already dequeued (a worker's
+ * running handlers and its prefetch) are settled as usual; producers
+ * still enqueue.  The state is kept where the queue lives, so it outlasts
+ * the processes: on sqlite:// and postgres:// a row, on redis:// a key,
+ * on nats:// a key of a JetStream key-value bucket (core NATS: a
+ * subject's retained message is not available, EVQ_ENOTSUP), on kafka://
+ * the committed offset of a group of its own, on amqp:// an exchange of
+ * its own; memory:// in the process.  Pausing a paused queue (or resuming
+ * a running one) is 0.  Any thread.  EVQ_ENOTSUP where the backend cannot,
+ * or its error (EVQ_ECONN...). */
+EVQ_API int evq_queue_pause(evq_queue *q);
+EVQ_API int evq_queue_resume(evq_queue *q);
+/* Reads the state now from where it is kept: 1 paused, 0 not, or the
+ * backend's error.  Any thread. */
+EVQ_API int evq_queue_paused(evq_queue *q);
+
 /* The backend scheme ("memory") and queue name, borrowed from `q`. */
 EVQ_API const char *evq_queue_scheme(const evq_queue *q);
 EVQ_API const char *evq_queue_name(const evq_queue *q);
@@ -682,6 +703,18 @@ typedef struct evq_worker_opts {
      * reference) both see the same event object, and with
      * kafka.ordering=key the next event of its key may start. */
     int handler_timeout_ms;
+    /* Idempotent handling: an event whose id this worker (or, where the
+     * backend keeps the record, any worker of the queue) finished
+     * successfully less than dedup_window_ms ago is acked without its
+     * handlers running again, and counted `deduplicated`.  The id is
+     * recorded after the handlers succeed and before the ack, so a
+     * worker that dies in between does not run the redelivery again.
+     * Shared across processes on memory:// (within the process),
+     * sqlite://, postgres:// and redis:// (a record per id that expires
+     * with the window); on nats://, kafka:// and amqp:// each worker
+     * remembers its own (per process, in memory).  0 (default): off; at
+     * most 2592000000 (30 days). */
+    int64_t dedup_window_ms;
 } evq_worker_opts;
 
 /* Fills `o` with the defaults above. */
@@ -725,6 +758,8 @@ struct evq_worker_stats {
     uint64_t lease_lost; /* events whose lease passed to another consumer
                             before this worker settled them (not run, or
                             their ack refused with EVQ_ESTATE) */
+    uint64_t deduplicated; /* acked without running: finished before
+                              within dedup_window_ms */
 };
 
 /* Fills `out` with the worker's counters so far.  Any thread, any time

@@ -113,6 +113,17 @@ void evq__flusher_arm(evq__flusher *f, int64_t due_ns);
 /* Joins the thread (fn is not running afterwards).  Not from fn. */
 void evq__flusher_destroy(evq__flusher *f);
 
+/* Ids remembered for a while, in process memory (seen.c): an idempotent
+ * worker's finished events where the backend keeps no shared record.  Any
+ * thread. */
+typedef struct evq__seen evq__seen;
+evq__seen *evq__seen_new(void);
+void evq__seen_free(evq__seen *s);
+/* Whether id was put less than its ttl_ms ago. */
+bool evq__seen_has(evq__seen *s, const char *id);
+/* Remembers id for ttl_ms (again, when it was there).  EVQ_ENOMEM. */
+int evq__seen_put(evq__seen *s, const char *id, int64_t ttl_ms);
+
 /* Growable byte buffer. */
 typedef struct evq__buf {
     unsigned char *p;
@@ -559,6 +570,20 @@ struct evq_backend_ops {
      * out) and what open made for it; the state then only closes.  NULL
      * when the backend cannot. */
     int (*destroy)(void *state);
+    /* The queue's pause state, where every consumer of the queue reads it
+     * (durable where the backend is): set 1 pauses, 0 resumes (0 on
+     * success), -1 reads it (1 paused, 0 not, or an error).  The core
+     * reads it every PAUSE_READ_MS while consumers wait, from any thread,
+     * concurrently with fetch and the rest.  NULL: the queue cannot be
+     * paused (EVQ_ENOTSUP). */
+    int (*pause)(void *state, int set);
+    /* The ids of events an idempotent worker finished (dedup_window_ms),
+     * kept where every consumer of the queue sees them: done_put records
+     * `id` for window_ms; done_has gives 1 when it is recorded and its
+     * window has not passed, 0 when not, or an error.  Any thread.  Both
+     * NULL: each worker remembers its own (evq__seen). */
+    int (*done_put)(void *state, const char *id, int64_t window_ms);
+    int (*done_has)(void *state, const char *id);
 };
 
 /* Looks up a backend by scheme; NULL when none. */
@@ -594,6 +619,11 @@ size_t evq__events_max_batch(evq_events *e);
 void evq__dispatch_batch(evq_events *e, const void *bh,
                          const evq_event *const *evs, size_t n, int *rcs,
                          char *reason, size_t reason_cap);
+/* The finished-id record of an idempotent worker on q's backend (see
+ * evq_backend_ops.done_put): whether q has one, and its two calls. */
+bool evq__queue_done_shared(const evq_queue *q);
+int evq__queue_done_put(evq_queue *q, const char *id, int64_t window_ms);
+int evq__queue_done_has(evq_queue *q, const char *id);
 /* The name of the queue a worker consumes. */
 const char *evq__worker_queue_name(const evq_worker *w);
 /* Empties the calling thread's evq_errmsg(). */

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 struct evq_queue {
     const struct evq_backend_ops *ops;
@@ -31,6 +32,14 @@ struct evq_queue {
     evq__ra *ra;      /* the read-ahead of a backend with fetch, else NULL */
     evq__logger *log; /* broker events */
     atomic_bool closed;
+    /* The pause state as last read from the backend (-1: not read yet),
+     * when (monotonic ns), and what a paused dequeue waits on: one thread
+     * reads it again (pause_mu), an interrupt wakes the waiters. */
+    pthread_mutex_t pause_mu;
+    pthread_cond_t pause_cv; /* CLOCK_MONOTONIC, with pause_mu */
+    atomic_int paused;
+    _Atomic int64_t pause_read_ns;
+    atomic_bool interrupted;
     pthread_mutex_t dead_lock;
     evq_queue *dead; /* opened on first use */
     /* Written per event: producers' and consumers' counters on lines of
@@ -173,6 +182,8 @@ static void queue_release(evq_queue *q)
     evq__pipe_free(q->pipe);
     evq_queue_close(q->dead);
     pthread_mutex_destroy(&q->dead_lock);
+    pthread_mutex_destroy(&q->pause_mu);
+    pthread_cond_destroy(&q->pause_cv);
     evq__optset_free(&q->opts);
     free(q->name);
     free(q->url);
@@ -214,7 +225,14 @@ int evq_queue_open(evq_queue **qp, const char *url, const char *name,
     }
     q->ops = ops;
     atomic_init(&q->refs, 1);
+    atomic_init(&q->paused, -1);
     pthread_mutex_init(&q->dead_lock, NULL);
+    pthread_mutex_init(&q->pause_mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&q->pause_cv, &ca);
+    pthread_condattr_destroy(&ca);
     if ((rc = evq__optset_build(&q->opts, &u, opts, ops->opts)) != 0)
         goto fail;
     const evq__core_cfg *core = &q->opts.core;
@@ -283,6 +301,8 @@ fail:
     evq__logger_free(q->log);
     evq__pipe_free(q->pipe);
     pthread_mutex_destroy(&q->dead_lock);
+    pthread_mutex_destroy(&q->pause_mu);
+    pthread_cond_destroy(&q->pause_cv);
     evq__optset_free(&q->opts);
     free(q->name);
     free(q->url);
@@ -298,6 +318,10 @@ out:
  * holds. */
 static int queue_interrupt(evq_queue *q)
 {
+    pthread_mutex_lock(&q->pause_mu);
+    atomic_store(&q->interrupted, true);
+    pthread_cond_broadcast(&q->pause_cv);
+    pthread_mutex_unlock(&q->pause_mu);
     if (q->ra)
         evq__ra_interrupt(q->ra);
     return q->ops->interrupt(q->state);
@@ -814,6 +838,154 @@ static size_t make_msgs(evq_queue *q, evq__delivery *d, size_t n,
 /* Deliveries taken from the backend at once (a batch decoded together). */
 #define TAKE_MAX 128
 
+/* How often a consumer reads the queue's pause state again, and the
+ * longest a dequeue waits on the backend between two readings: an event
+ * is handed out at most twice this long after a pause. */
+#define PAUSE_READ_MS 250
+
+/* Whether the consumers of q are to wait (evq_queue_pause).  The state is
+ * read again once the last reading is PAUSE_READ_MS old, by one thread at
+ * a time (the others go by the last reading, or wait for the first); a
+ * reading that fails keeps the last one (none yet: not paused), and is
+ * said to the handle's log. */
+static bool pause_on(evq_queue *q)
+{
+    if (!q->ops->pause)
+        return false;
+    int64_t now = evq__now_mono_ns();
+    /* Never read yet: every thread waits for the first reading. */
+    bool first = atomic_load(&q->paused) < 0;
+    if (now - atomic_load(&q->pause_read_ns) >= PAUSE_READ_MS * 1000000LL &&
+        (first ? pthread_mutex_lock(&q->pause_mu)
+               : pthread_mutex_trylock(&q->pause_mu)) == 0) {
+        if (now - atomic_load(&q->pause_read_ns) >= PAUSE_READ_MS * 1000000LL) {
+            int rc = q->ops->pause(q->state, -1);
+            if (rc >= 0)
+                atomic_store(&q->paused, rc);
+            else
+                evq__logf(q->log, EVQ_LOG_WARN,
+                          "reading the pause state failed (the last one "
+                          "holds): %s: %s",
+                          evq_strerror(rc), evq_errmsg());
+            atomic_store(&q->pause_read_ns, evq__now_mono_ns());
+        }
+        pthread_mutex_unlock(&q->pause_mu);
+    }
+    return atomic_load(&q->paused) == 1;
+}
+
+/* Waits while q is paused, until `end` (monotonic ns): 0 once it is not,
+ * else EVQ_ETIMEDOUT or EVQ_ECLOSED (interrupted). */
+static int pause_wait(evq_queue *q, int64_t end)
+{
+    while (pause_on(q)) {
+        int64_t now = evq__now_mono_ns();
+        if (now >= end)
+            return evq__err(EVQ_ETIMEDOUT, "dequeue timed out: the queue is "
+                                           "paused (evq_queue_resume)");
+        int64_t until = now + PAUSE_READ_MS * 1000000LL;
+        struct timespec ts = evq__ts_from_ns(until < end ? until : end);
+        pthread_mutex_lock(&q->pause_mu);
+        if (!atomic_load(&q->interrupted))
+            pthread_cond_timedwait(&q->pause_cv, &q->pause_mu, &ts);
+        pthread_mutex_unlock(&q->pause_mu);
+        if (atomic_load(&q->interrupted))
+            return evq__err(EVQ_ECLOSED, "queue interrupted");
+    }
+    return 0;
+}
+
+/* One take from the backend: the read-ahead or its dequeue. */
+static int take(evq_queue *q, evq__delivery *d, size_t want, int timeout_ms)
+{
+    return q->ra ? evq__ra_take(q->ra, d, want, timeout_ms)
+                 : q->ops->dequeue(q->state, d, want, timeout_ms);
+}
+
+/* The first take of a dequeue on a queue that can be paused: none while
+ * it is paused, and the backend waited on in slices of PAUSE_READ_MS, so a
+ * pause that comes meanwhile is seen. */
+static int take_first(evq_queue *q, evq__delivery *d, size_t want,
+                      int timeout_ms)
+{
+    if (!q->ops->pause)
+        return take(q, d, want, timeout_ms);
+    int64_t end = timeout_ms < 0 ? INT64_MAX : evq__deadline_ns(timeout_ms);
+    for (;;) {
+        int rc = pause_wait(q, end);
+        if (rc)
+            return rc;
+        int64_t left = (end - evq__now_mono_ns() + 999999) / 1000000;
+        int slice = left < PAUSE_READ_MS ? (int)(left > 0 ? left : 0)
+                                         : PAUSE_READ_MS;
+        int n = take(q, d, want, slice);
+        if (n != EVQ_ETIMEDOUT || evq__now_mono_ns() >= end)
+            return n;
+    }
+}
+
+int evq_queue_pause(evq_queue *q)
+{
+    if (!q)
+        return evq__err(EVQ_EINVAL, "evq_queue_pause: q is NULL");
+    if (!q->ops->pause)
+        return evq__err(EVQ_ENOTSUP, "%s:// queues cannot be paused",
+                        q->ops->scheme);
+    int rc = q->ops->pause(q->state, 1);
+    if (rc == 0) {
+        atomic_store(&q->paused, 1);
+        atomic_store(&q->pause_read_ns, evq__now_mono_ns());
+    }
+    return rc;
+}
+
+int evq_queue_resume(evq_queue *q)
+{
+    if (!q)
+        return evq__err(EVQ_EINVAL, "evq_queue_resume: q is NULL");
+    if (!q->ops->pause)
+        return evq__err(EVQ_ENOTSUP, "%s:// queues cannot be paused",
+                        q->ops->scheme);
+    int rc = q->ops->pause(q->state, 0);
+    if (rc == 0) {
+        atomic_store(&q->paused, 0);
+        atomic_store(&q->pause_read_ns, evq__now_mono_ns());
+        pthread_mutex_lock(&q->pause_mu);
+        pthread_cond_broadcast(&q->pause_cv);
+        pthread_mutex_unlock(&q->pause_mu);
+    }
+    return rc;
+}
+
+int evq_queue_paused(evq_queue *q)
+{
+    if (!q)
+        return evq__err(EVQ_EINVAL, "evq_queue_paused: q is NULL");
+    if (!q->ops->pause)
+        return 0;
+    int rc = q->ops->pause(q->state, -1);
+    if (rc >= 0) {
+        atomic_store(&q->paused, rc);
+        atomic_store(&q->pause_read_ns, evq__now_mono_ns());
+    }
+    return rc;
+}
+
+bool evq__queue_done_shared(const evq_queue *q)
+{
+    return q->ops->done_put && q->ops->done_has;
+}
+
+int evq__queue_done_put(evq_queue *q, const char *id, int64_t window_ms)
+{
+    return q->ops->done_put(q->state, id, window_ms);
+}
+
+int evq__queue_done_has(evq_queue *q, const char *id)
+{
+    return q->ops->done_has(q->state, id);
+}
+
 int evq_dequeue_batch(evq_queue *q, evq_msg **msgs, size_t max,
                       int timeout_ms)
 {
@@ -831,9 +1003,8 @@ int evq_dequeue_batch(evq_queue *q, evq_msg **msgs, size_t max,
     int64_t deadline = timeout_ms > 0 ? evq__deadline_ns(timeout_ms) : 0;
     while (got < max) {
         size_t want = max - got < TAKE_MAX ? max - got : TAKE_MAX;
-        int n = q->ra ? evq__ra_take(q->ra, d, want, got ? 0 : timeout_ms)
-                      : q->ops->dequeue(q->state, d, want,
-                                        got ? 0 : timeout_ms);
+        int n = got ? take(q, d, want, 0)
+                    : take_first(q, d, want, timeout_ms);
         if (n <= 0) {
             if (got)
                 break; /* a failure here is the next call's */

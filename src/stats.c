@@ -112,6 +112,9 @@ char *evq_stats_prometheus(evq_queue *q, const evq_worker *w)
             {"evq_worker_lease_lost_total", "counter",
              "Events whose lease passed to another consumer first.",
              (double)s.lease_lost},
+            {"evq_worker_deduplicated_total", "counter",
+             "Events acked without running: done within dedup_window_ms.",
+             (double)s.deduplicated},
             {"evq_worker_in_flight", "gauge",
              "Events being handled or prefetched.", (double)s.in_flight},
         };

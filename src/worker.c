@@ -82,7 +82,7 @@ typedef struct wthread {
     evq_msg **acks;
     int n_acks;
     wcounter received, succeeded, failed, retried, dead, unhandled, in_flight,
-        timed_out, lease_lost;
+        timed_out, lease_lost, deduplicated;
     evq__hist hist;
 } wthread;
 
@@ -108,6 +108,9 @@ struct evq_worker {
     pthread_t keeper;
     bool keeper_joinable;
     pthread_cond_t keeper_wake; /* with mu */
+    /* dedup_window_ms: the finished ids, where the backend keeps no
+     * shared record (NULL otherwise, or when off) */
+    evq__seen *seen;
 };
 
 static _Thread_local evq_worker *tls_worker;
@@ -173,6 +176,7 @@ static void worker_release(evq_worker *w)
         }
     free(w->t);
     free(w->kt);
+    evq__seen_free(w->seen);
     evq_queue_close(w->fetch);
     free(w->qname);
     pthread_mutex_destroy(&w->mu);
@@ -408,6 +412,60 @@ static void succeed(wthread *t, evq_msg *m, int attempt)
                                    it if the ack was lost */
 }
 
+/* dedup_window_ms: records that ev finished, before its ack, so a
+ * redelivery after a crash in between is not run again.  A record that
+ * cannot be written is said; the ack goes on (the event is done). */
+static void done_record(wthread *t, const evq_event *ev)
+{
+    evq_worker *w = t->w;
+    if (w->o.dedup_window_ms <= 0)
+        return;
+    int rc = w->seen ? evq__seen_put(w->seen, evq_event_id(ev),
+                                     w->o.dedup_window_ms)
+                     : evq__queue_done_put(w->fetch, evq_event_id(ev),
+                                           w->o.dedup_window_ms);
+    if (rc) {
+        report(w, ev, rc, evq_errmsg(), evq_event_attempt(ev));
+        wlog(w, EVQ_LOG_ERROR, "recording event %.40s as done failed: %s: %s",
+             evq_event_id(ev), evq_strerror(rc), evq_errmsg());
+    }
+}
+
+/* dedup_window_ms: acks the messages of ms[0..n) whose event finished
+ * within the window (a redelivery), keeping the others in order; returns
+ * how many are kept.  A record that cannot be read runs the event (at
+ * least once). */
+static int skip_done(wthread *t, evq_msg **ms, int n)
+{
+    evq_worker *w = t->w;
+    if (w->o.dedup_window_ms <= 0)
+        return n;
+    int keep = 0;
+    for (int i = 0; i < n; i++) {
+        const char *id = evq_event_id(evq_msg_event(ms[i]));
+        int rc = w->seen ? evq__seen_has(w->seen, id)
+                         : evq__queue_done_has(w->fetch, id);
+        if (rc < 0)
+            wlog(w, EVQ_LOG_WARN,
+                 "reading whether event %.40s was done failed (it runs): "
+                 "%s: %s",
+                 id, evq_strerror(rc), evq_errmsg());
+        if (rc != 1) {
+            ms[keep++] = ms[i];
+            continue;
+        }
+        bump(&t->deduplicated, 1);
+        bump(&t->in_flight, -1);
+        int arc = evq_ack(ms[i]);
+        if (arc) {
+            report(w, NULL, arc, evq_errmsg(), 0);
+            wlog(w, EVQ_LOG_ERROR, "ack failed: %s: %s", evq_strerror(arc),
+                 evq_errmsg());
+        }
+    }
+    return keep;
+}
+
 /* Settles m after its handlers returned rc (reason: the failure's
  * message). */
 static void settle(wthread *t, evq_msg *m, int rc, const char *reason)
@@ -418,6 +476,7 @@ static void settle(wthread *t, evq_msg *m, int rc, const char *reason)
     char why[700];
 
     if (rc == 0) {
+        done_record(t, ev);
         succeed(t, m, attempt);
         return;
     }
@@ -632,6 +691,7 @@ static void gather(wthread *t, evq_msg **batch, int next, int *n, bool kept,
         fetched += (size_t)got;
         bump(&t->received, got);
         bump(&t->in_flight, got);
+        got = skip_done(t, more, got);
         for (int i = 0; i < got; i++) {
             evq_msg *m = more[i];
             if (evq__batch_handler(w->events, evq_msg_event(m), &mb, &mw) !=
@@ -686,6 +746,10 @@ static void *worker_main(void *arg)
             continue;
         }
         failures = 0;
+        bump(&t->received, n);
+        bump(&t->in_flight, n);
+        if ((n = skip_done(t, more, n)) == 0)
+            continue;
         if (kept) {
             pthread_mutex_lock(&t->hold_mu);
             for (int i = 0; i < n; i++)
@@ -694,8 +758,6 @@ static void *worker_main(void *arg)
             t->next_held = 0;
             pthread_mutex_unlock(&t->hold_mu);
         }
-        bump(&t->received, n);
-        bump(&t->in_flight, n);
         int next = 0;
         evq_msg *m;
         while ((m = next_held(t, batch, &next, n, kept)) != NULL) {
@@ -770,6 +832,11 @@ static int check_opts(const evq_worker_opts *o)
                         "worker option 'handler_timeout_ms': %d is out of "
                         "range (0: none, up to 604800000: a week)",
                         o->handler_timeout_ms);
+    if (o->dedup_window_ms < 0 || o->dedup_window_ms > 2592000000LL)
+        return evq__err(EVQ_EINVAL,
+                        "worker option 'dedup_window_ms': %lld is out of "
+                        "range (0: off, up to 2592000000: 30 days)",
+                        (long long)o->dedup_window_ms);
     if (o->unhandled != EVQ_UNHANDLED_DEAD_LETTER &&
         o->unhandled != EVQ_UNHANDLED_ACK)
         return evq__err(EVQ_EINVAL,
@@ -848,6 +915,11 @@ int evq_worker_start(evq_worker **wp, evq_queue *q, evq_events *events,
     }
     if (opts->log)
         evq__queue_set_log(w->fetch, opts->log, opts->log_arg);
+    if (opts->dedup_window_ms > 0 && !evq__queue_done_shared(w->fetch) &&
+        !(w->seen = evq__seen_new())) {
+        worker_release(w);
+        return evq__err(EVQ_ENOMEM, "out of memory");
+    }
     uint64_t seed = (uint64_t)evq__now_real_ns() ^ (uint64_t)(uintptr_t)w;
     for (int i = 0; i < w->n; i++) {
         wthread *t = aligned_alloc(64, (sizeof *t + 63) / 64 * 64);
@@ -1028,6 +1100,7 @@ int evq_worker_stats(const evq_worker *w, struct evq_worker_stats *out)
         SUM(unhandled);
         SUM(timed_out);
         SUM(lease_lost);
+        SUM(deduplicated);
 #undef SUM
         out->dead_lettered += atomic_load(&t->dead.v);
         out->in_flight += (int64_t)atomic_load(&t->in_flight.v);

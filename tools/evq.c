@@ -1189,6 +1189,64 @@ static int cmd_stats(int argc, char **argv)
     return 0;
 }
 
+/* ---- pause and resume ------------------------------------------------------
+ */
+
+static const char pause_help[] =
+    "usage: evq pause URL QUEUE\n"
+    "       evq resume URL QUEUE\n"
+    "       evq pause URL QUEUE --status\n"
+    "\n"
+    "Pauses (resumes) the queue for every consumer of it, in every process:\n"
+    "within a second no consumer takes another event; events already taken\n"
+    "finish, producers still enqueue.  The state is kept where the queue\n"
+    "lives (it outlasts restarts).  --status changes nothing.  Prints\n"
+    "{\"queue\":...,\"paused\":true|false}.  Creates nothing: a queue that\n"
+    "does not exist is an error (exit 1).\n";
+
+static int cmd_pause(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"status", no_argument, NULL, 's'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *cmd = argv[0];
+    bool status = false;
+    evq_opts *opts = NULL;
+    int c, rc;
+    while ((c = getopt_long(argc, argv, "o:h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 's':
+            status = true;
+            break;
+            COMMON_FLAGS(cmd, pause_help)
+        }
+    }
+    if (argc - optind != 2) {
+        evq_opts_free(opts);
+        return usage_error(cmd, "%s", "needs URL and QUEUE");
+    }
+    evq_queue *q;
+    if ((rc = read_only(&opts)) ||
+        (rc = open_queue(argv[optind], argv[optind + 1], opts, &q)))
+        return rc;
+    if (!status)
+        rc = strcmp(cmd, "pause") == 0 ? evq_queue_pause(q)
+                                       : evq_queue_resume(q);
+    if (rc == 0)
+        rc = evq_queue_paused(q);
+    if (rc < 0) {
+        int st = fail(cmd, rc);
+        evq_queue_close(q);
+        return st;
+    }
+    printf("{\"queue\":\"%s\",\"paused\":%s}\n", evq_queue_name(q),
+           rc ? "true" : "false");
+    evq_queue_close(q);
+    return 0;
+}
+
 /* ---- dead letters ---------------------------------------------------------
  */
 
@@ -2004,6 +2062,8 @@ static const char main_help[] =
     "  produce URL QUEUE   enqueue events (from flags or standard input)\n"
     "  consume URL QUEUE   print events as CloudEvents JSON lines, then ack\n"
     "  stats URL QUEUE     queue figures, as JSON or Prometheus text\n"
+    "  pause|resume URL QUEUE\n"
+    "                      stop or restart every consumer of the queue\n"
     "  dead list|replay|purge URL QUEUE\n"
     "                      show, re-enqueue or drop dead letters\n"
     "  demo [URL]          the seed's example end to end\n"
@@ -2044,6 +2104,7 @@ int main(int argc, char **argv)
         {"stats", cmd_stats},     {"dead", cmd_dead},
         {"demo", cmd_demo},       {"bench", cmd_bench},
         {"options", cmd_options}, {"relay", cmd_relay},
+        {"pause", cmd_pause},     {"resume", cmd_pause},
     };
     if (argc < 2) {
         fputs(main_help, stderr);

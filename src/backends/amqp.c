@@ -1416,9 +1416,11 @@ static int amqp_destroy(void *state)
     ahandle *h = state;
     pthread_mutex_lock(&h->pub_mu);
     int rc = pub_ready(h);
-    for (int i = -1; !rc && i < AMQP_LEVELS; i++) {
+    for (int i = -2; !rc && i < AMQP_LEVELS; i++) {
         char name[512];
-        if (i < 0)
+        if (i == -2)
+            snprintf(name, sizeof name, "%s.evq-state", h->queue);
+        else if (i < 0)
             snprintf(name, sizeof name, "%s", h->queue);
         else
             level_name(h, i, name, sizeof name);
@@ -1435,6 +1437,72 @@ static int amqp_destroy(void *state)
     h->declared = 0;
     pthread_mutex_unlock(&h->pub_mu);
     return rc;
+}
+
+/* ---- the pause state ------------------------------------------------------
+ * A classic durable queue <queue>.evq-state of at most one message: a
+ * message there means paused.  Every handle declares it (the same
+ * arguments: no error, and its message count in the answer) rather than
+ * look for it passively, which closes the channel when it is missing. */
+
+/* Declares the state queue on the admin channel (pub_mu held); *paused
+ * gets whether it holds the message. */
+static int state_declare(ahandle *h, bool *paused)
+{
+    int rc = admin_open(h, &h->pub);
+    if (rc)
+        return rc;
+    char name[512];
+    snprintf(name, sizeof name, "%s.evq-state", h->queue);
+    amqp_table_entry_t e[3] = {entry_str("x-queue-type", "classic"),
+                               entry_i64("x-max-length", 1),
+                               entry_str("x-overflow", "drop-head")};
+    amqp_table_t args = {3, e};
+    amqp_queue_declare_ok_t *ok = amqp_queue_declare(
+        h->pub.st, CH_ADMIN, amqp_cstring_bytes(name), 0, 1, 0, 0, args);
+    amqp_rpc_reply_t r = amqp_get_rpc_reply(h->pub.st);
+    if (r.reply_type == AMQP_RESPONSE_NORMAL && ok) {
+        *paused = ok->message_count > 0;
+        return 0;
+    }
+    char what[600];
+    snprintf(what, sizeof what, "queue.declare '%.500s'", name);
+    return rpc_fail(h, &h->pub, CH_ADMIN, r, what);
+}
+
+static int amqp_pause(void *state, int set)
+{
+    ahandle *h = state;
+    char name[512];
+    snprintf(name, sizeof name, "%s.evq-state", h->queue);
+    bool paused = false;
+    pthread_mutex_lock(&h->pub_mu);
+    int rc = pub_ready(h);
+    if (!rc)
+        rc = state_declare(h, &paused);
+    if (!rc && set > 0 && !paused) {
+        amqp_basic_properties_t p = {0};
+        p._flags = AMQP_BASIC_DELIVERY_MODE_FLAG;
+        p.delivery_mode = 2; /* persistent */
+        int st = amqp_basic_publish(h->pub.st, CH_ADMIN, amqp_cstring_bytes(""),
+                                    amqp_cstring_bytes(name), 0, 0, &p,
+                                    amqp_cstring_bytes("paused"));
+        rc = st == AMQP_STATUS_OK ? 0 : pub_broke(h, st);
+        /* on the same channel, so it is answered after the publish */
+        if (!rc && !(rc = state_declare(h, &paused)) && !paused)
+            rc = evq__err(EVQ_EIO, "amqp: the pause message did not reach "
+                                   "queue '%s'",
+                          name);
+    } else if (!rc && set == 0 && paused) {
+        amqp_queue_purge(h->pub.st, CH_ADMIN, amqp_cstring_bytes(name));
+        amqp_rpc_reply_t r = amqp_get_rpc_reply(h->pub.st);
+        if (r.reply_type != AMQP_RESPONSE_NORMAL)
+            rc = rpc_fail(h, &h->pub, CH_ADMIN, r, "queue.purge");
+    }
+    pthread_mutex_unlock(&h->pub_mu);
+    if (rc)
+        return rc;
+    return set < 0 ? paused : 0;
 }
 
 /* ---- open and close ------------------------------------------------------ */
@@ -1559,4 +1627,5 @@ const struct evq_backend_ops evq__backend_amqp = {
     .count = amqp_count,
     .close = amqp_close,
     .destroy = amqp_destroy,
+    .pause = amqp_pause,
 };

@@ -1339,6 +1339,80 @@ static int kafka_stats(void *state, struct evq_queue_stats *out)
     return 0;
 }
 
+/* ---- the pause state ------------------------------------------------------
+ * The offset a group of its own, <group>.evq-paused, has committed on
+ * partition 0 of the topic: 1 paused, 0 (or none) not.  Kept by the
+ * broker's group coordinator like any committed offset, so it outlasts
+ * the consumers; written and read with the Admin API through the
+ * producer's connections. */
+
+static int kafka_pause(void *state, int set)
+{
+    khandle *h = state;
+    rd_kafka_t *rk = h->prod;
+    char group[512];
+    snprintf(group, sizeof group, "%s.evq-paused", h->group);
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(l, h->topic, 0)->offset = set > 0;
+    rd_kafka_queue_t *rq = rd_kafka_queue_new(rk);
+    rd_kafka_AdminOptions_t *ao = admin_options(
+        h,
+        set < 0 ? RD_KAFKA_ADMIN_OP_LISTCONSUMERGROUPOFFSETS
+                : RD_KAFKA_ADMIN_OP_ALTERCONSUMERGROUPOFFSETS,
+        (int)h->connect_ms);
+    if (set < 0) {
+        rd_kafka_ListConsumerGroupOffsets_t *req =
+            rd_kafka_ListConsumerGroupOffsets_new(group, l);
+        rd_kafka_ListConsumerGroupOffsets(rk, &req, 1, ao, rq);
+        rd_kafka_ListConsumerGroupOffsets_destroy(req);
+    } else {
+        rd_kafka_AlterConsumerGroupOffsets_t *req =
+            rd_kafka_AlterConsumerGroupOffsets_new(group, l);
+        rd_kafka_AlterConsumerGroupOffsets(rk, &req, 1, ao, rq);
+        rd_kafka_AlterConsumerGroupOffsets_destroy(req);
+    }
+    rd_kafka_topic_partition_list_destroy(l);
+    rd_kafka_AdminOptions_destroy(ao);
+    rd_kafka_event_t *ev = rd_kafka_queue_poll(rq, (int)h->connect_ms + 2000);
+    rd_kafka_queue_destroy(rq);
+    if (!ev)
+        return evq__err(EVQ_ETIMEDOUT,
+                        "kafka: no answer about the pause state (group '%s')",
+                        group);
+    const rd_kafka_group_result_t **g = NULL;
+    size_t ng = 0;
+    if (set < 0) {
+        const rd_kafka_ListConsumerGroupOffsets_result_t *res =
+            rd_kafka_event_ListConsumerGroupOffsets_result(ev);
+        g = res ? rd_kafka_ListConsumerGroupOffsets_result_groups(res, &ng)
+                : NULL;
+    } else {
+        const rd_kafka_AlterConsumerGroupOffsets_result_t *res =
+            rd_kafka_event_AlterConsumerGroupOffsets_result(ev);
+        g = res ? rd_kafka_AlterConsumerGroupOffsets_result_groups(res, &ng)
+                : NULL;
+    }
+    const rd_kafka_topic_partition_list_t *got =
+        ng == 1 ? rd_kafka_group_result_partitions(g[0]) : NULL;
+    rd_kafka_resp_err_t e = rd_kafka_event_error(ev);
+    if (!e && ng == 1 && rd_kafka_group_result_error(g[0]))
+        e = rd_kafka_error_code(rd_kafka_group_result_error(g[0]));
+    if (!e && got && got->cnt == 1)
+        e = got->elems[0].err;
+    int rc;
+    if (e)
+        rc = kerr(e, set < 0 ? "reading the pause state"
+                             : "writing the pause state");
+    else if (!got || got->cnt != 1)
+        rc = evq__err(EVQ_EIO, "kafka: no pause state in the answer for "
+                               "group '%s'",
+                      group);
+    else
+        rc = set < 0 ? got->elems[0].offset >= 1 : 0;
+    rd_kafka_event_destroy(ev);
+    return rc;
+}
+
 /* The consumer group of queue `name`: kafka.group when given, else
  * evq.<name>.  Allocated; NULL when out of memory. */
 static char *group_name(const char *given, const char *name)
@@ -1582,4 +1656,5 @@ const struct evq_backend_ops evq__backend_kafka = {
     .count = kafka_count,
     .close = kafka_close,
     .destroy = kafka_destroy,
+    .pause = kafka_pause,
 };

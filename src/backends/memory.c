@@ -96,6 +96,8 @@ typedef struct mqueue {
     uint64_t heap_order;
     atomic_llong next_due; /* earliest due in the heap; INT64_MAX if none */
     atomic_size_t delayed;
+    atomic_bool paused;  /* evq_queue_pause */
+    evq__seen *done;     /* an idempotent worker's finished ids */
 } mqueue;
 
 typedef struct mhandle {
@@ -301,6 +303,7 @@ static void mqueue_destroy(mqueue *q)
     free(q->ready.slots);
     free(q->grave.slots);
     pthread_mutex_destroy(&q->heap_mu);
+    evq__seen_free(q->done);
     free(q->name);
     free(q->format);
     free(q);
@@ -336,7 +339,9 @@ static mqueue *mqueue_new(const char *name, const char *format, size_t capacity)
     q->name = evq__strdup(name);
     if (format)
         q->format = evq__strdup(format);
-    if (!ok || !q->name || (format && !q->format)) {
+    q->done = evq__seen_new();
+    if (!ok || !q->name || (format && !q->format) || !q->done) {
+        evq__seen_free(q->done);
         free(q->ready.slots);
         free(q->grave.slots);
         free(q->name);
@@ -688,6 +693,25 @@ static int memory_stats(void *state, struct evq_queue_stats *out)
     return 0;
 }
 
+static int memory_pause(void *state, int set)
+{
+    mqueue *q = ((mhandle *)state)->q;
+    if (set < 0)
+        return atomic_load(&q->paused) ? 1 : 0;
+    atomic_store(&q->paused, set != 0);
+    return 0;
+}
+
+static int memory_done_put(void *state, const char *id, int64_t window_ms)
+{
+    return evq__seen_put(((mhandle *)state)->q->done, id, window_ms);
+}
+
+static int memory_done_has(void *state, const char *id)
+{
+    return evq__seen_has(((mhandle *)state)->q->done, id) ? 1 : 0;
+}
+
 const struct evq_backend_ops evq__backend_memory = {
     .scheme = "memory",
     .flags = EVQ__BY_REF | EVQ__INSTANT,
@@ -702,4 +726,7 @@ const struct evq_backend_ops evq__backend_memory = {
     .count = memory_count,
     .close = memory_close,
     .destroy = memory_destroy,
+    .pause = memory_pause,
+    .done_put = memory_done_put,
+    .done_has = memory_done_has,
 };

@@ -158,6 +158,8 @@ typedef struct nhandle {
     pthread_cond_t closed_cv;
     bool closed; /* on_closed ran */
     atomic_bool interrupted;
+    pthread_mutex_t kv_mu; /* kv: the key-value bucket of pause states */
+    kvStore *kv;
 } nhandle;
 
 static int64_t now_ms(void)
@@ -298,6 +300,7 @@ static void nats_close(void *state)
         pthread_mutex_destroy(&h->pubs[i].mu);
         pthread_mutex_destroy(&h->pubs[i].err_mu);
     }
+    kvStore_Destroy(h->kv);
     jsCtx_Destroy(h->js);
     if (h->nc) {
         natsConnection_FlushTimeout(h->nc, 1000); /* acks sent last */
@@ -319,6 +322,7 @@ static void nats_close(void *state)
     free(h->stream);
     free(h->durable);
     pthread_mutex_destroy(&h->rd_mu);
+    pthread_mutex_destroy(&h->kv_mu);
     pthread_mutex_destroy(&h->closed_mu);
     pthread_cond_destroy(&h->closed_cv);
     free(h);
@@ -623,6 +627,7 @@ static int nats_open(void **state, const evq__url *url, const char *name,
     if (!h)
         return evq__err(EVQ_ENOMEM, "out of memory");
     pthread_mutex_init(&h->rd_mu, NULL);
+    pthread_mutex_init(&h->kv_mu, NULL);
     for (int i = 0; i < NPUB_MAX; i++) {
         pthread_mutex_init(&h->pubs[i].mu, NULL);
         pthread_mutex_init(&h->pubs[i].err_mu, NULL);
@@ -1189,6 +1194,8 @@ static int nats_count(void *state, const char *name, int64_t *n)
 /* Deletes the queue's stream (its one subject is the queue's: see
  * ensure_stream) and with it the consumer; what this handle fetched goes
  * too.  Core mode stores nothing: there is nothing to delete. */
+static int nats_pause(void *state, int set);
+
 static int nats_destroy(void *state)
 {
     nhandle *h = state;
@@ -1198,7 +1205,74 @@ static int nats_destroy(void *state)
     natsStatus s = js_DeleteStream(h->js, h->stream, NULL, &jerr);
     if (s != NATS_OK && jerr != JSStreamNotFoundErr)
         return nerr(h, s, jerr, "delete stream");
+    return nats_pause(h, 0);
+}
+
+/* ---- the pause state ------------------------------------------------------
+ * A key <stream>.paused of the JetStream key-value bucket KV_BUCKET, one
+ * for every evq queue of the server, made by the first pause. */
+
+#define KV_BUCKET "evq-state"
+
+/* The bucket, opened once (made when `create`); *kv NULL when it is not
+ * there and not made.  Under kv_mu. */
+static int state_bucket(nhandle *h, bool create, kvStore **kv)
+{
+    *kv = h->kv;
+    if (h->kv)
+        return 0;
+    natsStatus s = js_KeyValue(&h->kv, h->js, KV_BUCKET);
+    if (s == NATS_NOT_FOUND && create) {
+        kvConfig cfg;
+        kvConfig_Init(&cfg);
+        cfg.Bucket = KV_BUCKET;
+        cfg.Description = "evq: the queues' pause states";
+        cfg.History = 1;
+        cfg.StorageType = js_FileStorage;
+        s = js_CreateKeyValue(&h->kv, h->js, &cfg);
+    }
+    if (s == NATS_NOT_FOUND)
+        return 0;
+    if (s != NATS_OK) {
+        h->kv = NULL;
+        return nerr(h, s, 0, "open the key-value bucket " KV_BUCKET);
+    }
+    *kv = h->kv;
     return 0;
+}
+
+static int nats_pause(void *state, int set)
+{
+    nhandle *h = state;
+    if (h->core)
+        return set < 0 ? 0
+                       : evq__err(EVQ_ENOTSUP,
+                                  "nats.mode=core keeps no state: a queue "
+                                  "can be paused with JetStream");
+    char key[300];
+    snprintf(key, sizeof key, "%s.paused", h->stream);
+    kvStore *kv;
+    pthread_mutex_lock(&h->kv_mu);
+    int rc = state_bucket(h, set > 0, &kv);
+    natsStatus s = NATS_OK;
+    if (!rc && kv) {
+        if (set > 0) {
+            s = kvStore_PutString(NULL, kv, key, "1");
+        } else if (set == 0) {
+            s = kvStore_Delete(kv, key);
+        } else {
+            kvEntry *e = NULL;
+            s = kvStore_Get(&e, kv, key);
+            rc = s == NATS_OK;
+            kvEntry_Destroy(e);
+        }
+        if (s == NATS_NOT_FOUND)
+            s = NATS_OK;
+        if (s != NATS_OK)
+            rc = nerr(h, s, 0, "the pause state");
+    }
+    pthread_mutex_unlock(&h->kv_mu);
+    return rc;
 }
 
 const struct evq_backend_ops evq__backend_nats = {
@@ -1219,4 +1293,5 @@ const struct evq_backend_ops evq__backend_nats = {
     .count = nats_count,
     .close = nats_close,
     .destroy = nats_destroy,
+    .pause = nats_pause,
 };

@@ -39,8 +39,8 @@
 #include <unistd.h>
 
 /* The schema's version: what this evq makes, and the newest it reads. */
-#define SCHEMA_VERSION 1
-#define SCHEMA_VERSION_TEXT "1"
+#define SCHEMA_VERSION 2
+#define SCHEMA_VERSION_TEXT "2"
 
 /* The server's clock, Unix ms. */
 #define NOW_MS "(extract(epoch from clock_timestamp()) * 1000)::bigint"
@@ -146,6 +146,7 @@ typedef struct pghandle {
     int64_t vt_ms, poll_ms;
     size_t max_bytes;
     uint64_t claim_seq;
+    atomic_uint record_puts; /* one in 256 clears the expired records */
     evq__logger *log;
     atomic_bool down, interrupted;
 } pghandle;
@@ -402,6 +403,13 @@ static const char *const migrations[SCHEMA_VERSION] = {
     " claim bigint);"
     "CREATE INDEX IF NOT EXISTS messages_visible ON %1$s.messages (queue, "
     "visible_at, id);",
+    /* 2: a queue's small records: its pause state ('paused'), the ids an
+     * idempotent worker finished ('done:<id>', until expires_at) */
+    "CREATE TABLE IF NOT EXISTS %1$s.state ("
+    " queue text NOT NULL,"
+    " key text NOT NULL,"
+    " expires_at bigint,"
+    " PRIMARY KEY (queue, key));",
 };
 
 /* Runs SQL text with the schema's quoted name in it as %1$s. */
@@ -577,7 +585,8 @@ static int make_statements(pghandle *h)
          "FILTER (WHERE visible_at > t.now AND claim IS NOT NULL), count(*) "
          "FILTER (WHERE visible_at > t.now AND claim IS NULL) FROM "
          "%1$s.messages, (SELECT " NOW_MS " AS now) t WHERE queue = $1"},
-        {&h->sql_delete, "DELETE FROM %1$s.messages WHERE queue = $1"},
+        {&h->sql_delete, "WITH gone AS (DELETE FROM %1$s.state WHERE queue "
+                         "= $1) DELETE FROM %1$s.messages WHERE queue = $1"},
     };
     for (size_t i = 0; i < sizeof st / sizeof *st; i++)
         if (!(*st[i].at = statement(h, st[i].fmt)))
@@ -1169,6 +1178,99 @@ static int pg_destroy(void *state)
     return rc;
 }
 
+/* ---- the queue's records: pause state, finished ids ------------------- */
+
+/* Whether record `key` of the queue is there and not expired: 1, 0, or
+ * the error.  On the settling connection. */
+static int record_has(pghandle *h, const char *key)
+{
+    char now[24];
+    snprintf(now, sizeof now, "%lld", (long long)(evq__now_real_ns() / 1000000));
+    const char *v[3] = {h->queue, key, now};
+    char *sql = statement(h, "SELECT 1 FROM %1$s.state WHERE queue = $1 AND "
+                             "key = $2 AND (expires_at IS NULL OR expires_at "
+                             "> $3)");
+    if (!sql)
+        return evq__err(EVQ_ENOMEM, "out of memory");
+    PGresult *r = NULL;
+    /* not settle_run: the acks held back stay so (a read every
+     * PAUSE_READ_MS would otherwise send them at once) */
+    pthread_mutex_lock(&h->settle_mu);
+    int rc = settle_locked(h, sql, 3, v, NULL, NULL, &r, "read a record");
+    pthread_mutex_unlock(&h->settle_mu);
+    free(sql);
+    if (!rc) {
+        rc = PQntuples(r) > 0;
+        PQclear(r);
+    }
+    return rc;
+}
+
+/* Writes record `key` (for ttl_ms; 0: for good) or deletes it (`put`
+ * false): the pause state on the command connection (committed
+ * durably), finished ids on the settling one, before their acks.  A
+ * finished id's write also clears the queue's expired ones, one time in
+ * 256. */
+static int record_write(pghandle *h, const char *key, bool put,
+                        int64_t ttl_ms)
+{
+    int64_t now = evq__now_real_ns() / 1000000;
+    char until[24];
+    snprintf(until, sizeof until, "%lld", (long long)(now + ttl_ms));
+    const char *v[3] = {h->queue, key, ttl_ms > 0 ? until : NULL};
+    char *sql = statement(
+        h, put ? "INSERT INTO %1$s.state (queue, key, expires_at) VALUES ($1, "
+                 "$2, $3) ON CONFLICT (queue, key) DO UPDATE SET expires_at = "
+                 "EXCLUDED.expires_at"
+               : "DELETE FROM %1$s.state WHERE queue = $1 AND key = $2");
+    if (!sql)
+        return evq__err(EVQ_ENOMEM, "out of memory");
+    int rc;
+    if (ttl_ms > 0) {
+        rc = settle_run(h, sql, 3, v, NULL, NULL, NULL, "write a record");
+        if (!rc && atomic_fetch_add(&h->record_puts, 1) % 256 == 0) {
+            char *gc = statement(h, "DELETE FROM %1$s.state WHERE queue = $1 "
+                                    "AND expires_at <= $2");
+            snprintf(until, sizeof until, "%lld", (long long)now);
+            const char *g[2] = {h->queue, until};
+            rc = gc ? settle_run(h, gc, 2, g, NULL, NULL, NULL,
+                                 "clear expired records")
+                    : evq__err(EVQ_ENOMEM, "out of memory");
+            free(gc);
+        }
+    } else {
+        pthread_mutex_lock(&h->mu);
+        rc = cmd_conn(h);
+        if (!rc)
+            rc = run(h, h->cmd, sql, put ? 3 : 2, v, NULL, NULL, false, NULL,
+                     "write a record");
+        pthread_mutex_unlock(&h->mu);
+    }
+    free(sql);
+    return rc;
+}
+
+static int pg_pause(void *state, int set)
+{
+    if (set < 0)
+        return record_has(state, "paused");
+    return record_write(state, "paused", set != 0, 0);
+}
+
+static int pg_done_put(void *state, const char *id, int64_t window_ms)
+{
+    char key[EVQ_MAX_ATTR_BYTES + 8];
+    snprintf(key, sizeof key, "done:%s", id);
+    return record_write(state, key, true, window_ms);
+}
+
+static int pg_done_has(void *state, const char *id)
+{
+    char key[EVQ_MAX_ATTR_BYTES + 8];
+    snprintf(key, sizeof key, "done:%s", id);
+    return record_has(state, key);
+}
+
 const struct evq_backend_ops evq__backend_postgres = {
     .scheme = "postgres",
     .flags = 0,
@@ -1186,6 +1288,9 @@ const struct evq_backend_ops evq__backend_postgres = {
     .count = pg_count,
     .close = pg_close,
     .destroy = pg_destroy,
+    .pause = pg_pause,
+    .done_put = pg_done_put,
+    .done_has = pg_done_has,
 };
 
 /* ---- the outbox -----------------------------------------------------------

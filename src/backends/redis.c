@@ -1744,18 +1744,95 @@ static int redis_count(void *state, const char *name, int64_t *n)
     return rc;
 }
 
+/* ---- the queue's records: pause state, finished ids ------------------- */
+
+/* The key <prefix><name>:<what>[<id>]; malloc'd, NULL when out of memory
+ * (said). */
+static char *record_key(rhandle *h, const char *what, const char *id)
+{
+    size_t n = strlen(h->stream) + strlen(what) + (id ? strlen(id) : 0) + 2;
+    char *k = malloc(n);
+    if (!k) {
+        evq__err(EVQ_ENOMEM, "out of memory");
+        return NULL;
+    }
+    snprintf(k, n, "%s:%s%s", h->stream, what, id ? id : "");
+    return k;
+}
+
 /* Deletes the queue's stream (its entries and consumer group) and its
  * delayed set. */
 static int redis_destroy(void *state)
 {
     rhandle *h = state;
     redisReply *r;
-    const char *del[] = {"DEL", h->stream, h->delayed};
+    char *paused = record_key(h, "paused", NULL);
+    if (!paused)
+        return EVQ_ENOMEM;
+    const char *del[] = {"DEL", h->stream, h->delayed, paused};
     flush_acks(h);
-    int rc = run(h, 3, del, NULL, &r, "DEL");
+    int rc = run(h, 4, del, NULL, &r, "DEL");
     if (!rc)
         freeReplyObject(r);
+    free(paused);
     return rc;
+}
+
+/* Whether the record is there: 1, 0, or the error. */
+static int record_has(rhandle *h, const char *what, const char *id)
+{
+    char *k = record_key(h, what, id);
+    if (!k)
+        return EVQ_ENOMEM;
+    const char *a[] = {"EXISTS", k};
+    redisReply *r;
+    int rc = run(h, 2, a, NULL, &r, "EXISTS");
+    if (!rc) {
+        rc = r->type == REDIS_REPLY_INTEGER && r->integer > 0;
+        freeReplyObject(r);
+    }
+    free(k);
+    return rc;
+}
+
+/* Sets the record (for ttl_ms, 0: for good) or deletes it (`put` false). */
+static int record_write(rhandle *h, const char *what, const char *id,
+                        bool put, int64_t ttl_ms)
+{
+    char *k = record_key(h, what, id);
+    if (!k)
+        return EVQ_ENOMEM;
+    char ttl[24];
+    snprintf(ttl, sizeof ttl, "%lld", (long long)ttl_ms);
+    const char *set[] = {"SET", k, "1", "PX", ttl};
+    const char *del[] = {"DEL", k};
+    redisReply *r;
+    int rc = put ? run(h, ttl_ms > 0 ? 5 : 3, set, NULL, &r, "SET")
+                 : run(h, 2, del, NULL, &r, "DEL");
+    if (!rc)
+        freeReplyObject(r);
+    free(k);
+    return rc;
+}
+
+/* The pause state is the key <stream>:paused. */
+static int redis_pause(void *state, int set)
+{
+    if (set < 0)
+        return record_has(state, "paused", NULL);
+    return record_write(state, "paused", NULL, set != 0, 0);
+}
+
+/* A finished id is the key <stream>:done:<id>, expiring with the
+ * window. */
+static int redis_done_put(void *state, const char *id, int64_t window_ms)
+{
+    return record_write(state, "done:", id, true, window_ms);
+}
+
+static int redis_done_has(void *state, const char *id)
+{
+    return record_has(state, "done:", id);
 }
 
 const struct evq_backend_ops evq__backend_redis = {
@@ -1776,4 +1853,7 @@ const struct evq_backend_ops evq__backend_redis = {
     .count = redis_count,
     .close = redis_close,
     .destroy = redis_destroy,
+    .pause = redis_pause,
+    .done_put = redis_done_put,
+    .done_has = redis_done_has,
 };

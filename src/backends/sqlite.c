@@ -162,6 +162,10 @@ enum {
     S_BEGIN,
     S_COMMIT,
     S_ROLLBACK,
+    S_STATE_GET,
+    S_STATE_PUT,
+    S_STATE_DEL,
+    S_STATE_GC,
     S_COUNT
 };
 
@@ -196,6 +200,13 @@ static const char *const sql_text[S_COUNT] = {
     [S_BEGIN] = "BEGIN IMMEDIATE",
     [S_COMMIT] = "COMMIT",
     [S_ROLLBACK] = "ROLLBACK",
+    [S_STATE_GET] = "SELECT value FROM evq_state WHERE queue = ?1 AND key = "
+                    "?2 AND (expires_at IS NULL OR expires_at > ?3)",
+    [S_STATE_PUT] = "INSERT OR REPLACE INTO evq_state (queue, key, value, "
+                    "expires_at) VALUES (?1, ?2, ?3, ?4)",
+    [S_STATE_DEL] = "DELETE FROM evq_state WHERE queue = ?1 AND key = ?2",
+    [S_STATE_GC] = "DELETE FROM evq_state WHERE queue = ?1 AND expires_at <= "
+                   "?2",
 };
 
 /* An enqueue waiting to be committed with others (group commit). */
@@ -235,6 +246,7 @@ typedef struct sqhandle {
     size_t n_acks, cap_acks;
     int64_t oldest_ack_ms;
     uint64_t claim_seq;
+    uint64_t done_puts; /* every 256th clears the expired records */
     int busy_timeout_ms;
     int64_t busy_since;
     evq__flusher flusher; /* commits deferred acks in time */
@@ -339,7 +351,15 @@ static const char tables_sql[] =
     " attempt INTEGER NOT NULL DEFAULT 0,"
     " visible_at INTEGER NOT NULL,"
     " enqueued_at INTEGER NOT NULL,"
-    " claim INTEGER);";
+    " claim INTEGER);"
+    /* A queue's small records: its pause state ('paused'), the ids an
+     * idempotent worker finished ('done:<id>', until expires_at). */
+    "CREATE TABLE IF NOT EXISTS evq_state ("
+    " queue TEXT NOT NULL,"
+    " key TEXT NOT NULL,"
+    " value TEXT NOT NULL,"
+    " expires_at INTEGER,"
+    " PRIMARY KEY (queue, key));";
 
 static const char index_sql[] =
     "CREATE INDEX IF NOT EXISTS evq_messages_visible ON evq_messages (queue, "
@@ -1157,13 +1177,17 @@ static int sqlite_count(void *state, const char *name, int64_t *n)
 static int sqlite_destroy(void *state)
 {
     sqhandle *h = state;
-    sqlite3_stmt *st = NULL;
+    static const char *const sql[] = {
+        "DELETE FROM evq_messages WHERE queue = ?1",
+        "DELETE FROM evq_state WHERE queue = ?1",
+    };
     pthread_mutex_lock(&h->mu);
     flush_acks(h);
     int rc = tx_begin(h);
-    if (!rc) {
-        int src = sqlite3_prepare_v2(
-            h->db, "DELETE FROM evq_messages WHERE queue = ?1", -1, &st, NULL);
+    bool began = rc == 0;
+    for (size_t i = 0; !rc && i < sizeof sql / sizeof *sql; i++) {
+        sqlite3_stmt *st = NULL;
+        int src = sqlite3_prepare_v2(h->db, sql[i], -1, &st, NULL);
         if (src == SQLITE_OK) {
             sqlite3_bind_text(st, 1, h->queue, -1, SQLITE_STATIC);
             src = sqlite3_step(st);
@@ -1171,10 +1195,84 @@ static int sqlite_destroy(void *state)
         rc = src == SQLITE_OK || src == SQLITE_DONE ? 0
                                                      : db_err(h, src, "delete");
         sqlite3_finalize(st);
+    }
+    if (began)
+        rc = tx_end(h, rc);
+    pthread_mutex_unlock(&h->mu);
+    return rc;
+}
+
+/* ---- the queue's records: pause state, finished ids ------------------- */
+
+/* Whether record `key` of the queue is there (and not expired): 1, 0, or
+ * the error. */
+static int state_has(sqhandle *h, const char *key)
+{
+    sqlite3_stmt *st = h->st[S_STATE_GET];
+    pthread_mutex_lock(&h->mu);
+    sqlite3_bind_text(st, 1, h->queue, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, key, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, now_ms());
+    int src = sqlite3_step(st);
+    int rc = src == SQLITE_ROW    ? 1
+             : src == SQLITE_DONE ? 0
+                                  : db_err(h, src, "reading a record");
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    pthread_mutex_unlock(&h->mu);
+    return rc;
+}
+
+/* Writes record `key` (ttl_ms 0: for good), or deletes it (`put` false),
+ * in a transaction of its own; every 256th write of a handle also clears
+ * the queue's expired records. */
+static int state_write(sqhandle *h, const char *key, bool put, int64_t ttl_ms)
+{
+    pthread_mutex_lock(&h->mu);
+    int rc = tx_begin(h);
+    if (!rc) {
+        int which = put ? S_STATE_PUT : S_STATE_DEL;
+        sqlite3_stmt *st = h->st[which];
+        sqlite3_bind_text(st, 1, h->queue, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, key, -1, SQLITE_STATIC);
+        if (put) {
+            sqlite3_bind_text(st, 3, "1", -1, SQLITE_STATIC);
+            if (ttl_ms > 0)
+                sqlite3_bind_int64(st, 4, now_ms() + ttl_ms);
+        }
+        rc = step_done(h, which, "writing a record");
+        if (!rc && ttl_ms > 0 && h->done_puts++ % 256 == 0) {
+            sqlite3_bind_text(h->st[S_STATE_GC], 1, h->queue, -1,
+                              SQLITE_STATIC);
+            sqlite3_bind_int64(h->st[S_STATE_GC], 2, now_ms());
+            rc = step_done(h, S_STATE_GC, "clearing expired records");
+        }
         rc = tx_end(h, rc);
     }
     pthread_mutex_unlock(&h->mu);
     return rc;
+}
+
+static int sqlite_pause(void *state, int set)
+{
+    sqhandle *h = state;
+    if (set < 0)
+        return state_has(h, "paused");
+    return state_write(h, "paused", set != 0, 0);
+}
+
+static int sqlite_done_put(void *state, const char *id, int64_t window_ms)
+{
+    char key[EVQ_MAX_ATTR_BYTES + 8];
+    snprintf(key, sizeof key, "done:%s", id);
+    return state_write(state, key, true, window_ms);
+}
+
+static int sqlite_done_has(void *state, const char *id)
+{
+    char key[EVQ_MAX_ATTR_BYTES + 8];
+    snprintf(key, sizeof key, "done:%s", id);
+    return state_has(state, key);
 }
 
 const struct evq_backend_ops evq__backend_sqlite = {
@@ -1194,6 +1292,9 @@ const struct evq_backend_ops evq__backend_sqlite = {
     .count = sqlite_count,
     .close = sqlite_close,
     .destroy = sqlite_destroy,
+    .pause = sqlite_pause,
+    .done_put = sqlite_done_put,
+    .done_has = sqlite_done_has,
 };
 
 /* ---- the outbox -----------------------------------------------------------

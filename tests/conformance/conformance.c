@@ -1785,6 +1785,324 @@ static void a_batch_waiting_to_fill_keeps_its_events(void **state)
     evq_queue_close(q);
 }
 
+/* ---- flow control: pause and resume, idempotent workers ----------------- */
+
+/* The lines of a file (0 when it is not there). */
+static long count_lines_any(const char *file)
+{
+    FILE *f = fopen(file, "r");
+    long n = 0;
+    int c;
+    while (f && (c = getc(f)) != EOF)
+        n += c == '\n';
+    if (f)
+        fclose(f);
+    return n;
+}
+
+/* A consumer process a test started, killed at exit should the test
+ * fail before it does (its output would hold ctest up). */
+static pid_t leftover_pid;
+
+static void kill_leftover(void)
+{
+    if (leftover_pid > 0) {
+        kill(leftover_pid, SIGKILL);
+        waitpid(leftover_pid, NULL, 0);
+    }
+}
+
+struct starts {
+    atomic_int n;
+    _Atomic int64_t last_ms; /* when the latest handler started */
+};
+
+static int start_handler(const evq_event *ev, void *arg)
+{
+    struct starts *s = arg;
+    (void)ev;
+    atomic_store(&s->last_ms, now_ms());
+    atomic_fetch_add(&s->n, 1);
+    return 0;
+}
+
+/* The events handled here and by the consumer process writing `file`
+ * (NULL: none) add up to n. */
+struct handled_all {
+    struct starts *s;
+    const char *file;
+    long n;
+};
+
+static bool handled_reach(void *arg)
+{
+    struct handled_all *a = arg;
+    return atomic_load(&a->s->n) +
+               (a->file ? count_lines_any(a->file) : 0) >=
+           a->n;
+}
+
+static void enqueue_ints(evq_queue *q, int from, int n)
+{
+    for (int i = from; i < from + n; i++) {
+        evq_event *ev = evq_event_new("conf.int", json_integer(i));
+        assert_evq_ok(evq_enqueue(q, ev));
+        evq_event_free(ev);
+    }
+}
+
+/* Two consumers (handles of their own, as two processes would have; and a
+ * process of its own where the queue lives outside this one) stop taking
+ * events within a second of a pause made through a third handle; a handle
+ * opened afterwards reads the queue paused; resume drains everything. */
+static void a_paused_queue_feeds_no_consumer_until_resumed(void **state)
+{
+    (void)state;
+    REQUIRES(PROMISE_BACKLOG);
+    char name[64], url[1024], file[256];
+    evq_queue *q = open_fresh(NULL, name), *q1, *q2, *q3;
+    url_with(url, sizeof url, NULL);
+    assert_evq_ok(evq_queue_open(&q1, url, name, NULL));
+    assert_evq_ok(evq_queue_open(&q2, url, name, NULL));
+    struct starts s = {0};
+    evq_events *e = evq_events_new();
+    evq_register_handler(e, "*", start_handler, &s);
+    evq_worker_opts o;
+    evq_worker_opts_init(&o);
+    o.concurrency = 2;
+    evq_worker *w1, *w2;
+    assert_evq_ok(evq_worker_start(&w1, q1, e, &o));
+    assert_evq_ok(evq_worker_start(&w2, q2, e, &o));
+    bool other = strncmp(base_url, "memory://", 9) != 0;
+    pid_t pid = 0;
+    snprintf(file, sizeof file, "/tmp/evq-conf-pause-%d-%s", (int)getpid(),
+             name);
+    unlink(file);
+    if (other) {
+        const char *args[] = {"log", file, url, name, NULL};
+        leftover_pid = pid = spawn_consumer(args);
+    }
+    enqueue_ints(q, 0, 10);
+    struct handled_all all = {&s, other ? file : NULL, 10};
+    assert_true(eventually(handled_reach, &all, 20000));
+
+    assert_int_equal(evq_queue_paused(q), 0);
+    assert_evq_ok(evq_queue_pause(q));
+    assert_evq_ok(evq_queue_pause(q)); /* again: still paused, no error */
+    assert_int_equal(evq_queue_paused(q), 1);
+    int64_t paused_at = now_ms();
+    nanosleep(&(struct timespec){1, 0}, NULL);
+    int here = atomic_load(&s.n);
+    long there = other ? count_lines_any(file) : 0;
+    enqueue_ints(q, 10, 20); /* producers still enqueue */
+    nanosleep(&(struct timespec){1, 500 * 1000000}, NULL);
+    assert_int_equal(atomic_load(&s.n), here);
+    if (other)
+        assert_int_equal(count_lines_any(file), there);
+    assert_true(atomic_load(&s.last_ms) < paused_at + 1000);
+
+    /* A restart keeps the state: a new handle and worker read it paused. */
+    assert_evq_ok(evq_worker_stop(w1, 5000));
+    evq_worker_free(w1);
+    evq_queue_close(q1);
+    assert_evq_ok(evq_queue_open(&q3, url, name, NULL));
+    assert_int_equal(evq_queue_paused(q3), 1);
+    evq_msg *m;
+    assert_evq_err(evq_dequeue(q3, &m, 300), EVQ_ETIMEDOUT);
+    assert_evq_ok(evq_worker_start(&w1, q3, e, &o));
+    nanosleep(&(struct timespec){0, 600 * 1000000}, NULL);
+    assert_int_equal(atomic_load(&s.n), here);
+
+    assert_evq_ok(evq_queue_resume(q));
+    assert_int_equal(evq_queue_paused(q), 0);
+    all.n = 30;
+    assert_true(eventually(handled_reach, &all, 20000));
+    if (other) {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        leftover_pid = 0;
+        unlink(file);
+    }
+    evq_worker_free(w1);
+    evq_worker_free(w2);
+    evq_events_free(e);
+    evq_queue_close(q2);
+    evq_queue_close(q3);
+    evq_queue_close(q);
+}
+
+struct dedup_seen {
+    evq_worker *w;
+    uint64_t n;
+};
+
+static bool deduplicated_reach(void *arg)
+{
+    struct dedup_seen *d = arg;
+    struct evq_worker_stats st;
+    evq_worker_stats(d->w, &st);
+    return st.deduplicated >= d->n;
+}
+
+/* With dedup_window_ms, an event whose id finished within the window is
+ * acked without running (a second copy of the same id); without it, or
+ * once the window passed, it runs again. */
+static void a_finished_event_is_not_run_again_within_the_dedup_window(
+    void **state)
+{
+    (void)state;
+    REQUIRES(PROMISE_BACKLOG);
+    if (strncmp(base_url, "nats", 4) == 0) {
+        print_message("[  SKIP    ] nats:// stores an id once within the "
+                      "stream's duplicate window (Nats-Msg-Id): a second "
+                      "copy never reaches a worker\n");
+        skip();
+    }
+    evq_queue *q = open_fresh(NULL, NULL);
+    evq_events *e = evq_events_new();
+    atomic_int calls = 0;
+    evq_register_handler(e, "*", count_handler, &calls);
+    evq_event *ev = numbered(7);
+    evq_worker_opts o;
+    evq_worker_opts_init(&o);
+    o.dedup_window_ms = 60000;
+    evq_worker *w;
+    assert_evq_ok(evq_worker_start(&w, q, e, &o));
+    assert_evq_ok(evq_enqueue(q, ev));
+    assert_true(eventually(at_least_one, &calls, 20000));
+    assert_evq_ok(evq_enqueue(q, ev)); /* the same id again */
+    struct dedup_seen d = {w, 1};
+    assert_true(eventually(deduplicated_reach, &d, 20000));
+    struct evq_worker_stats st;
+    assert_evq_ok(evq_worker_stop(w, 5000));
+    evq_worker_stats(w, &st);
+    assert_int_equal(atomic_load(&calls), 1);
+    assert_int_equal(st.succeeded, 1);
+    assert_int_equal(st.deduplicated, 1);
+    assert_int_equal(st.received, 2);
+    evq_worker_free(w);
+
+    /* Without the window it runs again. */
+    o.dedup_window_ms = 0;
+    assert_evq_ok(evq_worker_start(&w, q, e, &o));
+    assert_evq_ok(evq_enqueue(q, ev));
+    wait_settled(w, 1);
+    assert_evq_ok(evq_worker_stop(w, 5000));
+    evq_worker_stats(w, &st);
+    assert_int_equal(atomic_load(&calls), 2);
+    assert_int_equal(st.deduplicated, 0);
+    evq_worker_free(w);
+
+    /* A short window passes: it runs again. */
+    evq_event *ev2 = numbered(8);
+    o.dedup_window_ms = 200;
+    assert_evq_ok(evq_worker_start(&w, q, e, &o));
+    assert_evq_ok(evq_enqueue(q, ev2));
+    wait_settled(w, 1);
+    nanosleep(&(struct timespec){0, 400 * 1000000}, NULL);
+    assert_evq_ok(evq_enqueue(q, ev2));
+    wait_settled(w, 2);
+    assert_evq_ok(evq_worker_stop(w, 5000));
+    evq_worker_stats(w, &st);
+    assert_int_equal(atomic_load(&calls), 4);
+    assert_int_equal(st.deduplicated, 0);
+    evq_worker_free(w);
+
+    assert_empty(q);
+    o.dedup_window_ms = -1;
+    assert_evq_err(evq_worker_start(&w, q, e, &o), EVQ_EINVAL);
+    assert_non_null(strstr(evq_errmsg(), "dedup_window_ms"));
+    evq_event_free(ev);
+    evq_event_free(ev2);
+    evq_events_free(e);
+    evq_queue_close(q);
+}
+
+/* A handler slower than its lease (touch_ms -1: not kept) succeeds after
+ * another consumer took the event over, so its ack does not settle it, as
+ * if the worker had died between the two: the event comes again.  With dedup_window_ms on a backend that
+ * keeps the record for every worker, the next worker acks it without
+ * running it; without the window it runs again. */
+struct slow_ok {
+    atomic_int started, calls;
+    int sleep_ms;
+};
+
+static int slow_ok_handler(const evq_event *ev, void *arg)
+{
+    struct slow_ok *s = arg;
+    (void)ev;
+    atomic_fetch_add(&s->started, 1);
+    nanosleep(&(struct timespec){s->sleep_ms / 1000,
+                                 (s->sleep_ms % 1000) * 1000000L},
+              NULL);
+    atomic_fetch_add(&s->calls, 1);
+    return 0;
+}
+
+
+static void an_event_whose_ack_was_lost_is_not_run_again(void **state)
+{
+    (void)state;
+    REQUIRES(PROMISE_LEASES);
+    bool shared = strncmp(base_url, "sqlite", 6) == 0 ||
+                  strncmp(base_url, "redis", 5) == 0 ||
+                  strncmp(base_url, "postgres", 8) == 0;
+    if (!shared) {
+        print_message("[  SKIP    ] %s keeps no finished-id record shared "
+                      "by workers: each worker remembers its own\n",
+                      base_url);
+        skip();
+    }
+    for (int with = 1; with >= 0; with--) {
+        evq_queue *q = open_fresh("visibility_timeout_ms=1000", NULL);
+        evq_event *ev = numbered(9);
+        assert_evq_ok(evq_enqueue(q, ev));
+        evq_events *e = evq_events_new();
+        struct slow_ok slow = {.sleep_ms = 1600};
+        evq_register_handler(e, "*", slow_ok_handler, &slow);
+        evq_worker_opts o;
+        evq_worker_opts_init(&o);
+        o.touch_ms = -1;
+        o.dedup_window_ms = with ? 60000 : 0;
+        evq_worker *a;
+        assert_evq_ok(evq_worker_start(&a, q, e, &o));
+        assert_true(eventually(at_least_one, &slow.started, 20000));
+        /* its lease runs out meanwhile: another consumer takes it over */
+        evq_msg *m;
+        assert_evq_ok(evq_dequeue(q, &m, 5000));
+        assert_true(eventually(at_least_one, &slow.calls, 20000));
+        assert_evq_ok(evq_worker_stop(a, 5000));
+        evq_worker_free(a);
+        assert_evq_ok(evq_nack(m, 0)); /* back for the next worker */
+
+        slow.sleep_ms = 0;
+        o.touch_ms = 0;
+        o.dedup_window_ms = 60000;
+        evq_worker *b;
+        assert_evq_ok(evq_worker_start(&b, q, e, &o));
+        struct evq_worker_stats st;
+        struct dedup_seen d = {b, 1};
+        if (with)
+            assert_true(eventually(deduplicated_reach, &d, 20000));
+        else
+            wait_settled(b, 1);
+        assert_evq_ok(evq_worker_stop(b, 5000));
+        evq_worker_stats(b, &st);
+        print_message("ack lost, dedup %s: the handler ran %d time(s) in "
+                      "all, %llu deduplicated\n",
+                      with ? "on" : "off", atomic_load(&slow.calls),
+                      (unsigned long long)st.deduplicated);
+        assert_int_equal(atomic_load(&slow.calls), with ? 1 : 2);
+        assert_int_equal(st.deduplicated, with ? 1 : 0);
+        assert_empty(q);
+        evq_worker_free(b);
+        evq_events_free(e);
+        evq_event_free(ev);
+        evq_queue_close(q);
+    }
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 2) {
@@ -1800,6 +2118,7 @@ int main(int argc, char **argv)
             break;
         }
     printf("conformance suite on %s\n", base_url);
+    atexit(kill_leftover);
     if (getenv("EVQ_TEST_FILTER")) /* run only the tests matching it */
         cmocka_set_test_filter(getenv("EVQ_TEST_FILTER"));
     if (!(promises & PROMISE_BACKLOG))
@@ -1836,6 +2155,10 @@ int main(int argc, char **argv)
         cmocka_unit_test(a_killed_async_producer_loses_nothing_reported),
         cmocka_unit_test(batches_are_taken_and_acked_together),
         cmocka_unit_test(a_deleted_queue_is_gone),
+        cmocka_unit_test(a_paused_queue_feeds_no_consumer_until_resumed),
+        cmocka_unit_test(
+            a_finished_event_is_not_run_again_within_the_dedup_window),
+        cmocka_unit_test(an_event_whose_ack_was_lost_is_not_run_again),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
