@@ -668,6 +668,17 @@ typedef enum evq_unhandled {
     EVQ_UNHANDLED_ACK          /* acknowledge and drop */
 } evq_unhandled;
 
+/* A rate limit (per_second > 0) or a concurrency cap (max_running > 0) on
+ * the handler runs of the events whose type matches `pattern`: see
+ * evq_worker_limit and evq_worker_cap. */
+typedef struct evq_limit {
+    const char *pattern;
+    double per_second;
+    int burst;
+    unsigned flags; /* EVQ_LIMIT_BY_KEY */
+    int max_running;
+} evq_limit;
+
 typedef struct evq_worker_opts {
     int concurrency;           /* threads, 1..1024; default 1 */
     int prefetch;              /* events each thread takes ahead, 1..1024; 1 */
@@ -715,6 +726,12 @@ typedef struct evq_worker_opts {
      * remembers its own (per process, in memory).  0 (default): off; at
      * most 2592000000 (30 days). */
     int64_t dedup_window_ms;
+    /* Limits and caps in force from the first event (each as
+     * evq_worker_limit or evq_worker_cap would add it; copied by
+     * evq_worker_start, which fails with EVQ_EINVAL naming a bad one).
+     * NULL, 0 (default): none. */
+    const evq_limit *limits;
+    int n_limits;
 } evq_worker_opts;
 
 /* Fills `o` with the defaults above. */
@@ -736,6 +753,36 @@ EVQ_API int evq_worker_start(evq_worker **w, evq_queue *q, evq_events *events,
  * `events` registry must outlive them.  EVQ_ESTATE when called twice or from
  * one of the worker's own handlers.  Any thread but the worker's. */
 EVQ_API int evq_worker_stop(evq_worker *w, int drain_timeout_ms);
+
+/* Rate limits and caps on the worker's handler runs, for the events whose
+ * type matches `pattern` (as handlers take them: "*", "order.*",
+ * "order.paid"); an event is held to every limit it matches.
+ *
+ * evq_worker_limit: a token bucket refilled at `per_second` (above 0, at
+ * most 1e9) holding up to `burst` tokens (1 to 1000000; a new bucket is
+ * full): each event takes a token before its handlers run.  With
+ * EVQ_LIMIT_BY_KEY each `partitionkey` value has a bucket of its own
+ * (events without one share one).  The bucket is shared by every worker
+ * of the queue, in every process, on sqlite://, postgres:// and redis://
+ * (a row, a hash updated by a script; the server's clock on postgres and
+ * redis), and by every worker of the process on the others.
+ *
+ * evq_worker_cap: at most `max_running` (1 to 1024) handler runs of this
+ * worker at once (a batch handler's run is one).
+ *
+ * An event over a limit waits on its worker thread (its lease kept by
+ * the worker's touches), then runs: it is not failed, its attempt count is
+ * not raised, and it is counted once as `throttled`.  evq_worker_stop
+ * hands back events still waiting.  These calls add a limit to a running
+ * worker, for the runs that start after them; limits in force from the
+ * first event go in evq_worker_opts.limits.  At most 64 limits and caps
+ * per worker (EVQ_EFULL).  EVQ_EINVAL names a bad argument.  Any
+ * thread. */
+#define EVQ_LIMIT_BY_KEY 0x1u
+EVQ_API int evq_worker_limit(evq_worker *w, const char *pattern,
+                             double per_second, int burst, unsigned flags);
+EVQ_API int evq_worker_cap(evq_worker *w, const char *pattern,
+                           int max_running);
 
 /* Frees a worker, stopping it first (without a deadline) if it runs.  NULL
  * is a no-op.  Not from one of its own handlers. */
@@ -760,6 +807,8 @@ struct evq_worker_stats {
                             their ack refused with EVQ_ESTATE) */
     uint64_t deduplicated; /* acked without running: finished before
                               within dedup_window_ms */
+    uint64_t throttled;    /* handler runs that waited for a rate limit or
+                              a cap (evq_worker_limit, evq_worker_cap) */
 };
 
 /* Fills `out` with the worker's counters so far.  Any thread, any time

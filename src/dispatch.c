@@ -196,6 +196,25 @@ int evq_register_batch_handler(evq_events *e, const char *pattern,
     return add_handler(e, &h);
 }
 
+int evq__pattern_check(const char *pattern)
+{
+    handler h;
+    int rc = parse_pattern(pattern, &h);
+    if (rc == 0)
+        free(h.pattern);
+    return rc;
+}
+
+bool evq__pattern_match(const char *pattern, const char *type)
+{
+    size_t n = strlen(pattern), tlen = strlen(type);
+    if (n == 1 && pattern[0] == '*')
+        return true;
+    if (n >= 3 && pattern[n - 1] == '*')
+        return tlen > n - 1 && memcmp(type, pattern, n - 1) == 0;
+    return tlen == n && memcmp(type, pattern, n) == 0;
+}
+
 /* The published handlers: a walk reads the table and its count once. */
 static const handler *handlers(evq_events *e, size_t *n)
 {

@@ -124,6 +124,15 @@ bool evq__seen_has(evq__seen *s, const char *id);
 /* Remembers id for ttl_ms (again, when it was there).  EVQ_ENOMEM. */
 int evq__seen_put(evq__seen *s, const char *id, int64_t ttl_ms);
 
+/* Token buckets in process memory (bucket.c), one per key for the whole
+ * process: the rate limits of workers where the backend holds no shared
+ * state.  Takes a token of bucket `key` (refilled at `rate` a second, up to
+ * `burst`; a new bucket is full): *wait_ms 0 when taken, else how long
+ * until one is there (none taken).  EVQ_ENOMEM.  Any thread. */
+int evq__bucket_take(const char *key, double rate, int burst, int64_t *wait_ms);
+/* How long a bucket holding `tokens` (< 1) waits for its next one. */
+int64_t evq__bucket_wait_ms(double tokens, double rate);
+
 /* Growable byte buffer. */
 typedef struct evq__buf {
     unsigned char *p;
@@ -584,6 +593,13 @@ struct evq_backend_ops {
      * NULL: each worker remembers its own (evq__seen). */
     int (*done_put)(void *state, const char *id, int64_t window_ms);
     int (*done_has)(void *state, const char *id);
+    /* Takes a token of the queue's bucket `key` (evq_worker_limit),
+     * refilled at `rate` a second up to `burst` (a new bucket is full),
+     * where every worker of the queue shares it: *wait_ms 0 when taken,
+     * else how long until one is there (none taken).  Any thread.  NULL:
+     * each process has its own buckets (evq__bucket_take). */
+    int (*take)(void *state, const char *key, double rate, int burst,
+                int64_t *wait_ms);
 };
 
 /* Looks up a backend by scheme; NULL when none. */
@@ -624,6 +640,15 @@ void evq__dispatch_batch(evq_events *e, const void *bh,
 bool evq__queue_done_shared(const evq_queue *q);
 int evq__queue_done_put(evq_queue *q, const char *id, int64_t window_ms);
 int evq__queue_done_has(evq_queue *q, const char *id);
+/* A token of q's bucket `key` (see evq_backend_ops.take): shared where
+ * the backend holds it, else the process's. */
+int evq__queue_take(evq_queue *q, const char *key, double rate, int burst,
+                    int64_t *wait_ms);
+/* Handler type patterns ("*", "order.*", "order.paid"), as dispatch.c
+ * takes them: valid (0, or EVQ_EINVAL naming what is wrong), and whether
+ * one matches `type`. */
+int evq__pattern_check(const char *pattern);
+bool evq__pattern_match(const char *pattern, const char *type);
 /* The name of the queue a worker consumes. */
 const char *evq__worker_queue_name(const evq_worker *w);
 /* Empties the calling thread's evq_errmsg(). */

@@ -981,6 +981,16 @@ int evq__queue_done_put(evq_queue *q, const char *id, int64_t window_ms)
     return q->ops->done_put(q->state, id, window_ms);
 }
 
+int evq__queue_take(evq_queue *q, const char *key, double rate, int burst,
+                    int64_t *wait_ms)
+{
+    if (q->ops->take)
+        return q->ops->take(q->state, key, rate, burst, wait_ms);
+    char k[EVQ_MAX_ATTR_BYTES * 2 + 300];
+    snprintf(k, sizeof k, "%s\n%s\n%s", q->redacted, q->name, key);
+    return evq__bucket_take(k, rate, burst, wait_ms);
+}
+
 int evq__queue_done_has(evq_queue *q, const char *id)
 {
     return q->ops->done_has(q->state, id);

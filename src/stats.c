@@ -115,6 +115,9 @@ char *evq_stats_prometheus(evq_queue *q, const evq_worker *w)
             {"evq_worker_deduplicated_total", "counter",
              "Events acked without running: done within dedup_window_ms.",
              (double)s.deduplicated},
+            {"evq_worker_throttled_total", "counter",
+             "Handler runs that waited for a rate limit or a cap.",
+             (double)s.throttled},
             {"evq_worker_in_flight", "gauge",
              "Events being handled or prefetched.", (double)s.in_flight},
         };

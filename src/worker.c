@@ -39,6 +39,21 @@
 /* Acks a thread gathers before sending them (queues without leases). */
 #define ACKS_MAX 256
 
+/* Most limits and caps a worker takes (evq_worker_limit, evq_worker_cap). */
+#define LIMITS_MAX 64
+
+/* A rate limit (rate > 0) or a concurrency cap (cap > 0) on the events
+ * whose type matches `pattern`.  Immutable once published, but for
+ * `running`. */
+typedef struct wlimit {
+    char *pattern;
+    double rate;
+    int burst;
+    bool by_key;
+    int cap;
+    atomic_int running; /* handler runs holding a place under the cap */
+} wlimit;
+
 typedef struct wcounter {
     _Atomic uint64_t v;
 } wcounter;
@@ -82,7 +97,7 @@ typedef struct wthread {
     evq_msg **acks;
     int n_acks;
     wcounter received, succeeded, failed, retried, dead, unhandled, in_flight,
-        timed_out, lease_lost, deduplicated;
+        timed_out, lease_lost, deduplicated, throttled;
     evq__hist hist;
 } wthread;
 
@@ -111,6 +126,10 @@ struct evq_worker {
     /* dedup_window_ms: the finished ids, where the backend keeps no
      * shared record (NULL otherwise, or when off) */
     evq__seen *seen;
+    /* limits[0..n_limits): appended under lim_mu, read without it */
+    wlimit *limits[LIMITS_MAX];
+    atomic_int n_limits;
+    pthread_mutex_t lim_mu;
 };
 
 static _Thread_local evq_worker *tls_worker;
@@ -177,6 +196,11 @@ static void worker_release(evq_worker *w)
     free(w->t);
     free(w->kt);
     evq__seen_free(w->seen);
+    for (int i = 0; i < atomic_load(&w->n_limits); i++) {
+        free(w->limits[i]->pattern);
+        free(w->limits[i]);
+    }
+    pthread_mutex_destroy(&w->lim_mu);
     evq_queue_close(w->fetch);
     free(w->qname);
     pthread_mutex_destroy(&w->mu);
@@ -513,6 +537,94 @@ static void settle(wthread *t, evq_msg *m, int rc, const char *reason)
         bump(&t->retried, 1);
 }
 
+/* Gives back the places under caps that run_handlers took for a run. */
+static void caps_release(evq_worker *w, const bool *held, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (held[i])
+            atomic_fetch_sub(&w->limits[i]->running, 1);
+}
+
+/* Sleeps up to ms, in short steps; false once the worker stops. */
+static bool nap(evq_worker *w, int64_t ms)
+{
+    while (ms > 0) {
+        if (atomic_load_explicit(&w->stopping, memory_order_acquire))
+            return false;
+        int64_t step = ms < 50 ? ms : 50;
+        evq__sleep_ms(step);
+        ms -= step;
+    }
+    return !atomic_load_explicit(&w->stopping, memory_order_acquire);
+}
+
+/* Waits until a run of evs[0..k) may start under the worker's limits: a
+ * place under each cap whose pattern the first event's type matches
+ * (held[i] set; one place for a batch), then a token of each rate limit
+ * for each event.  Counts `throttled` once per run that waited.  False
+ * when the worker stops meanwhile (the places are given back). */
+static bool limits_wait(wthread *t, const evq_event *const *evs, int k,
+                        bool *held, int n)
+{
+    evq_worker *w = t->w;
+    bool waited = false;
+    memset(held, 0, (size_t)n * sizeof *held);
+    for (int i = 0; i < n; i++) {
+        wlimit *l = w->limits[i];
+        if (l->cap <= 0 || !evq__pattern_match(l->pattern,
+                                               evq_event_type(evs[0])))
+            continue;
+        for (;;) {
+            int cur = atomic_load(&l->running);
+            if (cur < l->cap &&
+                atomic_compare_exchange_weak(&l->running, &cur, cur + 1))
+                break;
+            waited = true;
+            if (!nap(w, 2)) {
+                caps_release(w, held, n);
+                return false;
+            }
+        }
+        held[i] = true;
+    }
+    int failures = 0;
+    for (int e = 0; e < k; e++) {
+        const char *type = evq_event_type(evs[e]);
+        for (int i = 0; i < n; i++) {
+            wlimit *l = w->limits[i];
+            if (l->rate <= 0 || !evq__pattern_match(l->pattern, type))
+                continue;
+            char key[EVQ_MAX_ATTR_BYTES * 2 + 16];
+            const char *pk = evq_event_attr(evs[e], "partitionkey");
+            snprintf(key, sizeof key, "rate:%s%s%s", l->pattern,
+                     l->by_key ? "\n" : "", l->by_key && pk ? pk : "");
+            for (;;) {
+                int64_t wait = 0;
+                int rc = evq__queue_take(w->fetch, key, l->rate, l->burst,
+                                         &wait);
+                if (rc) {
+                    /* the shared bucket cannot be read: wait, not run */
+                    wlog(w, EVQ_LOG_WARN,
+                         "rate limit '%s': taking a token failed: %s: %s",
+                         l->pattern, evq_strerror(rc), evq_errmsg());
+                    wait = evq__reconnect_pause_ms(
+                        &(evq__reconnect){100, 2000}, ++failures);
+                } else if (wait == 0) {
+                    break;
+                }
+                waited = true;
+                if (!nap(w, wait)) {
+                    caps_release(w, held, n);
+                    return false;
+                }
+            }
+        }
+    }
+    if (waited)
+        bump(&t->throttled, 1);
+    return true;
+}
+
 /* Runs the handlers of ms[0..k): batch handler bh on all of them, or
  * (bh NULL, k 1) the event's handlers; then settles each, unless the
  * keeper took them at their deadline meanwhile. */
@@ -525,6 +637,34 @@ static void run_handlers(wthread *t, evq_msg **ms, int k, const void *bh)
     evq_event *own[EVQ_MAX_BATCH];
     int rcs[EVQ_MAX_BATCH];
     char reason[600] = "";
+    int n_limits = atomic_load_explicit(&w->n_limits, memory_order_acquire);
+    bool held[LIMITS_MAX];
+
+    /* Limits first: the events wait (kept, so their leases hold), not
+     * counted as a failure or an attempt.  A stop meanwhile hands them
+     * back. */
+    if (n_limits > 0) {
+        for (int i = 0; i < k; i++)
+            evs[i] = evq_msg_event(ms[i]);
+        if (kept) {
+            pthread_mutex_lock(&t->hold_mu);
+            memcpy(t->run, ms, (size_t)k * sizeof *ms);
+            t->n_run = k;
+            t->run_timed_out = false;
+            t->run_deadline_ns = INT64_MAX;
+            pthread_mutex_unlock(&t->hold_mu);
+        }
+        if (!limits_wait(t, evs, k, held, n_limits)) {
+            if (kept) {
+                pthread_mutex_lock(&t->hold_mu);
+                t->n_run = 0;
+                pthread_mutex_unlock(&t->hold_mu);
+            }
+            for (int i = 0; i < k; i++)
+                evq_nack(ms[i], 0); /* never started: hand back */
+            return;
+        }
+    }
 
     /* With a deadline the keeper may settle the messages (and free their
      * events) while the handler still runs: the events are kept alive
@@ -562,6 +702,8 @@ static void run_handlers(wthread *t, evq_msg **ms, int k, const void *bh)
     uint64_t took = evq__ticks() - start;
     for (int i = 0; i < k; i++)
         evq__hist_record(&t->hist, took);
+    if (n_limits > 0)
+        caps_release(w, held, n_limits);
     atomic_store_explicit(&t->cur, NULL, memory_order_seq_cst);
     while (atomic_load_explicit(&t->inspecting, memory_order_seq_cst))
         ;
@@ -837,6 +979,12 @@ static int check_opts(const evq_worker_opts *o)
                         "worker option 'dedup_window_ms': %lld is out of "
                         "range (0: off, up to 2592000000: 30 days)",
                         (long long)o->dedup_window_ms);
+    if (o->n_limits < 0 || o->n_limits > LIMITS_MAX ||
+        (o->n_limits > 0 && !o->limits))
+        return evq__err(EVQ_EINVAL,
+                        "worker option 'n_limits': %d needs 0 to %d entries "
+                        "in 'limits'",
+                        o->n_limits, LIMITS_MAX);
     if (o->unhandled != EVQ_UNHANDLED_DEAD_LETTER &&
         o->unhandled != EVQ_UNHANDLED_ACK)
         return evq__err(EVQ_EINVAL,
@@ -867,10 +1015,13 @@ int evq_worker_start(evq_worker **wp, evq_queue *q, evq_events *events,
     if (!w)
         return evq__err(EVQ_ENOMEM, "out of memory");
     w->o = *opts;
+    w->o.limits = NULL; /* copied into w->limits below */
+    w->o.n_limits = 0;
     w->events = events;
     w->n = opts->concurrency;
     atomic_init(&w->refs, 1);
     pthread_mutex_init(&w->mu, NULL);
+    pthread_mutex_init(&w->lim_mu, NULL);
     pthread_cond_init(&w->exited, NULL);
     pthread_cond_init(&w->keeper_wake, NULL);
     w->touch_ms = opts->touch_ms < 0   ? 0
@@ -915,6 +1066,19 @@ int evq_worker_start(evq_worker **wp, evq_queue *q, evq_events *events,
     }
     if (opts->log)
         evq__queue_set_log(w->fetch, opts->log, opts->log_arg);
+    for (int i = 0; i < opts->n_limits; i++) {
+        const evq_limit *l = &opts->limits[i];
+        rc = l->max_running > 0 && l->per_second <= 0
+                 ? evq_worker_cap(w, l->pattern, l->max_running)
+                 : evq_worker_limit(w, l->pattern, l->per_second, l->burst,
+                                    l->flags);
+        if (rc == 0 && l->max_running > 0 && l->per_second > 0)
+            rc = evq_worker_cap(w, l->pattern, l->max_running);
+        if (rc) {
+            worker_release(w);
+            return evq__err_prefix(rc, "worker option 'limits[%d]'", i);
+        }
+    }
     if (opts->dedup_window_ms > 0 && !evq__queue_done_shared(w->fetch) &&
         !(w->seen = evq__seen_new())) {
         worker_release(w);
@@ -1101,6 +1265,7 @@ int evq_worker_stats(const evq_worker *w, struct evq_worker_stats *out)
         SUM(timed_out);
         SUM(lease_lost);
         SUM(deduplicated);
+        SUM(throttled);
 #undef SUM
         out->dead_lettered += atomic_load(&t->dead.v);
         out->in_flight += (int64_t)atomic_load(&t->in_flight.v);
@@ -1118,6 +1283,69 @@ int evq_worker_stats(const evq_worker *w, struct evq_worker_stats *out)
 #undef Q
     free(counts);
     return 0;
+}
+
+/* Adds a limit, checked and copied, to the worker's list. */
+static int add_limit(evq_worker *w, const char *what, const char *pattern,
+                     double rate, int burst, bool by_key, int cap)
+{
+    if (!w)
+        return evq__err(EVQ_EINVAL, "%s: w is NULL", what);
+    int rc = evq__pattern_check(pattern);
+    if (rc)
+        return evq__err_prefix(rc, "%s", what);
+    wlimit *l = calloc(1, sizeof *l);
+    if (!l || !(l->pattern = evq__strdup(pattern))) {
+        free(l);
+        return evq__err(EVQ_ENOMEM, "out of memory");
+    }
+    l->rate = rate;
+    l->burst = burst;
+    l->by_key = by_key;
+    l->cap = cap;
+    pthread_mutex_lock(&w->lim_mu);
+    int n = atomic_load(&w->n_limits);
+    if (n == LIMITS_MAX) {
+        pthread_mutex_unlock(&w->lim_mu);
+        free(l->pattern);
+        free(l);
+        return evq__err(EVQ_EFULL, "%s: a worker takes at most %d limits",
+                        what, LIMITS_MAX);
+    }
+    w->limits[n] = l;
+    atomic_store_explicit(&w->n_limits, n + 1, memory_order_release);
+    pthread_mutex_unlock(&w->lim_mu);
+    return 0;
+}
+
+int evq_worker_limit(evq_worker *w, const char *pattern, double per_second,
+                     int burst, unsigned flags)
+{
+    if (!(per_second > 0) || per_second > 1e9)
+        return evq__err(EVQ_EINVAL,
+                        "evq_worker_limit: per_second %g is out of range "
+                        "(above 0, at most 1e9)",
+                        per_second);
+    if (burst < 1 || burst > 1000000)
+        return evq__err(EVQ_EINVAL,
+                        "evq_worker_limit: burst %d is out of range (1 to "
+                        "1000000)",
+                        burst);
+    if (flags & ~EVQ_LIMIT_BY_KEY)
+        return evq__err(EVQ_EINVAL, "evq_worker_limit: unknown flags 0x%x",
+                        flags & ~EVQ_LIMIT_BY_KEY);
+    return add_limit(w, "evq_worker_limit", pattern, per_second, burst,
+                     (flags & EVQ_LIMIT_BY_KEY) != 0, 0);
+}
+
+int evq_worker_cap(evq_worker *w, const char *pattern, int max_running)
+{
+    if (max_running < 1 || max_running > 1024)
+        return evq__err(EVQ_EINVAL,
+                        "evq_worker_cap: max_running %d is out of range (1 "
+                        "to 1024)",
+                        max_running);
+    return add_limit(w, "evq_worker_cap", pattern, 0, 0, false, max_running);
 }
 
 const char *evq__worker_queue_name(const evq_worker *w)

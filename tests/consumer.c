@@ -10,6 +10,11 @@
  *   consumer poll FILE URL QUEUE MS
  *       dequeues for MS milliseconds, appending each event's id as a line
  *       to FILE and acking it (a second consumer beside a test's own).
+ *   consumer limit FILE URL QUEUE RATE
+ *       runs a worker of 4 threads (max_attempts 1) limited to RATE events
+ *       a second, burst 20 (evq_worker_limit on "*"), whose handler
+ *       appends the wall-clock time in ms as a line to FILE; until it is
+ *       killed.
  *   consumer produce FILE URL QUEUE
  *       enqueues events 0, 1, 2, ... (the data) with evq_enqueue_async,
  *       appending to FILE the number of each one its done callback reports
@@ -56,6 +61,18 @@ static int log_handler(const evq_event *ev, void *arg)
     return write(log_fd, line, (size_t)n) == n ? 0 : EVQ_EIO;
 }
 
+static int time_handler(const evq_event *ev, void *arg)
+{
+    (void)ev;
+    (void)arg;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    char line[32];
+    int n = snprintf(line, sizeof line, "%lld\n",
+                     (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
+    return write(log_fd, line, (size_t)n) == n ? 0 : EVQ_EIO;
+}
+
 int main(int argc, char **argv)
 {
     evq_queue *q;
@@ -79,6 +96,27 @@ int main(int argc, char **argv)
         o.concurrency = 8;
         o.prefetch = 4;
         evq_register_handler(e, "*", log_handler, NULL);
+        if (log_fd < 0 || evq_queue_open(&q, argv[3], argv[4], NULL) ||
+            evq_worker_start(&w, q, e, &o)) {
+            fprintf(stderr, "consumer: %s\n", evq_errmsg());
+            return 1;
+        }
+        for (;;)
+            pause();
+    }
+    if (argc == 6 && strcmp(argv[1], "limit") == 0) {
+        evq_events *e = evq_events_new();
+        evq_worker_opts o;
+        evq_worker *w;
+        log_fd = open(argv[2], O_WRONLY | O_APPEND | O_CREAT, 0600);
+        evq_worker_opts_init(&o);
+        o.concurrency = 4;
+        o.max_attempts = 1;
+        evq_limit lim = {.pattern = "*", .per_second = atof(argv[5]),
+                         .burst = 20};
+        o.limits = &lim;
+        o.n_limits = 1;
+        evq_register_handler(e, "*", time_handler, NULL);
         if (log_fd < 0 || evq_queue_open(&q, argv[3], argv[4], NULL) ||
             evq_worker_start(&w, q, e, &o)) {
             fprintf(stderr, "consumer: %s\n", evq_errmsg());
@@ -137,6 +175,7 @@ int main(int argc, char **argv)
     fprintf(stderr, "usage: consumer one URL QUEUE\n"
                     "       consumer log FILE URL QUEUE\n"
                     "       consumer poll FILE URL QUEUE MS\n"
+                    "       consumer limit FILE URL QUEUE RATE\n"
                     "       consumer produce FILE URL QUEUE\n");
     return 2;
 }

@@ -1488,10 +1488,16 @@ static int amqp_pause(void *state, int set)
                                     amqp_cstring_bytes(name), 0, 0, &p,
                                     amqp_cstring_bytes("paused"));
         rc = st == AMQP_STATUS_OK ? 0 : pub_broke(h, st);
-        /* on the same channel, so it is answered after the publish */
-        if (!rc && !(rc = state_declare(h, &paused)) && !paused)
+        /* The broker counts the message in the queue a moment after the
+         * publish (the channel hands it on): wait until it shows. */
+        for (int i = 0; !rc && !paused && i < 200; i++) {
+            if (i)
+                evq__sleep_ms(5);
+            rc = state_declare(h, &paused);
+        }
+        if (!rc && !paused)
             rc = evq__err(EVQ_EIO, "amqp: the pause message did not reach "
-                                   "queue '%s'",
+                                   "queue '%s' within a second",
                           name);
     } else if (!rc && set == 0 && paused) {
         amqp_queue_purge(h->pub.st, CH_ADMIN, amqp_cstring_bytes(name));

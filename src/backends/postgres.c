@@ -404,10 +404,12 @@ static const char *const migrations[SCHEMA_VERSION] = {
     "CREATE INDEX IF NOT EXISTS messages_visible ON %1$s.messages (queue, "
     "visible_at, id);",
     /* 2: a queue's small records: its pause state ('paused'), the ids an
-     * idempotent worker finished ('done:<id>', until expires_at) */
+     * idempotent worker finished ('done:<id>', until expires_at), the
+     * buckets of rate limits ('rate:...', value "<tokens> <ms> <wait>") */
     "CREATE TABLE IF NOT EXISTS %1$s.state ("
     " queue text NOT NULL,"
     " key text NOT NULL,"
+    " value text,"
     " expires_at bigint,"
     " PRIMARY KEY (queue, key));",
 };
@@ -1250,6 +1252,54 @@ static int record_write(pghandle *h, const char *key, bool put,
     return rc;
 }
 
+/* A rate limit's bucket: one statement on the server's clock.  A new row
+ * is a full bucket less the token taken; an existing one is refilled for
+ * the time since, then a token taken or the wait until one written as the
+ * value's third field. */
+#define TAKE_NOW "split_part(EXCLUDED.value, ' ', 2)::bigint"
+#define TAKE_AVAIL                                                             \
+    "least($4::float8, split_part(s.value, ' ', 1)::float8 + greatest(0, "    \
+    TAKE_NOW " - split_part(s.value, ' ', 2)::bigint) * $3::float8 / 1000)"
+static const char take_sql[] =
+    "INSERT INTO %1$s.state AS s (queue, key, value, expires_at) SELECT $1, "
+    "$2, ($4::float8 - 1)::text || ' ' || n.now || ' 0', n.now + "
+    "ceil($4::float8 * 1000 / $3::float8)::bigint + 1000 FROM (SELECT "
+    "(extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now) n "
+    "ON CONFLICT (queue, key) DO UPDATE SET value = CASE WHEN " TAKE_AVAIL
+    " >= 1 THEN (" TAKE_AVAIL " - 1)::text || ' ' || " TAKE_NOW
+    " || ' 0' ELSE (" TAKE_AVAIL ")::text || ' ' || " TAKE_NOW
+    " || ' ' || ceil((1 - " TAKE_AVAIL ") * 1000 / $3::float8)::bigint END, "
+    "expires_at = EXCLUDED.expires_at RETURNING value";
+
+static int pg_take(void *state, const char *key, double rate, int burst,
+                   int64_t *wait_ms)
+{
+    pghandle *h = state;
+    char r_s[40], b_s[16];
+    snprintf(r_s, sizeof r_s, "%.17g", rate);
+    snprintf(b_s, sizeof b_s, "%d", burst);
+    const char *v[4] = {h->queue, key, r_s, b_s};
+    char *sql = statement(h, take_sql);
+    if (!sql)
+        return evq__err(EVQ_ENOMEM, "out of memory");
+    PGresult *r = NULL;
+    pthread_mutex_lock(&h->settle_mu);
+    int rc = settle_locked(h, sql, 4, v, NULL, NULL, &r, "a rate limit's token");
+    pthread_mutex_unlock(&h->settle_mu);
+    free(sql);
+    if (rc)
+        return rc;
+    double t;
+    long long at, wait = 0;
+    if (PQntuples(r) != 1 ||
+        sscanf(PQgetvalue(r, 0, 0), "%lf %lld %lld", &t, &at, &wait) != 3)
+        rc = evq__err(EVQ_EIO, "postgres: a rate limit's row reads '%.64s'",
+                      PQntuples(r) == 1 ? PQgetvalue(r, 0, 0) : "");
+    *wait_ms = wait > 0 ? wait : 0;
+    PQclear(r);
+    return rc;
+}
+
 static int pg_pause(void *state, int set)
 {
     if (set < 0)
@@ -1291,6 +1341,7 @@ const struct evq_backend_ops evq__backend_postgres = {
     .pause = pg_pause,
     .done_put = pg_done_put,
     .done_has = pg_done_has,
+    .take = pg_take,
 };
 
 /* ---- the outbox -----------------------------------------------------------

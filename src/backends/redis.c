@@ -134,6 +134,27 @@ static const char promote_lua[] =
  * attempt count ARGV[6]: to the stream, or when ARGV[5] is a due time
  * (Unix ms), to the delayed set KEYS[2] as member "ARGV[8]:ARGV[6]:body";
  * then ack and delete the entry). */
+/* A token bucket (evq_worker_limit): KEYS[1] a hash of tokens and the
+ * time they were counted (the server's clock, ms); ARGV rate a second,
+ * burst.  Takes a token and returns 0, or returns the ms until one is
+ * there.  The hash expires once the bucket would be full again. */
+static const char take_lua[] =
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])\n"
+    "local v = redis.call('HMGET', KEYS[1], 'tokens', 'at')\n"
+    "local tokens = tonumber(v[1]) or burst\n"
+    "local at = tonumber(v[2]) or now\n"
+    "if now > at then tokens = tokens + (now - at) * rate / 1000 end\n"
+    "if tokens > burst then tokens = burst end\n"
+    "local wait = 0\n"
+    "if tokens >= 1 then tokens = tokens - 1\n"
+    "else wait = math.ceil((1 - tokens) * 1000 / rate) end\n"
+    "redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', now)\n"
+    "redis.call('PEXPIRE', KEYS[1],\n"
+    "  math.ceil((burst - tokens) * 1000 / rate) + 1000)\n"
+    "return wait\n";
+
 static const char settle_lua[] =
     "local p = redis.call('XPENDING', KEYS[1], 'evq', ARGV[3], ARGV[3], 1)\n"
     "local e = p[1]\n"
@@ -1815,6 +1836,29 @@ static int record_write(rhandle *h, const char *what, const char *id,
     return rc;
 }
 
+/* A rate limit's bucket is the hash <stream>:<key>, kept by take_lua. */
+static int redis_take(void *state, const char *key, double rate, int burst,
+                      int64_t *wait_ms)
+{
+    rhandle *h = state;
+    char *k = record_key(h, key, NULL);
+    if (!k)
+        return EVQ_ENOMEM;
+    char r_s[40], b_s[16];
+    snprintf(r_s, sizeof r_s, "%.17g", rate);
+    snprintf(b_s, sizeof b_s, "%d", burst);
+    const char *argv[] = {"EVAL", take_lua, "1", k, r_s, b_s};
+    redisReply *r;
+    int rc = run(h, 6, argv, NULL, &r, "a rate limit's token");
+    free(k);
+    if (rc)
+        return rc;
+    *wait_ms = r->type == REDIS_REPLY_INTEGER && r->integer > 0 ? r->integer
+                                                                : 0;
+    freeReplyObject(r);
+    return 0;
+}
+
 /* The pause state is the key <stream>:paused. */
 static int redis_pause(void *state, int set)
 {
@@ -1856,4 +1900,5 @@ const struct evq_backend_ops evq__backend_redis = {
     .pause = redis_pause,
     .done_put = redis_done_put,
     .done_has = redis_done_has,
+    .take = redis_take,
 };

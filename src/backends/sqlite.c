@@ -1253,6 +1253,65 @@ static int state_write(sqhandle *h, const char *key, bool put, int64_t ttl_ms)
     return rc;
 }
 
+/* A rate limit's bucket is the row `key`, value "<tokens> <ms>", read and
+ * written in one transaction; it expires once it would be full again. */
+static int sqlite_take(void *state, const char *key, double rate, int burst,
+                       int64_t *wait_ms)
+{
+    sqhandle *h = state;
+    *wait_ms = 0;
+    pthread_mutex_lock(&h->mu);
+    int rc = tx_begin(h);
+    if (rc) {
+        pthread_mutex_unlock(&h->mu);
+        return rc;
+    }
+    int64_t now = now_ms();
+    double tokens = burst;
+    int64_t at = now;
+    sqlite3_stmt *st = h->st[S_STATE_GET];
+    sqlite3_bind_text(st, 1, h->queue, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, key, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, now);
+    int src = sqlite3_step(st);
+    if (src == SQLITE_ROW) {
+        const char *v = (const char *)sqlite3_column_text(st, 0);
+        double t;
+        long long a;
+        if (v && sscanf(v, "%lf %lld", &t, &a) == 2) {
+            tokens = t;
+            at = a;
+        }
+    } else if (src != SQLITE_DONE) {
+        rc = db_err(h, src, "reading a rate limit");
+    }
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    if (!rc) {
+        if (now > at)
+            tokens += (double)(now - at) * rate / 1000.0;
+        if (tokens > burst)
+            tokens = burst;
+        if (tokens >= 1.0)
+            tokens -= 1.0;
+        else
+            *wait_ms = evq__bucket_wait_ms(tokens, rate);
+        char v[64];
+        snprintf(v, sizeof v, "%.17g %lld", tokens, (long long)now);
+        st = h->st[S_STATE_PUT];
+        sqlite3_bind_text(st, 1, h->queue, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, key, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, v, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(st, 4,
+                           now + (int64_t)((burst - tokens) * 1000 / rate) +
+                               1000);
+        rc = step_done(h, S_STATE_PUT, "writing a rate limit");
+    }
+    rc = tx_end(h, rc);
+    pthread_mutex_unlock(&h->mu);
+    return rc;
+}
+
 static int sqlite_pause(void *state, int set)
 {
     sqhandle *h = state;
@@ -1295,6 +1354,7 @@ const struct evq_backend_ops evq__backend_sqlite = {
     .pause = sqlite_pause,
     .done_put = sqlite_done_put,
     .done_has = sqlite_done_has,
+    .take = sqlite_take,
 };
 
 /* ---- the outbox -----------------------------------------------------------

@@ -2103,6 +2103,225 @@ static void an_event_whose_ack_was_lost_is_not_run_again(void **state)
     }
 }
 
+/* ---- flow control: rate limits and caps ---------------------------------- */
+
+#ifdef EVQ_TEST_SANITIZED
+#define RATE_SECONDS 2
+#else
+#define RATE_SECONDS 10
+#endif
+#define RATE 200
+#define RATE_BURST 20
+
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The events handled within RATE_SECONDS of the first: times[0..n). */
+static long within_window(int64_t *times, long n)
+{
+    qsort(times, (size_t)n, sizeof *times, cmp_i64);
+    long k = 0;
+    while (k < n && times[k] < times[0] + RATE_SECONDS * 1000)
+        k++;
+    return k;
+}
+
+struct stamped {
+    pthread_mutex_t mu;
+    int64_t *t;
+    long n, cap;
+};
+
+static int stamp_handler(const evq_event *ev, void *arg)
+{
+    struct stamped *s = arg;
+    (void)ev;
+    pthread_mutex_lock(&s->mu);
+    if (s->n < s->cap)
+        s->t[s->n++] = now_ms();
+    pthread_mutex_unlock(&s->mu);
+    return 0;
+}
+
+/* Two workers limited to RATE events a second each, sharing the bucket
+ * (two processes on the backends that hold it: sqlite, postgres, redis;
+ * two workers of this process on the others, whose buckets are the
+ * process's), on a backlog: within RATE_SECONDS of the first event they
+ * handle RATE_SECONDS × RATE, plus the burst, within 10%; no event over
+ * the limit is failed or dead-lettered (max_attempts 1). */
+static void a_rate_limit_holds_across_workers(void **state)
+{
+    (void)state;
+    REQUIRES(PROMISE_BACKLOG);
+    bool shared = strncmp(base_url, "sqlite", 6) == 0 ||
+                  strncmp(base_url, "redis", 5) == 0 ||
+                  strncmp(base_url, "postgres", 8) == 0;
+    char name[64], url[1024], file[256];
+    evq_queue *q = open_fresh(NULL, name);
+    url_with(url, sizeof url, NULL);
+    long backlog = RATE * RATE_SECONDS * 3 / 2 + 500;
+    evq_event **evs = malloc((size_t)backlog * sizeof *evs);
+    for (long i = 0; i < backlog; i++)
+        evs[i] = evq_event_new("conf.rated", json_integer(i));
+    for (long i = 0; i < backlog; i += 500)
+        assert_evq_ok(evq_enqueue_batch(
+            q, (const evq_event *const *)evs + i,
+            (size_t)(backlog - i < 500 ? backlog - i : 500)));
+    for (long i = 0; i < backlog; i++)
+        evq_event_free(evs[i]);
+    free(evs);
+
+    long cap = backlog, n = 0, k;
+    int64_t *times = calloc((size_t)cap, sizeof *times);
+    uint64_t failed = 0;
+    if (shared) {
+        snprintf(file, sizeof file, "/tmp/evq-conf-rate-%d-%s", (int)getpid(),
+                 name);
+        unlink(file);
+        char rate[16];
+        snprintf(rate, sizeof rate, "%d", RATE);
+        const char *args[] = {"limit", file, url, name, rate, NULL};
+        pid_t p1 = leftover_pid = spawn_consumer(args);
+        pid_t p2 = spawn_consumer(args);
+        nanosleep(&(struct timespec){RATE_SECONDS + 3, 0}, NULL);
+        kill(p2, SIGKILL);
+        waitpid(p2, NULL, 0);
+        kill(p1, SIGKILL);
+        waitpid(p1, NULL, 0);
+        leftover_pid = 0;
+        FILE *f = fopen(file, "r");
+        long long v;
+        while (f && n < cap && fscanf(f, "%lld", &v) == 1)
+            times[n++] = v;
+        if (f)
+            fclose(f);
+        unlink(file);
+    } else {
+        struct stamped s = {PTHREAD_MUTEX_INITIALIZER, times, 0, cap};
+        evq_events *e = evq_events_new();
+        evq_register_handler(e, "*", stamp_handler, &s);
+        evq_worker_opts o;
+        evq_worker_opts_init(&o);
+        o.concurrency = 4;
+        o.max_attempts = 1;
+        evq_limit lim = {.pattern = "*", .per_second = RATE,
+                         .burst = RATE_BURST};
+        o.limits = &lim;
+        o.n_limits = 1;
+        evq_queue *q1, *q2;
+        evq_worker *w1, *w2;
+        assert_evq_ok(evq_queue_open(&q1, url, name, NULL));
+        assert_evq_ok(evq_queue_open(&q2, url, name, NULL));
+        assert_evq_ok(evq_worker_start(&w1, q1, e, &o));
+        assert_evq_ok(evq_worker_start(&w2, q2, e, &o));
+        nanosleep(&(struct timespec){RATE_SECONDS + 2, 0}, NULL);
+        struct evq_worker_stats s1, s2;
+        assert_evq_ok(evq_worker_stop(w1, 5000));
+        assert_evq_ok(evq_worker_stop(w2, 5000));
+        evq_worker_stats(w1, &s1);
+        evq_worker_stats(w2, &s2);
+        failed = s1.failed + s2.failed + s1.dead_lettered + s2.dead_lettered;
+        assert_true(s1.throttled + s2.throttled > 0);
+        evq_worker_free(w1);
+        evq_worker_free(w2);
+        evq_events_free(e);
+        evq_queue_close(q1);
+        evq_queue_close(q2);
+        pthread_mutex_lock(&s.mu);
+        n = s.n;
+        pthread_mutex_unlock(&s.mu);
+    }
+    assert_true(n > 0);
+    k = within_window(times, n);
+    long want = RATE * RATE_SECONDS + RATE_BURST;
+    print_message("rate limit %d/s, burst %d, %s: %ld handled in the first "
+                  "%d s (want %ld within 10%%), %ld in all\n",
+                  RATE, RATE_BURST, shared ? "two processes" : "two workers",
+                  k, RATE_SECONDS, want, n);
+    assert_true(k >= want * 9 / 10 && k <= want * 11 / 10);
+    assert_int_equal(failed, 0);
+    if (promises & PROMISE_DEAD_LETTERS) {
+        struct evq_queue_stats qs;
+        assert_evq_ok(evq_queue_stats(q, &qs));
+        assert_true(qs.dead <= 0); /* nothing over the limit was failed */
+    }
+    free(times);
+    evq_queue_close(q);
+}
+
+struct capped {
+    atomic_int now, most;
+};
+
+static int capped_handler(const evq_event *ev, void *arg)
+{
+    struct capped *c = arg;
+    (void)ev;
+    int n = atomic_fetch_add(&c->now, 1) + 1;
+    int m = atomic_load(&c->most);
+    while (n > m && !atomic_compare_exchange_weak(&c->most, &m, n))
+        ;
+    nanosleep(&(struct timespec){0, 20 * 1000000}, NULL);
+    atomic_fetch_sub(&c->now, 1);
+    return 0;
+}
+
+/* A cap of 2 on "conf.capped" events keeps at most 2 of them running on a
+ * worker of 8 threads; other types are not held back by it; bad limits
+ * are EVQ_EINVAL naming the argument. */
+static void a_cap_bounds_the_runs_of_its_types(void **state)
+{
+    (void)state;
+    REQUIRES(PROMISE_BACKLOG);
+    evq_queue *q = open_fresh(NULL, NULL);
+    struct capped c = {0}, free_runs = {0};
+    evq_events *e = evq_events_new();
+    evq_register_handler(e, "conf.capped", capped_handler, &c);
+    evq_register_handler(e, "conf.free", capped_handler, &free_runs);
+    evq_worker_opts o;
+    evq_worker_opts_init(&o);
+    o.concurrency = 8;
+    evq_worker *w;
+    evq_limit cap = {.pattern = "conf.capped", .max_running = 2};
+    o.limits = &cap;
+    o.n_limits = 1;
+    assert_evq_ok(evq_worker_start(&w, q, e, &o));
+    for (int i = 0; i < 40; i++) {
+        enqueue_type(q, "conf.capped", NULL);
+        enqueue_type(q, "conf.free", NULL);
+    }
+    wait_settled(w, 80);
+    assert_evq_ok(evq_worker_stop(w, 5000));
+    print_message("cap 2: at most %d capped runs at once, %d uncapped\n",
+                  atomic_load(&c.most), atomic_load(&free_runs.most));
+    assert_true(atomic_load(&c.most) <= 2);
+    assert_true(atomic_load(&c.most) >= 1);
+
+    assert_evq_err(evq_worker_limit(w, "*", 0, 1, 0), EVQ_EINVAL);
+    assert_non_null(strstr(evq_errmsg(), "per_second"));
+    assert_evq_err(evq_worker_limit(w, "*", 10, 0, 0), EVQ_EINVAL);
+    assert_non_null(strstr(evq_errmsg(), "burst"));
+    assert_evq_err(evq_worker_limit(w, "a*b", 10, 1, 0), EVQ_EINVAL);
+    assert_non_null(strstr(evq_errmsg(), "pattern"));
+    assert_evq_err(evq_worker_limit(w, "*", 10, 1, 0x8), EVQ_EINVAL);
+    assert_evq_err(evq_worker_cap(w, "*", 0), EVQ_EINVAL);
+    assert_evq_err(evq_worker_limit(NULL, "*", 10, 1, 0), EVQ_EINVAL);
+    evq_worker_free(w);
+    evq_limit bad = {.pattern = "x*", .per_second = 5, .burst = 1};
+    o.limits = &bad;
+    o.n_limits = 1;
+    assert_evq_err(evq_worker_start(&w, q, e, &o), EVQ_EINVAL);
+    assert_non_null(strstr(evq_errmsg(), "limits[0]"));
+    o.limits = NULL;
+    assert_evq_err(evq_worker_start(&w, q, e, &o), EVQ_EINVAL);
+    assert_non_null(strstr(evq_errmsg(), "n_limits"));
+    evq_events_free(e);
+    evq_queue_close(q);
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 2) {
@@ -2159,6 +2378,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(
             a_finished_event_is_not_run_again_within_the_dedup_window),
         cmocka_unit_test(an_event_whose_ack_was_lost_is_not_run_again),
+        cmocka_unit_test(a_rate_limit_holds_across_workers),
+        cmocka_unit_test(a_cap_bounds_the_runs_of_its_types),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
