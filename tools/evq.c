@@ -1193,9 +1193,8 @@ static int cmd_stats(int argc, char **argv)
  */
 
 static const char pause_help[] =
-    "usage: evq pause URL QUEUE\n"
-    "       evq resume URL QUEUE\n"
-    "       evq pause URL QUEUE --status\n"
+    "usage: evq pause URL QUEUE [--status]\n"
+    "usage: evq resume URL QUEUE\n"
     "\n"
     "Pauses (resumes) the queue for every consumer of it, in every process:\n"
     "within a second no consumer takes another event; events already taken\n"

@@ -29,7 +29,7 @@ done
 expect 2 "no command" -- "$evq"
 expect 2 "unknown command" -- "$evq" frobnicate
 has stderr "unknown command 'frobnicate'" "unknown command"
-for cmd in produce consume stats dead demo bench options relay; do
+for cmd in produce consume stats dead demo bench options relay pause resume; do
   expect 0 "$cmd --help" -- "$evq" $cmd --help
   has stdout "usage: evq $cmd" "$cmd --help"
 done
@@ -135,6 +135,27 @@ wait $cpid 2>/dev/null
 "$evq" consume "$db" k --timeout 2 -o visibility_timeout_ms=500 >"$out/rest" 2>/dev/null || fail "consume after kill"
 got=$(cat "$out/killed" "$out/rest" | grep -o '"data":[0-9]*' | sort -u | wc -l)
 [ "$got" -eq 300 ] || fail "after a kill -9, $got of 300 events were printed"
+
+# pause and resume: a paused queue gives a consumer nothing (producers
+# still enqueue), the state outlasts the processes, resume lets it drain
+"$evq" produce "$db" p --type tool.p --data 1 >/dev/null 2>&1 || fail "produce p"
+expect 0 "pause" -- "$evq" pause "$db" p
+has stdout '"paused":true' "pause"
+expect 0 "pause again" -- "$evq" pause "$db" p
+has stdout '"paused":true' "pause again"
+expect 0 "produce while paused" -- "$evq" produce "$db" p --type tool.p --data 2
+expect 0 "consume while paused" -- "$evq" consume "$db" p --timeout 1
+[ ! -s "$out/stdout" ] || fail "consume took an event from a paused queue"
+expect 0 "pause --status" -- "$evq" pause "$db" p --status
+has stdout '"paused":true' "pause --status"
+expect 0 "resume" -- "$evq" resume "$db" p
+has stdout '"paused":false' "resume"
+expect 0 "consume after resume" -- "$evq" consume "$db" p --count 2 --timeout 2
+[ "$(wc -l <"$out/stdout")" -eq 2 ] || fail "consume after resume printed $(wc -l <"$out/stdout") lines"
+expect 2 "pause without queue" -- "$evq" pause "$db"
+expect 1 "pause a missing queue file" -- "$evq" pause "sqlite://$out/none.db" p
+has stderr "does not exist" "pause a missing queue file"
+expect 2 "resume --status is pause's" -- "$evq" resume "$db" p --bogus
 
 # dead letters: list, replay, purge
 expect 0 "produce a dead letter" -- "$evq" produce "$db" d.dead --type tool.dead --data 7 --attr evqerror=boom --attr evqqueue=d
