@@ -402,6 +402,8 @@ int64_t evq__hdr_int(const void *value, size_t len);
  * consumer (or may have: the local lease clock ran out). */
 int evq__lease_lost(const char *what);
 
+enum { EVQ__RECORD_HAS, EVQ__RECORD_PUT, EVQ__RECORD_DEL };
+
 #define EVQ__BY_REF 0x1u
 /* enqueue never waits on I/O (memory://): evq_enqueue calls it directly
  * rather than through the send pipeline. */
@@ -579,18 +581,24 @@ struct evq_backend_ops {
      * out) and what open made for it; the state then only closes.  NULL
      * when the backend cannot. */
     int (*destroy)(void *state);
-    /* The queue's pause state, where every consumer of the queue reads it
-     * (durable where the backend is): set 1 pauses, 0 resumes (0 on
-     * success), -1 reads it (1 paused, 0 not, or an error).  The core
-     * reads it every PAUSE_READ_MS while consumers wait, from any thread,
-     * concurrently with fetch and the rest.  NULL: the queue cannot be
-     * paused (EVQ_ENOTSUP). */
+    /* The queue's small records, kept where every consumer of the queue
+     * sees them (durable where the backend is): `key` (at most
+     * EVQ_MAX_ATTR_BYTES + 16 bytes) is looked up (EVQ__RECORD_HAS: 1
+     * there and not expired, 0 not), written (EVQ__RECORD_PUT: for
+     * ttl_ms, 0 for good) or deleted (EVQ__RECORD_DEL); 0 or an error.
+     * The core keeps in them the pause state ("paused") and an idempotent
+     * worker's finished ids ("done:<id>").  Any thread, concurrently with
+     * fetch and the rest.  NULL: the backend gives `pause` (or cannot be
+     * paused: EVQ_ENOTSUP), and each worker remembers its finished ids
+     * (evq__seen), unless it gives done_put and done_has. */
+    int (*record)(void *state, const char *key, int op, int64_t ttl_ms);
+    /* Without records: the pause state where every consumer reads it.
+     * set 1 pauses, 0 resumes (0 on success), -1 reads it (1 paused, 0
+     * not, or an error).  Read every PAUSE_READ_MS while consumers wait. */
     int (*pause)(void *state, int set);
-    /* The ids of events an idempotent worker finished (dedup_window_ms),
-     * kept where every consumer of the queue sees them: done_put records
-     * `id` for window_ms; done_has gives 1 when it is recorded and its
-     * window has not passed, 0 when not, or an error.  Any thread.  Both
-     * NULL: each worker remembers its own (evq__seen). */
+    /* Without records: finished ids kept otherwise (memory://, for the
+     * process): done_put records `id` for window_ms; done_has gives 1,
+     * 0, or an error. */
     int (*done_put)(void *state, const char *id, int64_t window_ms);
     int (*done_has)(void *state, const char *id);
     /* Takes a token of the queue's bucket `key` (evq_worker_limit),

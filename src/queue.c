@@ -843,6 +843,23 @@ static size_t make_msgs(evq_queue *q, evq__delivery *d, size_t n,
  * is handed out at most twice this long after a pause. */
 #define PAUSE_READ_MS 250
 
+/* The backend's pause state: `pause` where it gives one, else its record
+ * "paused"; set as evq_backend_ops.pause. */
+static int backend_pause(evq_queue *q, int set)
+{
+    if (q->ops->pause)
+        return q->ops->pause(q->state, set);
+    if (set < 0)
+        return q->ops->record(q->state, "paused", EVQ__RECORD_HAS, 0);
+    return q->ops->record(q->state, "paused",
+                          set ? EVQ__RECORD_PUT : EVQ__RECORD_DEL, 0);
+}
+
+static bool can_pause(const evq_queue *q)
+{
+    return q->ops->pause || q->ops->record;
+}
+
 /* Whether the consumers of q are to wait (evq_queue_pause).  The state is
  * read again once the last reading is PAUSE_READ_MS old, by one thread at
  * a time (the others go by the last reading, or wait for the first); a
@@ -850,7 +867,7 @@ static size_t make_msgs(evq_queue *q, evq__delivery *d, size_t n,
  * said to the handle's log. */
 static bool pause_on(evq_queue *q)
 {
-    if (!q->ops->pause)
+    if (!can_pause(q))
         return false;
     int64_t now = evq__now_mono_ns();
     /* Never read yet: every thread waits for the first reading. */
@@ -859,7 +876,7 @@ static bool pause_on(evq_queue *q)
         (first ? pthread_mutex_lock(&q->pause_mu)
                : pthread_mutex_trylock(&q->pause_mu)) == 0) {
         if (now - atomic_load(&q->pause_read_ns) >= PAUSE_READ_MS * 1000000LL) {
-            int rc = q->ops->pause(q->state, -1);
+            int rc = backend_pause(q, -1);
             if (rc >= 0)
                 atomic_store(&q->paused, rc);
             else
@@ -908,7 +925,7 @@ static int take(evq_queue *q, evq__delivery *d, size_t want, int timeout_ms)
 static int take_first(evq_queue *q, evq__delivery *d, size_t want,
                       int timeout_ms)
 {
-    if (!q->ops->pause)
+    if (!can_pause(q))
         return take(q, d, want, timeout_ms);
     int64_t end = timeout_ms < 0 ? INT64_MAX : evq__deadline_ns(timeout_ms);
     for (;;) {
@@ -928,10 +945,10 @@ int evq_queue_pause(evq_queue *q)
 {
     if (!q)
         return evq__err(EVQ_EINVAL, "evq_queue_pause: q is NULL");
-    if (!q->ops->pause)
+    if (!can_pause(q))
         return evq__err(EVQ_ENOTSUP, "%s:// queues cannot be paused",
                         q->ops->scheme);
-    int rc = q->ops->pause(q->state, 1);
+    int rc = backend_pause(q, 1);
     if (rc == 0) {
         atomic_store(&q->paused, 1);
         atomic_store(&q->pause_read_ns, evq__now_mono_ns());
@@ -943,10 +960,10 @@ int evq_queue_resume(evq_queue *q)
 {
     if (!q)
         return evq__err(EVQ_EINVAL, "evq_queue_resume: q is NULL");
-    if (!q->ops->pause)
+    if (!can_pause(q))
         return evq__err(EVQ_ENOTSUP, "%s:// queues cannot be paused",
                         q->ops->scheme);
-    int rc = q->ops->pause(q->state, 0);
+    int rc = backend_pause(q, 0);
     if (rc == 0) {
         atomic_store(&q->paused, 0);
         atomic_store(&q->pause_read_ns, evq__now_mono_ns());
@@ -961,9 +978,9 @@ int evq_queue_paused(evq_queue *q)
 {
     if (!q)
         return evq__err(EVQ_EINVAL, "evq_queue_paused: q is NULL");
-    if (!q->ops->pause)
+    if (!can_pause(q))
         return 0;
-    int rc = q->ops->pause(q->state, -1);
+    int rc = backend_pause(q, -1);
     if (rc >= 0) {
         atomic_store(&q->paused, rc);
         atomic_store(&q->pause_read_ns, evq__now_mono_ns());
@@ -973,12 +990,22 @@ int evq_queue_paused(evq_queue *q)
 
 bool evq__queue_done_shared(const evq_queue *q)
 {
-    return q->ops->done_put && q->ops->done_has;
+    return q->ops->record || (q->ops->done_put && q->ops->done_has);
+}
+
+/* The record of finished id `id`: "done:<id>". */
+static void done_key(char *key, size_t cap, const char *id)
+{
+    snprintf(key, cap, "done:%s", id);
 }
 
 int evq__queue_done_put(evq_queue *q, const char *id, int64_t window_ms)
 {
-    return q->ops->done_put(q->state, id, window_ms);
+    if (!q->ops->record)
+        return q->ops->done_put(q->state, id, window_ms);
+    char key[EVQ_MAX_ATTR_BYTES + 8];
+    done_key(key, sizeof key, id);
+    return q->ops->record(q->state, key, EVQ__RECORD_PUT, window_ms);
 }
 
 int evq__queue_take(evq_queue *q, const char *key, double rate, int burst,
@@ -993,7 +1020,11 @@ int evq__queue_take(evq_queue *q, const char *key, double rate, int burst,
 
 int evq__queue_done_has(evq_queue *q, const char *id)
 {
-    return q->ops->done_has(q->state, id);
+    if (!q->ops->record)
+        return q->ops->done_has(q->state, id);
+    char key[EVQ_MAX_ATTR_BYTES + 8];
+    done_key(key, sizeof key, id);
+    return q->ops->record(q->state, key, EVQ__RECORD_HAS, 0);
 }
 
 int evq_dequeue_batch(evq_queue *q, evq_msg **msgs, size_t max,

@@ -1300,25 +1300,11 @@ static int pg_take(void *state, const char *key, double rate, int burst,
     return rc;
 }
 
-static int pg_pause(void *state, int set)
+static int pg_record(void *state, const char *key, int op, int64_t ttl_ms)
 {
-    if (set < 0)
-        return record_has(state, "paused");
-    return record_write(state, "paused", set != 0, 0);
-}
-
-static int pg_done_put(void *state, const char *id, int64_t window_ms)
-{
-    char key[EVQ_MAX_ATTR_BYTES + 8];
-    snprintf(key, sizeof key, "done:%s", id);
-    return record_write(state, key, true, window_ms);
-}
-
-static int pg_done_has(void *state, const char *id)
-{
-    char key[EVQ_MAX_ATTR_BYTES + 8];
-    snprintf(key, sizeof key, "done:%s", id);
-    return record_has(state, key);
+    if (op == EVQ__RECORD_HAS)
+        return record_has(state, key);
+    return record_write(state, key, op == EVQ__RECORD_PUT, ttl_ms);
 }
 
 const struct evq_backend_ops evq__backend_postgres = {
@@ -1338,9 +1324,7 @@ const struct evq_backend_ops evq__backend_postgres = {
     .count = pg_count,
     .close = pg_close,
     .destroy = pg_destroy,
-    .pause = pg_pause,
-    .done_put = pg_done_put,
-    .done_has = pg_done_has,
+    .record = pg_record,
     .take = pg_take,
 };
 

@@ -1767,17 +1767,17 @@ static int redis_count(void *state, const char *name, int64_t *n)
 
 /* ---- the queue's records: pause state, finished ids ------------------- */
 
-/* The key <prefix><name>:<what>[<id>]; malloc'd, NULL when out of memory
- * (said). */
-static char *record_key(rhandle *h, const char *what, const char *id)
+/* The key <stream>:<key> of record `key`; malloc'd, NULL when out of
+ * memory (said). */
+static char *record_key(rhandle *h, const char *key)
 {
-    size_t n = strlen(h->stream) + strlen(what) + (id ? strlen(id) : 0) + 2;
+    size_t n = strlen(h->stream) + strlen(key) + 2;
     char *k = malloc(n);
     if (!k) {
         evq__err(EVQ_ENOMEM, "out of memory");
         return NULL;
     }
-    snprintf(k, n, "%s:%s%s", h->stream, what, id ? id : "");
+    snprintf(k, n, "%s:%s", h->stream, key);
     return k;
 }
 
@@ -1787,7 +1787,7 @@ static int redis_destroy(void *state)
 {
     rhandle *h = state;
     redisReply *r;
-    char *paused = record_key(h, "paused", NULL);
+    char *paused = record_key(h, "paused");
     if (!paused)
         return EVQ_ENOMEM;
     const char *del[] = {"DEL", h->stream, h->delayed, paused};
@@ -1800,9 +1800,9 @@ static int redis_destroy(void *state)
 }
 
 /* Whether the record is there: 1, 0, or the error. */
-static int record_has(rhandle *h, const char *what, const char *id)
+static int record_has(rhandle *h, const char *key)
 {
-    char *k = record_key(h, what, id);
+    char *k = record_key(h, key);
     if (!k)
         return EVQ_ENOMEM;
     const char *a[] = {"EXISTS", k};
@@ -1817,10 +1817,10 @@ static int record_has(rhandle *h, const char *what, const char *id)
 }
 
 /* Sets the record (for ttl_ms, 0: for good) or deletes it (`put` false). */
-static int record_write(rhandle *h, const char *what, const char *id,
+static int record_write(rhandle *h, const char *key,
                         bool put, int64_t ttl_ms)
 {
-    char *k = record_key(h, what, id);
+    char *k = record_key(h, key);
     if (!k)
         return EVQ_ENOMEM;
     char ttl[24];
@@ -1841,7 +1841,7 @@ static int redis_take(void *state, const char *key, double rate, int burst,
                       int64_t *wait_ms)
 {
     rhandle *h = state;
-    char *k = record_key(h, key, NULL);
+    char *k = record_key(h, key);
     if (!k)
         return EVQ_ENOMEM;
     char r_s[40], b_s[16];
@@ -1859,24 +1859,14 @@ static int redis_take(void *state, const char *key, double rate, int burst,
     return 0;
 }
 
-/* The pause state is the key <stream>:paused. */
-static int redis_pause(void *state, int set)
+/* Record `key` is the key <stream>:<key> (the pause state
+ * <stream>:paused, a finished id <stream>:done:<id> expiring with its
+ * window). */
+static int redis_record(void *state, const char *key, int op, int64_t ttl_ms)
 {
-    if (set < 0)
-        return record_has(state, "paused", NULL);
-    return record_write(state, "paused", NULL, set != 0, 0);
-}
-
-/* A finished id is the key <stream>:done:<id>, expiring with the
- * window. */
-static int redis_done_put(void *state, const char *id, int64_t window_ms)
-{
-    return record_write(state, "done:", id, true, window_ms);
-}
-
-static int redis_done_has(void *state, const char *id)
-{
-    return record_has(state, "done:", id);
+    if (op == EVQ__RECORD_HAS)
+        return record_has(state, key);
+    return record_write(state, key, op == EVQ__RECORD_PUT, ttl_ms);
 }
 
 const struct evq_backend_ops evq__backend_redis = {
@@ -1897,8 +1887,6 @@ const struct evq_backend_ops evq__backend_redis = {
     .count = redis_count,
     .close = redis_close,
     .destroy = redis_destroy,
-    .pause = redis_pause,
-    .done_put = redis_done_put,
-    .done_has = redis_done_has,
+    .record = redis_record,
     .take = redis_take,
 };

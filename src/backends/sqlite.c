@@ -1312,26 +1312,12 @@ static int sqlite_take(void *state, const char *key, double rate, int burst,
     return rc;
 }
 
-static int sqlite_pause(void *state, int set)
+static int sqlite_record(void *state, const char *key, int op,
+                         int64_t ttl_ms)
 {
-    sqhandle *h = state;
-    if (set < 0)
-        return state_has(h, "paused");
-    return state_write(h, "paused", set != 0, 0);
-}
-
-static int sqlite_done_put(void *state, const char *id, int64_t window_ms)
-{
-    char key[EVQ_MAX_ATTR_BYTES + 8];
-    snprintf(key, sizeof key, "done:%s", id);
-    return state_write(state, key, true, window_ms);
-}
-
-static int sqlite_done_has(void *state, const char *id)
-{
-    char key[EVQ_MAX_ATTR_BYTES + 8];
-    snprintf(key, sizeof key, "done:%s", id);
-    return state_has(state, key);
+    if (op == EVQ__RECORD_HAS)
+        return state_has(state, key);
+    return state_write(state, key, op == EVQ__RECORD_PUT, ttl_ms);
 }
 
 const struct evq_backend_ops evq__backend_sqlite = {
@@ -1351,9 +1337,7 @@ const struct evq_backend_ops evq__backend_sqlite = {
     .count = sqlite_count,
     .close = sqlite_close,
     .destroy = sqlite_destroy,
-    .pause = sqlite_pause,
-    .done_put = sqlite_done_put,
-    .done_has = sqlite_done_has,
+    .record = sqlite_record,
     .take = sqlite_take,
 };
 
