@@ -34,8 +34,10 @@ struct evq_queue {
     atomic_bool closed;
     /* The pause state as last read from the backend (-1: not read yet),
      * when (monotonic ns), and what a paused dequeue waits on: one thread
-     * reads it again (pause_mu), an interrupt wakes the waiters. */
-    pthread_mutex_t pause_mu;
+     * at a time reads it again (read_mu, held over the backend's call),
+     * an interrupt or a change wakes the waiters (pause_mu, never held
+     * over a backend call, so an interrupt does not wait for one). */
+    pthread_mutex_t read_mu, pause_mu;
     pthread_cond_t pause_cv; /* CLOCK_MONOTONIC, with pause_mu */
     atomic_int paused;
     _Atomic int64_t pause_read_ns;
@@ -183,6 +185,7 @@ static void queue_release(evq_queue *q)
     evq_queue_close(q->dead);
     pthread_mutex_destroy(&q->dead_lock);
     pthread_mutex_destroy(&q->pause_mu);
+    pthread_mutex_destroy(&q->read_mu);
     pthread_cond_destroy(&q->pause_cv);
     evq__optset_free(&q->opts);
     free(q->name);
@@ -228,6 +231,7 @@ int evq_queue_open(evq_queue **qp, const char *url, const char *name,
     atomic_init(&q->paused, -1);
     pthread_mutex_init(&q->dead_lock, NULL);
     pthread_mutex_init(&q->pause_mu, NULL);
+    pthread_mutex_init(&q->read_mu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -302,6 +306,7 @@ fail:
     evq__pipe_free(q->pipe);
     pthread_mutex_destroy(&q->dead_lock);
     pthread_mutex_destroy(&q->pause_mu);
+    pthread_mutex_destroy(&q->read_mu);
     pthread_cond_destroy(&q->pause_cv);
     evq__optset_free(&q->opts);
     free(q->name);
@@ -873,8 +878,8 @@ static bool pause_on(evq_queue *q)
     /* Never read yet: every thread waits for the first reading. */
     bool first = atomic_load(&q->paused) < 0;
     if (now - atomic_load(&q->pause_read_ns) >= PAUSE_READ_MS * 1000000LL &&
-        (first ? pthread_mutex_lock(&q->pause_mu)
-               : pthread_mutex_trylock(&q->pause_mu)) == 0) {
+        (first ? pthread_mutex_lock(&q->read_mu)
+               : pthread_mutex_trylock(&q->read_mu)) == 0) {
         if (now - atomic_load(&q->pause_read_ns) >= PAUSE_READ_MS * 1000000LL) {
             int rc = backend_pause(q, -1);
             if (rc >= 0)
@@ -886,7 +891,7 @@ static bool pause_on(evq_queue *q)
                           evq_strerror(rc), evq_errmsg());
             atomic_store(&q->pause_read_ns, evq__now_mono_ns());
         }
-        pthread_mutex_unlock(&q->pause_mu);
+        pthread_mutex_unlock(&q->read_mu);
     }
     return atomic_load(&q->paused) == 1;
 }
@@ -941,37 +946,34 @@ static int take_first(evq_queue *q, evq__delivery *d, size_t want,
     }
 }
 
-int evq_queue_pause(evq_queue *q)
+/* Pauses (set 1) or resumes (0) the queue for every consumer; this
+ * handle's waiters see it at once. */
+static int set_paused(evq_queue *q, int set, const char *fn)
 {
     if (!q)
-        return evq__err(EVQ_EINVAL, "evq_queue_pause: q is NULL");
+        return evq__err(EVQ_EINVAL, "%s: q is NULL", fn);
     if (!can_pause(q))
         return evq__err(EVQ_ENOTSUP, "%s:// queues cannot be paused",
                         q->ops->scheme);
-    int rc = backend_pause(q, 1);
+    int rc = backend_pause(q, set);
     if (rc == 0) {
-        atomic_store(&q->paused, 1);
-        atomic_store(&q->pause_read_ns, evq__now_mono_ns());
-    }
-    return rc;
-}
-
-int evq_queue_resume(evq_queue *q)
-{
-    if (!q)
-        return evq__err(EVQ_EINVAL, "evq_queue_resume: q is NULL");
-    if (!can_pause(q))
-        return evq__err(EVQ_ENOTSUP, "%s:// queues cannot be paused",
-                        q->ops->scheme);
-    int rc = backend_pause(q, 0);
-    if (rc == 0) {
-        atomic_store(&q->paused, 0);
-        atomic_store(&q->pause_read_ns, evq__now_mono_ns());
         pthread_mutex_lock(&q->pause_mu);
+        atomic_store(&q->paused, set);
+        atomic_store(&q->pause_read_ns, evq__now_mono_ns());
         pthread_cond_broadcast(&q->pause_cv);
         pthread_mutex_unlock(&q->pause_mu);
     }
     return rc;
+}
+
+int evq_queue_pause(evq_queue *q)
+{
+    return set_paused(q, 1, "evq_queue_pause");
+}
+
+int evq_queue_resume(evq_queue *q)
+{
+    return set_paused(q, 0, "evq_queue_resume");
 }
 
 int evq_queue_paused(evq_queue *q)
