@@ -439,10 +439,12 @@ EVQ_API int evq_queue_stats(evq_queue *q, struct evq_queue_stats *out);
  * running handlers and its prefetch) are settled as usual; producers
  * still enqueue.  The state is kept where the queue lives, so it outlasts
  * the processes: on sqlite:// and postgres:// a row, on redis:// a key,
- * on nats:// a key of a JetStream key-value bucket (core NATS: a
- * subject's retained message is not available, EVQ_ENOTSUP), on kafka://
- * the committed offset of a group of its own, on amqp:// an exchange of
- * its own; memory:// in the process.  Pausing a paused queue (or resuming
+ * on nats:// a key of a JetStream key-value bucket (made by the
+ * first pause; core NATS keeps no state: EVQ_ENOTSUP), on kafka:// the
+ * offset committed by a group of its own (kept as long as the broker's
+ * offsets.retention.minutes, 7 days by default, unless paused again), on
+ * amqp:// a one-message queue of its own (declared by the first reading);
+ * memory:// in the process.  Pausing a paused queue (or resuming
  * a running one) is 0.  Any thread.  EVQ_ENOTSUP where the backend cannot,
  * or its error (EVQ_ECONN...). */
 EVQ_API int evq_queue_pause(evq_queue *q);
@@ -714,11 +716,12 @@ typedef struct evq_worker_opts {
      * reference) both see the same event object, and with
      * kafka.ordering=key the next event of its key may start. */
     int handler_timeout_ms;
-    /* Idempotent handling: an event whose id this worker (or, where the
-     * backend keeps the record, any worker of the queue) finished
-     * successfully less than dedup_window_ms ago is acked without its
-     * handlers running again, and counted `deduplicated`.  The id is
-     * recorded after the handlers succeed and before the ack, so a
+    /* Idempotent handling: an event whose source and id (the pair
+     * CloudEvents makes unique) this worker (or, where the backend keeps
+     * the record, any worker of the queue) finished successfully less
+     * than dedup_window_ms ago is acked without its handlers running
+     * again, and counted `deduplicated`.  The pair is recorded after the
+     * handlers succeed and before the ack, so a
      * worker that dies in between does not run the redelivery again.
      * Shared across processes on memory:// (within the process),
      * sqlite://, postgres:// and redis:// (a record per id that expires

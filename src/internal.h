@@ -583,11 +583,11 @@ struct evq_backend_ops {
     int (*destroy)(void *state);
     /* The queue's small records, kept where every consumer of the queue
      * sees them (durable where the backend is): `key` (at most
-     * EVQ_MAX_ATTR_BYTES + 16 bytes) is looked up (EVQ__RECORD_HAS: 1
+     * 2 × EVQ_MAX_ATTR_BYTES + 16 bytes) is looked up (EVQ__RECORD_HAS: 1
      * there and not expired, 0 not), written (EVQ__RECORD_PUT: for
      * ttl_ms, 0 for good) or deleted (EVQ__RECORD_DEL); 0 or an error.
      * The core keeps in them the pause state ("paused") and an idempotent
-     * worker's finished ids ("done:<id>").  Any thread, concurrently with
+     * worker's finished events ("done:<source> <id>").  Any thread, concurrently with
      * fetch and the rest.  NULL: the backend gives `pause` (or cannot be
      * paused: EVQ_ENOTSUP), and each worker remembers its finished ids
      * (evq__seen), unless it gives done_put and done_has. */

@@ -40,6 +40,8 @@ struct evq_queue {
     pthread_mutex_t read_mu, pause_mu;
     pthread_cond_t pause_cv; /* CLOCK_MONOTONIC, with pause_mu */
     atomic_int paused;
+    atomic_uint pause_gen; /* raised by every pause and resume */
+    atomic_bool read_failing;
     _Atomic int64_t pause_read_ns;
     atomic_bool interrupted;
     pthread_mutex_t dead_lock;
@@ -865,56 +867,80 @@ static bool can_pause(const evq_queue *q)
     return q->ops->pause || q->ops->record;
 }
 
-/* Whether the consumers of q are to wait (evq_queue_pause).  The state is
- * read again once the last reading is PAUSE_READ_MS old, by one thread at
- * a time (the others go by the last reading, or wait for the first); a
- * reading that fails keeps the last one (none yet: not paused), and is
- * said to the handle's log. */
-static bool pause_on(evq_queue *q)
+/* Whether the consumers of q are to wait (evq_queue_pause): 1 paused, 0
+ * not, -1 not known by `end` (monotonic ns; the first reading of a handle
+ * still under way in another thread).  The state is read again once the
+ * last reading is PAUSE_READ_MS old, by one thread at a time (the others
+ * go by the last reading, or wait for the first until `end`).  A reading
+ * that fails keeps the last one (none yet: not paused), and is said to
+ * the handle's log when reading starts or stops failing.  A reading that
+ * began before a pause or resume of this handle does not overwrite it
+ * (pause_gen). */
+static int pause_on(evq_queue *q, int64_t end)
 {
     if (!can_pause(q))
-        return false;
+        return 0;
     int64_t now = evq__now_mono_ns();
-    /* Never read yet: every thread waits for the first reading. */
-    bool first = atomic_load(&q->paused) < 0;
-    if (now - atomic_load(&q->pause_read_ns) >= PAUSE_READ_MS * 1000000LL &&
-        (first ? pthread_mutex_lock(&q->read_mu)
-               : pthread_mutex_trylock(&q->read_mu)) == 0) {
-        if (now - atomic_load(&q->pause_read_ns) >= PAUSE_READ_MS * 1000000LL) {
+    if (now - atomic_load(&q->pause_read_ns) < PAUSE_READ_MS * 1000000LL)
+        return atomic_load(&q->paused) == 1;
+    int locked;
+    if (atomic_load(&q->paused) >= 0 || end <= now) {
+        locked = pthread_mutex_trylock(&q->read_mu);
+    } else if (end == INT64_MAX) {
+        locked = pthread_mutex_lock(&q->read_mu);
+    } else {
+        /* timedlock waits on the realtime clock: convert the deadline */
+        struct timespec ts = evq__ts_from_ns(evq__now_real_ns() + (end - now));
+        locked = pthread_mutex_timedlock(&q->read_mu, &ts);
+    }
+    if (locked == 0) {
+        if (evq__now_mono_ns() - atomic_load(&q->pause_read_ns) >=
+            PAUSE_READ_MS * 1000000LL) {
+            unsigned gen = atomic_load(&q->pause_gen);
             int rc = backend_pause(q, -1);
-            if (rc >= 0)
+            bool failing = rc < 0;
+            if (rc >= 0 && atomic_load(&q->pause_gen) == gen)
                 atomic_store(&q->paused, rc);
-            else
-                evq__logf(q->log, EVQ_LOG_WARN,
-                          "reading the pause state failed (the last one "
-                          "holds): %s: %s",
-                          evq_strerror(rc), evq_errmsg());
+            if (failing != atomic_exchange(&q->read_failing, failing))
+                evq__logf(q->log, failing ? EVQ_LOG_WARN : EVQ_LOG_INFO,
+                          failing ? "reading the pause state failed (the "
+                                    "last one holds): %s: %s"
+                                  : "reading the pause state works again%s%s",
+                          failing ? evq_strerror(rc) : "",
+                          failing ? evq_errmsg() : "");
             atomic_store(&q->pause_read_ns, evq__now_mono_ns());
         }
         pthread_mutex_unlock(&q->read_mu);
     }
-    return atomic_load(&q->paused) == 1;
+    int p = atomic_load(&q->paused);
+    return p < 0 ? -1 : p == 1;
 }
 
-/* Waits while q is paused, until `end` (monotonic ns): 0 once it is not,
- * else EVQ_ETIMEDOUT or EVQ_ECLOSED (interrupted). */
+/* Waits while q is paused (or its state is not known yet), until `end`
+ * (monotonic ns): 0 once it is not, else EVQ_ETIMEDOUT or EVQ_ECLOSED
+ * (interrupted). */
 static int pause_wait(evq_queue *q, int64_t end)
 {
-    while (pause_on(q)) {
+    for (;;) {
+        if (atomic_load(&q->interrupted))
+            return evq__err(EVQ_ECLOSED, "queue interrupted");
+        int on = pause_on(q, end);
+        if (on == 0)
+            return 0;
         int64_t now = evq__now_mono_ns();
         if (now >= end)
-            return evq__err(EVQ_ETIMEDOUT, "dequeue timed out: the queue is "
-                                           "paused (evq_queue_resume)");
+            return evq__err(EVQ_ETIMEDOUT,
+                            on > 0 ? "dequeue timed out: the queue is paused "
+                                     "(evq_queue_resume)"
+                                   : "dequeue timed out reading whether the "
+                                     "queue is paused");
         int64_t until = now + PAUSE_READ_MS * 1000000LL;
         struct timespec ts = evq__ts_from_ns(until < end ? until : end);
         pthread_mutex_lock(&q->pause_mu);
         if (!atomic_load(&q->interrupted))
             pthread_cond_timedwait(&q->pause_cv, &q->pause_mu, &ts);
         pthread_mutex_unlock(&q->pause_mu);
-        if (atomic_load(&q->interrupted))
-            return evq__err(EVQ_ECLOSED, "queue interrupted");
     }
-    return 0;
 }
 
 /* One take from the backend: the read-ahead or its dequeue. */
@@ -955,6 +981,7 @@ static int set_paused(evq_queue *q, int set, const char *fn)
     if (!can_pause(q))
         return evq__err(EVQ_ENOTSUP, "%s:// queues cannot be paused",
                         q->ops->scheme);
+    atomic_fetch_add(&q->pause_gen, 1);
     int rc = backend_pause(q, set);
     if (rc == 0) {
         pthread_mutex_lock(&q->pause_mu);
@@ -982,8 +1009,9 @@ int evq_queue_paused(evq_queue *q)
         return evq__err(EVQ_EINVAL, "evq_queue_paused: q is NULL");
     if (!can_pause(q))
         return 0;
+    unsigned gen = atomic_load(&q->pause_gen);
     int rc = backend_pause(q, -1);
-    if (rc >= 0) {
+    if (rc >= 0 && atomic_load(&q->pause_gen) == gen) {
         atomic_store(&q->paused, rc);
         atomic_store(&q->pause_read_ns, evq__now_mono_ns());
     }
@@ -1005,7 +1033,7 @@ int evq__queue_done_put(evq_queue *q, const char *id, int64_t window_ms)
 {
     if (!q->ops->record)
         return q->ops->done_put(q->state, id, window_ms);
-    char key[EVQ_MAX_ATTR_BYTES + 8];
+    char key[2 * EVQ_MAX_ATTR_BYTES + 16];
     done_key(key, sizeof key, id);
     return q->ops->record(q->state, key, EVQ__RECORD_PUT, window_ms);
 }
@@ -1024,7 +1052,7 @@ int evq__queue_done_has(evq_queue *q, const char *id)
 {
     if (!q->ops->record)
         return q->ops->done_has(q->state, id);
-    char key[EVQ_MAX_ATTR_BYTES + 8];
+    char key[2 * EVQ_MAX_ATTR_BYTES + 16];
     done_key(key, sizeof key, id);
     return q->ops->record(q->state, key, EVQ__RECORD_HAS, 0);
 }

@@ -439,14 +439,22 @@ static void succeed(wthread *t, evq_msg *m, int attempt)
 /* dedup_window_ms: records that ev finished, before its ack, so a
  * redelivery after a crash in between is not run again.  A record that
  * cannot be written is said; the ack goes on (the event is done). */
+/* What names an event for dedup_window_ms: its source and id (CloudEvents
+ * makes the pair unique), "<source> <id>". */
+static void done_name(const evq_event *ev, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "%s %s", evq_event_source(ev), evq_event_id(ev));
+}
+
 static void done_record(wthread *t, const evq_event *ev)
 {
     evq_worker *w = t->w;
     if (w->o.dedup_window_ms <= 0)
         return;
-    int rc = w->seen ? evq__seen_put(w->seen, evq_event_id(ev),
-                                     w->o.dedup_window_ms)
-                     : evq__queue_done_put(w->fetch, evq_event_id(ev),
+    char name[2 * EVQ_MAX_ATTR_BYTES + 2];
+    done_name(ev, name, sizeof name);
+    int rc = w->seen ? evq__seen_put(w->seen, name, w->o.dedup_window_ms)
+                     : evq__queue_done_put(w->fetch, name,
                                            w->o.dedup_window_ms);
     if (rc) {
         report(w, ev, rc, evq_errmsg(), evq_event_attempt(ev));
@@ -467,8 +475,10 @@ static int skip_done(wthread *t, evq_msg **ms, int n)
     int keep = 0;
     for (int i = 0; i < n; i++) {
         const char *id = evq_event_id(evq_msg_event(ms[i]));
-        int rc = w->seen ? evq__seen_has(w->seen, id)
-                         : evq__queue_done_has(w->fetch, id);
+        char name[2 * EVQ_MAX_ATTR_BYTES + 2];
+        done_name(evq_msg_event(ms[i]), name, sizeof name);
+        int rc = w->seen ? evq__seen_has(w->seen, name)
+                         : evq__queue_done_has(w->fetch, name);
         if (rc < 0)
             wlog(w, EVQ_LOG_WARN,
                  "reading whether event %.40s was done failed (it runs): "
@@ -1068,11 +1078,16 @@ int evq_worker_start(evq_worker **wp, evq_queue *q, evq_events *events,
         evq__queue_set_log(w->fetch, opts->log, opts->log_arg);
     for (int i = 0; i < opts->n_limits; i++) {
         const evq_limit *l = &opts->limits[i];
-        rc = l->max_running > 0 && l->per_second <= 0
-                 ? evq_worker_cap(w, l->pattern, l->max_running)
-                 : evq_worker_limit(w, l->pattern, l->per_second, l->burst,
-                                    l->flags);
-        if (rc == 0 && l->max_running > 0 && l->per_second > 0)
+        rc = 0;
+        if (l->max_running < 0 || l->per_second < 0 ||
+            (l->max_running == 0 && l->per_second == 0))
+            rc = evq__err(EVQ_EINVAL,
+                          "needs per_second (a rate limit) or max_running (a "
+                          "cap), neither negative");
+        if (!rc && l->per_second != 0)
+            rc = evq_worker_limit(w, l->pattern, l->per_second, l->burst,
+                                  l->flags);
+        if (!rc && l->max_running != 0)
             rc = evq_worker_cap(w, l->pattern, l->max_running);
         if (rc) {
             worker_release(w);
@@ -1321,10 +1336,10 @@ static int add_limit(evq_worker *w, const char *what, const char *pattern,
 int evq_worker_limit(evq_worker *w, const char *pattern, double per_second,
                      int burst, unsigned flags)
 {
-    if (!(per_second > 0) || per_second > 1e9)
+    if (!(per_second >= 0.001) || per_second > 1e9)
         return evq__err(EVQ_EINVAL,
                         "evq_worker_limit: per_second %g is out of range "
-                        "(above 0, at most 1e9)",
+                        "(0.001 to 1e9)",
                         per_second);
     if (burst < 1 || burst > 1000000)
         return evq__err(EVQ_EINVAL,

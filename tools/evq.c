@@ -1200,8 +1200,10 @@ static const char pause_help[] =
     "within a second no consumer takes another event; events already taken\n"
     "finish, producers still enqueue.  The state is kept where the queue\n"
     "lives (it outlasts restarts).  --status changes nothing.  Prints\n"
-    "{\"queue\":...,\"paused\":true|false}.  Creates nothing: a queue that\n"
-    "does not exist is an error (exit 1).\n";
+    "{\"queue\":...,\"paused\":true|false}.  A queue that does not exist is\n"
+    "an error (exit 1); what holds the state is made where needed (nats://\n"
+    "a key-value bucket, amqp:// a queue <QUEUE>.evq-state).  Not for\n"
+    "memory://, which lives in one process.\n";
 
 static int cmd_pause(int argc, char **argv)
 {
@@ -1225,6 +1227,17 @@ static int cmd_pause(int argc, char **argv)
     if (argc - optind != 2) {
         evq_opts_free(opts);
         return usage_error(cmd, "%s", "needs URL and QUEUE");
+    }
+    if (status && strcmp(cmd, "resume") == 0) {
+        evq_opts_free(opts);
+        return usage_error(cmd, "%s", "--status is pause's (it changes "
+                                      "nothing)");
+    }
+    if (strncmp(argv[optind], "memory:", 7) == 0) {
+        evq_opts_free(opts);
+        return usage_error(cmd, "%s", "a memory:// queue lives in one "
+                                      "process: pause it there "
+                                      "(evq_queue_pause)");
     }
     evq_queue *q;
     if ((rc = read_only(&opts)) ||

@@ -1489,15 +1489,21 @@ static int amqp_pause(void *state, int set)
                                     amqp_cstring_bytes("paused"));
         rc = st == AMQP_STATUS_OK ? 0 : pub_broke(h, st);
         /* The broker counts the message in the queue a moment after the
-         * publish (the channel hands it on): wait until it shows. */
-        for (int i = 0; !rc && !paused && i < 200; i++) {
-            if (i)
+         * publish (the channel hands it on): wait until it shows, letting
+         * publishers in between. */
+        for (int i = 0; !rc && !paused && i < 400; i++) {
+            if (i) {
+                pthread_mutex_unlock(&h->pub_mu);
                 evq__sleep_ms(5);
-            rc = state_declare(h, &paused);
+                pthread_mutex_lock(&h->pub_mu);
+                rc = pub_ready(h);
+            }
+            if (!rc)
+                rc = state_declare(h, &paused);
         }
         if (!rc && !paused)
             rc = evq__err(EVQ_EIO, "amqp: the pause message did not reach "
-                                   "queue '%s' within a second",
+                                   "queue '%s' within two seconds",
                           name);
     } else if (!rc && set == 0 && paused) {
         amqp_queue_purge(h->pub.st, CH_ADMIN, amqp_cstring_bytes(name));

@@ -1629,11 +1629,17 @@ static int kafka_destroy(void *state)
     rd_kafka_DeleteTopic_destroy(dt);
     rd_kafka_AdminOptions_destroy(ao);
     if (!rc) {
-        rd_kafka_DeleteGroup_t *dg = rd_kafka_DeleteGroup_new(h->group);
-        rd_kafka_DeleteGroups(h->prod, &dg, 1, NULL, rq);
-        if ((ev = rd_kafka_queue_poll(rq, tmo + 2000)) != NULL)
-            rd_kafka_event_destroy(ev);
-        rd_kafka_DeleteGroup_destroy(dg);
+        /* the group's offsets, and the pause state's group (best effort) */
+        char paused[512];
+        snprintf(paused, sizeof paused, "%s.evq-paused", h->group);
+        const char *groups[] = {h->group, paused};
+        for (int i = 0; i < 2; i++) {
+            rd_kafka_DeleteGroup_t *dg = rd_kafka_DeleteGroup_new(groups[i]);
+            rd_kafka_DeleteGroups(h->prod, &dg, 1, NULL, rq);
+            if ((ev = rd_kafka_queue_poll(rq, tmo + 2000)) != NULL)
+                rd_kafka_event_destroy(ev);
+            rd_kafka_DeleteGroup_destroy(dg);
+        }
     }
     rd_kafka_queue_destroy(rq);
     return rc;

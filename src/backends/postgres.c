@@ -1208,11 +1208,25 @@ static int record_has(pghandle *h, const char *key)
     return rc;
 }
 
+/* One call in 256 deletes the queue's expired records: finished ids past
+ * their window, idle rate limits.  A failure only leaves them for the
+ * next time. */
+static void clear_expired(pghandle *h)
+{
+    if (atomic_fetch_add(&h->record_puts, 1) % 256 != 0)
+        return;
+    char *gc = statement(h, "DELETE FROM %1$s.state WHERE queue = $1 AND "
+                            "expires_at <= (extract(epoch FROM "
+                            "clock_timestamp()) * 1000)::bigint");
+    const char *g[1] = {h->queue};
+    if (gc)
+        settle_run(h, gc, 1, g, NULL, NULL, NULL, "clear expired records");
+    free(gc);
+}
+
 /* Writes record `key` (for ttl_ms; 0: for good) or deletes it (`put`
  * false): the pause state on the command connection (committed
- * durably), finished ids on the settling one, before their acks.  A
- * finished id's write also clears the queue's expired ones, one time in
- * 256. */
+ * durably), finished ids on the settling one, before their acks. */
 static int record_write(pghandle *h, const char *key, bool put,
                         int64_t ttl_ms)
 {
@@ -1230,16 +1244,8 @@ static int record_write(pghandle *h, const char *key, bool put,
     int rc;
     if (ttl_ms > 0) {
         rc = settle_run(h, sql, 3, v, NULL, NULL, NULL, "write a record");
-        if (!rc && atomic_fetch_add(&h->record_puts, 1) % 256 == 0) {
-            char *gc = statement(h, "DELETE FROM %1$s.state WHERE queue = $1 "
-                                    "AND expires_at <= $2");
-            snprintf(until, sizeof until, "%lld", (long long)now);
-            const char *g[2] = {h->queue, until};
-            rc = gc ? settle_run(h, gc, 2, g, NULL, NULL, NULL,
-                                 "clear expired records")
-                    : evq__err(EVQ_ENOMEM, "out of memory");
-            free(gc);
-        }
+        if (!rc)
+            clear_expired(h);
     } else {
         pthread_mutex_lock(&h->mu);
         rc = cmd_conn(h);
@@ -1297,6 +1303,8 @@ static int pg_take(void *state, const char *key, double rate, int burst,
                       PQntuples(r) == 1 ? PQgetvalue(r, 0, 0) : "");
     *wait_ms = wait > 0 ? wait : 0;
     PQclear(r);
+    if (!rc)
+        clear_expired(h);
     return rc;
 }
 

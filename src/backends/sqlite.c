@@ -246,7 +246,7 @@ typedef struct sqhandle {
     size_t n_acks, cap_acks;
     int64_t oldest_ack_ms;
     uint64_t claim_seq;
-    uint64_t done_puts; /* every 256th clears the expired records */
+    uint64_t done_puts; /* record writes: every 256th clears the expired */
     int busy_timeout_ms;
     int64_t busy_since;
     evq__flusher flusher; /* commits deferred acks in time */
@@ -1223,9 +1223,20 @@ static int state_has(sqhandle *h, const char *key)
     return rc;
 }
 
+/* One call in 256 (inside a write transaction) deletes the queue's
+ * expired records: finished ids past their window, idle rate limits.  A
+ * failure only leaves them for the next time. */
+static void clear_expired(sqhandle *h)
+{
+    if (h->done_puts++ % 256 != 0)
+        return;
+    sqlite3_bind_text(h->st[S_STATE_GC], 1, h->queue, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(h->st[S_STATE_GC], 2, now_ms());
+    step_done(h, S_STATE_GC, "clearing expired records");
+}
+
 /* Writes record `key` (ttl_ms 0: for good), or deletes it (`put` false),
- * in a transaction of its own; every 256th write of a handle also clears
- * the queue's expired records. */
+ * in a transaction of its own. */
 static int state_write(sqhandle *h, const char *key, bool put, int64_t ttl_ms)
 {
     pthread_mutex_lock(&h->mu);
@@ -1241,12 +1252,8 @@ static int state_write(sqhandle *h, const char *key, bool put, int64_t ttl_ms)
                 sqlite3_bind_int64(st, 4, now_ms() + ttl_ms);
         }
         rc = step_done(h, which, "writing a record");
-        if (!rc && ttl_ms > 0 && h->done_puts++ % 256 == 0) {
-            sqlite3_bind_text(h->st[S_STATE_GC], 1, h->queue, -1,
-                              SQLITE_STATIC);
-            sqlite3_bind_int64(h->st[S_STATE_GC], 2, now_ms());
-            rc = step_done(h, S_STATE_GC, "clearing expired records");
-        }
+        if (!rc && ttl_ms > 0)
+            clear_expired(h);
         rc = tx_end(h, rc);
     }
     pthread_mutex_unlock(&h->mu);
@@ -1306,6 +1313,8 @@ static int sqlite_take(void *state, const char *key, double rate, int burst,
                            now + (int64_t)((burst - tokens) * 1000 / rate) +
                                1000);
         rc = step_done(h, S_STATE_PUT, "writing a rate limit");
+        if (!rc)
+            clear_expired(h);
     }
     rc = tx_end(h, rc);
     pthread_mutex_unlock(&h->mu);

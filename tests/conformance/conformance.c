@@ -1891,6 +1891,12 @@ static void a_paused_queue_feeds_no_consumer_until_resumed(void **state)
     assert_evq_ok(evq_queue_pause(q)); /* again: still paused, no error */
     assert_int_equal(evq_queue_paused(q), 1);
     int64_t paused_at = now_ms();
+    /* this handle: a dequeue without waiting times out at once, an
+     * interrupt wakes a waiting one */
+    evq_msg *m;
+    int64_t t0 = now_ms();
+    assert_evq_err(evq_dequeue(q, &m, 0), EVQ_ETIMEDOUT);
+    assert_true(now_ms() - t0 < 1000);
     nanosleep(&(struct timespec){1, 0}, NULL);
     int here = atomic_load(&s.n);
     long there = other ? count_lines_any(file) : 0;
@@ -1907,8 +1913,19 @@ static void a_paused_queue_feeds_no_consumer_until_resumed(void **state)
     evq_queue_close(q1);
     assert_evq_ok(evq_queue_open(&q3, url, name, NULL));
     assert_int_equal(evq_queue_paused(q3), 1);
-    evq_msg *m;
     assert_evq_err(evq_dequeue(q3, &m, 300), EVQ_ETIMEDOUT);
+    {
+        evq_queue *q4;
+        assert_evq_ok(evq_queue_open(&q4, url, name, NULL));
+        pthread_t th;
+        void *ret;
+        pthread_create(&th, NULL, blocked_dequeue, q4);
+        nanosleep(&(struct timespec){0, 300 * 1000000}, NULL);
+        assert_evq_ok(evq_queue_interrupt(q4));
+        pthread_join(th, &ret);
+        assert_int_equal((int)(intptr_t)ret, EVQ_ECLOSED);
+        evq_queue_close(q4);
+    }
     assert_evq_ok(evq_worker_start(&w1, q3, e, &o));
     nanosleep(&(struct timespec){0, 600 * 1000000}, NULL);
     assert_int_equal(atomic_load(&s.n), here);
@@ -2025,6 +2042,7 @@ static void a_finished_event_is_not_run_again_within_the_dedup_window(
  * running it; without the window it runs again. */
 struct slow_ok {
     atomic_int started, calls;
+    atomic_int go; /* the slow handler returns once it is set */
     int sleep_ms;
 };
 
@@ -2033,9 +2051,9 @@ static int slow_ok_handler(const evq_event *ev, void *arg)
     struct slow_ok *s = arg;
     (void)ev;
     atomic_fetch_add(&s->started, 1);
-    nanosleep(&(struct timespec){s->sleep_ms / 1000,
-                                 (s->sleep_ms % 1000) * 1000000L},
-              NULL);
+    if (s->sleep_ms)
+        for (int i = 0; i < 30000 && !atomic_load(&s->go); i++)
+            nanosleep(&(struct timespec){0, 1000000}, NULL);
     atomic_fetch_add(&s->calls, 1);
     return 0;
 }
@@ -2070,7 +2088,8 @@ static void an_event_whose_ack_was_lost_is_not_run_again(void **state)
         assert_true(eventually(at_least_one, &slow.started, 20000));
         /* its lease runs out meanwhile: another consumer takes it over */
         evq_msg *m;
-        assert_evq_ok(evq_dequeue(q, &m, 5000));
+        assert_evq_ok(evq_dequeue(q, &m, 20000));
+        atomic_store(&slow.go, 1);
         assert_true(eventually(at_least_one, &slow.calls, 20000));
         assert_evq_ok(evq_worker_stop(a, 5000));
         evq_worker_free(a);
@@ -2106,11 +2125,12 @@ static void an_event_whose_ack_was_lost_is_not_run_again(void **state)
 /* ---- flow control: rate limits and caps ---------------------------------- */
 
 #ifdef EVQ_TEST_SANITIZED
-#define RATE_SECONDS 2
+#define RATE_SECONDS 3
+#define RATE 50
 #else
 #define RATE_SECONDS 10
-#endif
 #define RATE 200
+#endif
 #define RATE_BURST 20
 
 static int cmp_i64(const void *a, const void *b)
@@ -2288,17 +2308,18 @@ static void a_cap_bounds_the_runs_of_its_types(void **state)
     evq_limit cap = {.pattern = "conf.capped", .max_running = 2};
     o.limits = &cap;
     o.n_limits = 1;
-    assert_evq_ok(evq_worker_start(&w, q, e, &o));
     for (int i = 0; i < 40; i++) {
         enqueue_type(q, "conf.capped", NULL);
         enqueue_type(q, "conf.free", NULL);
     }
+    assert_evq_ok(evq_worker_start(&w, q, e, &o));
     wait_settled(w, 80);
     assert_evq_ok(evq_worker_stop(w, 5000));
     print_message("cap 2: at most %d capped runs at once, %d uncapped\n",
                   atomic_load(&c.most), atomic_load(&free_runs.most));
     assert_true(atomic_load(&c.most) <= 2);
     assert_true(atomic_load(&c.most) >= 1);
+    assert_true(atomic_load(&free_runs.most) > 2); /* not held by the cap */
 
     assert_evq_err(evq_worker_limit(w, "*", 0, 1, 0), EVQ_EINVAL);
     assert_non_null(strstr(evq_errmsg(), "per_second"));

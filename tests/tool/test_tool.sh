@@ -155,7 +155,10 @@ expect 0 "consume after resume" -- "$evq" consume "$db" p --count 2 --timeout 2
 expect 2 "pause without queue" -- "$evq" pause "$db"
 expect 1 "pause a missing queue file" -- "$evq" pause "sqlite://$out/none.db" p
 has stderr "does not exist" "pause a missing queue file"
-expect 2 "resume --status is pause's" -- "$evq" resume "$db" p --bogus
+expect 2 "resume --status is pause's" -- "$evq" resume "$db" p --status
+expect 2 "resume a bad flag" -- "$evq" resume "$db" p --bogus
+expect 2 "pause memory://" -- "$evq" pause memory:// p
+has stderr "one process" "pause memory://"
 
 # dead letters: list, replay, purge
 expect 0 "produce a dead letter" -- "$evq" produce "$db" d.dead --type tool.dead --data 7 --attr evqerror=boom --attr evqqueue=d
