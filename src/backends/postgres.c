@@ -1182,6 +1182,23 @@ static int pg_destroy(void *state)
 
 /* ---- the queue's records: pause state, finished ids ------------------- */
 
+/* Runs a statement on the state table (fmt with the schema as %1$s) on
+ * the settling connection, *r the caller's.  Not settle_run: the acks held
+ * back stay so (the pause state is read every PAUSE_READ_MS, which would
+ * otherwise send them at once). */
+static int state_query(pghandle *h, const char *fmt, int n,
+                       const char *const *v, PGresult **r, const char *what)
+{
+    char *sql = statement(h, fmt);
+    if (!sql)
+        return evq__err(EVQ_ENOMEM, "out of memory");
+    pthread_mutex_lock(&h->settle_mu);
+    int rc = settle_locked(h, sql, n, v, NULL, NULL, r, what);
+    pthread_mutex_unlock(&h->settle_mu);
+    free(sql);
+    return rc;
+}
+
 /* Whether record `key` of the queue is there and not expired: 1, 0, or
  * the error.  On the settling connection. */
 static int record_has(pghandle *h, const char *key)
@@ -1189,18 +1206,11 @@ static int record_has(pghandle *h, const char *key)
     char now[24];
     snprintf(now, sizeof now, "%lld", (long long)(evq__now_real_ns() / 1000000));
     const char *v[3] = {h->queue, key, now};
-    char *sql = statement(h, "SELECT 1 FROM %1$s.state WHERE queue = $1 AND "
-                             "key = $2 AND (expires_at IS NULL OR expires_at "
-                             "> $3)");
-    if (!sql)
-        return evq__err(EVQ_ENOMEM, "out of memory");
     PGresult *r = NULL;
-    /* not settle_run: the acks held back stay so (a read every
-     * PAUSE_READ_MS would otherwise send them at once) */
-    pthread_mutex_lock(&h->settle_mu);
-    int rc = settle_locked(h, sql, 3, v, NULL, NULL, &r, "read a record");
-    pthread_mutex_unlock(&h->settle_mu);
-    free(sql);
+    int rc = state_query(h,
+                         "SELECT 1 FROM %1$s.state WHERE queue = $1 AND key = "
+                         "$2 AND (expires_at IS NULL OR expires_at > $3)",
+                         3, v, &r, "read a record");
     if (!rc) {
         rc = PQntuples(r) > 0;
         PQclear(r);
@@ -1285,14 +1295,8 @@ static int pg_take(void *state, const char *key, double rate, int burst,
     snprintf(r_s, sizeof r_s, "%.17g", rate);
     snprintf(b_s, sizeof b_s, "%d", burst);
     const char *v[4] = {h->queue, key, r_s, b_s};
-    char *sql = statement(h, take_sql);
-    if (!sql)
-        return evq__err(EVQ_ENOMEM, "out of memory");
     PGresult *r = NULL;
-    pthread_mutex_lock(&h->settle_mu);
-    int rc = settle_locked(h, sql, 4, v, NULL, NULL, &r, "a rate limit's token");
-    pthread_mutex_unlock(&h->settle_mu);
-    free(sql);
+    int rc = state_query(h, take_sql, 4, v, &r, "a rate limit's token");
     if (rc)
         return rc;
     double t;
