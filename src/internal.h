@@ -123,6 +123,11 @@ void evq__seen_free(evq__seen *s);
 bool evq__seen_has(evq__seen *s, const char *id);
 /* Remembers id for ttl_ms (again, when it was there).  EVQ_ENOMEM. */
 int evq__seen_put(evq__seen *s, const char *id, int64_t ttl_ms);
+/* Remembers id for ttl_ms unless it is there: 1 put, 0 there, or
+ * EVQ_ENOMEM.  Atomic against other calls on s. */
+int evq__seen_claim(evq__seen *s, const char *id, int64_t ttl_ms);
+/* Forgets id (nothing when it is not there). */
+void evq__seen_drop(evq__seen *s, const char *id);
 
 /* Token buckets in process memory (bucket.c), one per key for the whole
  * process: the rate limits of workers where the backend holds no shared
@@ -305,7 +310,13 @@ typedef struct evq__core_cfg {
     int overflow; /* EVQ__OVERFLOW_BLOCK or _ERROR */
     int64_t reconnect_initial_ms, reconnect_max_ms;
     bool create;
+    int64_t unique_ttl_ms;
+    int unique;       /* EVQ__UNIQUE_REJECT or _MERGE */
+    int unique_until; /* EVQ__UNIQUE_UNTIL_TTL or _DONE */
 } evq__core_cfg;
+
+enum { EVQ__UNIQUE_REJECT, EVQ__UNIQUE_MERGE };
+enum { EVQ__UNIQUE_UNTIL_TTL, EVQ__UNIQUE_UNTIL_DONE };
 
 enum { EVQ__OVERFLOW_BLOCK, EVQ__OVERFLOW_ERROR };
 
@@ -356,6 +367,10 @@ typedef struct evq__item {
     const unsigned char *bytes; /* borrowed encoded form, or NULL */
     size_t len;
     int64_t delay_ms; /* >= 0 */
+    /* The unique key the core claimed for the event ("unique:<key>",
+     * owned by whoever holds the item), to be given back when it is not
+     * stored; NULL for most. */
+    char *claim;
 } evq__item;
 
 /* What a backend's dequeue hands to the core: `ev` (by reference) or `bytes`
@@ -402,7 +417,7 @@ int64_t evq__hdr_int(const void *value, size_t len);
  * consumer (or may have: the local lease clock ran out). */
 int evq__lease_lost(const char *what);
 
-enum { EVQ__RECORD_HAS, EVQ__RECORD_PUT, EVQ__RECORD_DEL };
+enum { EVQ__RECORD_HAS, EVQ__RECORD_PUT, EVQ__RECORD_DEL, EVQ__RECORD_CLAIM };
 
 #define EVQ__BY_REF 0x1u
 /* enqueue never waits on I/O (memory://): evq_enqueue calls it directly
@@ -416,6 +431,11 @@ enum { EVQ__RECORD_HAS, EVQ__RECORD_PUT, EVQ__RECORD_DEL };
  * broker's work: the pipeline overlaps batches as soon as it can, rather
  * than letting a few waiting events gather behind the batch out. */
 #define EVQ__LINGERS 0x8u
+/* The backend keeps unique events itself (nats: the key is the message's
+ * Nats-Msg-Id, stored once within the stream's duplicate window): enqueue
+ * fails with EVQ_EEXIST when an item's key was taken, after storing the
+ * items that were not; the core claims nothing. */
+#define EVQ__UNIQUE_ID 0x10u
 
 /* ---- the send pipeline (pipe.c) ------------------------------------------
  * Accepted events of one handle, sent in batches through `send` (the
@@ -431,6 +451,9 @@ typedef struct evq__pipe_ops {
     int (*send)(void *ctx, const evq__item *items, size_t n);
     int (*start)(void *ctx, const evq__item *items, size_t n, void **ticket);
     int (*finish)(void *ctx, void *ticket, size_t n);
+    /* Gives back the claim of an item that was not stored (may be
+     * NULL). */
+    void (*unclaim)(void *ctx, const char *claim);
     bool lingers; /* the backend's EVQ__LINGERS */
 } evq__pipe_ops;
 evq__pipe *evq__pipe_new(const evq__pipe_ops *ops, void *ctx,
@@ -586,8 +609,12 @@ struct evq_backend_ops {
      * 2 × EVQ_MAX_ATTR_BYTES + 16 bytes) is looked up (EVQ__RECORD_HAS: 1
      * there and not expired, 0 not), written (EVQ__RECORD_PUT: for
      * ttl_ms, 0 for good) or deleted (EVQ__RECORD_DEL); 0 or an error.
+     * EVQ__RECORD_CLAIM writes it for ttl_ms only when it is not there
+     * (or expired), atomically against every other consumer and producer
+     * of the queue: 1 written, 0 there, or an error.
      * The core keeps in them the pause state ("paused") and an idempotent
-     * worker's finished events ("done:<source> <id>").  Any thread, concurrently with
+     * worker's finished events ("done:<source> <id>"), and the keys of unique
+     * events ("unique:<key>").  Any thread, concurrently with
      * fetch and the rest.  NULL: the backend gives `pause` (or cannot be
      * paused: EVQ_ENOTSUP), and each worker remembers its finished ids
      * (evq__seen), unless it gives done_put and done_has. */

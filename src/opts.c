@@ -54,6 +54,18 @@ const evq__opt_spec evq__core_opts[] = {
      "when missing; false: a missing queue is an error (EVQ_ENOENT), and "
      "nothing is created",
      EVQ__AT(evq__core_cfg, create)},
+    {"unique_ttl_ms", EVQ__OPT_INT, "0", 0, 30LL * 86400000, NULL,
+     "how long the key of an event with evquniquekey stays taken, for "
+     "events without evquniquettl; 0: such events need evquniquettl",
+     EVQ__AT(evq__core_cfg, unique_ttl_ms)},
+    {"unique", EVQ__OPT_ENUM, "reject", 0, 0, "reject|merge",
+     "an event whose unique key is taken: fail with EVQ_EEXIST, or drop it "
+     "and report success",
+     EVQ__AT(evq__core_cfg, unique)},
+    {"unique_until", EVQ__OPT_ENUM, "ttl", 0, 0, "ttl|done",
+     "a unique key is freed when its TTL ends, or also once its event is "
+     "finished (acked or dead-lettered)",
+     EVQ__AT(evq__core_cfg, unique_until)},
     {0},
 };
 

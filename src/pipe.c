@@ -122,8 +122,12 @@ evq__pipe *evq__pipe_new(const evq__pipe_ops *ops, void *ctx,
     return p;
 }
 
-static void item_release(pitem *x)
+/* Frees x; its claim is given back first when it failed. */
+static void item_release(evq__pipe *p, pitem *x, bool failed)
 {
+    if (failed && x->it.claim && p->ops.unclaim)
+        p->ops.unclaim(p->ctx, x->it.claim);
+    free(x->it.claim);
     free((void *)x->it.bytes);
     evq_event_free(x->it.ev);
     if (x->it.id != x->idbuf)
@@ -250,11 +254,16 @@ static void send_batch(evq__pipe *p)
         next = x->next;
         if (rc)
             evq__err(rc, "%s", msg); /* what evq_errmsg() says in done */
+        if (rc && x->it.claim && p->ops.unclaim) {
+            p->ops.unclaim(p->ctx, x->it.claim); /* before the report */
+            free(x->it.claim);
+            x->it.claim = NULL;
+        }
         if (x->done)
             x->done(x->it.id, rc, x->arg);
         else if (rc)
             silent++;
-        item_release(x);
+        item_release(p, x, false);
     }
     tls_in_done = false;
 
@@ -322,7 +331,7 @@ int evq__pipe_put(evq__pipe *p, evq__item *items, size_t n,
                   evq_enqueued_fn done, void *arg, bool wait)
 {
     waiter w = {.rc = 0};
-    pitem **xs = n <= 1 ? NULL : malloc(n * sizeof *xs), *x1 = NULL;
+    pitem **xs = n <= 1 ? NULL : calloc(n, sizeof *xs), *x1 = NULL;
     int rc = 0;
     if (wait && tls_in_done)
         rc = evq__err(EVQ_ESTATE,
@@ -349,6 +358,7 @@ int evq__pipe_put(evq__pipe *p, evq__item *items, size_t n,
         }
         items[i].bytes = NULL; /* the pipe's now */
         items[i].ev = NULL;
+        items[i].claim = NULL;
         x->group_left = n - 1 - i;
         x->done = wait ? wake_waiter : done;
         x->arg = wait ? &w : arg;
@@ -360,8 +370,14 @@ int evq__pipe_put(evq__pipe *p, evq__item *items, size_t n,
     if (rc) {
         for (size_t i = 0; i < n; i++) {
             pitem *x = n > 1 ? (xs ? xs[i] : NULL) : x1;
-            if (x)
-                item_release(x);
+            if (x) {
+                item_release(p, x, true);
+            } else if (items[i].claim) { /* not taken over */
+                if (p->ops.unclaim)
+                    p->ops.unclaim(p->ctx, items[i].claim);
+                free(items[i].claim);
+                items[i].claim = NULL;
+            }
         }
         free(xs);
         return rc;
@@ -372,7 +388,7 @@ int evq__pipe_put(evq__pipe *p, evq__item *items, size_t n,
     if ((rc = wait_room(p, n)) != 0) {
         pthread_mutex_unlock(&p->mu);
         for (size_t i = 0; i < n; i++)
-            item_release(n > 1 ? xs[i] : x1);
+            item_release(p, n > 1 ? xs[i] : x1, true);
         free(xs);
         return rc;
     }

@@ -10,6 +10,7 @@
 
 #include "evq_backends.h" /* written by cmake/backends.cmake */
 
+#include <errno.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -60,6 +61,7 @@ static int pipe_send(void *ctx, const evq__item *items, size_t n);
 static int pipe_start(void *ctx, const evq__item *items, size_t n,
                       void **ticket);
 static int pipe_finish(void *ctx, void *ticket, size_t n);
+static void pipe_unclaim(void *ctx, const char *claim);
 
 struct evq_msg {
     evq_queue *q;
@@ -265,7 +267,7 @@ int evq_queue_open(evq_queue **qp, const char *url, const char *name,
         rc = evq__err(EVQ_ENOMEM, "out of memory");
         goto fail;
     }
-    evq__pipe_ops pops = {.send = pipe_send};
+    evq__pipe_ops pops = {.send = pipe_send, .unclaim = pipe_unclaim};
     if (ops->enqueue_start && ops->enqueue_finish) {
         pops.start = pipe_start;
         pops.finish = pipe_finish;
@@ -450,6 +452,243 @@ static int check_event_by_ref(const evq_queue *q, const evq_event *ev)
     return 0;
 }
 
+/* ---- unique events ------------------------------------------------------
+ * An event with evquniquekey is stored once per key within its TTL.  The
+ * key is claimed ("unique:<key>") before the event is sent: in the
+ * backend's records, atomically against every producer of the queue
+ * (sqlite, postgres, redis), or in this process's table (memory://,
+ * kafka://, amqp://).  A claim whose event was not stored is given back
+ * (through the pipeline, pipe_unclaim).  nats:// keeps the key itself as
+ * the message's Nats-Msg-Id (EVQ__UNIQUE_ID). */
+
+static pthread_once_t claims_once = PTHREAD_ONCE_INIT;
+static evq__seen *claims; /* the process's, for backends without records */
+
+static void claims_init(void)
+{
+    claims = evq__seen_new();
+}
+
+/* The process table's name of claim `key` on q: its server and queue too
+ * (the URL's options left out, as they do not change the queue). */
+static char *process_claim(const evq_queue *q, const char *key)
+{
+    size_t at = strcspn(q->redacted, "?");
+    size_t len = at + strlen(q->name) + strlen(key) + 3;
+    char *k = malloc(len);
+    if (k)
+        snprintf(k, len, "%.*s\n%s\n%s", (int)at, q->redacted, q->name, key);
+    return k;
+}
+
+/* Claims `key` ("unique:<key>") for ttl_ms: 1 claimed, 0 taken, or an
+ * error. */
+static int unique_claim(evq_queue *q, const char *key, int64_t ttl_ms)
+{
+    if (q->ops->record)
+        return q->ops->record(q->state, key, EVQ__RECORD_CLAIM, ttl_ms);
+    pthread_once(&claims_once, claims_init);
+    char *k = process_claim(q, key);
+    if (!claims || !k) {
+        free(k);
+        return evq__err(EVQ_ENOMEM, "out of memory");
+    }
+    int rc = evq__seen_claim(claims, k, ttl_ms);
+    free(k);
+    return rc;
+}
+
+/* Frees claim `key` (a failure leaves it to its TTL). */
+static void unique_unclaim(evq_queue *q, const char *key)
+{
+    if (q->ops->record) {
+        q->ops->record(q->state, key, EVQ__RECORD_DEL, 0);
+        return;
+    }
+    char *k = process_claim(q, key);
+    if (claims && k)
+        evq__seen_drop(claims, k);
+    free(k);
+}
+
+static void pipe_unclaim(void *ctx, const char *claim)
+{
+    unique_unclaim(ctx, claim);
+}
+
+/* What unique event ev asks: its key (NULL: none), for how long, and
+ * whether it is freed when the event is finished.  0 or EVQ_EINVAL,
+ * EVQ_ENOTSUP. */
+static int unique_of(const evq_queue *q, const evq_event *ev, const char **key,
+                     int64_t *ttl_ms, bool *until_done)
+{
+    const char *id = evq_event_id(ev);
+    *key = evq_event_attr(ev, "evquniquekey");
+    if (!*key)
+        return 0;
+    if (!**key)
+        return evq__err(EVQ_EINVAL, "event %s: evquniquekey is empty", id);
+    *ttl_ms = q->opts.core.unique_ttl_ms;
+    const char *t = evq_event_attr(ev, "evquniquettl");
+    if (t) {
+        char *end;
+        errno = 0;
+        long long v = strtoll(t, &end, 10);
+        if (errno || end == t || *end || v < 1 || v > 30LL * 86400000)
+            return evq__err(EVQ_EINVAL,
+                            "event %s: evquniquettl '%.40s' is not a number "
+                            "of milliseconds from 1 to 2592000000 (30 days)",
+                            id, t);
+        *ttl_ms = v;
+    }
+    if (*ttl_ms <= 0)
+        return evq__err(EVQ_EINVAL,
+                        "event %s has evquniquekey '%.100s' but no TTL: set "
+                        "its evquniquettl or the queue option unique_ttl_ms",
+                        id, *key);
+    const char *u = evq_event_attr(ev, "evquniqueuntil");
+    if (u && strcmp(u, "done") != 0 && strcmp(u, "ttl") != 0)
+        return evq__err(EVQ_EINVAL,
+                        "event %s: evquniqueuntil '%.40s' is neither ttl nor "
+                        "done", id, u);
+    *until_done = u ? strcmp(u, "done") == 0
+                    : q->opts.core.unique_until == EVQ__UNIQUE_UNTIL_DONE;
+    if (*until_done && (q->ops->flags & EVQ__UNIQUE_ID))
+        return evq__err(EVQ_ENOTSUP,
+                        "%s:// keeps a unique key for the stream's duplicate "
+                        "window (nats.dedup_window_ms): unique_until=done is "
+                        "not possible there",
+                        q->ops->scheme);
+    return 0;
+}
+
+/* A batch on its way out: the events that go (those whose key was taken
+ * left out when merging; a copy carrying evquniqueuntil=done where the
+ * queue option asks it), each with its claim (or NULL). */
+typedef struct unique_batch {
+    const evq_event *const *evs;
+    size_t n;
+    char **claims;
+    const evq_event **out;
+    evq_event **copies;
+    size_t n_copies;
+    bool merged; /* some event was left out */
+} unique_batch;
+
+static void unique_end(evq_queue *q, unique_batch *u, bool unclaim)
+{
+    if (u->claims) {
+        for (size_t i = 0; i < u->n; i++) {
+            if (u->claims[i] && unclaim)
+                unique_unclaim(q, u->claims[i]);
+            free(u->claims[i]);
+        }
+    }
+    for (size_t i = 0; i < u->n_copies; i++)
+        evq_event_free(u->copies[i]);
+    free(u->claims);
+    free(u->out);
+    free(u->copies);
+    memset(u, 0, sizeof *u);
+}
+
+/* Claims the keys of the unique events of evs[0..n).  A taken key fails
+ * the whole batch with EVQ_EEXIST (unique=reject, nothing claimed is
+ * kept) or leaves its event out (unique=merge). */
+static int unique_begin(evq_queue *q, const evq_event *const *evs, size_t n,
+                        unique_batch *u)
+{
+    memset(u, 0, sizeof *u);
+    size_t i = 0;
+    while (i < n && !(evs[i] && evq_event_attr(evs[i], "evquniquekey")))
+        i++;
+    if (i == n) { /* the common case: nothing to claim */
+        u->evs = evs;
+        u->n = n;
+        return 0;
+    }
+    u->out = malloc(n * sizeof *u->out);
+    u->claims = calloc(n, sizeof *u->claims);
+    u->copies = malloc(n * sizeof *u->copies);
+    if (!u->out || !u->claims || !u->copies) {
+        unique_end(q, u, false);
+        return evq__err(EVQ_ENOMEM, "out of memory");
+    }
+    u->evs = u->out;
+    int rc = 0;
+    for (i = 0; i < n && !rc; i++) {
+        const evq_event *ev = evs[i];
+        const char *key = NULL;
+        int64_t ttl = 0;
+        bool until_done = false;
+        if (ev && (rc = unique_of(q, ev, &key, &ttl, &until_done)) != 0)
+            break;
+        if (key && !(q->ops->flags & EVQ__UNIQUE_ID)) {
+            size_t len = strlen(key) + 8;
+            char *claim = malloc(len);
+            if (!claim) {
+                rc = evq__err(EVQ_ENOMEM, "out of memory");
+                break;
+            }
+            snprintf(claim, len, "unique:%s", key);
+            int c = unique_claim(q, claim, ttl);
+            if (c != 1) {
+                free(claim);
+                if (c == 0 && q->opts.core.unique == EVQ__UNIQUE_MERGE) {
+                    u->merged = true;
+                    continue; /* left out */
+                }
+                rc = c < 0 ? c
+                           : evq__err(EVQ_EEXIST,
+                                      "event %s: unique key '%.200s' is "
+                                      "taken (an event with it was enqueued "
+                                      "less than its TTL ago)",
+                                      evq_event_id(ev), key);
+                break;
+            }
+            u->claims[u->n] = claim;
+        }
+        if (key && until_done) {
+            const char *has = evq_event_attr(ev, "evquniqueuntil");
+            if (!has) { /* consumers read it from the event */
+                evq_event *c = evq_event_dup(ev);
+                if (!c || (rc = evq_event_set_attr(c, "evquniqueuntil",
+                                                   "done")) != 0) {
+                    evq_event_free(c);
+                    if (!rc)
+                        rc = evq__err(EVQ_ENOMEM, "out of memory");
+                    u->n++; /* its claim is given back with the rest */
+                    break;
+                }
+                u->copies[u->n_copies++] = c;
+                ev = c;
+            }
+        }
+        u->out[u->n++] = ev;
+    }
+    if (rc)
+        unique_end(q, u, true);
+    return rc;
+}
+
+/* A unique event finished (acked or dead-lettered): its key is freed when
+ * it asked so (evquniqueuntil=done). */
+static void unique_finished(evq_queue *q, const evq_event *ev)
+{
+    const char *key, *u;
+    if (!ev || !(key = evq_event_attr(ev, "evquniquekey")) ||
+        !(u = evq_event_attr(ev, "evquniqueuntil")) || strcmp(u, "done") != 0 ||
+        (q->ops->flags & EVQ__UNIQUE_ID))
+        return;
+    size_t len = strlen(key) + 8;
+    char *claim = malloc(len);
+    if (!claim)
+        return; /* left to its TTL */
+    snprintf(claim, len, "unique:%s", key);
+    unique_unclaim(q, claim);
+    free(claim);
+}
+
 /* Checks and encodes evs[0..n) into items (bytes owned, a reference to
  * each event held).  On failure frees what it made. */
 static int make_items(evq_queue *q, const evq_event *const *evs, size_t n,
@@ -525,6 +764,27 @@ static int pipe_finish(void *ctx, void *ticket, size_t n)
     return rc;
 }
 
+/* Hands each item its claim (the item's now). */
+static void give_claims(evq__item *items, unique_batch *u)
+{
+    if (!u->claims)
+        return;
+    for (size_t k = 0; k < u->n; k++) {
+        items[k].claim = u->claims[k];
+        u->claims[k] = NULL;
+    }
+}
+
+/* The result of a batch whose duplicates the backend found itself
+ * (EVQ__UNIQUE_ID): success when merging. */
+static int unique_result(const evq_queue *q, int rc)
+{
+    if (rc == EVQ_EEXIST && (q->ops->flags & EVQ__UNIQUE_ID) &&
+        q->opts.core.unique == EVQ__UNIQUE_MERGE)
+        return 0;
+    return rc;
+}
+
 static int enqueue_items(evq_queue *q, const evq_event *const *evs, size_t n,
                          int64_t delay_ms)
 {
@@ -532,15 +792,31 @@ static int enqueue_items(evq_queue *q, const evq_event *const *evs, size_t n,
         return evq__err(EVQ_ESTATE,
                         "evq_enqueue from inside a done callback would wait "
                         "for itself; use evq_enqueue_async there");
+    unique_batch u;
+    int rc = unique_begin(q, evs, n, &u);
+    if (rc)
+        return rc;
+    n = u.n;
+    if (n == 0) { /* every one merged into an earlier event */
+        unique_end(q, &u, false);
+        return 0;
+    }
     evq__item one, *items = n == 1 ? &one : malloc(n * sizeof *items);
-    int rc;
-
-    if (!items)
+    if (!items) {
+        unique_end(q, &u, true);
         return evq__err(EVQ_ENOMEM, "out of memory");
-    if ((rc = make_items(q, evs, n, delay_ms, items)) == 0) {
+    }
+    if ((rc = make_items(q, u.evs, n, delay_ms, items)) != 0) {
+        unique_end(q, &u, true);
+    } else {
+        give_claims(items, &u);
+        unique_end(q, &u, false);
         if (q->ops->flags & EVQ__INSTANT) { /* nothing to wait for */
             rc = pipe_send(q, items, n);
             for (size_t k = 0; k < n; k++) {
+                if (rc && items[k].claim)
+                    unique_unclaim(q, items[k].claim);
+                free(items[k].claim);
                 free((void *)items[k].bytes);
                 evq_event_free(items[k].ev);
             }
@@ -550,7 +826,7 @@ static int enqueue_items(evq_queue *q, const evq_event *const *evs, size_t n,
     }
     if (items != &one)
         free(items);
-    return rc;
+    return unique_result(q, rc);
 }
 
 int evq_enqueue_async(evq_queue *q, const evq_event *ev, int64_t delay_ms,
@@ -564,8 +840,21 @@ int evq_enqueue_async(evq_queue *q, const evq_event *ev, int64_t delay_ms,
     if (delay_ms < 0)
         return evq__err(EVQ_EINVAL, "delay %lld ms is negative",
                         (long long)delay_ms);
-    if ((rc = make_items(q, &ev, 1, delay_ms, &it)) != 0)
+    unique_batch u;
+    if ((rc = unique_begin(q, &ev, 1, &u)) != 0)
         return rc;
+    if (u.n == 0) { /* merged: reported at once */
+        unique_end(q, &u, false);
+        if (done)
+            done(evq_event_id(ev), 0, arg);
+        return 0;
+    }
+    if ((rc = make_items(q, u.evs, 1, delay_ms, &it)) != 0) {
+        unique_end(q, &u, true);
+        return rc;
+    }
+    give_claims(&it, &u);
+    unique_end(q, &u, false);
     return evq__pipe_put(q->pipe, &it, 1, done, arg, false);
 }
 
@@ -1134,6 +1423,8 @@ static int ack_run(evq_msg **msgs, size_t n)
     }
     int rc = q->ops->ack(q->state, d, n);
     atomic_fetch_add_explicit(&q->acked, n, memory_order_relaxed);
+    for (size_t i = 0; i < n && !rc; i++)
+        unique_finished(q, msgs[i]->ev);
     for (size_t i = 0; i < n; i++)
         msg_free(msgs[i]); /* the last may free q */
     return rc;
@@ -1250,6 +1541,8 @@ int evq_msg_dead_letter(evq_msg *m, const char *reason)
     } else {
         rc = backend_ack(m->q, &m->d);
         atomic_fetch_add_explicit(&m->q->acked, 1, memory_order_relaxed);
+        if (!rc)
+            unique_finished(m->q, m->ev);
     }
     msg_free(m);
     return rc;

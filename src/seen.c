@@ -1,7 +1,8 @@
 /*
  * seen.c - ids remembered for a while, in process memory: the finished
  * events of an idempotent worker (dedup_window_ms) where the backend keeps
- * no shared record, and memory://'s record.
+ * no shared record, memory://'s record, and the keys of unique events
+ * where the backend keeps none (claimed for the process).
  *
  * Open addressing with linear probing.  Nothing is removed one by one: when
  * the table is half full it is rebuilt without the entries whose time has
@@ -125,4 +126,45 @@ int evq__seen_put(evq__seen *s, const char *id, int64_t ttl_ms)
     }
     pthread_mutex_unlock(&s->mu);
     return rc;
+}
+
+int evq__seen_claim(evq__seen *s, const char *id, int64_t ttl_ms)
+{
+    uint64_t h = hash_id(id);
+    int64_t now = evq__now_mono_ns();
+    int rc = 0;
+    pthread_mutex_lock(&s->mu);
+    seen_ent *e = slot(s->t, s->cap, id, h);
+    if (e->id && e->until_ns > now)
+        goto out; /* taken */
+    if (!e->id && (s->n + 1) * 2 > s->cap) {
+        if ((rc = rebuild(s, now)) != 0)
+            goto out;
+        e = slot(s->t, s->cap, id, h);
+    }
+    if (!e->id) {
+        if (!(e->id = evq__strdup(id))) {
+            rc = evq__err(EVQ_ENOMEM, "out of memory");
+            goto out;
+        }
+        s->n++;
+    }
+    e->hash = h;
+    e->until_ns = now + ttl_ms * 1000000;
+    rc = 1;
+out:
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+/* An entry is not taken out of its probe chain: it expires at once, and
+ * the next rebuild leaves it behind. */
+void evq__seen_drop(evq__seen *s, const char *id)
+{
+    uint64_t h = hash_id(id);
+    pthread_mutex_lock(&s->mu);
+    seen_ent *e = slot(s->t, s->cap, id, h);
+    if (e->id)
+        e->until_ns = 0;
+    pthread_mutex_unlock(&s->mu);
 }

@@ -15,6 +15,11 @@
  *       a second, burst 20 (evq_worker_limit on "*"), whose handler
  *       appends the wall-clock time in ms as a line to FILE; until it is
  *       killed.
+ *   consumer unique FILE URL QUEUE KEYS
+ *       once FILE.go exists, enqueues KEYS events with evquniquekey
+ *       key-0, key-1, ... (evquniquettl 10 minutes) one evq_enqueue each,
+ *       then appends "<stored> <taken>" to FILE: how many returned 0 and
+ *       how many EVQ_EEXIST (any other failure exits 1).
  *   consumer produce FILE URL QUEUE
  *       enqueues events 0, 1, 2, ... (the data) with evq_enqueue_async,
  *       appending to FILE the number of each one its done callback reports
@@ -157,6 +162,38 @@ int main(int argc, char **argv)
         evq_queue_close(q);
         return 0;
     }
+    if (argc == 6 && strcmp(argv[1], "unique") == 0) {
+        char go[512], line[64];
+        long keys = atol(argv[5]), stored = 0, taken = 0;
+        snprintf(go, sizeof go, "%s.go", argv[2]);
+        if (evq_queue_open(&q, argv[3], argv[4], NULL)) {
+            fprintf(stderr, "consumer: %s\n", evq_errmsg());
+            return 1;
+        }
+        while (access(go, F_OK) != 0)
+            nanosleep(&(struct timespec){0, 1000000}, NULL);
+        for (long i = 0; i < keys; i++) {
+            evq_event *ev = evq_event_new("conf.unique", json_integer(i));
+            char key[32];
+            snprintf(key, sizeof key, "key-%ld", i);
+            evq_event_set_attr(ev, "evquniquekey", key);
+            evq_event_set_attr(ev, "evquniquettl", "600000");
+            int rc = evq_enqueue(q, ev);
+            evq_event_free(ev);
+            if (rc == 0) {
+                stored++;
+            } else if (rc == EVQ_EEXIST) {
+                taken++;
+            } else {
+                fprintf(stderr, "consumer: %s\n", evq_errmsg());
+                return 1;
+            }
+        }
+        evq_queue_close(q);
+        log_fd = open(argv[2], O_WRONLY | O_APPEND | O_CREAT, 0600);
+        int n = snprintf(line, sizeof line, "%ld %ld\n", stored, taken);
+        return log_fd >= 0 && write(log_fd, line, (size_t)n) == n ? 0 : 1;
+    }
     if (argc == 5 && strcmp(argv[1], "produce") == 0) {
         log_fd = open(argv[2], O_WRONLY | O_APPEND | O_CREAT, 0600);
         if (log_fd < 0 || evq_queue_open(&q, argv[3], argv[4], NULL)) {
@@ -176,6 +213,7 @@ int main(int argc, char **argv)
                     "       consumer log FILE URL QUEUE\n"
                     "       consumer poll FILE URL QUEUE MS\n"
                     "       consumer limit FILE URL QUEUE RATE\n"
+                    "       consumer unique FILE URL QUEUE KEYS\n"
                     "       consumer produce FILE URL QUEUE\n");
     return 2;
 }

@@ -48,6 +48,9 @@
 #include <string.h>
 
 #define NPUB_MAX 16
+/* The Nats-Msg-Id of a unique event, before its key. */
+#define UNIQUE_PREFIX "evq-unique:"
+
 /* Bytes of headers (Nats-Msg-Id, Content-Type, Evq-Due) a message may carry
  * past max_event_bytes. */
 #define NATS_HEADER_ROOM 4096
@@ -133,7 +136,8 @@ typedef struct npub {
     jsCtx *js;
     pthread_mutex_t err_mu; /* the ack handler runs on a nats.c thread */
     int failed;
-    char err[256];
+    int taken; /* unique events whose key was stored within the window */
+    char err[256], taken_id[160];
     natsStatus sent; /* how the publishing of the batch out went */
     size_t n;        /* its size */
 } npub;
@@ -267,12 +271,22 @@ static void pub_ack_handler(jsCtx *js, natsMsg *msg, jsPubAck *pa,
 {
     (void)js;
     npub *p = closure;
+    const char *id = NULL;
     if (!pa && pae) {
         pthread_mutex_lock(&p->err_mu);
         if (p->failed++ == 0)
             snprintf(p->err, sizeof p->err, "%s",
                      pae->ErrText ? pae->ErrText
                                   : natsStatus_GetText(pae->Err));
+        pthread_mutex_unlock(&p->err_mu);
+    } else if (pa && pa->Duplicate &&
+               natsMsgHeader_Get(msg, "Nats-Msg-Id", &id) == NATS_OK && id &&
+               strncmp(id, UNIQUE_PREFIX, strlen(UNIQUE_PREFIX)) == 0) {
+        /* a unique key taken (a plain duplicate is a retried publish) */
+        pthread_mutex_lock(&p->err_mu);
+        if (p->taken++ == 0)
+            snprintf(p->taken_id, sizeof p->taken_id, "%s",
+                     id + strlen(UNIQUE_PREFIX));
         pthread_mutex_unlock(&p->err_mu);
     }
     natsMsg_Destroy(msg);
@@ -752,12 +766,18 @@ static natsStatus make_msg(nhandle *h, const evq__item *it, int64_t now,
 }
 
 /* The Nats-Msg-Id of an item: the event id; a replayed dead letter adds
- * its replay mark so it is not taken for a duplicate of the original. */
+ * its replay mark so it is not taken for a duplicate of the original.  A
+ * unique event's is its key, after UNIQUE_PREFIX. */
 static void msg_id(const evq__item *it, char *out, size_t cap)
 {
     out[0] = '\0';
     if (!it->ev)
         return;
+    const char *key = evq_event_attr(it->ev, "evquniquekey");
+    if (key) {
+        snprintf(out, cap, "%s%s", UNIQUE_PREFIX, key);
+        return;
+    }
     const char *replay = evq_event_attr(it->ev, "evqreplayed");
     snprintf(out, cap, "%s%s%s", evq_event_id(it->ev), replay ? "/" : "",
              replay ? replay : "");
@@ -782,6 +802,10 @@ static int core_enqueue(nhandle *h, const evq__item *items, size_t n)
         if (items[i].delay_ms > 0)
             return evq__err(EVQ_ENOTSUP,
                             "nats.mode=core cannot delay an event (use "
+                            "JetStream)");
+        if (items[i].ev && evq_event_attr(items[i].ev, "evquniquekey"))
+            return evq__err(EVQ_ENOTSUP,
+                            "nats.mode=core keeps no unique keys (use "
                             "JetStream)");
     }
     natsStatus s = NATS_OK;
@@ -815,7 +839,7 @@ static int nats_start(void *state, const evq__item *items, size_t n,
     if (!p)
         return rc;
     int64_t now = now_ms();
-    char id[160];
+    char id[EVQ_MAX_ATTR_BYTES + 64];
     jsPubOptions po;
     jsPubOptions_Init(&po);
     po.MaxWait = h->timeout_ms;
@@ -823,6 +847,7 @@ static int nats_start(void *state, const evq__item *items, size_t n,
      * (its wait timed out and its pending list was dropped) */
     pthread_mutex_lock(&p->err_mu);
     p->failed = 0;
+    p->taken = 0;
     pthread_mutex_unlock(&p->err_mu);
     p->n = n;
     natsStatus s = NATS_OK;
@@ -873,6 +898,12 @@ static int nats_finish(void *state, void *ticket)
         if (p->failed)
             rc = evq__err(EVQ_EIO, "nats publish: %d of %zu not stored: %s",
                           p->failed, p->n, p->err);
+        else if (p->taken)
+            rc = evq__err(EVQ_EEXIST,
+                          "%d of %zu events not stored: unique key '%s'%s "
+                          "taken within the stream's duplicate window",
+                          p->taken, p->n, p->taken_id,
+                          p->taken > 1 ? " and others" : "");
         pthread_mutex_unlock(&p->err_mu);
     }
     pthread_mutex_unlock(&p->mu);
@@ -1277,7 +1308,7 @@ static int nats_pause(void *state, int set)
 
 const struct evq_backend_ops evq__backend_nats = {
     .scheme = "nats",
-    .flags = EVQ__ITEM_EVENT,
+    .flags = EVQ__ITEM_EVENT | EVQ__UNIQUE_ID,
     .opts = nats_opts,
     .open = nats_open,
     .enqueue_start = nats_start,

@@ -1268,6 +1268,40 @@ static int record_write(pghandle *h, const char *key, bool put,
     return rc;
 }
 
+/* Writes record `key` for ttl_ms unless it is there and not expired: one
+ * statement (the row's lock orders concurrent producers), committed on
+ * the command connection before the event is sent.  1 written, 0 there,
+ * or the error. */
+static int record_claim(pghandle *h, const char *key, int64_t ttl_ms)
+{
+    int64_t now = evq__now_real_ns() / 1000000;
+    char until[24], at[24];
+    snprintf(until, sizeof until, "%lld", (long long)(now + ttl_ms));
+    snprintf(at, sizeof at, "%lld", (long long)now);
+    const char *v[4] = {h->queue, key, until, at};
+    char *sql = statement(
+        h, "INSERT INTO %1$s.state AS s (queue, key, expires_at) VALUES ($1, "
+           "$2, $3) ON CONFLICT (queue, key) DO UPDATE SET expires_at = "
+           "EXCLUDED.expires_at WHERE s.expires_at IS NOT NULL AND "
+           "s.expires_at <= $4 RETURNING 1");
+    if (!sql)
+        return evq__err(EVQ_ENOMEM, "out of memory");
+    PGresult *r = NULL;
+    pthread_mutex_lock(&h->mu);
+    int rc = cmd_conn(h);
+    if (!rc)
+        rc = run(h, h->cmd, sql, 4, v, NULL, NULL, false, &r,
+                 "claim a unique key");
+    pthread_mutex_unlock(&h->mu);
+    free(sql);
+    if (!rc) {
+        rc = PQntuples(r) > 0;
+        PQclear(r);
+        clear_expired(h);
+    }
+    return rc;
+}
+
 /* A rate limit's bucket: one statement on the server's clock.  A new row
  * is a full bucket less the token taken; an existing one is refilled for
  * the time since, then a token taken or the wait until one written as the
@@ -1316,6 +1350,8 @@ static int pg_record(void *state, const char *key, int op, int64_t ttl_ms)
 {
     if (op == EVQ__RECORD_HAS)
         return record_has(state, key);
+    if (op == EVQ__RECORD_CLAIM)
+        return record_claim(state, key, ttl_ms);
     return record_write(state, key, op == EVQ__RECORD_PUT, ttl_ms);
 }
 

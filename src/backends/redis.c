@@ -1836,6 +1836,26 @@ static int record_write(rhandle *h, const char *key,
     return rc;
 }
 
+/* SET NX: 1 when written, 0 when the key is there (it expires by
+ * itself). */
+static int record_claim(rhandle *h, const char *key, int64_t ttl_ms)
+{
+    char *k = record_key(h, key);
+    if (!k)
+        return EVQ_ENOMEM;
+    char ttl[24];
+    snprintf(ttl, sizeof ttl, "%lld", (long long)ttl_ms);
+    const char *set[] = {"SET", k, "1", "NX", "PX", ttl};
+    redisReply *r;
+    int rc = run(h, 6, set, NULL, &r, "SET NX");
+    free(k);
+    if (rc)
+        return rc;
+    rc = r->type == REDIS_REPLY_STATUS ? 1 : 0; /* OK, or nil */
+    freeReplyObject(r);
+    return rc;
+}
+
 /* A rate limit's bucket is the hash <stream>:<key>, kept by take_lua. */
 static int redis_take(void *state, const char *key, double rate, int burst,
                       int64_t *wait_ms)
@@ -1866,6 +1886,8 @@ static int redis_record(void *state, const char *key, int op, int64_t ttl_ms)
 {
     if (op == EVQ__RECORD_HAS)
         return record_has(state, key);
+    if (op == EVQ__RECORD_CLAIM)
+        return record_claim(state, key, ttl_ms);
     return record_write(state, key, op == EVQ__RECORD_PUT, ttl_ms);
 }
 

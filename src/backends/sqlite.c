@@ -1260,6 +1260,45 @@ static int state_write(sqhandle *h, const char *key, bool put, int64_t ttl_ms)
     return rc;
 }
 
+/* Writes record `key` for ttl_ms unless it is there and not expired, in
+ * one transaction (BEGIN IMMEDIATE: one writer of the file at a time):
+ * 1 written, 0 there, or the error. */
+static int state_claim(sqhandle *h, const char *key, int64_t ttl_ms)
+{
+    pthread_mutex_lock(&h->mu);
+    int rc = tx_begin(h);
+    if (!rc) {
+        int64_t now = now_ms();
+        sqlite3_stmt *st = h->st[S_STATE_GET];
+        sqlite3_bind_text(st, 1, h->queue, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, key, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 3, now);
+        int src = sqlite3_step(st);
+        rc = src == SQLITE_ROW    ? 0
+             : src == SQLITE_DONE ? 1
+                                  : db_err(h, src, "reading a unique key");
+        sqlite3_reset(st);
+        sqlite3_clear_bindings(st);
+        if (rc == 1) {
+            st = h->st[S_STATE_PUT];
+            sqlite3_bind_text(st, 1, h->queue, -1, SQLITE_STATIC);
+            sqlite3_bind_text(st, 2, key, -1, SQLITE_STATIC);
+            sqlite3_bind_text(st, 3, "1", -1, SQLITE_STATIC);
+            sqlite3_bind_int64(st, 4, now + ttl_ms);
+            int wrc = step_done(h, S_STATE_PUT, "writing a unique key");
+            if (wrc)
+                rc = wrc;
+            else
+                clear_expired(h);
+        }
+        int erc = tx_end(h, rc < 0 ? rc : 0);
+        if (erc)
+            rc = erc;
+    }
+    pthread_mutex_unlock(&h->mu);
+    return rc;
+}
+
 /* A rate limit's bucket is the row `key`, value "<tokens> <ms>", read and
  * written in one transaction; it expires once it would be full again. */
 static int sqlite_take(void *state, const char *key, double rate, int burst,
@@ -1326,6 +1365,8 @@ static int sqlite_record(void *state, const char *key, int op,
 {
     if (op == EVQ__RECORD_HAS)
         return state_has(state, key);
+    if (op == EVQ__RECORD_CLAIM)
+        return state_claim(state, key, ttl_ms);
     return state_write(state, key, op == EVQ__RECORD_PUT, ttl_ms);
 }
 

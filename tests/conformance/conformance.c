@@ -2357,6 +2357,261 @@ static void a_cap_bounds_the_runs_of_its_types(void **state)
     evq_queue_close(q);
 }
 
+/* ---- unique events ---------------------------------------------------- */
+
+#ifdef EVQ_TEST_SANITIZED
+#define UNIQUE_KEYS 200
+#else
+#define UNIQUE_KEYS 1000
+#endif
+#define UNIQUE_PRODUCERS 8
+
+static bool nats_core(void)
+{
+    return strstr(base_url, "nats.mode=core") != NULL;
+}
+
+/* Where the backend holds the claims for every process (sqlite, postgres,
+ * redis; nats by Nats-Msg-Id); memory://, kafka:// and amqp:// hold them
+ * for the process. */
+static bool unique_shared(void)
+{
+    return strncmp(base_url, "sqlite", 6) == 0 ||
+           strncmp(base_url, "redis", 5) == 0 ||
+           strncmp(base_url, "postgres", 8) == 0 ||
+           (strncmp(base_url, "nats", 4) == 0 && !nats_core());
+}
+
+static evq_event *unique_event(json_int_t n, const char *key, const char *ttl)
+{
+    evq_event *ev = evq_event_new("conf.unique", json_integer(n));
+    assert_non_null(ev);
+    assert_evq_ok(evq_event_set_attr(ev, "evquniquekey", key));
+    if (ttl)
+        assert_evq_ok(evq_event_set_attr(ev, "evquniquettl", ttl));
+    return ev;
+}
+
+struct unique_producer {
+    const char *url, *name;
+    long stored, taken, failed;
+};
+
+static void *unique_produce(void *arg)
+{
+    struct unique_producer *p = arg;
+    evq_queue *q;
+    if (evq_queue_open(&q, p->url, p->name, NULL)) {
+        p->failed++;
+        return NULL;
+    }
+    for (long i = 0; i < UNIQUE_KEYS; i++) {
+        char key[32];
+        snprintf(key, sizeof key, "key-%ld", i);
+        evq_event *ev = evq_event_new("conf.unique", json_integer(i));
+        evq_event_set_attr(ev, "evquniquekey", key);
+        evq_event_set_attr(ev, "evquniquettl", "600000");
+        int rc = evq_enqueue(q, ev);
+        evq_event_free(ev);
+        if (rc == 0)
+            p->stored++;
+        else if (rc == EVQ_EEXIST)
+            p->taken++;
+        else
+            p->failed++;
+    }
+    evq_queue_close(q);
+    return NULL;
+}
+
+/* Takes every event of q (until `quiet_ms` pass without one), acking
+ * each; seen[n] counts event n.  The count. */
+static long drain_numbers(evq_queue *q, long *seen, long cap, int quiet_ms)
+{
+    long n = 0;
+    evq_msg *m;
+    while (evq_dequeue(q, &m, n ? quiet_ms : quiet_ms * 4) == 0) {
+        json_int_t v = json_integer_value(evq_event_data(evq_msg_event(m)));
+        if (v >= 0 && v < cap)
+            seen[v]++;
+        n++;
+        assert_evq_ok(evq_ack(m));
+    }
+    return n;
+}
+
+/* UNIQUE_PRODUCERS producers (processes where the backend holds the keys
+ * for all; threads of this process where it holds them for the process)
+ * enqueue the same UNIQUE_KEYS unique keys at once: each key is stored
+ * once, every other enqueue of it is refused with EVQ_EEXIST. */
+static void a_unique_key_is_stored_once_across_producers(void **state)
+{
+    (void)state;
+    REQUIRES(PROMISE_BACKLOG);
+    char name[64], url[1024], file[256];
+    evq_queue *q = open_fresh(NULL, name);
+    url_with(url, sizeof url, NULL);
+    long stored = 0, taken = 0;
+    bool shared = unique_shared();
+    if (shared) {
+        char go[300], keys[16];
+        snprintf(file, sizeof file, "/tmp/evq-conf-unique-%d-%s",
+                 (int)getpid(), name);
+        snprintf(go, sizeof go, "%s.go", file);
+        snprintf(keys, sizeof keys, "%d", UNIQUE_KEYS);
+        unlink(file);
+        unlink(go);
+        const char *args[] = {"unique", file, url, name, keys, NULL};
+        pid_t pids[UNIQUE_PRODUCERS];
+        for (int i = 0; i < UNIQUE_PRODUCERS; i++)
+            pids[i] = spawn_consumer(args);
+        nanosleep(&(struct timespec){0, 300 * 1000000}, NULL); /* opened */
+        FILE *g = fopen(go, "w");
+        assert_non_null(g);
+        fclose(g);
+        for (int i = 0; i < UNIQUE_PRODUCERS; i++) {
+            int status;
+            assert_int_equal(waitpid(pids[i], &status, 0), pids[i]);
+            assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        }
+        FILE *f = fopen(file, "r");
+        assert_non_null(f);
+        long a, b;
+        int lines = 0;
+        while (fscanf(f, "%ld %ld", &a, &b) == 2) {
+            stored += a;
+            taken += b;
+            lines++;
+        }
+        fclose(f);
+        unlink(file);
+        unlink(go);
+        assert_int_equal(lines, UNIQUE_PRODUCERS);
+    } else {
+        pthread_t t[UNIQUE_PRODUCERS];
+        struct unique_producer p[UNIQUE_PRODUCERS];
+        for (int i = 0; i < UNIQUE_PRODUCERS; i++) {
+            p[i] = (struct unique_producer){.url = url, .name = name};
+            assert_int_equal(pthread_create(&t[i], NULL, unique_produce, &p[i]),
+                             0);
+        }
+        for (int i = 0; i < UNIQUE_PRODUCERS; i++) {
+            pthread_join(t[i], NULL);
+            assert_int_equal(p[i].failed, 0);
+            stored += p[i].stored;
+            taken += p[i].taken;
+        }
+    }
+    long *seen = calloc(UNIQUE_KEYS, sizeof *seen);
+    long got = drain_numbers(q, seen, UNIQUE_KEYS, 2000);
+    long once = 0;
+    for (long i = 0; i < UNIQUE_KEYS; i++)
+        once += seen[i] == 1;
+    print_message("unique keys, %d %s × %d keys: %ld stored, %ld refused, "
+                  "%ld taken from the queue, %ld keys once\n",
+                  UNIQUE_PRODUCERS, shared ? "processes" : "threads",
+                  UNIQUE_KEYS, stored, taken, got, once);
+    assert_int_equal(stored, UNIQUE_KEYS);
+    assert_int_equal(taken, (long)UNIQUE_KEYS * (UNIQUE_PRODUCERS - 1));
+    assert_int_equal(got, UNIQUE_KEYS);
+    assert_int_equal(once, UNIQUE_KEYS);
+    free(seen);
+    evq_queue_close(q);
+}
+
+/* A unique key is refused within its TTL (EVQ_EEXIST, or 0 when merging,
+ * storing nothing), free again after it, and with unique_until=done once
+ * its event is acked.  Bad unique attributes are refused. */
+static void a_unique_key_is_freed_by_its_ttl_or_merged(void **state)
+{
+    (void)state;
+    REQUIRES(PROMISE_BACKLOG);
+    char name[64], url[1024];
+    bool nats = strncmp(base_url, "nats", 4) == 0;
+    /* nats keeps a key for the stream's duplicate window */
+    evq_queue *q = open_fresh(nats ? "nats.dedup_window_ms=1000" : NULL, name);
+    evq_event *ev = unique_event(1, "k", "300");
+    if (nats_core()) {
+        assert_evq_err(evq_enqueue(q, ev), EVQ_ENOTSUP);
+        evq_event_free(ev);
+        evq_queue_close(q);
+        return;
+    }
+    assert_evq_ok(evq_enqueue(q, ev));
+    evq_event_free(ev);
+    ev = unique_event(2, "k", "300");
+    assert_evq_err(evq_enqueue(q, ev), EVQ_EEXIST);
+    assert_non_null(strstr(evq_errmsg(), "'k'"));
+    evq_event_free(ev);
+
+    /* merging: 0, nothing stored */
+    evq_queue *qm;
+    url_with(url, sizeof url,
+             nats ? "nats.dedup_window_ms=1000&unique=merge" : "unique=merge");
+    assert_evq_ok(evq_queue_open(&qm, url, name, NULL));
+    ev = unique_event(3, "k", "300");
+    assert_evq_ok(evq_enqueue(qm, ev));
+    const evq_event *two[2] = {ev, NULL};
+    evq_event *other = unique_event(4, "k2", "300");
+    two[1] = other;
+    assert_evq_ok(evq_enqueue_batch(qm, two, 2)); /* k merged, k2 stored */
+    evq_event_free(ev);
+    evq_event_free(other);
+    evq_queue_close(qm);
+
+    /* bad input */
+    ev = unique_event(5, "x", NULL);
+    assert_evq_err(evq_enqueue(q, ev), EVQ_EINVAL);
+    assert_non_null(strstr(evq_errmsg(), "unique_ttl_ms"));
+    evq_event_free(ev);
+    ev = unique_event(5, "x", "soon");
+    assert_evq_err(evq_enqueue(q, ev), EVQ_EINVAL);
+    assert_non_null(strstr(evq_errmsg(), "evquniquettl"));
+    evq_event_free(ev);
+    ev = unique_event(5, "", "300");
+    assert_evq_err(evq_enqueue(q, ev), EVQ_EINVAL);
+    evq_event_free(ev);
+
+    /* the TTL frees the key (nats: the window, checked by the server's
+     * own timer, so allow it a while) */
+    int64_t until = now_ms() + (nats ? 6000 : 3000);
+    int rc;
+    nanosleep(&(struct timespec){0, (nats ? 990 : 290) * 1000000}, NULL);
+    do {
+        nanosleep(&(struct timespec){0, 50 * 1000000}, NULL);
+        ev = unique_event(6, "k", "300");
+        rc = evq_enqueue(q, ev);
+        evq_event_free(ev);
+    } while (rc == EVQ_EEXIST && now_ms() < until);
+    assert_evq_ok(rc);
+
+    long seen[8] = {0};
+    long got = drain_numbers(q, seen, 8, 1000);
+    assert_int_equal(got, 3); /* 1, 4 and 6 */
+    assert_true(seen[1] == 1 && seen[4] == 1 && seen[6] == 1);
+    evq_queue_close(q);
+
+    /* unique_until=done: the ack frees the key */
+    evq_queue *qd;
+    char dname[64];
+    qd = open_fresh("unique_until=done&unique_ttl_ms=600000", dname);
+    ev = unique_event(7, "d", NULL);
+    if (nats) {
+        assert_evq_err(evq_enqueue(qd, ev), EVQ_ENOTSUP);
+    } else {
+        assert_evq_ok(evq_enqueue(qd, ev));
+        assert_evq_err(evq_enqueue(qd, ev), EVQ_EEXIST);
+        evq_msg *m;
+        assert_evq_ok(evq_dequeue(qd, &m, 10000));
+        assert_string_equal(
+            evq_event_attr(evq_msg_event(m), "evquniqueuntil"), "done");
+        assert_evq_ok(evq_ack(m));
+        assert_evq_ok(evq_enqueue(qd, ev));
+    }
+    evq_event_free(ev);
+    evq_queue_close(qd);
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 2) {
@@ -2415,6 +2670,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(an_event_whose_ack_was_lost_is_not_run_again),
         cmocka_unit_test(a_rate_limit_holds_across_workers),
         cmocka_unit_test(a_cap_bounds_the_runs_of_its_types),
+        cmocka_unit_test(a_unique_key_is_stored_once_across_producers),
+        cmocka_unit_test(a_unique_key_is_freed_by_its_ttl_or_merged),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
