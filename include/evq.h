@@ -287,6 +287,22 @@ struct evq_queue_stats {
 EVQ_API int evq_queue_open(evq_queue **q, const char *url, const char *name,
                            const evq_opts *opts);
 
+/* Unique events.  An event with the extension attribute `evquniquekey`
+ * (at most EVQ_MAX_ATTR_BYTES) is stored at most once per key within its
+ * TTL: `evquniquettl` (milliseconds as a decimal string, 1 to 30 days) or
+ * the queue option unique_ttl_ms; neither is EVQ_EINVAL.  Every enqueue
+ * call claims the key first (one more round trip per unique event) and:
+ * with the queue option unique=reject (the default) a taken key fails the
+ * call with EVQ_EEXIST (a batch: all of it, nothing kept); with
+ * unique=merge the event is left out and the call returns 0.  With
+ * unique_until=done, or the event's attribute evquniqueuntil=done (evq
+ * sets it on what it sends), acking or dead-lettering the event also
+ * frees the key.  Where the claim is atomic for every producer (sqlite,
+ * postgres, redis, nats) and where it holds for the process (memory,
+ * kafka, amqp): docs/guarantees.md.  On nats:// the key is held for the
+ * stream's duplicate window, unique_until=done is EVQ_ENOTSUP, and so is
+ * any unique event on core NATS. */
+
 /* Enqueues `ev`; it is ready at once.  Returns 0 only once the backend has
  * accepted it with the durability that backend promises.  The caller keeps
  * its reference to `ev` (in-process queues take one of their own; see the
@@ -296,7 +312,8 @@ EVQ_API int evq_queue_open(evq_queue **q, const char *url, const char *name,
  * queue is full (memory:// without overflow=error) or max_in_flight events
  * are on their way.  EVQ_EFULL, EVQ_ETOOBIG, EVQ_ECLOSED after
  * evq_queue_interrupt() or once closing, EVQ_ESTATE from inside a done
- * callback (use evq_enqueue_async there). */
+ * callback (use evq_enqueue_async there), EVQ_EEXIST (a unique event whose
+ * key is taken, see above). */
 EVQ_API int evq_enqueue(evq_queue *q, const evq_event *ev);
 
 /* Called exactly once per event accepted by evq_enqueue_async: rc 0 once
@@ -321,7 +338,10 @@ typedef void (*evq_enqueued_fn)(const char *id, int rc, void *arg);
  * reported by the next evq_flush).  Non-zero: `done` is never called.
  * Blocks while max_in_flight (option, default 10000) events are on their
  * way, or fails with EVQ_EFULL with overflow=error.  delay_ms as in
- * evq_enqueue_delayed.  EVQ_EINVAL, EVQ_ETOOBIG, EVQ_ECLOSED.  Any thread. */
+ * evq_enqueue_delayed.  EVQ_EINVAL, EVQ_ETOOBIG, EVQ_ECLOSED.  A unique
+ * event's key is claimed before this returns (EVQ_EEXIST when taken); one
+ * merged away (unique=merge) has `done` called with 0 before it returns.
+ * Any thread. */
 EVQ_API int evq_enqueue_async(evq_queue *q, const evq_event *ev,
                               int64_t delay_ms, evq_enqueued_fn done,
                               void *arg);
