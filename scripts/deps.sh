@@ -8,6 +8,7 @@ packages=(
   clang libclang-rt-14-dev   # the sanitizer and libFuzzer builds in `make check`
   valgrind openssl
   libjansson-dev libsimdjson-dev libmsgpack-dev libcmocka-dev libsqlite3-dev
+  libicu-dev   # time zones of cron schedules (src/cron.c)
   libhiredis-dev redis-server redis-sentinel libnats-dev nats-server
   librdkafka-dev kcat
   libpq-dev postgresql
