@@ -901,6 +901,81 @@ EVQ_API int evq_relay(evq_queue *from, evq_queue *to,
                       const evq_relay_opts *opts,
                       struct evq_relay_stats *stats);
 
+/* ---- periodic events ------------------------------------------------------
+ * A scheduler enqueues a copy of each template at every time its cron
+ * expression names.  Each time (a slot) is enqueued once however many
+ * schedulers run with the same schedules, in any number of processes,
+ * where the queue's backend holds unique keys for every producer (sqlite,
+ * postgres, redis; nats within the stream's duplicate window): the copy
+ * carries the unique key "evq-schedule:<schedule>:<slot ms>", so the first
+ * scheduler to enqueue it wins.  On memory, kafka and amqp the keys are
+ * the process's: run one scheduler process there.  The copy's id is
+ * "evq-schedule-<schedule>-<slot ms>" and its time the slot's; the rest
+ * is the template's.  <schedule> is a hash of the expression, the zone,
+ * and the template's type, source and subject. */
+typedef struct evq_scheduler evq_scheduler;
+
+/* Slots missed while no scheduler ran may be caught up to this long (7
+ * days) before a start. */
+#define EVQ_SCHEDULE_MAX_CATCH_UP_MS (7LL * 86400 * 1000)
+
+typedef struct evq_scheduler_opts {
+    /* Slots that passed within catch_up_ms before evq_scheduler_start
+     * (downtime, a stop) are enqueued at once, late, unless enqueued
+     * already; 0 (the default): they are skipped, and the first slot is
+     * the first after the start.  0 to EVQ_SCHEDULE_MAX_CATCH_UP_MS. */
+    int64_t catch_up_ms;
+} evq_scheduler_opts;
+
+struct evq_scheduler_stats {
+    uint64_t enqueued; /* slots this scheduler enqueued */
+    uint64_t taken;    /* slots another scheduler had enqueued first */
+    uint64_t missed;   /* slots whose enqueue failed until the next one */
+};
+
+/* Fills `o` with the defaults above. */
+EVQ_API void evq_scheduler_opts_init(evq_scheduler_opts *o);
+
+/* A scheduler that enqueues on `q` (borrowed: it must outlive the
+ * scheduler; other threads may use it meanwhile).  `o` NULL: the
+ * defaults.  EVQ_EINVAL for a bad option.  Any thread. */
+EVQ_API int evq_scheduler_new(evq_scheduler **s, evq_queue *q,
+                              const evq_scheduler_opts *o);
+
+/* Adds a schedule: `cron` is a standard five-field expression, "minute
+ * hour day-of-month month day-of-week", with '*', numbers, ranges a-b,
+ * steps ('*' or a range, then /n; a/n runs from a to the field's end),
+ * lists a,b and names JAN-DEC, SUN-SAT; or one of
+ * @yearly @annually @monthly @weekly @daily @midnight @hourly.  When both
+ * day fields are restricted a day matching either runs.  `tz` is an IANA
+ * zone ("Europe/Berlin"; NULL or "UTC": UTC), on whose civil clock the
+ * expression is read.  Daylight saving time: a minute the clocks skip
+ * (spring forward) runs at the first minute after the gap; a minute they
+ * repeat (fall back) runs once, the first time.  `tmpl` is copied.
+ * EVQ_EINVAL naming the bad field ("cron \"61 * * * *\": minute: 61 is out
+ * of 0-59"), an unknown zone, or an expression that never matches (30
+ * February); EVQ_ESTATE while the scheduler runs.  Any thread. */
+EVQ_API int evq_schedule_add(evq_scheduler *s, const char *cron,
+                             const char *tz, const evq_event *tmpl);
+
+/* Starts the scheduler's thread.  A slot whose enqueue fails (the server
+ * away) is tried every second until the schedule's next slot is due, then
+ * counted missed.  EVQ_EINVAL without schedules, EVQ_ESTATE when
+ * running. */
+EVQ_API int evq_scheduler_start(evq_scheduler *s);
+
+/* Stops the thread (an enqueue in progress finishes first); it may be
+ * started again.  0, or EVQ_EINVAL for NULL.  Not from two threads at
+ * once. */
+EVQ_API int evq_scheduler_stop(evq_scheduler *s);
+
+/* The scheduler's counts since it was made.  Any thread. */
+EVQ_API void evq_scheduler_stats(const evq_scheduler *s,
+                                 struct evq_scheduler_stats *out);
+
+/* Stops and frees (NULL: nothing); the queue stays open. */
+EVQ_API void evq_scheduler_free(evq_scheduler *s);
+
 #ifdef __cplusplus
 }
 #endif

@@ -673,3 +673,16 @@ int evq__event_validate(const evq_event *ev)
         return evq__err(EVQ_EDECODE, "event has no 'source'");
     return 0;
 }
+
+int evq__event_priority(const evq_event *ev)
+{
+    const char *p = evq_event_attr(ev, "evqpriority");
+    if (!p)
+        return 0;
+    if (p[0] < '0' || p[0] > '9' || p[1])
+        return evq__err(EVQ_EINVAL,
+                        "event %s: evqpriority '%.40s' is not a level from 0 "
+                        "to 9",
+                        evq_event_id(ev), p);
+    return p[0] - '0';
+}

@@ -367,6 +367,8 @@ typedef struct evq__item {
     const unsigned char *bytes; /* borrowed encoded form, or NULL */
     size_t len;
     int64_t delay_ms; /* >= 0 */
+    int priority;     /* evqpriority, 0 to 9: 0 unless the backend gives
+                         EVQ__PRIORITIES */
     /* The unique key the core claimed for the event ("unique:<key>",
      * owned by whoever holds the item), to be given back when it is not
      * stored; NULL for most. */
@@ -436,6 +438,10 @@ enum { EVQ__RECORD_HAS, EVQ__RECORD_PUT, EVQ__RECORD_DEL, EVQ__RECORD_CLAIM };
  * fails with EVQ_EEXIST when an item's key was taken, after storing the
  * items that were not; the core claims nothing. */
 #define EVQ__UNIQUE_ID 0x10u
+/* The backend hands out events of a higher evq__item.priority first;
+ * without it an event with evqpriority above 0 is refused
+ * (EVQ_ENOTSUP). */
+#define EVQ__PRIORITIES 0x20u
 
 /* ---- the send pipeline (pipe.c) ------------------------------------------
  * Accepted events of one handle, sent in batches through `send` (the
@@ -636,6 +642,13 @@ struct evq_backend_ops {
     int (*take)(void *state, const char *key, double rate, int burst,
                 int64_t *wait_ms);
 };
+
+/* evq_enqueue, except that a unique event whose key is taken is
+ * EVQ_EEXIST even with unique=merge (a scheduler counts its slots). */
+int evq__enqueue_unique(evq_queue *q, const evq_event *ev);
+
+/* An event's evqpriority: 0 to 9 (0 when it has none), or EVQ_EINVAL. */
+int evq__event_priority(const evq_event *ev);
 
 /* Looks up a backend by scheme; NULL when none. */
 const struct evq_backend_ops *evq__backend_find(const char *scheme);

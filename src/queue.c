@@ -596,7 +596,7 @@ static void unique_end(evq_queue *q, unique_batch *u, bool unclaim)
  * the whole batch with EVQ_EEXIST (unique=reject, nothing claimed is
  * kept) or leaves its event out (unique=merge). */
 static int unique_begin(evq_queue *q, const evq_event *const *evs, size_t n,
-                        unique_batch *u)
+                        bool merge, unique_batch *u)
 {
     memset(u, 0, sizeof *u);
     size_t i = 0;
@@ -634,7 +634,7 @@ static int unique_begin(evq_queue *q, const evq_event *const *evs, size_t n,
             int c = unique_claim(q, claim, ttl);
             if (c != 1) {
                 free(claim);
-                if (c == 0 && q->opts.core.unique == EVQ__UNIQUE_MERGE) {
+                if (c == 0 && merge) {
                     u->merged = true;
                     continue; /* left out */
                 }
@@ -689,6 +689,23 @@ static void unique_finished(evq_queue *q, const evq_event *ev)
     free(claim);
 }
 
+/* An event's evqpriority: 0 to 9 (0 when absent), EVQ_EINVAL for anything
+ * else, EVQ_ENOTSUP above 0 on a backend that cannot order by it. */
+static int priority_of(const evq_queue *q, const evq_event *ev, int *out)
+{
+    *out = evq__event_priority(ev);
+    if (*out < 0)
+        return *out;
+    if (*out && !(q->ops->flags & EVQ__PRIORITIES))
+        return evq__err(EVQ_ENOTSUP,
+                        "event %s: %s:// hands out a queue's events in the "
+                        "order they were stored, so it cannot honour "
+                        "evqpriority %d (memory, sqlite, postgres and redis "
+                        "can)",
+                        evq_event_id(ev), q->ops->scheme, *out);
+    return 0;
+}
+
 /* Checks and encodes evs[0..n) into items (bytes owned, a reference to
  * each event held).  On failure frees what it made. */
 static int make_items(evq_queue *q, const evq_event *const *evs, size_t n,
@@ -713,6 +730,8 @@ static int make_items(evq_queue *q, const evq_event *const *evs, size_t n,
             items[i].len = len;
         }
         items[i].id = evq_event_id(ev);
+        if (!rc)
+            rc = priority_of(q, ev, &items[i].priority);
         if (!rc && (!q->codec || (q->ops->flags & EVQ__ITEM_EVENT))) {
             atomic_fetch_add_explicit(&((evq_event *)ev)->refs, 1,
                                       memory_order_relaxed);
@@ -777,23 +796,24 @@ static void give_claims(evq__item *items, unique_batch *u)
 
 /* The result of a batch whose duplicates the backend found itself
  * (EVQ__UNIQUE_ID): success when merging. */
-static int unique_result(const evq_queue *q, int rc)
+static int unique_result(const evq_queue *q, int rc, bool merge)
 {
-    if (rc == EVQ_EEXIST && (q->ops->flags & EVQ__UNIQUE_ID) &&
-        q->opts.core.unique == EVQ__UNIQUE_MERGE)
+    if (rc == EVQ_EEXIST && (q->ops->flags & EVQ__UNIQUE_ID) && merge)
         return 0;
     return rc;
 }
 
+/* merge: unique=merge, or false to have EVQ_EEXIST whatever the queue's
+ * option. */
 static int enqueue_items(evq_queue *q, const evq_event *const *evs, size_t n,
-                         int64_t delay_ms)
+                         int64_t delay_ms, bool merge)
 {
     if (evq__pipe_in_done()) /* as on every backend, memory:// too */
         return evq__err(EVQ_ESTATE,
                         "evq_enqueue from inside a done callback would wait "
                         "for itself; use evq_enqueue_async there");
     unique_batch u;
-    int rc = unique_begin(q, evs, n, &u);
+    int rc = unique_begin(q, evs, n, merge, &u);
     if (rc)
         return rc;
     n = u.n;
@@ -826,7 +846,7 @@ static int enqueue_items(evq_queue *q, const evq_event *const *evs, size_t n,
     }
     if (items != &one)
         free(items);
-    return unique_result(q, rc);
+    return unique_result(q, rc, merge);
 }
 
 int evq_enqueue_async(evq_queue *q, const evq_event *ev, int64_t delay_ms,
@@ -841,7 +861,8 @@ int evq_enqueue_async(evq_queue *q, const evq_event *ev, int64_t delay_ms,
         return evq__err(EVQ_EINVAL, "delay %lld ms is negative",
                         (long long)delay_ms);
     unique_batch u;
-    if ((rc = unique_begin(q, &ev, 1, &u)) != 0)
+    if ((rc = unique_begin(q, &ev, 1,
+                           q->opts.core.unique == EVQ__UNIQUE_MERGE, &u)) != 0)
         return rc;
     if (u.n == 0) { /* merged: reported at once */
         unique_end(q, &u, false);
@@ -874,7 +895,13 @@ int evq_enqueue(evq_queue *q, const evq_event *ev)
     if (!q || !ev)
         return evq__err(EVQ_EINVAL, "evq_enqueue: %s is NULL",
                         q ? "event" : "queue");
-    return enqueue_items(q, &ev, 1, 0);
+    return enqueue_items(q, &ev, 1, 0,
+                         q->opts.core.unique == EVQ__UNIQUE_MERGE);
+}
+
+int evq__enqueue_unique(evq_queue *q, const evq_event *ev)
+{
+    return enqueue_items(q, &ev, 1, 0, false);
 }
 
 int evq_enqueue_delayed(evq_queue *q, const evq_event *ev, int64_t delay_ms)
@@ -885,7 +912,8 @@ int evq_enqueue_delayed(evq_queue *q, const evq_event *ev, int64_t delay_ms)
     if (delay_ms < 0)
         return evq__err(EVQ_EINVAL, "delay %lld ms is negative",
                         (long long)delay_ms);
-    return enqueue_items(q, &ev, 1, delay_ms);
+    return enqueue_items(q, &ev, 1, delay_ms,
+                         q->opts.core.unique == EVQ__UNIQUE_MERGE);
 }
 
 int evq_enqueue_batch(evq_queue *q, const evq_event *const *evs, size_t n)
@@ -894,7 +922,8 @@ int evq_enqueue_batch(evq_queue *q, const evq_event *const *evs, size_t n)
         return evq__err(EVQ_EINVAL, "evq_enqueue_batch: NULL argument");
     if (n == 0)
         return 0;
-    return enqueue_items(q, evs, n, 0);
+    return enqueue_items(q, evs, n, 0,
+                         q->opts.core.unique == EVQ__UNIQUE_MERGE);
 }
 
 /* The queue's options as an evq_opts, for opening related handles. */

@@ -32,6 +32,7 @@
 /* An encoded message as the queue holds it. */
 typedef struct mblob {
     size_t len;
+    int priority; /* evqpriority, for a nack to put it back in its level */
     unsigned char data[];
 } mblob;
 
@@ -41,7 +42,16 @@ typedef struct mitem {
     void *p;
     int attempt;
     bool blob;
+    unsigned char priority; /* 0: the ring; 1 to 9: a level's list */
 } mitem;
+
+/* The ready events of one priority level, first in first out. */
+typedef struct mlevel {
+    mitem *a;
+    size_t cap, head, n; /* cap a power of two, or 0 */
+} mlevel;
+
+#define LEVELS 10
 
 typedef struct mslot {
     atomic_size_t seq;
@@ -96,6 +106,12 @@ typedef struct mqueue {
     uint64_t heap_order;
     atomic_llong next_due; /* earliest due in the heap; INT64_MAX if none */
     atomic_size_t delayed;
+    /* Ready events with a priority (evqpriority 1 to 9), taken before the
+     * ring's: a list per level under prio_mu, bounded by the capacity.
+     * prio_n lets consumers skip the lock while there are none. */
+    _Alignas(CACHELINE) pthread_mutex_t prio_mu;
+    mlevel levels[LEVELS];
+    atomic_size_t prio_n;
     atomic_bool paused;  /* evq_queue_pause */
     evq__seen *done;     /* an idempotent worker's finished ids */
 } mqueue;
@@ -254,13 +270,65 @@ static void heap_pop(mqueue *q)
     atomic_store(&q->delayed, q->heap_n);
 }
 
-/* Moves due events from the heap to the ring while the ring has room. */
+/* ---- the priority levels (prio_mu held) --------------------------------- */
+
+static int level_push(mqueue *q, mitem it)
+{
+    mlevel *l = &q->levels[it.priority];
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 16;
+        mitem *a = malloc(cap * sizeof *a);
+        if (!a)
+            return evq__err(EVQ_ENOMEM, "out of memory");
+        for (size_t i = 0; i < l->n; i++)
+            a[i] = l->a[(l->head + i) & (l->cap - 1)];
+        free(l->a);
+        l->a = a;
+        l->cap = cap;
+        l->head = 0;
+    }
+    l->a[(l->head + l->n++) & (l->cap - 1)] = it;
+    atomic_fetch_add(&q->prio_n, 1);
+    return 0;
+}
+
+/* The first event of the highest level that has one. */
+static bool level_pop(mqueue *q, mitem *it)
+{
+    for (int p = LEVELS - 1; p > 0; p--) {
+        mlevel *l = &q->levels[p];
+        if (l->n) {
+            *it = l->a[l->head];
+            l->head = (l->head + 1) & (l->cap - 1);
+            l->n--;
+            atomic_fetch_sub(&q->prio_n, 1);
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Puts a ready event where it belongs: its level, or the ring (false when
+ * that is full). */
+static bool ready_push(mqueue *q, mitem it, bool *failed)
+{
+    *failed = false;
+    if (!it.priority)
+        return ring_push(&q->ready, it);
+    pthread_mutex_lock(&q->prio_mu);
+    *failed = level_push(q, it) != 0;
+    pthread_mutex_unlock(&q->prio_mu);
+    return !*failed;
+}
+
+/* Moves due events from the heap to the ring (or their level) while there
+ * is room. */
 static void promote_due(mqueue *q, int64_t now)
 {
-    bool moved = false;
+    bool moved = false, failed = false;
     pthread_mutex_lock(&q->heap_mu);
     while (q->heap_n && q->heap[0].due <= now &&
-           ring_push(&q->ready, q->heap[0].item)) {
+           ready_push(q, q->heap[0].item, &failed)) {
         heap_pop(q);
         moved = true;
     }
@@ -300,6 +368,11 @@ static void mqueue_destroy(mqueue *q)
     for (size_t i = 0; i < q->heap_n; i++)
         item_free(q->heap[i].item);
     free(q->heap);
+    while (level_pop(q, &it))
+        item_free(it);
+    for (int p = 0; p < LEVELS; p++)
+        free(q->levels[p].a);
+    pthread_mutex_destroy(&q->prio_mu);
     free(q->ready.slots);
     free(q->grave.slots);
     pthread_mutex_destroy(&q->heap_mu);
@@ -352,6 +425,7 @@ static mqueue *mqueue_new(const char *name, const char *format, size_t capacity)
     q->capacity = capacity;
     q->low_water = capacity >= 64 ? capacity - capacity / 16 : capacity - 1;
     pthread_mutex_init(&q->heap_mu, NULL);
+    pthread_mutex_init(&q->prio_mu, NULL);
     atomic_init(&q->next_due, INT64_MAX);
     return q;
 }
@@ -461,7 +535,22 @@ static int put(mhandle *h, mitem it, int64_t delay_ms)
     for (;;) {
         if (atomic_load_explicit(&h->interrupted, memory_order_relaxed))
             return closed_err();
-        if (delay_ms <= 0) {
+        if (delay_ms <= 0 && it.priority) {
+            int rc = 0;
+            bool placed = false;
+            pthread_mutex_lock(&q->prio_mu);
+            if (atomic_load(&q->prio_n) < q->capacity) {
+                rc = level_push(q, it);
+                placed = rc == 0;
+            }
+            pthread_mutex_unlock(&q->prio_mu);
+            if (rc)
+                return rc;
+            if (placed) {
+                evc_notify(&q->readable);
+                return 0;
+            }
+        } else if (delay_ms <= 0) {
             if (ring_push(&q->ready, it)) {
                 evc_notify(&q->readable);
                 return 0;
@@ -489,8 +578,9 @@ static int put(mhandle *h, mitem it, int64_t delay_ms)
                             "%zu)",
                             q->name, q->capacity);
         unsigned key = evc_prepare(&q->writable);
-        bool room = delay_ms <= 0 ? ring_depth(&q->ready) <= q->low_water
-                                  : atomic_load(&q->delayed) < q->capacity;
+        bool room = delay_ms > 0     ? atomic_load(&q->delayed) < q->capacity
+                    : it.priority ? atomic_load(&q->prio_n) < q->capacity
+                                  : ring_depth(&q->ready) <= q->low_water;
         if (room || atomic_load(&h->interrupted)) {
             continue;
         }
@@ -516,12 +606,13 @@ static int memory_enqueue(void *state, const evq__item *items, size_t n)
     }
     bury(q, (int)n + 1);
     for (size_t i = 0; i < n; i++) {
-        mitem it = {.attempt = 0};
+        mitem it = {.attempt = 0, .priority = (unsigned char)items[i].priority};
         if (items[i].bytes) {
             mblob *b = malloc(sizeof *b + items[i].len);
             if (!b)
                 return evq__err(EVQ_ENOMEM, "out of memory");
             b->len = items[i].len;
+            b->priority = items[i].priority;
             memcpy(b->data, items[i].bytes, items[i].len);
             it.p = b;
             it.blob = true;
@@ -546,9 +637,19 @@ static size_t take(mqueue *q, evq__delivery *d, size_t max)
         if (atomic_load_explicit(&q->next_due, memory_order_relaxed) <= now)
             promote_due(q, now);
     }
-    size_t n = 0;
-    mitem it;
-    while (n < max && ring_pop(&q->ready, &it)) {
+    size_t n = 0, from_levels = 0;
+    mitem it, got[64];
+    if (atomic_load_explicit(&q->prio_n, memory_order_relaxed)) {
+        pthread_mutex_lock(&q->prio_mu);
+        while (from_levels < max && from_levels < 64 &&
+               level_pop(q, &got[from_levels]))
+            from_levels++;
+        pthread_mutex_unlock(&q->prio_mu);
+        if (from_levels)
+            evc_notify(&q->writable);
+    }
+    while (n < max && (n < from_levels ? (it = got[n], true)
+                                       : ring_pop(&q->ready, &it))) {
         it.attempt++;
         mblob *b = it.blob ? it.p : NULL;
         d[n++] = (evq__delivery){.ev = b ? NULL : it.p,
@@ -598,7 +699,8 @@ static int memory_dequeue(void *state, evq__delivery *d, size_t max,
          * left for producers rather than hold it while idle. */
         bury(q, GRAVE_SIZE);
         unsigned key = evc_prepare(&q->readable);
-        if (ring_depth(&q->ready) || atomic_load(&h->interrupted)) {
+        if (ring_depth(&q->ready) || atomic_load(&q->prio_n) ||
+            atomic_load(&h->interrupted)) {
             continue;
         }
         int64_t wake = deadline, due = atomic_load(&q->next_due);
@@ -639,9 +741,13 @@ static int memory_nack(void *state, evq__delivery *d, int64_t delay_ms)
     mqueue *q = ((mhandle *)state)->q;
     mitem it = {.p = d->token, .attempt = d->attempt, .blob = d->ev == NULL};
     int rc = 0;
+    int prio = it.blob ? ((mblob *)it.p)->priority
+                       : evq__event_priority(d->ev);
+    it.priority = (unsigned char)(prio > 0 ? prio : 0);
+    bool failed;
 
     atomic_fetch_sub_explicit(&q->in_flight, 1, memory_order_relaxed);
-    if (delay_ms <= 0 && ring_push(&q->ready, it)) {
+    if (delay_ms <= 0 && ready_push(q, it, &failed)) {
         evc_notify(&q->readable);
         return 0;
     }
@@ -677,7 +783,8 @@ static int memory_count(void *state, const char *name, int64_t *n)
     for (mqueue *q = registry; q; q = q->next)
         if (strcmp(q->name, name) == 0) {
             *n = (int64_t)ring_depth(&q->ready) + atomic_load(&q->in_flight) +
-                 (int64_t)atomic_load(&q->delayed);
+                 (int64_t)atomic_load(&q->delayed) +
+                 (int64_t)atomic_load(&q->prio_n);
             break;
         }
     pthread_mutex_unlock(&registry_lock);
@@ -687,7 +794,7 @@ static int memory_count(void *state, const char *name, int64_t *n)
 static int memory_stats(void *state, struct evq_queue_stats *out)
 {
     mqueue *q = ((mhandle *)state)->q;
-    out->depth = (int64_t)ring_depth(&q->ready);
+    out->depth = (int64_t)ring_depth(&q->ready) + (int64_t)atomic_load(&q->prio_n);
     out->in_flight = atomic_load(&q->in_flight);
     out->delayed = (int64_t)atomic_load(&q->delayed);
     return 0;
@@ -714,7 +821,7 @@ static int memory_done_has(void *state, const char *id)
 
 const struct evq_backend_ops evq__backend_memory = {
     .scheme = "memory",
-    .flags = EVQ__BY_REF | EVQ__INSTANT,
+    .flags = EVQ__BY_REF | EVQ__INSTANT | EVQ__PRIORITIES,
     .opts = memory_opts,
     .open = memory_open,
     .enqueue = memory_enqueue,

@@ -39,8 +39,8 @@
 #include <unistd.h>
 
 /* The schema's version: what this evq makes, and the newest it reads. */
-#define SCHEMA_VERSION 2
-#define SCHEMA_VERSION_TEXT "2"
+#define SCHEMA_VERSION 3
+#define SCHEMA_VERSION_TEXT "3"
 
 /* The server's clock, Unix ms. */
 #define NOW_MS "(extract(epoch from clock_timestamp()) * 1000)::bigint"
@@ -49,10 +49,10 @@
  * and the notification commit together. */
 static const char insert_sql[] =
     "WITH t AS (SELECT " NOW_MS " AS now), ins AS (INSERT INTO "
-    "%1$s.messages (queue, body, attempt, visible_at, enqueued_at) SELECT "
-    "$1, b, 0, t.now + d, t.now FROM t, unnest($2::bytea[], $3::bigint[]) "
-    "AS u(b, d) RETURNING 1) SELECT (SELECT count(*) FROM ins), "
-    "pg_notify($4, '')";
+    "%1$s.messages (queue, body, attempt, visible_at, enqueued_at, "
+    "priority) SELECT $1, b, 0, t.now + d, t.now, p FROM t, "
+    "unnest($2::bytea[], $3::bigint[], $5::smallint[]) AS u(b, d, p) "
+    "RETURNING 1) SELECT (SELECT count(*) FROM ins), pg_notify($4, '')";
 
 typedef struct pgcfg {
     int64_t visibility_timeout_ms, poll_ms, connect_timeout_ms, ack_flush_ms;
@@ -108,7 +108,7 @@ static const char *const pg_keywords[] = {
 typedef struct pgmsg {
     int64_t id, claim;
     int64_t lease_ns;
-    int attempt;
+    int attempt, priority;
     size_t len, full_len;
     unsigned char body[];
 } pgmsg;
@@ -328,6 +328,7 @@ static int settle_run(pghandle *h, const char *sql, int n,
 
 #define OID_BYTEA 17
 #define OID_INT8 20
+#define OID_INT2 21
 
 static void put32(unsigned char *p, uint32_t v)
 {
@@ -388,6 +389,12 @@ static int array_add64(evq__buf *b, int64_t v)
     return array_add(b, x, 8);
 }
 
+static int array_add16(evq__buf *b, int16_t v)
+{
+    uint16_t x = htons((uint16_t)v);
+    return array_add(b, &x, 2);
+}
+
 /* ---- schema ---------------------------------------------------------------
  */
 
@@ -412,6 +419,12 @@ static const char *const migrations[SCHEMA_VERSION] = {
     " value text,"
     " expires_at bigint,"
     " PRIMARY KEY (queue, key));",
+    /* 3: evqpriority; the partial index has only the events with one, so
+     * an ordinary event costs it nothing */
+    "ALTER TABLE %1$s.messages ADD COLUMN IF NOT EXISTS priority smallint "
+    "NOT NULL DEFAULT 0;"
+    "CREATE INDEX IF NOT EXISTS messages_prio ON %1$s.messages (queue, "
+    "priority DESC, visible_at, id) WHERE priority > 0;",
 };
 
 /* Runs SQL text with the schema's quoted name in it as %1$s. */
@@ -552,14 +565,20 @@ static int make_statements(pghandle *h)
     } st[] = {
         {&h->sql_insert, insert_sql},
         /* $1 queue, $2 limit, $3 visibility (ms), $4 token, $5 max bytes */
+        /* events with a priority first, then the rest up to $2 */
         {&h->sql_claim,
-         "WITH t AS (SELECT " NOW_MS " AS now), c AS (SELECT m.id FROM "
+         "WITH t AS (SELECT " NOW_MS " AS now), p AS (SELECT m.id FROM "
+         "%1$s.messages m, t WHERE m.queue = $1 AND m.priority > 0 AND "
+         "m.visible_at <= t.now ORDER BY m.priority DESC, m.visible_at, m.id "
+         "LIMIT $2 FOR UPDATE OF m SKIP LOCKED), z AS (SELECT m.id FROM "
          "%1$s.messages m, t WHERE m.queue = $1 AND m.visible_at <= t.now "
-         "ORDER BY m.visible_at, m.id LIMIT $2 FOR UPDATE OF m SKIP LOCKED) "
+         "AND m.priority = 0 ORDER BY m.visible_at, m.id LIMIT $2::bigint - "
+         "(SELECT count(*) FROM p) FOR UPDATE OF m SKIP LOCKED), c AS "
+         "(SELECT id FROM p UNION ALL SELECT id FROM z) "
          "UPDATE %1$s.messages m SET visible_at = t.now + $3, attempt = "
          "m.attempt + 1, claim = $4 FROM c, t WHERE m.id = c.id RETURNING "
          "m.id, m.attempt, octet_length(m.body)::bigint, substring(m.body "
-         "FROM 1 FOR $5)"},
+         "FROM 1 FOR $5), m.priority::integer"},
         /* ms until the next event is visible (<= 0: now), NULL: none */
         {&h->sql_next, "SELECT min(visible_at) - " NOW_MS
                        " FROM %1$s.messages WHERE queue = $1"},
@@ -741,44 +760,51 @@ fail:
 static int pg_enqueue(void *state, const evq__item *items, size_t n)
 {
     pghandle *h = state;
-    evq__buf bodies = {0}, delays = {0};
+    evq__buf bodies = {0}, delays = {0}, prios = {0};
     int rc = 0;
 
     if (atomic_load(&h->interrupted))
         return evq__err(EVQ_ECLOSED, "queue interrupted");
-    if (array_begin(&bodies, OID_BYTEA, n) || array_begin(&delays, OID_INT8, n))
+    if (array_begin(&bodies, OID_BYTEA, n) ||
+        array_begin(&delays, OID_INT8, n) || array_begin(&prios, OID_INT2, n))
         rc = evq__err(EVQ_ENOMEM, "out of memory");
     for (size_t i = 0; i < n && !rc; i++)
         if (array_add(&bodies, items[i].bytes, items[i].len) ||
-            array_add64(&delays, items[i].delay_ms))
+            array_add64(&delays, items[i].delay_ms) ||
+            array_add16(&prios, (int16_t)items[i].priority))
             rc = evq__err(EVQ_ENOMEM, "out of memory");
     if (!rc && bodies.len > INT32_MAX)
         rc = evq__err(EVQ_EINVAL, "a batch of %zu bytes is too large for "
                                   "one statement",
                       bodies.len);
     if (!rc) {
-        const char *v[4] = {h->queue, (const char *)bodies.p,
-                            (const char *)delays.p, h->channel};
-        int lens[4] = {0, (int)bodies.len, (int)delays.len, 0};
-        int fmts[4] = {0, 1, 1, 0};
+        const char *v[5] = {h->queue, (const char *)bodies.p,
+                            (const char *)delays.p, h->channel,
+                            (const char *)prios.p};
+        int lens[5] = {0, (int)bodies.len, (int)delays.len, 0,
+                       (int)prios.len};
+        int fmts[5] = {0, 1, 1, 0, 1};
         pthread_mutex_lock(&h->mu);
         rc = cmd_conn(h);
         if (!rc)
-            rc = run(h, h->cmd, h->sql_insert, 4, v, lens, fmts, false, NULL,
+            rc = run(h, h->cmd, h->sql_insert, 5, v, lens, fmts, false, NULL,
                      "enqueue");
         pthread_mutex_unlock(&h->mu);
     }
     free(bodies.p);
     free(delays.p);
+    free(prios.p);
     return rc;
 }
 
 /* ---- dequeue ------------------------------------------------------------- */
 
-static int by_id(const void *a, const void *b)
+static int by_priority_id(const void *a, const void *b)
 {
     const evq__delivery *x = a, *y = b;
     const pgmsg *p = x->token, *q = y->token;
+    if (p->priority != q->priority)
+        return q->priority - p->priority;
     return p->id < q->id ? -1 : p->id > q->id;
 }
 
@@ -812,6 +838,7 @@ static int claim(pghandle *h, evq__delivery *d, size_t max, int64_t *next_ms)
         m->claim = token;
         m->lease_ns = lease_ns;
         m->attempt = get32(PQgetvalue(r, i, 1));
+        m->priority = get32(PQgetvalue(r, i, 4));
         int64_t full = get64(PQgetvalue(r, i, 2));
         m->len = len;
         m->full_len = (size_t)full > len ? (size_t)full : 0;
@@ -825,8 +852,8 @@ static int claim(pghandle *h, evq__delivery *d, size_t max, int64_t *next_ms)
     }
     PQclear(r);
     if (got > 0) {
-        /* RETURNING gives no order: oldest first */
-        qsort(d, (size_t)got, sizeof *d, by_id);
+        /* RETURNING gives no order: by priority, oldest first */
+        qsort(d, (size_t)got, sizeof *d, by_priority_id);
         return got;
     }
     *next_ms = -1;
@@ -1357,7 +1384,7 @@ static int pg_record(void *state, const char *key, int op, int64_t ttl_ms)
 
 const struct evq_backend_ops evq__backend_postgres = {
     .scheme = "postgres",
-    .flags = 0,
+    .flags = EVQ__PRIORITIES,
     .opts = pg_opts,
     .open = pg_open,
     .enqueue = pg_enqueue,
@@ -1395,11 +1422,16 @@ int evq_pg_enqueue_in(struct pg_conn *conn, const char *queue,
     if (PQstatus(conn) != CONNECTION_OK)
         return evq__err(EVQ_ECONN, "evq_pg_enqueue_in: the connection is "
                                    "not open");
+    int priority = evq__event_priority(ev);
+    if (priority < 0)
+        return priority;
     if ((rc = evq_event_encode(ev, format, NULL, &buf, &len)) != 0)
         return rc;
-    evq__buf bodies = {0}, delays = {0};
+    evq__buf bodies = {0}, delays = {0}, prios = {0};
     if (array_begin(&bodies, OID_BYTEA, 1) || array_add(&bodies, buf, len) ||
-        array_begin(&delays, OID_INT8, 1) || array_add64(&delays, delay_ms)) {
+        array_begin(&delays, OID_INT8, 1) || array_add64(&delays, delay_ms) ||
+        array_begin(&prios, OID_INT2, 1) ||
+        array_add16(&prios, (int16_t)priority)) {
         rc = evq__err(EVQ_ENOMEM, "out of memory");
         goto out;
     }
@@ -1415,15 +1447,16 @@ int evq_pg_enqueue_in(struct pg_conn *conn, const char *queue,
         rc = evq__err(EVQ_ENOMEM, "out of memory");
         goto out;
     }
-    const char *v[4] = {queue, (const char *)bodies.p, (const char *)delays.p,
-                        chan};
-    int lens[4] = {0, (int)bodies.len, (int)delays.len, 0};
-    int fmts[4] = {0, 1, 1, 0};
-    rc = run(&h, conn, sql, 4, v, lens, fmts, false, NULL, "enqueue");
+    const char *v[5] = {queue, (const char *)bodies.p, (const char *)delays.p,
+                        chan, (const char *)prios.p};
+    int lens[5] = {0, (int)bodies.len, (int)delays.len, 0, (int)prios.len};
+    int fmts[5] = {0, 1, 1, 0, 1};
+    rc = run(&h, conn, sql, 5, v, lens, fmts, false, NULL, "enqueue");
     free(sql);
 out:
     free(bodies.p);
     free(delays.p);
+    free(prios.p);
     free(buf);
     return rc;
 }

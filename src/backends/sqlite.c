@@ -77,6 +77,7 @@ typedef struct sqmsg {
     int64_t claim;
     int64_t lease_ns; /* evq__delivery's lease_ns */
     int attempt;
+    int priority;
     size_t len;
     size_t full_len; /* stored length of an oversize message, or 0 */
     unsigned char body[];
@@ -171,11 +172,20 @@ enum {
 
 static const char *const sql_text[S_COUNT] = {
     [S_INSERT] = "INSERT INTO evq_messages (queue, body, attempt, visible_at, "
-                 "enqueued_at) VALUES (?1, ?2, 0, ?3, ?4)",
+                 "enqueued_at, priority) VALUES (?1, ?2, 0, ?3, ?4, ?5)",
+    /* Events with a priority first (the partial index evq_messages_prio
+     * has only those, so an ordinary event costs it nothing), then the
+     * rest in visibility order: UNION ALL runs its parts in turn, and the
+     * LIMIT stops it once it has enough. */
     [S_CLAIM] = "UPDATE evq_messages SET visible_at = ?1, attempt = attempt + "
-                "1, claim = ?2 WHERE id IN (SELECT id FROM evq_messages WHERE "
-                "queue = ?3 AND visible_at <= ?4 AND length(body) <= ?6 ORDER "
-                "BY visible_at, id LIMIT ?5) RETURNING id, body, attempt",
+                "1, claim = ?2 WHERE id IN (SELECT id FROM (SELECT * FROM "
+                "(SELECT id FROM evq_messages WHERE queue = ?3 AND priority > "
+                "0 AND visible_at <= ?4 AND length(body) <= ?6 ORDER BY "
+                "priority DESC, visible_at, id LIMIT ?5) UNION ALL SELECT * "
+                "FROM (SELECT id FROM evq_messages WHERE queue = ?3 AND "
+                "visible_at <= ?4 AND priority = 0 AND length(body) <= ?6 ORDER "
+                "BY visible_at, id LIMIT ?5)) LIMIT ?5) RETURNING id, body, "
+                "attempt, priority",
     [S_ACK] = "DELETE FROM evq_messages WHERE id = ?1 AND claim = ?2",
     [S_NACK] = "UPDATE evq_messages SET visible_at = ?1, claim = NULL WHERE id "
                "= ?2 AND claim = ?3",
@@ -351,7 +361,8 @@ static const char tables_sql[] =
     " attempt INTEGER NOT NULL DEFAULT 0,"
     " visible_at INTEGER NOT NULL,"
     " enqueued_at INTEGER NOT NULL,"
-    " claim INTEGER);"
+    " claim INTEGER,"
+    " priority INTEGER NOT NULL DEFAULT 0);"
     /* A queue's small records: its pause state ('paused'), the ids an
      * idempotent worker finished ('done:<id>', until expires_at). */
     "CREATE TABLE IF NOT EXISTS evq_state ("
@@ -363,7 +374,15 @@ static const char tables_sql[] =
 
 static const char index_sql[] =
     "CREATE INDEX IF NOT EXISTS evq_messages_visible ON evq_messages (queue, "
-    "visible_at, id);";
+    "visible_at, id);"
+    "CREATE INDEX IF NOT EXISTS evq_messages_prio ON evq_messages (queue, "
+    "priority DESC, visible_at, id) WHERE priority > 0;";
+
+/* A file made before priorities lacks their column: added in place (the
+ * schema version stays, as evq without priorities reads the table
+ * still). */
+static const char priority_sql[] =
+    "ALTER TABLE evq_messages ADD COLUMN priority INTEGER NOT NULL DEFAULT 0";
 
 static const char meta_sql[] =
     "INSERT OR IGNORE INTO evq_meta (key, value) VALUES ('schema', "
@@ -408,6 +427,18 @@ static int ensure_schema(sqlite3 *db, const char *path)
                         "sqlite: '%s' has a table evq_messages that is not "
                         "evq's: %s",
                         path, sqlite3_errmsg(db));
+    st = NULL;
+    rc = sqlite3_prepare_v2(db, "SELECT priority FROM evq_messages LIMIT 0",
+                            -1, &st, NULL);
+    sqlite3_finalize(st);
+    if (rc != SQLITE_OK &&
+        (rc = sqlite3_exec(db, priority_sql, NULL, NULL, &msg)) != SQLITE_OK) {
+        rc = evq__err(EVQ_EIO, "sqlite: cannot add evq's priority column in "
+                               "'%s': %s",
+                      path, msg ? msg : sqlite3_errstr(rc));
+        sqlite3_free(msg);
+        return rc;
+    }
     rc = sqlite3_exec(db, index_sql, NULL, NULL, &msg);
     if (rc != SQLITE_OK) {
         rc = evq__err(EVQ_EINVAL, "sqlite: '%s' has tables evq cannot use: %s",
@@ -714,6 +745,7 @@ static int insert_group(sqhandle *h, sqpending *group)
                               SQLITE_STATIC);
             sqlite3_bind_int64(st, 3, now + p->items[i].delay_ms);
             sqlite3_bind_int64(st, 4, now);
+            sqlite3_bind_int(st, 5, p->items[i].priority);
             rc = step_done(h, S_INSERT, "insert");
         }
     }
@@ -769,9 +801,11 @@ static int sqlite_enqueue(void *state, const evq__item *items, size_t n)
 
 /* ---- dequeue ------------------------------------------------------------- */
 
-static int by_id(const void *a, const void *b)
+static int by_priority_id(const void *a, const void *b)
 {
     const sqmsg *x = *(sqmsg *const *)a, *y = *(sqmsg *const *)b;
+    if (x->priority != y->priority)
+        return y->priority - x->priority;
     return x->id < y->id ? -1 : x->id > y->id;
 }
 
@@ -917,6 +951,7 @@ static int claim(sqhandle *h, size_t limit, int64_t *next)
             m->id = sqlite3_column_int64(st, 0);
             m->claim = token;
             m->attempt = sqlite3_column_int(st, 2);
+            m->priority = sqlite3_column_int(st, 3);
             m->len = len;
             m->full_len = 0;
             if (len)
@@ -938,8 +973,9 @@ static int claim(sqhandle *h, size_t limit, int64_t *next)
     h->n_acks = 0;
     for (size_t i = 0; i < got; i++)
         h->ready[i]->lease_ns = lease_ns;
-    /* RETURNING gives no order; hand them out oldest first. */
-    qsort(h->ready, got, sizeof *h->ready, by_id);
+    /* RETURNING gives no order; hand them out by priority, oldest
+     * first. */
+    qsort(h->ready, got, sizeof *h->ready, by_priority_id);
     return (int)got;
 }
 
@@ -1372,7 +1408,7 @@ static int sqlite_record(void *state, const char *key, int op,
 
 const struct evq_backend_ops evq__backend_sqlite = {
     .scheme = "sqlite",
-    .flags = 0,
+    .flags = EVQ__PRIORITIES,
     .opts = sqlite_opts,
     .open = sqlite_open,
     .enqueue = sqlite_enqueue,
@@ -1407,6 +1443,9 @@ int evq_sqlite_enqueue_in(sqlite3 *db, const char *queue, const evq_event *ev,
     if (delay_ms < 0)
         return evq__err(EVQ_EINVAL, "delay %lld ms is negative",
                         (long long)delay_ms);
+    int priority = evq__event_priority(ev);
+    if (priority < 0)
+        return priority;
     if ((rc = evq_event_encode(ev, format, NULL, &buf, &len)) != 0)
         return rc;
     const char *path = sqlite3_db_filename(db, "main");
@@ -1422,6 +1461,7 @@ int evq_sqlite_enqueue_in(sqlite3 *db, const char *queue, const evq_event *ev,
     sqlite3_bind_blob(st, 2, buf, (int)len, SQLITE_STATIC);
     sqlite3_bind_int64(st, 3, now + delay_ms);
     sqlite3_bind_int64(st, 4, now);
+    sqlite3_bind_int(st, 5, priority);
     if (sqlite3_step(st) != SQLITE_DONE)
         rc = evq__err(EVQ_EIO, "sqlite insert: %s", sqlite3_errmsg(db));
 out:

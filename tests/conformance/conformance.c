@@ -2612,6 +2612,182 @@ static void a_unique_key_is_freed_by_its_ttl_or_merged(void **state)
     evq_queue_close(qd);
 }
 
+/* ---- priorities --------------------------------------------------------- */
+
+#ifdef EVQ_TEST_SANITIZED
+#define PRIO_EVENTS 2000
+#else
+#define PRIO_EVENTS 10000
+#endif
+
+static bool orders_priorities(void)
+{
+    return strncmp(base_url, "memory", 6) == 0 ||
+           strncmp(base_url, "sqlite", 6) == 0 ||
+           strncmp(base_url, "postgres", 8) == 0;
+}
+
+/* A backlog of PRIO_EVENTS events of levels 0 to 9, enqueued mixed, is
+ * taken highest level first, each level in the order it was enqueued.
+ * Backends that keep one order refuse a priority with EVQ_ENOTSUP; a level
+ * that is not 0 to 9 is EVQ_EINVAL everywhere. */
+static void events_are_taken_by_priority(void **state)
+{
+    (void)state;
+    REQUIRES(PROMISE_BACKLOG);
+    char name[64];
+    evq_queue *q = open_fresh(NULL, name);
+    evq_event *bad = numbered(0);
+    const char *levels[] = {"10", "-1", "x", "", "5 "};
+    for (size_t i = 0; i < sizeof levels / sizeof *levels; i++) {
+        assert_evq_ok(evq_event_set_attr(bad, "evqpriority", levels[i]));
+        assert_evq_err(evq_enqueue(q, bad), EVQ_EINVAL);
+        assert_non_null(strstr(evq_errmsg(), "evqpriority"));
+    }
+    if (!orders_priorities()) {
+        assert_evq_ok(evq_event_set_attr(bad, "evqpriority", "5"));
+        assert_evq_err(evq_enqueue(q, bad), EVQ_ENOTSUP);
+        assert_non_null(strstr(evq_errmsg(), "evqpriority"));
+        assert_evq_ok(evq_event_set_attr(bad, "evqpriority", "0"));
+        assert_evq_ok(evq_enqueue(q, bad)); /* 0 is every event's level */
+        evq_event_free(bad);
+        evq_queue_close(q);
+        return;
+    }
+    evq_event_free(bad);
+    evq_event *evs[500];
+    for (long i = 0; i < PRIO_EVENTS; i += 500) {
+        for (int k = 0; k < 500; k++) {
+            long n = i + k;
+            char lv[2] = {(char)('0' + (n * 7) % 10), 0};
+            evs[k] = numbered(n);
+            assert_evq_ok(evq_event_set_attr(evs[k], "evqpriority", lv));
+        }
+        assert_evq_ok(
+            evq_enqueue_batch(q, (const evq_event *const *)evs, 500));
+        for (int k = 0; k < 500; k++)
+            evq_event_free(evs[k]);
+    }
+    long got = 0, out_of_order = 0, last_n[10];
+    int last_level = 9;
+    for (int i = 0; i < 10; i++)
+        last_n[i] = -1;
+    evq_msg *ms[64];
+    int n;
+    while ((n = evq_dequeue_batch(q, ms, 64, got ? 2000 : 10000)) > 0) {
+        for (int i = 0; i < n; i++) {
+            const evq_event *ev = evq_msg_event(ms[i]);
+            const char *lv = evq_event_attr(ev, "evqpriority");
+            int level = lv ? lv[0] - '0' : 0;
+            long num = (long)json_integer_value(
+                json_object_get(evq_event_data(ev), "n"));
+            if (level > last_level || num <= last_n[level])
+                out_of_order++;
+            last_level = level;
+            last_n[level] = num;
+            got++;
+        }
+        assert_evq_ok(evq_ack_batch(ms, (size_t)n));
+    }
+    print_message("priorities: %ld of %d taken, %ld out of order\n", got,
+                  PRIO_EVENTS, out_of_order);
+    assert_int_equal(got, PRIO_EVENTS);
+    assert_int_equal(out_of_order, 0);
+    assert_int_equal(last_level, 0); /* the lowest level came last */
+    evq_queue_close(q);
+}
+
+/* ---- periodic events ---------------------------------------------------- */
+
+/* Three schedulers, each on a handle of its own, start at once with
+ * `* * * * *` and a catch-up of three minutes: the three slots that
+ * passed are enqueued once each (the first scheduler to claim a slot's
+ * key wins; the others count it taken), with the slot's time. */
+static void a_slot_is_enqueued_once_by_many_schedulers(void **state)
+{
+    (void)state;
+    REQUIRES(PROMISE_BACKLOG);
+    if (nats_core()) {
+        print_message("[  SKIP    ] core NATS keeps no unique keys\n");
+        skip();
+    }
+    char name[64], url[1024];
+    evq_queue *q = open_fresh(NULL, name), *qs[3];
+    url_with(url, sizeof url, NULL);
+    evq_scheduler *ss[3];
+    evq_scheduler_opts o;
+    evq_scheduler_opts_init(&o);
+    o.catch_up_ms = 180000;
+    evq_event *tmpl = evq_event_new("conf.tick", json_integer(7));
+    assert_evq_ok(evq_event_set_attr(tmpl, "source", "/conformance"));
+    for (int i = 0; i < 3; i++) {
+        assert_evq_ok(evq_queue_open(&qs[i], url, name, NULL));
+        assert_evq_ok(evq_scheduler_new(&ss[i], qs[i], &o));
+        assert_evq_ok(evq_schedule_add(ss[i], "* * * * *", NULL, tmpl));
+    }
+    /* bad expressions name their field */
+    assert_evq_err(evq_schedule_add(ss[0], "61 * * * *", NULL, tmpl),
+                   EVQ_EINVAL);
+    assert_non_null(strstr(evq_errmsg(), "minute"));
+    assert_evq_err(evq_schedule_add(ss[0], "* * * * * * *", NULL, tmpl),
+                   EVQ_EINVAL);
+    assert_evq_err(evq_schedule_add(ss[0], "", NULL, tmpl), EVQ_EINVAL);
+    assert_evq_err(evq_schedule_add(ss[0], "*/0 * * * *", NULL, tmpl),
+                   EVQ_EINVAL);
+    assert_evq_err(evq_schedule_add(ss[0], "* * * * *", "Mars/Olympus", tmpl),
+                   EVQ_EINVAL);
+    evq_event_free(tmpl);
+    int64_t t0 = evq__now_real_ns() / 1000000;
+    for (int i = 0; i < 3; i++)
+        assert_evq_ok(evq_scheduler_start(ss[i]));
+    assert_evq_err(evq_scheduler_start(ss[0]), EVQ_ESTATE);
+    struct evq_scheduler_stats st[3];
+    uint64_t done = 0;
+    for (int k = 0; k < 600 && done < 9; k++) {
+        nanosleep(&(struct timespec){0, 50 * 1000000}, NULL);
+        done = 0;
+        for (int i = 0; i < 3; i++) {
+            evq_scheduler_stats(ss[i], &st[i]);
+            done += st[i].enqueued + st[i].taken + st[i].missed;
+        }
+    }
+    uint64_t enq = 0, taken = 0, missed = 0;
+    for (int i = 0; i < 3; i++) {
+        assert_evq_ok(evq_scheduler_stop(ss[i]));
+        evq_scheduler_stats(ss[i], &st[i]);
+        enq += st[i].enqueued;
+        taken += st[i].taken;
+        missed += st[i].missed;
+        evq_scheduler_free(ss[i]);
+        evq_queue_close(qs[i]);
+    }
+    print_message("schedulers: %llu enqueued, %llu taken, %llu missed\n",
+                  (unsigned long long)enq, (unsigned long long)taken,
+                  (unsigned long long)missed);
+    assert_int_equal(enq, 3);
+    assert_int_equal(taken, 6);
+    assert_int_equal(missed, 0);
+    evq_msg *m;
+    int64_t slots[3];
+    int got = 0;
+    while (got < 4 && evq_dequeue(q, &m, got < 3 ? 10000 : 1000) == 0) {
+        const evq_event *ev = evq_msg_event(m);
+        assert_string_equal(evq_event_type(ev), "conf.tick");
+        assert_non_null(strstr(evq_event_id(ev), "evq-schedule-"));
+        int64_t t = evq_event_time_ns(ev) / 1000000;
+        assert_int_equal(t % 60000, 0); /* on a minute */
+        assert_true(t > t0 - 181000 && t <= t0 + 1000);
+        for (int i = 0; i < got && got < 3; i++)
+            assert_true(slots[i] != t);
+        if (got < 3)
+            slots[got] = t;
+        got++;
+        assert_evq_ok(evq_ack(m));
+    }
+    assert_int_equal(got, 3);
+    evq_queue_close(q);
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 2) {
@@ -2672,6 +2848,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(a_cap_bounds_the_runs_of_its_types),
         cmocka_unit_test(a_unique_key_is_stored_once_across_producers),
         cmocka_unit_test(a_unique_key_is_freed_by_its_ttl_or_merged),
+        cmocka_unit_test(events_are_taken_by_priority),
+        cmocka_unit_test(a_slot_is_enqueued_once_by_many_schedulers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
