@@ -303,6 +303,19 @@ EVQ_API int evq_queue_open(evq_queue **q, const char *url, const char *name,
  * stream's duplicate window, unique_until=done is EVQ_ENOTSUP, and so is
  * any unique event on core NATS. */
 
+/* Priorities.  An event's extension attribute `evqpriority`, "0" to "9"
+ * (absent: 0), is the level it is taken at: on memory://, sqlite:// and
+ * postgres:// every ready event of a higher level is handed out before any
+ * of a lower one, each level first in first out (a backlog of low ones
+ * can wait for as long as higher ones keep coming).  On redis:// (with the
+ * queue option redis.priorities=true, on every handle of the queue) each
+ * level is a stream, read by weight: every read gives each level with
+ * events a share by its weight (level + 1), highest first, so a higher
+ * level goes faster and none is starved.  Other backends keep one order
+ * per queue and refuse a level above 0 with EVQ_ENOTSUP (so does redis://
+ * without the option); any other value is EVQ_EINVAL.  A nacked or
+ * delayed event keeps its level. */
+
 /* Enqueues `ev`; it is ready at once.  Returns 0 only once the backend has
  * accepted it with the durability that backend promises.  The caller keeps
  * its reference to `ev` (in-process queues take one of their own; see the

@@ -58,7 +58,7 @@ typedef struct rcfg {
         ack_flush_ms, connect_timeout_ms, command_timeout_ms, wait_replicas,
         wait_timeout_ms;
     const char *prefix, *sentinel_password;
-    bool atomic_batches;
+    bool atomic_batches, priorities;
 } rcfg;
 
 static const evq__opt_spec redis_opts[] = {
@@ -104,6 +104,11 @@ static const evq__opt_spec redis_opts[] = {
      "how long a batch waits for redis.wait_replicas; fewer by then fails "
      "it (its events may be stored)",
      EVQ__AT(rcfg, wait_timeout_ms)},
+    {"redis.priorities", EVQ__OPT_BOOL, "false", 0, 0, NULL,
+     "keep events with evqpriority 1 to 9 in a stream per level "
+     "(<stream>:p1 ... :p9) read by weight, highest first; every handle of "
+     "the queue must set it (one that does not is refused)",
+     EVQ__AT(rcfg, priorities)},
     {"redis.sentinel_password", EVQ__OPT_STRING, NULL, 0, 0, NULL,
      "redis+sentinel://: the sentinels' password (the URL's is the "
      "master's)",
@@ -112,14 +117,19 @@ static const evq__opt_spec redis_opts[] = {
 };
 
 /* Moves up to ARGV[2] events due by ARGV[1] from the delayed set to the
- * stream; returns the score of the next one still waiting (or -1). */
+ * stream (that of the level a nonce ending in "/p<level>" names, with
+ * redis.priorities); returns the score of the next one still waiting (or
+ * -1). */
 static const char promote_lua[] =
     "local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], "
     "'LIMIT', 0, tonumber(ARGV[2]))\n"
     "for _, m in ipairs(due) do\n"
     "  local c1 = string.find(m, ':', 1, true)\n"
     "  local c2 = string.find(m, ':', c1 + 1, true)\n"
-    "  redis.call('XADD', KEYS[2], '*', 'b', string.sub(m, c2 + 1), 'a', "
+    "  local key = KEYS[2]\n"
+    "  local lv = string.match(string.sub(m, 1, c1 - 1), '/p(%d)$')\n"
+    "  if lv and ARGV[3] == '1' then key = key .. ':p' .. lv end\n"
+    "  redis.call('XADD', key, '*', 'b', string.sub(m, c2 + 1), 'a', "
     "string.sub(m, c1 + 1, c2 - 1))\n"
     "  redis.call('ZREM', KEYS[1], m)\n"
     "end\n"
@@ -222,15 +232,55 @@ static const char claim_lua[] =
     "end\n"
     "return {cursor, out}\n";
 
+/* redis.priorities: reads up to ARGV[3] new entries for consumer ARGV[2]
+ * from the level streams KEYS[1..n] (highest level first), without
+ * blocking.  A first pass gives each level a share of ARGV[3] by its
+ * weight (level + 1, ARGV[5 + i] for KEYS[i]), so every level that has
+ * entries gets some in every read and none is starved; a second pass
+ * fills what is left, highest level first.  Each entry comes back as
+ * {i, id, a, stored, b}, b cut as claim_lua cuts it (ARGV[4] bytes). */
+static const char prio_read_lua[] =
+    "local want, max = tonumber(ARGV[3]), tonumber(ARGV[4])\n"
+    "local total = 0\n"
+    "for i = 1, #KEYS do total = total + tonumber(ARGV[4 + i]) end\n"
+    "local out = {}\n"
+    "local function read(i, count)\n"
+    "  if count <= 0 then return end\n"
+    "  local r = redis.call('XREADGROUP', 'GROUP', 'evq', ARGV[2], 'COUNT', "
+    "count, 'STREAMS', KEYS[i], '>')\n"
+    "  if not r then return end\n"
+    "  for _, e in ipairs(r[1][2]) do\n"
+    "    local b, a, size = '', '0', 0\n"
+    "    local f = e[2]\n"
+    "    for j = 1, #f - 1, 2 do\n"
+    "      size = size + #f[j] + #f[j + 1]\n"
+    "      if f[j] == 'b' then b = f[j + 1] elseif f[j] == 'a' then "
+    "a = f[j + 1] end\n"
+    "    end\n"
+    "    if #b > max then size = #b end\n"
+    "    if size > max + 1024 or #b > max then b = string.sub(b, 1, max) "
+    "else size = 0 end\n"
+    "    out[#out + 1] = {i, e[1], a, size, b}\n"
+    "  end\n"
+    "end\n"
+    "for i = 1, #KEYS do\n"
+    "  local share = math.floor(want * tonumber(ARGV[4 + i]) / total)\n"
+    "  read(i, math.min(math.max(share, 1), want - #out))\n"
+    "end\n"
+    "for i = 1, #KEYS do read(i, want - #out) end\n"
+    "return out\n";
+
 /* An ack waiting to be sent: the entry, and the lease it is sent under. */
 struct rack {
     char id[48];
     long long deliveries;
     int64_t lease_ns;
+    int level;
 };
 
 typedef struct rmsg {
     char id[48];
+    int level;            /* of its stream (0 without redis.priorities) */
     long long deliveries; /* the pending list's count when we took it */
     int64_t lease_ns;     /* evq__delivery's lease_ns */
     int attempt;
@@ -239,11 +289,15 @@ typedef struct rmsg {
     unsigned char body[];
 } rmsg;
 
-/* Where a fetch puts the entries it reads: d[0..max). */
+/* Where a fetch puts the entries it reads: d[0..max), from the stream of
+ * `level`. */
 typedef struct rsink {
     evq__delivery *d;
     size_t n, max;
+    int level;
 } rsink;
+
+#define LEVELS 10
 
 /* A command connection and the lock of its user. */
 typedef struct rconn {
@@ -299,19 +353,24 @@ typedef struct rhandle {
     char wait_replicas_s[16], wait_timeout_s[24];
     struct timeval connect_tv, command_tv;
     char *stream, *delayed;
+    /* the stream of each level: streams[0] is `stream`; 1 to 9 (with
+     * redis.priorities) <stream>:p<level> */
+    char *streams[LEVELS];
+    int levels; /* LEVELS with redis.priorities, else 1 */
     char *prefix; /* the keys' */
     char consumer[128];
     int prefetch;
     size_t max_bytes;  /* max_event_bytes */
     size_t read_bound; /* most bytes one XREADGROUP answer may take */
-    char last_new[48]; /* id of the last entry a read of new ones gave */
+    char last_new[LEVELS][48]; /* per level: the id of the last entry a
+                                  read of new ones gave */
     long long maxlen;
     bool atomic_batches;
     char maxlen_s[24];
     int64_t vt_ms;
     _Atomic int64_t next_promote_ms;
     int64_t next_reclaim_ms;
-    char reclaim_cursor[48];
+    char reclaim_cursor[LEVELS][48];
     /* acks waiting to be sent (under ack_mu) */
     struct rack *acks;
     size_t n_acks, cap_acks;
@@ -678,38 +737,48 @@ static int flush_acks(rhandle *h)
         free(acks);
         return 0;
     }
-    const char **xack = malloc((n + 3) * sizeof *xack);
-    const char **xdel = malloc((n + 2) * sizeof *xdel);
-    int rc = 0;
-    size_t plain = 0;
+    /* an XACK and an XDEL per level that has acks, in one transaction */
+    const char **ids = malloc((2 * n + 5 * LEVELS) * sizeof *ids);
+    int rc = 0, ncmd = 0, argc[2 * LEVELS];
+    const char **argv[2 * LEVELS];
     int64_t soon = evq__now_mono_ns() + h->vt_ms * 1000000 / 4;
-    if (!xack || !xdel) {
+    if (!ids) {
         rc = evq__err(EVQ_ENOMEM, "out of memory");
     } else {
-        xack[0] = "XACK", xack[1] = h->stream, xack[2] = "evq";
-        xdel[0] = "XDEL", xdel[1] = h->stream;
-        for (size_t i = 0; i < n; i++) {
-            if (acks[i].lease_ns <= soon) {
-                struct rmsg *m = calloc(1, sizeof *m);
-                if (m) {
-                    memcpy(m->id, acks[i].id, sizeof m->id);
-                    m->deliveries = acks[i].deliveries;
-                    settle(h, "ack", m, 0, 0); /* not ours: nothing to do */
-                    free(m);
+        size_t at = 0;
+        for (int lv = 0; lv < h->levels; lv++) {
+            const char **xack = ids + at;
+            size_t plain = 0;
+            xack[0] = "XACK", xack[1] = h->streams[lv], xack[2] = "evq";
+            for (size_t i = 0; i < n; i++) {
+                if (acks[i].level != lv)
+                    continue;
+                if (acks[i].lease_ns <= soon) {
+                    struct rmsg *m = calloc(1, sizeof *m);
+                    if (m) {
+                        memcpy(m->id, acks[i].id, sizeof m->id);
+                        m->deliveries = acks[i].deliveries;
+                        m->level = lv;
+                        settle(h, "ack", m, 0, 0); /* not ours: nothing */
+                        free(m);
+                    }
+                    continue;
                 }
-                continue;
+                xack[3 + plain++] = acks[i].id;
             }
-            xack[3 + plain] = acks[i].id;
-            xdel[2 + plain] = acks[i].id;
-            plain++;
+            if (!plain)
+                continue;
+            const char **xdel = xack + 3 + plain;
+            xdel[0] = "XDEL", xdel[1] = h->streams[lv];
+            memcpy(xdel + 2, xack + 3, plain * sizeof *xdel);
+            argv[ncmd] = xack, argc[ncmd++] = (int)plain + 3;
+            argv[ncmd] = xdel, argc[ncmd++] = (int)plain + 2;
+            at += 2 * plain + 5;
         }
-        int argc[] = {(int)plain + 3, (int)plain + 2};
-        const char **argv[] = {xack, xdel};
-        if (plain)
-            rc = run_tx(h, 2, argc, argv, NULL, "ack");
+        if (ncmd)
+            rc = run_tx(h, ncmd, argc, argv, NULL, "ack");
     }
-    free(xack);
-    free(xdel);
+    free(ids);
     if (rc) { /* kept for the next try */
         pthread_mutex_lock(&h->ack_mu);
         for (size_t i = 0; i < n; i++) {
@@ -752,7 +821,7 @@ static void redis_close(void *state)
     if (h->opened && h->rd && h->rd_ahead && !h->rd->err) {
         /* entries read ahead: taken, then handed back */
         evq__delivery *d = calloc((size_t)h->prefetch, sizeof *d);
-        rsink sink = {d, 0, d ? (size_t)h->prefetch : 0};
+        rsink sink = {d, 0, d ? (size_t)h->prefetch : 0, 0};
         redisSetTimeout(h->rd, h->command_tv);
         if (d && take_reply(h, &sink) == 0)
             redis_hand_back(h, d, sink.n);
@@ -779,6 +848,8 @@ static void redis_close(void *state)
     free(h->user);
     free(h->password);
     free(h->unix_path);
+    for (int i = 1; i < LEVELS; i++)
+        free(h->streams[i]);
     free(h->stream);
     free(h->delayed);
     free(h->prefix);
@@ -807,6 +878,46 @@ static int queue_keys(const char *prefix, const char *name, char **stream,
     snprintf(*stream, sl, "%s%s", prefix, name);
     snprintf(*delayed, sl + 8, "%s%s:delayed", prefix, name);
     return 0;
+}
+
+/* redis.priorities: the group of each level's stream (made with it), and
+ * the key <stream>:priorities saying the queue has levels, so a handle
+ * without the option, which would read level 0 only, is refused. */
+static int open_levels(rhandle *h)
+{
+    size_t len = strlen(h->stream) + 16;
+    char *mark = malloc(len);
+    if (!mark)
+        return evq__err(EVQ_ENOMEM, "out of memory");
+    snprintf(mark, len, "%s:priorities", h->stream);
+    redisReply *r;
+    int rc = 0;
+    if (h->levels == 1) {
+        const char *argv[] = {"EXISTS", mark};
+        if ((rc = run(h, 2, argv, NULL, &r, "EXISTS")) == 0) {
+            if (r->type == REDIS_REPLY_INTEGER && r->integer > 0)
+                rc = evq__err(EVQ_EINVAL,
+                              "redis: queue '%s' keeps events by priority: "
+                              "open it with redis.priorities=true",
+                              h->stream + strlen(h->prefix));
+            freeReplyObject(r);
+        }
+        free(mark);
+        return rc;
+    }
+    for (int i = 1; i < LEVELS && !rc; i++) {
+        const char *argv[] = {"XGROUP", "CREATE", h->streams[i],
+                              "evq",    "0",      "MKSTREAM"};
+        if ((rc = run(h, 6, argv, NULL, &r, "XGROUP CREATE")) == 0)
+            freeReplyObject(r);
+        else if (strstr(evq_errmsg(), "BUSYGROUP"))
+            rc = 0; /* there already */
+    }
+    const char *set[] = {"SET", mark, "1"};
+    if (!rc && (rc = run(h, 3, set, NULL, &r, "SET")) == 0)
+        freeReplyObject(r);
+    free(mark);
+    return rc;
 }
 
 static int redis_open(void **state, const evq__url *url, const char *name,
@@ -941,8 +1052,20 @@ static int redis_open(void **state, const evq__url *url, const char *name,
     h->ack_flush_ms = (int)cfg.ack_flush_ms;
     h->connect_tv = tv_ms(cfg.connect_timeout_ms);
     h->command_tv = tv_ms(cfg.command_timeout_ms);
-    strcpy(h->reclaim_cursor, "0-0");
-    strcpy(h->last_new, "0-0");
+    h->levels = cfg.priorities ? LEVELS : 1;
+    h->streams[0] = h->stream;
+    for (int i = 0; i < LEVELS; i++) {
+        strcpy(h->reclaim_cursor[i], "0-0");
+        strcpy(h->last_new[i], "0-0");
+        if (i == 0 || i >= h->levels)
+            continue;
+        size_t len = strlen(h->stream) + 4;
+        if ((h->streams[i] = malloc(len)) == NULL) {
+            redis_close(h);
+            return evq__err(EVQ_ENOMEM, "out of memory");
+        }
+        snprintf(h->streams[i], len, "%s:p%d", h->stream, i);
+    }
     h->max_bytes = (size_t)opts->core.max_event_bytes;
     h->read_bound = (size_t)h->prefetch * (h->max_bytes + 2048) + 65536;
     char host[64] = "host";
@@ -974,6 +1097,8 @@ static int redis_open(void **state, const evq__url *url, const char *name,
             rc = reply_err(r, "XGROUP CREATE");
         freeReplyObject(r);
     }
+    if (!rc)
+        rc = open_levels(h);
     if (!rc)
         rc = connect_one(h, &h->rd, true);
     if (!rc) {
@@ -1084,7 +1209,15 @@ static int redis_start(void *state, const evq__item *items, size_t n,
         rc = evq__err(EVQ_ENOMEM, "out of memory");
     int64_t now = now_ms();
     for (size_t i = 0; i < n && !rc; i++) {
+        if (items[i].priority >= h->levels)
+            rc = evq__err(EVQ_ENOTSUP,
+                          "redis: evqpriority %d needs the queue option "
+                          "redis.priorities=true (a stream per level)",
+                          items[i].priority);
+    }
+    for (size_t i = 0; i < n && !rc; i++) {
         const evq__item *it = &items[i];
+        const char *stream = h->streams[it->priority];
         const char *argv[10];
         size_t lens[10];
         int argc = 0;
@@ -1098,7 +1231,9 @@ static int redis_start(void *state, const evq__item *items, size_t n,
             }
             char id[40];
             evq__uuid7(id);
-            int hl = snprintf(member, 48, "%s:0:", id);
+            int hl = it->priority
+                         ? snprintf(member, 48, "%s/p%d:0:", id, it->priority)
+                         : snprintf(member, 48, "%s:0:", id);
             memcpy(member + hl, it->bytes, it->len);
             snprintf(due, sizeof due, "%lld", (long long)(now + it->delay_ms));
             if (now + it->delay_ms < t->first_due_ms)
@@ -1109,7 +1244,7 @@ static int redis_start(void *state, const evq__item *items, size_t n,
             argv[argc] = member, lens[argc++] = (size_t)hl + it->len;
         } else {
             argv[argc] = "XADD", lens[argc++] = 4;
-            argv[argc] = h->stream, lens[argc++] = strlen(h->stream);
+            argv[argc] = stream, lens[argc++] = strlen(stream);
             if (h->maxlen > 0) {
                 argv[argc] = "MAXLEN", lens[argc++] = 6;
                 argv[argc] = "~", lens[argc++] = 1;
@@ -1259,6 +1394,7 @@ static int sink_add(rhandle *h, rsink *sink, const char *id, int attempt,
     if (!m)
         return evq__err(EVQ_ENOMEM, "out of memory");
     snprintf(m->id, sizeof m->id, "%s", id);
+    m->level = sink->level;
     m->attempt = attempt;
     m->deliveries = deliveries;
     m->lease_ns = lease_ns;
@@ -1312,16 +1448,17 @@ static int claim_entries(rhandle *h, bool takeover, rsink *sink)
     snprintf(count, sizeof count, "%zu", sink->max - sink->n);
     snprintf(max, sizeof max, "%zu", h->max_bytes);
     snprintf(idle, sizeof idle, "%lld", (long long)h->vt_ms);
+    int lv = sink->level;
     const char *argv[] = {"EVAL",
                           claim_lua,
                           "1",
-                          h->stream,
+                          h->streams[lv],
                           takeover ? "claim" : "after",
                           h->consumer,
                           count,
                           max,
-                          takeover ? idle : h->last_new,
-                          h->reclaim_cursor};
+                          takeover ? idle : h->last_new[lv],
+                          h->reclaim_cursor[lv]};
     redisReply *r;
     /* A takeover's lease starts now; entries of a cut-off read were
      * delivered by that read. */
@@ -1336,7 +1473,7 @@ static int claim_entries(rhandle *h, bool takeover, rsink *sink)
         return evq__err(EVQ_EIO, "redis claim: unexpected answer");
     }
     if (takeover && r->element[0]->type == REDIS_REPLY_STRING)
-        snprintf(h->reclaim_cursor, sizeof h->reclaim_cursor, "%s",
+        snprintf(h->reclaim_cursor[lv], sizeof h->reclaim_cursor[lv], "%s",
                  r->element[0]->str);
     redisReply *list = r->element[1];
     for (size_t i = 0; !rc && i < list->elements; i++) {
@@ -1351,7 +1488,7 @@ static int claim_entries(rhandle *h, bool takeover, rsink *sink)
                       e->element[4]->str, e->element[4]->len,
                       (size_t)e->element[3]->integer);
         if (!rc && !takeover)
-            snprintf(h->last_new, sizeof h->last_new, "%s", id);
+            snprintf(h->last_new[lv], sizeof h->last_new[lv], "%s", id);
     }
     freeReplyObject(r);
     return rc;
@@ -1365,9 +1502,9 @@ static int64_t promote(rhandle *h)
     snprintf(now, sizeof now, "%lld", (long long)now_ms());
     snprintf(limit, sizeof limit, "%d", 1000);
     const char *argv[] = {"EVAL",    promote_lua, "2",  h->delayed,
-                          h->stream, now,         limit};
+                          h->stream, now,         limit, h->levels > 1 ? "1" : "0"};
     redisReply *r;
-    if (run(h, 7, argv, NULL, &r, "promote") != 0)
+    if (run(h, 8, argv, NULL, &r, "promote") != 0)
         return INT64_MAX;
     int64_t next = r->type == REDIS_REPLY_INTEGER && r->integer >= 0
                        ? r->integer
@@ -1380,7 +1517,13 @@ static int64_t promote(rhandle *h)
  * timeout (rd_mu held). */
 static int reclaim(rhandle *h, rsink *sink)
 {
-    return claim_entries(h, true, sink);
+    int rc = 0;
+    for (int lv = h->levels - 1; lv >= 0 && !rc; lv--) {
+        sink->level = lv;
+        rc = claim_entries(h, true, sink);
+    }
+    sink->level = 0;
+    return rc;
 }
 
 /* Reads one answer on c like redisGetReply, but stops once more than
@@ -1421,22 +1564,41 @@ static int take_reply(rhandle *h, rsink *sink)
         redisFree(h->rd);
         h->rd = NULL;
         h->rd_ahead = false;
-        return claim_entries(h, false, sink);
+        int rc = 0;
+        for (int lv = h->levels - 1; lv >= 0 && !rc; lv--) {
+            sink->level = lv;
+            rc = claim_entries(h, false, sink);
+        }
+        sink->level = 0;
+        return rc;
     }
     if (grc != REDIS_OK)
         return conn_err(h, h->rd, "XREADGROUP");
     int rc = reply_err_on(h->rd, r, "XREADGROUP");
-    if (!rc && r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
-        r->element[0]->elements >= 2) {
-        redisReply *entries = r->element[0]->element[1];
+    /* [[stream, entries], ...]: one stream, or (redis.priorities) those
+     * levels that had entries */
+    for (size_t k = 0; !rc && r->type == REDIS_REPLY_ARRAY && k < r->elements;
+         k++) {
+        redisReply *s = r->element[k];
+        if (s->type != REDIS_REPLY_ARRAY || s->elements < 2 ||
+            s->element[0]->type != REDIS_REPLY_STRING)
+            continue;
+        int lv = 0;
+        while (lv < h->levels && strcmp(h->streams[lv], s->element[0]->str))
+            lv++;
+        if (lv == h->levels)
+            continue;
+        redisReply *entries = s->element[1];
         size_t got = entries->elements;
+        sink->level = lv;
         rc = sink_entries(h, sink, entries);
         redisReply *last = got ? entries->element[got - 1] : NULL;
         if (!rc && last && last->type == REDIS_REPLY_ARRAY &&
             last->elements >= 1 && last->element[0]->type == REDIS_REPLY_STRING)
-            snprintf(h->last_new, sizeof h->last_new, "%s",
+            snprintf(h->last_new[lv], sizeof h->last_new[lv], "%s",
                      last->element[0]->str);
     }
+    sink->level = 0;
     freeReplyObject(r);
     return rc;
 }
@@ -1445,18 +1607,23 @@ static int take_reply(rhandle *h, rsink *sink)
 static int send_read(rhandle *h, int block_ms)
 {
     char count[16], block[16];
-    snprintf(count, sizeof count, "%d", h->prefetch);
+    /* with levels, each may give COUNT: together no more than prefetch */
+    int per = h->levels > 1 ? (h->prefetch + h->levels - 1) / h->levels
+                            : h->prefetch;
+    snprintf(count, sizeof count, "%d", per);
     snprintf(block, sizeof block, "%d", block_ms);
-    const char *argv[] = {"XREADGROUP", "GROUP",   "evq",   h->consumer,
-                          "COUNT",      count,     "BLOCK", block,
-                          "STREAMS",    h->stream, ">"};
-    int argc = 11;
-    if (block_ms < 0) { /* no BLOCK: answer at once */
-        argv[6] = "STREAMS";
-        argv[7] = h->stream;
-        argv[8] = ">";
-        argc = 9;
-    }
+    const char *argv[9 + 2 * LEVELS] = {"XREADGROUP", "GROUP", "evq",
+                                        h->consumer,  "COUNT", count};
+    int argc = 6;
+    if (block_ms >= 0) {
+        argv[argc++] = "BLOCK";
+        argv[argc++] = block;
+    } /* else no BLOCK: answer at once */
+    argv[argc++] = "STREAMS";
+    for (int lv = h->levels - 1; lv >= 0; lv--) /* highest first */
+        argv[argc++] = h->streams[lv];
+    for (int lv = 0; lv < h->levels; lv++)
+        argv[argc++] = ">";
     int done = 0;
     h->read_sent_ns = evq__now_mono_ns();
     if (redisAppendCommandArgv(h->rd, argc, argv, NULL) != REDIS_OK)
@@ -1467,14 +1634,82 @@ static int send_read(rhandle *h, int block_ms)
     return 0;
 }
 
+/* Hands out entries of higher levels first, each level in stream order. */
+static int by_level(const void *a, const void *b)
+{
+    const rmsg *x = ((const evq__delivery *)a)->token;
+    const rmsg *y = ((const evq__delivery *)b)->token;
+    if (x->level != y->level)
+        return y->level - x->level;
+    unsigned long long xm = 0, xs = 0, ym = 0, ys = 0;
+    sscanf(x->id, "%llu-%llu", &xm, &xs);
+    sscanf(y->id, "%llu-%llu", &ym, &ys);
+    return xm != ym ? (xm < ym ? -1 : 1) : (xs < ys ? -1 : xs > ys);
+}
+
+/* redis.priorities: one read by weight over the levels (prio_read_lua),
+ * without blocking (rd_mu held). */
+static int read_levels(rhandle *h, rsink *sink)
+{
+    char count[24], max[24], weight[LEVELS][12];
+    snprintf(count, sizeof count, "%zu", sink->max - sink->n);
+    snprintf(max, sizeof max, "%zu", h->max_bytes);
+    const char *argv[5 + 2 * LEVELS + 4] = {"EVAL", prio_read_lua, count};
+    int argc = 2;
+    char nkeys[8];
+    snprintf(nkeys, sizeof nkeys, "%d", h->levels);
+    argv[argc++] = nkeys;
+    for (int lv = h->levels - 1; lv >= 0; lv--)
+        argv[argc++] = h->streams[lv];
+    argv[argc++] = "evq";
+    argv[argc++] = h->consumer;
+    argv[argc++] = count;
+    argv[argc++] = max;
+    for (int lv = h->levels - 1; lv >= 0; lv--) {
+        snprintf(weight[lv], sizeof weight[lv], "%d", lv + 1);
+        argv[argc++] = weight[lv];
+    }
+    redisReply *r;
+    int64_t lease_ns = evq__now_mono_ns() + h->vt_ms * 1000000;
+    int rc = run(h, argc, argv, NULL, &r, "read by priority");
+    if (rc)
+        return rc;
+    for (size_t i = 0; !rc && r->type == REDIS_REPLY_ARRAY && i < r->elements;
+         i++) {
+        redisReply *e = r->element[i];
+        if (e->type != REDIS_REPLY_ARRAY || e->elements != 5 ||
+            e->element[1]->type != REDIS_REPLY_STRING ||
+            e->element[4]->type != REDIS_REPLY_STRING)
+            continue;
+        sink->level = h->levels - (int)e->element[0]->integer; /* KEYS[i] */
+        const char *a = e->element[2]->type == REDIS_REPLY_STRING
+                            ? e->element[2]->str
+                            : "0";
+        rc = sink_add(h, sink, e->element[1]->str, atoi(a) + 1, 1, lease_ns,
+                      e->element[4]->str, e->element[4]->len,
+                      (size_t)e->element[3]->integer);
+        if (!rc)
+            snprintf(h->last_new[sink->level], sizeof h->last_new[0], "%s",
+                     e->element[1]->str);
+    }
+    sink->level = 0;
+    freeReplyObject(r);
+    return rc;
+}
+
 /* Reads new entries into the sink, blocking up to block_ms (rd_mu held).
  * When a read comes back full, the next one is sent at once and its answer
  * taken on the following call: the server prepares the next batch while
- * this one is handled. */
+ * this one is handled.  With levels, a read by weight comes first, and
+ * only when it finds nothing does one block on every level's stream. */
 static int read_new(rhandle *h, rsink *sink, int block_ms)
 {
     int rc;
     size_t before = sink->n;
+    if (h->levels > 1) {
+        if ((rc = read_levels(h, sink)) != 0 || sink->n > before)
+            return rc;
+    }
     if (h->rd && h->rd->err) {
         redisFree(h->rd);
         h->rd = NULL;
@@ -1499,7 +1734,7 @@ static int read_new(rhandle *h, rsink *sink, int block_ms)
             (rc = take_reply(h, sink)) != 0)
             return rc;
     }
-    if (sink->n - before == (size_t)h->prefetch && h->rd &&
+    if (h->levels == 1 && sink->n - before == (size_t)h->prefetch && h->rd &&
         !atomic_load(&h->interrupted) && send_read(h, -1) == 0)
         h->rd_ahead = true;
     return 0;
@@ -1511,7 +1746,7 @@ static int read_new(rhandle *h, rsink *sink, int block_ms)
 static int redis_fetch(void *state, evq__delivery *d, size_t max, int wait_ms)
 {
     rhandle *h = state;
-    rsink sink = {d, 0, max};
+    rsink sink = {d, 0, max, 0};
     int rc = 0;
 
     pthread_mutex_lock(&h->rd_mu);
@@ -1545,6 +1780,8 @@ static int redis_fetch(void *state, evq__delivery *d, size_t max, int wait_ms)
         rc = read_new(h, &sink, block);
     }
     pthread_mutex_unlock(&h->rd_mu);
+    if (h->levels > 1 && sink.n > 1)
+        qsort(d, sink.n, sizeof *d, by_level);
     return sink.n ? (int)sink.n : rc;
 }
 
@@ -1563,9 +1800,12 @@ static int settle(rhandle *h, const char *op, struct rmsg *m, int64_t delay_ms,
     if (strcmp(op, "nack") == 0 && delay_ms > 0) {
         snprintf(due, sizeof due, "%lld", (long long)(now_ms() + delay_ms));
         evq__uuid7(id);
+        if (m->level) /* promote_lua puts it back on its level */
+            snprintf(id + strlen(id), sizeof id - strlen(id), "/p%d",
+                     m->level);
     }
     const char *argv[] = {"EVAL",      settle_lua, "2",
-                          h->stream,   h->delayed, op,
+                          h->streams[m->level], h->delayed, op,
                           h->consumer, m->id,      count,
                           due,         att,        (const char *)m->body,
                           id};
@@ -1622,6 +1862,7 @@ static int redis_ack(void *state, evq__delivery **d, size_t n)
                 h->oldest_ack_ms = now_ms();
             struct rack *a = &h->acks[h->n_acks++];
             memcpy(a->id, m->id, sizeof m->id);
+            a->level = m->level;
             a->deliveries = m->deliveries;
             a->lease_ns = m->lease_ns;
             queued = true;
@@ -1712,21 +1953,23 @@ static int redis_stats(void *state, struct evq_queue_stats *out)
 {
     rhandle *h = state;
     redisReply *r;
-    const char *xlen[] = {"XLEN", h->stream};
-    const char *xpend[] = {"XPENDING", h->stream, "evq"};
     const char *zcard[] = {"ZCARD", h->delayed};
     long long len = 0, pending = 0;
+    int rc = 0;
     flush_acks(h);
-    int rc = run(h, 2, xlen, NULL, &r, "XLEN");
-    if (rc)
-        return rc;
-    len = r->integer;
-    freeReplyObject(r);
-    if ((rc = run(h, 3, xpend, NULL, &r, "XPENDING")) != 0)
-        return rc;
-    if (r->type == REDIS_REPLY_ARRAY && r->elements >= 1)
-        pending = r->element[0]->integer;
-    freeReplyObject(r);
+    for (int lv = 0; lv < h->levels; lv++) {
+        const char *xlen[] = {"XLEN", h->streams[lv]};
+        const char *xpend[] = {"XPENDING", h->streams[lv], "evq"};
+        if ((rc = run(h, 2, xlen, NULL, &r, "XLEN")) != 0)
+            return rc;
+        len += r->integer;
+        freeReplyObject(r);
+        if ((rc = run(h, 3, xpend, NULL, &r, "XPENDING")) != 0)
+            return rc;
+        if (r->type == REDIS_REPLY_ARRAY && r->elements >= 1)
+            pending += r->element[0]->integer;
+        freeReplyObject(r);
+    }
     if ((rc = run(h, 2, zcard, NULL, &r, "ZCARD")) != 0)
         return rc;
     out->delayed = r->integer;
@@ -1790,12 +2033,17 @@ static int redis_destroy(void *state)
     char *paused = record_key(h, "paused");
     if (!paused)
         return EVQ_ENOMEM;
-    const char *del[] = {"DEL", h->stream, h->delayed, paused};
+    char *mark = record_key(h, "priorities");
+    const char *del[5 + LEVELS] = {"DEL", h->delayed, paused, mark};
+    int argc = mark ? 4 : 3;
+    for (int lv = 0; lv < h->levels; lv++)
+        del[argc++] = h->streams[lv];
     flush_acks(h);
-    int rc = run(h, 4, del, NULL, &r, "DEL");
+    int rc = run(h, argc, del, NULL, &r, "DEL");
     if (!rc)
         freeReplyObject(r);
     free(paused);
+    free(mark);
     return rc;
 }
 
@@ -1893,7 +2141,7 @@ static int redis_record(void *state, const char *key, int op, int64_t ttl_ms)
 
 const struct evq_backend_ops evq__backend_redis = {
     .scheme = "redis",
-    .flags = 0,
+    .flags = EVQ__PRIORITIES,
     .opts = redis_opts,
     .open = redis_open,
     .enqueue_start = redis_start,

@@ -2614,6 +2614,12 @@ static void a_unique_key_is_freed_by_its_ttl_or_merged(void **state)
 
 /* ---- priorities --------------------------------------------------------- */
 
+/* redis:// with redis.priorities: a stream per level, read by weight. */
+static bool weighs_priorities(void)
+{
+    return strncmp(base_url, "redis", 5) == 0;
+}
+
 #ifdef EVQ_TEST_SANITIZED
 #define PRIO_EVENTS 2000
 #else
@@ -2624,19 +2630,39 @@ static bool orders_priorities(void)
 {
     return strncmp(base_url, "memory", 6) == 0 ||
            strncmp(base_url, "sqlite", 6) == 0 ||
-           strncmp(base_url, "postgres", 8) == 0;
+           strncmp(base_url, "postgres", 8) == 0 || weighs_priorities();
 }
 
 /* A backlog of PRIO_EVENTS events of levels 0 to 9, enqueued mixed, is
- * taken highest level first, each level in the order it was enqueued.
- * Backends that keep one order refuse a priority with EVQ_ENOTSUP; a level
- * that is not 0 to 9 is EVQ_EINVAL everywhere. */
+ * taken highest level first, each level in the order it was enqueued; on
+ * redis:// (redis.priorities) by weight: every level is served from the
+ * start, a higher level finishes sooner (the median position of each
+ * level's events falls as the level rises).  Backends that keep one order
+ * refuse a priority with EVQ_ENOTSUP; a level that is not 0 to 9 is
+ * EVQ_EINVAL everywhere. */
 static void events_are_taken_by_priority(void **state)
 {
     (void)state;
     REQUIRES(PROMISE_BACKLOG);
     char name[64];
-    evq_queue *q = open_fresh(NULL, name);
+    bool weighed = weighs_priorities();
+    if (weighed) { /* without the option: refused, saying which */
+        evq_queue *plain = open_fresh(NULL, name);
+        evq_event *ev = numbered(0);
+        assert_evq_ok(evq_event_set_attr(ev, "evqpriority", "5"));
+        assert_evq_err(evq_enqueue(plain, ev), EVQ_ENOTSUP);
+        assert_non_null(strstr(evq_errmsg(), "redis.priorities"));
+        evq_event_free(ev);
+        evq_queue_close(plain);
+    }
+    evq_queue *q = open_fresh(weighed ? "redis.priorities=true" : NULL, name);
+    if (weighed) { /* a handle that would read level 0 only is refused */
+        char url[1024];
+        evq_queue *other;
+        url_with(url, sizeof url, NULL);
+        assert_evq_err(evq_queue_open(&other, url, name, NULL), EVQ_EINVAL);
+        assert_non_null(strstr(evq_errmsg(), "redis.priorities"));
+    }
     evq_event *bad = numbered(0);
     const char *levels[] = {"10", "-1", "x", "", "5 "};
     for (size_t i = 0; i < sizeof levels / sizeof *levels; i++) {
@@ -2668,10 +2694,14 @@ static void events_are_taken_by_priority(void **state)
         for (int k = 0; k < 500; k++)
             evq_event_free(evs[k]);
     }
-    long got = 0, out_of_order = 0, last_n[10];
+    long got = 0, out_of_order = 0, last_n[10], early[10] = {0};
+    long *pos[10];
     int last_level = 9;
-    for (int i = 0; i < 10; i++)
+    for (int i = 0; i < 10; i++) {
         last_n[i] = -1;
+        pos[i] = calloc(PRIO_EVENTS, sizeof *pos[i]);
+    }
+    long per_level[10] = {0};
     evq_msg *ms[64];
     int n;
     while ((n = evq_dequeue_batch(q, ms, 64, got ? 2000 : 10000)) > 0) {
@@ -2681,10 +2711,13 @@ static void events_are_taken_by_priority(void **state)
             int level = lv ? lv[0] - '0' : 0;
             long num = (long)json_integer_value(
                 json_object_get(evq_event_data(ev), "n"));
-            if (level > last_level || num <= last_n[level])
+            if ((!weighed && level > last_level) || num <= last_n[level])
                 out_of_order++;
             last_level = level;
             last_n[level] = num;
+            if (got < PRIO_EVENTS / 10)
+                early[level]++;
+            pos[level][per_level[level]++] = got;
             got++;
         }
         assert_evq_ok(evq_ack_batch(ms, (size_t)n));
@@ -2694,6 +2727,21 @@ static void events_are_taken_by_priority(void **state)
     assert_int_equal(got, PRIO_EVENTS);
     assert_int_equal(out_of_order, 0);
     assert_int_equal(last_level, 0); /* the lowest level came last */
+    if (weighed) {
+        long prev = -1;
+        for (int lv = 0; lv < 10; lv++) {
+            long median = pos[lv][per_level[lv] / 2];
+            print_message("  level %d: %ld in the first tenth, median "
+                          "position %ld\n",
+                          lv, early[lv], median);
+            assert_true(early[lv] > 0); /* none starved */
+            if (prev >= 0)
+                assert_true(median < prev); /* higher sooner */
+            prev = median;
+        }
+    }
+    for (int i = 0; i < 10; i++)
+        free(pos[i]);
     evq_queue_close(q);
 }
 
