@@ -72,11 +72,11 @@ fuzz: deps
 	  -DEVQ_SANITIZE=address,undefined -DEVQ_FUZZ=ON -DEVQ_BUILD_TESTS=OFF \
 	  $(WITH_ALL) >/dev/null
 	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_json fuzz_msgpack \
-	  fuzz_url fuzz_ce_binary
+	  fuzz_url fuzz_ce_binary fuzz_cron
 	scripts/fuzz.sh $(FUZZ_BUILD) $(FUZZ_SECONDS)
 
 check-fuzz:
-	$(MAKE) fuzz FUZZ_SECONDS=20
+	$(MAKE) fuzz FUZZ_SECONDS=16
 
 # memcheck over the unit tests of the gcc build: no error, no leak.
 check-valgrind: build

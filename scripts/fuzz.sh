@@ -11,7 +11,7 @@ build=$1
 secs=${2:-60}
 shift $(( $# >= 2 ? 2 : 1 ))
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(json msgpack url ce_binary)
+[ ${#targets[@]} -gt 0 ] || targets=(json msgpack url ce_binary cron)
 here=$(cd "$(dirname "$0")/.." && pwd)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

@@ -26,10 +26,10 @@ run() { # name, command...
   rm -f "$log"
 }
 for t in test_errors test_event test_codec test_url test_opts test_ce_binary \
-         test_queue test_dispatch test_memory test_evcount test_worker; do
+         test_queue test_dispatch test_memory test_evcount test_worker test_cron; do
   run "$t" "$build/tests/$t"
 done
-for t in json msgpack url ce_binary; do
+for t in json msgpack url ce_binary cron; do
   dirs=("$here/tests/fuzz/corpus/$t")
   [ -d "$here/tests/fuzz/regressions/$t" ] && dirs+=("$here/tests/fuzz/regressions/$t")
   run "replay_$t" "$build/tests/fuzz/replay_$t" "${dirs[@]}"
