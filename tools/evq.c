@@ -450,6 +450,50 @@ static void retry_due(evq_queue *q, struct producing *p, long *pause_ms,
     }
 }
 
+/* The event --type, --data, --source, --subject and --attr K=V describe,
+ * into *out.  0, EXIT_USAGE (said: --data not JSON, an --attr not K=V), or
+ * EXIT_FAILURE (said: an attribute refused). */
+static int event_from_flags(const char *cmd, const char *type,
+                            const char *data, const char *source,
+                            const char *subject, const char *const *attrs,
+                            int nattrs, evq_event **out)
+{
+    json_t *payload = NULL;
+    *out = NULL;
+    if (data) {
+        json_error_t jerr;
+        if (!(payload = json_loads(data, JSON_DECODE_ANY, &jerr))) {
+            fprintf(stderr, "%s %s: --data is not JSON: %s\n", prog, cmd,
+                    jerr.text);
+            return EXIT_USAGE;
+        }
+    }
+    evq_event *ev = evq_event_new(type, payload);
+    int rc = ev ? 0 : EVQ_EINVAL;
+    if (!rc && source)
+        rc = evq_event_set_attr(ev, "source", source);
+    if (!rc && subject)
+        rc = evq_event_set_attr(ev, "subject", subject);
+    for (int i = 0; !rc && i < nattrs; i++) {
+        char k[64];
+        const char *eq = strchr(attrs[i], '=');
+        if (!eq) {
+            fprintf(stderr, "%s %s: --attr '%s' is not K=V\n", prog, cmd,
+                    attrs[i]);
+            evq_event_free(ev);
+            return EXIT_USAGE;
+        }
+        snprintf(k, sizeof k, "%.*s", (int)(eq - attrs[i]), attrs[i]);
+        rc = evq_event_set_attr(ev, k, eq + 1);
+    }
+    if (rc) {
+        evq_event_free(ev);
+        return fail(cmd, rc);
+    }
+    *out = ev;
+    return 0;
+}
+
 static int cmd_produce(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -525,42 +569,15 @@ static int cmd_produce(int argc, char **argv)
                 prog);
 
     if (type) {
-        json_t *payload = NULL;
-        if (data) {
-            json_error_t jerr;
-            payload = json_loads(data, JSON_DECODE_ANY, &jerr);
-            if (!payload) {
-                fprintf(stderr, "%s produce: --data is not JSON: %s\n", prog,
-                        jerr.text);
-                evq_queue_close(q);
-                return EXIT_USAGE;
-            }
+        evq_event *ev;
+        status = event_from_flags("produce", type, data, source, subject,
+                                  attrs, nattrs, &ev);
+        if (!status) {
+            if ((rc = evq_enqueue_delayed(q, ev, delay)) != 0)
+                status = fail("produce", rc);
+            else
+                printf("%s\n", evq_event_id(ev));
         }
-        evq_event *ev = evq_event_new(type, payload);
-        rc = ev ? 0 : EVQ_EINVAL;
-        if (!rc && source)
-            rc = evq_event_set_attr(ev, "source", source);
-        if (!rc && subject)
-            rc = evq_event_set_attr(ev, "subject", subject);
-        for (int i = 0; !rc && i < nattrs; i++) {
-            char k[64];
-            const char *eq = strchr(attrs[i], '=');
-            if (!eq) {
-                fprintf(stderr, "%s produce: --attr '%s' is not K=V\n", prog,
-                        attrs[i]);
-                evq_event_free(ev);
-                evq_queue_close(q);
-                return EXIT_USAGE;
-            }
-            snprintf(k, sizeof k, "%.*s", (int)(eq - attrs[i]), attrs[i]);
-            rc = evq_event_set_attr(ev, k, eq + 1);
-        }
-        if (!rc)
-            rc = evq_enqueue_delayed(q, ev, delay);
-        if (rc)
-            status = fail("produce", rc);
-        else
-            printf("%s\n", evq_event_id(ev));
         evq_event_free(ev);
         evq_queue_close(q);
         return status;
@@ -1349,41 +1366,11 @@ static int cmd_schedule(int argc, char **argv)
         return usage_error("schedule", "%s",
                            "needs URL, QUEUE, --cron and --type");
     }
-    json_t *payload = NULL;
-    if (data) {
-        json_error_t jerr;
-        if (!(payload = json_loads(data, JSON_DECODE_ANY, &jerr))) {
-            evq_opts_free(opts);
-            return usage_error("schedule", "--data is not JSON: %s",
-                               jerr.text);
-        }
-    }
-    evq_event *tmpl = evq_event_new(type, payload);
-    if (!tmpl) {
+    evq_event *tmpl;
+    if ((rc = event_from_flags("schedule", type, data, source, subject, attrs,
+                               nattrs, &tmpl)) != 0) {
         evq_opts_free(opts);
-        return fail("schedule", EVQ_EINVAL);
-    }
-    rc = 0;
-    if (source)
-        rc = evq_event_set_attr(tmpl, "source", source);
-    if (!rc && subject)
-        rc = evq_event_set_attr(tmpl, "subject", subject);
-    for (int i = 0; !rc && i < nattrs; i++) {
-        char k[64];
-        const char *eq = strchr(attrs[i], '=');
-        if (!eq) {
-            evq_event_free(tmpl);
-            evq_opts_free(opts);
-            return usage_error("schedule", "--attr '%s' is not K=V",
-                               attrs[i]);
-        }
-        snprintf(k, sizeof k, "%.*s", (int)(eq - attrs[i]), attrs[i]);
-        rc = evq_event_set_attr(tmpl, k, eq + 1);
-    }
-    if (rc) {
-        evq_event_free(tmpl);
-        evq_opts_free(opts);
-        return fail("schedule", rc);
+        return rc;
     }
     evq_queue *q;
     if ((rc = open_queue(argv[optind], argv[optind + 1], opts, &q))) {

@@ -29,7 +29,7 @@ done
 expect 2 "no command" -- "$evq"
 expect 2 "unknown command" -- "$evq" frobnicate
 has stderr "unknown command 'frobnicate'" "unknown command"
-for cmd in produce consume stats dead demo bench options relay pause resume; do
+for cmd in produce consume stats dead demo bench options relay pause resume schedule; do
   expect 0 "$cmd --help" -- "$evq" $cmd --help
   has stdout "usage: evq $cmd" "$cmd --help"
 done
