@@ -1513,17 +1513,23 @@ static int64_t promote(rhandle *h)
     return next;
 }
 
-/* Takes over entries other consumers left unacked past the visibility
- * timeout (rd_mu held). */
-static int reclaim(rhandle *h, rsink *sink)
+/* claim_entries on every level's stream, highest first (rd_mu held). */
+static int claim_levels(rhandle *h, bool takeover, rsink *sink)
 {
     int rc = 0;
     for (int lv = h->levels - 1; lv >= 0 && !rc; lv--) {
         sink->level = lv;
-        rc = claim_entries(h, true, sink);
+        rc = claim_entries(h, takeover, sink);
     }
     sink->level = 0;
     return rc;
+}
+
+/* Takes over entries other consumers left unacked past the visibility
+ * timeout (rd_mu held). */
+static int reclaim(rhandle *h, rsink *sink)
+{
+    return claim_levels(h, true, sink);
 }
 
 /* Reads one answer on c like redisGetReply, but stops once more than
@@ -1564,13 +1570,7 @@ static int take_reply(rhandle *h, rsink *sink)
         redisFree(h->rd);
         h->rd = NULL;
         h->rd_ahead = false;
-        int rc = 0;
-        for (int lv = h->levels - 1; lv >= 0 && !rc; lv--) {
-            sink->level = lv;
-            rc = claim_entries(h, false, sink);
-        }
-        sink->level = 0;
-        return rc;
+        return claim_levels(h, false, sink);
     }
     if (grc != REDIS_OK)
         return conn_err(h, h->rd, "XREADGROUP");
