@@ -925,7 +925,9 @@ EVQ_API int evq_relay(evq_queue *from, evq_queue *to,
  * the process's: run one scheduler process there.  The copy's id is
  * "evq-schedule-<schedule>-<slot ms>" and its time the slot's; the rest
  * is the template's.  <schedule> is a hash of the expression, the zone,
- * and the template's type, source and subject. */
+ * and the template's type, source, subject and data.  The copies carry
+ * evquniqueuntil=ttl: a slot stays taken for its TTL (catch_up_ms plus an
+ * hour), whatever the queue's unique_until. */
 typedef struct evq_scheduler evq_scheduler;
 
 /* Slots missed while no scheduler ran may be caught up to this long (7

@@ -641,6 +641,11 @@ struct evq_backend_ops {
      * each process has its own buckets (evq__bucket_take). */
     int (*take)(void *state, const char *key, double rate, int burst,
                 int64_t *wait_ms);
+    /* With EVQ__PRIORITIES, where a handle may keep fewer levels than 10
+     * (redis:// without redis.priorities): how many it keeps (1: only 0),
+     * and what gives it more, for the error.  NULL: all 10. */
+    int (*levels)(void *state);
+    const char *levels_how;
 };
 
 /* evq_enqueue, except that a unique event whose key is taken is

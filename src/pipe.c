@@ -252,13 +252,13 @@ static void send_batch(evq__pipe *p)
     tls_in_done = true;
     for (pitem *x = first, *next; x; x = next) {
         next = x->next;
-        if (rc)
-            evq__err(rc, "%s", msg); /* what evq_errmsg() says in done */
         if (rc && x->it.claim && p->ops.unclaim) {
             p->ops.unclaim(p->ctx, x->it.claim); /* before the report */
             free(x->it.claim);
             x->it.claim = NULL;
         }
+        if (rc)
+            evq__err(rc, "%s", msg); /* what evq_errmsg() says in done */
         if (x->done)
             x->done(x->it.id, rc, x->arg);
         else if (rc)

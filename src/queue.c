@@ -62,6 +62,7 @@ static int pipe_start(void *ctx, const evq__item *items, size_t n,
                       void **ticket);
 static int pipe_finish(void *ctx, void *ticket, size_t n);
 static void pipe_unclaim(void *ctx, const char *claim);
+static int unique_result(const evq_queue *q, int rc, bool merge);
 
 struct evq_msg {
     evq_queue *q;
@@ -671,21 +672,29 @@ static int unique_begin(evq_queue *q, const evq_event *const *evs, size_t n,
     return rc;
 }
 
-/* A unique event finished (acked or dead-lettered): its key is freed when
- * it asked so (evquniqueuntil=done). */
-static void unique_finished(evq_queue *q, const evq_event *ev)
+/* The claim a unique event frees once finished (acked or dead-lettered),
+ * when it asked so (evquniqueuntil=done): "unique:<key>", malloc'd, or
+ * NULL.  Taken before the settling, which may free the event (memory://
+ * hands it to its producers). */
+static char *unique_finishing(const evq_queue *q, const evq_event *ev)
 {
     const char *key, *u;
     if (!ev || !(key = evq_event_attr(ev, "evquniquekey")) ||
         !(u = evq_event_attr(ev, "evquniqueuntil")) || strcmp(u, "done") != 0 ||
         (q->ops->flags & EVQ__UNIQUE_ID))
-        return;
+        return NULL;
     size_t len = strlen(key) + 8;
     char *claim = malloc(len);
-    if (!claim)
-        return; /* left to its TTL */
-    snprintf(claim, len, "unique:%s", key);
-    unique_unclaim(q, claim);
+    if (claim) /* else left to its TTL */
+        snprintf(claim, len, "unique:%s", key);
+    return claim;
+}
+
+/* Frees claim (from unique_finishing) once its event is settled: rc 0. */
+static void unique_finished(evq_queue *q, char *claim, int rc)
+{
+    if (claim && rc == 0)
+        unique_unclaim(q, claim);
     free(claim);
 }
 
@@ -696,6 +705,13 @@ static int priority_of(const evq_queue *q, const evq_event *ev, int *out)
     *out = evq__event_priority(ev);
     if (*out < 0)
         return *out;
+    if (*out && (q->ops->flags & EVQ__PRIORITIES) && q->ops->levels &&
+        *out >= q->ops->levels(q->state))
+        return evq__err(EVQ_ENOTSUP,
+                        "event %s: evqpriority %d: this %s:// queue keeps "
+                        "one order (%s)",
+                        evq_event_id(ev), *out, q->ops->scheme,
+                        q->ops->levels_how ? q->ops->levels_how : "");
     if (*out && !(q->ops->flags & EVQ__PRIORITIES))
         return evq__err(EVQ_ENOTSUP,
                         "event %s: %s:// hands out a queue's events in the "
@@ -778,6 +794,8 @@ static int pipe_finish(void *ctx, void *ticket, size_t n)
 {
     evq_queue *q = ctx;
     int rc = q->ops->enqueue_finish(q->state, ticket);
+    /* the backend found taken keys itself (nats): merged, not failed */
+    rc = unique_result(q, rc, q->opts.core.unique == EVQ__UNIQUE_MERGE);
     if (!rc)
         atomic_fetch_add_explicit(&q->enqueued, n, memory_order_relaxed);
     return rc;
@@ -829,8 +847,8 @@ static int enqueue_items(evq_queue *q, const evq_event *const *evs, size_t n,
     if ((rc = make_items(q, u.evs, n, delay_ms, items)) != 0) {
         unique_end(q, &u, true);
     } else {
+        /* the items borrow the ids of u's copies: freed after the send */
         give_claims(items, &u);
-        unique_end(q, &u, false);
         if (q->ops->flags & EVQ__INSTANT) { /* nothing to wait for */
             rc = pipe_send(q, items, n);
             for (size_t k = 0; k < n; k++) {
@@ -843,6 +861,7 @@ static int enqueue_items(evq_queue *q, const evq_event *const *evs, size_t n,
         } else {
             rc = evq__pipe_put(q->pipe, items, n, NULL, NULL, true);
         }
+        unique_end(q, &u, false);
     }
     if (items != &one)
         free(items);
@@ -875,8 +894,9 @@ int evq_enqueue_async(evq_queue *q, const evq_event *ev, int64_t delay_ms,
         return rc;
     }
     give_claims(&it, &u);
+    rc = evq__pipe_put(q->pipe, &it, 1, done, arg, false); /* copies the id */
     unique_end(q, &u, false);
-    return evq__pipe_put(q->pipe, &it, 1, done, arg, false);
+    return rc;
 }
 
 int evq_flush(evq_queue *q, int timeout_ms)
@@ -1012,6 +1032,11 @@ static int dead_write(evq_queue *q, const evq_event *ev, const char *reason,
         return rc;
     if (!(dl = evq_event_dup(ev)))
         return EVQ_ENOMEM;
+    /* A dead letter is not a unique event: its key was the source
+     * queue's (and would refuse a second dead letter of the key). */
+    evq_event_set_attr(dl, "evquniquekey", NULL);
+    evq_event_set_attr(dl, "evquniquettl", NULL);
+    evq_event_set_attr(dl, "evquniqueuntil", NULL);
     snprintf(num, sizeof num, "%d", attempts);
     if ((rc = evq_event_set_attr(dl, "evqerror", reason ? reason : "")) ||
         (rc = evq__event_set_ext(dl, "evqattempts", num, EVQ__EXT_INTEGER)) ||
@@ -1445,15 +1470,17 @@ static int ack_run(evq_msg **msgs, size_t n)
 {
     evq_queue *q = msgs[0]->q;
     evq__delivery *d[TAKE_MAX];
+    char *frees[TAKE_MAX];
     for (size_t i = 0; i < n; i++) {
         d[i] = &msgs[i]->d;
+        frees[i] = unique_finishing(q, msgs[i]->ev);
         if (q->ra)
             evq__ra_settled(q->ra, d[i]);
     }
     int rc = q->ops->ack(q->state, d, n);
     atomic_fetch_add_explicit(&q->acked, n, memory_order_relaxed);
-    for (size_t i = 0; i < n && !rc; i++)
-        unique_finished(q, msgs[i]->ev);
+    for (size_t i = 0; i < n; i++)
+        unique_finished(q, frees[i], rc);
     for (size_t i = 0; i < n; i++)
         msg_free(msgs[i]); /* the last may free q */
     return rc;
@@ -1568,10 +1595,10 @@ int evq_msg_dead_letter(evq_msg *m, const char *reason)
         backend_nack(m->q, &m->d, 0);
         atomic_fetch_add_explicit(&m->q->nacked, 1, memory_order_relaxed);
     } else {
+        char *claim = unique_finishing(m->q, m->ev);
         rc = backend_ack(m->q, &m->d);
         atomic_fetch_add_explicit(&m->q->acked, 1, memory_order_relaxed);
-        if (!rc)
-            unique_finished(m->q, m->ev);
+        unique_finished(m->q, claim, rc);
     }
     msg_free(m);
     return rc;

@@ -98,13 +98,17 @@ static void relay_reported(const char *id, int rc, void *arg)
  * would fail the same way. */
 static bool refused_for_good(int rc)
 {
-    return rc == EVQ_ETOOBIG || rc == EVQ_EINVAL;
+    return rc == EVQ_ETOOBIG || rc == EVQ_EINVAL || rc == EVQ_ENOTSUP;
 }
 
 /* Settles at the source one event whose send ended with rc (the message
  * is freed). */
 static void settle_one(relay *r, evq_msg *m, int rc, const char *why)
 {
+    /* a unique key taken at the destination: this event (sent before,
+     * its ack lost) or one it is unique with is there */
+    if (rc == EVQ_EEXIST)
+        rc = 0;
     if (rc == 0) {
         int a = evq_ack(m);
         if (a == 0) {

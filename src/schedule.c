@@ -3,8 +3,8 @@
  * templates at every time its cron expression names.
  *
  * Each slot is enqueued once however many schedulers run: the copy for a
- * slot has a unique key made of the schedule (its expression, zone, type
- * and source) and the slot's time, so the first scheduler to enqueue it
+ * slot has a unique key made of the schedule (its expression, zone, type,
+ * source, subject and data) and the slot's time, so the first scheduler to enqueue it
  * wins and the others get EVQ_EEXIST, where the queue's backend holds
  * unique keys for every producer (see the unique events in queue.c).  The
  * copy's id is made the same way, and its time is the slot's.
@@ -125,6 +125,13 @@ int evq_schedule_add(evq_scheduler *s, const char *cron, const char *tz,
     h = fnv(h, evq_event_type(tmpl));
     h = fnv(h, evq_event_source(tmpl));
     h = fnv(h, evq_event_subject(tmpl));
+    char *data = evq_event_data(tmpl)
+                     ? json_dumps(evq_event_data(tmpl),
+                                  JSON_COMPACT | JSON_SORT_KEYS |
+                                      JSON_ENCODE_ANY)
+                     : NULL;
+    h = fnv(h, data);
+    free(data);
     pthread_mutex_lock(&s->mu);
     if (s->running) {
         rc = evq__err(EVQ_ESTATE, "evq_schedule_add: the scheduler is "
@@ -176,6 +183,8 @@ static int fire(evq_scheduler *s, const schedule *e, int64_t slot)
         rc = evq_event_set_attr(ev, "evquniquekey", key);
     if (!rc)
         rc = evq_event_set_attr(ev, "evquniquettl", ttl);
+    if (!rc) /* a slot is a time: it stays taken for the TTL */
+        rc = evq_event_set_attr(ev, "evquniqueuntil", "ttl");
     if (!rc)
         rc = evq__enqueue_unique(s->q, ev);
     evq_event_free(ev);

@@ -39,8 +39,8 @@
 #include <unistd.h>
 
 /* The schema's version: what this evq makes, and the newest it reads. */
-#define SCHEMA_VERSION 3
-#define SCHEMA_VERSION_TEXT "3"
+#define SCHEMA_VERSION 2
+#define SCHEMA_VERSION_TEXT "2"
 
 /* The server's clock, Unix ms. */
 #define NOW_MS "(extract(epoch from clock_timestamp()) * 1000)::bigint"
@@ -419,13 +419,19 @@ static const char *const migrations[SCHEMA_VERSION] = {
     " value text,"
     " expires_at bigint,"
     " PRIMARY KEY (queue, key));",
-    /* 3: evqpriority; the partial index has only the events with one, so
-     * an ordinary event costs it nothing */
-    "ALTER TABLE %1$s.messages ADD COLUMN IF NOT EXISTS priority smallint "
-    "NOT NULL DEFAULT 0;"
-    "CREATE INDEX IF NOT EXISTS messages_prio ON %1$s.messages (queue, "
-    "priority DESC, visible_at, id) WHERE priority > 0;",
 };
+
+/* evqpriority's column, added in place where missing (an evq without it
+ * still reads the table, so the version stays): the ALTER only changes the
+ * catalog (a constant default), and the partial index, which holds only
+ * the events with a priority (an ordinary event costs it nothing), is
+ * built without blocking writers. */
+static const char priority_sql[] =
+    "ALTER TABLE %1$s.messages ADD COLUMN IF NOT EXISTS priority smallint "
+    "NOT NULL DEFAULT 0";
+static const char priority_index_sql[] =
+    "CREATE INDEX CONCURRENTLY IF NOT EXISTS messages_prio ON %1$s.messages "
+    "(queue, priority DESC, visible_at, id) WHERE priority > 0";
 
 /* Runs SQL text with the schema's quoted name in it as %1$s. */
 static int exec_schema(pghandle *h, PGconn *c, const char *fmt,
@@ -475,7 +481,9 @@ static int schema_version(pghandle *h, PGconn *c, int *version)
 
 /* Makes evq's tables, or brings them to this version, in one transaction
  * that holds an advisory lock, so handles opening at once take turns. */
-static int ensure_schema(pghandle *h, PGconn *c, bool create)
+static int ensure_priority(pghandle *h, PGconn *c);
+
+static int ensure_tables(pghandle *h, PGconn *c, bool create)
 {
     int v = 0;
     int rc = schema_version(h, c, &v);
@@ -516,6 +524,37 @@ static int ensure_schema(pghandle *h, PGconn *c, bool create)
         PQclear(r);
     }
     return rc;
+}
+
+/* The priority column and its index, where missing (priority_sql). */
+static int ensure_priority(pghandle *h, PGconn *c)
+{
+    const char *v[1] = {h->schema_text};
+    PGresult *r = NULL;
+    int rc = run(h, c,
+                 "SELECT EXISTS (SELECT 1 FROM information_schema.columns "
+                 "WHERE table_schema = $1 AND table_name = 'messages' AND "
+                 "column_name = 'priority'), to_regclass(quote_ident($1) || "
+                 "'.messages_prio') IS NOT NULL",
+                 1, v, NULL, NULL, false, &r, "look for the priority column");
+    if (rc)
+        return rc;
+    bool column = PQgetvalue(r, 0, 0)[0] == 't';
+    bool index = PQgetvalue(r, 0, 1)[0] == 't';
+    PQclear(r);
+    if (!column)
+        rc = exec_schema(h, c, priority_sql, "add the priority column");
+    if (!rc && !index)
+        rc = exec_schema(h, c, priority_index_sql, "index the priorities");
+    return rc;
+}
+
+/* Makes evq's tables or brings them to this version, then adds what
+ * needs no version. */
+static int ensure_schema(pghandle *h, PGconn *c, bool create)
+{
+    int rc = ensure_tables(h, c, create);
+    return rc ? rc : ensure_priority(h, c);
 }
 
 /* ---- open and close ------------------------------------------------------ */

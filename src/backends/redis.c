@@ -2139,7 +2139,15 @@ static int redis_record(void *state, const char *key, int op, int64_t ttl_ms)
     return record_write(state, key, op == EVQ__RECORD_PUT, ttl_ms);
 }
 
+static int redis_levels(void *state)
+{
+    return ((rhandle *)state)->levels;
+}
+
 const struct evq_backend_ops evq__backend_redis = {
+    .levels = redis_levels,
+    .levels_how = "a stream per level needs the queue option "
+                  "redis.priorities=true",
     .scheme = "redis",
     .flags = EVQ__PRIORITIES,
     .opts = redis_opts,

@@ -432,7 +432,8 @@ static int ensure_schema(sqlite3 *db, const char *path)
                             -1, &st, NULL);
     sqlite3_finalize(st);
     if (rc != SQLITE_OK &&
-        (rc = sqlite3_exec(db, priority_sql, NULL, NULL, &msg)) != SQLITE_OK) {
+        (rc = sqlite3_exec(db, priority_sql, NULL, NULL, &msg)) != SQLITE_OK &&
+        !(msg && strstr(msg, "duplicate column"))) { /* another, meanwhile */
         rc = evq__err(EVQ_EIO, "sqlite: cannot add evq's priority column in "
                                "'%s': %s",
                       path, msg ? msg : sqlite3_errstr(rc));
