@@ -15,6 +15,11 @@
  *       a second, burst 20 (evq_worker_limit on "*"), whose handler
  *       appends the wall-clock time in ms as a line to FILE; until it is
  *       killed.
+ *   consumer dedup FILE URL QUEUE WINDOW
+ *       runs a worker of one thread (prefetch 4) with dedup_window_ms
+ *       WINDOW whose handler appends the event's number ("n" of its data)
+ *       as a line to FILE, and then, for number 6, sleeps; until it is
+ *       killed.
  *   consumer unique FILE URL QUEUE KEYS
  *       once FILE.go exists, enqueues KEYS events with evquniquekey
  *       key-0, key-1, ... (evquniquettl 10 minutes) one evq_enqueue each,
@@ -64,6 +69,20 @@ static int log_handler(const evq_event *ev, void *arg)
     int n = snprintf(line, sizeof line, "%lld\n",
                      (long long)json_integer_value(evq_event_data(ev)));
     return write(log_fd, line, (size_t)n) == n ? 0 : EVQ_EIO;
+}
+
+static int number_handler(const evq_event *ev, void *arg)
+{
+    (void)arg;
+    char line[32];
+    int n = snprintf(line, sizeof line, "%lld\n",
+                     (long long)json_integer_value(
+                         json_object_get(evq_event_data(ev), "n")));
+    if (write(log_fd, line, (size_t)n) != n)
+        return EVQ_EIO;
+    if (json_integer_value(json_object_get(evq_event_data(ev), "n")) == 6)
+        sleep(600); /* until killed */
+    return 0;
 }
 
 static int time_handler(const evq_event *ev, void *arg)
@@ -162,6 +181,24 @@ int main(int argc, char **argv)
         evq_queue_close(q);
         return 0;
     }
+    if (argc == 6 && strcmp(argv[1], "dedup") == 0) {
+        evq_events *e = evq_events_new();
+        evq_worker_opts o;
+        evq_worker *w;
+        log_fd = open(argv[2], O_WRONLY | O_APPEND | O_CREAT, 0600);
+        evq_worker_opts_init(&o);
+        o.concurrency = 1;
+        o.prefetch = 4;
+        o.dedup_window_ms = atol(argv[5]);
+        evq_register_handler(e, "*", number_handler, NULL);
+        if (log_fd < 0 || evq_queue_open(&q, argv[3], argv[4], NULL) ||
+            evq_worker_start(&w, q, e, &o)) {
+            fprintf(stderr, "consumer: %s\n", evq_errmsg());
+            return 1;
+        }
+        for (;;)
+            pause();
+    }
     if (argc == 6 && strcmp(argv[1], "unique") == 0) {
         char go[512], line[64];
         long keys = atol(argv[5]), stored = 0, taken = 0;
@@ -213,6 +250,7 @@ int main(int argc, char **argv)
                     "       consumer log FILE URL QUEUE\n"
                     "       consumer poll FILE URL QUEUE MS\n"
                     "       consumer limit FILE URL QUEUE RATE\n"
+                    "       consumer dedup FILE URL QUEUE WINDOW\n"
                     "       consumer unique FILE URL QUEUE KEYS\n"
                     "       consumer produce FILE URL QUEUE\n");
     return 2;

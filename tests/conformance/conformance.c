@@ -2127,6 +2127,101 @@ static void an_event_whose_ack_was_lost_is_not_run_again(void **state)
     }
 }
 
+/* A worker process SIGKILLed after its handler of event 5 succeeded (and,
+ * with the window, after the record was written) but before its ack went
+ * out: acks wait up to <scheme>.ack_flush_ms (1 s here) while the lease
+ * has time left, unless a fetch takes them along, and there is none: the
+ * worker's one thread has event 6, fetched with 5, whose handler sleeps.
+ * After the leases end both come again: the next worker acks 5 without
+ * running it with dedup_window_ms; without, it runs again. */
+/* The worker ran or skipped (deduplicated) at least d->n events. */
+static bool run_or_skipped(void *arg)
+{
+    struct dedup_seen *d = arg;
+    struct evq_worker_stats st;
+    evq_worker_stats(d->w, &st);
+    return st.succeeded + st.deduplicated >= d->n;
+}
+
+static void a_worker_killed_before_its_ack_is_not_run_again(void **state)
+{
+    (void)state;
+    REQUIRES(PROMISE_LEASES);
+    const char *scheme = strncmp(base_url, "sqlite", 6) == 0  ? "sqlite"
+                         : strncmp(base_url, "redis", 5) == 0 ? "redis"
+                         : strncmp(base_url, "postgres", 8) == 0
+                             ? "postgres"
+                             : NULL;
+    if (!scheme) {
+        print_message("[  SKIP    ] %s keeps no finished-id record shared "
+                      "by workers: each worker remembers its own\n",
+                      base_url);
+        skip();
+    }
+    for (int with = 1; with >= 0; with--) {
+        char name[64], url[1024], file[256], params[128], window[16];
+        snprintf(params, sizeof params,
+                 "visibility_timeout_ms=3000&%s.ack_flush_ms=1000", scheme);
+        evq_queue *q = open_fresh(params, name);
+        url_with(url, sizeof url, params);
+        evq_event *ev = numbered(5), *sleeper = numbered(6);
+        const evq_event *both[2] = {ev, sleeper};
+        assert_evq_ok(evq_enqueue_batch(q, both, 2));
+        evq_event_free(sleeper);
+        snprintf(file, sizeof file, "/tmp/evq-conf-dedup-%d-%s",
+                 (int)getpid(), name);
+        unlink(file);
+        snprintf(window, sizeof window, "%d", with ? 60000 : 0);
+        const char *args[] = {"dedup", file, url, name, window, NULL};
+        pid_t pid = leftover_pid = spawn_consumer(args);
+        long first[2] = {-1, -1};
+        for (int i = 0; i < 20000 && count_lines(file, first, 2) < 1; i++)
+            nanosleep(&(struct timespec){0, 1000000}, NULL);
+        assert_int_equal(first[0], 5); /* 5 ran (6 may be running) */
+        if (with) { /* the record is written after the handler returns */
+            char done[300];
+            snprintf(done, sizeof done, "%s %s", evq_event_source(ev),
+                     evq_event_id(ev));
+            int has = 0;
+            for (int i = 0; i < 2000 && has != 1; i++) {
+                has = evq__queue_done_has(q, done);
+                if (has != 1)
+                    nanosleep(&(struct timespec){0, 1000000}, NULL);
+            }
+            assert_int_equal(has, 1);
+        }
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        leftover_pid = 0;
+        unlink(file);
+
+        evq_events *e = evq_events_new();
+        struct slow_ok runs = {.sleep_ms = 0};
+        evq_register_handler(e, "*", slow_ok_handler, &runs);
+        evq_worker_opts o;
+        evq_worker_opts_init(&o);
+        o.dedup_window_ms = with ? 60000 : 0;
+        evq_worker *b;
+        assert_evq_ok(evq_worker_start(&b, q, e, &o));
+        struct dedup_seen d = {b, 2};
+        assert_true(eventually(run_or_skipped, &d, 20000));
+        assert_evq_ok(evq_worker_stop(b, 5000));
+        struct evq_worker_stats st;
+        evq_worker_stats(b, &st);
+        print_message("killed before the ack, dedup %s: run again %d "
+                      "time(s), %llu deduplicated\n",
+                      with ? "on" : "off", atomic_load(&runs.calls),
+                      (unsigned long long)st.deduplicated);
+        assert_int_equal(atomic_load(&runs.calls), with ? 1 : 2); /* 6, 5 */
+        assert_int_equal(st.deduplicated, with ? 1 : 0);
+        assert_empty(q);
+        evq_worker_free(b);
+        evq_events_free(e);
+        evq_event_free(ev);
+        evq_queue_close(q);
+    }
+}
+
 /* ---- flow control: rate limits and caps ---------------------------------- */
 
 #ifdef EVQ_TEST_SANITIZED
@@ -2900,6 +2995,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(
             a_finished_event_is_not_run_again_within_the_dedup_window),
         cmocka_unit_test(an_event_whose_ack_was_lost_is_not_run_again),
+        cmocka_unit_test(a_worker_killed_before_its_ack_is_not_run_again),
         cmocka_unit_test(a_rate_limit_holds_across_workers),
         cmocka_unit_test(a_cap_bounds_the_runs_of_its_types),
         cmocka_unit_test(a_unique_key_is_stored_once_across_producers),
