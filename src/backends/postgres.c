@@ -422,16 +422,19 @@ static const char *const migrations[SCHEMA_VERSION] = {
 };
 
 /* evqpriority's column, added in place where missing (an evq without it
- * still reads the table, so the version stays): the ALTER only changes the
- * catalog (a constant default), and the partial index, which holds only
- * the events with a priority (an ordinary event costs it nothing), is
- * built without blocking writers. */
+ * still reads the table, so the version stays), with its partial index,
+ * which holds only the events with a priority (an ordinary event costs it
+ * nothing).  One transaction under the schema's advisory lock, so handles
+ * opening at once take turns (CREATE INDEX CONCURRENTLY from several at
+ * once deadlocks); the ALTER only changes the catalog (a constant
+ * default), and the index build, done once, holds writers back while it
+ * reads the table. */
 static const char priority_sql[] =
+    "BEGIN; SELECT pg_advisory_xact_lock(7165318); "
     "ALTER TABLE %1$s.messages ADD COLUMN IF NOT EXISTS priority smallint "
-    "NOT NULL DEFAULT 0";
-static const char priority_index_sql[] =
-    "CREATE INDEX CONCURRENTLY IF NOT EXISTS messages_prio ON %1$s.messages "
-    "(queue, priority DESC, visible_at, id) WHERE priority > 0";
+    "NOT NULL DEFAULT 0; "
+    "CREATE INDEX IF NOT EXISTS messages_prio ON %1$s.messages (queue, "
+    "priority DESC, visible_at, id) WHERE priority > 0; COMMIT";
 
 /* Runs SQL text with the schema's quoted name in it as %1$s. */
 static int exec_schema(pghandle *h, PGconn *c, const char *fmt,
@@ -539,13 +542,13 @@ static int ensure_priority(pghandle *h, PGconn *c)
                  1, v, NULL, NULL, false, &r, "look for the priority column");
     if (rc)
         return rc;
-    bool column = PQgetvalue(r, 0, 0)[0] == 't';
-    bool index = PQgetvalue(r, 0, 1)[0] == 't';
+    bool there = PQgetvalue(r, 0, 0)[0] == 't' && PQgetvalue(r, 0, 1)[0] == 't';
     PQclear(r);
-    if (!column)
-        rc = exec_schema(h, c, priority_sql, "add the priority column");
-    if (!rc && !index)
-        rc = exec_schema(h, c, priority_index_sql, "index the priorities");
+    if (!there &&
+        (rc = exec_schema(h, c, priority_sql, "add the priority column"))) {
+        PGresult *rb = PQexec(c, "ROLLBACK");
+        PQclear(rb);
+    }
     return rc;
 }
 
