@@ -2631,9 +2631,10 @@ static void a_unique_key_is_freed_by_its_ttl_or_merged(void **state)
     REQUIRES(PROMISE_BACKLOG);
     char name[64], url[1024];
     bool nats = strncmp(base_url, "nats", 4) == 0;
-    /* nats keeps a key for the stream's duplicate window */
-    evq_queue *q = open_fresh(nats ? "nats.dedup_window_ms=1000" : NULL, name);
-    evq_event *ev = unique_event(1, "k", "300");
+    /* nats keeps a key for the stream's duplicate window.  The TTL is
+     * long enough for the checks below on a slow (sanitized) build. */
+    evq_queue *q = open_fresh(nats ? "nats.dedup_window_ms=3000" : NULL, name);
+    evq_event *ev = unique_event(1, "k", "3000");
     if (nats_core()) {
         assert_evq_err(evq_enqueue(q, ev), EVQ_ENOTSUP);
         evq_event_free(ev);
@@ -2642,7 +2643,7 @@ static void a_unique_key_is_freed_by_its_ttl_or_merged(void **state)
     }
     assert_evq_ok(evq_enqueue(q, ev));
     evq_event_free(ev);
-    ev = unique_event(2, "k", "300");
+    ev = unique_event(2, "k", "3000");
     assert_evq_err(evq_enqueue(q, ev), EVQ_EEXIST);
     assert_non_null(strstr(evq_errmsg(), "'k'"));
     evq_event_free(ev);
@@ -2650,12 +2651,12 @@ static void a_unique_key_is_freed_by_its_ttl_or_merged(void **state)
     /* merging: 0, nothing stored */
     evq_queue *qm;
     url_with(url, sizeof url,
-             nats ? "nats.dedup_window_ms=1000&unique=merge" : "unique=merge");
+             nats ? "nats.dedup_window_ms=3000&unique=merge" : "unique=merge");
     assert_evq_ok(evq_queue_open(&qm, url, name, NULL));
-    ev = unique_event(3, "k", "300");
+    ev = unique_event(3, "k", "3000");
     assert_evq_ok(evq_enqueue(qm, ev));
     const evq_event *two[2] = {ev, NULL};
-    evq_event *other = unique_event(4, "k2", "300");
+    evq_event *other = unique_event(4, "k2", "3000");
     two[1] = other;
     assert_evq_ok(evq_enqueue_batch(qm, two, 2)); /* k merged, k2 stored */
     evq_event_free(ev);
@@ -2677,12 +2678,12 @@ static void a_unique_key_is_freed_by_its_ttl_or_merged(void **state)
 
     /* the TTL frees the key (nats: the window, checked by the server's
      * own timer, so allow it a while) */
-    int64_t until = now_ms() + (nats ? 6000 : 3000);
+    int64_t until = now_ms() + (nats ? 10000 : 6000);
     int rc;
-    nanosleep(&(struct timespec){0, (nats ? 990 : 290) * 1000000}, NULL);
+    nanosleep(&(struct timespec){2, 900 * 1000000}, NULL);
     do {
         nanosleep(&(struct timespec){0, 50 * 1000000}, NULL);
-        ev = unique_event(6, "k", "300");
+        ev = unique_event(6, "k", "3000");
         rc = evq_enqueue(q, ev);
         evq_event_free(ev);
     } while (rc == EVQ_EEXIST && now_ms() < until);
