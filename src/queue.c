@@ -60,9 +60,18 @@ static int backend_enqueue(evq_queue *q, const evq__item *items, size_t n);
 static int pipe_send(void *ctx, const evq__item *items, size_t n);
 static int pipe_start(void *ctx, const evq__item *items, size_t n,
                       void **ticket);
+/* The result of a batch whose duplicates the backend found itself
+ * (EVQ__UNIQUE_ID): success when merging.  The one place that maps it:
+ * every event of such a backend goes through pipe_finish. */
+static int unique_result(const evq_queue *q, int rc, bool merge)
+{
+    if (rc == EVQ_EEXIST && (q->ops->flags & EVQ__UNIQUE_ID) && merge)
+        return 0;
+    return rc;
+}
+
 static int pipe_finish(void *ctx, void *ticket, size_t n);
 static void pipe_unclaim(void *ctx, const char *claim);
-static int unique_result(const evq_queue *q, int rc, bool merge);
 
 struct evq_msg {
     evq_queue *q;
@@ -812,14 +821,6 @@ static void give_claims(evq__item *items, unique_batch *u)
     }
 }
 
-/* The result of a batch whose duplicates the backend found itself
- * (EVQ__UNIQUE_ID): success when merging. */
-static int unique_result(const evq_queue *q, int rc, bool merge)
-{
-    if (rc == EVQ_EEXIST && (q->ops->flags & EVQ__UNIQUE_ID) && merge)
-        return 0;
-    return rc;
-}
 
 /* merge: unique=merge, or false to have EVQ_EEXIST whatever the queue's
  * option. */
@@ -865,7 +866,7 @@ static int enqueue_items(evq_queue *q, const evq_event *const *evs, size_t n,
     }
     if (items != &one)
         free(items);
-    return unique_result(q, rc, merge);
+    return rc;
 }
 
 int evq_enqueue_async(evq_queue *q, const evq_event *ev, int64_t delay_ms,

@@ -97,6 +97,25 @@ static int time_handler(const evq_event *ev, void *arg)
     return write(log_fd, line, (size_t)n) == n ? 0 : EVQ_EIO;
 }
 
+/* Opens FILE (argv[2]) for appending and runs a worker with `o` and
+ * `handler` on queue argv[4] at argv[3] until killed; 1 if it could not
+ * start. */
+static int serve(char **argv, evq_process_fn handler, evq_worker_opts *o)
+{
+    evq_events *e = evq_events_new();
+    evq_queue *q;
+    evq_worker *w;
+    log_fd = open(argv[2], O_WRONLY | O_APPEND | O_CREAT, 0600);
+    evq_register_handler(e, "*", handler, NULL);
+    if (log_fd < 0 || evq_queue_open(&q, argv[3], argv[4], NULL) ||
+        evq_worker_start(&w, q, e, o)) {
+        fprintf(stderr, "consumer: %s\n", evq_errmsg());
+        return 1;
+    }
+    for (;;)
+        pause();
+}
+
 int main(int argc, char **argv)
 {
     evq_queue *q;
@@ -111,28 +130,15 @@ int main(int argc, char **argv)
         return 3;
     }
     if (argc == 5 && strcmp(argv[1], "log") == 0) {
-        evq_events *e = evq_events_new();
         evq_worker_opts o;
-        evq_worker *w;
-        log_fd = open(argv[2], O_WRONLY | O_APPEND | O_CREAT, 0600);
         atomic_store(&seed, (unsigned)getpid());
         evq_worker_opts_init(&o);
         o.concurrency = 8;
         o.prefetch = 4;
-        evq_register_handler(e, "*", log_handler, NULL);
-        if (log_fd < 0 || evq_queue_open(&q, argv[3], argv[4], NULL) ||
-            evq_worker_start(&w, q, e, &o)) {
-            fprintf(stderr, "consumer: %s\n", evq_errmsg());
-            return 1;
-        }
-        for (;;)
-            pause();
+        return serve(argv, log_handler, &o);
     }
     if (argc == 6 && strcmp(argv[1], "limit") == 0) {
-        evq_events *e = evq_events_new();
         evq_worker_opts o;
-        evq_worker *w;
-        log_fd = open(argv[2], O_WRONLY | O_APPEND | O_CREAT, 0600);
         evq_worker_opts_init(&o);
         o.concurrency = 4;
         o.max_attempts = 1;
@@ -140,14 +146,7 @@ int main(int argc, char **argv)
                          .burst = 20};
         o.limits = &lim;
         o.n_limits = 1;
-        evq_register_handler(e, "*", time_handler, NULL);
-        if (log_fd < 0 || evq_queue_open(&q, argv[3], argv[4], NULL) ||
-            evq_worker_start(&w, q, e, &o)) {
-            fprintf(stderr, "consumer: %s\n", evq_errmsg());
-            return 1;
-        }
-        for (;;)
-            pause();
+        return serve(argv, time_handler, &o);
     }
     if (argc == 6 && strcmp(argv[1], "poll") == 0) {
         evq_msg *m;
@@ -182,22 +181,12 @@ int main(int argc, char **argv)
         return 0;
     }
     if (argc == 6 && strcmp(argv[1], "dedup") == 0) {
-        evq_events *e = evq_events_new();
         evq_worker_opts o;
-        evq_worker *w;
-        log_fd = open(argv[2], O_WRONLY | O_APPEND | O_CREAT, 0600);
         evq_worker_opts_init(&o);
         o.concurrency = 1;
         o.prefetch = 4;
         o.dedup_window_ms = atol(argv[5]);
-        evq_register_handler(e, "*", number_handler, NULL);
-        if (log_fd < 0 || evq_queue_open(&q, argv[3], argv[4], NULL) ||
-            evq_worker_start(&w, q, e, &o)) {
-            fprintf(stderr, "consumer: %s\n", evq_errmsg());
-            return 1;
-        }
-        for (;;)
-            pause();
+        return serve(argv, number_handler, &o);
     }
     if (argc == 6 && strcmp(argv[1], "unique") == 0) {
         char go[512], line[64];

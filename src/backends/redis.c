@@ -1209,13 +1209,6 @@ static int redis_start(void *state, const evq__item *items, size_t n,
         rc = evq__err(EVQ_ENOMEM, "out of memory");
     int64_t now = now_ms();
     for (size_t i = 0; i < n && !rc; i++) {
-        if (items[i].priority >= h->levels)
-            rc = evq__err(EVQ_ENOTSUP,
-                          "redis: evqpriority %d needs the queue option "
-                          "redis.priorities=true (a stream per level)",
-                          items[i].priority);
-    }
-    for (size_t i = 0; i < n && !rc; i++) {
         const evq__item *it = &items[i];
         const char *stream = h->streams[it->priority];
         const char *argv[10];

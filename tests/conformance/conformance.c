@@ -1807,6 +1807,15 @@ static long count_lines_any(const char *file)
 
 /* A consumer process a test started, killed at exit should the test
  * fail before it does (its output would hold ctest up). */
+/* The backends that keep a queue's records (finished ids, rate-limit
+ * buckets, unique keys) where every process sees them. */
+static bool shares_records(void)
+{
+    return strncmp(base_url, "sqlite", 6) == 0 ||
+           strncmp(base_url, "redis", 5) == 0 ||
+           strncmp(base_url, "postgres", 8) == 0;
+}
+
 static pid_t leftover_pid;
 
 static void kill_leftover(void)
@@ -2068,9 +2077,7 @@ static void an_event_whose_ack_was_lost_is_not_run_again(void **state)
 {
     (void)state;
     REQUIRES(PROMISE_LEASES);
-    bool shared = strncmp(base_url, "sqlite", 6) == 0 ||
-                  strncmp(base_url, "redis", 5) == 0 ||
-                  strncmp(base_url, "postgres", 8) == 0;
+    bool shared = shares_records();
     if (!shared) {
         print_message("[  SKIP    ] %s keeps no finished-id record shared "
                       "by workers: each worker remembers its own\n",
@@ -2276,9 +2283,7 @@ static void a_rate_limit_holds_across_workers(void **state)
 {
     (void)state;
     REQUIRES(PROMISE_BACKLOG);
-    bool shared = strncmp(base_url, "sqlite", 6) == 0 ||
-                  strncmp(base_url, "redis", 5) == 0 ||
-                  strncmp(base_url, "postgres", 8) == 0;
+    bool shared = shares_records();
     char name[64], url[1024], file[256];
     evq_queue *q = open_fresh(NULL, name);
     url_with(url, sizeof url, NULL);
@@ -2479,9 +2484,7 @@ static bool nats_core(void)
  * for the process. */
 static bool unique_shared(void)
 {
-    return strncmp(base_url, "sqlite", 6) == 0 ||
-           strncmp(base_url, "redis", 5) == 0 ||
-           strncmp(base_url, "postgres", 8) == 0 ||
+    return shares_records() ||
            (strncmp(base_url, "nats", 4) == 0 && !nats_core());
 }
 
