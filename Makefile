@@ -34,7 +34,8 @@ TSAN_SKIP := ^(tool_servers|test_kafka)$$
 # make's builds have every backend (cmake/backends.cmake): a missing client
 # library is an error here, not a backend quietly left out.
 WITH_ALL := -DEVQ_WITH_SQLITE=ON -DEVQ_WITH_REDIS=ON -DEVQ_WITH_NATS=ON \
-            -DEVQ_WITH_KAFKA=ON -DEVQ_WITH_POSTGRES=ON -DEVQ_WITH_AMQP=ON
+            -DEVQ_WITH_KAFKA=ON -DEVQ_WITH_POSTGRES=ON -DEVQ_WITH_AMQP=ON \
+            -DEVQ_WITH_SERVE=ON
 
 .PHONY: bench all deps build demo check check-normal check-asan check-tsan check-install \
         check-fuzz check-valgrind fuzz soak format install clean

@@ -991,6 +991,99 @@ EVQ_API void evq_scheduler_stats(const evq_scheduler *s,
 /* Stops and frees (NULL: nothing); the queue stays open. */
 EVQ_API void evq_scheduler_free(evq_scheduler *s);
 
+/* ---- a window: evq_serve --------------------------------------------------
+ * An HTTP server (libmicrohttpd, on a thread of its own) that shows queues
+ * and workers: GET /metrics (Prometheus text format), GET /api/... (JSON:
+ * queues, a queue's dead letters, workers) and a dashboard at / (HTML, CSS
+ * and JavaScript served from the library; nothing is fetched elsewhere).
+ * The endpoints are listed in docs/serve.md.  Reading needs nothing;
+ * changing state (replaying or purging dead letters, pausing and resuming)
+ * needs a POST carrying the token in an "Authorization: Bearer" or
+ * "X-Evq-Token" header, from no other origin; without a token set nothing
+ * can be changed (403).  Requests whose Host is not an IP address,
+ * "localhost" or one of allow_hosts get 421 (a defence against DNS
+ * rebinding).  URLs are shown with passwords and secret options redacted.
+ * EVQ_ENOTSUP everywhere when the library was built without libmicrohttpd
+ * (EVQ_WITH_SERVE=OFF). */
+typedef struct evq_server evq_server;
+
+typedef struct evq_serve_opts {
+    /* "HOST:PORT" or "[IPV6]:PORT" to listen on; "127.0.0.1:9188".  Port 0
+     * takes a free one (evq_serve_port tells which).  An address other
+     * than loopback opens the figures and payloads to that network. */
+    const char *listen;
+    /* The token that allows changes (copied); NULL: none can be made.  At
+     * least 16 characters. */
+    const char *token;
+    /* Host names besides IP addresses and "localhost" that requests may
+     * name in their Host header, comma-separated (copied); NULL: none. */
+    const char *allow_hosts;
+    /* How often each queue's figures are read for the rates and the
+     * dashboard's chart, 100..3600000 ms; 2000.  The last 120 readings are
+     * kept. */
+    int sample_ms;
+    /* Dead letters read at most per listing (a listing takes them and
+     * hands them back, sorted by time), 1..100000; 10000. */
+    int max_dead_scan;
+    evq_log_fn log; /* may be NULL: what fails, as lines */
+    void *log_arg;
+} evq_serve_opts;
+
+/* Fills `o` with the defaults above. */
+EVQ_API void evq_serve_opts_init(evq_serve_opts *o);
+
+/* A server, not yet listening.  `o` NULL: the defaults.  EVQ_EINVAL for a
+ * bad option (named in evq_errmsg).  Any thread. */
+EVQ_API int evq_serve_new(evq_server **s, const evq_serve_opts *o);
+
+/* Shows queue `q` (borrowed: it must outlive the server; other threads may
+ * use it meanwhile).  The server opens its dead-letter queue when a page
+ * asks for it, and replays onto `q`.  Before evq_serve_start only
+ * (EVQ_ESTATE after); EVQ_EEXIST when that queue is shown already. */
+EVQ_API int evq_serve_queue(evq_server *s, evq_queue *q);
+
+/* Shows the counters of worker `w` (borrowed, as above) under `name`
+ * (copied; NULL: "worker<N>"), the Prometheus label worker=.  Before
+ * evq_serve_start only. */
+EVQ_API int evq_serve_worker(evq_server *s, const evq_worker *w,
+                             const char *name);
+
+/* Binds and starts serving.  EVQ_EIO naming the address when it cannot be
+ * bound (in use, not local), EVQ_ESTATE when started already. */
+EVQ_API int evq_serve_start(evq_server *s);
+
+/* The port the server listens on (after evq_serve_start), else 0. */
+EVQ_API int evq_serve_port(const evq_server *s);
+
+/* Stops serving (requests in progress finish first) and frees; the queues
+ * and workers stay.  NULL: nothing.  Not from two threads at once. */
+EVQ_API void evq_serve_free(evq_server *s);
+
+/* Renders the figures of every queue and worker given in one Prometheus
+ * text exposition (version 0.0.4), each metric family once: what GET
+ * /metrics serves.  `queues`/`workers` may be NULL with a count of 0;
+ * `worker_names` may be NULL ("worker<N>").  Queue series carry the labels
+ * queue, backend and url (redacted, without options); worker series also
+ * worker.  The handler latency is a histogram in seconds.  A queue whose
+ * figures cannot be read gets evq_queue_up 0 and no other series.
+ * malloc'd; NULL on allocation failure. */
+EVQ_API char *evq_prometheus(evq_queue *const *queues, size_t nqueues,
+                             const evq_worker *const *workers,
+                             const char *const *worker_names,
+                             size_t nworkers);
+
+/* The URL `q` was opened with, its password and secret options replaced
+ * by "***" (safe to show), borrowed from `q`. */
+EVQ_API const char *evq_queue_url(const evq_queue *q);
+
+/* Replays a dead letter: enqueues a copy of the event of `msg` (dequeued
+ * from a dead-letter queue) onto `to`, without the attributes evqerror,
+ * evqattempts and evqqueue and marked evqreplayed (the time, in ms, so a
+ * backend dropping duplicate ids keeps it), then acks `msg`.  On success
+ * `msg` is freed; on failure it is nacked (and freed), so the letter stays,
+ * and the code is the enqueue's.  Threading as evq_enqueue. */
+EVQ_API int evq_msg_replay(evq_msg *msg, evq_queue *to);
+
 #ifdef __cplusplus
 }
 #endif

@@ -13,6 +13,8 @@ packages=(
   librdkafka-dev kcat
   libpq-dev postgresql
   librabbitmq-dev rabbitmq-server amqp-tools
+  libmicrohttpd-dev   # evq serve (src/serve.c)
+  curl chromium prometheus   # its tests: the API, the dashboard, promtool
 )
 
 # `deps.sh bench`: also what make bench uses (gnuplot for the chart,

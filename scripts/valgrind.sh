@@ -29,6 +29,11 @@ for t in test_errors test_event test_codec test_url test_opts test_ce_binary \
          test_queue test_dispatch test_memory test_evcount test_worker test_cron; do
   run "$t" "$build/tests/$t"
 done
+# evq serve in this process (the tool, curl and chromium it starts are
+# not followed)
+serve_dir=$(mktemp -d)
+run test_serve "$build/tests/test_serve" "$build/evq" "sqlite://$serve_dir/serve.db"
+rm -rf "$serve_dir"
 for t in json msgpack url ce_binary cron; do
   dirs=("$here/tests/fuzz/corpus/$t")
   [ -d "$here/tests/fuzz/regressions/$t" ] && dirs+=("$here/tests/fuzz/regressions/$t")

@@ -704,6 +704,9 @@ int evq__pattern_check(const char *pattern);
 bool evq__pattern_match(const char *pattern, const char *type);
 /* The name of the queue a worker consumes. */
 const char *evq__worker_queue_name(const evq_worker *w);
+/* The handler latencies so far: `counts` (EVQ__HIST_BUCKETS of them, in
+ * ticks: hist.h) and their sum in seconds.  Any thread. */
+int evq__worker_latency(const evq_worker *w, uint64_t *counts, double *sum_s);
 /* Empties the calling thread's evq_errmsg(). */
 void evq__err_clear(void);
 

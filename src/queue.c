@@ -395,6 +395,11 @@ const char *evq_queue_name(const evq_queue *q)
     return q ? q->name : NULL;
 }
 
+const char *evq_queue_url(const evq_queue *q)
+{
+    return q ? q->redacted : NULL;
+}
+
 /* A cheap lower bound of a payload's encoded size and a check of its depth,
  * so a queue that passes events by reference refuses what a queue that
  * encodes them would refuse.  Stops as soon as either limit is passed. */
@@ -1603,6 +1608,35 @@ int evq_msg_dead_letter(evq_msg *m, const char *reason)
     }
     msg_free(m);
     return rc;
+}
+
+int evq_msg_replay(evq_msg *m, evq_queue *to)
+{
+    if (!m || !to) {
+        if (m)
+            evq_nack(m, 0);
+        return evq__err(EVQ_EINVAL, "evq_msg_replay: NULL argument");
+    }
+    evq_event *copy = evq_event_dup(evq_msg_event(m));
+    int rc = copy ? 0 : EVQ_ENOMEM;
+    if (!rc) {
+        evq_event_set_attr(copy, "evqerror", NULL);
+        evq_event_set_attr(copy, "evqattempts", NULL);
+        evq_event_set_attr(copy, "evqqueue", NULL);
+        /* Marks the replay, so a backend that drops duplicates by event id
+         * (nats://) does not take it for the original. */
+        char mark[32];
+        snprintf(mark, sizeof mark, "%lld",
+                 (long long)(evq__now_real_ns() / 1000000));
+        rc = evq_event_set_attr(copy, "evqreplayed", mark);
+    }
+    rc = rc ? rc : evq_enqueue(to, copy);
+    evq_event_free(copy);
+    if (rc) {
+        evq_nack(m, 0); /* the letter stays */
+        return rc;
+    }
+    return evq_ack(m);
 }
 
 int evq_queue_stats(evq_queue *q, struct evq_queue_stats *out)

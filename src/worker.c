@@ -98,6 +98,7 @@ typedef struct wthread {
     int n_acks;
     wcounter received, succeeded, failed, retried, dead, unhandled, in_flight,
         timed_out, lease_lost, deduplicated, throttled;
+    wcounter took_ticks; /* the sum of the histogram's values */
     evq__hist hist;
 } wthread;
 
@@ -712,6 +713,7 @@ static void run_handlers(wthread *t, evq_msg **ms, int k, const void *bh)
     uint64_t took = evq__ticks() - start;
     for (int i = 0; i < k; i++)
         evq__hist_record(&t->hist, took);
+    bump(&t->took_ticks, (int64_t)(took * (uint64_t)k));
     if (n_limits > 0)
         caps_release(w, held, n_limits);
     atomic_store_explicit(&t->cur, NULL, memory_order_seq_cst);
@@ -1366,4 +1368,19 @@ int evq_worker_cap(evq_worker *w, const char *pattern, int max_running)
 const char *evq__worker_queue_name(const evq_worker *w)
 {
     return w->qname;
+}
+
+int evq__worker_latency(const evq_worker *w, uint64_t *counts, double *sum_s)
+{
+    memset(counts, 0, EVQ__HIST_BUCKETS * sizeof *counts);
+    uint64_t sum = 0;
+    for (int i = 0; i <= w->n; i++) {
+        const wthread *t = i < w->n ? w->t[i] : w->kt;
+        if (!t)
+            continue;
+        evq__hist_merge(counts, &t->hist);
+        sum += atomic_load_explicit(&t->took_ticks.v, memory_order_relaxed);
+    }
+    *sum_s = (double)sum * evq__ns_per_tick() / 1e9;
+    return 0;
 }

@@ -333,8 +333,8 @@ static void prometheus_labels_are_escaped(void **state)
     assert_evq_ok(evq_queue_open(&q, "memory://", "prom.q", NULL));
     char *text = evq_stats_prometheus(q, NULL);
     assert_non_null(text);
-    assert_non_null(strstr(
-        text, "evq_queue_depth{queue=\"prom.q\",backend=\"memory\"} 0\n"));
+    assert_non_null(strstr(text, "evq_queue_depth{queue=\"prom.q\",backend="
+                                 "\"memory\",url=\"memory://\"} 0\n"));
     assert_non_null(strstr(text, "# HELP evq_queue_depth "));
     assert_null(strstr(text, "evq_worker"));
     free(text);

@@ -1206,6 +1206,163 @@ static int cmd_stats(int argc, char **argv)
     return 0;
 }
 
+/* ---- serve ------------------------------------------------------------------
+ */
+
+static const char serve_help[] =
+    "usage: evq serve URL#QUEUE[,QUEUE...] [URL#QUEUE...] [--listen ADDR]\n"
+    "                 [--token-file FILE] [--allow-host NAME] [-o K=V]\n"
+    "\n"
+    "Serves the queues' figures over HTTP until SIGINT or SIGTERM:\n"
+    "  /              a dashboard: the queues, their depth and a chart, the\n"
+    "                 dead letters (inspect, replay, purge), pause/resume\n"
+    "  /metrics       Prometheus text format (scrape it)\n"
+    "  /api/queues    JSON; /api/queues/ID/dead?offset=&limit= the dead\n"
+    "                 letters (docs/serve.md lists the rest)\n"
+    "--listen ADDR    HOST:PORT or [IPV6]:PORT, 127.0.0.1:9188 by default;\n"
+    "                 port 0 takes a free one.  Anything but loopback opens\n"
+    "                 the payloads to that network.\n"
+    "--token-file F   the token (first line, 16 characters at least) that\n"
+    "                 replaying, purging and pausing need; without one the\n"
+    "                 dashboard only shows.\n"
+    "--allow-host N   a host name the browser may call the server by besides\n"
+    "                 IP addresses and localhost (repeatable).\n"
+    "Creates nothing: a queue that does not exist is an error (exit 1).\n"
+    "Prints {\"url\":\"http://HOST:PORT/\"} once listening.\n";
+
+static int read_token(const char *path, char *out, size_t cap)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(stderr, "%s serve: cannot read the token file %s: %s\n", prog,
+                path, strerror(errno));
+        return EXIT_FAILURE;
+    }
+    if (!fgets(out, (int)cap, f))
+        out[0] = '\0';
+    fclose(f);
+    out[strcspn(out, "\r\n")] = '\0';
+    if (strlen(out) + 1 >= cap) {
+        fprintf(stderr, "%s serve: the token in %s is too long\n", prog, path);
+        return EXIT_FAILURE;
+    }
+    return 0;
+}
+
+static int cmd_serve(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"listen", required_argument, NULL, 'l'},
+        {"token-file", required_argument, NULL, 't'},
+        {"allow-host", required_argument, NULL, 'a'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    evq_serve_opts so;
+    evq_serve_opts_init(&so);
+    const char *token_file = NULL;
+    char hosts[1024] = "", token[512];
+    evq_opts *opts = NULL;
+    int c, rc;
+    while ((c = getopt_long(argc, argv, "o:h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'l':
+            so.listen = optarg;
+            break;
+        case 't':
+            token_file = optarg;
+            break;
+        case 'a':
+            if (!*optarg || strchr(optarg, ',') ||
+                strlen(hosts) + strlen(optarg) + 2 > sizeof hosts)
+                return usage_error("serve", "bad --allow-host '%s'", optarg);
+            if (*hosts)
+                strcat(hosts, ",");
+            strcat(hosts, optarg);
+            break;
+            COMMON_FLAGS("serve", serve_help)
+        }
+    }
+    if (optind >= argc) {
+        evq_opts_free(opts);
+        return usage_error("serve", "%s", "needs URL#QUEUE[,QUEUE...]");
+    }
+    for (int i = optind; i < argc; i++) {
+        const char *hash = strrchr(argv[i], '#');
+        if (!hash || !hash[1]) {
+            evq_opts_free(opts);
+            return usage_error("serve",
+                               "'%s' names no queue: URL#QUEUE[,QUEUE...]",
+                               argv[i]);
+        }
+    }
+    if (token_file && read_token(token_file, token, sizeof token)) {
+        evq_opts_free(opts);
+        return EXIT_FAILURE;
+    }
+    if ((rc = read_only(&opts)))
+        return rc;
+    so.token = token_file ? token : NULL;
+    so.allow_hosts = *hosts ? hosts : NULL;
+    so.log = relay_log;
+
+    evq_server *srv = NULL;
+    evq_queue **qs = NULL;
+    size_t nq = 0;
+    int status = 0;
+    if ((rc = evq_serve_new(&srv, &so)))
+        status = fail("serve", rc);
+    for (int i = optind; i < argc && !status; i++) {
+        char *url = strdup(argv[i]);
+        if (!url) {
+            status = fail("serve", EVQ_ENOMEM);
+            break;
+        }
+        char *names = strrchr(url, '#');
+        *names++ = '\0';
+        for (char *save = NULL, *name = strtok_r(names, ",", &save);
+             name && !status; name = strtok_r(NULL, ",", &save)) {
+            evq_queue **n = realloc(qs, (nq + 1) * sizeof *n);
+            if (!n) {
+                status = fail("serve", EVQ_ENOMEM);
+                break;
+            }
+            qs = n;
+            if ((rc = evq_queue_open(&qs[nq], url, name, opts))) {
+                status = fail("open", rc);
+                break;
+            }
+            nq++;
+            if ((rc = evq_serve_queue(srv, qs[nq - 1])))
+                status = fail("serve", rc);
+        }
+        free(url);
+    }
+    evq_opts_free(opts);
+    memset(token, 0, sizeof token);
+    if (!status && (rc = evq_serve_start(srv)))
+        status = fail("serve", rc);
+    if (!status) {
+        char host[256];
+        const char *l = so.listen;
+        size_t hl = l[0] == '[' ? strcspn(l, "]") + 1 : strcspn(l, ":");
+        snprintf(host, sizeof host, "%.*s", (int)hl, l);
+        printf("{\"url\":\"http://%s:%d/\"}\n", host, evq_serve_port(srv));
+        fflush(stdout);
+        catch_signals(qs[0]);
+        while (!atomic_load(&signalled)) {
+            struct timespec ts = {0, 100 * 1000000};
+            nanosleep(&ts, NULL);
+        }
+        catch_signals(NULL);
+    }
+    evq_serve_free(srv);
+    for (size_t i = 0; i < nq; i++)
+        evq_queue_close(qs[i]);
+    free(qs);
+    return status;
+}
+
 /* ---- pause and resume ------------------------------------------------------
  */
 
@@ -1522,27 +1679,10 @@ static int cmd_dead(int argc, char **argv)
             held = n;
             held[nheld++] = m;
         } else if (action[0] == 'r') {
-            evq_event *copy = evq_event_dup(ev);
-            rc = copy ? 0 : EVQ_ENOMEM;
-            if (!rc) {
-                evq_event_set_attr(copy, "evqerror", NULL);
-                evq_event_set_attr(copy, "evqattempts", NULL);
-                evq_event_set_attr(copy, "evqqueue", NULL);
-                /* Marks the replay, so a backend that drops duplicates by
-                 * event id (nats://) does not take it for the original. */
-                char mark[40];
-                snprintf(mark, sizeof mark, "%lld",
-                         (long long)(real_ns() / 1000000));
-                evq_event_set_attr(copy, "evqreplayed", mark);
-                rc = evq_enqueue(q, copy);
-            }
-            evq_event_free(copy);
-            if (rc) {
-                evq_nack(m, 0);
+            if ((rc = evq_msg_replay(m, q))) {
                 status = fail("replay", rc);
                 break;
             }
-            evq_ack(m);
         } else {
             evq_ack(m);
         }
@@ -2237,6 +2377,7 @@ static const char main_help[] =
     "                      names\n"
     "  relay FROM_URL QUEUE TO_URL [TO_QUEUE]\n"
     "                      move an outbox's events on to another queue\n"
+    "  serve URL#QUEUE...  a dashboard, Prometheus /metrics and a JSON API\n"
     "  bench URL           throughput, latency and memory figures\n"
     "  options SCHEME      the options a backend accepts\n"
     "\n"
@@ -2273,7 +2414,7 @@ int main(int argc, char **argv)
         {"demo", cmd_demo},       {"bench", cmd_bench},
         {"options", cmd_options}, {"relay", cmd_relay},
         {"pause", cmd_pause},     {"resume", cmd_pause},
-        {"schedule", cmd_schedule},
+        {"schedule", cmd_schedule}, {"serve", cmd_serve},
     };
     if (argc < 2) {
         fputs(main_help, stderr);

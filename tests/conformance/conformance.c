@@ -1269,10 +1269,12 @@ static void stats_add_up(void **state)
 
     char *text = evq_stats_prometheus(q, w);
     assert_non_null(text);
-    assert_non_null(strstr(text, "evq_worker_succeeded_total{queue=\""));
+    assert_non_null(strstr(text, "evq_worker_succeeded_total{worker=\"worker0"
+                                 "\",queue=\""));
     assert_non_null(strstr(text, "} 80\n"));
     assert_non_null(strstr(text, "# TYPE evq_queue_enqueued_total counter"));
-    assert_non_null(strstr(text, "quantile=\"0.999\""));
+    assert_non_null(strstr(text, "# TYPE evq_worker_handler_seconds histogram"));
+    assert_non_null(strstr(text, "le=\"+Inf\"} "));
     free(text);
     evq_worker_free(w);
     evq_events_free(e);
