@@ -611,6 +611,65 @@ EVQ_API int evq_dispatch(evq_events *events, const evq_event *ev);
 
 /* Number of handlers registered. */
 EVQ_API size_t evq_events_count(evq_events *events);
+/* Middleware: hooks around every dispatch of `events` (evq_dispatch's and
+ * a worker's), in the order they were added: each `before` runs, first
+ * added first, then the handlers, then each `after`, last added first
+ * (nested, as Watermill's middleware).  Either may be NULL.
+ *   before(ev, &call, arg): 0 goes on; any other value fails the event
+ *     with that code (as a handler's: evq_handler_reason may give the
+ *     reason) and its handlers do not run; the afters of the hooks whose
+ *     before ran still do.  `*call` (NULL at first) is the hook's own
+ *     pointer for this dispatch, given back to its after.
+ *   after(ev, rc, elapsed_ns, call, arg): rc is the result so far (0, or
+ *     the failure's code), elapsed_ns the time since this hook's before
+ *     (the handlers and the hooks inside); returns the result to pass on:
+ *     rc to keep it, another code to fail the event, 0 to let it succeed.
+ * The worker keeps retries, backoff, timeouts and dead letters: a hook
+ * sees one attempt.  In a batch each event gets its own before and after
+ * (elapsed_ns the batch's), and events a before failed are left out of
+ * the batch.  While hooks and handlers run, the thread's trace context
+ * (evq_trace_current) is the event's.  At most 16 hooks; EVQ_EINVAL for
+ * a NULL `events` or two NULL hooks, EVQ_EFULL past 16.  Safe while
+ * other threads dispatch (a dispatch sees the hooks added before it
+ * began). */
+typedef int (*evq_before_fn)(const evq_event *ev, void **call, void *arg);
+typedef int (*evq_after_fn)(const evq_event *ev, int rc, int64_t elapsed_ns,
+                            void *call, void *arg);
+EVQ_API int evq_events_use(evq_events *events, evq_before_fn before,
+                           evq_after_fn after, void *arg);
+
+/* ---- W3C trace context ----------------------------------------------------
+ * An event carries its trace in the CloudEvents distributed-tracing
+ * extension: the attributes `traceparent` ("00-<32 hex trace id>-<16 hex
+ * parent id>-<2 hex flags>") and `tracestate`, kept by every backend and
+ * format (kafka's binary mode too: ce_traceparent, ce_tracestate).  Each
+ * thread has a current trace context: the producer's tracing sets it
+ * (evq_trace_set), evq_event_set_trace copies it onto an event in one
+ * call, and while an event's hooks and handlers run it is the event's, so
+ * a handler continues the trace (and events it enqueues, given
+ * evq_event_set_trace(ev, NULL, NULL), carry it on). */
+
+/* Sets the calling thread's trace context (both copied; tracestate may be
+ * NULL; traceparent NULL clears both).  EVQ_EINVAL for a malformed
+ * traceparent (version ff, ids all zero, not lower-case hex) or a
+ * tracestate over 512 bytes or with control characters. */
+EVQ_API int evq_trace_set(const char *traceparent, const char *tracestate);
+/* The calling thread's traceparent and tracestate, NULL when none;
+ * borrowed until the thread's context changes. */
+EVQ_API const char *evq_trace_current(void);
+EVQ_API const char *evq_trace_current_state(void);
+
+/* Sets the event's traceparent and tracestate (tracestate NULL: removed),
+ * checked as evq_trace_set; with traceparent NULL, the calling thread's
+ * current context (EVQ_ENOENT when it has none).  Not while other threads
+ * use the event. */
+EVQ_API int evq_event_set_trace(evq_event *ev, const char *traceparent,
+                                const char *tracestate);
+/* The event's traceparent, NULL when it has none or a malformed one (the
+ * span context a handler continues); its tracestate, NULL when none.
+ * Borrowed from the event. */
+EVQ_API const char *evq_event_traceparent(const evq_event *ev);
+EVQ_API const char *evq_event_tracestate(const evq_event *ev);
 
 /* Moves a dequeued message's event to the queue's dead-letter queue (option
  * dead_letter, default "<name>.dead" on the same backend and URL), with its

@@ -9,6 +9,10 @@
  * may register more handlers without deadlock, and many threads dispatch at
  * once without contending.
  *
+ * Middleware hooks (evq_events_use) sit in a fixed array published the
+ * same way; a dispatch runs the befores, the handlers, then the afters,
+ * with the thread's trace context the event's (trace.c).
+ *
  * Batch handlers live in the same table.  An event type's first matching
  * batch handler takes it: a worker gathers such events into batches for it
  * (evq__batch_handler, evq__dispatch_batch); evq_dispatch calls it with a
@@ -41,8 +45,18 @@ typedef struct table {
     handler h[];
 } table;
 
+#define MAX_HOOKS 16
+
+typedef struct hook {
+    evq_before_fn before;
+    evq_after_fn after;
+    void *arg;
+} hook;
+
 struct evq_events {
     pthread_mutex_t mu;
+    hook hooks[MAX_HOOKS];
+    atomic_size_t n_hooks;
     _Atomic(table *) cur;
     /* the largest max_batch of the batch handlers, 0 while there are none:
      * a worker with no batch handler asks nothing per event */
@@ -65,6 +79,7 @@ evq_events *evq_events_new(void)
     pthread_mutex_init(&e->mu, NULL);
     atomic_init(&e->cur, t);
     atomic_init(&e->batch_max, 0);
+    atomic_init(&e->n_hooks, 0);
     return e;
 }
 
@@ -305,12 +320,100 @@ static int dispatch(evq_events *e, const evq_event *ev, bool batch)
     return matched ? 0 : EVQ_ENOHANDLER;
 }
 
+int evq_events_use(evq_events *e, evq_before_fn before, evq_after_fn after,
+                   void *arg)
+{
+    if (!e || (!before && !after))
+        return evq__err(EVQ_EINVAL, "evq_events_use: %s",
+                        e ? "both hooks are NULL" : "events is NULL");
+    pthread_mutex_lock(&e->mu);
+    size_t n = atomic_load_explicit(&e->n_hooks, memory_order_relaxed);
+    if (n == MAX_HOOKS) {
+        pthread_mutex_unlock(&e->mu);
+        return evq__err(EVQ_EFULL, "evq_events_use: %d hooks already",
+                        MAX_HOOKS);
+    }
+    e->hooks[n] = (hook){before, after, arg};
+    atomic_store_explicit(&e->n_hooks, n + 1, memory_order_release);
+    pthread_mutex_unlock(&e->mu);
+    return 0;
+}
+
+static const hook *hooks(evq_events *e, size_t *n)
+{
+    *n = atomic_load_explicit(&e->n_hooks, memory_order_acquire);
+    return e->hooks;
+}
+
+/* The befores of ev, first added first, from hook 0: how many ran (their
+ * afters are due) and the first failure, as a dispatch gives it. */
+static int run_befores(const hook *hs, size_t nh, const evq_event *ev,
+                       void **calls, uint64_t *t0, size_t *ran)
+{
+    for (size_t i = 0; i < nh; i++) {
+        calls[i] = NULL;
+        t0[i] = evq__ticks();
+        *ran = i + 1;
+        if (!hs[i].before)
+            continue;
+        evq__err_clear();
+        tls_reason_set = false;
+        int rc = hs[i].before(ev, &calls[i], hs[i].arg);
+        if (rc) {
+            char who[40];
+            snprintf(who, sizeof who, "middleware %zu", i);
+            return handler_failed(rc, who, evq_event_type(ev));
+        }
+    }
+    return 0;
+}
+
+/* The afters of the `ran` hooks, last added first, each taking the
+ * result so far and giving the next. */
+static int run_afters(const hook *hs, size_t ran, const evq_event *ev,
+                      void **calls, const uint64_t *t0, int rc)
+{
+    double f = evq__ns_per_tick();
+    for (size_t i = ran; i-- > 0;) {
+        if (!hs[i].after)
+            continue;
+        int64_t took = (int64_t)((double)(evq__ticks() - t0[i]) * f);
+        tls_reason_set = false;
+        int r = hs[i].after(ev, rc, took, calls[i], hs[i].arg);
+        if (r != rc && r != 0) {
+            char who[40];
+            snprintf(who, sizeof who, "middleware %zu", i);
+            r = handler_failed(r, who, evq_event_type(ev));
+        }
+        rc = r;
+    }
+    return rc;
+}
+
+/* dispatch() inside the hooks, with the event's trace context. */
+static int dispatch_hooked(evq_events *e, const evq_event *ev, bool batch)
+{
+    evq__trace_saved saved;
+    evq__trace_enter(ev, &saved);
+    size_t nh, ran = 0;
+    const hook *hs = hooks(e, &nh);
+    void *calls[MAX_HOOKS];
+    uint64_t t0[MAX_HOOKS];
+    int rc = nh ? run_befores(hs, nh, ev, calls, t0, &ran) : 0;
+    if (!rc)
+        rc = dispatch(e, ev, batch);
+    if (ran)
+        rc = run_afters(hs, ran, ev, calls, t0, rc);
+    evq__trace_leave(&saved);
+    return rc;
+}
+
 int evq_dispatch(evq_events *e, const evq_event *ev)
 {
     if (!e || !ev)
         return evq__err(EVQ_EINVAL, "evq_dispatch: %s is NULL",
                         e ? "event" : "registry");
-    int rc = dispatch(e, ev, true);
+    int rc = dispatch_hooked(e, ev, true);
     if (rc == EVQ_ENOHANDLER)
         return evq__err(EVQ_ENOHANDLER, "no handler for event type '%.64s'",
                         evq_event_type(ev));
@@ -341,11 +444,75 @@ size_t evq__events_max_batch(evq_events *e)
     return atomic_load_explicit(&e->batch_max, memory_order_acquire);
 }
 
+static void batch_core(evq_events *e, const handler *h,
+                       const evq_event *const *evs, size_t n, int *rcs,
+                       char *reason, size_t reason_cap);
+
 void evq__dispatch_batch(evq_events *e, const void *bh,
                          const evq_event *const *evs, size_t n, int *rcs,
                          char *reason, size_t reason_cap)
 {
-    const handler *h = bh;
+    size_t nh;
+    const hook *hs = hooks(e, &nh);
+    if (nh == 0) {
+        batch_core(e, bh, evs, n, rcs, reason, reason_cap);
+        return;
+    }
+    /* each event's befores; those they failed stay out of the batch */
+    void **calls = calloc(n * nh, sizeof *calls);
+    uint64_t *t0 = calloc(n * nh, sizeof *t0);
+    size_t *ran = calloc(n, sizeof *ran), *map = calloc(n, sizeof *map);
+    const evq_event **sub = calloc(n, sizeof *sub);
+    int *subrcs = calloc(n, sizeof *subrcs);
+    if (!calls || !t0 || !ran || !map || !sub || !subrcs) {
+        evq__err(EVQ_ENOMEM, "out of memory");
+        for (size_t i = 0; i < n; i++)
+            rcs[i] = EVQ_ENOMEM;
+        snprintf(reason, reason_cap, "%s", evq_errmsg());
+        goto out;
+    }
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        evq__trace_saved saved;
+        evq__trace_enter(evs[i], &saved);
+        rcs[i] = run_befores(hs, nh, evs[i], calls + i * nh, t0 + i * nh,
+                             &ran[i]);
+        evq__trace_leave(&saved);
+        if (rcs[i]) {
+            snprintf(reason, reason_cap, "%s", evq_errmsg());
+        } else {
+            map[m] = i;
+            sub[m++] = evs[i];
+        }
+    }
+    if (m) {
+        batch_core(e, bh, sub, m, subrcs, reason, reason_cap);
+        for (size_t k = 0; k < m; k++)
+            rcs[map[k]] = subrcs[k];
+    }
+    for (size_t i = 0; i < n; i++) {
+        evq__trace_saved saved;
+        evq__trace_enter(evs[i], &saved);
+        int before = rcs[i];
+        rcs[i] = run_afters(hs, ran[i], evs[i], calls + i * nh, t0 + i * nh,
+                            rcs[i]);
+        if (rcs[i] && rcs[i] != before)
+            snprintf(reason, reason_cap, "%s", evq_errmsg());
+        evq__trace_leave(&saved);
+    }
+out:
+    free(calls);
+    free(t0);
+    free(ran);
+    free(map);
+    free(sub);
+    free(subrcs);
+}
+
+static void batch_core(evq_events *e, const handler *h,
+                       const evq_event *const *evs, size_t n, int *rcs,
+                       char *reason, size_t reason_cap)
+{
     const char *type = evq_event_type(evs[0]);
     memset(rcs, 0, n * sizeof *rcs);
     evq__err_clear();
@@ -371,7 +538,10 @@ void evq__dispatch_batch(evq_events *e, const void *bh,
     for (size_t i = 0; i < n; i++) {
         if (rcs[i])
             continue;
+        evq__trace_saved saved;
+        evq__trace_enter(evs[i], &saved);
         int prc = dispatch(e, evs[i], false);
+        evq__trace_leave(&saved);
         if (prc && prc != EVQ_ENOHANDLER) {
             rcs[i] = prc;
             snprintf(reason, reason_cap, "%s", evq_errmsg());

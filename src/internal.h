@@ -702,6 +702,16 @@ int evq__queue_take(evq_queue *q, const char *key, double rate, int burst,
  * one matches `type`. */
 int evq__pattern_check(const char *pattern);
 bool evq__pattern_match(const char *pattern, const char *type);
+/* W3C trace context (trace.c): whether `tp` is a traceparent, and the
+ * thread's current context switched to an event's for its dispatch. */
+bool evq__traceparent_valid(const char *tp);
+typedef struct evq__trace_saved {
+    const char *tp, *ts;
+    bool copied;
+    char *own;
+} evq__trace_saved;
+void evq__trace_enter(const evq_event *ev, evq__trace_saved *saved);
+void evq__trace_leave(evq__trace_saved *saved);
 /* The name of the queue a worker consumes. */
 const char *evq__worker_queue_name(const evq_worker *w);
 /* The handler latencies so far: `counts` (EVQ__HIST_BUCKETS of them, in

@@ -2,6 +2,8 @@
  * from handlers and from other threads while dispatching. */
 #include "testutil.h"
 
+#include "internal.h" /* evq__dispatch_batch, as a worker calls it */
+
 #include <pthread.h>
 #include <stdatomic.h>
 
@@ -284,6 +286,245 @@ static void dispatch_gives_a_batch_handler_a_batch_of_one(void **state)
     evq_event_free(ev);
 }
 
+
+/* ---- middleware ------------------------------------------------------------ */
+
+struct mw {
+    struct log *log;
+    const char *tag;
+    int before_rc;      /* what before returns */
+    int after_rc;       /* -1: pass rc on; else this */
+    int seen_rc;        /* the rc after got */
+    int64_t elapsed_ns; /* what after got */
+    char trace[64];     /* evq_trace_current() in before */
+    bool call_ok;       /* after got before's call pointer */
+};
+
+static int mw_before(const evq_event *ev, void **call, void *arg)
+{
+    struct mw *m = arg;
+    (void)ev;
+    if (m->log->n < 64)
+        snprintf(m->log->entries[m->log->n++], 32, "%.8s.before", m->tag);
+    const char *tp = evq_trace_current();
+    snprintf(m->trace, sizeof m->trace, "%s", tp ? tp : "");
+    *call = m;
+    if (m->before_rc)
+        evq_handler_reason("%s refused it", m->tag);
+    return m->before_rc;
+}
+
+static int mw_after(const evq_event *ev, int rc, int64_t elapsed_ns,
+                    void *call, void *arg)
+{
+    struct mw *m = arg;
+    (void)ev;
+    if (m->log->n < 64)
+        snprintf(m->log->entries[m->log->n++], 32, "%.8s.after", m->tag);
+    m->seen_rc = rc;
+    m->elapsed_ns = elapsed_ns;
+    m->call_ok = call == m;
+    return m->after_rc == -1 ? rc : m->after_rc;
+}
+
+static int slow_record(const evq_event *ev, void *arg)
+{
+    struct timespec ts = {0, 20 * 1000000};
+    nanosleep(&ts, NULL);
+    return record(ev, arg);
+}
+
+static void middleware_nests_around_the_handlers(void **state)
+{
+    (void)state;
+    struct log log = {0};
+    struct tagged h = {&log, "handler", 0};
+    struct mw a = {&log, "a", 0, -1, 0, 0, "", false},
+              b = {&log, "b", 0, -1, 0, 0, "", false};
+    evq_events *e = evq_events_new();
+    evq_event *ev = typed("order.paid");
+    assert_evq_ok(evq_register_handler(e, "*", slow_record, &h));
+    assert_evq_ok(evq_events_use(e, mw_before, mw_after, &a));
+    assert_evq_ok(evq_events_use(e, mw_before, mw_after, &b));
+    assert_evq_ok(evq_dispatch(e, ev));
+    assert_log(&log, "a.before,b.before,handler,b.after,a.after");
+    assert_true(a.call_ok && b.call_ok);
+    assert_int_equal(a.seen_rc, 0);
+    /* the time taken: the handler's 20 ms, within the outer hook's */
+    assert_true(b.elapsed_ns >= 20000000);
+    assert_true(a.elapsed_ns >= b.elapsed_ns);
+
+    /* a before that fails: no handler, its own and outer afters run */
+    log.n = 0;
+    b.before_rc = EVQ_EIO;
+    assert_evq_err(evq_dispatch(e, ev), EVQ_EIO);
+    assert_errmsg_has("b refused it");
+    assert_log(&log, "a.before,b.before,b.after,a.after");
+    assert_int_equal(a.seen_rc, EVQ_EIO);
+
+    /* an after that fails a success, and one that forgives a failure */
+    log.n = 0;
+    b.before_rc = 0;
+    b.after_rc = 9;
+    assert_evq_err(evq_dispatch(e, ev), EVQ_EHANDLER);
+    assert_errmsg_has("middleware 1 for 'order.paid' returned 9");
+    assert_int_equal(a.seen_rc, EVQ_EHANDLER);
+    h.rc = EVQ_EIO;
+    b.after_rc = -1;
+    a.after_rc = 0;
+    assert_evq_ok(evq_dispatch(e, ev));
+    assert_int_equal(a.seen_rc, EVQ_EIO);
+
+    /* no handler: the hooks see EVQ_ENOHANDLER */
+    a.after_rc = -1;
+    evq_event *other = typed("x");
+    evq_events *e2 = evq_events_new();
+    assert_evq_ok(evq_events_use(e2, NULL, mw_after, &a));
+    assert_evq_err(evq_dispatch(e2, other), EVQ_ENOHANDLER);
+    assert_int_equal(a.seen_rc, EVQ_ENOHANDLER);
+
+    /* bad arguments, and a bound */
+    assert_evq_err(evq_events_use(NULL, mw_before, NULL, NULL), EVQ_EINVAL);
+    assert_evq_err(evq_events_use(e2, NULL, NULL, NULL), EVQ_EINVAL);
+    for (int i = 1; i < 16; i++)
+        assert_evq_ok(evq_events_use(e2, mw_before, NULL, &a));
+    assert_evq_err(evq_events_use(e2, mw_before, NULL, &a), EVQ_EFULL);
+    evq_events_free(e2);
+    evq_event_free(other);
+    evq_events_free(e);
+    evq_event_free(ev);
+}
+
+static const char TP1[] =
+    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+static const char TP2[] =
+    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
+
+static void middleware_sees_each_event_of_a_batch(void **state)
+{
+    (void)state;
+    struct log log = {0};
+    struct batched b = {&log, 0, 0};
+    struct mw a = {&log, "a", 0, -1, 0, 0, "", false};
+    evq_events *e = evq_events_new();
+    assert_evq_ok(evq_register_batch_handler(e, "row.*", record_batch, &b,
+                                             10, 0));
+    assert_evq_ok(evq_events_use(e, mw_before, mw_after, &a));
+    evq_event *evs[3] = {typed("row.a"), typed("row.refused"), typed("row.c")};
+    assert_evq_ok(evq_event_set_trace(evs[2], TP2, "k=v"));
+    int rcs[3];
+    char reason[256] = "";
+    size_t max;
+    int wait;
+    const void *bh = evq__batch_handler(e, evs[0], &max, &wait);
+    assert_non_null(bh);
+    evq__dispatch_batch(e, bh, (const evq_event *const *)evs, 3, rcs, reason,
+                        sizeof reason);
+    assert_int_equal(rcs[0], 0);
+    assert_int_equal(rcs[1], 0);
+    assert_int_equal(rcs[2], 0);
+    assert_log(&log, "a.before,a.before,a.before,batch3,a.after,a.after,"
+                     "a.after");
+    /* the last before ran in event 2's trace context */
+    assert_string_equal(a.trace, TP2);
+
+    /* a before refusing one event leaves it out of the batch */
+    log.n = 0;
+    a.before_rc = EVQ_EIO;
+    evq__dispatch_batch(e, bh, (const evq_event *const *)evs, 1, rcs, reason,
+                        sizeof reason);
+    assert_int_equal(rcs[0], EVQ_EIO);
+    assert_log(&log, "a.before,a.after");
+    assert_non_null(strstr(reason, "a refused it"));
+    for (int i = 0; i < 3; i++)
+        evq_event_free(evs[i]);
+    evq_events_free(e);
+}
+
+/* ---- trace context --------------------------------------------------------- */
+
+static int trace_handler(const evq_event *ev, void *arg)
+{
+    char *seen = arg;
+    const char *tp = evq_trace_current();
+    snprintf(seen, 64, "%s", tp ? tp : "");
+    /* an event made here continues the handler's trace */
+    evq_event *child = evq_event_new("child", NULL);
+    int rc = evq_event_set_trace(child, NULL, NULL);
+    if (!rc && strcmp(evq_event_traceparent(child), evq_event_traceparent(ev)))
+        rc = EVQ_EIO;
+    if (!rc && evq_event_tracestate(ev) &&
+        strcmp(evq_event_tracestate(child), evq_event_tracestate(ev)))
+        rc = EVQ_EIO;
+    evq_event_free(child);
+    return rc;
+}
+
+static void trace_context_follows_the_event(void **state)
+{
+    (void)state;
+    static const char *bad[] = {
+        "",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+        "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+        "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+    };
+    evq_event *ev = typed("order.paid");
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        if (evq_trace_set(bad[i], NULL) != EVQ_EINVAL ||
+            evq_event_set_trace(ev, bad[i], NULL) != EVQ_EINVAL)
+            fail_msg("traceparent '%s' was taken", bad[i]);
+    }
+    /* a later version may add fields */
+    assert_evq_ok(evq_trace_set(
+        "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-later", NULL));
+    char big[600];
+    memset(big, 'a', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    assert_evq_err(evq_trace_set(TP1, big), EVQ_EINVAL);
+    assert_evq_err(evq_trace_set(TP1, "a=1\nb=2"), EVQ_EINVAL);
+    /* an attribute set by hand that is no traceparent is not one */
+    assert_evq_ok(evq_event_set_attr(ev, "traceparent", "junk"));
+    assert_null(evq_event_traceparent(ev));
+
+    /* no context: nothing to copy */
+    assert_evq_ok(evq_trace_set(NULL, NULL));
+    assert_null(evq_trace_current());
+    assert_evq_err(evq_event_set_trace(ev, NULL, NULL), EVQ_ENOENT);
+
+    /* the producer's context, onto the event in one call */
+    assert_evq_ok(evq_trace_set(TP1, "vendor=abc"));
+    assert_evq_ok(evq_event_set_trace(ev, NULL, NULL));
+    assert_string_equal(evq_event_traceparent(ev), TP1);
+    assert_string_equal(evq_event_tracestate(ev), "vendor=abc");
+
+    /* the handler runs in the event's context, then the thread's own is
+     * back */
+    evq_events *e = evq_events_new();
+    char seen[64] = "";
+    assert_evq_ok(evq_register_handler(e, "*", trace_handler, seen));
+    assert_evq_ok(evq_trace_set(TP2, NULL));
+    assert_evq_ok(evq_dispatch(e, ev));
+    assert_string_equal(seen, TP1);
+    assert_string_equal(evq_trace_current(), TP2);
+    assert_null(evq_trace_current_state());
+    /* an event without one: the handler sees none, so it has none to
+     * continue */
+    evq_event *plain = typed("plain");
+    assert_evq_err(evq_dispatch(e, plain), EVQ_ENOENT);
+    assert_string_equal(seen, "");
+    assert_string_equal(evq_trace_current(), TP2);
+    evq_trace_set(NULL, NULL);
+    evq_event_free(plain);
+    evq_events_free(e);
+    evq_event_free(ev);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -294,6 +535,9 @@ int main(void)
         cmocka_unit_test(a_handler_may_register_handlers),
         cmocka_unit_test(registration_is_safe_while_dispatching),
         cmocka_unit_test(dispatch_gives_a_batch_handler_a_batch_of_one),
+        cmocka_unit_test(middleware_nests_around_the_handlers),
+        cmocka_unit_test(middleware_sees_each_event_of_a_batch),
+        cmocka_unit_test(trace_context_follows_the_event),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -570,10 +570,82 @@ static void a_handler_that_stops_at_its_deadline_is_still_retried(void **state)
     evq_queue_close(q);
 }
 
+/* Middleware sees each attempt; the worker keeps retrying and counting. */
+struct attempts_mw {
+    atomic_int before, after, failed_seen;
+};
+
+static int fail_first_attempt(const evq_event *ev, void **call, void *arg)
+{
+    struct attempts_mw *m = arg;
+    (void)call;
+    atomic_fetch_add(&m->before, 1);
+    if (evq_event_attempt(ev) == 1)
+        return evq_handler_reason("the middleware refused attempt 1");
+    return 0;
+}
+
+static int count_after(const evq_event *ev, int rc, int64_t elapsed_ns,
+                       void *call, void *arg)
+{
+    struct attempts_mw *m = arg;
+    (void)ev;
+    (void)call;
+    (void)elapsed_ns;
+    atomic_fetch_add(&m->after, 1);
+    if (rc)
+        atomic_fetch_add(&m->failed_seen, 1);
+    return rc;
+}
+
+static int count_calls(const evq_event *ev, void *arg)
+{
+    (void)ev;
+    atomic_fetch_add((atomic_int *)arg, 1);
+    return 0;
+}
+
+static void middleware_sees_each_attempt_of_a_worker(void **state)
+{
+    (void)state;
+    evq_queue *q;
+    evq_events *e = evq_events_new();
+    struct attempts_mw m = {0};
+    atomic_int calls = 0;
+    evq_worker_opts o;
+    evq_worker *w;
+    evq_worker_opts_init(&o);
+    o.max_attempts = 3;
+    o.backoff_initial_ms = 1;
+    o.backoff_max_ms = 2;
+    assert_evq_ok(evq_queue_open(&q, "memory://", "w-mw", NULL));
+    assert_evq_ok(evq_register_handler(e, "*", count_calls, &calls));
+    assert_evq_ok(evq_events_use(e, fail_first_attempt, count_after, &m));
+    assert_evq_ok(evq_worker_start(&w, q, e, &o));
+    evq_event *ev = evq_event_new("mw", NULL);
+    assert_evq_ok(evq_enqueue(q, ev));
+    assert_true(eventually(settled_once, w, 10000));
+    assert_evq_ok(evq_worker_stop(w, 5000));
+    struct evq_worker_stats st;
+    evq_worker_stats(w, &st);
+    assert_int_equal(atomic_load(&m.before), 2);
+    assert_int_equal(atomic_load(&m.after), 2);
+    assert_int_equal(atomic_load(&m.failed_seen), 1);
+    assert_int_equal(atomic_load(&calls), 1); /* not on the refused one */
+    assert_int_equal(st.failed, 1);
+    assert_int_equal(st.retried, 1);
+    assert_int_equal(st.succeeded, 1);
+    evq_worker_free(w);
+    evq_events_free(e);
+    evq_event_free(ev);
+    evq_queue_close(q);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(bad_options_are_refused),
+        cmocka_unit_test(middleware_sees_each_attempt_of_a_worker),
         cmocka_unit_test(stopping_twice_is_an_error),
         cmocka_unit_test(stopping_from_a_handler_is_an_error),
         cmocka_unit_test(a_stuck_handler_does_not_hang_stop),

@@ -644,6 +644,72 @@ static void every_attribute_and_payload_survives(void **state)
     }
 }
 
+/* W3C trace context: set from the producer's context in one call, kept by
+ * the backend in every format (kafka's binary mode too), and the context
+ * of the handler that takes the event. */
+static char trace_seen[3][600];
+
+static int trace_before(const evq_event *ev, void **call, void *arg)
+{
+    (void)ev;
+    (void)call;
+    (void)arg;
+    const char *tp = evq_trace_current();
+    snprintf(trace_seen[0], sizeof trace_seen[0], "%s", tp ? tp : "");
+    return 0;
+}
+
+static int trace_handler(const evq_event *ev, void *arg)
+{
+    (void)arg;
+    const char *tp = evq_trace_current(), *ts = evq_trace_current_state();
+    snprintf(trace_seen[1], sizeof trace_seen[1], "%s", tp ? tp : "");
+    snprintf(trace_seen[2], sizeof trace_seen[2], "%s", ts ? ts : "");
+    return evq_event_traceparent(ev) ? 0 : EVQ_EIO;
+}
+
+static void trace_context_travels_from_producer_to_handler(void **state)
+{
+    (void)state;
+    static const char tp[] =
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    static const char ts[] = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7";
+    const char *formats[] = {"", "format=json", "format=msgpack",
+                             "kafka.ce_mode=binary"};
+    size_t nf = strncmp(base_url, "kafka", 5) == 0 ? 4 : 3;
+    evq_events *e = evq_events_new();
+    assert_evq_ok(evq_register_handler(e, "*", trace_handler, NULL));
+    assert_evq_ok(evq_events_use(e, trace_before, NULL, NULL));
+    for (size_t f = 0; f < nf; f++) {
+        evq_queue *q = open_fresh(formats[f], NULL);
+        evq_event *ev = evq_event_new("conf.traced", json_pack("{si}", "n", 1));
+        assert_evq_ok(evq_trace_set(tp, ts));
+        assert_evq_ok(evq_event_set_trace(ev, NULL, NULL));
+        assert_evq_ok(evq_trace_set(NULL, NULL));
+        assert_evq_ok(evq_enqueue(q, ev));
+        evq_msg *m;
+        assert_evq_ok(evq_dequeue(q, &m, 10000));
+        const evq_event *got = evq_msg_event(m);
+        if (!evq_event_traceparent(got))
+            fail_msg("format '%s': traceparent lost (%s)", formats[f],
+                     evq_event_attr(got, "traceparent")
+                         ? evq_event_attr(got, "traceparent")
+                         : "absent");
+        assert_string_equal(evq_event_traceparent(got), tp);
+        assert_string_equal(evq_event_tracestate(got), ts);
+        memset(trace_seen, 0, sizeof trace_seen);
+        assert_evq_ok(evq_dispatch(e, got));
+        assert_string_equal(trace_seen[0], tp); /* the middleware's */
+        assert_string_equal(trace_seen[1], tp); /* the handler's */
+        assert_string_equal(trace_seen[2], ts);
+        assert_null(evq_trace_current()); /* the thread's own again */
+        assert_evq_ok(evq_ack(m));
+        evq_event_free(ev);
+        evq_queue_close(q);
+    }
+    evq_events_free(e);
+}
+
 static void ack_removes(void **state)
 {
     (void)state;
@@ -2967,6 +3033,7 @@ int main(int argc, char **argv)
         printf("note: %s\n", why_not[4]);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(every_attribute_and_payload_survives),
+        cmocka_unit_test(trace_context_travels_from_producer_to_handler),
         cmocka_unit_test(ack_removes),
         cmocka_unit_test(nack_redelivers_after_its_delay),
         cmocka_unit_test(delayed_enqueue_is_not_delivered_early),
