@@ -786,6 +786,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c,
 }
 
 static void mhd_log(void *arg, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
+static void mhd_log(void *arg, const char *fmt, va_list ap)
 {
     char line[512];
     vsnprintf(line, sizeof line, fmt, ap);

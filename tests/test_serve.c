@@ -4,10 +4,11 @@
  * (--dump-dom and --screenshot, and the DevTools protocol over a pipe to
  * fill and submit the page's own replay form).
  *
- *   test_serve EVQ_TOOL URL
+ *   test_serve EVQ_TOOL URL [SERVICE_DIR]
  *
  * URL is the queue's backend (sqlite://..., or postgres://... with a
- * password, which nothing served may show).
+ * password, which nothing served may show); with the postgres service's
+ * folder, the server is also stopped and started under evq serve.
  */
 #include "testutil.h"
 
@@ -17,6 +18,7 @@
 #include <poll.h>
 
 static const char *tool, *base_url;
+static const char *service_dir; /* postgres: pg-stop.sh, pg-start.sh */
 static char dir[] = "/tmp/evq-serve-XXXXXX";
 static char site[128];     /* http://127.0.0.1:PORT */
 static char token_path[256];
@@ -698,6 +700,24 @@ static void a_replay_through_the_page_moves_the_letter_back(void **state)
     browser_tab(&b, url);
     free(browser_eval(&b, WAIT_FOR("document.body.dataset.letters === '3'")));
 
+    /* inspecting a letter shows it whole, as text */
+    snprintf(js, sizeof js,
+             "document.querySelector('li[data-id=\"%s\"] .inspect').click();"
+             WAIT_FOR("!document.querySelector('li[data-id=\"%s\"] "
+                      ".full').hidden"),
+             ids[1], ids[1]);
+    free(browser_eval(&b, js));
+    snprintf(js, sizeof js,
+             "document.querySelector('li[data-id=\"%s\"] .full').textContent",
+             ids[1]);
+    char *full = browser_eval(&b, js);
+    assert_non_null(strstr(full, "document.body.dataset.pwned"));
+    assert_non_null(strstr(full, ids[1]));
+    free(full);
+    char *pwned = browser_eval(&b, "String(document.body.dataset.pwned)");
+    assert_string_equal(pwned, "undefined");
+    free(pwned);
+
     /* a wrong token: refused, and said on the page */
     snprintf(js, sizeof js,
              "document.getElementById('token').value = 'not-the-token-at-all';"
@@ -910,14 +930,55 @@ static void the_tool_serves_and_stops_on_sigterm(void **state)
                      1);
 }
 
+/* The database stopped under the server: /metrics says evq_queue_up 0
+ * and the API the error, then both recover once it is back. */
+static void a_server_away_reads_as_down_then_back(void **state)
+{
+    (void)state;
+    char body[1 << 16];
+    assert_int_equal(run(NULL, 0, "sh %s/pg-stop.sh >/dev/null 2>&1",
+                         service_dir),
+                     0);
+    int st = http(body, sizeof body, "GET", "/metrics", NULL);
+    int st2 = 0;
+    char api[1 << 16] = "";
+    if (st == 200)
+        st2 = http(api, sizeof api, "GET", "/api/queues", NULL);
+    assert_int_equal(run(NULL, 0, "sh %s/pg-start.sh >/dev/null 2>&1",
+                         service_dir),
+                     0);
+    assert_int_equal(st, 200);
+    assert_non_null(strstr(body, "evq_queue_up{queue=\"orders\""));
+    assert_non_null(strstr(strstr(body, "evq_queue_up{queue=\"orders\""),
+                           "} 0\n"));
+    assert_null(strstr(body, "evq_queue_depth{queue=\"orders\""));
+    assert_int_equal(st2, 200);
+    assert_non_null(strstr(api, "\"error\""));
+    no_password(body);
+    no_password(api);
+    /* back: the handle reconnects on its next call */
+    int64_t end = now_ms() + 30000;
+    bool up = false;
+    while (!up && now_ms() < end) {
+        assert_int_equal(http(body, sizeof body, "GET", "/metrics", NULL),
+                         200);
+        const char *u = strstr(body, "evq_queue_up{queue=\"orders\"");
+        up = u && strstr(u, "} 1\n") == strchr(u, '}');
+        if (!up)
+            usleep(200000);
+    }
+    assert_true(up);
+}
+
 int main(int argc, char **argv)
 {
-    if (argc != 3) {
-        fprintf(stderr, "usage: test_serve EVQ_TOOL URL\n");
+    if (argc != 3 && argc != 4) {
+        fprintf(stderr, "usage: test_serve EVQ_TOOL URL [SERVICE_DIR]\n");
         return 2;
     }
     tool = argv[1];
     base_url = argv[2];
+    service_dir = argc == 4 ? argv[3] : NULL;
     if (!mkdtemp(dir))
         return 1;
     snprintf(token_path, sizeof token_path, "%s/token", dir);
@@ -937,10 +998,13 @@ int main(int argc, char **argv)
         cmocka_unit_test(a_replay_through_the_page_moves_the_letter_back),
         cmocka_unit_test(a_screenshot_is_not_blank),
         cmocka_unit_test(the_tool_serves_and_stops_on_sigterm),
+        /* last: only with a server to stop */
+        cmocka_unit_test(a_server_away_reads_as_down_then_back),
     };
     if (getenv("EVQ_TEST_FILTER"))
         cmocka_set_test_filter(getenv("EVQ_TEST_FILTER"));
-    int rc = cmocka_run_group_tests(tests, setup, teardown);
+    size_t n = sizeof tests / sizeof *tests - (service_dir ? 0 : 1);
+    int rc = _cmocka_run_group_tests("test_serve", tests, n, setup, teardown);
     run(NULL, 0, "rm -rf %s", dir);
     return rc;
 }

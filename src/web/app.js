@@ -31,6 +31,13 @@ function fmt(v, digits = 0) {
   return typeof v === 'number' ? v.toFixed(digits) : String(v);
 }
 
+function seconds(s) {
+  if (typeof s !== 'number') return '–';
+  if (s < 1e-3) return (s * 1e6).toFixed(0) + ' µs';
+  if (s < 1) return (s * 1e3).toFixed(1) + ' ms';
+  return s.toFixed(2) + ' s';
+}
+
 function cell(tr, text, cls) {
   const td = document.createElement('td');
   td.textContent = text;
@@ -129,8 +136,8 @@ function renderWorkers(ws) {
     for (const k of ['received', 'succeeded', 'failed', 'dead_lettered',
                      'in_flight'])
       cell(tr, fmt(w[k]), 'n');
-    cell(tr, (w.latency_p50_s * 1000).toFixed(2) + ' ms', 'n');
-    cell(tr, (w.latency_p99_s * 1000).toFixed(2) + ' ms', 'n');
+    cell(tr, seconds(w.latency_p50_s), 'n');
+    cell(tr, seconds(w.latency_p99_s), 'n');
     let rate = null;
     if (prev && prev.ws[i] && now > prev.t)
       rate = (w.succeeded - prev.ws[i].succeeded) * 1000 / (now - prev.t);
