@@ -61,6 +61,8 @@ uint64_t evq__ticks(void);
 double evq__ns_per_tick(void);
 
 char *evq__strdup(const char *s);
+/* A condition variable whose timed waits take CLOCK_MONOTONIC deadlines. */
+void evq__cond_init_mono(pthread_cond_t *cv);
 char *evq__strndup(const char *s, size_t n);
 bool evq__utf8_valid(const char *s, size_t len);
 

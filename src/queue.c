@@ -246,11 +246,7 @@ int evq_queue_open(evq_queue **qp, const char *url, const char *name,
     pthread_mutex_init(&q->dead_lock, NULL);
     pthread_mutex_init(&q->pause_mu, NULL);
     pthread_mutex_init(&q->read_mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&q->pause_cv, &ca);
-    pthread_condattr_destroy(&ca);
+    evq__cond_init_mono(&q->pause_cv);
     if ((rc = evq__optset_build(&q->opts, &u, opts, ops->opts)) != 0)
         goto fail;
     const evq__core_cfg *core = &q->opts.core;

@@ -79,11 +79,7 @@ int evq_scheduler_new(evq_scheduler **out, evq_queue *q,
     s->q = q;
     s->o = *o;
     pthread_mutex_init(&s->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&s->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    evq__cond_init_mono(&s->cv);
     *out = s;
     return 0;
 }

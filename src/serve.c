@@ -95,11 +95,7 @@ int evq_serve_new(evq_server **out, const evq_serve_opts *o)
     if (!s)
         return evq__err(EVQ_ENOMEM, "out of memory");
     pthread_mutex_init(&s->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&s->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    evq__cond_init_mono(&s->cv);
     s->o = *o;
     s->listen = evq__strdup(o->listen);
     s->token = o->token ? evq__strdup(o->token) : NULL;
@@ -511,6 +507,20 @@ static int take_dead(evq_server *s, squeue *sq, const char *want,
     return rc;
 }
 
+/* open_dead and take_dead: 1 when answered already (the dead-letter
+ * queue could not be opened), else take_dead's code (0 or an EVQ_ error);
+ * none taken when no letter ever died. */
+static int take_letters(req *r, squeue *sq, const char *want, evq_msg ***m,
+                        size_t *n, enum MHD_Result *res)
+{
+    *m = NULL;
+    *n = 0;
+    int none = open_dead(r, sq, res);
+    if (none)
+        return none < 0 ? 1 : 0;
+    return take_dead(r->s, sq, want, m, n);
+}
+
 static void give_back(evq_msg **m, size_t n)
 {
     for (size_t i = 0; i < n; i++)
@@ -583,12 +593,11 @@ static enum MHD_Result api_dead(req *r, squeue *sq, bool one)
                         "bad limit '%.40s': 1 to 500", l);
     }
     enum MHD_Result res = MHD_NO;
-    int none = open_dead(r, sq, &res);
-    if (none < 0)
-        return res;
     evq_msg **m = NULL;
     size_t n = 0;
-    int rc = none ? 0 : take_dead(r->s, sq, id, &m, &n);
+    int rc = take_letters(r, sq, id, &m, &n, &res);
+    if (rc == 1)
+        return res;
     if (rc) {
         give_back(m, n);
         return fail(r, MHD_HTTP_BAD_GATEWAY, "reading the dead letters: %s",
@@ -630,12 +639,11 @@ static enum MHD_Result api_settle(req *r, squeue *sq, bool replay)
     if ((!id || !*id) == !every)
         return fail(r, MHD_HTTP_BAD_REQUEST, "needs ?id=EVENT_ID or ?all=1");
     enum MHD_Result res = MHD_NO;
-    int none = open_dead(r, sq, &res);
-    if (none < 0)
-        return res;
     evq_msg **m = NULL;
     size_t n = 0;
-    int rc = none ? 0 : take_dead(r->s, sq, every ? NULL : id, &m, &n);
+    int rc = take_letters(r, sq, every ? NULL : id, &m, &n, &res);
+    if (rc == 1)
+        return res;
     size_t done = 0;
     for (size_t i = 0; i < n && !rc; i++) {
         if (!every && strcmp(evq_event_id(evq_msg_event(m[i])), id))

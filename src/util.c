@@ -407,15 +407,20 @@ static void *flusher_main(void *arg)
     return NULL;
 }
 
-void evq__flusher_init(evq__flusher *f, void (*fn)(void *), void *arg)
+void evq__cond_init_mono(pthread_cond_t *cv)
 {
     pthread_condattr_t ca;
-    memset(f, 0, sizeof *f);
-    pthread_mutex_init(&f->mu, NULL);
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&f->cv, &ca);
+    pthread_cond_init(cv, &ca);
     pthread_condattr_destroy(&ca);
+}
+
+void evq__flusher_init(evq__flusher *f, void (*fn)(void *), void *arg)
+{
+    memset(f, 0, sizeof *f);
+    pthread_mutex_init(&f->mu, NULL);
+    evq__cond_init_mono(&f->cv);
     f->due_ns = INT64_MAX;
     f->fn = fn;
     f->arg = arg;

@@ -598,13 +598,6 @@ static int count_after(const evq_event *ev, int rc, int64_t elapsed_ns,
     return rc;
 }
 
-static int count_calls(const evq_event *ev, void *arg)
-{
-    (void)ev;
-    atomic_fetch_add((atomic_int *)arg, 1);
-    return 0;
-}
-
 static void middleware_sees_each_attempt_of_a_worker(void **state)
 {
     (void)state;
@@ -619,7 +612,7 @@ static void middleware_sees_each_attempt_of_a_worker(void **state)
     o.backoff_initial_ms = 1;
     o.backoff_max_ms = 2;
     assert_evq_ok(evq_queue_open(&q, "memory://", "w-mw", NULL));
-    assert_evq_ok(evq_register_handler(e, "*", count_calls, &calls));
+    assert_evq_ok(evq_register_handler(e, "*", ok_handler, &calls));
     assert_evq_ok(evq_events_use(e, fail_first_attempt, count_after, &m));
     assert_evq_ok(evq_worker_start(&w, q, e, &o));
     evq_event *ev = evq_event_new("mw", NULL);

@@ -112,11 +112,7 @@ static sqshared *shared_get(const char *key)
             free(x);
             x = NULL;
         } else {
-            pthread_condattr_t ca;
-            pthread_condattr_init(&ca);
-            pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-            pthread_cond_init(&x->cv, &ca);
-            pthread_condattr_destroy(&ca);
+            evq__cond_init_mono(&x->cv);
             pthread_mutex_init(&x->mu, NULL);
             x->next = shareds;
             shareds = x;
