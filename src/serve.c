@@ -919,8 +919,8 @@ void evq_serve_opts_init(evq_serve_opts *o)
 }
 
 #define OFF                                                                    \
-    evq__err(EVQ_ENOTSUP, "evq was built without libmicrohttpd "              \
-                          "(EVQ_WITH_SERVE=OFF): no evq_serve")
+    evq__err(EVQ_ENOTSUP, "evq was built without evq serve: build it with "   \
+                          "libmicrohttpd and -DEVQ_WITH_SERVE=ON")
 
 int evq_serve_new(evq_server **s, const evq_serve_opts *o)
 {

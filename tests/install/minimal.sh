@@ -14,18 +14,19 @@ fail() {
 
 cmake -S "$src" -B "$dir" -DEVQ_BUILD_TESTS=OFF -DEVQ_WITH_SQLITE=ON \
   -DEVQ_WITH_REDIS=OFF -DEVQ_WITH_NATS=OFF -DEVQ_WITH_KAFKA=OFF \
-  -DEVQ_WITH_POSTGRES=OFF -DEVQ_WITH_AMQP=OFF >"$dir/cmake.log"
+  -DEVQ_WITH_POSTGRES=OFF -DEVQ_WITH_AMQP=OFF -DEVQ_WITH_SERVE=OFF \
+  >"$dir/cmake.log"
 grep -q "evq backends: memory, sqlite$" "$dir/cmake.log" ||
   fail "cmake did not say 'evq backends: memory, sqlite'"
 cmake --build "$dir" -j "$(nproc)" --target evq evq_tool >/dev/null
 
 # No client library of a backend left out is linked or named.
 libs=$(ldd "$dir/libevq.so")
-for lib in hiredis nats rdkafka pq rabbitmq; do
+for lib in hiredis nats rdkafka pq rabbitmq microhttpd; do
   if grep -q "lib$lib" <<<"$libs"; then fail "libevq.so links lib$lib"; fi
 done
 grep -q sqlite3 <<<"$libs" || fail "libevq.so lacks libsqlite3"
-grep "Libs.private" "$dir/evq.pc" | grep -q -- "-lrdkafka\|-lhiredis\|-lnats\|-lpq\|-lrabbitmq" &&
+grep "Libs.private" "$dir/evq.pc" | grep -q -- "-lrdkafka\|-lhiredis\|-lnats\|-lpq\|-lrabbitmq\|-lmicrohttpd" &&
   fail "evq.pc names a library of a backend left out"
 
 tool="$dir/evq"
@@ -50,6 +51,13 @@ for url in kafka://127.0.0.1:9092 redis://127.0.0.1:6379 nats://127.0.0.1:4222 \
     grep -q -- "-DEVQ_WITH_$upper=ON" <<<"$err" ||
     fail "stats $url said: $err"
 done
+# evq serve left out: it says so and how to build it
+set +e
+err=$("$tool" serve "sqlite://$dir/q.db#q" 2>&1 >/dev/null)
+rc=$?
+set -e
+[ $rc -eq 1 ] && grep -q "EVQ_WITH_SERVE" <<<"$err" ||
+  fail "serve in a build without it exited $rc: $err"
 # an unknown scheme names what this build has
 set +e
 err=$("$tool" stats foo://x q 2>&1 >/dev/null)
