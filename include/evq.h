@@ -624,11 +624,17 @@ EVQ_API size_t evq_events_count(evq_events *events);
  *     the failure's code), elapsed_ns the time since this hook's before
  *     (the handlers and the hooks inside); returns the result to pass on:
  *     rc to keep it, another code to fail the event, 0 to let it succeed.
+ *     evq_errmsg() in an after is the failure's message, and stays so
+ *     when it keeps rc; a new code's message is the after's own
+ *     (evq_handler_reason, or the evq call that failed in it).
  * The worker keeps retries, backoff, timeouts and dead letters: a hook
  * sees one attempt.  In a batch each event gets its own before and after
- * (elapsed_ns the batch's), and events a before failed are left out of
- * the batch.  While hooks and handlers run, the thread's trace context
- * (evq_trace_current) is the event's.  At most 16 hooks; EVQ_EINVAL for
+ * (elapsed_ns from that event's before: the batch and the other events'
+ * hooks), events a before failed are left out of the batch, and the
+ * batch's failures share one reason.  While an event's hooks and
+ * per-event handlers run, the thread's trace context (evq_trace_current)
+ * is the event's; a batch handler runs in the thread's own (each event's
+ * is evq_event_traceparent).  At most 16 hooks; EVQ_EINVAL for
  * a NULL `events` or two NULL hooks, EVQ_EFULL past 16.  Safe while
  * other threads dispatch (a dispatch sees the hooks added before it
  * began). */
@@ -652,7 +658,7 @@ EVQ_API int evq_events_use(evq_events *events, evq_before_fn before,
 /* Sets the calling thread's trace context (both copied; tracestate may be
  * NULL; traceparent NULL clears both).  EVQ_EINVAL for a malformed
  * traceparent (version ff, ids all zero, not lower-case hex) or a
- * tracestate over 512 bytes or with control characters. */
+ * tracestate over 512 bytes or with a byte outside printable ASCII. */
 EVQ_API int evq_trace_set(const char *traceparent, const char *tracestate);
 /* The calling thread's traceparent and tracestate, NULL when none;
  * borrowed until the thread's context changes. */
@@ -660,9 +666,9 @@ EVQ_API const char *evq_trace_current(void);
 EVQ_API const char *evq_trace_current_state(void);
 
 /* Sets the event's traceparent and tracestate (tracestate NULL: removed),
- * checked as evq_trace_set; with traceparent NULL, the calling thread's
- * current context (EVQ_ENOENT when it has none).  Not while other threads
- * use the event. */
+ * checked as evq_trace_set; with traceparent NULL, both are the calling
+ * thread's current context (`tracestate` is not looked at; EVQ_ENOENT
+ * when the thread has none).  Not while other threads use the event. */
 EVQ_API int evq_event_set_trace(evq_event *ev, const char *traceparent,
                                 const char *tracestate);
 /* The event's traceparent, NULL when it has none or a malformed one (the
@@ -911,8 +917,12 @@ struct evq_worker_stats {
 EVQ_API int evq_worker_stats(const evq_worker *w, struct evq_worker_stats *out);
 
 /* Renders the stats of `q` and/or `w` (either may be NULL) in the Prometheus
- * text exposition format (version 0.0.4).  malloc'd; the caller frees it.
- * NULL on allocation failure. */
+ * text exposition format (version 0.0.4): evq_prometheus (below) with one
+ * of each, so the labels are queue, backend and url (queues) and worker
+ * ("worker0") and queue (the worker), the handler latency is a histogram,
+ * and a queue whose figures cannot be read shows evq_queue_up 0.  (Before
+ * evq serve came: no url or worker label, a summary, and NULL for such a
+ * queue.)  malloc'd; the caller frees it.  NULL on allocation failure. */
 EVQ_API char *evq_stats_prometheus(evq_queue *q, const evq_worker *w);
 
 /* --------------------------------------------------------------------------
@@ -1061,7 +1071,12 @@ EVQ_API void evq_scheduler_free(evq_scheduler *s);
  * "X-Evq-Token" header, from no other origin; without a token set nothing
  * can be changed (403).  Requests whose Host is not an IP address,
  * "localhost" or one of allow_hosts get 421 (a defence against DNS
- * rebinding).  URLs are shown with passwords and secret options redacted.
+ * rebinding; a request without Host, HTTP/1.0, is answered); requests to
+ * /api/ and /metrics a browser says come from another site
+ * (Sec-Fetch-Site) get 403.
+ * Behind a reverse proxy, keep Host and use plain HTTP to the server:
+ * changes compare Origin with "http://" + Host.  URLs are shown with
+ * passwords and secret options redacted.
  * EVQ_ENOTSUP everywhere when the library was built without libmicrohttpd
  * (EVQ_WITH_SERVE=OFF). */
 typedef struct evq_server evq_server;
@@ -1092,18 +1107,21 @@ typedef struct evq_serve_opts {
 EVQ_API void evq_serve_opts_init(evq_serve_opts *o);
 
 /* A server, not yet listening.  `o` NULL: the defaults.  EVQ_EINVAL for a
- * bad option (named in evq_errmsg).  Any thread. */
+ * bad option (named in evq_errmsg: a listen address that is not HOST:PORT
+ * or cannot be resolved, a short token...).  Any thread. */
 EVQ_API int evq_serve_new(evq_server **s, const evq_serve_opts *o);
 
 /* Shows queue `q` (borrowed: it must outlive the server; other threads may
  * use it meanwhile).  The server opens its dead-letter queue when a page
  * asks for it, and replays onto `q`.  Before evq_serve_start only
- * (EVQ_ESTATE after); EVQ_EEXIST when that queue is shown already. */
+ * (EVQ_ESTATE after); EVQ_EEXIST when that queue (the same name, backend
+ * and URL without options: the same Prometheus series) is shown
+ * already. */
 EVQ_API int evq_serve_queue(evq_server *s, evq_queue *q);
 
 /* Shows the counters of worker `w` (borrowed, as above) under `name`
  * (copied; NULL: "worker<N>"), the Prometheus label worker=.  Before
- * evq_serve_start only. */
+ * evq_serve_start only; EVQ_EEXIST for a worker or name given already. */
 EVQ_API int evq_serve_worker(evq_server *s, const evq_worker *w,
                              const char *name);
 
@@ -1138,9 +1156,13 @@ EVQ_API const char *evq_queue_url(const evq_queue *q);
 /* Replays a dead letter: enqueues a copy of the event of `msg` (dequeued
  * from a dead-letter queue) onto `to`, without the attributes evqerror,
  * evqattempts and evqqueue and marked evqreplayed (the time, in ms, so a
- * backend dropping duplicate ids keeps it), then acks `msg`.  On success
- * `msg` is freed; on failure it is nacked (and freed), so the letter stays,
- * and the code is the enqueue's.  Threading as evq_enqueue. */
+ * backend dropping duplicate ids keeps it), then acks `msg`.  `msg` is
+ * freed in every case.  When the enqueue fails, `msg` is nacked (the
+ * letter stays) and the code is the enqueue's.  EVQ_EINVAL, nacked, for a
+ * letter cut short (evqtruncated: an undecodable or oversize message's
+ * bytes), which is no event to send again.  When the enqueue succeeded but
+ * the ack failed the copy is out and the letter stays (a later replay
+ * sends it again): the code is the ack's.  Threading as evq_enqueue. */
 EVQ_API int evq_msg_replay(evq_msg *msg, evq_queue *to);
 
 #ifdef __cplusplus

@@ -374,13 +374,21 @@ static int run_afters(const hook *hs, size_t ran, const evq_event *ev,
                       void **calls, const uint64_t *t0, int rc)
 {
     double f = evq__ns_per_tick();
+    char msg[512];
     for (size_t i = ran; i-- > 0;) {
         if (!hs[i].after)
             continue;
         int64_t took = (int64_t)((double)(evq__ticks() - t0[i]) * f);
+        /* the failure's message, kept from what the after's own calls
+         * leave; a code of its own gets a message of its own */
+        snprintf(msg, sizeof msg, "%s", evq_errmsg());
+        evq__err_clear();
         tls_reason_set = false;
         int r = hs[i].after(ev, rc, took, calls[i], hs[i].arg);
-        if (r != rc && r != 0) {
+        if (r != 0 && r == rc) {
+            evq__err(r, "%s", msg);
+            tls_reason_set = false;
+        } else if (r != 0) {
             char who[40];
             snprintf(who, sizeof who, "middleware %zu", i);
             r = handler_failed(r, who, evq_event_type(ev));

@@ -707,10 +707,12 @@ bool evq__pattern_match(const char *pattern, const char *type);
 /* W3C trace context (trace.c): whether `tp` is a traceparent, and the
  * thread's current context switched to an event's for its dispatch. */
 bool evq__traceparent_valid(const char *tp);
+#define EVQ__TP_MAX 256 /* a later version may add fields after the flags */
+#define EVQ__TS_MAX 512 /* the spec's limit for tracestate */
 typedef struct evq__trace_saved {
     const char *tp, *ts;
-    bool copied;
-    char *own;
+    bool copied; /* the thread's own copies, kept here */
+    char own_tp[EVQ__TP_MAX + 1], own_ts[EVQ__TS_MAX + 1];
 } evq__trace_saved;
 void evq__trace_enter(const evq_event *ev, evq__trace_saved *saved);
 void evq__trace_leave(evq__trace_saved *saved);

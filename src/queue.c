@@ -1613,6 +1613,16 @@ int evq_msg_replay(evq_msg *m, evq_queue *to)
             evq_nack(m, 0);
         return evq__err(EVQ_EINVAL, "evq_msg_replay: NULL argument");
     }
+    /* what could not be read whole is no event to send again */
+    if (evq_event_attr(evq_msg_event(m), "evqtruncated")) {
+        char id[128];
+        snprintf(id, sizeof id, "%s", evq_event_id(evq_msg_event(m)));
+        evq_nack(m, 0);
+        return evq__err(EVQ_EINVAL,
+                        "dead letter %s was cut short (evqtruncated): it "
+                        "cannot be replayed; purge it",
+                        id);
+    }
     evq_event *copy = evq_event_dup(evq_msg_event(m));
     int rc = copy ? 0 : EVQ_ENOMEM;
     if (!rc) {

@@ -12,6 +12,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+void evq_serve_opts_init(evq_serve_opts *o)
+{
+    if (!o)
+        return;
+    memset(o, 0, sizeof *o);
+    o->listen = "127.0.0.1:9188";
+    o->sample_ms = 2000;
+    o->max_dead_scan = 10000;
+}
+
 #if EVQ__HAVE_SERVE
 
 #include <arpa/inet.h>
@@ -57,14 +67,47 @@ struct evq_server {
     bool sampling, stop;
 };
 
-void evq_serve_opts_init(evq_serve_opts *o)
+/* "HOST:PORT" or "[V6]:PORT" into an address. */
+static int parse_listen(const char *s, struct sockaddr_storage *ss, int *v6)
 {
-    if (!o)
-        return;
-    memset(o, 0, sizeof *o);
-    o->listen = "127.0.0.1:9188";
-    o->sample_ms = 2000;
-    o->max_dead_scan = 10000;
+    char host[256];
+    const char *port;
+    if (s[0] == '[') {
+        const char *end = strchr(s, ']');
+        if (!end || end[1] != ':' || (size_t)(end - s - 1) >= sizeof host)
+            return evq__err(EVQ_EINVAL,
+                            "evq_serve: listen '%s' is not [IPV6]:PORT", s);
+        memcpy(host, s + 1, (size_t)(end - s - 1));
+        host[end - s - 1] = '\0';
+        port = end + 2;
+    } else {
+        const char *colon = strrchr(s, ':');
+        if (!colon || (size_t)(colon - s) >= sizeof host)
+            return evq__err(EVQ_EINVAL,
+                            "evq_serve: listen '%s' is not HOST:PORT", s);
+        memcpy(host, s, (size_t)(colon - s));
+        host[colon - s] = '\0';
+        port = colon + 1;
+    }
+    char *end;
+    errno = 0;
+    long p = strtol(port, &end, 10);
+    if (!*port || *end || errno || p < 0 || p > 65535)
+        return evq__err(EVQ_EINVAL, "evq_serve: bad port in listen '%s'", s);
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_NUMERICSERV},
+                    *ai;
+    char ps[8];
+    snprintf(ps, sizeof ps, "%ld", p);
+    int g = getaddrinfo(host, ps, &hints, &ai);
+    if (g)
+        return evq__err(EVQ_EINVAL, "evq_serve: listen '%s': %s", s,
+                        gai_strerror(g));
+    memset(ss, 0, sizeof *ss);
+    memcpy(ss, ai->ai_addr, ai->ai_addrlen);
+    *v6 = ai->ai_family == AF_INET6;
+    freeaddrinfo(ai);
+    return 0;
 }
 
 int evq_serve_new(evq_server **out, const evq_serve_opts *o)
@@ -91,6 +134,10 @@ int evq_serve_new(evq_server **out, const evq_serve_opts *o)
         return evq__err(EVQ_EINVAL,
                         "evq_serve: max_dead_scan %d is outside 1..100000",
                         o->max_dead_scan);
+    struct sockaddr_storage ss;
+    int v6 = 0, rc = parse_listen(o->listen, &ss, &v6);
+    if (rc)
+        return rc;
     evq_server *s = calloc(1, sizeof *s);
     if (!s)
         return evq__err(EVQ_ENOMEM, "out of memory");
@@ -117,12 +164,18 @@ int evq_serve_queue(evq_server *s, evq_queue *q)
         return evq__err(EVQ_EINVAL, "evq_serve_queue: NULL argument");
     if (s->d)
         return evq__err(EVQ_ESTATE, "evq_serve_queue: the server runs");
+    /* the same series twice would make Prometheus refuse the scrape:
+     * the labels are the name, the scheme and the URL without options */
+    const char *u = evq_queue_url(q);
+    size_t ul = strcspn(u, "?");
     for (size_t i = 0; i < s->nq; i++) {
+        const char *v = evq_queue_url(s->q[i].q);
         if (s->q[i].q == q ||
-            (!strcmp(evq_queue_url(s->q[i].q), evq_queue_url(q)) &&
+            (strcspn(v, "?") == ul && !strncmp(u, v, ul) &&
+             !strcmp(evq_queue_scheme(s->q[i].q), evq_queue_scheme(q)) &&
              !strcmp(evq_queue_name(s->q[i].q), evq_queue_name(q))))
-            return evq__err(EVQ_EEXIST, "queue '%s' on %s is shown already",
-                            evq_queue_name(q), evq_queue_url(q));
+            return evq__err(EVQ_EEXIST, "queue '%s' on %.*s is shown already",
+                            evq_queue_name(q), (int)ul, u);
     }
     squeue *n = realloc(s->q, (s->nq + 1) * sizeof *n);
     if (!n)
@@ -141,6 +194,11 @@ int evq_serve_worker(evq_server *s, const evq_worker *w, const char *name)
         return evq__err(EVQ_ESTATE, "evq_serve_worker: the server runs");
     char dflt[32];
     snprintf(dflt, sizeof dflt, "worker%zu", s->nw);
+    for (size_t i = 0; i < s->nw; i++) {
+        if (s->w[i] == w || !strcmp(s->wname[i], name ? name : dflt))
+            return evq__err(EVQ_EEXIST, "worker '%s' is shown already",
+                            s->wname[i]);
+    }
     char *copy = evq__strdup(name ? name : dflt);
     const evq_worker **nw = realloc(s->w, (s->nw + 1) * sizeof *nw);
     if (nw)
@@ -251,6 +309,18 @@ static enum MHD_Result respond_json(req *r, unsigned status, json_t *j)
 
 static enum MHD_Result fail(req *r, unsigned status, const char *fmt, ...)
     EVQ__PRINTF(3, 4);
+/* A message as a JSON string: bytes outside printable ASCII (a UTF-8
+ * character cut short by a bound, say) become '?', so it always is one. */
+static json_t *ascii_string(const char *m)
+{
+    char clean[512];
+    size_t i = 0;
+    for (; m[i] && i + 1 < sizeof clean; i++)
+        clean[i] = m[i] >= 0x20 && m[i] < 0x7f ? m[i] : '?';
+    clean[i] = '\0';
+    return json_string(clean);
+}
+
 static enum MHD_Result fail(req *r, unsigned status, const char *fmt, ...)
 {
     char msg[512];
@@ -258,7 +328,8 @@ static enum MHD_Result fail(req *r, unsigned status, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    return respond_json(r, status, json_pack("{ss}", "error", msg));
+    return respond_json(r, status, json_pack("{so}", "error",
+                                             ascii_string(msg)));
 }
 
 /* ---- checks ---------------------------------------------------------------- */
@@ -356,7 +427,7 @@ static json_t *queue_json(evq_server *s, size_t i)
     if (!o)
         return NULL;
     if (rc) {
-        json_object_set_new(o, "error", json_string(evq_errmsg()));
+        json_object_set_new(o, "error", ascii_string(evq_errmsg()));
         return o;
     }
     json_object_set_new(o, "depth", num_or_null(st.depth));
@@ -369,6 +440,13 @@ static json_t *queue_json(evq_server *s, size_t i)
     /* the rates over the ring (a minute at the default): how fast depth
      * and dead letters grew, per second */
     pthread_mutex_lock(&s->mu);
+    json_t *h = json_array(); /* the readings' depths, for the chart */
+    for (int k = 0; h && k < sq->n; k++)
+        json_array_append_new(
+            h, num_or_null(
+                   sq->ring[(sq->head + N_SAMPLES - sq->n + k) % N_SAMPLES]
+                       .depth));
+    json_object_set_new(o, "history", h);
     if (sq->n >= 2) {
         const sample *last = &sq->ring[(sq->head + N_SAMPLES - 1) % N_SAMPLES];
         int back = sq->n < 31 ? sq->n - 1 : 30;
@@ -784,6 +862,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c,
             return fail(&r, MHD_HTTP_MISDIRECTED_REQUEST,
                         "unknown Host: start the server with "
                         "--allow-host NAME");
+        /* A page of another site may not make the browser call the API
+         * (a listing takes the dead letters for a moment): browsers say
+         * where a request comes from; curl and Prometheus say nothing. */
+        const char *site = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+                                                       "Sec-Fetch-Site");
+        if (site && strcmp(site, "same-origin") && strcmp(site, "none") &&
+            (!strncmp(url, "/api/", 5) || !strcmp(url, "/metrics")))
+            return fail(&r, MHD_HTTP_FORBIDDEN, "a request from another site");
         return MHD_YES;
     }
     if (*upload_size) {
@@ -801,49 +887,6 @@ static void mhd_log(void *arg, const char *fmt, va_list ap)
     vsnprintf(line, sizeof line, fmt, ap);
     line[strcspn(line, "\n")] = '\0';
     evq__logf(arg, EVQ_LOG_WARN, "%s", line);
-}
-
-/* "HOST:PORT" or "[V6]:PORT" into an address. */
-static int parse_listen(const char *s, struct sockaddr_storage *ss, int *v6)
-{
-    char host[256];
-    const char *port;
-    if (s[0] == '[') {
-        const char *end = strchr(s, ']');
-        if (!end || end[1] != ':' || (size_t)(end - s - 1) >= sizeof host)
-            return evq__err(EVQ_EINVAL,
-                            "evq_serve: listen '%s' is not [IPV6]:PORT", s);
-        memcpy(host, s + 1, (size_t)(end - s - 1));
-        host[end - s - 1] = '\0';
-        port = end + 2;
-    } else {
-        const char *colon = strrchr(s, ':');
-        if (!colon || (size_t)(colon - s) >= sizeof host)
-            return evq__err(EVQ_EINVAL,
-                            "evq_serve: listen '%s' is not HOST:PORT", s);
-        memcpy(host, s, (size_t)(colon - s));
-        host[colon - s] = '\0';
-        port = colon + 1;
-    }
-    char *end;
-    errno = 0;
-    long p = strtol(port, &end, 10);
-    if (!*port || *end || errno || p < 0 || p > 65535)
-        return evq__err(EVQ_EINVAL, "evq_serve: bad port in listen '%s'", s);
-    struct addrinfo hints = {.ai_socktype = SOCK_STREAM,
-                             .ai_flags = AI_NUMERICSERV},
-                    *ai;
-    char ps[8];
-    snprintf(ps, sizeof ps, "%ld", p);
-    int g = getaddrinfo(host, ps, &hints, &ai);
-    if (g)
-        return evq__err(EVQ_EINVAL, "evq_serve: listen '%s': %s", s,
-                        gai_strerror(g));
-    memset(ss, 0, sizeof *ss);
-    memcpy(ss, ai->ai_addr, ai->ai_addrlen);
-    *v6 = ai->ai_family == AF_INET6;
-    freeaddrinfo(ai);
-    return 0;
 }
 
 int evq_serve_start(evq_server *s)
@@ -873,6 +916,9 @@ int evq_serve_start(evq_server *s)
     s->stop = false;
     if (s->nq && pthread_create(&s->sampler, NULL, sampler_main, s) == 0)
         s->sampling = true;
+    else if (s->nq)
+        evq__logf(s->lg, EVQ_LOG_WARN,
+                  "no sampler thread: the rates and charts stay empty");
     return 0;
 }
 
@@ -911,12 +957,6 @@ void evq_serve_free(evq_server *s)
 }
 
 #else /* without libmicrohttpd */
-
-void evq_serve_opts_init(evq_serve_opts *o)
-{
-    if (o)
-        memset(o, 0, sizeof *o);
-}
 
 #define OFF                                                                    \
     evq__err(EVQ_ENOTSUP, "evq was built without evq serve: build it with "   \

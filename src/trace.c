@@ -13,10 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define TP_MAX 256 /* a later version may add fields after the flags */
-#define TS_MAX 512 /* the spec's limit for tracestate */
 
-static _Thread_local char own_tp[TP_MAX + 1], own_ts[TS_MAX + 1];
+static _Thread_local char own_tp[EVQ__TP_MAX + 1], own_ts[EVQ__TS_MAX + 1];
 static _Thread_local const char *cur_tp, *cur_ts;
 
 static bool lhex(const char *s, size_t n, bool *nonzero)
@@ -35,7 +33,7 @@ bool evq__traceparent_valid(const char *tp)
 {
     size_t n = tp ? strlen(tp) : 0;
     bool nz;
-    if (n < 55 || n > TP_MAX || !lhex(tp, 2, &nz) ||
+    if (n < 55 || n > EVQ__TP_MAX || !lhex(tp, 2, &nz) ||
         (tp[0] == 'f' && tp[1] == 'f'))
         return false;
     if (tp[2] != '-' || tp[35] != '-' || tp[52] != '-')
@@ -60,10 +58,10 @@ static int check(const char *tp, const char *ts)
                         tp);
     if (ts) {
         size_t n = strlen(ts);
-        if (n > TS_MAX)
+        if (n > EVQ__TS_MAX)
             return evq__err(EVQ_EINVAL,
                             "tracestate is %zu bytes, more than %d", n,
-                            TS_MAX);
+                            EVQ__TS_MAX);
         for (size_t i = 0; i < n; i++)
             if ((unsigned char)ts[i] < 0x20 || (unsigned char)ts[i] > 0x7e)
                 return evq__err(EVQ_EINVAL,
@@ -83,10 +81,11 @@ int evq_trace_set(const char *traceparent, const char *tracestate)
     int rc = check(traceparent, tracestate);
     if (rc)
         return rc;
-    memcpy(own_tp, traceparent, strlen(traceparent) + 1);
+    /* memmove: the arguments may be the thread's own copies */
+    memmove(own_tp, traceparent, strlen(traceparent) + 1);
     cur_tp = own_tp;
     if (tracestate) {
-        memcpy(own_ts, tracestate, strlen(tracestate) + 1);
+        memmove(own_ts, tracestate, strlen(tracestate) + 1);
         cur_ts = own_ts;
     } else {
         cur_ts = NULL;
@@ -119,14 +118,16 @@ int evq_event_set_trace(evq_event *ev, const char *traceparent,
     }
     int rc = check(traceparent, tracestate);
     /* copies first: the thread's context may be this event's own */
-    char tp[TP_MAX + 1], ts[TS_MAX + 1];
+    char tp[EVQ__TP_MAX + 1], ts[EVQ__TS_MAX + 1];
     if (!rc) {
         snprintf(tp, sizeof tp, "%s", traceparent);
         snprintf(ts, sizeof ts, "%s", tracestate ? tracestate : "");
-        rc = evq_event_set_attr(ev, "traceparent", tp);
-    }
-    if (!rc)
         rc = evq_event_set_attr(ev, "tracestate", tracestate ? ts : NULL);
+    }
+    /* (only running out of memory fails after the checks: then the
+     * tracestate may be new beside the old traceparent) */
+    if (!rc)
+        rc = evq_event_set_attr(ev, "traceparent", tp);
     return rc;
 }
 
@@ -150,11 +151,8 @@ void evq__trace_enter(const evq_event *ev, evq__trace_saved *saved)
      * evq_trace_set: keep them aside (a worker's threads have none) */
     if (cur_tp == own_tp) {
         saved->copied = true;
-        saved->own = malloc(sizeof own_tp + sizeof own_ts);
-        if (saved->own) {
-            memcpy(saved->own, own_tp, sizeof own_tp);
-            memcpy(saved->own + sizeof own_tp, own_ts, sizeof own_ts);
-        }
+        memcpy(saved->own_tp, own_tp, sizeof own_tp);
+        memcpy(saved->own_ts, own_ts, sizeof own_ts);
     }
     const char *tp = evq_event_traceparent(ev);
     cur_tp = tp;
@@ -163,11 +161,10 @@ void evq__trace_enter(const evq_event *ev, evq__trace_saved *saved)
 
 void evq__trace_leave(evq__trace_saved *saved)
 {
-    if (saved->copied && saved->own) {
-        memcpy(own_tp, saved->own, sizeof own_tp);
-        memcpy(own_ts, saved->own + sizeof own_tp, sizeof own_ts);
-        free(saved->own);
+    if (saved->copied) {
+        memcpy(own_tp, saved->own_tp, sizeof own_tp);
+        memcpy(own_ts, saved->own_ts, sizeof own_ts);
     }
-    cur_tp = saved->copied && !saved->own ? NULL : saved->tp;
-    cur_ts = saved->copied && !saved->own ? NULL : saved->ts;
+    cur_tp = saved->tp;
+    cur_ts = saved->ts;
 }

@@ -395,6 +395,39 @@ static void middleware_nests_around_the_handlers(void **state)
     evq_event_free(ev);
 }
 
+static int fails_with_reason(const evq_event *ev, void *arg)
+{
+    (void)ev;
+    (void)arg;
+    return evq_handler_reason("the card was declined");
+}
+
+static int after_that_calls_evq(const evq_event *ev, int rc,
+                                int64_t elapsed_ns, void *call, void *arg)
+{
+    (void)ev;
+    (void)elapsed_ns;
+    (void)call;
+    (void)arg;
+    /* an evq call that fails leaves a message of its own */
+    evq_event_set_attr(NULL, "x", "y");
+    return rc;
+}
+
+/* The failure's message outlives an after that keeps the result. */
+static void an_after_keeps_the_failure_message(void **state)
+{
+    (void)state;
+    evq_events *e = evq_events_new();
+    evq_event *ev = typed("order.paid");
+    assert_evq_ok(evq_register_handler(e, "*", fails_with_reason, NULL));
+    assert_evq_ok(evq_events_use(e, NULL, after_that_calls_evq, NULL));
+    assert_evq_err(evq_dispatch(e, ev), EVQ_EHANDLER);
+    assert_errmsg_has("the card was declined");
+    evq_events_free(e);
+    evq_event_free(ev);
+}
+
 static const char TP1[] =
     "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 static const char TP2[] =
@@ -537,6 +570,7 @@ int main(void)
         cmocka_unit_test(dispatch_gives_a_batch_handler_a_batch_of_one),
         cmocka_unit_test(middleware_nests_around_the_handlers),
         cmocka_unit_test(middleware_sees_each_event_of_a_batch),
+        cmocka_unit_test(an_after_keeps_the_failure_message),
         cmocka_unit_test(trace_context_follows_the_event),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -74,12 +74,56 @@ static void negative_nack_delay_counts_as_zero(void **state)
     evq_event_free(ev);
 }
 
+/* A replay sends the letter's event again without its dead-letter marks;
+ * a letter cut short is refused and stays. */
+static void replay_strips_the_marks_and_refuses_a_cut_letter(void **state)
+{
+    (void)state;
+    evq_queue *q, *dead;
+    evq_msg *m;
+    assert_evq_ok(evq_queue_open(&q, "memory://", "replay.q", NULL));
+    evq_event *ok = evq_event_new("t", NULL), *cut = evq_event_new("t", NULL);
+    assert_evq_ok(evq_event_set_attr(cut, "evqtruncated", "70000"));
+    assert_evq_ok(evq_enqueue(q, ok));
+    assert_evq_ok(evq_enqueue(q, cut));
+    for (int i = 0; i < 2; i++) {
+        assert_evq_ok(evq_dequeue(q, &m, 1000));
+        assert_evq_ok(evq_msg_dead_letter(m, "failed"));
+    }
+    assert_evq_ok(evq_queue_open_dead(&dead, q));
+    assert_evq_ok(evq_dequeue(dead, &m, 1000));
+    assert_string_equal(evq_event_id(evq_msg_event(m)), evq_event_id(ok));
+    assert_string_equal(evq_event_attr(evq_msg_event(m), "evqerror"),
+                        "failed");
+    assert_evq_ok(evq_msg_replay(m, q));
+    assert_evq_ok(evq_dequeue(dead, &m, 1000));
+    assert_evq_err(evq_msg_replay(m, q), EVQ_EINVAL);
+    assert_errmsg_has("cut short");
+    /* back: the cut one waits in the dead letters, the other in q */
+    assert_evq_ok(evq_dequeue(dead, &m, 1000));
+    assert_string_equal(evq_event_id(evq_msg_event(m)), evq_event_id(cut));
+    assert_evq_ok(evq_ack(m));
+    assert_evq_ok(evq_dequeue(q, &m, 1000));
+    const evq_event *got = evq_msg_event(m);
+    assert_string_equal(evq_event_id(got), evq_event_id(ok));
+    assert_null(evq_event_attr(got, "evqerror"));
+    assert_null(evq_event_attr(got, "evqattempts"));
+    assert_non_null(evq_event_attr(got, "evqreplayed"));
+    assert_evq_ok(evq_ack(m));
+    assert_evq_err(evq_msg_replay(NULL, q), EVQ_EINVAL);
+    evq_event_free(ok);
+    evq_event_free(cut);
+    evq_queue_close(dead);
+    evq_queue_close(q);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(null_arguments_are_refused),
         cmocka_unit_test(queue_names_are_checked),
         cmocka_unit_test(negative_nack_delay_counts_as_zero),
+        cmocka_unit_test(replay_strips_the_marks_and_refuses_a_cut_letter),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

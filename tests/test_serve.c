@@ -436,16 +436,29 @@ static void bad_options_are_refused(void **state)
     o.sample_ms = 5;
     assert_evq_err(evq_serve_new(&s, &o), EVQ_EINVAL);
     const char *bad[] = {"nowhere", "127.0.0.1:99999", "127.0.0.1:x",
-                         "[::1", "no.such.host.invalid:80", ":"};
+                         "[::1", "no.such.host.invalid:80", ":", ""};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         evq_serve_opts_init(&o);
         o.listen = bad[i];
-        assert_evq_ok(evq_serve_new(&s, &o));
-        int rc = evq_serve_start(s);
-        if (rc != EVQ_EINVAL)
+        int rc = evq_serve_new(&s, &o);
+        if (rc != EVQ_EINVAL || s)
             fail_msg("listen '%s' gave %d", bad[i], rc);
-        evq_serve_free(s);
     }
+    /* the same worker twice, or a name twice: one series each */
+    evq_serve_opts_init(&o);
+    assert_evq_ok(evq_serve_new(&s, &o));
+    assert_evq_ok(evq_serve_worker(s, jobs, "a"));
+    assert_evq_err(evq_serve_worker(s, jobs, "b"), EVQ_EEXIST);
+    /* a queue handle of the same name and place: the same series */
+    evq_queue *again;
+    char url_opts[1024];
+    snprintf(url_opts, sizeof url_opts, "%s%sformat=json", base_url,
+             strchr(base_url, '?') ? "&" : "?");
+    assert_evq_ok(evq_queue_open(&again, url_opts, "orders", NULL));
+    assert_evq_ok(evq_serve_queue(s, q));
+    assert_evq_err(evq_serve_queue(s, again), EVQ_EEXIST);
+    evq_serve_free(s);
+    evq_queue_close(again);
     /* the port taken already */
     char taken[64];
     snprintf(taken, sizeof taken, "127.0.0.1:%d", evq_serve_port(srv));
@@ -623,6 +636,13 @@ static void changes_need_the_token_a_post_and_this_origin(void **state)
             fail_msg("POST with %s: %d, expected %d", hdr, st,
                      refused[i].status);
     }
+    /* a browser's request from another site may not read the API */
+    assert_int_equal(http(NULL, 0, "GET", "/api/queues/0/dead",
+                          "-H 'Sec-Fetch-Site: cross-site'"),
+                     403);
+    assert_int_equal(http(NULL, 0, "GET", "/api/queues",
+                          "-H 'Sec-Fetch-Site: same-origin'"),
+                     200);
     /* a page of another name is refused reading too (DNS rebinding) */
     assert_int_equal(
         http(NULL, 0, "GET", "/api/queues", "-H 'Host: evil.example'"), 421);
@@ -913,6 +933,9 @@ static void the_tool_serves_and_stops_on_sigterm(void **state)
     /* bad arguments: a usage error, exit 2 */
     assert_int_equal(run(NULL, 0, "%s serve 2>/dev/null", tool), 2);
     assert_int_equal(run(NULL, 0, "%s serve '%s' 2>/dev/null", tool, base_url),
+                     2);
+    assert_int_equal(run(NULL, 0, "%s serve '%s#,' 2>/dev/null", tool,
+                         base_url),
                      2);
     assert_int_equal(run(NULL, 0,
                          "%s serve '%s#orders' --listen nowhere 2>/dev/null",

@@ -1288,12 +1288,14 @@ static int cmd_serve(int argc, char **argv)
         return usage_error("serve", "%s", "needs URL#QUEUE[,QUEUE...]");
     }
     for (int i = optind; i < argc; i++) {
+        /* (the URL is not repeated: it may hold a password) */
         const char *hash = strrchr(argv[i], '#');
-        if (!hash || !hash[1]) {
+        if (!hash || hash[strspn(hash, "#,")] == '\0') {
             evq_opts_free(opts);
             return usage_error("serve",
-                               "'%s' names no queue: URL#QUEUE[,QUEUE...]",
-                               argv[i]);
+                               "argument %d names no queue: "
+                               "URL#QUEUE[,QUEUE...]",
+                               i - optind + 1);
         }
     }
     if (token_file && read_token(token_file, token, sizeof token)) {

@@ -7,7 +7,6 @@ const POLL_MS = 2000;
 const PAGE = 20;
 const state = {
   queues: [], selected: null, offset: 0, deadSeen: null,
-  history: new Map(), // queue id -> [depth...]
   workersPrev: null,
 };
 
@@ -108,7 +107,7 @@ function renderQueues() {
       const c = document.createElement('canvas');
       c.className = 'chart';
       cell(tr, '').appendChild(c);
-      drawChart(c, state.history.get(q.id) || []);
+      drawChart(c, q.history || []);
       const td = cell(tr, q.paused === true ? 'paused '
                           : q.paused === false ? 'running ' : '');
       if (q.paused === true) td.classList.add('paused');
@@ -282,12 +281,6 @@ async function refresh(forceDead) {
     return;
   }
   state.queues = qs.queues;
-  for (const q of state.queues) {
-    const h = state.history.get(q.id) || [];
-    h.push(q.depth);
-    if (h.length > 120) h.shift();
-    state.history.set(q.id, h);
-  }
   if (state.selected === null && state.queues.length) {
     const m = /^#q=(\d+)$/.exec(location.hash);
     const dead = state.queues.find((q) => q.dead > 0);
@@ -310,14 +303,6 @@ async function start() {
   $('#next').addEventListener('click', () => {
     state.offset += PAGE; loadDead();
   });
-  // the chart starts with what the server read before the page opened
-  try {
-    const qs = await getJSON('/api/queues');
-    await Promise.all(qs.queues.map(async (q) => {
-      const h = await getJSON(`/api/queues/${q.id}/history`);
-      state.history.set(q.id, h.samples.map((s) => s[1]));
-    }));
-  } catch (e) { /* refresh says it */ }
   await refresh(true);
   setInterval(() => refresh(false), POLL_MS);
 }
