@@ -38,7 +38,7 @@ WITH_ALL := -DEVQ_WITH_SQLITE=ON -DEVQ_WITH_REDIS=ON -DEVQ_WITH_NATS=ON \
             -DEVQ_WITH_SERVE=ON
 
 .PHONY: bench all deps build demo check check-normal check-asan check-tsan check-install \
-        check-fuzz check-valgrind fuzz soak format install clean
+        check-fuzz check-valgrind check-man fuzz soak format install clean
 
 all: build
 
@@ -53,8 +53,19 @@ build: deps
 demo: build
 	./$(BUILD)/evq demo
 
-check: deps check-normal check-valgrind check-asan check-tsan check-fuzz check-install
+check: deps check-man check-normal check-valgrind check-asan check-tsan check-fuzz check-install
 	@echo "make check: all tests passed (gcc; valgrind; clang ASan+UBSan; TSan; fuzzers; install)"
+
+# The manual: mandoc finds no warning, and every function of the header
+# has a page (its name in a page's NAME).
+check-man: deps
+	mandoc -T lint -W warning man/*.1 man/*.3
+	@missing=$$(grep -o 'EVQ_API[^(]*\bevq_[a-z0-9_]*(' include/evq.h | \
+	  sed 's/.*[^a-z0-9_]\(evq_[a-z0-9_]*\)($$/\1/' | while read -r fn; do \
+	    grep -q "^\.Nm $$fn\( ,\)\?$$" man/*.3 || echo "$$fn"; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "check-man: no man page names: $$missing" >&2; exit 1; fi
+	@echo "check-man: the pages are clean and name every function"
 
 # tool_schedule sleeps through three minute boundaries: it runs beside
 # the others rather than holding one of their places.

@@ -15,6 +15,7 @@ packages=(
   librabbitmq-dev rabbitmq-server amqp-tools
   libmicrohttpd-dev   # evq serve (src/serve.c)
   curl chromium prometheus   # its tests: the API, the dashboard, promtool
+  mandoc man-db   # the manual's lint (make check-man) and the install check
 )
 
 # `deps.sh bench`: also what make bench uses (gnuplot for the chart,

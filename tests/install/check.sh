@@ -15,6 +15,17 @@ test -f "$root/include/evq.h"
 test -f "$libdir/libevq.a"
 test -f "$libdir/pkgconfig/evq.pc"
 test -f "$libdir/cmake/evq/evqConfig.cmake"
+# The manual: evq(1), and every function's page (a link to its group's).
+man -M "$root/share/man" -P cat 1 evq 2>/dev/null | grep -q "evq serve\|serve URL" || {
+  echo "man evq does not show the tool's page" >&2
+  exit 1
+}
+for fn in evq_queue_open evq_enqueue evq_serve_start evq_events_use; do
+  man -M "$root/share/man" -P cat 3 "$fn" 2>/dev/null | grep -q "$fn" || {
+    echo "man 3 $fn shows nothing" >&2
+    exit 1
+  }
+done
 # Only the public header is installed.
 [ "$(find "$root/include" -type f | wc -l)" -eq 1 ]
 
