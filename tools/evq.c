@@ -2383,8 +2383,8 @@ static const char main_help[] =
     "  bench URL           throughput, latency and memory figures\n"
     "  options SCHEME      the options a backend accepts\n"
     "\n"
-    "'evq COMMAND --help' tells more.  URLs, with options as query\n"
-    "parameters ('evq options SCHEME' lists them):\n"
+    "'evq COMMAND --help' (or 'evq help COMMAND') tells more.  URLs, with\n"
+    "options as query parameters ('evq options SCHEME' lists them):\n"
     "  memory://                        in this process only\n"
     "  sqlite:///path/file.db           sqlite://file.db: relative\n"
     "  redis://[user:pw@]host:port[/db] redis+unix:///path/redis.sock\n"
@@ -2392,6 +2392,7 @@ static const char main_help[] =
     "  postgres://[user:pw@]host[:port]/dbname\n"
     "  nats://[user:pw@]host:port[,host:port...]\n"
     "  kafka://host:port[,host:port...]\n"
+    "  amqp://[user:pw@]host[:port]/vhost  amqps://: over TLS\n"
     "Exit status: 0 success, 1 failure, 2 usage error.\n";
 
 /* The schemes this build serves (a backend can be left out). */
@@ -2423,10 +2424,23 @@ int main(int argc, char **argv)
         return EXIT_USAGE;
     }
     if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
-        strcmp(argv[1], "help") == 0) {
+        (strcmp(argv[1], "help") == 0 && argc == 2)) {
         fputs(main_help, stdout);
         print_built(stdout);
         return 0;
+    }
+    if (strcmp(argv[1], "help") == 0) { /* help COMMAND: its --help */
+        for (size_t i = 0; argc == 3 && i < sizeof cmds / sizeof cmds[0];
+             i++) {
+            if (strcmp(argv[2], cmds[i].name) == 0) {
+                char *args[] = {argv[2], "--help", NULL};
+                return cmds[i].fn(2, args);
+            }
+        }
+        fprintf(stderr, "%s help: %s%s%s\n\n%s", prog,
+                argc == 3 ? "no such command '" : "one command at a time",
+                argc == 3 ? argv[2] : "", argc == 3 ? "'" : "", main_help);
+        return EXIT_USAGE;
     }
     if (strcmp(argv[1], "--version") == 0) {
         printf("evq %s\n", EVQ_VERSION_STRING);

@@ -26,6 +26,10 @@ for fn in evq_queue_open evq_enqueue evq_serve_start evq_events_use; do
     exit 1
   }
 done
+test -f "$root/share/bash-completion/completions/evq" || {
+  echo "the bash completion is not installed" >&2
+  exit 1
+}
 # Only the public header is installed.
 [ "$(find "$root/include" -type f | wc -l)" -eq 1 ]
 

@@ -23,16 +23,22 @@ lacks() { ! grep -q -- "$2" "$out/$1" || fail "$3: $1 has '$2'"; }
 
 expect 0 "help" -- "$evq" --help
 has stdout "produce URL QUEUE" "help"
-for scheme in memory sqlite postgres redis redis+unix redis+sentinel nats kafka; do
+for scheme in memory sqlite postgres redis redis+unix redis+sentinel nats kafka amqp amqps; do
   has stdout "$scheme://" "help names $scheme"
 done
 expect 2 "no command" -- "$evq"
 expect 2 "unknown command" -- "$evq" frobnicate
 has stderr "unknown command 'frobnicate'" "unknown command"
-for cmd in produce consume stats dead demo bench options relay pause resume schedule; do
+for cmd in produce consume stats dead demo bench options relay pause resume schedule serve; do
   expect 0 "$cmd --help" -- "$evq" $cmd --help
   has stdout "usage: evq $cmd" "$cmd --help"
+  expect 0 "help $cmd" -- "$evq" help $cmd
+  has stdout "usage: evq $cmd" "help $cmd"
 done
+expect 2 "help of no such command" -- "$evq" help nosuchcommand
+has stderr "no such command 'nosuchcommand'" "help nosuchcommand"
+expect 2 "produce with no arguments" -- "$evq" produce
+has stderr "Try 'evq produce --help'" "produce with no arguments"
 expect 0 "version" -- "$evq" --version
 
 # produce from flags prints the id
