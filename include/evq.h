@@ -38,6 +38,11 @@ extern "C" {
 #define EVQ_VERSION_PATCH  0
 #define EVQ_VERSION_STRING "0.1.0"
 
+/* The version of the library the program runs with ("0.1.0"), which may
+ * be newer than the EVQ_VERSION_* it was built against.  Static storage;
+ * any thread. */
+EVQ_API const char *evq_version(void);
+
 /* --------------------------------------------------------------------------
  * Errors
  *

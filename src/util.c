@@ -587,3 +587,8 @@ double evq__ns_per_tick(void)
 {
     return ns_per_tick;
 }
+
+const char *evq_version(void)
+{
+    return EVQ_VERSION_STRING;
+}

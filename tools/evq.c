@@ -2443,7 +2443,7 @@ int main(int argc, char **argv)
         return EXIT_USAGE;
     }
     if (strcmp(argv[1], "--version") == 0) {
-        printf("evq %s\n", EVQ_VERSION_STRING);
+        printf("evq %s (library %s)\n", EVQ_VERSION_STRING, evq_version());
         print_built(stdout);
         return 0;
     }

@@ -55,6 +55,15 @@ pkg-config --static --libs evq | grep -q -- -lrdkafka || {
   echo "evq.pc --static --libs lacks the client libraries" >&2
   exit 1
 }
+# A program with libevq linked in statically: pkg-config --static names
+# every library libevq.a needs.
+static_libs=$(pkg-config --static --libs evq | sed 's/ -levq / -Wl,-Bstatic -levq -Wl,-Bdynamic /')
+cc $cflags "$src/consumer.c" -o "$stage/consumer-static" $static_libs
+if ldd "$stage/consumer-static" | grep -q libevq; then
+  echo "the static consumer still loads libevq.so" >&2
+  exit 1
+fi
+"$stage/consumer-static" | grep -q "installed evq works"
 
 # make install PREFIX=... (no DESTDIR) into another folder: the README's
 # compile line works against it as it stands.

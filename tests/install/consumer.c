@@ -1,6 +1,7 @@
 /* Built against an installed evq by tests/install/check.sh. */
 #include <evq.h>
 #include <stdio.h>
+#include <string.h>
 
 int main(void)
 {
@@ -14,7 +15,9 @@ int main(void)
     evq_ack(m);
     evq_queue_close(q);
     evq_event_free(ev);
+    /* the library it runs with is the one it was built against here */
+    ok = ok && strcmp(evq_version(), EVQ_VERSION_STRING) == 0;
     if (ok)
-        printf("installed evq works (%s)\n", EVQ_VERSION_STRING);
+        printf("installed evq works (%s)\n", evq_version());
     return ok ? 0 : 1;
 }
