@@ -38,7 +38,8 @@ WITH_ALL := -DEVQ_WITH_SQLITE=ON -DEVQ_WITH_REDIS=ON -DEVQ_WITH_NATS=ON \
             -DEVQ_WITH_SERVE=ON
 
 .PHONY: bench all deps build demo check check-normal check-asan check-tsan check-install \
-        check-fuzz check-valgrind check-man fuzz soak format install clean
+        check-fuzz check-valgrind check-man check-deb deb fuzz soak format install \
+        clean
 
 all: build
 
@@ -53,8 +54,24 @@ build: deps
 demo: build
 	./$(BUILD)/evq demo
 
-check: deps check-man check-normal check-valgrind check-asan check-tsan check-fuzz check-install
+check: deps check-man check-normal check-valgrind check-asan check-tsan check-fuzz check-install check-deb
 	@echo "make check: all tests passed (gcc; valgrind; clang ASan+UBSan; TSan; fuzzers; install)"
+
+# Debian packages (cmake/package.cmake): libevq0, libevq-dev, evq-tools
+# in build-deb/, built for /usr with every backend.
+DEB_BUILD := build-deb
+deb: deps
+	cmake -S . -B $(DEB_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DCMAKE_INSTALL_PREFIX=/usr -DEVQ_BUILD_TESTS=OFF $(WITH_ALL) >/dev/null
+	cmake --build $(DEB_BUILD) -j $(JOBS) --target evq evq_static evq_tool
+	cd $(DEB_BUILD) && cpack -G DEB >/dev/null
+	@ls $(DEB_BUILD)/*.deb
+
+# The packages unpacked in a scratch root: their files and dependencies,
+# the README's program built and run against them, the manual and the
+# completion where they belong.
+check-deb: deb
+	tests/install/deb.sh $(DEB_BUILD)
 
 # The manual: mandoc finds no warning, and every function of the header
 # has a page (its name in a page's NAME).
