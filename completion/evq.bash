@@ -14,8 +14,10 @@ _evq()
     COMPREPLY=()
     cur=${COMP_WORDS[COMP_CWORD]}
     prev=${COMP_WORDS[COMP_CWORD-1]}
-    local commands="produce consume stats pause resume dead demo schedule
-        relay serve bench options help"
+    # the commands as `evq --help` lists them (the tool's one table)
+    local commands
+    commands="$(evq --help 2>/dev/null | sed -n '3,/^$/p' |
+        awk '/^  [a-z]/ {print $1}' | tr '|' '\n') help"
 
     if [ "$COMP_CWORD" -eq 1 ]; then
         COMPREPLY=($(compgen -W "$commands --help" -- "$cur"))

@@ -2363,37 +2363,78 @@ static int cmd_options(int argc, char **argv)
     return 0;
 }
 
-static const char main_help[] =
-    "usage: evq COMMAND [ARGS]\n"
-    "\n"
-    "  produce URL QUEUE   enqueue events (from flags or standard input)\n"
-    "  consume URL QUEUE   print events as CloudEvents JSON lines, then ack\n"
-    "  stats URL QUEUE     queue figures, as JSON or Prometheus text\n"
-    "  pause|resume URL QUEUE\n"
-    "                      stop or restart every consumer of the queue\n"
-    "  dead list|replay|purge URL QUEUE\n"
-    "                      show, re-enqueue or drop dead letters\n"
-    "  demo [URL]          the seed's example end to end\n"
-    "  schedule URL QUEUE --cron EXPR --type T\n"
-    "                      enqueue an event at every time a cron expression\n"
-    "                      names\n"
-    "  relay FROM_URL QUEUE TO_URL [TO_QUEUE]\n"
-    "                      move an outbox's events on to another queue\n"
-    "  serve URL#QUEUE...  a dashboard, Prometheus /metrics and a JSON API\n"
-    "  bench URL           throughput, latency and memory figures\n"
-    "  options SCHEME      the options a backend accepts\n"
-    "\n"
-    "'evq COMMAND --help' (or 'evq help COMMAND') tells more.  URLs, with\n"
-    "options as query parameters ('evq options SCHEME' lists them):\n"
-    "  memory://                        in this process only\n"
-    "  sqlite:///path/file.db           sqlite://file.db: relative\n"
-    "  redis://[user:pw@]host:port[/db] redis+unix:///path/redis.sock\n"
-    "  redis+sentinel://host:26379[,host:26379...]/master[/db]\n"
-    "  postgres://[user:pw@]host[:port]/dbname\n"
-    "  nats://[user:pw@]host:port[,host:port...]\n"
-    "  kafka://host:port[,host:port...]\n"
-    "  amqp://[user:pw@]host[:port]/vhost  amqps://: over TLS\n"
-    "Exit status: 0 success, 1 failure, 2 usage error.\n";
+/* ---- the commands -----------------------------------------------------------
+ * One table: each command's name, the synopsis and summary `evq --help`
+ * lists, and its handler (which prints its own --help: 'evq help NAME'
+ * asks it). */
+
+static const struct command {
+    const char *name, *synopsis, *summary;
+    int (*fn)(int, char **);
+} commands[] = {
+    {"produce", "produce URL QUEUE",
+     "enqueue events (from flags or standard input)", cmd_produce},
+    {"consume", "consume URL QUEUE",
+     "print events as CloudEvents JSON lines, then ack", cmd_consume},
+    {"stats", "stats URL QUEUE", "queue figures, as JSON or Prometheus text",
+     cmd_stats},
+    {"pause", "pause|resume URL QUEUE",
+     "stop or restart every consumer of the queue", cmd_pause},
+    {"resume", NULL, NULL, cmd_pause}, /* listed with pause */
+    {"dead", "dead list|replay|purge URL QUEUE",
+     "show, re-enqueue or drop dead letters", cmd_dead},
+    {"demo", "demo [URL]", "the seed's example end to end", cmd_demo},
+    {"schedule", "schedule URL QUEUE --cron EXPR --type T",
+     "enqueue an event at every time a cron expression names", cmd_schedule},
+    {"relay", "relay FROM_URL QUEUE TO_URL [TO_QUEUE]",
+     "move an outbox's events on to another queue", cmd_relay},
+    {"serve", "serve URL#QUEUE...",
+     "a dashboard, Prometheus /metrics and a JSON API", cmd_serve},
+    {"bench", "bench URL", "throughput, latency and memory figures",
+     cmd_bench},
+    {"options", "options SCHEME", "the options a backend accepts",
+     cmd_options},
+};
+#define N_COMMANDS (sizeof commands / sizeof commands[0])
+
+static const struct command *find_command(const char *name)
+{
+    for (size_t i = 0; i < N_COMMANDS; i++)
+        if (strcmp(name, commands[i].name) == 0)
+            return &commands[i];
+    return NULL;
+}
+
+/* evq --help: the table, then the URLs. */
+static void print_usage(FILE *f)
+{
+    fputs("usage: evq COMMAND [ARGS]\n\n", f);
+    for (size_t i = 0; i < N_COMMANDS; i++) {
+        const struct command *c = &commands[i];
+        if (!c->synopsis)
+            continue;
+        /* the summary beside a short synopsis, under a long one */
+        if (strlen(c->synopsis) < 20)
+            fprintf(f, "  %-19s %s\n", c->synopsis, c->summary);
+        else
+            fprintf(f, "  %s\n                      %s\n", c->synopsis,
+                    c->summary);
+    }
+    fputs("\n"
+          "'evq COMMAND --help' (or 'evq help COMMAND') tells more.  URLs, "
+          "with\n"
+          "options as query parameters ('evq options SCHEME' lists them):\n"
+          "  memory://                        in this process only\n"
+          "  sqlite:///path/file.db           sqlite://file.db: relative\n"
+          "  redis://[user:pw@]host:port[/db] redis+unix:///path/redis.sock\n"
+          "  redis+sentinel://host:26379[,host:26379...]/master[/db]\n"
+          "  postgres://[user:pw@]host[:port]/dbname\n"
+          "  nats://[user:pw@]host:port[,host:port...]\n"
+          "  kafka://host:port[,host:port...]\n"
+          "  amqp://[user:pw@]host[:port]/vhost  amqps://: over TLS\n"
+          "Exit status: 0 success, 1 failure, 2 usage error.\n",
+          f);
+}
 
 /* The schemes this build serves (a backend can be left out). */
 static void print_built(FILE *f)
@@ -2408,38 +2449,26 @@ static void print_built(FILE *f)
 
 int main(int argc, char **argv)
 {
-    struct {
-        const char *name;
-        int (*fn)(int, char **);
-    } cmds[] = {
-        {"produce", cmd_produce}, {"consume", cmd_consume},
-        {"stats", cmd_stats},     {"dead", cmd_dead},
-        {"demo", cmd_demo},       {"bench", cmd_bench},
-        {"options", cmd_options}, {"relay", cmd_relay},
-        {"pause", cmd_pause},     {"resume", cmd_pause},
-        {"schedule", cmd_schedule}, {"serve", cmd_serve},
-    };
     if (argc < 2) {
-        fputs(main_help, stderr);
+        print_usage(stderr);
         return EXIT_USAGE;
     }
     if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
         (strcmp(argv[1], "help") == 0 && argc == 2)) {
-        fputs(main_help, stdout);
+        print_usage(stdout);
         print_built(stdout);
         return 0;
     }
     if (strcmp(argv[1], "help") == 0) { /* help COMMAND: its --help */
-        for (size_t i = 0; argc == 3 && i < sizeof cmds / sizeof cmds[0];
-             i++) {
-            if (strcmp(argv[2], cmds[i].name) == 0) {
-                char *args[] = {argv[2], "--help", NULL};
-                return cmds[i].fn(2, args);
-            }
+        const struct command *c = argc == 3 ? find_command(argv[2]) : NULL;
+        if (c) {
+            char *args[] = {argv[2], "--help", NULL};
+            return c->fn(2, args);
         }
-        fprintf(stderr, "%s help: %s%s%s\n\n%s", prog,
+        fprintf(stderr, "%s help: %s%s%s\n\n", prog,
                 argc == 3 ? "no such command '" : "one command at a time",
-                argc == 3 ? argv[2] : "", argc == 3 ? "'" : "", main_help);
+                argc == 3 ? argv[2] : "", argc == 3 ? "'" : "");
+        print_usage(stderr);
         return EXIT_USAGE;
     }
     if (strcmp(argv[1], "--version") == 0) {
@@ -2447,11 +2476,12 @@ int main(int argc, char **argv)
         print_built(stdout);
         return 0;
     }
-    signals_init();
-    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
-        if (strcmp(argv[1], cmds[i].name) == 0)
-            return cmds[i].fn(argc - 1, argv + 1);
+    const struct command *c = find_command(argv[1]);
+    if (!c) {
+        fprintf(stderr, "%s: unknown command '%s'\n\n", prog, argv[1]);
+        print_usage(stderr);
+        return EXIT_USAGE;
     }
-    fprintf(stderr, "%s: unknown command '%s'\n\n%s", prog, argv[1], main_help);
-    return EXIT_USAGE;
+    signals_init();
+    return c->fn(argc - 1, argv + 1);
 }
