@@ -674,9 +674,14 @@ static void trace_context_travels_from_producer_to_handler(void **state)
     static const char tp[] =
         "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     static const char ts[] = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7";
-    const char *formats[] = {"", "format=json", "format=msgpack",
-                             "kafka.ce_mode=binary"};
-    size_t nf = strncmp(base_url, "kafka", 5) == 0 ? 4 : 3;
+    /* The codecs are the same on every backend (the others run them
+     * all); what is kafka's own is its binary mode.  Each round on kafka
+     * is a consumer group's join, which TSan makes slow. */
+    bool kafka = strncmp(base_url, "kafka", 5) == 0;
+    const char *all[] = {"", "format=json", "format=msgpack"},
+               *kafka_formats[] = {"", "kafka.ce_mode=binary"};
+    const char *const *formats = kafka ? kafka_formats : all;
+    size_t nf = kafka ? 2 : 3;
     evq_events *e = evq_events_new();
     assert_evq_ok(evq_register_handler(e, "*", trace_handler, NULL));
     assert_evq_ok(evq_events_use(e, trace_before, NULL, NULL));
