@@ -556,7 +556,7 @@ static int take_dead(evq_server *s, squeue *sq, const char *want,
         expected = st.depth;
     int64_t until = evq__now_mono_ns() + 5000000000LL;
     evq_msg **m = NULL;
-    size_t k = 0;
+    size_t k = 0, cap = 0;
     int rc = 0;
     while (k < (size_t)s->o.max_dead_scan) {
         int64_t left = (until - evq__now_mono_ns()) / 1000000;
@@ -569,13 +569,17 @@ static int take_dead(evq_server *s, squeue *sq, const char *want,
         }
         if (rc)
             break;
-        evq_msg **g = realloc(m, (k + 1) * sizeof *g);
-        if (!g) {
-            evq_nack(x, 0);
-            rc = EVQ_ENOMEM;
-            break;
+        if (k == cap) { /* doubling: a scan may take 100 000 */
+            size_t ncap = cap ? 2 * cap : 64;
+            evq_msg **g = realloc(m, ncap * sizeof *g);
+            if (!g) {
+                evq_nack(x, 0);
+                rc = EVQ_ENOMEM;
+                break;
+            }
+            m = g;
+            cap = ncap;
         }
-        m = g;
         m[k++] = x;
         if (want && !strcmp(evq_event_id(evq_msg_event(x)), want))
             break;
