@@ -41,7 +41,7 @@ WITH_ALL := -DEVQ_WITH_SQLITE=ON -DEVQ_WITH_REDIS=ON -DEVQ_WITH_NATS=ON \
             -DEVQ_WITH_SERVE=ON
 
 .PHONY: bench all deps build demo check check-normal check-asan check-tsan check-install \
-        check-fuzz check-valgrind check-man check-deb deb fuzz soak format install \
+        check-fuzz check-valgrind check-man check-abi check-deb deb fuzz soak format install \
         clean
 
 all: build
@@ -57,8 +57,8 @@ build: deps
 demo: build
 	./$(BUILD)/evq demo
 
-check: deps check-man check-normal check-valgrind check-asan check-tsan check-fuzz check-install check-deb
-	@echo "make check: all tests passed (gcc; valgrind; clang ASan+UBSan; TSan; fuzzers; install)"
+check: deps check-man check-normal check-abi check-valgrind check-asan check-tsan check-fuzz check-install check-deb
+	@echo "make check: all tests passed (gcc; ABI; valgrind; clang ASan+UBSan; TSan; fuzzers; install)"
 
 # Debian packages (cmake/package.cmake): libevq0, libevq-dev, evq-tools
 # in build-deb/, built for /usr with every backend.
@@ -86,6 +86,10 @@ check-man: deps
 	if [ -n "$$missing" ]; then \
 	  echo "check-man: no man page names: $$missing" >&2; exit 1; fi
 	@echo "check-man: the pages are clean and name every function"
+
+# The library's ABI against abi/libevq.so.0.abi (scripts/abi.sh, abidiff).
+check-abi: build
+	scripts/abi.sh check $(BUILD)/libevq.so
 
 # tool_schedule sleeps through three minute boundaries: it runs beside
 # the others rather than holding one of their places.

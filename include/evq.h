@@ -34,14 +34,35 @@ extern "C" {
 #endif
 
 #define EVQ_VERSION_MAJOR  0
-#define EVQ_VERSION_MINOR  1
+#define EVQ_VERSION_MINOR  2
 #define EVQ_VERSION_PATCH  0
-#define EVQ_VERSION_STRING "0.1.0"
+#define EVQ_VERSION_STRING "0.2.0"
 
-/* The version of the library the program runs with ("0.1.0"), which may
+/* The version of the library the program runs with ("0.2.0"), which may
  * be newer than the EVQ_VERSION_* it was built against.  Static storage;
  * any thread. */
 EVQ_API const char *evq_version(void);
+
+/* The ABI.  Programs built against one 0.x release (from 0.2.0 on) run
+ * with any later library of the same soname, libevq.so.0; `make check`
+ * compares the library with the ABI of 0.2.0 (abi/, abidiff).  The
+ * structs a program fills or receives grow at their end only, and each
+ * carries its size in the program's build:
+ *   - the options structs (evq_worker_opts, evq_relay_opts,
+ *     evq_scheduler_opts, evq_serve_opts) begin with `size`, which their
+ *     _init sets to the struct's size as the program's evq.h declares it
+ *     (the _init names are macros passing sizeof to an _init_sized
+ *     function).  The library reads that many bytes and takes its own
+ *     defaults for the fields added after; `size` 0 (options not filled
+ *     by their _init) or larger than the library knows (a program built
+ *     against a newer evq.h) is EVQ_EINVAL, named in evq_errmsg();
+ *   - the stats structs (evq_queue_stats, evq_worker_stats,
+ *     evq_relay_stats, evq_scheduler_stats) are filled through macros of
+ *     the same names that pass sizeof: the library writes that many
+ *     bytes, zeroing fields it does not know.
+ * evq_limit, evq_codec and evq_codec_limits keep their layout for the
+ * soname (new kinds of limit come as functions, not fields).
+ * Durations are milliseconds in int64_t everywhere. */
 
 /* --------------------------------------------------------------------------
  * Errors
@@ -370,7 +391,7 @@ EVQ_API int evq_enqueue_async(evq_queue *q, const evq_event *ev,
  * `done` since the last flush (the message counts them), or 0.
  * evq_queue_close flushes too.  EVQ_ESTATE from inside a done callback.
  * Any thread. */
-EVQ_API int evq_flush(evq_queue *q, int timeout_ms);
+EVQ_API int evq_flush(evq_queue *q, int64_t timeout_ms);
 
 /* Enqueues `n` events as one operation where the backend allows; on failure
  * none or a prefix of them may have been accepted (the backend's
@@ -393,7 +414,7 @@ EVQ_API int evq_enqueue_delayed(evq_queue *q, const evq_event *ev,
  * message each backend reads).  EVQ_ETOOBIG when a kafka:// partition holds
  * a message past librdkafka's receive.message.max.bytes (it cannot move
  * until that is raised or the message is gone). */
-EVQ_API int evq_dequeue(evq_queue *q, evq_msg **msg, int timeout_ms);
+EVQ_API int evq_dequeue(evq_queue *q, evq_msg **msg, int64_t timeout_ms);
 
 /* The event of a dequeued message, borrowed from `msg`. */
 EVQ_API const evq_event *evq_msg_event(const evq_msg *msg);
@@ -412,7 +433,7 @@ EVQ_API int evq_ack(evq_msg *msg);
  * code (EVQ_ETIMEDOUT when nothing came, EVQ_EINVAL for a NULL argument or
  * max 0).  Any thread. */
 EVQ_API int evq_dequeue_batch(evq_queue *q, evq_msg **msgs, size_t max,
-                              int timeout_ms);
+                              int64_t timeout_ms);
 
 /* Acknowledges msgs[0..n), each as evq_ack (all are freed, also after a
  * failure; a NULL entry counts as a failure with EVQ_EINVAL).  0, or the
@@ -466,7 +487,10 @@ EVQ_API int evq_queue_interrupt(evq_queue *q);
  * included: it opens nothing (`dead` is -1 where that queue cannot be told
  * apart: core NATS, or an explicit nats.stream).  Any thread; the
  * backend's error (EVQ_ECONN...) when the server cannot answer. */
-EVQ_API int evq_queue_stats(evq_queue *q, struct evq_queue_stats *out);
+EVQ_API int evq_queue_stats_sized(evq_queue *q, struct evq_queue_stats *out,
+                                  size_t size);
+#define evq_queue_stats(q, out)                                                \
+    evq_queue_stats_sized((q), (out), sizeof(struct evq_queue_stats))
 
 /* Pauses and resumes the queue `q` names, for every consumer of it: every
  * handle in every process (workers, evq_dequeue, `evq consume`, relays)
@@ -605,7 +629,7 @@ typedef int (*evq_batch_fn)(const evq_event *const *evs, size_t n, int *rcs,
  * evq_register_handler. */
 EVQ_API int evq_register_batch_handler(evq_events *events, const char *pattern,
                                        evq_batch_fn fn, void *arg,
-                                       size_t max_batch, int max_wait_ms);
+                                       size_t max_batch, int64_t max_wait_ms);
 
 /* Runs every handler matching the event's type, in registration order,
  * stopping at the first that fails, and returns that handler's code
@@ -785,11 +809,12 @@ typedef struct evq_limit {
 } evq_limit;
 
 typedef struct evq_worker_opts {
+    size_t size;               /* set by evq_worker_opts_init (see "The ABI") */
     int concurrency;           /* threads, 1..1024; default 1 */
     int prefetch;              /* events each thread takes ahead, 1..1024; 1 */
     int max_attempts;          /* deliveries before dead-lettering, >= 1; 5 */
-    int backoff_initial_ms;    /* first retry's delay cap; 100 */
-    int backoff_max_ms;        /* largest retry delay; 60000 */
+    int64_t backoff_initial_ms; /* first retry's delay cap; 100 */
+    int64_t backoff_max_ms;     /* largest retry delay; 60000 */
     double backoff_multiplier; /* growth per attempt, >= 1; 2.0 */
     evq_unhandled unhandled;   /* no handler matched; dead letter */
     evq_error_fn on_error;     /* may be NULL */
@@ -805,7 +830,7 @@ typedef struct evq_worker_opts {
      * sqlite.claim_batch) are not touched while they wait in it: one that
      * waited past a third of its lease is touched when handed out, and one
      * whose lease has gone to another consumer is dropped, not run twice. */
-    int touch_ms;
+    int64_t touch_ms;
     /* Deadline of each handler run, in ms; 0 (default) none, at most
      * 604800000.  At the deadline the worker stops touching the event,
      * counts a failure (timed_out), and retries it with backoff or
@@ -818,7 +843,7 @@ typedef struct evq_worker_opts {
      * the late handler still does: on memory:// (events passed by
      * reference) both see the same event object, and with
      * kafka.ordering=key the next event of its key may start. */
-    int handler_timeout_ms;
+    int64_t handler_timeout_ms;
     /* Idempotent handling: an event whose source and id (the pair
      * CloudEvents makes unique) this worker (or, where the backend keeps
      * the record, any worker of the queue) finished successfully less
@@ -840,8 +865,11 @@ typedef struct evq_worker_opts {
     int n_limits;
 } evq_worker_opts;
 
-/* Fills `o` with the defaults above. */
-EVQ_API void evq_worker_opts_init(evq_worker_opts *o);
+/* Fills `o` with the defaults above and its size (see "The ABI"); `size`
+ * is how large the program's evq_worker_opts is. */
+EVQ_API void evq_worker_opts_init_sized(evq_worker_opts *o, size_t size);
+#define evq_worker_opts_init(o)                                                \
+    evq_worker_opts_init_sized((o), sizeof(evq_worker_opts))
 
 /* Starts a worker on `q` with the handlers of `events` (both borrowed: they
  * must outlive the worker).  `opts` is copied; NULL means the defaults.  The
@@ -858,7 +886,7 @@ EVQ_API int evq_worker_start(evq_worker **w, evq_queue *q, evq_events *events,
  * left to finish (they settle their event when the handler returns) and the
  * `events` registry must outlive them.  EVQ_ESTATE when called twice or from
  * one of the worker's own handlers.  Any thread but the worker's. */
-EVQ_API int evq_worker_stop(evq_worker *w, int drain_timeout_ms);
+EVQ_API int evq_worker_stop(evq_worker *w, int64_t drain_timeout_ms);
 
 /* Rate limits and caps on the worker's handler runs, for the events whose
  * type matches `pattern` (as handlers take them: "*", "order.*",
@@ -919,7 +947,10 @@ struct evq_worker_stats {
 
 /* Fills `out` with the worker's counters so far.  Any thread, any time
  * before evq_worker_free. */
-EVQ_API int evq_worker_stats(const evq_worker *w, struct evq_worker_stats *out);
+EVQ_API int evq_worker_stats_sized(const evq_worker *w,
+                                   struct evq_worker_stats *out, size_t size);
+#define evq_worker_stats(w, out)                                               \
+    evq_worker_stats_sized((w), (out), sizeof(struct evq_worker_stats))
 
 /* Renders the stats of `q` and/or `w` (either may be NULL) in the Prometheus
  * text exposition format (version 0.0.4): evq_prometheus (below) with one
@@ -939,6 +970,7 @@ EVQ_API char *evq_stats_prometheus(evq_queue *q, const evq_worker *w);
  * destination reported it stored (its evq_enqueue_async `done` with rc 0).
  */
 typedef struct evq_relay_opts {
+    size_t size; /* set by evq_relay_opts_init (see "The ABI") */
     /* Events sent and not yet reported stored, 1..100000; 1000.  Their
      * leases at the source are kept (touched) while they are out, so other
      * relays on the same source take other events.  A relay killed
@@ -951,7 +983,7 @@ typedef struct evq_relay_opts {
     int once;
     /* A source event whose send failed (the destination away, say) is
      * handed back to the source for a retry after this many ms; 1000. */
-    int retry_ms;
+    int64_t retry_ms;
     evq_log_fn log; /* may be NULL: what fails and recovers, as lines */
     void *log_arg;
 } evq_relay_opts;
@@ -967,8 +999,10 @@ struct evq_relay_stats {
                                lease passed on): they are sent again */
 };
 
-/* Fills `o` with the defaults above. */
-EVQ_API void evq_relay_opts_init(evq_relay_opts *o);
+/* Fills `o` with the defaults above and its size (see "The ABI"). */
+EVQ_API void evq_relay_opts_init_sized(evq_relay_opts *o, size_t size);
+#define evq_relay_opts_init(o)                                                 \
+    evq_relay_opts_init_sized((o), sizeof(evq_relay_opts))
 
 /* Relays events from `from` to `to` (both borrowed; distinct handles; `to`
  * may be on any backend) on the calling thread until evq_queue_interrupt
@@ -984,9 +1018,12 @@ EVQ_API void evq_relay_opts_init(evq_relay_opts *o);
  * away (then reconnects are waited for, and said to opts->log).  The
  * handles may not be used by other threads for dequeueing (`from`) or
  * flushing (`to`) meanwhile. */
-EVQ_API int evq_relay(evq_queue *from, evq_queue *to,
-                      const evq_relay_opts *opts,
-                      struct evq_relay_stats *stats);
+EVQ_API int evq_relay_sized(evq_queue *from, evq_queue *to,
+                            const evq_relay_opts *opts,
+                            struct evq_relay_stats *stats, size_t stats_size);
+#define evq_relay(from, to, opts, stats)                                       \
+    evq_relay_sized((from), (to), (opts), (stats),                             \
+                    sizeof(struct evq_relay_stats))
 
 /* ---- periodic events ------------------------------------------------------
  * A scheduler enqueues a copy of each template at every time its cron
@@ -1009,6 +1046,7 @@ typedef struct evq_scheduler evq_scheduler;
 #define EVQ_SCHEDULE_MAX_CATCH_UP_MS (7LL * 86400 * 1000)
 
 typedef struct evq_scheduler_opts {
+    size_t size; /* set by evq_scheduler_opts_init (see "The ABI") */
     /* Slots that passed within catch_up_ms before evq_scheduler_start
      * (downtime, a stop) are enqueued at once, late, unless enqueued
      * already; 0 (the default): they are skipped, and the first slot is
@@ -1022,8 +1060,11 @@ struct evq_scheduler_stats {
     uint64_t missed;   /* slots whose enqueue failed until the next one */
 };
 
-/* Fills `o` with the defaults above. */
-EVQ_API void evq_scheduler_opts_init(evq_scheduler_opts *o);
+/* Fills `o` with the defaults above and its size (see "The ABI"). */
+EVQ_API void evq_scheduler_opts_init_sized(evq_scheduler_opts *o,
+                                           size_t size);
+#define evq_scheduler_opts_init(o)                                             \
+    evq_scheduler_opts_init_sized((o), sizeof(evq_scheduler_opts))
 
 /* A scheduler that enqueues on `q` (borrowed: it must outlive the
  * scheduler; other threads may use it meanwhile).  `o` NULL: the
@@ -1059,8 +1100,11 @@ EVQ_API int evq_scheduler_start(evq_scheduler *s);
 EVQ_API int evq_scheduler_stop(evq_scheduler *s);
 
 /* The scheduler's counts since it was made.  Any thread. */
-EVQ_API void evq_scheduler_stats(const evq_scheduler *s,
-                                 struct evq_scheduler_stats *out);
+EVQ_API void evq_scheduler_stats_sized(const evq_scheduler *s,
+                                       struct evq_scheduler_stats *out,
+                                       size_t size);
+#define evq_scheduler_stats(s, out)                                            \
+    evq_scheduler_stats_sized((s), (out), sizeof(struct evq_scheduler_stats))
 
 /* Stops and frees (NULL: nothing); the queue stays open. */
 EVQ_API void evq_scheduler_free(evq_scheduler *s);
@@ -1087,6 +1131,7 @@ EVQ_API void evq_scheduler_free(evq_scheduler *s);
 typedef struct evq_server evq_server;
 
 typedef struct evq_serve_opts {
+    size_t size; /* set by evq_serve_opts_init (see "The ABI") */
     /* "HOST:PORT" or "[IPV6]:PORT" to listen on; "127.0.0.1:9188".  Port 0
      * takes a free one (evq_serve_port tells which).  An address other
      * than loopback opens the figures and payloads to that network. */
@@ -1100,7 +1145,7 @@ typedef struct evq_serve_opts {
     /* How often each queue's figures are read for the rates and the
      * dashboard's chart, 100..3600000 ms; 2000.  The last 120 readings are
      * kept. */
-    int sample_ms;
+    int64_t sample_ms;
     /* Dead letters read at most per listing (a listing takes them and
      * hands them back, sorted by time), 1..100000; 10000. */
     int max_dead_scan;
@@ -1108,8 +1153,10 @@ typedef struct evq_serve_opts {
     void *log_arg;
 } evq_serve_opts;
 
-/* Fills `o` with the defaults above. */
-EVQ_API void evq_serve_opts_init(evq_serve_opts *o);
+/* Fills `o` with the defaults above and its size (see "The ABI"). */
+EVQ_API void evq_serve_opts_init_sized(evq_serve_opts *o, size_t size);
+#define evq_serve_opts_init(o)                                                 \
+    evq_serve_opts_init_sized((o), sizeof(evq_serve_opts))
 
 /* A server, not yet listening.  `o` NULL: the defaults.  EVQ_EINVAL for a
  * bad option (named in evq_errmsg: a listen address that is not HOST:PORT

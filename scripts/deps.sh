@@ -16,6 +16,7 @@ packages=(
   libmicrohttpd-dev   # evq serve (src/serve.c)
   curl chromium prometheus   # its tests: the API, the dashboard, promtool
   mandoc man-db   # the manual's lint (make check-man) and the install check
+  abigail-tools   # the ABI check (make check-abi)
 )
 
 # `deps.sh bench`: also what make bench uses (gnuplot for the chart,

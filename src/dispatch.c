@@ -34,7 +34,7 @@ typedef struct handler {
     evq_process_fn fn;
     evq_batch_fn batch_fn; /* a batch handler: fn is NULL */
     size_t max_batch;
-    int max_wait_ms;
+    int64_t max_wait_ms;
     void *arg;
 } handler;
 
@@ -184,7 +184,7 @@ int evq_register_handler(evq_events *e, const char *pattern, evq_process_fn fn,
 
 int evq_register_batch_handler(evq_events *e, const char *pattern,
                                evq_batch_fn fn, void *arg, size_t max_batch,
-                               int max_wait_ms)
+                               int64_t max_wait_ms)
 {
     handler h = {0};
     int rc;
@@ -199,9 +199,9 @@ int evq_register_batch_handler(evq_events *e, const char *pattern,
                         max_batch, EVQ_MAX_BATCH);
     if (max_wait_ms < 0 || max_wait_ms > 3600000)
         return evq__err(EVQ_EINVAL,
-                        "batch handler max_wait_ms: %d is out of range (0 to "
-                        "3600000)",
-                        max_wait_ms);
+                        "batch handler max_wait_ms: %lld is out of range (0 "
+                        "to 3600000)",
+                        (long long)max_wait_ms);
     if ((rc = parse_pattern(pattern, &h)) != 0)
         return rc;
     h.batch_fn = fn;
@@ -429,7 +429,7 @@ int evq_dispatch(evq_events *e, const evq_event *ev)
 }
 
 const void *evq__batch_handler(evq_events *e, const evq_event *ev,
-                               size_t *max_batch, int *max_wait_ms)
+                               size_t *max_batch, int64_t *max_wait_ms)
 {
     if (atomic_load_explicit(&e->batch_max, memory_order_acquire) == 0)
         return NULL;

@@ -47,8 +47,21 @@ json_t *evq__json_load(const void *text, size_t len, bool any,
 
 int64_t evq__now_mono_ns(void);
 int64_t evq__now_real_ns(void);
-/* Monotonic deadline for a timeout in ms (negative: INT64_MAX). */
-int64_t evq__deadline_ns(int timeout_ms);
+/* Monotonic deadline for a timeout in ms (negative, or past INT64_MAX ns:
+ * INT64_MAX). */
+int64_t evq__deadline_ns(int64_t timeout_ms);
+
+/* The sized structs of the ABI (evq.h, "The ABI").  evq__sized_in copies
+ * the program's options `src` (its first member the size_t `size`) over
+ * `dst` (the library's struct of dst_size bytes, holding the defaults):
+ * EVQ_EINVAL naming `what` when the size is 0 or above dst_size.
+ * evq__sized_out copies the library's `src` (src_size bytes) into the
+ * program's `dst` of dst_size bytes, zeroing what the library does not
+ * know. */
+int evq__sized_in(void *dst, size_t dst_size, const void *src,
+                  const char *what);
+void evq__sized_out(void *dst, size_t dst_size, const void *src,
+                    size_t src_size);
 /* Absolute CLOCK_MONOTONIC timespec for pthread_cond_timedwait. */
 struct timespec evq__ts_from_ns(int64_t ns);
 
@@ -476,7 +489,7 @@ int evq__pipe_put(evq__pipe *p, evq__item *items, size_t n,
                   evq_enqueued_fn done, void *arg, bool wait);
 /* Sends what waits and waits until every accepted event is reported;
  * then the failures of events without a `done` since the last flush. */
-int evq__pipe_flush(evq__pipe *p, int timeout_ms);
+int evq__pipe_flush(evq__pipe *p, int64_t timeout_ms);
 /* Later puts fail with EVQ_ECLOSED; producers waiting for room return. */
 void evq__pipe_interrupt(evq__pipe *p);
 /* Refuses new events, sends and reports the rest, stops the thread.  When
@@ -681,7 +694,7 @@ int64_t evq__msg_lease_ns(const evq_msg *m);
 /* The batch handler an event goes to (the first matching), with its
  * bounds; NULL when none matches. */
 const void *evq__batch_handler(evq_events *e, const evq_event *ev,
-                               size_t *max_batch, int *max_wait_ms);
+                               size_t *max_batch, int64_t *max_wait_ms);
 /* The largest max_batch of the registry's batch handlers (0: none). */
 size_t evq__events_max_batch(evq_events *e);
 /* Runs batch handler bh on evs[0..n), then the per-event handlers of

@@ -424,11 +424,13 @@ int evq__pipe_put(evq__pipe *p, evq__item *items, size_t n,
 /* Waits until every accepted event is reported, sending what waits on
  * this thread (inline) or leaving it to the sender thread, so the wait
  * can end at its timeout even while the backend blocks. */
-static int flush_wait(evq__pipe *p, int timeout_ms, bool send_inline)
+static int flush_wait(evq__pipe *p, int64_t timeout_ms, bool send_inline)
 {
-    int64_t deadline = timeout_ms < 0 ? INT64_MAX
-                                      : evq__now_real_ns() +
-                                            (int64_t)timeout_ms * 1000000;
+    int64_t now = evq__now_real_ns();
+    int64_t deadline =
+        timeout_ms < 0 || timeout_ms > (INT64_MAX - now) / 1000000
+            ? INT64_MAX
+            : now + timeout_ms * 1000000;
     int rc = 0;
     pthread_mutex_lock(&p->mu);
     while (p->in_flight > 0 && !rc) {
@@ -447,8 +449,8 @@ static int flush_wait(evq__pipe *p, int timeout_ms, bool send_inline)
             if (pthread_cond_timedwait(&p->settled, &p->mu, &ts) != 0 &&
                 p->in_flight > 0)
                 rc = evq__err(EVQ_ETIMEDOUT,
-                              "%zu events still in flight after %d ms",
-                              p->in_flight, timeout_ms);
+                              "%zu events still in flight after %lld ms",
+                              p->in_flight, (long long)timeout_ms);
         }
     }
     if (!rc && p->silent_failures) {
@@ -463,7 +465,7 @@ static int flush_wait(evq__pipe *p, int timeout_ms, bool send_inline)
     return rc;
 }
 
-int evq__pipe_flush(evq__pipe *p, int timeout_ms)
+int evq__pipe_flush(evq__pipe *p, int64_t timeout_ms)
 {
     if (tls_in_done)
         return evq__err(EVQ_ESTATE, "evq_flush from inside a done callback "

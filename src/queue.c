@@ -901,7 +901,7 @@ int evq_enqueue_async(evq_queue *q, const evq_event *ev, int64_t delay_ms,
     return rc;
 }
 
-int evq_flush(evq_queue *q, int timeout_ms)
+int evq_flush(evq_queue *q, int64_t timeout_ms)
 {
     if (!q)
         return evq__err(EVQ_EINVAL, "evq_flush: q is NULL");
@@ -1104,14 +1104,14 @@ static bool lease_fresh(evq_queue *q, evq__delivery *d)
 
 /* What is left of a dequeue's wait after messages it passed over: the
  * timeout for the next try, or EVQ_ETIMEDOUT once it is spent. */
-static int time_left(int64_t deadline, int *timeout_ms)
+static int time_left(int64_t deadline, int64_t *timeout_ms)
 {
     if (*timeout_ms <= 0)
         return 0;
     int64_t left = deadline - evq__now_mono_ns();
     if (left <= 0)
         return evq__err(EVQ_ETIMEDOUT, "dequeue timed out");
-    *timeout_ms = (int)((left + 999999) / 1000000);
+    *timeout_ms = (left + 999999) / 1000000;
     return 0;
 }
 
@@ -1299,18 +1299,23 @@ static int take(evq_queue *q, evq__delivery *d, size_t want, int timeout_ms)
  * it is paused, and the backend waited on in slices of PAUSE_READ_MS, so a
  * pause that comes meanwhile is seen. */
 static int take_first(evq_queue *q, evq__delivery *d, size_t want,
-                      int timeout_ms)
+                      int64_t timeout_ms)
 {
-    if (!can_pause(q))
-        return take(q, d, want, timeout_ms);
-    int64_t end = timeout_ms < 0 ? INT64_MAX : evq__deadline_ns(timeout_ms);
+    bool pausable = can_pause(q);
+    if (!pausable && timeout_ms <= INT_MAX)
+        return take(q, d, want, (int)timeout_ms);
+    /* the backends wait at most INT_MAX ms a call: longer waits are slices
+     * too */
+    int64_t end = evq__deadline_ns(timeout_ms);
+    int64_t most = pausable ? PAUSE_READ_MS : INT_MAX;
     for (;;) {
-        int rc = pause_wait(q, end);
+        int rc = pausable ? pause_wait(q, end) : 0;
         if (rc)
             return rc;
-        int64_t left = (end - evq__now_mono_ns() + 999999) / 1000000;
-        int slice = left < PAUSE_READ_MS ? (int)(left > 0 ? left : 0)
-                                         : PAUSE_READ_MS;
+        int64_t left = end == INT64_MAX
+                           ? most
+                           : (end - evq__now_mono_ns() + 999999) / 1000000;
+        int slice = left < most ? (int)(left > 0 ? left : 0) : (int)most;
         int n = take(q, d, want, slice);
         if (n != EVQ_ETIMEDOUT || evq__now_mono_ns() >= end)
             return n;
@@ -1403,7 +1408,7 @@ int evq__queue_done_has(evq_queue *q, const char *id)
 }
 
 int evq_dequeue_batch(evq_queue *q, evq_msg **msgs, size_t max,
-                      int timeout_ms)
+                      int64_t timeout_ms)
 {
     evq__delivery d[TAKE_MAX];
     size_t got = 0;
@@ -1443,7 +1448,7 @@ int evq_dequeue_batch(evq_queue *q, evq_msg **msgs, size_t max,
     return (int)got;
 }
 
-int evq_dequeue(evq_queue *q, evq_msg **msgp, int timeout_ms)
+int evq_dequeue(evq_queue *q, evq_msg **msgp, int64_t timeout_ms)
 {
     if (!q || !msgp)
         return evq__err(EVQ_EINVAL, "evq_dequeue: %s is NULL",
@@ -1645,12 +1650,15 @@ int evq_msg_replay(evq_msg *m, evq_queue *to)
     return evq_ack(m);
 }
 
-int evq_queue_stats(evq_queue *q, struct evq_queue_stats *out)
+int evq_queue_stats_sized(evq_queue *q, struct evq_queue_stats *user,
+                          size_t size)
 {
+    struct evq_queue_stats st, *out = &st;
     int rc = 0;
 
-    if (!q || !out)
+    if (!q || !user)
         return evq__err(EVQ_EINVAL, "evq_queue_stats: NULL argument");
+    memset(&st, 0, sizeof st);
     out->depth = out->in_flight = out->delayed = out->dead = -1;
     if (q->ops->stats)
         rc = q->ops->stats(q->state, out);
@@ -1671,6 +1679,7 @@ int evq_queue_stats(evq_queue *q, struct evq_queue_stats *out)
     if (q->ops->count && q->ops->count(q->state, q->dead_name, &out->dead))
         out->dead = -1;
     out->dead_lettered = atomic_load(&q->dead_lettered);
+    evq__sized_out(user, size, &st, sizeof st);
     return rc;
 }
 

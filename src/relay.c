@@ -55,13 +55,16 @@ struct relay {
     uint64_t failed_since_said;
 };
 
-void evq_relay_opts_init(evq_relay_opts *o)
+void evq_relay_opts_init_sized(evq_relay_opts *o, size_t size)
 {
-    if (!o)
+    evq_relay_opts d;
+    if (!o || size < sizeof d.size)
         return;
-    memset(o, 0, sizeof *o);
-    o->window = 1000;
-    o->retry_ms = 1000;
+    memset(&d, 0, sizeof d);
+    d.window = 1000;
+    d.retry_ms = 1000;
+    evq__sized_out(o, size, &d, sizeof d);
+    o->size = size;
 }
 
 static void rlog(relay *r, evq_log_level lvl, const char *fmt, ...)
@@ -145,9 +148,10 @@ static void settle_one(relay *r, evq_msg *m, int rc, const char *why)
     if (!r->said_ns || now - r->said_ns >= RELAY_SAY_EVERY_NS) {
         rlog(r, EVQ_LOG_ERROR,
              "relay: sending to the destination fails (%s: %s); %llu "
-             "event%s handed back to the source for a retry in %d ms",
+             "event%s handed back to the source for a retry in %lld ms",
              evq_strerror(rc), why, (unsigned long long)r->failed_since_said,
-             r->failed_since_said == 1 ? "" : "s", r->o->retry_ms);
+             r->failed_since_said == 1 ? "" : "s",
+             (long long)r->o->retry_ms);
         r->said_ns = now;
         r->failed_since_said = 0;
     }
@@ -252,16 +256,17 @@ static bool source_away(int rc)
     return rc == EVQ_ECONN || rc == EVQ_EIO || rc == EVQ_EBUSY;
 }
 
-int evq_relay(evq_queue *from, evq_queue *to, const evq_relay_opts *opts,
-              struct evq_relay_stats *stats)
+int evq_relay_sized(evq_queue *from, evq_queue *to,
+                    const evq_relay_opts *user, struct evq_relay_stats *stats,
+                    size_t stats_size)
 {
-    evq_relay_opts defaults;
-    if (!opts) {
-        evq_relay_opts_init(&defaults);
-        opts = &defaults;
-    }
+    evq_relay_opts defaults, *opts = &defaults;
+    evq_relay_opts_init(&defaults);
     if (stats)
-        memset(stats, 0, sizeof *stats);
+        memset(stats, 0, stats_size);
+    if (user && evq__sized_in(&defaults, sizeof defaults, user,
+                              "evq_relay_opts") != 0)
+        return EVQ_EINVAL;
     if (!from || !to)
         return evq__err(EVQ_EINVAL, "relay: NULL queue");
     if (from == to)
@@ -270,9 +275,11 @@ int evq_relay(evq_queue *from, evq_queue *to, const evq_relay_opts *opts,
     if (opts->window < 1 || opts->window > RELAY_WINDOW_MAX)
         return evq__err(EVQ_EINVAL, "relay: window %d is not in 1..%d",
                         opts->window, RELAY_WINDOW_MAX);
-    if (opts->retry_ms < 0)
-        return evq__err(EVQ_EINVAL, "relay: retry_ms %d is negative",
-                        opts->retry_ms);
+    if (opts->retry_ms < 0 || opts->retry_ms > 2592000000LL)
+        return evq__err(EVQ_EINVAL,
+                        "relay: retry_ms %lld is not in 0..2592000000 (30 "
+                        "days)",
+                        (long long)opts->retry_ms);
 
     relay r = {.o = opts, .from = from, .to = to};
     size_t window = (size_t)opts->window;
@@ -370,7 +377,7 @@ int evq_relay(evq_queue *from, evq_queue *to, const evq_relay_opts *opts,
     free(r.free_slots);
     free(r.done);
     if (stats)
-        *stats = r.st;
+        evq__sized_out(stats, stats_size, &r.st, sizeof r.st);
     if (status)
         return evq__err(status, "relay: taking from the source failed: %s",
                         status_why);

@@ -51,10 +51,13 @@ struct evq_scheduler {
     atomic_uint_fast64_t enqueued, taken, missed;
 };
 
-void evq_scheduler_opts_init(evq_scheduler_opts *o)
+void evq_scheduler_opts_init_sized(evq_scheduler_opts *o, size_t size)
 {
-    if (o)
-        *o = (evq_scheduler_opts){.catch_up_ms = 0};
+    evq_scheduler_opts d = {.catch_up_ms = 0};
+    if (!o || size < sizeof d.size)
+        return;
+    evq__sized_out(o, size, &d, sizeof d);
+    o->size = size;
 }
 
 int evq_scheduler_new(evq_scheduler **out, evq_queue *q,
@@ -66,8 +69,9 @@ int evq_scheduler_new(evq_scheduler **out, evq_queue *q,
     *out = NULL;
     evq_scheduler_opts def;
     evq_scheduler_opts_init(&def);
-    if (!o)
-        o = &def;
+    if (o && evq__sized_in(&def, sizeof def, o, "evq_scheduler_opts") != 0)
+        return EVQ_EINVAL;
+    o = &def;
     if (o->catch_up_ms < 0 || o->catch_up_ms > EVQ_SCHEDULE_MAX_CATCH_UP_MS)
         return evq__err(EVQ_EINVAL,
                         "catch_up_ms %lld is not from 0 to %lld (7 days)",
@@ -281,15 +285,18 @@ int evq_scheduler_stop(evq_scheduler *s)
     return 0;
 }
 
-void evq_scheduler_stats(const evq_scheduler *s,
-                         struct evq_scheduler_stats *out)
+void evq_scheduler_stats_sized(const evq_scheduler *s,
+                               struct evq_scheduler_stats *user, size_t size)
 {
-    if (!s || !out)
+    if (!s || !user)
         return;
     evq_scheduler *m = (evq_scheduler *)s;
-    out->enqueued = atomic_load(&m->enqueued);
-    out->taken = atomic_load(&m->taken);
-    out->missed = atomic_load(&m->missed);
+    struct evq_scheduler_stats out = {
+        .enqueued = atomic_load(&m->enqueued),
+        .taken = atomic_load(&m->taken),
+        .missed = atomic_load(&m->missed),
+    };
+    evq__sized_out(user, size, &out, sizeof out);
 }
 
 void evq_scheduler_free(evq_scheduler *s)

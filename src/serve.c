@@ -12,14 +12,17 @@
 #include <stdlib.h>
 #include <string.h>
 
-void evq_serve_opts_init(evq_serve_opts *o)
+void evq_serve_opts_init_sized(evq_serve_opts *o, size_t size)
 {
-    if (!o)
+    evq_serve_opts d;
+    if (!o || size < sizeof d.size)
         return;
-    memset(o, 0, sizeof *o);
-    o->listen = "127.0.0.1:9188";
-    o->sample_ms = 2000;
-    o->max_dead_scan = 10000;
+    memset(&d, 0, sizeof d);
+    d.listen = "127.0.0.1:9188";
+    d.sample_ms = 2000;
+    d.max_dead_scan = 10000;
+    evq__sized_out(o, size, &d, sizeof d);
+    o->size = size;
 }
 
 #if EVQ__HAVE_SERVE
@@ -116,10 +119,10 @@ int evq_serve_new(evq_server **out, const evq_serve_opts *o)
     if (!out)
         return evq__err(EVQ_EINVAL, "evq_serve_new: s is NULL");
     *out = NULL;
-    if (!o) {
-        evq_serve_opts_init(&d);
-        o = &d;
-    }
+    evq_serve_opts_init(&d);
+    if (o && evq__sized_in(&d, sizeof d, o, "evq_serve_opts") != 0)
+        return EVQ_EINVAL;
+    o = &d;
     if (!o->listen || !*o->listen)
         return evq__err(EVQ_EINVAL, "evq_serve: listen is empty");
     if (o->token && strlen(o->token) < 16)
@@ -128,8 +131,8 @@ int evq_serve_new(evq_server **out, const evq_serve_opts *o)
                         strlen(o->token));
     if (o->sample_ms < 100 || o->sample_ms > 3600000)
         return evq__err(EVQ_EINVAL,
-                        "evq_serve: sample_ms %d is outside 100..3600000",
-                        o->sample_ms);
+                        "evq_serve: sample_ms %lld is outside 100..3600000",
+                        (long long)o->sample_ms);
     if (o->max_dead_scan < 1 || o->max_dead_scan > 100000)
         return evq__err(EVQ_EINVAL,
                         "evq_serve: max_dead_scan %d is outside 1..100000",
@@ -490,8 +493,8 @@ static enum MHD_Result api_history(req *r, squeue *sq)
     }
     pthread_mutex_unlock(&r->s->mu);
     return respond_json(r, MHD_HTTP_OK,
-                        json_pack("{si s[ssss] so}", "interval_ms",
-                                  r->s->o.sample_ms, "columns", "depth",
+                        json_pack("{sI s[ssss] so}", "interval_ms",
+                                  (json_int_t)r->s->o.sample_ms, "columns", "depth",
                                   "in_flight", "delayed", "dead", "samples",
                                   a));
 }
@@ -968,9 +971,12 @@ void evq_serve_free(evq_server *s)
 
 int evq_serve_new(evq_server **s, const evq_serve_opts *o)
 {
-    (void)o;
+    evq_serve_opts d;
     if (s)
         *s = NULL;
+    evq_serve_opts_init(&d);
+    if (o && evq__sized_in(&d, sizeof d, o, "evq_serve_opts") != 0)
+        return EVQ_EINVAL; /* a program's mistake, said in any build */
     return OFF;
 }
 

@@ -40,11 +40,41 @@ int64_t evq__hdr_int(const void *value, size_t len)
     return v;
 }
 
-int64_t evq__deadline_ns(int timeout_ms)
+int64_t evq__deadline_ns(int64_t timeout_ms)
 {
-    if (timeout_ms < 0)
+    int64_t now = evq__now_mono_ns();
+    if (timeout_ms < 0 || timeout_ms > (INT64_MAX - now) / 1000000)
         return INT64_MAX;
-    return evq__now_mono_ns() + (int64_t)timeout_ms * 1000000;
+    return now + timeout_ms * 1000000;
+}
+
+int evq__sized_in(void *dst, size_t dst_size, const void *src,
+                  const char *what)
+{
+    size_t size;
+    memcpy(&size, src, sizeof size);
+    if (size < sizeof size)
+        return evq__err(EVQ_EINVAL,
+                        "%s.size is %zu: fill the options with %s_init "
+                        "before setting them",
+                        what, size, what);
+    if (size > dst_size)
+        return evq__err(EVQ_EINVAL,
+                        "%s of %zu bytes: this libevq %s knows %zu (the "
+                        "program was built against a newer evq.h)",
+                        what, size, EVQ_VERSION_STRING, dst_size);
+    memcpy(dst, src, size);
+    memcpy(dst, &dst_size, sizeof dst_size);
+    return 0;
+}
+
+void evq__sized_out(void *dst, size_t dst_size, const void *src,
+                    size_t src_size)
+{
+    size_t n = dst_size < src_size ? dst_size : src_size;
+    memcpy(dst, src, n);
+    if (dst_size > n)
+        memset((char *)dst + n, 0, dst_size - n);
 }
 
 struct timespec evq__ts_from_ns(int64_t ns)

@@ -147,18 +147,21 @@ int evq_handler_expired(void)
     return tls_deadline_ns && evq__now_mono_ns() >= tls_deadline_ns;
 }
 
-void evq_worker_opts_init(evq_worker_opts *o)
+void evq_worker_opts_init_sized(evq_worker_opts *o, size_t size)
 {
-    if (!o)
+    evq_worker_opts d;
+    if (!o || size < sizeof d.size)
         return;
-    memset(o, 0, sizeof *o);
-    o->concurrency = 1;
-    o->prefetch = 1;
-    o->max_attempts = 5;
-    o->backoff_initial_ms = 100;
-    o->backoff_max_ms = 60000;
-    o->backoff_multiplier = 2.0;
-    o->unhandled = EVQ_UNHANDLED_DEAD_LETTER;
+    memset(&d, 0, sizeof d);
+    d.concurrency = 1;
+    d.prefetch = 1;
+    d.max_attempts = 5;
+    d.backoff_initial_ms = 100;
+    d.backoff_max_ms = 60000;
+    d.backoff_multiplier = 2.0;
+    d.unhandled = EVQ_UNHANDLED_DEAD_LETTER;
+    evq__sized_out(o, size, &d, sizeof d);
+    o->size = size;
 }
 
 static void wlog(const evq_worker *w, evq_log_level lvl, const char *fmt, ...)
@@ -371,8 +374,8 @@ static void time_out(wthread *kt, evq_msg *m)
     bump(&kt->failed, 1);
     bump(&kt->timed_out, 1);
     snprintf(reason, sizeof reason,
-             "handler timed out: still running after handler_timeout_ms=%d",
-             w->o.handler_timeout_ms);
+             "handler timed out: still running after handler_timeout_ms=%lld",
+             (long long)w->o.handler_timeout_ms);
     wlog(w, EVQ_LOG_WARN, "event %.40s (%.64s): %s", evq_event_id(ev),
          evq_event_type(ev), reason);
     if (attempt >= w->o.max_attempts) {
@@ -643,7 +646,7 @@ static void run_handlers(wthread *t, evq_msg **ms, int k, const void *bh)
 {
     evq_worker *w = t->w;
     bool kept = w->period_ms > 0;
-    int timeout = w->o.handler_timeout_ms;
+    int64_t timeout = w->o.handler_timeout_ms;
     const evq_event *evs[EVQ_MAX_BATCH];
     evq_event *own[EVQ_MAX_BATCH];
     int rcs[EVQ_MAX_BATCH];
@@ -686,7 +689,7 @@ static void run_handlers(wthread *t, evq_msg **ms, int k, const void *bh)
     }
     uint64_t start = evq__ticks();
     int64_t deadline_ns =
-        timeout > 0 ? evq__now_mono_ns() + (int64_t)timeout * 1000000 : 0;
+        timeout > 0 ? evq__now_mono_ns() + timeout * 1000000 : 0;
     tls_deadline_ns = deadline_ns;
     if (kept) {
         pthread_mutex_lock(&t->hold_mu);
@@ -800,12 +803,12 @@ static bool hold_more(wthread *t, evq_msg **batch, int *n, bool kept,
  * handler's max_wait_ms; the rest fetched meanwhile is held for later.
  * When kept, the group is the keeper's run set while it fills. */
 static void gather(wthread *t, evq_msg **batch, int next, int *n, bool kept,
-                   const void *bh, size_t max_batch, int max_wait_ms,
+                   const void *bh, size_t max_batch, int64_t max_wait_ms,
                    evq_msg **group, int *k)
 {
     evq_worker *w = t->w;
     size_t mb;
-    int mw;
+    int64_t mw;
     if (kept) {
         pthread_mutex_lock(&t->hold_mu);
         t->run[0] = group[0];
@@ -830,7 +833,7 @@ static void gather(wthread *t, evq_msg **batch, int next, int *n, bool kept,
         t->n_held = *n;
         pthread_mutex_unlock(&t->hold_mu);
     }
-    int64_t end = evq__now_mono_ns() + (int64_t)max_wait_ms * 1000000;
+    int64_t end = evq__now_mono_ns() + max_wait_ms * 1000000;
     size_t fetched = 0; /* bounds what waits in batch */
     while ((size_t)*k < max_batch && fetched < max_batch &&
            !atomic_load_explicit(&w->stopping, memory_order_acquire)) {
@@ -880,7 +883,7 @@ static void *worker_main(void *arg)
     tls_worker = w;
     while (!atomic_load_explicit(&w->stopping, memory_order_acquire)) {
         size_t take = (size_t)w->o.prefetch, mb = 0;
-        int mw = 0;
+        int64_t mw = 0;
         size_t most = evq__events_max_batch(w->events);
         if (most > take)
             take = most;
@@ -966,26 +969,30 @@ static int check_opts(const evq_worker_opts *o)
         return evq__err(EVQ_EINVAL,
                         "worker option 'max_attempts': %d must be at least 1",
                         o->max_attempts);
-    if (o->backoff_initial_ms < 0 || o->backoff_max_ms < o->backoff_initial_ms)
+    if (o->backoff_initial_ms < 0 || o->backoff_max_ms < o->backoff_initial_ms ||
+        o->backoff_max_ms > 2592000000LL)
         return evq__err(EVQ_EINVAL,
-                        "worker options 'backoff_initial_ms' (%d) and "
-                        "'backoff_max_ms' (%d) need 0 <= initial <= max",
-                        o->backoff_initial_ms, o->backoff_max_ms);
+                        "worker options 'backoff_initial_ms' (%lld) and "
+                        "'backoff_max_ms' (%lld) need 0 <= initial <= max <= "
+                        "2592000000 (30 days)",
+                        (long long)o->backoff_initial_ms,
+                        (long long)o->backoff_max_ms);
     if (!(o->backoff_multiplier >= 1.0) || !isfinite(o->backoff_multiplier))
         return evq__err(EVQ_EINVAL,
                         "worker option 'backoff_multiplier': %g must be a "
                         "finite number >= 1",
                         o->backoff_multiplier);
-    if (o->touch_ms < -1)
+    if (o->touch_ms < -1 || o->touch_ms > 2592000000LL)
         return evq__err(EVQ_EINVAL,
-                        "worker option 'touch_ms': %d must be -1 (never), 0 "
-                        "(a third of the visibility timeout) or positive",
-                        o->touch_ms);
+                        "worker option 'touch_ms': %lld must be -1 (never), 0 "
+                        "(a third of the visibility timeout) or up to "
+                        "2592000000 (30 days)",
+                        (long long)o->touch_ms);
     if (o->handler_timeout_ms < 0 || o->handler_timeout_ms > 604800000)
         return evq__err(EVQ_EINVAL,
-                        "worker option 'handler_timeout_ms': %d is out of "
+                        "worker option 'handler_timeout_ms': %lld is out of "
                         "range (0: none, up to 604800000: a week)",
-                        o->handler_timeout_ms);
+                        (long long)o->handler_timeout_ms);
     if (o->dedup_window_ms < 0 || o->dedup_window_ms > 2592000000LL)
         return evq__err(EVQ_EINVAL,
                         "worker option 'dedup_window_ms': %lld is out of "
@@ -1016,10 +1023,11 @@ int evq_worker_start(evq_worker **wp, evq_queue *q, evq_events *events,
     if (!wp || !q || !events)
         return evq__err(EVQ_EINVAL, "evq_worker_start: NULL argument");
     *wp = NULL;
-    if (!opts) {
-        evq_worker_opts_init(&def);
-        opts = &def;
-    }
+    evq_worker_opts_init(&def);
+    if (opts && (rc = evq__sized_in(&def, sizeof def, opts,
+                                    "evq_worker_opts")) != 0)
+        return rc;
+    opts = &def;
     if ((rc = check_opts(opts)) != 0)
         return rc;
     evq__ticks_init();
@@ -1046,10 +1054,10 @@ int evq_worker_start(evq_worker **wp, evq_queue *q, evq_events *events,
         int64_t vt = w->lease_ns / 1000000;
         worker_release(w);
         return evq__err(EVQ_EINVAL,
-                        "worker option 'touch_ms': %d is not shorter than "
-                        "the queue's visibility_timeout_ms (%lld): leases "
-                        "would run out between touches",
-                        opts->touch_ms, (long long)vt);
+                        "worker option 'touch_ms': %lld is not shorter "
+                        "than the queue's visibility_timeout_ms (%lld): "
+                        "leases would run out between touches",
+                        (long long)opts->touch_ms, (long long)vt);
     }
     /* The keeper's round: half the touch interval, and a tenth of the
      * handler timeout so a deadline is seen at most that late. */
@@ -1159,7 +1167,7 @@ int evq_worker_start(evq_worker **wp, evq_queue *q, evq_events *events,
     return 0;
 }
 
-int evq_worker_stop(evq_worker *w, int drain_timeout_ms)
+int evq_worker_stop(evq_worker *w, int64_t drain_timeout_ms)
 {
     int expected = 0;
     int64_t deadline = evq__deadline_ns(drain_timeout_ms);
@@ -1194,8 +1202,8 @@ int evq_worker_stop(evq_worker *w, int drain_timeout_ms)
     if (stuck > 0) {
         char msg[512];
         int len = snprintf(msg, sizeof msg,
-                           "%d handler%s still running after %d ms:", stuck,
-                           stuck == 1 ? "" : "s", drain_timeout_ms);
+                           "%d handler%s still running after %lld ms:", stuck,
+                           stuck == 1 ? "" : "s", (long long)drain_timeout_ms);
         uint64_t now = evq__ticks();
         for (int i = 0; i < w->n && len < (int)sizeof msg - 1; i++) {
             wthread *t = w->t[i];
@@ -1259,11 +1267,13 @@ void evq_worker_free(evq_worker *w)
     worker_release(w);
 }
 
-int evq_worker_stats(const evq_worker *w, struct evq_worker_stats *out)
+int evq_worker_stats_sized(const evq_worker *w, struct evq_worker_stats *user,
+                           size_t size)
 {
+    struct evq_worker_stats st, *out = &st;
     uint64_t *counts;
 
-    if (!w || !out)
+    if (!w || !user)
         return evq__err(EVQ_EINVAL, "evq_worker_stats: NULL argument");
     memset(out, 0, sizeof *out);
     counts = calloc(EVQ__HIST_BUCKETS, sizeof *counts);
@@ -1299,6 +1309,7 @@ int evq_worker_stats(const evq_worker *w, struct evq_worker_stats *out)
     out->latency_ns_p999 = Q(0.999);
 #undef Q
     free(counts);
+    evq__sized_out(user, size, &st, sizeof st);
     return 0;
 }
 

@@ -448,7 +448,7 @@ static void middleware_sees_each_event_of_a_batch(void **state)
     int rcs[3];
     char reason[256] = "";
     size_t max;
-    int wait;
+    int64_t wait;
     const void *bh = evq__batch_handler(e, evs[0], &max, &wait);
     assert_non_null(bh);
     evq__dispatch_batch(e, bh, (const evq_event *const *)evs, 3, rcs, reason,
