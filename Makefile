@@ -147,7 +147,7 @@ bench: build
 
 format:
 	clang-format -i include/*.h src/*.c src/*.h src/backends/*.c \
-	  tests/*.c tests/*.h tests/fuzz/*.c examples/*.c
+	  tests/*.c tests/*.h tests/fuzz/*.c examples/*.c tools/*.c tools/*.h
 
 install: build
 	DESTDIR="$(DESTDIR)" cmake --install $(BUILD) --prefix $(PREFIX)

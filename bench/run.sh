@@ -8,7 +8,8 @@ runs=${2:-5}
 events=${3:-1000000}
 evq="$build/evq"
 ring="$build/baseline_ring"
-[ -x "$evq" ] && [ -x "$ring" ] || { echo "build first: make build" >&2; exit 1; }
+stats_cost="$build/stats_cost"
+[ -x "$evq" ] && [ -x "$ring" ] && [ -x "$stats_cost" ] || { echo "build first: make build" >&2; exit 1; }
 . "$(dirname "$0")/lib.sh"
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
@@ -19,6 +20,7 @@ trap 'rm -rf "$tmp"' EXIT
 for i in $(seq "$runs"); do
   "$ring" 4000000 65536 >>"$tmp/ring"
   "$evq" bench memory:// --events "$events" --size 100 --producers 1 --workers 1 --json >>"$tmp/evq"
+  "$stats_cost" >>"$tmp/stats"
   rec memory:// "mutex ring buffer, pointers/s" "$(tail -1 "$tmp/ring" | json_field baseline_ring_per_s)"
   j=$(tail -1 "$tmp/evq")
   rec memory:// "evq raw queue/s" "$(json_field raw_per_s <<<"$j")" "mutex ring buffer, pointers/s"
@@ -38,9 +40,10 @@ printf 'machine: %s, %s cores\n' "$(uname -m)" "$(nproc)"
 printf 'runs: %s, events per run: %s, payload 100 bytes, 1 producer, 1 worker thread\n\n' "$runs" "$events"
 printf '%-34s %14s\n' "figure (median)" "value"
 printf '%-34s %14s\n' "baseline mutex ring, pointers/s" "$ring_m"
-for f in raw_per_s enqueue_per_s drain_per_s e2e_per_s stats_overhead_ns peak_rss_kib; do
+for f in raw_per_s enqueue_per_s drain_per_s e2e_per_s peak_rss_kib; do
   printf '%-34s %14s\n' "evq $f" "$(field $f <"$tmp/evq" | median)"
 done
+printf '%-34s %14s\n' "evq stats_overhead_ns" "$(field stats_overhead_ns <"$tmp/stats" | median)"
 for q in p50 p99 p999; do
   printf '%-34s %14s\n' "evq e2e latency $q (us)" "$(grep -o "\"$q\":[0-9.]*" "$tmp/evq" | cut -d: -f2 | median)"
 done

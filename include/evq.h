@@ -809,15 +809,15 @@ typedef struct evq_limit {
 } evq_limit;
 
 typedef struct evq_worker_opts {
-    size_t size;               /* set by evq_worker_opts_init (see "The ABI") */
-    int concurrency;           /* threads, 1..1024; default 1 */
-    int prefetch;              /* events each thread takes ahead, 1..1024; 1 */
-    int max_attempts;          /* deliveries before dead-lettering, >= 1; 5 */
+    size_t size;      /* set by evq_worker_opts_init (see "The ABI") */
+    int concurrency;  /* threads, 1..1024; default 1 */
+    int prefetch;     /* events each thread takes ahead, 1..1024; 1 */
+    int max_attempts; /* deliveries before dead-lettering, >= 1; 5 */
     int64_t backoff_initial_ms; /* first retry's delay cap; 100 */
     int64_t backoff_max_ms;     /* largest retry delay; 60000 */
-    double backoff_multiplier; /* growth per attempt, >= 1; 2.0 */
-    evq_unhandled unhandled;   /* no handler matched; dead letter */
-    evq_error_fn on_error;     /* may be NULL */
+    double backoff_multiplier;  /* growth per attempt, >= 1; 2.0 */
+    evq_unhandled unhandled;    /* no handler matched; dead letter */
+    evq_error_fn on_error;      /* may be NULL */
     void *on_error_arg;
     evq_log_fn log; /* may be NULL: the library never prints */
     void *log_arg;
@@ -915,8 +915,7 @@ EVQ_API int evq_worker_stop(evq_worker *w, int64_t drain_timeout_ms);
 #define EVQ_LIMIT_BY_KEY 0x1u
 EVQ_API int evq_worker_limit(evq_worker *w, const char *pattern,
                              double per_second, int burst, unsigned flags);
-EVQ_API int evq_worker_cap(evq_worker *w, const char *pattern,
-                           int max_running);
+EVQ_API int evq_worker_cap(evq_worker *w, const char *pattern, int max_running);
 
 /* Frees a worker, stopping it first (without a deadline) if it runs.  NULL
  * is a no-op.  Not from one of its own handlers. */
@@ -934,11 +933,11 @@ struct evq_worker_stats {
      * log-linear histogram (within 1/16 of the true value). */
     uint64_t latency_ns_p50, latency_ns_p90, latency_ns_p99, latency_ns_p999;
     uint64_t latency_count;
-    uint64_t timed_out;  /* handler runs past handler_timeout_ms (also in
-                            failed) */
-    uint64_t lease_lost; /* events whose lease passed to another consumer
-                            before this worker settled them (not run, or
-                            their ack refused with EVQ_ESTATE) */
+    uint64_t timed_out;    /* handler runs past handler_timeout_ms (also in
+                              failed) */
+    uint64_t lease_lost;   /* events whose lease passed to another consumer
+                              before this worker settled them (not run, or
+                              their ack refused with EVQ_ESTATE) */
     uint64_t deduplicated; /* acked without running: finished before
                               within dedup_window_ms */
     uint64_t throttled;    /* handler runs that waited for a rate limit or
@@ -1061,8 +1060,7 @@ struct evq_scheduler_stats {
 };
 
 /* Fills `o` with the defaults above and its size (see "The ABI"). */
-EVQ_API void evq_scheduler_opts_init_sized(evq_scheduler_opts *o,
-                                           size_t size);
+EVQ_API void evq_scheduler_opts_init_sized(evq_scheduler_opts *o, size_t size);
 #define evq_scheduler_opts_init(o)                                             \
     evq_scheduler_opts_init_sized((o), sizeof(evq_scheduler_opts))
 
@@ -1085,8 +1083,8 @@ EVQ_API int evq_scheduler_new(evq_scheduler **s, evq_queue *q,
  * EVQ_EINVAL naming the bad field ("cron \"61 * * * *\": minute: 61 is out
  * of 0-59"), an unknown zone, or an expression that never matches (30
  * February); EVQ_ESTATE while the scheduler runs.  Any thread. */
-EVQ_API int evq_schedule_add(evq_scheduler *s, const char *cron,
-                             const char *tz, const evq_event *tmpl);
+EVQ_API int evq_schedule_add(evq_scheduler *s, const char *cron, const char *tz,
+                             const evq_event *tmpl);
 
 /* Starts the scheduler's thread.  A slot whose enqueue fails (the server
  * away) is tried every second until the schedule's next slot is due, then
@@ -1198,8 +1196,7 @@ EVQ_API void evq_serve_free(evq_server *s);
  * malloc'd; NULL on allocation failure. */
 EVQ_API char *evq_prometheus(evq_queue *const *queues, size_t nqueues,
                              const evq_worker *const *workers,
-                             const char *const *worker_names,
-                             size_t nworkers);
+                             const char *const *worker_names, size_t nworkers);
 
 /* The URL `q` was opened with, its password and secret options replaced
  * by "***" (safe to show), borrowed from `q`. */

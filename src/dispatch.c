@@ -280,8 +280,7 @@ static int handler_failed(int rc, const char *who, const char *type)
     if (rc < 0)
         return evq__err(rc, "%s for '%.64s' failed: %s", who, type,
                         evq_strerror(rc));
-    return evq__err(EVQ_EHANDLER, "%s for '%.64s' returned %d", who, type,
-                    rc);
+    return evq__err(EVQ_EHANDLER, "%s for '%.64s' returned %d", who, type, rc);
 }
 
 /* Runs the handlers matching ev: the per-event ones, and (with `batch`)
@@ -483,8 +482,8 @@ void evq__dispatch_batch(evq_events *e, const void *bh,
     for (size_t i = 0; i < n; i++) {
         evq__trace_saved saved;
         evq__trace_enter(evs[i], &saved);
-        rcs[i] = run_befores(hs, nh, evs[i], calls + i * nh, t0 + i * nh,
-                             &ran[i]);
+        rcs[i] =
+            run_befores(hs, nh, evs[i], calls + i * nh, t0 + i * nh, &ran[i]);
         evq__trace_leave(&saved);
         if (rcs[i]) {
             snprintf(reason, reason_cap, "%s", evq_errmsg());
@@ -502,8 +501,8 @@ void evq__dispatch_batch(evq_events *e, const void *bh,
         evq__trace_saved saved;
         evq__trace_enter(evs[i], &saved);
         int before = rcs[i];
-        rcs[i] = run_afters(hs, ran[i], evs[i], calls + i * nh, t0 + i * nh,
-                            rcs[i]);
+        rcs[i] =
+            run_afters(hs, ran[i], evs[i], calls + i * nh, t0 + i * nh, rcs[i]);
         if (rcs[i] && rcs[i] != before)
             snprintf(reason, reason_cap, "%s", evq_errmsg());
         evq__trace_leave(&saved);

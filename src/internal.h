@@ -364,11 +364,15 @@ extern const evq__opt_spec evq__core_opts[];
 /* The connection timeout of every server backend, one entry of each one's
  * table (redis, nats, kafka), so the name, default and meaning agree. */
 #define EVQ__CONNECT_TIMEOUT_OPT(type)                                         \
-    {"connect_timeout_ms", EVQ__OPT_INT, "10000", 1, 600000, NULL,             \
-     "longest the server is waited for: open fails, and an enqueue or a "      \
-     "waiting dequeue reports EVQ_ECONN, once no server has been reachable "   \
-     "for this long",                                                          \
-     EVQ__AT(type, connect_timeout_ms)}
+    {                                                                          \
+        "connect_timeout_ms", EVQ__OPT_INT, "10000", 1, 600000, NULL,          \
+            "longest the server is waited for: open fails, and an enqueue or " \
+            "a "                                                               \
+            "waiting dequeue reports EVQ_ECONN, once no server has been "      \
+            "reachable "                                                       \
+            "for this long",                                                   \
+            EVQ__AT(type, connect_timeout_ms)                                  \
+    }
 
 /* ---- queue core and backends (queue.c) ----------------------------------- */
 
@@ -422,8 +426,8 @@ typedef struct evq__delivery {
  * and the attempts it had before, on brokers without delays of their own.
  * Spelled one way on every backend; a reader also accepts the spellings
  * of earlier versions (EVQ__HDR_DUE_OLD). */
-#define EVQ__HDR_DUE     "evq-due"
-#define EVQ__HDR_ATTEMPT "evq-attempt"
+#define EVQ__HDR_DUE         "evq-due"
+#define EVQ__HDR_ATTEMPT     "evq-attempt"
 #define EVQ__HDR_DUE_OLD     "Evq-Due", "evq_due"
 #define EVQ__HDR_ATTEMPT_OLD "evq_attempt"
 /* A header value as a non-negative decimal integer; 0 when absent or

@@ -69,13 +69,13 @@ struct evq__pipe {
     bool overflow_error;
 
     pthread_mutex_t mu;
-    pthread_cond_t work;    /* the sender thread: events wait, or stop */
-    pthread_cond_t settled; /* a batch was reported */
-    pthread_cond_t room;    /* in_flight fell */
-    pitem *head, **tail;    /* accepted, not yet sent */
-    size_t waiting;         /* events in that list */
-    size_t in_flight;       /* accepted, `done` not yet called */
-    bool starting;          /* a batch is being taken and started */
+    pthread_cond_t work;     /* the sender thread: events wait, or stop */
+    pthread_cond_t settled;  /* a batch was reported */
+    pthread_cond_t room;     /* in_flight fell */
+    pitem *head, **tail;     /* accepted, not yet sent */
+    size_t waiting;          /* events in that list */
+    size_t in_flight;        /* accepted, `done` not yet called */
+    bool starting;           /* a batch is being taken and started */
     pbatch *out, **out_tail; /* batches taken, not yet reported */
     size_t n_out;
     bool interrupted, closing, stop;
@@ -158,9 +158,8 @@ static void *sender_main(void *arg);
 static bool may_send(const evq__pipe *p)
 {
     return p->waiting && !p->starting &&
-           (p->n_out == 0 ||
-            (p->n_out < p->max_out &&
-             (p->ops.lingers || p->waiting >= PIPE_EAGER)));
+           (p->n_out == 0 || (p->n_out < p->max_out &&
+                              (p->ops.lingers || p->waiting >= PIPE_EAGER)));
 }
 
 /* Hands what waits to an idle sender thread, starting one when all are
@@ -212,7 +211,8 @@ static void send_batch(evq__pipe *p)
 {
     pitem *first = p->head, *last = NULL;
     size_t n = 0;
-    for (pitem *x = first; x && (n < PIPE_BATCH || last->group_left); x = x->next) {
+    for (pitem *x = first; x && (n < PIPE_BATCH || last->group_left);
+         x = x->next) {
         last = x;
         n++;
     }
@@ -310,8 +310,8 @@ static int wait_room(evq__pipe *p, size_t n)
 {
     for (;;) {
         if (p->interrupted || p->closing)
-            return evq__err(EVQ_ECLOSED, "queue %s", p->closing ? "closed"
-                                                               : "interrupted");
+            return evq__err(EVQ_ECLOSED, "queue %s",
+                            p->closing ? "closed" : "interrupted");
         /* a done that enqueues again: its own batch holds the room it
          * would wait for */
         if (tls_in_done)

@@ -133,8 +133,7 @@ int evq_sqlite_enqueue_in(struct sqlite3 *db, const char *queue,
 
 #if !EVQ__HAVE_POSTGRES
 int evq_pg_enqueue_in(struct pg_conn *conn, const char *queue,
-                      const evq_event *ev, int64_t delay_ms,
-                      const char *format)
+                      const evq_event *ev, int64_t delay_ms, const char *format)
 {
     EVQ__UNUSED(conn), EVQ__UNUSED(queue), EVQ__UNUSED(ev);
     EVQ__UNUSED(delay_ms), EVQ__UNUSED(format);
@@ -298,10 +297,9 @@ int evq_queue_open(evq_queue **qp, const char *url, const char *name,
     if (ops->fetch) {
         evq__reconnect policy;
         evq__reconnect_init(&policy, &q->opts);
-        int64_t prefetch =
-            ops->prefetch_opt
-                ? evq__opt_int(&q->opts, ops->opts, ops->prefetch_opt)
-                : 64;
+        int64_t prefetch = ops->prefetch_opt ? evq__opt_int(&q->opts, ops->opts,
+                                                            ops->prefetch_opt)
+                                             : 64;
         if ((rc = evq__ra_new(&q->ra, ops, q->state, (size_t)prefetch,
                               &policy)) != 0) {
             ops->close(q->state);
@@ -561,7 +559,8 @@ static int unique_of(const evq_queue *q, const evq_event *ev, const char **key,
     if (u && strcmp(u, "done") != 0 && strcmp(u, "ttl") != 0)
         return evq__err(EVQ_EINVAL,
                         "event %s: evquniqueuntil '%.40s' is neither ttl nor "
-                        "done", id, u);
+                        "done",
+                        id, u);
     *until_done = u ? strcmp(u, "done") == 0
                     : q->opts.core.unique_until == EVQ__UNIQUE_UNTIL_DONE;
     if (*until_done && (q->ops->flags & EVQ__UNIQUE_ID))
@@ -822,7 +821,6 @@ static void give_claims(evq__item *items, unique_batch *u)
     }
 }
 
-
 /* merge: unique=merge, or false to have EVQ_EEXIST whatever the queue's
  * option. */
 static int enqueue_items(evq_queue *q, const evq_event *const *evs, size_t n,
@@ -882,8 +880,8 @@ int evq_enqueue_async(evq_queue *q, const evq_event *ev, int64_t delay_ms,
         return evq__err(EVQ_EINVAL, "delay %lld ms is negative",
                         (long long)delay_ms);
     unique_batch u;
-    if ((rc = unique_begin(q, &ev, 1,
-                           q->opts.core.unique == EVQ__UNIQUE_MERGE, &u)) != 0)
+    if ((rc = unique_begin(q, &ev, 1, q->opts.core.unique == EVQ__UNIQUE_MERGE,
+                           &u)) != 0)
         return rc;
     if (u.n == 0) { /* merged: reported at once */
         unique_end(q, &u, false);
@@ -1172,8 +1170,7 @@ static size_t make_msgs(evq_queue *q, evq__delivery *d, size_t n,
             *rc = evq__err(EVQ_ENOMEM, "out of memory");
             continue;
         }
-        atomic_store_explicit(&ev->attempt, d[i].attempt,
-                              memory_order_relaxed);
+        atomic_store_explicit(&ev->attempt, d[i].attempt, memory_order_relaxed);
         m->q = q;
         m->ev = ev;
         m->owns_ev = owns;
@@ -1424,8 +1421,7 @@ int evq_dequeue_batch(evq_queue *q, evq_msg **msgs, size_t max,
     int64_t deadline = timeout_ms > 0 ? evq__deadline_ns(timeout_ms) : 0;
     while (got < max) {
         size_t want = max - got < TAKE_MAX ? max - got : TAKE_MAX;
-        int n = got ? take(q, d, want, 0)
-                    : take_first(q, d, want, timeout_ms);
+        int n = got ? take(q, d, want, 0) : take_first(q, d, want, timeout_ms);
         if (n <= 0) {
             if (got)
                 break; /* a failure here is the next call's */
@@ -1529,8 +1525,8 @@ int evq_ack_batch(evq_msg **msgs, size_t n)
         i += k;
     }
     if (failed)
-        return evq__err(first, "%zu of %zu acks failed; the first: %s",
-                        failed, n, why);
+        return evq__err(first, "%zu of %zu acks failed; the first: %s", failed,
+                        n, why);
     return 0;
 }
 

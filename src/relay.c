@@ -20,9 +20,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define RELAY_TAKE 256        /* most events taken from the source at once */
-#define RELAY_WINDOW_MAX 100000
-#define RELAY_SAY_EVERY_NS (30 * 1000000000LL) /* a failure said again */
+#define RELAY_TAKE          256 /* most events taken from the source at once */
+#define RELAY_WINDOW_MAX    100000
+#define RELAY_SAY_EVERY_NS  (30 * 1000000000LL) /* a failure said again */
 #define RELAY_KEEP_EVERY_NS (10 * 1000000LL)    /* leases looked at */
 
 typedef struct relay relay;
@@ -50,7 +50,7 @@ struct relay {
     struct evq_relay_stats st;
     int first_failure; /* with once: the first send that failed */
     char first_why[256];
-    int64_t said_ns; /* when the destination's failure was last said */
+    int64_t said_ns;      /* when the destination's failure was last said */
     int64_t next_keep_ns; /* when keep_leases looks again */
     uint64_t failed_since_said;
 };
@@ -150,8 +150,7 @@ static void settle_one(relay *r, evq_msg *m, int rc, const char *why)
              "relay: sending to the destination fails (%s: %s); %llu "
              "event%s handed back to the source for a retry in %lld ms",
              evq_strerror(rc), why, (unsigned long long)r->failed_since_said,
-             r->failed_since_said == 1 ? "" : "s",
-             (long long)r->o->retry_ms);
+             r->failed_since_said == 1 ? "" : "s", (long long)r->o->retry_ms);
         r->said_ns = now;
         r->failed_since_said = 0;
     }
@@ -201,7 +200,8 @@ static void keep_leases(relay *r)
     size_t window = (size_t)r->o->window;
     for (size_t i = 0; i < window; i++) {
         rslot *s = &r->slots[i];
-        if (!s->m || !s->lease_len_ns || now - s->touched_ns < s->lease_len_ns / 3)
+        if (!s->m || !s->lease_len_ns ||
+            now - s->touched_ns < s->lease_len_ns / 3)
             continue;
         int rc = evq_msg_touch(s->m);
         if (rc == 0)
@@ -256,16 +256,15 @@ static bool source_away(int rc)
     return rc == EVQ_ECONN || rc == EVQ_EIO || rc == EVQ_EBUSY;
 }
 
-int evq_relay_sized(evq_queue *from, evq_queue *to,
-                    const evq_relay_opts *user, struct evq_relay_stats *stats,
-                    size_t stats_size)
+int evq_relay_sized(evq_queue *from, evq_queue *to, const evq_relay_opts *user,
+                    struct evq_relay_stats *stats, size_t stats_size)
 {
     evq_relay_opts defaults, *opts = &defaults;
     evq_relay_opts_init(&defaults);
     if (stats)
         memset(stats, 0, stats_size);
-    if (user && evq__sized_in(&defaults, sizeof defaults, user,
-                              "evq_relay_opts") != 0)
+    if (user &&
+        evq__sized_in(&defaults, sizeof defaults, user, "evq_relay_opts") != 0)
         return EVQ_EINVAL;
     if (!from || !to)
         return evq__err(EVQ_EINVAL, "relay: NULL queue");

@@ -4,17 +4,17 @@
  *
  * Each slot is enqueued once however many schedulers run: the copy for a
  * slot has a unique key made of the schedule (its expression, zone, type,
- * source, subject and data) and the slot's time, so the first scheduler to enqueue it
- * wins and the others get EVQ_EEXIST, where the queue's backend holds
- * unique keys for every producer (see the unique events in queue.c).  The
+ * source, subject and data) and the slot's time, so the first scheduler to
+ * enqueue it wins and the others get EVQ_EEXIST, where the queue's backend
+ * holds unique keys for every producer (see the unique events in queue.c).  The
  * copy's id is made the same way, and its time is the slot's.
  *
  * One thread per scheduler sleeps until the earliest next slot (a second
  * at most, so a changed wall clock is noticed).  A slot whose enqueue
  * fails is tried again every second until the schedule's following slot
  * is due; then it is counted missed (at once when the failure is one a
- * retry cannot mend: EVQ_EINVAL, EVQ_ENOTSUP, EVQ_ETOOBIG).  Slots that passed while no
- * scheduler ran are skipped, or, within catch_up_ms before a start,
+ * retry cannot mend: EVQ_EINVAL, EVQ_ENOTSUP, EVQ_ETOOBIG).  Slots that passed
+ * while no scheduler ran are skipped, or, within catch_up_ms before a start,
  * enqueued late at once.
  */
 #include "cron.h"
@@ -27,15 +27,15 @@
 #include <string.h>
 #include <time.h>
 
-#define RETRY_MS 1000
+#define RETRY_MS   1000
 #define KEY_TTL_MS (3600 * 1000) /* beyond catch_up_ms */
 
 typedef struct schedule {
     evq__cron cron;
     evq__tz *tz;
     evq_event *tmpl;
-    char key[17]; /* the schedule's hash, in hex */
-    int64_t next; /* its next slot, unix ms; INT64_MAX: none */
+    char key[17];     /* the schedule's hash, in hex */
+    int64_t next;     /* its next slot, unix ms; INT64_MAX: none */
     int64_t retry_at; /* when the slot's enqueue failed: the next try */
 } schedule;
 
@@ -73,10 +73,9 @@ int evq_scheduler_new(evq_scheduler **out, evq_queue *q,
         return EVQ_EINVAL;
     o = &def;
     if (o->catch_up_ms < 0 || o->catch_up_ms > EVQ_SCHEDULE_MAX_CATCH_UP_MS)
-        return evq__err(EVQ_EINVAL,
-                        "catch_up_ms %lld is not from 0 to %lld (7 days)",
-                        (long long)o->catch_up_ms,
-                        (long long)EVQ_SCHEDULE_MAX_CATCH_UP_MS);
+        return evq__err(
+            EVQ_EINVAL, "catch_up_ms %lld is not from 0 to %lld (7 days)",
+            (long long)o->catch_up_ms, (long long)EVQ_SCHEDULE_MAX_CATCH_UP_MS);
     evq_scheduler *s = calloc(1, sizeof *s);
     if (!s)
         return evq__err(EVQ_ENOMEM, "out of memory");
@@ -109,8 +108,8 @@ int evq_schedule_add(evq_scheduler *s, const char *cron, const char *tz,
     if ((rc = evq__tz_open(tz, &zone)) != 0)
         return rc;
     int64_t probe;
-    if ((rc = evq__cron_next(&c, zone, evq__now_real_ns() / 1000000,
-                             &probe)) != 0) {
+    if ((rc = evq__cron_next(&c, zone, evq__now_real_ns() / 1000000, &probe)) !=
+        0) {
         evq__tz_free(zone);
         return rc;
     }
@@ -125,11 +124,11 @@ int evq_schedule_add(evq_scheduler *s, const char *cron, const char *tz,
     h = fnv(h, evq_event_type(tmpl));
     h = fnv(h, evq_event_source(tmpl));
     h = fnv(h, evq_event_subject(tmpl));
-    char *data = evq_event_data(tmpl)
-                     ? json_dumps(evq_event_data(tmpl),
-                                  JSON_COMPACT | JSON_SORT_KEYS |
-                                      JSON_ENCODE_ANY)
-                     : NULL;
+    char *data =
+        evq_event_data(tmpl)
+            ? json_dumps(evq_event_data(tmpl),
+                         JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY)
+            : NULL;
     h = fnv(h, data);
     free(data);
     pthread_mutex_lock(&s->mu);
@@ -139,8 +138,7 @@ int evq_schedule_add(evq_scheduler *s, const char *cron, const char *tz,
                                   "evq_scheduler_start)");
     } else if ((rc = evq__grow(&s->s, &s->cap, s->n, sizeof *s->s)) == 0) {
         schedule *e = &s->s[s->n++];
-        *e = (schedule){.cron = c, .tz = zone, .tmpl = copy,
-                        .next = INT64_MAX};
+        *e = (schedule){.cron = c, .tz = zone, .tmpl = copy, .next = INT64_MAX};
         snprintf(e->key, sizeof e->key, "%016" PRIx64, h);
     }
     pthread_mutex_unlock(&s->mu);
@@ -168,8 +166,7 @@ static int fire(evq_scheduler *s, const schedule *e, int64_t slot)
         return evq__err(EVQ_ENOMEM, "out of memory");
     char id[64], key[96], ttl[24], when[40];
     snprintf(id, sizeof id, "evq-schedule-%s-%lld", e->key, (long long)slot);
-    snprintf(key, sizeof key, "evq-schedule:%s:%lld", e->key,
-             (long long)slot);
+    snprintf(key, sizeof key, "evq-schedule:%s:%lld", e->key, (long long)slot);
     snprintf(ttl, sizeof ttl, "%lld",
              (long long)(s->o.catch_up_ms + KEY_TTL_MS));
     time_t secs = (time_t)(slot / 1000);

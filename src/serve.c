@@ -48,7 +48,7 @@ typedef struct sample {
 
 typedef struct squeue {
     evq_queue *q;
-    evq_queue *dead; /* opened on first use, by the HTTP thread only */
+    evq_queue *dead;        /* opened on first use, by the HTTP thread only */
     sample ring[N_SAMPLES]; /* under the server's mu */
     int n, head;            /* head: the next slot written */
 } squeue;
@@ -256,7 +256,8 @@ static void *sampler_main(void *arg)
     return NULL;
 }
 
-/* ---- responses ------------------------------------------------------------ */
+/* ---- responses ------------------------------------------------------------
+ */
 
 typedef struct req {
     evq_server *s;
@@ -304,8 +305,8 @@ static enum MHD_Result respond_json(req *r, unsigned status, json_t *j)
     if (!text)
         return respond(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "text/plain",
                        "out of memory\n", 14, false);
-    enum MHD_Result ok = respond(r, status, "application/json", text,
-                                 strlen(text), true);
+    enum MHD_Result ok =
+        respond(r, status, "application/json", text, strlen(text), true);
     free(text);
     return ok;
 }
@@ -331,11 +332,12 @@ static enum MHD_Result fail(req *r, unsigned status, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    return respond_json(r, status, json_pack("{so}", "error",
-                                             ascii_string(msg)));
+    return respond_json(r, status,
+                        json_pack("{so}", "error", ascii_string(msg)));
 }
 
-/* ---- checks ---------------------------------------------------------------- */
+/* ---- checks ----------------------------------------------------------------
+ */
 
 /* Whether the Host header names this server as no other site can: an IP
  * address, localhost, or a name the operator allowed. */
@@ -389,10 +391,10 @@ static enum MHD_Result check_change(req *r, bool *ok)
     if (!r->s->token)
         return fail(r, MHD_HTTP_FORBIDDEN,
                     "changes are off: the server has no token");
-    const char *auth = MHD_lookup_connection_value(r->c, MHD_HEADER_KIND,
-                                                   "Authorization");
-    const char *tok = MHD_lookup_connection_value(r->c, MHD_HEADER_KIND,
-                                                  "X-Evq-Token");
+    const char *auth =
+        MHD_lookup_connection_value(r->c, MHD_HEADER_KIND, "Authorization");
+    const char *tok =
+        MHD_lookup_connection_value(r->c, MHD_HEADER_KIND, "X-Evq-Token");
     if (!tok && auth && !strncasecmp(auth, "Bearer ", 7))
         tok = auth + 7;
     if (!tok || !same_bytes(tok, r->s->token))
@@ -401,8 +403,8 @@ static enum MHD_Result check_change(req *r, bool *ok)
         MHD_lookup_connection_value(r->c, MHD_HEADER_KIND, "Origin");
     const char *host =
         MHD_lookup_connection_value(r->c, MHD_HEADER_KIND, "Host");
-    if (origin && (!host || strncmp(origin, "http://", 7) ||
-                   strcmp(origin + 7, host)))
+    if (origin &&
+        (!host || strncmp(origin, "http://", 7) || strcmp(origin + 7, host)))
         return fail(r, MHD_HTTP_FORBIDDEN, "a request from another origin");
     const char *site =
         MHD_lookup_connection_value(r->c, MHD_HEADER_KIND, "Sec-Fetch-Site");
@@ -412,7 +414,8 @@ static enum MHD_Result check_change(req *r, bool *ok)
     return MHD_YES;
 }
 
-/* ---- the API ---------------------------------------------------------------- */
+/* ---- the API ----------------------------------------------------------------
+ */
 
 static json_t *num_or_null(int64_t v)
 {
@@ -438,17 +441,17 @@ static json_t *queue_json(evq_server *s, size_t i)
     json_object_set_new(o, "delayed", num_or_null(st.delayed));
     json_object_set_new(o, "dead", num_or_null(st.dead));
     int p = evq_queue_paused(sq->q);
-    json_object_set_new(o, "paused", p == 0 || p == 1 ? json_boolean(p)
-                                                      : json_null());
+    json_object_set_new(o, "paused",
+                        p == 0 || p == 1 ? json_boolean(p) : json_null());
     /* the rates over the ring (a minute at the default): how fast depth
      * and dead letters grew, per second */
     pthread_mutex_lock(&s->mu);
     json_t *h = json_array(); /* the readings' depths, for the chart */
     for (int k = 0; h && k < sq->n; k++)
         json_array_append_new(
-            h, num_or_null(
-                   sq->ring[(sq->head + N_SAMPLES - sq->n + k) % N_SAMPLES]
-                       .depth));
+            h,
+            num_or_null(sq->ring[(sq->head + N_SAMPLES - sq->n + k) % N_SAMPLES]
+                            .depth));
     json_object_set_new(o, "history", h);
     if (sq->n >= 2) {
         const sample *last = &sq->ring[(sq->head + N_SAMPLES - 1) % N_SAMPLES];
@@ -494,9 +497,9 @@ static enum MHD_Result api_history(req *r, squeue *sq)
     pthread_mutex_unlock(&r->s->mu);
     return respond_json(r, MHD_HTTP_OK,
                         json_pack("{sI s[ssss] so}", "interval_ms",
-                                  (json_int_t)r->s->o.sample_ms, "columns", "depth",
-                                  "in_flight", "delayed", "dead", "samples",
-                                  a));
+                                  (json_int_t)r->s->o.sample_ms, "columns",
+                                  "depth", "in_flight", "delayed", "dead",
+                                  "samples", a));
 }
 
 static enum MHD_Result api_workers(req *r)
@@ -507,21 +510,20 @@ static enum MHD_Result api_workers(req *r)
         if (evq_worker_stats(r->s->w[i], &st))
             continue;
         json_array_append_new(
-            a, json_pack("{ss ss sI sI sI sI sI sI sI sI sf sf sf sf}", "name",
-                         r->s->wname[i], "queue",
-                         evq__worker_queue_name(r->s->w[i]), "received",
-                         (json_int_t)st.received, "succeeded",
-                         (json_int_t)st.succeeded, "failed",
-                         (json_int_t)st.failed, "retried",
-                         (json_int_t)st.retried, "dead_lettered",
-                         (json_int_t)st.dead_lettered, "timed_out",
-                         (json_int_t)st.timed_out, "in_flight",
-                         (json_int_t)st.in_flight, "latency_count",
-                         (json_int_t)st.latency_count, "latency_p50_s",
-                         (double)st.latency_ns_p50 / 1e9, "latency_p90_s",
-                         (double)st.latency_ns_p90 / 1e9, "latency_p99_s",
-                         (double)st.latency_ns_p99 / 1e9, "latency_p999_s",
-                         (double)st.latency_ns_p999 / 1e9));
+            a,
+            json_pack(
+                "{ss ss sI sI sI sI sI sI sI sI sf sf sf sf}", "name",
+                r->s->wname[i], "queue", evq__worker_queue_name(r->s->w[i]),
+                "received", (json_int_t)st.received, "succeeded",
+                (json_int_t)st.succeeded, "failed", (json_int_t)st.failed,
+                "retried", (json_int_t)st.retried, "dead_lettered",
+                (json_int_t)st.dead_lettered, "timed_out",
+                (json_int_t)st.timed_out, "in_flight", (json_int_t)st.in_flight,
+                "latency_count", (json_int_t)st.latency_count, "latency_p50_s",
+                (double)st.latency_ns_p50 / 1e9, "latency_p90_s",
+                (double)st.latency_ns_p90 / 1e9, "latency_p99_s",
+                (double)st.latency_ns_p99 / 1e9, "latency_p999_s",
+                (double)st.latency_ns_p999 / 1e9));
     }
     return respond_json(r, MHD_HTTP_OK, json_pack("{so}", "workers", a));
 }
@@ -643,8 +645,8 @@ static json_t *letter_json(const evq_event *ev, size_t max_data)
     }
     const char *reason = evq_event_attr(ev, "evqerror"),
                *attempts = evq_event_attr(ev, "evqattempts");
-    return json_pack("{so ss? ss? sb}", "event", e, "reason", reason, "attempts",
-                     attempts, "truncated", truncated);
+    return json_pack("{so ss? ss? sb}", "event", e, "reason", reason,
+                     "attempts", attempts, "truncated", truncated);
 }
 
 static bool parse_size(const char *s, long max, long *out)
@@ -674,8 +676,8 @@ static enum MHD_Result api_dead(req *r, squeue *sq, bool one)
         if (o && !parse_size(o, 1000000, &offset))
             return fail(r, MHD_HTTP_BAD_REQUEST, "bad offset '%.40s'", o);
         if (l && (!parse_size(l, 500, &limit) || limit < 1))
-            return fail(r, MHD_HTTP_BAD_REQUEST,
-                        "bad limit '%.40s': 1 to 500", l);
+            return fail(r, MHD_HTTP_BAD_REQUEST, "bad limit '%.40s': 1 to 500",
+                        l);
     }
     enum MHD_Result res = MHD_NO;
     evq_msg **m = NULL;
@@ -709,8 +711,8 @@ static enum MHD_Result api_dead(req *r, squeue *sq, bool one)
                         json_pack("{sI sI sI sb so}", "total", (json_int_t)n,
                                   "offset", (json_int_t)offset, "limit",
                                   (json_int_t)limit, "scan_limited",
-                                  n >= (size_t)r->s->o.max_dead_scan,
-                                  "letters", a));
+                                  n >= (size_t)r->s->o.max_dead_scan, "letters",
+                                  a));
 }
 
 /* Replays or purges the letter ?id=, or every letter with ?all=1. */
@@ -749,7 +751,8 @@ static enum MHD_Result api_settle(req *r, squeue *sq, bool replay)
                     evq_errmsg());
     if (!every && !done)
         return fail(r, MHD_HTTP_NOT_FOUND, "no dead letter with that id");
-    return respond_json(r, MHD_HTTP_OK, json_pack("{sI}", what, (json_int_t)done));
+    return respond_json(r, MHD_HTTP_OK,
+                        json_pack("{sI}", what, (json_int_t)done));
 }
 
 static enum MHD_Result api_pause(req *r, squeue *sq, bool pause)
@@ -759,12 +762,13 @@ static enum MHD_Result api_pause(req *r, squeue *sq, bool pause)
         return fail(r, MHD_HTTP_NOT_IMPLEMENTED, "%s", evq_errmsg());
     if (rc)
         return fail(r, MHD_HTTP_BAD_GATEWAY, "%s", evq_errmsg());
-    evq__logf(r->s->lg, EVQ_LOG_INFO, "%s %s",
-              pause ? "paused" : "resumed", evq_queue_name(sq->q));
+    evq__logf(r->s->lg, EVQ_LOG_INFO, "%s %s", pause ? "paused" : "resumed",
+              evq_queue_name(sq->q));
     return respond_json(r, MHD_HTTP_OK, json_pack("{sb}", "paused", pause));
 }
 
-/* ---- routing ----------------------------------------------------------------- */
+/* ---- routing
+ * ----------------------------------------------------------------- */
 
 static enum MHD_Result route(req *r)
 {
@@ -785,9 +789,9 @@ static enum MHD_Result route(req *r)
             const char *path;
             bool change;
             int what;
-        } sub[] = {{"/history", false, 0},      {"/dead", false, 1},
-                   {"/letter", false, 2},       {"/dead/replay", true, 3},
-                   {"/dead/purge", true, 4},    {"/pause", true, 5},
+        } sub[] = {{"/history", false, 0},   {"/dead", false, 1},
+                   {"/letter", false, 2},    {"/dead/replay", true, 3},
+                   {"/dead/purge", true, 4}, {"/pause", true, 5},
                    {"/resume", true, 6}};
         for (size_t k = 0; k < sizeof sub / sizeof *sub; k++) {
             if (strcmp(end, sub[k].path))
@@ -864,16 +868,16 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c,
      * read and dropped before the answer */
     if (!*state) {
         *state = cls; /* any non-NULL marker */
-        if (!host_allowed(r.s, MHD_lookup_connection_value(c, MHD_HEADER_KIND,
-                                                           "Host")))
+        if (!host_allowed(
+                r.s, MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Host")))
             return fail(&r, MHD_HTTP_MISDIRECTED_REQUEST,
                         "unknown Host: start the server with "
                         "--allow-host NAME");
         /* A page of another site may not make the browser call the API
          * (a listing takes the dead letters for a moment): browsers say
          * where a request comes from; curl and Prometheus say nothing. */
-        const char *site = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
-                                                       "Sec-Fetch-Site");
+        const char *site =
+            MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Sec-Fetch-Site");
         if (site && strcmp(site, "same-origin") && strcmp(site, "none") &&
             (!strncmp(url, "/api/", 5) || !strcmp(url, "/metrics")))
             return fail(&r, MHD_HTTP_FORBIDDEN, "a request from another site");
@@ -966,7 +970,7 @@ void evq_serve_free(evq_server *s)
 #else /* without libmicrohttpd */
 
 #define OFF                                                                    \
-    evq__err(EVQ_ENOTSUP, "evq was built without evq serve: build it with "   \
+    evq__err(EVQ_ENOTSUP, "evq was built without evq serve: build it with "    \
                           "libmicrohttpd and -DEVQ_WITH_SERVE=ON")
 
 int evq_serve_new(evq_server **s, const evq_serve_opts *o)

@@ -48,8 +48,7 @@ int64_t evq__deadline_ns(int64_t timeout_ms)
     return now + timeout_ms * 1000000;
 }
 
-int evq__sized_in(void *dst, size_t dst_size, const void *src,
-                  const char *what)
+int evq__sized_in(void *dst, size_t dst_size, const void *src, const char *what)
 {
     size_t size;
     memcpy(&size, src, sizeof size);

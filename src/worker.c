@@ -457,9 +457,9 @@ static void done_record(wthread *t, const evq_event *ev)
         return;
     char name[2 * EVQ_MAX_ATTR_BYTES + 2];
     done_name(ev, name, sizeof name);
-    int rc = w->seen ? evq__seen_put(w->seen, name, w->o.dedup_window_ms)
-                     : evq__queue_done_put(w->fetch, name,
-                                           w->o.dedup_window_ms);
+    int rc = w->seen
+                 ? evq__seen_put(w->seen, name, w->o.dedup_window_ms)
+                 : evq__queue_done_put(w->fetch, name, w->o.dedup_window_ms);
     if (rc) {
         report(w, ev, rc, evq_errmsg(), evq_event_attempt(ev));
         wlog(w, EVQ_LOG_ERROR, "recording event %.40s as done failed: %s: %s",
@@ -585,8 +585,8 @@ static bool limits_wait(wthread *t, const evq_event *const *evs, int k,
     memset(held, 0, (size_t)n * sizeof *held);
     for (int i = 0; i < n; i++) {
         wlimit *l = w->limits[i];
-        if (l->cap <= 0 || !evq__pattern_match(l->pattern,
-                                               evq_event_type(evs[0])))
+        if (l->cap <= 0 ||
+            !evq__pattern_match(l->pattern, evq_event_type(evs[0])))
             continue;
         for (;;) {
             int cur = atomic_load(&l->running);
@@ -614,15 +614,15 @@ static bool limits_wait(wthread *t, const evq_event *const *evs, int k,
                      l->by_key ? "\n" : "", l->by_key && pk ? pk : "");
             for (;;) {
                 int64_t wait = 0;
-                int rc = evq__queue_take(w->fetch, key, l->rate, l->burst,
-                                         &wait);
+                int rc =
+                    evq__queue_take(w->fetch, key, l->rate, l->burst, &wait);
                 if (rc) {
                     /* the shared bucket cannot be read: wait, not run */
                     wlog(w, EVQ_LOG_WARN,
                          "rate limit '%s': taking a token failed: %s: %s",
                          l->pattern, evq_strerror(rc), evq_errmsg());
-                    wait = evq__reconnect_pause_ms(
-                        &(evq__reconnect){100, 2000}, ++failures);
+                    wait = evq__reconnect_pause_ms(&(evq__reconnect){100, 2000},
+                                                   ++failures);
                 } else if (wait == 0) {
                     break;
                 }
@@ -969,7 +969,8 @@ static int check_opts(const evq_worker_opts *o)
         return evq__err(EVQ_EINVAL,
                         "worker option 'max_attempts': %d must be at least 1",
                         o->max_attempts);
-    if (o->backoff_initial_ms < 0 || o->backoff_max_ms < o->backoff_initial_ms ||
+    if (o->backoff_initial_ms < 0 ||
+        o->backoff_max_ms < o->backoff_initial_ms ||
         o->backoff_max_ms > 2592000000LL)
         return evq__err(EVQ_EINVAL,
                         "worker options 'backoff_initial_ms' (%lld) and "
@@ -1024,8 +1025,8 @@ int evq_worker_start(evq_worker **wp, evq_queue *q, evq_events *events,
         return evq__err(EVQ_EINVAL, "evq_worker_start: NULL argument");
     *wp = NULL;
     evq_worker_opts_init(&def);
-    if (opts && (rc = evq__sized_in(&def, sizeof def, opts,
-                                    "evq_worker_opts")) != 0)
+    if (opts &&
+        (rc = evq__sized_in(&def, sizeof def, opts, "evq_worker_opts")) != 0)
         return rc;
     opts = &def;
     if ((rc = check_opts(opts)) != 0)
@@ -1337,8 +1338,8 @@ static int add_limit(evq_worker *w, const char *what, const char *pattern,
         pthread_mutex_unlock(&w->lim_mu);
         free(l->pattern);
         free(l);
-        return evq__err(EVQ_EFULL, "%s: a worker takes at most %d limits",
-                        what, LIMITS_MAX);
+        return evq__err(EVQ_EFULL, "%s: a worker takes at most %d limits", what,
+                        LIMITS_MAX);
     }
     w->limits[n] = l;
     atomic_store_explicit(&w->n_limits, n + 1, memory_order_release);

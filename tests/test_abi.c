@@ -7,7 +7,7 @@
 #include <stddef.h>
 
 #define GUARD 0xA5
-#define BUF 1024
+#define BUF   1024
 
 static unsigned char buf[BUF];
 
@@ -84,8 +84,8 @@ static int count_handled(const evq_event *ev, void *arg)
     return 0;
 }
 
-static void an_older_programs_worker_options_take_the_defaults_after(
-    void **state)
+static void
+an_older_programs_worker_options_take_the_defaults_after(void **state)
 {
     (void)state;
     evq_queue *q;
@@ -204,8 +204,8 @@ static void relay_stats_fill_the_programs_size(void **state)
     o.once = 1;
     size_t small = offsetof(struct evq_relay_stats, dead_lettered);
     guard_all();
-    assert_evq_ok(evq_relay_sized(from, to, &o, (struct evq_relay_stats *)buf,
-                                  small));
+    assert_evq_ok(
+        evq_relay_sized(from, to, &o, (struct evq_relay_stats *)buf, small));
     assert_true(guarded_from(small));
     assert_int_equal(((struct evq_relay_stats *)buf)->moved, 3);
     evq_queue_close(to);
