@@ -66,7 +66,7 @@ DEB_BUILD := build-deb
 deb: deps
 	cmake -S . -B $(DEB_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 	  -DCMAKE_INSTALL_PREFIX=/usr -DEVQ_BUILD_TESTS=OFF $(WITH_ALL) >/dev/null
-	cmake --build $(DEB_BUILD) -j $(JOBS) --target evq evq_static evq_tool
+	cmake --build $(DEB_BUILD) -j $(JOBS) --target evq evq_static evq_tool evq_man
 	cd $(DEB_BUILD) && cpack -G DEB >/dev/null
 	@ls $(DEB_BUILD)/*.deb
 
@@ -78,8 +78,8 @@ check-deb: deb
 
 # The manual: mandoc finds no warning, and every function of the header
 # has a page (its name in a page's NAME).
-check-man: deps
-	mandoc -T lint -W warning man/*.1 man/*.3
+check-man: build
+	mandoc -T lint -W warning man/*.1 man/*.3 $(BUILD)/man/*.7
 	@missing=$$(grep -o 'EVQ_API[^(]*\bevq_[a-z0-9_]*(' include/evq.h | \
 	  sed 's/.*[^a-z0-9_]\(evq_[a-z0-9_]*\)($$/\1/' | while read -r fn; do \
 	    grep -q "^\.Nm $$fn\( ,\)\?$$" man/*.3 || echo "$$fn"; done); \

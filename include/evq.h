@@ -270,8 +270,9 @@ EVQ_API const char *evq_opts_get(const evq_opts *opts, const char *key);
 
 /* Help text for the options a URL scheme accepts ("memory", "sqlite", ...),
  * including the options every queue accepts: one line per option with its
- * type, default and description.  malloc'd, the caller frees it; NULL with
- * EVQ_ENOENT in evq_errmsg() for an unknown scheme. */
+ * type, default and description.  malloc'd, the caller frees it; NULL for
+ * a scheme this build has no backend for, evq_errmsg() saying so (and, for
+ * a backend built out, how to build it: EVQ_WITH_<NAME>=ON). */
 EVQ_API char *evq_options_help(const char *scheme);
 
 /* --------------------------------------------------------------------------

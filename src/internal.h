@@ -46,6 +46,10 @@ json_t *evq__json_load(const void *text, size_t len, bool any,
 /* ---- small helpers (util.c) ---------------------------------------------- */
 
 int64_t evq__now_mono_ns(void);
+/* A scheme no backend of this build serves (queue.c): EVQ_ENOTSUP saying
+ * how to build it when it was left out, else EVQ_EINVAL naming the
+ * schemes this build has. */
+int evq__scheme_unknown(const char *scheme);
 int64_t evq__now_real_ns(void);
 /* Monotonic deadline for a timeout in ms (negative, or past INT64_MAX ns:
  * INT64_MAX). */

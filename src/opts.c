@@ -424,8 +424,10 @@ char *evq_options_help(const char *scheme)
     int n;
 
     if (!ops) {
-        evq__err(EVQ_ENOENT, "no backend for scheme '%.32s'",
-                 scheme ? scheme : "(null)");
+        if (scheme)
+            evq__scheme_unknown(scheme);
+        else
+            evq__err(EVQ_EINVAL, "evq_options_help: scheme is NULL");
         return NULL;
     }
     n = snprintf(head, sizeof head, "Options of %s:// queues:\n", ops->scheme);

@@ -100,8 +100,7 @@ static const struct {
 } omitted[] = {EVQ__BACKEND_OMITTED(EVQ__ENTRY){NULL, NULL, NULL}};
 #undef EVQ__ENTRY
 
-/* An open of a scheme no backend of this build serves. */
-static int unknown_scheme(const char *scheme)
+int evq__scheme_unknown(const char *scheme)
 {
     for (size_t i = 0; omitted[i].scheme; i++)
         if (strcmp(omitted[i].scheme, scheme) == 0)
@@ -127,7 +126,7 @@ int evq_sqlite_enqueue_in(struct sqlite3 *db, const char *queue,
 {
     EVQ__UNUSED(db), EVQ__UNUSED(queue), EVQ__UNUSED(ev);
     EVQ__UNUSED(delay_ms), EVQ__UNUSED(format);
-    return unknown_scheme("sqlite");
+    return evq__scheme_unknown("sqlite");
 }
 #endif
 
@@ -137,7 +136,7 @@ int evq_pg_enqueue_in(struct pg_conn *conn, const char *queue,
 {
     EVQ__UNUSED(conn), EVQ__UNUSED(queue), EVQ__UNUSED(ev);
     EVQ__UNUSED(delay_ms), EVQ__UNUSED(format);
-    return unknown_scheme("postgres");
+    return evq__scheme_unknown("postgres");
 }
 #endif
 
@@ -225,7 +224,7 @@ int evq_queue_open(evq_queue **qp, const char *url, const char *name,
         return rc;
     const struct evq_backend_ops *ops = evq__backend_find(u.scheme);
     if (!ops) {
-        rc = unknown_scheme(u.scheme);
+        rc = evq__scheme_unknown(u.scheme);
         goto out;
     }
     if (!ops_complete(ops)) {

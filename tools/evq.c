@@ -121,13 +121,23 @@ static int read_only(evq_opts **o)
     return 0;
 }
 
-/* Opens URL QUEUE with the -o options, which it frees; prints why on
- * failure and returns the exit status (0 on success). */
+int open_failed(const char *url, int rc)
+{
+    fail("open", rc);
+    if (rc != EVQ_EINVAL && rc != EVQ_ENOTSUP)
+        return EXIT_FAILURE;
+    /* what the user wrote is wrong: a usage error */
+    size_t n = strcspn(url, ":");
+    if (url[n] == ':' && strstr(evq_errmsg(), "option"))
+        fprintf(stderr, "Try '%s options %.*s'.\n", prog, (int)n, url);
+    return EXIT_USAGE;
+}
+
 int open_queue(const char *url, const char *name, evq_opts *opts, evq_queue **q)
 {
     int rc = evq_queue_open(q, url, name, opts);
     evq_opts_free(opts);
-    return rc ? fail("open", rc) : 0;
+    return rc ? open_failed(url, rc) : 0;
 }
 
 /* Signals.  SIGINT and SIGTERM are blocked in main, before any command
@@ -1316,7 +1326,7 @@ static int cmd_serve(int argc, char **argv)
             }
             qs = n;
             if ((rc = evq_queue_open(&qs[nq], url, name, opts))) {
-                status = fail("open", rc);
+                status = open_failed(url, rc);
                 break;
             }
             nq++;
@@ -1724,7 +1734,7 @@ static int cmd_demo(int argc, char **argv)
     int rc;
 
     if ((rc = evq_queue_open(&q, url, "demo", NULL)))
-        return fail("open", rc);
+        return open_failed(url, rc);
     evq_register_handler(events, "user.created", log_processor, &seen);
     if ((rc = evq_worker_start(&w, q, events, NULL))) {
         evq_queue_close(q);
@@ -1767,8 +1777,10 @@ static int cmd_options(int argc, char **argv)
         return argc == 2 ? 0 : EXIT_USAGE;
     }
     char *help = evq_options_help(argv[1]);
-    if (!help)
-        return fail("options", EVQ_ENOENT);
+    if (!help) { /* a scheme this build has not: a usage error */
+        fprintf(stderr, "%s options: %s\n", prog, evq_errmsg());
+        return EXIT_USAGE;
+    }
     fputs(help, stdout);
     free(help);
     return 0;

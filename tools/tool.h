@@ -28,6 +28,10 @@ int add_opt(evq_opts **o, const char *cmd, const char *kv);
  * ones.  Sets *done when the command must return the result now. */
 int common_flag(int c, const char *cmd, const char *help, evq_opts **opts,
                 bool *done);
+/* Prints why opening a queue on `url` failed; EXIT_USAGE when the URL or
+ * an option was wrong (EVQ_EINVAL, or EVQ_ENOTSUP: a backend this build
+ * has not), with a hint to 'evq options', else EXIT_FAILURE. */
+int open_failed(const char *url, int rc);
 /* Opens URL QUEUE with the -o options, which it frees; prints why on
  * failure and returns the exit status (0 on success). */
 int open_queue(const char *url, const char *name, evq_opts *opts,

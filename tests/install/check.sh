@@ -26,6 +26,11 @@ for fn in evq_queue_open evq_enqueue evq_serve_start evq_events_use; do
     exit 1
   }
 done
+# a page per backend, with its options
+man -M "$root/share/man" -P cat 7 evq-kafka 2>/dev/null | grep -q "kafka.partitions" || {
+  echo "man 7 evq-kafka does not list the kafka options" >&2
+  exit 1
+}
 test -f "$root/share/bash-completion/completions/evq" || {
   echo "the bash completion is not installed" >&2
   exit 1

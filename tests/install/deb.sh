@@ -43,6 +43,7 @@ has $dev "usr/lib/$multiarch/cmake/evq/evqConfig.cmake"
 has $dev "usr/share/man/man3/evq_queue_open.3"
 has $tools "usr/bin/evq"
 has $tools "usr/share/man/man1/evq.1"
+has $tools "usr/share/man/man7/evq-redis.7"
 has $tools "usr/share/bash-completion/completions/evq"
 if grep -q "include/\|bin/evq" <<<"$(dpkg-deb -c "$build/$lib")"; then
   fail "$lib holds more than the shared library"
@@ -93,6 +94,8 @@ grep -q "serve" <<<"$(man -M "$root/usr/share/man" -P cat 1 evq 2>/dev/null)" ||
   fail "man evq finds nothing in the package"
 grep -q "evq_queue_open" <<<"$(man -M "$root/usr/share/man" -P cat 3 evq_enqueue 2>/dev/null)" ||
   fail "man 3 evq_enqueue finds nothing in the package"
+grep -q "redis.prefetch" <<<"$(man -M "$root/usr/share/man" -P cat 7 evq-redis 2>/dev/null)" ||
+  fail "man 7 evq-redis finds nothing in the package"
 grep -q _evq <<<"$(bash -c "source '$root/usr/share/bash-completion/completions/evq' && complete -p evq")" ||
   fail "the packaged completion does not register"
 echo "check-deb: $lib, $dev and $tools unpack, depend on the client libraries, and build and run the README's program"

@@ -18,7 +18,7 @@ cmake -S "$src" -B "$dir" -DEVQ_BUILD_TESTS=OFF -DEVQ_WITH_SQLITE=ON \
   >"$dir/cmake.log"
 grep -q "evq backends: memory, sqlite$" "$dir/cmake.log" ||
   fail "cmake did not say 'evq backends: memory, sqlite'"
-cmake --build "$dir" -j "$(nproc)" --target evq evq_tool >/dev/null
+cmake --build "$dir" -j "$(nproc)" --target evq evq_tool evq_man >/dev/null
 
 # No client library of a backend left out is linked or named.
 libs=$(ldd "$dir/libevq.so")
@@ -46,11 +46,26 @@ for url in kafka://127.0.0.1:9092 redis://127.0.0.1:6379 nats://127.0.0.1:4222 \
   err=$("$tool" stats "$url" q 2>&1 >/dev/null)
   rc=$?
   set -e
-  [ $rc -eq 1 ] || fail "stats $url exited $rc, not 1"
+  [ $rc -eq 2 ] || fail "stats $url exited $rc, not 2 (a usage error)"
   grep -q "built without the $scheme:// backend" <<<"$err" &&
     grep -q -- "-DEVQ_WITH_$upper=ON" <<<"$err" ||
     fail "stats $url said: $err"
+  set +e
+  err=$("$tool" options "$scheme" 2>&1 >/dev/null)
+  rc=$?
+  set -e
+  [ $rc -eq 2 ] && grep -q "built without the $scheme:// backend" <<<"$err" ||
+    fail "options $scheme exited $rc: $err"
+  # its manual page says the same
+  page="$dir/man/evq-$scheme.7"
+  grep -q "made without the $scheme backend" "$page" &&
+    grep -q "DEVQ_WITH_$upper=ON" "$page" &&
+    man -l -P cat "$page" 2>/dev/null | grep -q "EVQ_ENOTSUP" ||
+    fail "evq-$scheme(7) of a build without it says: $(cat "$page")"
 done
+# the pages of the backends built list their options
+man -l -P cat "$dir/man/evq-sqlite.7" | grep -q "Options of sqlite:// queues" ||
+  fail "evq-sqlite(7) lists no options"
 # evq serve left out: it says so and how to build it
 set +e
 err=$("$tool" serve "sqlite://$dir/q.db#q" 2>&1 >/dev/null)

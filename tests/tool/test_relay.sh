@@ -181,7 +181,7 @@ expect 2 "bad --window 'x'" "relay --window x" -- relay "$sq" once "$redis" --wi
 expect 2 "bad --retry-ms '-1'" "relay --retry-ms -1" -- relay "$sq" once "$redis" --retry-ms -1
 expect 2 'onto itself' "relay of a queue onto itself" -- relay "$sq" once "$sq" --once
 expect 1 'open' "relay to no server" -- relay "$sq" once "redis://127.0.0.1:1?connect_timeout_ms=500" --once
-expect 1 'unknown scheme\|not a URL\|scheme' "relay to a bad URL" -- relay "$sq" once "nosuch://x" --once
+expect 2 'unknown scheme\|not a URL\|scheme' "relay to a bad URL" -- relay "$sq" once "nosuch://x" --once
 expect 2 "is not key=value" "relay -O junk" -- relay "$sq" once "$redis" -O junk
 # events the destination refuses for good go to the outbox's dead letters
 fill "$sq" toobig 5

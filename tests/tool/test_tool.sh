@@ -68,11 +68,14 @@ expect 0 "consume --timeout" -- "$evq" consume memory:// empty --timeout 1
 [ ! -s "$out/stdout" ] || fail "consume printed from an empty queue"
 expect 2 "consume bad --count" -- "$evq" consume memory:// q --count zero
 expect 2 "consume missing queue" -- "$evq" consume memory://
-expect 1 "consume unknown scheme" -- "$evq" consume foo://x q --timeout 1
+expect 2 "consume unknown scheme" -- "$evq" consume foo://x q --timeout 1
 has stderr "unknown URL scheme 'foo'" "consume unknown scheme"
-expect 1 "consume bad option" -- "$evq" consume memory:// q -o capacity=0 --timeout 1
+expect 2 "consume bad option" -- "$evq" consume memory:// q -o capacity=0 --timeout 1
 has stderr "capacity" "consume bad option"
-expect 1 "password stays secret" -- "$evq" consume 'memory://u:Sup3rSecretPw@host' q --timeout 1
+expect 2 "consume unknown option" -- "$evq" consume memory:// q -o nosuch=1 --timeout 1
+has stderr "unknown option 'nosuch' for memory:// queues" "consume unknown option"
+has stderr "Try 'evq options memory'" "consume unknown option"
+expect 2 "password stays secret" -- "$evq" consume 'memory://u:Sup3rSecretPw@host' q --timeout 1
 lacks stderr "Sup3rSecretPw" "password stays secret"
 
 # stats and dead letters
@@ -88,7 +91,8 @@ done
 expect 2 "dead bad action" -- "$evq" dead bury memory:// q
 expect 0 "options" -- "$evq" options memory
 has stdout "capacity" "options"
-expect 1 "options unknown" -- "$evq" options gopher
+expect 2 "options unknown" -- "$evq" options gopher
+has stderr "unknown URL scheme 'gopher' (this evq has: memory" "options unknown"
 
 # demo and bench
 expect 0 "demo" -- "$evq" demo
