@@ -29,11 +29,7 @@ CTEST_FLAGS := --output-on-failure --timeout 600 -j $(JOBS)
 # The slowest fault tests (the tool under signals, pipes and outages on
 # every backend; the Kafka broker stopped and restarted) run in the gcc and
 # ASan+UBSan phases; under TSan the tool test covers the tool's threads.
-# conformance_kafka is left out of TSan too, for now: under TSan a
-# worker's stop in a_rate_limit_holds_across_workers hangs in
-# rd_kafka_consumer_close (the revoke callback's rd_kafka_assign waits
-# forever); it runs in the other two phases.  To be mended, then back.
-TSAN_SKIP := ^(tool_servers|test_kafka|conformance_kafka)$$
+TSAN_SKIP := ^(tool_servers|test_kafka)$$
 # make's builds have every backend (cmake/backends.cmake): a missing client
 # library is an error here, not a backend quietly left out.
 WITH_ALL := -DEVQ_WITH_SQLITE=ON -DEVQ_WITH_REDIS=ON -DEVQ_WITH_NATS=ON \

@@ -61,8 +61,7 @@ enum { ORDER_NONE, ORDER_KEY };
 
 static const evq__opt_spec kafka_opts[] = {
     {"kafka.group", EVQ__OPT_STRING, NULL, 0, 0, NULL,
-     "consumer group (default: evq.<queue>)",
-     EVQ__AT(kcfg, group)},
+     "consumer group (default: evq.<queue>)", EVQ__AT(kcfg, group)},
     {"kafka.ce_mode", EVQ__OPT_ENUM, "structured", 0, 0, "structured|binary",
      "CloudEvents on Kafka: the whole event as the value (structured) or "
      "attributes as ce_* headers and the data as the value (binary)",
@@ -77,8 +76,7 @@ static const evq__opt_spec kafka_opts[] = {
      "auto-creation on first use is relied on",
      EVQ__AT(kcfg, create_topics)},
     {"kafka.partitions", EVQ__OPT_INT, "4", 1, 100000, NULL,
-     "partitions of a topic evq creates",
-     EVQ__AT(kcfg, partitions)},
+     "partitions of a topic evq creates", EVQ__AT(kcfg, partitions)},
     {"kafka.replication", EVQ__OPT_INT, "-1", -1, 32767, NULL,
      "replication factor of a topic evq creates (-1: the broker's default)",
      EVQ__AT(kcfg, replication)},
@@ -133,14 +131,14 @@ typedef struct kmsg {
 typedef struct kbatch {
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    size_t left; /* reports still to come */
+    size_t left;              /* reports still to come */
     rd_kafka_resp_err_t err;  /* the first report's error */
     rd_kafka_resp_err_t fail; /* why producing stopped short, or 0 */
 } kbatch;
 
 typedef struct khandle {
     char *topic, *group, *brokers;
-    bool group_given; /* by kafka.group, not derived from the name */
+    bool group_given;         /* by kafka.group, not derived from the name */
     const char *content_type; /* structured mode's, by the queue's format */
     evq_codec_limits lim;     /* max_event_bytes, max_depth */
     bool binary;
@@ -269,8 +267,7 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
          err == RD_KAFKA_RESP_ERR__TRANSPORT) &&
         atomic_compare_exchange_strong(&h->down_ms, &zero, now_ms()))
         evq__logf(h->log, EVQ_LOG_WARN,
-                  "lost the connection to a broker (%s); reconnecting",
-                  reason);
+                  "lost the connection to a broker (%s); reconnecting", reason);
     else
         evq__logf(h->log, EVQ_LOG_WARN, "librdkafka: %s (%s)", reason,
                   rd_kafka_err2name((rd_kafka_resp_err_t)err));
@@ -493,8 +490,7 @@ static int reach_brokers(khandle *h)
         h, evq__err(EVQ_ECONN,
                     "kafka: no broker of %s reachable within %lld ms "
                     "(connect_timeout_ms): %s",
-                    h->brokers, (long long)h->connect_ms,
-                    rd_kafka_err2str(e)));
+                    h->brokers, (long long)h->connect_ms, rd_kafka_err2str(e)));
 }
 
 /* Admin API options with both timeouts set to tmo ms. */
@@ -510,8 +506,7 @@ static rd_kafka_AdminOptions_t *admin_options(khandle *h,
 
 /* The outcome for the one topic of a CreateTopics or DeleteTopics result
  * (`ev` NULL: the wait timed out), and the broker's words in *why. */
-static rd_kafka_resp_err_t topic_outcome(rd_kafka_event_t *ev,
-                                         const char **why)
+static rd_kafka_resp_err_t topic_outcome(rd_kafka_event_t *ev, const char **why)
 {
     if (!ev)
         return RD_KAFKA_RESP_ERR__TIMED_OUT;
@@ -1003,10 +998,9 @@ static int poll_one(khandle *h, int wait_ms)
     static const char *const old_due[] = {EVQ__HDR_DUE_OLD},
                              *const old_att[] = {EVQ__HDR_ATTEMPT_OLD};
     m->due = hdr_int(hd, EVQ__HDR_DUE, old_due, 2);
-    m->attempt =
-        (int)hdr_int(hd, EVQ__HDR_ATTEMPT, old_att,
-                     sizeof old_att / sizeof *old_att) +
-        1;
+    m->attempt = (int)hdr_int(hd, EVQ__HDR_ATTEMPT, old_att,
+                              sizeof old_att / sizeof *old_att) +
+                 1;
     m->ev = from_binary(h, rm, hd);
     if (h->by_key && rm->key && rm->key_len > 0 &&
         !(m->key = strndup(rm->key, rm->key_len))) {
@@ -1192,8 +1186,7 @@ static int kafka_nack(void *state, evq__delivery *d, int64_t delay_ms)
         hd = rd_kafka_headers_copy(src);
     else
         hd = rd_kafka_headers_new(3);
-    static const char *const old[] = {EVQ__HDR_DUE_OLD,
-                                      EVQ__HDR_ATTEMPT_OLD};
+    static const char *const old[] = {EVQ__HDR_DUE_OLD, EVQ__HDR_ATTEMPT_OLD};
     rd_kafka_header_remove(hd, EVQ__HDR_DUE);
     rd_kafka_header_remove(hd, EVQ__HDR_ATTEMPT);
     for (size_t i = 0; i < sizeof old / sizeof *old; i++)
@@ -1271,8 +1264,8 @@ static int group_lag(rd_kafka_t *rk, const char *topic, const char *group,
         return 0;
     }
     rd_kafka_queue_t *rq = rd_kafka_queue_new(rk);
-    rd_kafka_AdminOptions_t *ao =
-        rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_LISTCONSUMERGROUPOFFSETS);
+    rd_kafka_AdminOptions_t *ao = rd_kafka_AdminOptions_new(
+        rk, RD_KAFKA_ADMIN_OP_LISTCONSUMERGROUPOFFSETS);
     rd_kafka_AdminOptions_set_request_timeout(ao, 5000, NULL, 0);
     rd_kafka_ListConsumerGroupOffsets_t *req =
         rd_kafka_ListConsumerGroupOffsets_new(group, l);
@@ -1290,8 +1283,8 @@ static int group_lag(rd_kafka_t *rk, const char *topic, const char *group,
     size_t ng = 0;
     const rd_kafka_group_result_t **g =
         res ? rd_kafka_ListConsumerGroupOffsets_result_groups(res, &ng) : NULL;
-    const rd_kafka_error_t *ge = ng == 1 ? rd_kafka_group_result_error(g[0])
-                                         : NULL;
+    const rd_kafka_error_t *ge =
+        ng == 1 ? rd_kafka_group_result_error(g[0]) : NULL;
     const rd_kafka_topic_partition_list_t *got =
         ng == 1 ? rd_kafka_group_result_partitions(g[0]) : NULL;
     int rc = 0;
@@ -1355,11 +1348,11 @@ static int kafka_pause(void *state, int set)
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
     rd_kafka_topic_partition_list_add(l, h->topic, 0)->offset = set > 0;
     rd_kafka_queue_t *rq = rd_kafka_queue_new(rk);
-    rd_kafka_AdminOptions_t *ao = admin_options(
-        h,
-        set < 0 ? RD_KAFKA_ADMIN_OP_LISTCONSUMERGROUPOFFSETS
-                : RD_KAFKA_ADMIN_OP_ALTERCONSUMERGROUPOFFSETS,
-        (int)h->connect_ms);
+    rd_kafka_AdminOptions_t *ao =
+        admin_options(h,
+                      set < 0 ? RD_KAFKA_ADMIN_OP_LISTCONSUMERGROUPOFFSETS
+                              : RD_KAFKA_ADMIN_OP_ALTERCONSUMERGROUPOFFSETS,
+                      (int)h->connect_ms);
     if (set < 0) {
         rd_kafka_ListConsumerGroupOffsets_t *req =
             rd_kafka_ListConsumerGroupOffsets_new(group, l);
@@ -1404,8 +1397,9 @@ static int kafka_pause(void *state, int set)
         rc = kerr(e, set < 0 ? "reading the pause state"
                              : "writing the pause state");
     else if (!got || got->cnt != 1)
-        rc = evq__err(EVQ_EIO, "kafka: no pause state in the answer for "
-                               "group '%s'",
+        rc = evq__err(EVQ_EIO,
+                      "kafka: no pause state in the answer for "
+                      "group '%s'",
                       group);
     else
         rc = set < 0 ? got->elems[0].offset >= 1 : 0;
@@ -1444,6 +1438,33 @@ static int kafka_count(void *state, const char *name, int64_t *n)
 /* ---- open and close --------------------------------------------------------
  */
 
+/* Leaves the group before the close: unsubscribes, and polls (which runs
+ * on_rebalance's revoke here, on this thread) until nothing is assigned,
+ * for at most kafka.timeout_ms (10 s at most).  rd_kafka_consumer_close
+ * would revoke the partitions itself, but librdkafka (2.0) can lose the
+ * reply to the rd_kafka_assign of a revoke that comes during the close,
+ * which then waits forever (librdkafka issue #4884).  Messages polled
+ * meanwhile are dropped unacked: their offsets are not committed, so the
+ * partitions' next owner reads them. */
+static void leave_group(khandle *h)
+{
+    if (rd_kafka_unsubscribe(h->cons) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        return;
+    int64_t wait_ms = h->timeout_ms < 10000 ? h->timeout_ms : 10000;
+    int64_t end = evq__now_mono_ns() + wait_ms * 1000000;
+    for (;;) {
+        rd_kafka_topic_partition_list_t *a = NULL;
+        bool empty = rd_kafka_assignment(h->cons, &a) == 0 && a && a->cnt == 0;
+        if (a)
+            rd_kafka_topic_partition_list_destroy(a);
+        if (empty || evq__now_mono_ns() >= end)
+            return;
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(h->cons, 100);
+        if (m)
+            rd_kafka_message_destroy(m);
+    }
+}
+
 static void kafka_close(void *state)
 {
     khandle *h = state;
@@ -1456,6 +1477,7 @@ static void kafka_close(void *state)
         h->commit_due = true;
         commit(h, true);
         pthread_mutex_unlock(&h->trk_mu);
+        leave_group(h);
         rd_kafka_consumer_close(h->cons);
         for (size_t i = 0; i < h->n_buf; i++)
             kmsg_free(h->buf[i]);
@@ -1537,24 +1559,19 @@ static int kafka_open(void **state, const evq__url *url, const char *name,
     }
     if (url->n_hosts == 0)
         snprintf(h->brokers, cap, "127.0.0.1:9092");
-    h->binary =
-        cfg.ce_mode == CE_BINARY;
-    h->lim.max_bytes =
-        (size_t)opts->core.max_event_bytes;
+    h->binary = cfg.ce_mode == CE_BINARY;
+    h->lim.max_bytes = (size_t)opts->core.max_event_bytes;
     h->lim.max_depth = (int)opts->core.max_depth;
     const char *fmt = opts->core.format;
     h->content_type = fmt && strcmp(fmt, "msgpack") == 0
                           ? "application/cloudevents+msgpack"
                           : "application/cloudevents+json";
-    h->by_key =
-        cfg.ordering == ORDER_KEY;
-    h->max_in_flight =
-        (int)cfg.max_in_flight;
+    h->by_key = cfg.ordering == ORDER_KEY;
+    h->max_in_flight = (int)cfg.max_in_flight;
     h->timeout_ms = cfg.timeout_ms;
     h->connect_ms = cfg.connect_timeout_ms;
     evq__reconnect_init(&h->reconnect, opts);
-    h->commit_every_ms =
-        cfg.commit_interval_ms;
+    h->commit_every_ms = cfg.commit_interval_ms;
     /* the rdkafka.* properties, without their prefix */
     h->props.kv = calloc(opts->n + 1, sizeof *h->props.kv);
     if (!h->props.kv) {
@@ -1571,8 +1588,7 @@ static int kafka_open(void **state, const evq__url *url, const char *name,
         return rc;
     }
     bool create = opts->core.create;
-    if ((!create || cfg.create_topics) &&
-        (rc = reach_brokers(h)) != 0) {
+    if ((!create || cfg.create_topics) && (rc = reach_brokers(h)) != 0) {
         kafka_close(h);
         return rc;
     }
@@ -1620,10 +1636,11 @@ static int kafka_destroy(void *state)
     rd_kafka_resp_err_t e = topic_outcome(ev, &why);
     int rc = 0;
     if (e && e != RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
-        rc = with_broker_note(
-            h, evq__err(kerr(e, "delete topic"), "kafka: deleting topic '%s' "
-                        "failed: %s", h->topic,
-                        why ? why : rd_kafka_err2str(e)));
+        rc = with_broker_note(h, evq__err(kerr(e, "delete topic"),
+                                          "kafka: deleting topic '%s' "
+                                          "failed: %s",
+                                          h->topic,
+                                          why ? why : rd_kafka_err2str(e)));
     if (ev)
         rd_kafka_event_destroy(ev);
     rd_kafka_DeleteTopic_destroy(dt);
