@@ -1459,7 +1459,7 @@ static void leave_group(khandle *h)
             rd_kafka_topic_partition_list_destroy(a);
         if (empty || evq__now_mono_ns() >= end)
             return;
-        rd_kafka_message_t *m = rd_kafka_consumer_poll(h->cons, 100);
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(h->cons, 10);
         if (m)
             rd_kafka_message_destroy(m);
     }
