@@ -51,8 +51,8 @@ int64_t evq__now_mono_ns(void);
  * schemes this build has. */
 int evq__scheme_unknown(const char *scheme);
 int64_t evq__now_real_ns(void);
-/* Monotonic deadline for a timeout in ms (negative, or past INT64_MAX ns:
- * INT64_MAX). */
+/* Monotonic deadline for a timeout in ms (negative, or above 1e12 ms, about
+ * 31 years: INT64_MAX, no limit). */
 int64_t evq__deadline_ns(int64_t timeout_ms);
 
 /* The sized structs of the ABI (evq.h, "The ABI").  evq__sized_in copies

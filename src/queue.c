@@ -1417,6 +1417,8 @@ int evq_dequeue_batch(evq_queue *q, evq_msg **msgs, size_t max,
                                 : "max is 0");
     if (max > INT_MAX)
         max = INT_MAX;
+    if (timeout_ms < 0)
+        timeout_ms = -1; /* any negative is forever, also past INT_MIN */
     int64_t deadline = timeout_ms > 0 ? evq__deadline_ns(timeout_ms) : 0;
     while (got < max) {
         size_t want = max - got < TAKE_MAX ? max - got : TAKE_MAX;

@@ -43,7 +43,9 @@ int64_t evq__hdr_int(const void *value, size_t len)
 int64_t evq__deadline_ns(int64_t timeout_ms)
 {
     int64_t now = evq__now_mono_ns();
-    if (timeout_ms < 0 || timeout_ms > (INT64_MAX - now) / 1000000)
+    /* past about 31 years is no limit: the deadline stays far from
+     * INT64_MAX, so it can also be moved onto the realtime clock */
+    if (timeout_ms < 0 || timeout_ms > 1000000000000LL)
         return INT64_MAX;
     return now + timeout_ms * 1000000;
 }

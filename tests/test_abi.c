@@ -4,6 +4,8 @@
  * options not filled by their _init, or from a newer evq.h, are refused. */
 #include "testutil.h"
 
+#include <limits.h>
+#include <pthread.h>
 #include <stddef.h>
 
 #define GUARD 0xA5
@@ -212,6 +214,36 @@ static void relay_stats_fill_the_programs_size(void **state)
     evq_queue_close(from);
 }
 
+static void *enqueue_later(void *arg)
+{
+    usleep(200 * 1000);
+    evq_event *ev = evq_event_new("abi.later", NULL);
+    evq_enqueue(arg, ev);
+    evq_event_free(ev);
+    return NULL;
+}
+
+/* Milliseconds are int64_t: any negative wait is forever (INT64_MIN too,
+ * which an int would have cut to 0), a wait past INT_MAX ms waits. */
+static void waits_take_every_int64(void **state)
+{
+    (void)state;
+    static const int64_t waits[] = {INT64_MIN, -4294967000LL, -1,
+                                    (int64_t)INT_MAX + 1, INT64_MAX};
+    evq_queue *q;
+    assert_evq_ok(evq_queue_open(&q, "memory://", "abi-waits", NULL));
+    for (size_t i = 0; i < sizeof waits / sizeof *waits; i++) {
+        pthread_t t;
+        evq_msg *m = NULL;
+        pthread_create(&t, NULL, enqueue_later, q);
+        assert_evq_ok(evq_dequeue(q, &m, waits[i]));
+        assert_evq_ok(evq_ack(m));
+        pthread_join(t, NULL);
+    }
+    assert_evq_ok(evq_flush(q, INT64_MAX));
+    evq_queue_close(q);
+}
+
 static void the_version_is_the_headers(void **state)
 {
     (void)state;
@@ -226,6 +258,7 @@ int main(void)
             an_older_programs_worker_options_take_the_defaults_after),
         cmocka_unit_test(options_not_from_their_init_are_refused),
         cmocka_unit_test(relay_stats_fill_the_programs_size),
+        cmocka_unit_test(waits_take_every_int64),
         cmocka_unit_test(the_version_is_the_headers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

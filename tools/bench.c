@@ -112,7 +112,7 @@ struct bench {
 /* Latencies in ns, in buckets of 1/8 of a power of two (within 12.5%):
  * bucket 8 * e + m holds values whose highest set bit is e + 3 and whose
  * next three bits are m; values below 16 have a bucket each. */
-#define LAT_BUCKETS (8 * 61 + 16)
+#define LAT_BUCKETS (8 * 60 + 16)
 
 static unsigned lat_bucket(uint64_t v)
 {

@@ -27,7 +27,7 @@ for fn in evq_queue_open evq_enqueue evq_serve_start evq_events_use; do
   }
 done
 # a page per backend, with its options
-man -M "$root/share/man" -P cat 7 evq-kafka 2>/dev/null | grep -q "kafka.partitions" || {
+grep -q "kafka.partitions" <<<"$(man -M "$root/share/man" -P cat 7 evq-kafka 2>/dev/null)" || {
   echo "man 7 evq-kafka does not list the kafka options" >&2
   exit 1
 }

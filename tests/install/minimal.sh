@@ -60,11 +60,11 @@ for url in kafka://127.0.0.1:9092 redis://127.0.0.1:6379 nats://127.0.0.1:4222 \
   page="$dir/man/evq-$scheme.7"
   grep -q "made without the $scheme backend" "$page" &&
     grep -q "DEVQ_WITH_$upper=ON" "$page" &&
-    man -l -P cat "$page" 2>/dev/null | grep -q "EVQ_ENOTSUP" ||
+    grep -q "EVQ_ENOTSUP" <<<"$(man -l -P cat "$page" 2>/dev/null)" ||
     fail "evq-$scheme(7) of a build without it says: $(cat "$page")"
 done
 # the pages of the backends built list their options
-man -l -P cat "$dir/man/evq-sqlite.7" | grep -q "Options of sqlite:// queues" ||
+grep -q "Options of sqlite:// queues" <<<"$(man -l -P cat "$dir/man/evq-sqlite.7")" ||
   fail "evq-sqlite(7) lists no options"
 # evq serve left out: it says so and how to build it
 set +e
