@@ -18,7 +18,10 @@ set(EVQ_BACKENDS
 # EVQ_BACKEND_SOURCES, EVQ_BACKEND_TARGETS (the libraries' imported
 # targets), EVQ_BACKEND_PC_LIBS (for evq.pc), EVQ_CONFIG_BACKENDS (for
 # evqConfig.cmake), EVQ_HAVE_<NAME> and writes
-# ${CMAKE_BINARY_DIR}/evq_backends.h.
+# ${CMAKE_BINARY_DIR}/evq_backends.h.  For every backend, built or not:
+# EVQ_BACKEND_NAMES, EVQ_BACKEND_MODULE_<name>, EVQ_BACKEND_SCHEMES_<name>
+# (comma-separated).
+set(EVQ_BACKEND_NAMES "")
 set(EVQ_BACKEND_SOURCES "")
 set(EVQ_BACKEND_TARGETS "")
 set(EVQ_BACKEND_PC_LIBS "")
@@ -32,6 +35,9 @@ foreach(entry ${EVQ_BACKENDS})
   list(GET f 0 name)
   list(GET f 1 module)
   list(GET f 2 schemes)
+  list(APPEND EVQ_BACKEND_NAMES ${name})
+  set(EVQ_BACKEND_MODULE_${name} "${module}")
+  set(EVQ_BACKEND_SCHEMES_${name} "${schemes}")
   string(REPLACE "," ";" schemes "${schemes}")
   string(TOUPPER "${name}" NAME)
   set(build ON)

@@ -66,6 +66,11 @@ int evq__sized_in(void *dst, size_t dst_size, const void *src,
                   const char *what);
 void evq__sized_out(void *dst, size_t dst_size, const void *src,
                     size_t src_size);
+/* An _init_sized: the library's `defaults` (src_size bytes) into the
+ * program's options `dst` of `size` bytes (evq__sized_out), and `size`
+ * into their first member; nothing when dst is NULL or size too small. */
+void evq__sized_init(void *dst, size_t size, const void *defaults,
+                     size_t src_size);
 /* Absolute CLOCK_MONOTONIC timespec for pthread_cond_timedwait. */
 struct timespec evq__ts_from_ns(int64_t ns);
 

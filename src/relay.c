@@ -57,14 +57,8 @@ struct relay {
 
 void evq_relay_opts_init_sized(evq_relay_opts *o, size_t size)
 {
-    evq_relay_opts d;
-    if (!o || size < sizeof d.size)
-        return;
-    memset(&d, 0, sizeof d);
-    d.window = 1000;
-    d.retry_ms = 1000;
-    evq__sized_out(o, size, &d, sizeof d);
-    o->size = size;
+    const evq_relay_opts d = {.window = 1000, .retry_ms = 1000};
+    evq__sized_init(o, size, &d, sizeof d);
 }
 
 static void rlog(relay *r, evq_log_level lvl, const char *fmt, ...)

@@ -53,11 +53,8 @@ struct evq_scheduler {
 
 void evq_scheduler_opts_init_sized(evq_scheduler_opts *o, size_t size)
 {
-    evq_scheduler_opts d = {.catch_up_ms = 0};
-    if (!o || size < sizeof d.size)
-        return;
-    evq__sized_out(o, size, &d, sizeof d);
-    o->size = size;
+    const evq_scheduler_opts d = {.catch_up_ms = 0};
+    evq__sized_init(o, size, &d, sizeof d);
 }
 
 int evq_scheduler_new(evq_scheduler **out, evq_queue *q,

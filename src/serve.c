@@ -14,15 +14,9 @@
 
 void evq_serve_opts_init_sized(evq_serve_opts *o, size_t size)
 {
-    evq_serve_opts d;
-    if (!o || size < sizeof d.size)
-        return;
-    memset(&d, 0, sizeof d);
-    d.listen = "127.0.0.1:9188";
-    d.sample_ms = 2000;
-    d.max_dead_scan = 10000;
-    evq__sized_out(o, size, &d, sizeof d);
-    o->size = size;
+    const evq_serve_opts d = {
+        .listen = "127.0.0.1:9188", .sample_ms = 2000, .max_dead_scan = 10000};
+    evq__sized_init(o, size, &d, sizeof d);
 }
 
 #if EVQ__HAVE_SERVE

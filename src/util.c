@@ -78,6 +78,15 @@ void evq__sized_out(void *dst, size_t dst_size, const void *src,
         memset((char *)dst + n, 0, dst_size - n);
 }
 
+void evq__sized_init(void *dst, size_t size, const void *defaults,
+                     size_t src_size)
+{
+    if (!dst || size < sizeof size)
+        return;
+    evq__sized_out(dst, size, defaults, src_size);
+    memcpy(dst, &size, sizeof size);
+}
+
 struct timespec evq__ts_from_ns(int64_t ns)
 {
     struct timespec ts;

@@ -149,19 +149,14 @@ int evq_handler_expired(void)
 
 void evq_worker_opts_init_sized(evq_worker_opts *o, size_t size)
 {
-    evq_worker_opts d;
-    if (!o || size < sizeof d.size)
-        return;
-    memset(&d, 0, sizeof d);
-    d.concurrency = 1;
-    d.prefetch = 1;
-    d.max_attempts = 5;
-    d.backoff_initial_ms = 100;
-    d.backoff_max_ms = 60000;
-    d.backoff_multiplier = 2.0;
-    d.unhandled = EVQ_UNHANDLED_DEAD_LETTER;
-    evq__sized_out(o, size, &d, sizeof d);
-    o->size = size;
+    const evq_worker_opts d = {.concurrency = 1,
+                               .prefetch = 1,
+                               .max_attempts = 5,
+                               .backoff_initial_ms = 100,
+                               .backoff_max_ms = 60000,
+                               .backoff_multiplier = 2.0,
+                               .unhandled = EVQ_UNHANDLED_DEAD_LETTER};
+    evq__sized_init(o, size, &d, sizeof d);
 }
 
 static void wlog(const evq_worker *w, evq_log_level lvl, const char *fmt, ...)

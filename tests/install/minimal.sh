@@ -12,6 +12,12 @@ fail() {
   exit 1
 }
 
+# run ARGS...: the tool's standard error in $err, its exit status in $rc
+run() {
+  rc=0
+  err=$("$tool" "$@" 2>&1 >/dev/null) || rc=$?
+}
+
 cmake -S "$src" -B "$dir" -DEVQ_BUILD_TESTS=OFF -DEVQ_WITH_SQLITE=ON \
   -DEVQ_WITH_REDIS=OFF -DEVQ_WITH_NATS=OFF -DEVQ_WITH_KAFKA=OFF \
   -DEVQ_WITH_POSTGRES=OFF -DEVQ_WITH_AMQP=OFF -DEVQ_WITH_SERVE=OFF \
@@ -42,18 +48,12 @@ for url in kafka://127.0.0.1:9092 redis://127.0.0.1:6379 nats://127.0.0.1:4222 \
   postgres://127.0.0.1/evq amqp://127.0.0.1/%2f; do
   scheme=${url%%://*}
   upper=$(tr a-z A-Z <<<"$scheme")
-  set +e
-  err=$("$tool" stats "$url" q 2>&1 >/dev/null)
-  rc=$?
-  set -e
+  run stats "$url" q
   [ $rc -eq 2 ] || fail "stats $url exited $rc, not 2 (a usage error)"
   grep -q "built without the $scheme:// backend" <<<"$err" &&
     grep -q -- "-DEVQ_WITH_$upper=ON" <<<"$err" ||
     fail "stats $url said: $err"
-  set +e
-  err=$("$tool" options "$scheme" 2>&1 >/dev/null)
-  rc=$?
-  set -e
+  run options "$scheme"
   [ $rc -eq 2 ] && grep -q "built without the $scheme:// backend" <<<"$err" ||
     fail "options $scheme exited $rc: $err"
   # its manual page says the same
@@ -67,16 +67,11 @@ done
 grep -q "Options of sqlite:// queues" <<<"$(man -l -P cat "$dir/man/evq-sqlite.7")" ||
   fail "evq-sqlite(7) lists no options"
 # evq serve left out: it says so and how to build it
-set +e
-err=$("$tool" serve "sqlite://$dir/q.db#q" 2>&1 >/dev/null)
-rc=$?
-set -e
+run serve "sqlite://$dir/q.db#q"
 [ $rc -eq 1 ] && grep -q "EVQ_WITH_SERVE" <<<"$err" ||
   fail "serve in a build without it exited $rc: $err"
 # an unknown scheme names what this build has
-set +e
-err=$("$tool" stats foo://x q 2>&1 >/dev/null)
-set -e
+run stats foo://x q
 grep -q "unknown URL scheme 'foo' (this evq has: memory, sqlite)" <<<"$err" ||
   fail "stats foo:// said: $err"
 # a bad value of an option is refused at configure time
