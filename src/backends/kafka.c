@@ -1239,8 +1239,11 @@ static int kafka_interrupt(void *state)
 /* What `group` has not yet committed of `topic`: over its partitions, the
  * high watermark less the committed offset (the low watermark where none
  * is).  Through rk's own connections: the admin API reads any group's
- * offsets, so no consumer of that group is made.  0 for a topic that does
- * not exist. */
+ * offsets, so no consumer of that group is made.  rk is the producer: a
+ * broker answers a connection's requests in order, and a consumer's
+ * connections carry fetches that wait up to fetch.wait.max.ms for data,
+ * so each request there waited behind one (half a second apiece, seven
+ * seconds for a queue's stats).  0 for a topic that does not exist. */
 static int group_lag(rd_kafka_t *rk, const char *topic, const char *group,
                      int64_t *lag)
 {
@@ -1316,7 +1319,7 @@ static int kafka_stats(void *state, struct evq_queue_stats *out)
     pthread_mutex_lock(&h->trk_mu);
     commit(h, true); /* this handle's progress first */
     pthread_mutex_unlock(&h->trk_mu);
-    int rc = group_lag(h->cons ? h->cons : h->prod, h->topic, h->group, &depth);
+    int rc = group_lag(h->prod, h->topic, h->group, &depth);
     if (rc)
         return rc;
     int64_t out_now = 0;
@@ -1428,7 +1431,7 @@ static int kafka_count(void *state, const char *name, int64_t *n)
     *n = -1;
     if (!group)
         return evq__err(EVQ_ENOMEM, "out of memory");
-    int rc = group_lag(h->cons ? h->cons : h->prod, name, group, n);
+    int rc = group_lag(h->prod, name, group, n);
     free(group);
     if (rc)
         *n = -1;
