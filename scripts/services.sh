@@ -421,8 +421,11 @@ case $service in
           url="nats://127.0.0.1:${ports[0]},127.0.0.1:${ports[1]},127.0.0.1:${ports[2]}"
           # JetStream can place a stream on three servers once every
           # one of them knows the elected meta leader (a minute at most:
-          # under a loaded TSan run it took more than 20 s once).
-          for _ in $(seq 1 1200); do
+          # under a loaded TSan run it took more than 20 s once).  A
+          # cluster that elects none in that time (once in a CI run, the
+          # logs gone) is stopped, its logs' ends shown, and started
+          # again on new ports with empty stores.
+          for _ in $(seq 1 800); do
             known=0
             for i in 1 2 3; do
               grep -qi "JetStream cluster new metadata leader\|Self is new JetStream cluster metadata leader" \
@@ -431,12 +434,14 @@ case $service in
             [ "$known" = 3 ] && break
             sleep 0.05
           done
-          [ "$known" = 3 ] || die "the nats cluster elected no JetStream leader"
-          break
+          [ "$known" = 3 ] && break
+          echo "services.sh: the nats cluster elected no JetStream leader (attempt $attempt); its logs end:" >&2
+          for i in 1 2 3; do tail -n 8 "$dir/nats-$i.log" >&2; done
         fi
         for f in "$dir"/nats-*.pid; do [ -e "$f" ] && stop_by_pidfile "$f"; done
+        rm -rf "$dir"/store-*
       fi
-      [ "$attempt" -lt 5 ] || die "nats-server found no free port"
+      [ "$attempt" -lt 5 ] || die "the nats servers did not come up in 5 attempts"
     done
     ;;
   kafka)
