@@ -14,6 +14,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <jansson.h>
 #include <poll.h>
 
@@ -953,6 +954,98 @@ static void the_tool_serves_and_stops_on_sigterm(void **state)
                      1);
 }
 
+/* Takes every ready event of the queue into its dead letters; returns how
+ * many. */
+static int dead_letter_all_ready(void)
+{
+    evq_msg *m;
+    int n = 0;
+    while (evq_dequeue(q, &m, 500) == 0) {
+        assert_evq_ok(evq_msg_dead_letter(m, "sent back by the test"));
+        n++;
+    }
+    return n;
+}
+
+/* The page's pause/resume button, and its "Replay all" and "Purge all"
+ * (which asks first: a "no" sends nothing). */
+static void the_page_pauses_and_settles_every_letter(void **state)
+{
+    (void)state;
+    int64_t depth, dead;
+    queue_figures(&depth, &dead);
+    assert_int_equal(dead, 1); /* ids[1], left by the tests before */
+    assert_int_equal(dead_letter_all_ready(), (int)depth);
+    queue_figures(&depth, &dead);
+    assert_int_equal(depth, 0);
+    int64_t letters = dead;
+    assert_true(letters >= 3);
+
+    browser b;
+    browser_open(&b);
+    char url[256], js[2048], want[64];
+    snprintf(url, sizeof url, "%s/", site);
+    browser_tab(&b, url);
+    snprintf(want, sizeof want, "%" PRId64, letters);
+    snprintf(js, sizeof js,
+             WAIT_FOR("document.body.dataset.letters === '%s'"), want);
+    free(browser_eval(&b, js));
+
+    /* pause, then resume, with the button in the queue's row */
+    snprintf(js, sizeof js,
+             "document.getElementById('token').value = '%s';"
+             "document.querySelector('#queues tr[data-id=\"0\"] "
+             "form[data-action=pause]').requestSubmit();" WAIT_FOR(
+                 "document.querySelector('#queues tr[data-id=\"0\"] "
+                 "form[data-action=resume]')"),
+             token);
+    free(browser_eval(&b, js));
+    assert_int_equal(evq_queue_paused(q), 1);
+    free(browser_eval(
+        &b, "document.querySelector('#queues tr[data-id=\"0\"] "
+            "form[data-action=resume]').requestSubmit();" WAIT_FOR(
+                "document.querySelector('#queues tr[data-id=\"0\"] "
+                "form[data-action=pause]')")));
+    assert_int_equal(evq_queue_paused(q), 0);
+
+    /* "Replay all": every letter back in the queue */
+    free(browser_eval(
+        &b, "document.querySelector('#dead-section form[data-all=\"1\"]"
+            "[data-action=replay]').requestSubmit();" WAIT_FOR(
+                "document.body.dataset.letters === '0'")));
+    queue_figures(&depth, &dead);
+    assert_int_equal(dead, 0);
+    assert_int_equal(depth, letters);
+
+    /* "Purge all", answered "no": nothing is sent (the page sees the
+     * letters on its own next refresh) */
+    assert_int_equal(dead_letter_all_ready(), (int)letters);
+    snprintf(js, sizeof js,
+             WAIT_FOR("document.body.dataset.letters === '%s'"), want);
+    free(browser_eval(&b, js));
+    char *said = browser_eval(
+        &b, "window.confirm = () => false;"
+            "document.querySelector('#dead-section form[data-all=\"1\"]"
+            "[data-action=purge]').requestSubmit();"
+            "new Promise(ok => setTimeout(() => "
+            "ok(String(document.body.dataset.done)), 500))");
+    assert_string_equal(said, "3"); /* pause, resume, replay: no more */
+    free(said);
+    queue_figures(&depth, &dead);
+    assert_int_equal(dead, letters);
+
+    /* answered "yes": every letter gone, none back in the queue */
+    free(browser_eval(
+        &b, "window.confirm = () => true;"
+            "document.querySelector('#dead-section form[data-all=\"1\"]"
+            "[data-action=purge]').requestSubmit();" WAIT_FOR(
+                "document.body.dataset.letters === '0'")));
+    queue_figures(&depth, &dead);
+    assert_int_equal(dead, 0);
+    assert_int_equal(depth, 0);
+    browser_close(&b);
+}
+
 /* The database stopped under the server: /metrics says evq_queue_up 0
  * and the API the error, then both recover once it is back. */
 static void a_server_away_reads_as_down_then_back(void **state)
@@ -1021,6 +1114,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(a_replay_through_the_page_moves_the_letter_back),
         cmocka_unit_test(a_screenshot_is_not_blank),
         cmocka_unit_test(the_tool_serves_and_stops_on_sigterm),
+        cmocka_unit_test(the_page_pauses_and_settles_every_letter),
         /* last: only with a server to stop */
         cmocka_unit_test(a_server_away_reads_as_down_then_back),
     };

@@ -261,6 +261,9 @@ async function onSubmit(e) {
     document.body.dataset.failed = err.message;
   }
   await refresh(true);
+  // The figures read just after a change may not show it yet (a backend
+  // that commits acks in groups): list the letters again at the next poll.
+  state.deadSeen = null;
 }
 
 function select(id) {
