@@ -1539,13 +1539,17 @@ static int cmd_schedule(int argc, char **argv)
     so.catch_up_ms = catch_up;
     evq_scheduler *s = NULL;
     rc = evq_scheduler_new(&s, q, &so);
-    if (!rc)
-        rc = evq_schedule_add(s, cron, tz, tmpl);
+    bool added = false;
+    if (!rc && (rc = evq_schedule_add(s, cron, tz, tmpl)) == 0)
+        added = true;
     evq_event_free(tmpl);
     if (!rc)
         rc = evq_scheduler_start(s);
     if (rc) {
-        int st = fail("schedule", rc);
+        /* a --cron or --tz the library refuses is a usage error */
+        int st = !added && s && rc == EVQ_EINVAL
+                     ? usage_error("schedule", "%s", evq_errmsg())
+                     : fail("schedule", rc);
         evq_scheduler_free(s);
         evq_queue_close(q);
         return st;

@@ -28,11 +28,11 @@ for bad in '61 * * * *:minute' '* 24 * * *:hour' '*/0 * * * *:step' \
   expr=${bad%:*} want=${bad##*:}
   "$evq" schedule memory:// q --cron "$expr" --type t >"$out/o" 2>"$out/e"
   rc=$?
-  [ $rc -eq 1 ] || fail "cron '$expr': exit $rc, expected 1"
+  [ $rc -eq 2 ] || fail "cron '$expr': exit $rc, expected 2 (a usage error)"
   grep -q -- "$want" "$out/e" || fail "cron '$expr': stderr lacks '$want': $(cat "$out/e")"
 done
 "$evq" schedule memory:// q --cron '* * * * *' --type t --tz Mars/Olympus >/dev/null 2>"$out/e"
-[ $? -eq 1 ] && grep -q Mars/Olympus "$out/e" || fail "unknown zone not refused"
+[ $? -eq 2 ] && grep -q Mars/Olympus "$out/e" || fail "unknown zone not refused as a usage error"
 "$evq" schedule memory:// q --type t >/dev/null 2>&1
 [ $? -eq 2 ] || fail "schedule without --cron: not a usage error"
 
