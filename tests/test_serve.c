@@ -967,6 +967,15 @@ static int dead_letter_all_ready(void)
     return n;
 }
 
+/* The orders queue's pause or resume form in the page's table of queues,
+ * and the dead-letter section's form for every letter. */
+#define ROW_FORM(action)                                                       \
+    "document.querySelector('#queues tr[data-id=\"0\"] "                     \
+    "form[data-action=" action "]')"
+#define ALL_FORM(action)                                                       \
+    "document.querySelector('#dead-section form[data-all=\"1\"]"             \
+    "[data-action=" action "]')"
+
 /* The page's pause/resume button, and its "Replay all" and "Purge all"
  * (which asks first: a "no" sends nothing). */
 static void the_page_pauses_and_settles_every_letter(void **state)
@@ -994,24 +1003,19 @@ static void the_page_pauses_and_settles_every_letter(void **state)
     /* pause, then resume, with the button in the queue's row */
     snprintf(js, sizeof js,
              "document.getElementById('token').value = '%s';"
-             "document.querySelector('#queues tr[data-id=\"0\"] "
-             "form[data-action=pause]').requestSubmit();" WAIT_FOR(
-                 "document.querySelector('#queues tr[data-id=\"0\"] "
-                 "form[data-action=resume]')"),
+             ROW_FORM("pause") ".requestSubmit();" WAIT_FOR(
+                 ROW_FORM("resume")),
              token);
     free(browser_eval(&b, js));
     assert_int_equal(evq_queue_paused(q), 1);
     free(browser_eval(
-        &b, "document.querySelector('#queues tr[data-id=\"0\"] "
-            "form[data-action=resume]').requestSubmit();" WAIT_FOR(
-                "document.querySelector('#queues tr[data-id=\"0\"] "
-                "form[data-action=pause]')")));
+        &b, ROW_FORM("resume") ".requestSubmit();" WAIT_FOR(
+                ROW_FORM("pause"))));
     assert_int_equal(evq_queue_paused(q), 0);
 
     /* "Replay all": every letter back in the queue */
     free(browser_eval(
-        &b, "document.querySelector('#dead-section form[data-all=\"1\"]"
-            "[data-action=replay]').requestSubmit();" WAIT_FOR(
+        &b, ALL_FORM("replay") ".requestSubmit();" WAIT_FOR(
                 "document.body.dataset.letters === '0'")));
     queue_figures(&depth, &dead);
     assert_int_equal(dead, 0);
@@ -1025,8 +1029,7 @@ static void the_page_pauses_and_settles_every_letter(void **state)
     free(browser_eval(&b, js));
     char *said = browser_eval(
         &b, "window.confirm = () => false;"
-            "document.querySelector('#dead-section form[data-all=\"1\"]"
-            "[data-action=purge]').requestSubmit();"
+            ALL_FORM("purge") ".requestSubmit();"
             "new Promise(ok => setTimeout(() => "
             "ok(String(document.body.dataset.done)), 500))");
     assert_string_equal(said, "3"); /* pause, resume, replay: no more */
@@ -1037,8 +1040,7 @@ static void the_page_pauses_and_settles_every_letter(void **state)
     /* answered "yes": every letter gone, none back in the queue */
     free(browser_eval(
         &b, "window.confirm = () => true;"
-            "document.querySelector('#dead-section form[data-all=\"1\"]"
-            "[data-action=purge]').requestSubmit();" WAIT_FOR(
+            ALL_FORM("purge") ".requestSubmit();" WAIT_FOR(
                 "document.body.dataset.letters === '0'")));
     queue_figures(&depth, &dead);
     assert_int_equal(dead, 0);

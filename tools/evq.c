@@ -1538,21 +1538,20 @@ static int cmd_schedule(int argc, char **argv)
     evq_scheduler_opts_init(&so);
     so.catch_up_ms = catch_up;
     evq_scheduler *s = NULL;
-    rc = evq_scheduler_new(&s, q, &so);
-    bool added = false;
-    if (!rc && (rc = evq_schedule_add(s, cron, tz, tmpl)) == 0)
-        added = true;
-    evq_event_free(tmpl);
-    if (!rc)
-        rc = evq_scheduler_start(s);
-    if (rc) {
+    int status = 0;
+    if ((rc = evq_scheduler_new(&s, q, &so)) != 0)
+        status = fail("schedule", rc);
+    else if ((rc = evq_schedule_add(s, cron, tz, tmpl)) != 0)
         /* a --cron or --tz the library refuses is a usage error */
-        int st = !added && s && rc == EVQ_EINVAL
-                     ? usage_error("schedule", "%s", evq_errmsg())
-                     : fail("schedule", rc);
+        status = rc == EVQ_EINVAL ? usage_error("schedule", "%s", evq_errmsg())
+                                  : fail("schedule", rc);
+    else if ((rc = evq_scheduler_start(s)) != 0)
+        status = fail("schedule", rc);
+    evq_event_free(tmpl);
+    if (status) {
         evq_scheduler_free(s);
         evq_queue_close(q);
-        return st;
+        return status;
     }
     catch_signals(q);
     int64_t end = seconds ? mono_ns() + (int64_t)seconds * 1000000000 : 0;
